@@ -1,0 +1,1 @@
+"""Gradio applications (``earthgen app``)."""

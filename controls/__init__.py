@@ -1,0 +1,2 @@
+"""Multi-condition control branch for latent diffusion (CRS-Diff-style fused dense controls).
+Built in the imagery release."""

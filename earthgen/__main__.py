@@ -1,0 +1,5 @@
+import sys
+
+from earthgen.cli import main
+
+sys.exit(main())

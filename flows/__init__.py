@@ -1,0 +1,2 @@
+"""Flow-matching generators (path, loss, solver) for 3D structure and texture. Built in the 3D
+generation release."""

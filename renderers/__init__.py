@@ -1,0 +1,2 @@
+"""Cameras, the pure-torch 2DGS rasterizer (gsplat-compatible signature) and exporters. Built in
+the 3D release."""
