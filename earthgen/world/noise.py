@@ -153,19 +153,14 @@ def value_noise_points(
     wy, dwy = _bspline_weights(uy - iy)
     ix = ix.astype(np.int64)
     iy = iy.astype(np.int64)
-    val = np.zeros(x.shape)
-    ddx = np.zeros(x.shape)
-    ddy = np.zeros(x.shape)
-    for b in range(4):
-        row = np.zeros(x.shape)
-        drow = np.zeros(x.shape)
-        for a in range(4):
-            lat = (hash_uniform(iy + b - 1, ix + a - 1, seed) * 2.0 - 1.0) / _STD
-            row = row + lat * wx[..., a]
-            drow = drow + lat * dwx[..., a]
-        val = val + row * wy[..., b]
-        ddx = ddx + drow * wy[..., b]
-        ddy = ddy + row * dwy[..., b]
+    k = np.arange(-1, 3)
+    lat = (hash_uniform(iy[..., None, None] + k[:, None],
+                        ix[..., None, None] + k[None, :], seed) * 2.0 - 1.0) / _STD  # [..., 4, 4]
+    rows = (lat * wx[..., None, :]).sum(-1)     # [..., 4] interpolated along x, per lattice row
+    drows = (lat * dwx[..., None, :]).sum(-1)
+    val = (rows * wy).sum(-1)
+    ddx = (drows * wy).sum(-1)
+    ddy = (rows * dwy).sum(-1)
     if not derivatives:
         return val
     return val, ddx / wavelength, ddy / wavelength

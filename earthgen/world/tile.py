@@ -275,19 +275,26 @@ def _burn_features(sem: np.ndarray, feats: list[Feature], transform) -> np.ndarr
     return np.where(over == 255, sem, over).astype(np.uint8)
 
 
-def _object_geoms(obj: CityObjects) -> dict[str, list]:
-    import shapely
+def _circles(xy: np.ndarray, r: np.ndarray, n: int = 16) -> np.ndarray:
+    """Regular ``n``-gons ``[N, n, 2]`` approximating circles (centres ``[N, 2]``, radii ``[N]``)."""
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ring = np.stack([np.cos(a), np.sin(a)], -1)
+    return xy[:, None, :] + r[:, None, None] * ring[None]
 
-    out: dict[str, list] = {"buildings": [], "tanks": [], "trees": [], "vehicles": []}
-    if len(obj.bld_height):
-        out["buildings"] = list(shapely.polygons(obj.bld_corners))
-    if len(obj.tank_r):
-        out["tanks"] = list(shapely.buffer(shapely.points(obj.tank_xy), obj.tank_r, quad_segs=8))
-    if len(obj.tree_r):
-        out["trees"] = list(shapely.buffer(shapely.points(obj.tree_xy), obj.tree_r, quad_segs=6))
-    if len(obj.veh_large):
-        out["vehicles"] = list(shapely.polygons(obj.veh_corners))
-    return out
+
+def _polygon_dicts(rings: np.ndarray) -> list[dict]:
+    """GeoJSON-like polygons from rings ``[N, K, 2]`` (fast path for rasterio, no shapely)."""
+    closed = np.concatenate([rings, rings[:, :1]], axis=1)
+    return [{"type": "Polygon", "coordinates": [ring]} for ring in closed.tolist()]
+
+
+def _object_geoms(obj: CityObjects) -> dict[str, list]:
+    return {
+        "buildings": _polygon_dicts(obj.bld_corners) if len(obj.bld_height) else [],
+        "tanks": _polygon_dicts(_circles(obj.tank_xy, obj.tank_r)) if len(obj.tank_r) else [],
+        "trees": _polygon_dicts(_circles(obj.tree_xy, obj.tree_r, 12)) if len(obj.tree_r) else [],
+        "vehicles": _polygon_dicts(obj.veh_corners) if len(obj.veh_large) else [],
+    }
 
 
 def _index_raster(geoms: list, transform, shape) -> np.ndarray:
@@ -300,23 +307,31 @@ def _index_raster(geoms: list, transform, shape) -> np.ndarray:
                      transform=transform, fill=0, dtype="int32")
 
 
-def _shadow_mask(obj: CityObjects, cfg: WorldConfig, transform, shape) -> np.ndarray:
-    """Ground pixels in the cast shadow of buildings, tanks and trees (flat-ground model)."""
+def _convex_hulls(points: np.ndarray) -> list[dict]:
+    """Convex hulls of point sets ``[N, K, 2]`` as GeoJSON-like polygons."""
     import shapely
+
+    hulls = shapely.convex_hull(shapely.multipoints(points))
+    coords, idx = shapely.get_coordinates(shapely.get_exterior_ring(hulls), return_index=True)
+    splits = np.flatnonzero(np.diff(idx)) + 1
+    return [{"type": "Polygon", "coordinates": [c.tolist()]} for c in np.split(coords, splits) if len(c) >= 4]
+
+
+def _shadow_mask(obj: CityObjects, cfg: WorldConfig, transform, shape) -> np.ndarray:
+    """Ground pixels in the cast shadow of buildings, tanks and trees (flat-ground model): the
+    hull of each footprint and its copy moved away from the sun by ``height / tan(elevation)``."""
     from rasterio.features import rasterize
 
     a = np.radians(cfg.sun_azimuth_deg)
     away = -np.array([np.sin(a), np.cos(a)]) / np.tan(np.radians(cfg.sun_elevation_deg))  # per m
-    geoms = []
+    geoms: list[dict] = []
     if len(obj.bld_height):
         c = obj.bld_corners
-        moved = c + obj.bld_height[:, None, None] * away
-        geoms += list(shapely.convex_hull(shapely.multipoints(np.concatenate([c, moved], axis=1))))
+        geoms += _convex_hulls(np.concatenate([c, c + obj.bld_height[:, None, None] * away], axis=1))
     for xy, r, hgt in ((obj.tank_xy, obj.tank_r, obj.tank_height), (obj.tree_xy, obj.tree_r, obj.tree_height)):
         if len(r):
-            base = shapely.buffer(shapely.points(xy), r, quad_segs=6)
-            top = shapely.buffer(shapely.points(xy + hgt[:, None] * away), r, quad_segs=6)
-            geoms += list(shapely.convex_hull(shapely.union(base, top)))
+            base = _circles(xy, r, 12)
+            geoms += _convex_hulls(np.concatenate([base, base + hgt[:, None, None] * away], axis=1))
     if not geoms:
         return np.zeros(shape, dtype=bool)
     return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8") > 0
