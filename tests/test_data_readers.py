@@ -191,7 +191,7 @@ def test_dota_sample_and_round_trip(tmp_path):
 @pytest.mark.parametrize("line, reason", [
     ("1 2 3 4 5 6", "expected 10 fields (8 coordinates, class, difficult), got 6"),
     ("1 2 3 4 x 6 7 8 car 0", "coordinate 5 is not a number: 'x'"),
-    ("1 2 3 4 5 6 7 8 car yes", "difficult flag must be 0 or 1"),
+    ("1 2 3 4 5 6 7 8 car yes", "difficult flag must be 0 or 1, got 'yes'"),
 ])
 def test_dota_malformed_names_file_and_line(tmp_path, line, reason):
     lines = (SAMPLES / "dota" / "labelTxt" / "P0001.txt").read_text().splitlines()
@@ -411,6 +411,30 @@ def test_write_read_every_format(tmp_path, fmt):
         np.testing.assert_array_equal(back[0].boxes.difficult, r.difficult)
 
 
+def test_yolo_ultralytics_layout_and_symlinks(tmp_path):
+    root = tmp_path / "ds"
+    imgs = make_images(root / "images" / "train", {"a": (200, 100)})
+    make_images(root / "images" / "val", {"b": (50, 40)})
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n")
+    (root / "labels" / "val" / "b.txt").write_text("0 0.1 0.1 0.3 0.1 0.3 0.2 0.1 0.2\n")
+    (root / "data.yaml").write_text("path: .\nnames:\n  0: ship\n  1: plane\n")
+    assert detect_format(root) == "yolo"
+    a, b = read_detection_dataset(root)
+    assert (a.image, a.size, a.boxes.labels) == (imgs["a"], (200, 100), ["plane"])
+    np.testing.assert_allclose(a.boxes.hbb, [[80, 30, 120, 70]])
+    assert b.boxes.labels == ["ship"] and b.boxes.rotated
+    np.testing.assert_allclose(b.boxes.corners[0], [[5, 4], [15, 4], [15, 8], [5, 8]])
+    out = write_detection_dataset([a, b], tmp_path / "out", "yolo-obb", images="symlink")
+    assert (out / "images" / "a.png").is_symlink()
+    assert (out / "classes.txt").read_text().split() == ["ship", "plane"]  # ids kept
+    assert (out / "labels" / "a.txt").read_text().startswith("1 ")
+    a2, b2 = read_detection_dataset(out)
+    assert_same_boxes(a.boxes, a2.boxes, atol=1e-9)
+    assert_same_boxes(b.boxes, b2.boxes, atol=1e-9)
+
+
 def test_dota_to_coco_to_dota_exact(tmp_path):
     root = SAMPLES / "dota"
     items = read_detection_dataset(root)
@@ -568,8 +592,11 @@ def test_geotiff_landsat_rgb():
     assert (p[0] <= 5).all() and (p[2] >= 250).all() and (p[1] > 10).all()
     assert (img.stretch_range[:, 0] > 0).all()  # stretched: nodata excluded from the low end
     small = read_geotiff(path, max_size=200)
-    assert max(small.rgb.shape[:2]) == 200 and small.gsd == pytest.approx(img.gsd * 791 / 200,
-                                                                          rel=1e-3)
+    st = small.transform
+    assert small.rgb.shape[:2] == (182, 200)  # longer side capped, aspect kept
+    assert (st.a, st.e) == pytest.approx((t.a * 791 / 200, t.e * 718 / 182))
+    assert small.gsd == pytest.approx((abs(st.a) + abs(st.e)) / 2)
+    assert small.gsd == pytest.approx(img.gsd * 791 / 200, rel=3e-3)
 
 
 def test_geotiff_uint16_pan_and_neon():
@@ -588,8 +615,8 @@ def test_geotiff_uint16_pan_and_neon():
 def test_geotiff_multispectral_and_nodata(tmp_path):
     rng = np.random.default_rng(1)
     data = rng.integers(1000, 5000, size=(6, 40, 50)).astype(np.uint16)
-    data[:, :5, :] = 0  # nodata stripe
-    data[:, 30:, :] = 65000  # bright outliers beyond the 98th percentile? no: 25 % of pixels
+    data[:, :5, :] = 0  # nodata stripe: must not pull the low percentile down
+    data[:, 20, :3] = 65000  # 3 hot pixels (< 2 %): clipped to 255, not stretching the rest
     from affine import Affine
 
     path = write_geotiff(tmp_path / "ms.tif", data, 32633, Affine(10, 0, 500000, 0, -10, 6e6),
@@ -601,6 +628,8 @@ def test_geotiff_multispectral_and_nodata(tmp_path):
     img = read_geotiff(path, bands=(4, 3, 2))
     assert img.bands == (4, 3, 2) and img.gsd == 10.0 and img.valid[:5].sum() == 0
     assert img.valid[5:].all() and (img.stretch_range[:, 0] >= 1000).all()
+    assert (img.stretch_range[:, 1] < 5000).all() and (img.rgb[20, :3] == 255).all()
+    assert valid_percentiles(img)[1].min() > 60
     for k, b in enumerate((4, 3, 2)):
         lo, hi = np.percentile(data[b - 1, 5:], [2, 98])
         np.testing.assert_allclose(img.stretch_range[k], [lo, hi])

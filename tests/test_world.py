@@ -203,8 +203,12 @@ def test_save_writes_all_layers_georeferenced(tmp_path, tile):
     lat = np.array([p.y for p in pts])
     # the world sits in UTM 33N around 500 km E / 5000 km N: about 15 E, 45 N
     assert (np.abs(lon - 15.0) < 0.1).all() and (np.abs(lat - 45.1) < 0.1).all()
-    dota = (tmp_path / "w" / "labels_dota.txt").read_text().splitlines()
-    assert len(dota) == 2 + len(tile.labels["labels"])
+    from earthgen.data.dota import read_dota_file
+
+    dota = read_dota_file(tmp_path / "w" / "labels_dota.txt")
+    assert dota.labels == tile.labels["labels"] and dota.extra["gsd"] == 0.5
+    np.testing.assert_allclose(dota.corners, tile.labels["corners"], atol=0.01)
+    np.testing.assert_array_equal(dota.difficult, tile.labels["truncated"])
     vox = VoxelGrid.load_npz(files["voxels.npz"])
     np.testing.assert_array_equal(vox.coords, tile.voxels(2.0).coords)
     ply = (tmp_path / "w" / "voxels.ply").read_bytes()

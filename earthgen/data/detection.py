@@ -201,8 +201,9 @@ def write_detection_dataset(
 ) -> Path:
     """Write ``items`` under the folder ``out`` in ``format`` (layout in the module docstring).
 
-    All files appear at once when everything was written (:func:`earthgen.io.atomic_dir`).
-    ``classes`` fixes the class order (YOLO ids, COCO category ids 1..K); ``images``: ``"none"``
+    Nothing appears in ``out`` unless every file was written (:func:`earthgen.io.atomic_dir`).
+    ``classes`` fixes the class order (YOLO ids, COCO category ids 1..K; by default the order
+    read from a YOLO or COCO source is kept); ``images``: ``"none"``
     (labels only; COCO/CSV refer to the images by path relative to ``out``), ``"copy"`` or
     ``"symlink"`` into ``out/images/``. Returns ``out``."""
     fmt = _check_format(format)
@@ -235,6 +236,10 @@ def write_detection_dataset(
                 _write(tmp / "labelTxt" / f"{it.image.stem}.txt", format_dota(it.boxes, where=it.image))
         elif fmt in ("yolo", "yolo-obb"):
             labels = [lab for it in items for lab in it.boxes.labels]
+            known = [it.boxes.extra.get("classes") for it in items]
+            if classes is None and known and all(k and list(k) == list(known[0]) for k in known) \
+                    and set(labels) <= set(known[0]):
+                classes = list(known[0])  # keep the ids of a YOLO source
             cls, index = resolve_classes(labels, classes, out, "YOLO")
             for it in items:
                 _write(tmp / "labels" / f"{it.image.stem}.txt",

@@ -172,7 +172,9 @@ def read_geotiff(
         if max_size is not None and max(height, width) > max_size:
             k = max(height, width) / float(max_size)
             height, width = max(1, round(ds.height / k)), max(1, round(ds.width / k))
-            transform = ds.transform * Affine.scale(ds.width / width, ds.height / height)
+            sx, sy = ds.width / width, ds.height / height
+            t = ds.transform
+            transform = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
         uniq = sorted(set(sel) | ({alpha} if alpha else set()))
         kw: dict[str, Any] = {}
         if (height, width) != (ds.height, ds.width):

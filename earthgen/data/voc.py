@@ -176,7 +176,7 @@ def read_box_csv(path: PathLike, image_dir: PathLike | None = None,
 
     Needs columns ``xmin``, ``ymin``, ``xmax``, ``ymax`` (pixels, any order) and an image column
     (``image_path``/``image``/``filename``...); ``label`` is optional (``default_label``).
-    Image paths are resolved against ``image_dir`` or the CSV's folder."""
+    Image paths are resolved against ``image_dir`` or the CSV's folder (or its ``images/``)."""
     path = require_file(path, "box CSV file")
     rows = csv.reader(io.StringIO(read_text(path)))
     try:
@@ -216,6 +216,8 @@ def read_box_csv(path: PathLike, image_dir: PathLike | None = None,
     items = []
     for name, (box_list, lab_list) in groups.items():
         img = Path(name) if Path(name).is_absolute() else base / name
+        if not img.exists() and (base / "images" / name).is_file():
+            img = base / "images" / name
         corners = hbb_to_corners(np.array(box_list, dtype=np.float64).reshape(-1, 4))
         boxes = BoxSet(corners, lab_list, difficult=np.zeros(len(lab_list), bool), rotated=False)
         items.append(DetectionItem(img, image_size(img), boxes))

@@ -55,7 +55,8 @@ def read_yolo_file(path: PathLike, image_size: tuple[int, int],
     """One YOLO / YOLO-OBB label file -> BoxSet in pixels (``corners`` [N, 4, 2]).
 
     ``image_size`` is (width, height) in pixels; ``classes`` maps ids to names (else labels are
-    the id strings). ``rotated`` is False when every line is a ``cx cy w h`` box."""
+    the id strings; kept in ``extra["classes"]``). ``rotated`` is False when every line is a
+    ``cx cy w h`` box."""
     path = require_file(path, "YOLO label file")
     w, h = _check_size(image_size, path)
     scale = np.array([w, h])
@@ -98,7 +99,9 @@ def read_yolo_file(path: PathLike, image_size: tuple[int, int],
         corners.append(c * scale)
         labels.append(classes[cid_i] if classes is not None else str(cid_i))
     arr = np.array(corners, dtype=np.float64).reshape(-1, 4, 2)
-    return BoxSet(arr, labels, difficult=np.zeros(len(labels), dtype=bool), rotated=rotated)
+    extra = {"classes": list(classes)} if classes is not None else {}
+    return BoxSet(arr, labels, difficult=np.zeros(len(labels), dtype=bool), rotated=rotated,
+                  extra=extra)
 
 
 def format_yolo(boxes: BoxSet, image_size: tuple[int, int], class_ids: dict[str, int],
@@ -127,8 +130,10 @@ def write_yolo_file(path: PathLike, boxes: BoxSet, image_size: tuple[int, int],
                     classes: list[str] | None = None, obb: bool = False) -> list[str]:
     """Write ``boxes`` as a YOLO (``obb=False``) or YOLO-OBB label file (atomically).
 
-    Returns the class list used (id = index): ``classes`` if given, else ids from integer labels
-    or the sorted label names."""
+    Returns the class list used (id = index): ``classes`` if given, else ``boxes.extra["classes"]``
+    (from a YOLO read), else ids from integer labels or the sorted label names."""
+    if classes is None and set(boxes.labels) <= set(boxes.extra.get("classes") or ()):
+        classes = list(boxes.extra["classes"])
     names, index = resolve_classes(boxes.labels, classes, path, "YOLO")
     text = format_yolo(boxes, image_size, index, obb=obb, where=path)
     with atomic_path(path) as tmp:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from earthgen.classes import CLASS_ID, CLASS_NAMES, PALETTE, colorize, legend
+from earthgen.data.dota import write_dota_file
 from earthgen.io import atomic_dir, write_geotiff, write_json, write_png
 
 BOX_COLORS = {"building": (255, 60, 60), "storage_tank": (255, 255, 0), "small_vehicle": (0, 255, 255),
@@ -75,15 +76,6 @@ def draw_boxes(rgb: np.ndarray, corners: np.ndarray, labels: list[str]) -> np.nd
     return np.asarray(img)
 
 
-def dota_lines(corners: np.ndarray, labels: list[str], truncated: np.ndarray, gsd: float) -> list[str]:
-    """DOTA v1 labelTxt lines: header, then ``x1 y1 ... x4 y4 class difficult``."""
-    lines = ["imagesource:earthgen-world", f"gsd:{gsd:g}"]
-    for c, name, t in zip(corners, labels, truncated):
-        xy = " ".join(f"{v:.1f}" for v in c.reshape(-1))
-        lines.append(f"{xy} {name.replace('_', '-')} {int(bool(t))}")
-    return lines
-
-
 def save_tile(tile, out_dir, voxel_size: float | None = 1.0) -> dict[str, str]:
     """Write all layers of ``tile`` into ``out_dir``; returns ``{file name: path}``."""
     out_dir = Path(out_dir)
@@ -115,7 +107,7 @@ def save_tile(tile, out_dir, voxel_size: float | None = 1.0) -> dict[str, str]:
                 for c, b, n, t in zip(lab["corners"], lab["hbb"], lab["labels"], lab["truncated"])
             ],
         })
-        p("labels_dota.txt").write_text("\n".join(dota_lines(lab["corners"], lab["labels"], lab["truncated"], tile.gsd)) + "\n")
+        write_dota_file(p("labels_dota.txt"), tile.boxes(), imagesource="earthgen-world", gsd=tile.gsd)
         p("caption.txt").write_text(tile.caption + "\n")
         boxes = draw_boxes(tile.rgb, lab["corners"], lab["labels"])
         write_png(p("preview.png"), np.concatenate([tile.rgb, colorize(tile.semantic), boxes], axis=1))

@@ -72,6 +72,14 @@ class WorldTile:
         xy = np.asarray(xy, dtype=np.float64)
         return np.stack([(xy[..., 0] - self.grid.x0) / self.gsd, (self.grid.y0 - xy[..., 1]) / self.gsd], -1)
 
+    def boxes(self):
+        """The detection labels as an :class:`earthgen.boxes.BoxSet` (``difficult`` = truncated)."""
+        from earthgen.boxes import BoxSet
+
+        lab = self.labels
+        return BoxSet(lab["corners"], list(lab["labels"]), difficult=np.asarray(lab["truncated"]),
+                      extra={"imagesource": "earthgen-world", "gsd": self.gsd})
+
     def voxels(self, voxel_size: float = 1.0):
         """Sparse voxel occupancy with semantic and colour: :class:`earthgen.world.voxels.VoxelGrid`."""
         from earthgen.world.voxels import voxelize
