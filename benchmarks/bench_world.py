@@ -45,10 +45,11 @@ def main() -> None:
     results = []
     for name, seed, size, gsd in cases:
         cfg = preset(name)
-        med, runs = timed(lambda: generate_world(seed, size, gsd, config=cfg), args.repeats)
+        med, runs = timed(lambda s=seed, n=size, g=gsd, c=cfg: generate_world(s, n, g, config=c), args.repeats)
         tile = generate_world(seed, size, gsd, config=cfg)
         with tempfile.TemporaryDirectory() as d:
-            save_med, _ = timed(lambda: tile.save(Path(d) / "t", voxel_size=1.0), max(1, args.repeats // 2))
+            save_med, _ = timed(lambda t=tile, v=max(1.0, gsd): t.save(Path(d) / "t", voxel_size=v),
+                                max(1, args.repeats // 2))
         row = {
             "preset": name, "seed": seed, "size_px": size, "gsd_m": gsd,
             "extent_m": size * gsd, "generate_s": round(med, 4),

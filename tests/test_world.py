@@ -113,10 +113,10 @@ def test_detection_labels_match_rendered_objects(tile):
     assert ((centre >= 0) & (centre < [w, h])).all()
     assert (lab["hbb"][:, 2] >= lab["hbb"][:, 0]).all() and (lab["hbb"][:, 3] >= lab["hbb"][:, 1]).all()
     # pixels inside each untruncated building box are (almost all) building pixels
-    from rasterio.features import rasterize
     import shapely
+    from rasterio.features import rasterize
 
-    sel = [i for i, (name, t) in enumerate(zip(lab["labels"], lab["truncated"])) if name == "building" and not t]
+    sel = [i for i, (name, t) in enumerate(zip(lab["labels"], lab["truncated"], strict=False)) if name == "building" and not t]
     assert sel
     for i in sel:
         m = rasterize([(shapely.Polygon(lab["corners"][i]), 1)], out_shape=(h, w), fill=0, dtype="uint8") > 0

@@ -385,7 +385,7 @@ def _drop_wet(obj: CityObjects, seed: int, cfg: WorldConfig, gsd: float) -> City
         c = obj.bld_corners
         keep = ~wet(np.concatenate([c, c.mean(axis=1, keepdims=True)], axis=1))
         obj.bld_corners, obj.bld_height, obj.bld_roof = c[keep], obj.bld_height[keep], obj.bld_roof[keep]
-        obj.bld_kind = [k for k, ok in zip(obj.bld_kind, keep) if ok]
+        obj.bld_kind = [k for k, ok in zip(obj.bld_kind, keep, strict=False) if ok]
     ring = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float64)
     for xy, r, h in (("tank_xy", "tank_r", "tank_height"), ("tree_xy", "tree_r", "tree_height")):
         pts = getattr(obj, xy)[:, None, :] + getattr(obj, r)[:, None, None] * ring[None]

@@ -57,7 +57,7 @@ def layout_geojson(tile) -> dict:
         from affine import Affine
 
         aff = Affine(tile.gsd, 0, xmin, 0, -tile.gsd, ymax)
-        for geom, val in shapes(water, mask=water.astype(bool), transform=aff):
+        for geom, _val in shapes(water, mask=water.astype(bool), transform=aff):
             g = shapely.geometry.shape(geom).simplify(tile.gsd)
             out.append({"type": "Feature", "properties": {"class": "water", "class_id": CLASS_ID["water"]},
                         "geometry": shapely.geometry.mapping(shapely.transform(g, to_lonlat))})
@@ -70,7 +70,7 @@ def draw_boxes(rgb: np.ndarray, corners: np.ndarray, labels: list[str]) -> np.nd
 
     img = Image.fromarray(rgb)
     d = ImageDraw.Draw(img)
-    for c, name in zip(corners, labels):
+    for c, name in zip(corners, labels, strict=False):
         pts = [tuple(map(float, p)) for p in c]
         d.polygon(pts, outline=BOX_COLORS.get(name, (255, 255, 255)))
     return np.asarray(img)
@@ -104,7 +104,7 @@ def save_tile(tile, out_dir, voxel_size: float | None = 1.0) -> dict[str, str]:
             "classes": lab["classes"],
             "objects": [
                 {"label": n, "corners": c.round(2).tolist(), "hbb": b.round(2).tolist(), "truncated": bool(t)}
-                for c, b, n, t in zip(lab["corners"], lab["hbb"], lab["labels"], lab["truncated"])
+                for c, b, n, t in zip(lab["corners"], lab["hbb"], lab["labels"], lab["truncated"], strict=False)
             ],
         })
         write_dota_file(p("labels_dota.txt"), tile.boxes(), imagesource="earthgen-world", gsd=tile.gsd)

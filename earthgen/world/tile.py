@@ -17,8 +17,19 @@ from earthgen.classes import CLASS_ID
 from earthgen.errors import UserInputError
 from earthgen.geo.vector import Feature
 from earthgen.world.city import (
-    APARTMENTS, BLOCK_TYPES, HOUSES, INDUSTRIAL, PARK, PARKING, ROAD_CLASSES, ROAD_WIDTHS, RURAL,
-    CityObjects, Lattice, compute_blocks, generate_objects,
+    APARTMENTS,
+    BLOCK_TYPES,
+    HOUSES,
+    INDUSTRIAL,
+    PARK,
+    PARKING,
+    ROAD_CLASSES,
+    ROAD_WIDTHS,
+    RURAL,
+    CityObjects,
+    Lattice,
+    compute_blocks,
+    generate_objects,
 )
 from earthgen.world.config import WorldConfig
 from earthgen.world.noise import Grid, Sampler, hash_uniform
@@ -260,18 +271,18 @@ def _features(obj: CityObjects) -> list[Feature]:
     feats: list[Feature] = []
     if len(obj.road_class):
         lines = shapely.linestrings(np.stack([obj.road_p0, obj.road_p1], axis=1))
-        for g, c in zip(lines, obj.road_class):
+        for g, c in zip(lines, obj.road_class, strict=False):
             feats.append(Feature(g, ROAD_CLASSES[c], {"width": float(ROAD_WIDTHS[c])}))
     if len(obj.tree_r):
-        for g, r, hgt in zip(shapely.points(obj.tree_xy), obj.tree_r, obj.tree_height):
+        for g, r, hgt in zip(shapely.points(obj.tree_xy), obj.tree_r, obj.tree_height, strict=False):
             feats.append(Feature(g, "forest", {"radius": float(r), "height": float(hgt), "kind": "tree"}))
     if len(obj.bld_height):
         polys = shapely.polygons(obj.bld_corners)
-        for g, hgt, kind in zip(polys, obj.bld_height, obj.bld_kind):
+        for g, hgt, kind in zip(polys, obj.bld_height, obj.bld_kind, strict=False):
             feats.append(Feature(g, "building", {"height": float(hgt), "kind": kind}))
     if len(obj.tank_r):
         circles = shapely.buffer(shapely.points(obj.tank_xy), obj.tank_r, quad_segs=8)
-        for g, hgt in zip(circles, obj.tank_height):
+        for g, hgt in zip(circles, obj.tank_height, strict=False):
             feats.append(Feature(g, "building", {"height": float(hgt), "kind": "storage_tank"}))
     return feats
 
@@ -411,7 +422,7 @@ def detection_labels(tile: WorldTile) -> dict:
     centre = corners.mean(axis=1)
     keep = (centre[:, 0] >= 0) & (centre[:, 0] < w) & (centre[:, 1] >= 0) & (centre[:, 1] < h)
     corners = corners[keep]
-    labels = [n for n, k in zip(names, keep) if k]
+    labels = [n for n, k in zip(names, keep, strict=False) if k]
     truncated = ((corners < 0) | (corners > np.array([w, h]))).any(axis=(1, 2))
     hbb = corners_to_hbb(corners)
     hbb = np.clip(hbb, 0, [w, h, w, h])

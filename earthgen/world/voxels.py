@@ -131,8 +131,8 @@ def voxelize(tile, voxel_size: float = 1.0) -> VoxelGrid:
     col = np.repeat(np.arange(n.size), n)
     offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
     z = bottom.ravel()[col] + offset
-    J, I = np.meshgrid(j, i, indexing="ij")
-    coords = np.stack([I.ravel()[col], J.ravel()[col], z], axis=1).astype(np.int32)
+    jj, ii = np.meshgrid(j, i, indexing="ij")
+    coords = np.stack([ii.ravel()[col], jj.ravel()[col], z], axis=1).astype(np.int32)
     vsem = sem.ravel()[col].astype(np.uint8)
     is_top = z == top.ravel()[col]
     above = z > base.ravel()[col]  # wall of an object (building, tank, canopy)
