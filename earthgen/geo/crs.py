@@ -33,7 +33,6 @@ def utm_epsg(lon: float, lat: float) -> int:
         return 32661
     if lat < -80.0:
         return 32761
-    lon = ((lon + 180.0) % 360.0) - 180.0
     zone = min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
     if 56.0 <= lat < 64.0 and 3.0 <= lon < 12.0:
         zone = 32
