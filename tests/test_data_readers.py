@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fixture_path
 
 from earthgen.boxes import BoxSet, obb_to_corners
 from earthgen.classes import PALETTE
@@ -39,15 +39,10 @@ from earthgen.io import write_geotiff, write_png
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE / "data" / "readers"
-FIXTURES = Path(os.environ.get("EARTHGEN_FIXTURES",
-                               Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 
 
 def fixture(rel: str) -> Path:
-    p = FIXTURES / rel
-    if not p.exists():
-        pytest.skip(f"fixture not available: {p}")
-    return p
+    return fixture_path(rel)
 
 
 def rotated_boxes() -> BoxSet:

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
+from conftest import fixture_path
 
 from earthgen.classes import CLASS_ID, NUM_CLASSES
 from earthgen.errors import UserInputError
 from earthgen.geo import crs as gcrs
 from earthgen.geo import osm
 from earthgen.geo.layout import build_layout, plan_grid
-
-FIXTURES = Path(os.environ.get("EARTHGEN_FIXTURES",
-                               Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 
 MONACO = "osm/monaco-latest.osm.pbf"
 HELSINKI = "osm/Helsinki.osm.pbf"
@@ -35,10 +32,7 @@ MONACO_CENTER = (43.7384, 7.4246)  # lat, lon: port of Monaco
 
 
 def fx(rel: str) -> Path:
-    p = FIXTURES / rel
-    if not p.exists():
-        pytest.skip(f"fixture not available: {p}")
-    return p
+    return fixture_path(rel)
 
 
 def frac(layout, *names: str) -> float:
@@ -325,7 +319,7 @@ def _bad_cases(tmp_path: Path) -> list[tuple[dict, str]]:
     garbage.write_bytes(b"not a pbf at all")
     return [
         ({"source": tmp_path / "missing.osm.pbf"}, "not found"),
-        ({"source": FIXTURES / "SOURCES.md"}, "unknown file type"),
+        ({"source": Path(__file__).resolve().parents[1] / "README.md"}, "unknown file type"),
         ({"source": garbage}, "cannot read OSM data"),
         ({"source": monaco, "center": MONACO_CENTER, "size": 64, "gsd": 0.0}, "GSD"),
         ({"source": monaco, "center": MONACO_CENTER, "size": 64, "gsd": -1.0}, "GSD"),
