@@ -17,7 +17,7 @@ import numpy as np
 from earthgen.classes import ROAD_WIDTH_M
 from earthgen.world.config import WorldConfig
 from earthgen.world.noise import Sampler, hash_uniform
-from earthgen.world.terrain import subseed, terrain_fields
+from earthgen.world.terrain import subseed, terrain_fields, water_mask
 
 # block types
 RURAL, HOUSES, APARTMENTS, INDUSTRIAL, PARK, PARKING = 0, 1, 2, 3, 4, 5
@@ -378,8 +378,7 @@ def _drop_wet(obj: CityObjects, seed: int, cfg: WorldConfig, gsd: float) -> City
     def wet(pts: np.ndarray) -> np.ndarray:  # [N, K, 2] -> [N]
         if len(pts) == 0:
             return np.zeros(0, bool)
-        f = terrain_fields(Sampler.from_points(pts[..., 0], pts[..., 1], gsd), seed, cfg)
-        return f["water"].any(axis=1)
+        return water_mask(Sampler.from_points(pts[..., 0], pts[..., 1], gsd), seed, cfg).any(axis=1)
 
     if len(obj.bld_height):
         c = obj.bld_corners
@@ -389,6 +388,8 @@ def _drop_wet(obj: CityObjects, seed: int, cfg: WorldConfig, gsd: float) -> City
     ring = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float64)
     for xy, r, h in (("tank_xy", "tank_r", "tank_height"), ("tree_xy", "tree_r", "tree_height")):
         pts = getattr(obj, xy)[:, None, :] + getattr(obj, r)[:, None, None] * ring[None]
+        if xy == "tree_xy":
+            pts = pts[:, :1]  # trees: the trunk position is enough
         keep = ~wet(pts)
         for name in (xy, r, h):
             setattr(obj, name, getattr(obj, name)[keep])

@@ -36,27 +36,12 @@ def urban_field(s: Sampler, seed: int, cfg: WorldConfig) -> np.ndarray:
     return u + cfg.urban_bias
 
 
-def terrain_fields(s: Sampler, seed: int, cfg: WorldConfig) -> dict[str, np.ndarray]:
-    """Evaluate the natural fields. Returns arrays of the sampler's shape:
-
-    ``height`` (m), ``grad_x``/``grad_y`` (m/m), ``lake``/``river``/``water`` (bool),
-    ``water_level`` (m, surface height where water), ``depth`` (m, approximate), ``river_dist`` (m to the nearest river
-    centre line, large where none), ``moisture`` (about N(0,1)), ``urban`` (see
-    :func:`urban_field`), ``shore`` (0..1 closeness to a lake shore), ``rock`` (0..1).
-    """
-    urban = urban_field(s, seed, cfg)
-    town = np.clip(urban, 0.0, 1.5) / 1.5
+def _water(s: Sampler, seed: int, cfg: WorldConfig, urban: np.ndarray) -> dict[str, np.ndarray]:
+    """Normalised height, lakes and rivers: the part of the fields that decides where water is."""
     hn, hx, hy = s.eroded_fbm(cfg.terrain_wavelength_m, subseed(seed, S_TERRAIN), erosion=cfg.erosion)
-    mount = 0.35 + 1.3 * np.clip(0.5 + 0.5 * s.fbm(4.0 * cfg.terrain_wavelength_m, subseed(seed, S_MOUNT), 2), 0, 1)
-    flat = 1.0 - 0.75 * town  # towns sit on gentler ground, and above lakes
-    relief = cfg.relief_m * mount * flat
     lift = np.clip(urban / 0.6, 0.0, 1.0)  # settled ground is kept above the lakes
     hn_eff = hn + lift * np.maximum(cfg.lake_level + 0.35 - hn, 0.0)
     lake = hn_eff < cfg.lake_level
-    height = relief * np.maximum(hn_eff, cfg.lake_level)
-    gx = np.where(lake, 0.0, relief * hx)
-    gy = np.where(lake, 0.0, relief * hy)
-
     # rivers: centre lines are zero crossings of a smooth field; |r| / |grad r| ~ distance (m)
     r, rx, ry = s.noise(cfg.river_wavelength_m, subseed(seed, S_RIVER), derivatives=True)
     r2, r2x, r2y = s.noise(cfg.river_wavelength_m / 3.0, subseed(seed, S_RIVER2), derivatives=True)
@@ -67,12 +52,38 @@ def terrain_fields(s: Sampler, seed: int, cfg: WorldConfig) -> dict[str, np.ndar
     width = lo + (hi - lo) * smoothstep(-1.0, 1.0, s.noise(3000.0, subseed(seed, S_RIVER_WIDTH)))
     dist = np.where(on, dist, 1e6)
     river = (dist < 0.5 * width) & ~lake
+    return {"hx": hx, "hy": hy, "hn_eff": hn_eff, "lake": lake, "river": river, "water": lake | river,
+            "river_dist": dist, "river_width": width}
+
+
+def water_mask(s: Sampler, seed: int, cfg: WorldConfig) -> np.ndarray:
+    """Where lakes and rivers are (bool, the sampler's shape); cheaper than :func:`terrain_fields`."""
+    return _water(s, seed, cfg, urban_field(s, seed, cfg))["water"]
+
+
+def terrain_fields(s: Sampler, seed: int, cfg: WorldConfig) -> dict[str, np.ndarray]:
+    """Evaluate the natural fields. Returns arrays of the sampler's shape:
+
+    ``height`` (m), ``grad_x``/``grad_y`` (m/m), ``lake``/``river``/``water`` (bool),
+    ``water_level`` (m, surface height where water), ``depth`` (m, approximate), ``river_dist``
+    (m to the nearest river centre line, large where none), ``river_width`` (m), ``moisture``
+    (about N(0,1)), ``urban`` (see :func:`urban_field`), ``shore`` (0..1 closeness to a lake
+    shore), ``rock`` (0..1).
+    """
+    urban = urban_field(s, seed, cfg)
+    w = _water(s, seed, cfg, urban)
+    lake, river, dist, width, hn_eff = w["lake"], w["river"], w["river_dist"], w["river_width"], w["hn_eff"]
+    town = np.clip(urban, 0.0, 1.5) / 1.5
+    mount = 0.35 + 1.3 * np.clip(0.5 + 0.5 * s.fbm(4.0 * cfg.terrain_wavelength_m, subseed(seed, S_MOUNT), 2), 0, 1)
+    relief = cfg.relief_m * mount * (1.0 - 0.75 * town)  # towns sit on gentler ground
+    height = relief * np.maximum(hn_eff, cfg.lake_level)
+    gx = np.where(lake, 0.0, relief * w["hx"])
+    gy = np.where(lake, 0.0, relief * w["hy"])
     # carve a valley: the river runs a few metres below its banks
     carve = np.minimum(0.08 * relief + 2.0, 10.0) * np.exp(-((dist / (2.5 * width)) ** 2))
     bank = height - carve
     water_level = np.where(lake, height, bank - 0.5)
     height = np.where(lake, height, bank)
-    water = lake | river
     depth = np.where(lake, (cfg.lake_level - hn_eff) * relief, np.where(river, 0.5 * width - dist, 0.0))
 
     moisture = s.fbm(900.0, subseed(seed, S_MOIST), 4) + 1.2 * np.exp(-dist / 80.0)
@@ -80,6 +91,6 @@ def terrain_fields(s: Sampler, seed: int, cfg: WorldConfig) -> dict[str, np.ndar
     rock = smoothstep(0.45, 0.9, np.hypot(gx, gy)) * (0.6 + 0.4 * s.noise(60.0, subseed(seed, S_ROCK)))
     return {
         "height": height, "grad_x": gx, "grad_y": gy, "lake": lake, "river": river,
-        "water": water, "water_level": water_level, "depth": depth, "river_dist": dist, "river_width": width,
-        "moisture": moisture, "urban": urban, "shore": shore, "rock": rock,
+        "water": w["water"], "water_level": water_level, "depth": depth, "river_dist": dist,
+        "river_width": width, "moisture": moisture, "urban": urban, "shore": shore, "rock": rock,
     }
