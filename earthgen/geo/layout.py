@@ -39,11 +39,10 @@ from earthgen.geo.crs import (
     check_lonlat,
     check_metric,
     lonlat_to_xy,
-    project_geometries,
     utm_crs,
 )
 from earthgen.geo.osm import VectorSource, load_source, select_features
-from earthgen.geo.vector import Feature, rasterize_features
+from earthgen.geo.vector import Feature, features_geojson, rasterize_features
 
 DEFAULT_GSD = 1.0               # metres / pixel
 MAX_PIXELS = 16384 * 16384      # about 270 MB for the uint8 class map alone
@@ -260,22 +259,7 @@ class Layout:
 
     def features_geojson(self) -> dict:
         """The features clipped to the grid, in WGS84 lon/lat, as a GeoJSON FeatureCollection."""
-        from earthgen.geo.crs import WGS84
-
-        box = shapely.box(*self.bounds)
-        geoms = np.array([f.geometry for f in self.features], dtype=object)
-        out: list[dict] = []
-        if len(geoms):
-            clipped = shapely.intersection(geoms, box)
-            ll = project_geometries(clipped, self.crs, WGS84)
-            ll = shapely.transform(ll, lambda c: np.round(c, 7))
-            for f, g, gc in zip(self.features, ll, clipped, strict=True):
-                if g is None or g.is_empty or gc.is_empty:
-                    continue
-                props = {"class": f.cls, **{k: v for k, v in f.props.items() if v is not None}}
-                out.append({"type": "Feature", "properties": props,
-                            "geometry": shapely.geometry.mapping(g)})
-        return {"type": "FeatureCollection", "features": out}
+        return features_geojson(self.features, self.crs, self.bounds)
 
     def buildings_dict(self) -> dict:
         """Oriented building boxes in pixel coordinates with heights (metres) and areas (m²)."""

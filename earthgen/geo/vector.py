@@ -111,3 +111,24 @@ def rasterize_features(
     values = [CLASS_ID[f.cls] for f, k in zip(ordered, keep, strict=True) if k]
     shapes = zip(geojson_like(areas[keep]), values, strict=True)
     return rasterize(shapes, out_shape=shape, transform=transform, fill=background, dtype="uint8")
+
+
+def features_geojson(features: list[Feature], crs: Any, bounds: tuple[float, float, float, float]) -> dict:
+    """Features clipped to ``bounds`` (xmin, ymin, xmax, ymax in ``crs``), reprojected to WGS84
+    lon/lat (7 decimals, ~1 cm), as a GeoJSON FeatureCollection with ``class`` and the props."""
+    import shapely
+
+    from earthgen.geo.crs import WGS84, project_geometries
+
+    out: list[dict] = []
+    if features:
+        geoms = np.array([f.geometry for f in features], dtype=object)
+        clipped = shapely.intersection(geoms, shapely.box(*bounds))
+        ll = project_geometries(clipped, crs, WGS84)
+        ll = shapely.transform(ll, lambda c: np.round(c, 7))
+        for f, g, gc in zip(features, ll, clipped, strict=True):
+            if g is None or g.is_empty or gc.is_empty:
+                continue
+            props = {"class": f.cls, **{k: v for k, v in f.props.items() if v is not None}}
+            out.append({"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(g)})
+    return {"type": "FeatureCollection", "features": out}

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 
 from earthgen.classes import CLASS_ID, CLASS_NAMES, PALETTE, colorize, legend
 from earthgen.data.dota import write_dota_file
@@ -29,39 +30,26 @@ BOX_COLORS = {"building": (255, 60, 60), "storage_tank": (255, 255, 0), "small_v
 
 
 def layout_geojson(tile) -> dict:
-    """The tile's vector layout as a GeoJSON FeatureCollection in WGS84 lon/lat."""
+    """The tile's vector layout (objects and water) as a GeoJSON FeatureCollection in WGS84."""
     import shapely
-    from pyproj import Transformer
     from rasterio.features import shapes
 
+    from earthgen.geo.vector import Feature, features_geojson
     from earthgen.world.tile import FALSE_ORIGIN
 
-    tr = Transformer.from_crs(tile.crs, "EPSG:4326", always_xy=True)
-
-    def to_lonlat(coords: np.ndarray) -> np.ndarray:
-        lon, lat = tr.transform(coords[:, 0] + FALSE_ORIGIN[0], coords[:, 1] + FALSE_ORIGIN[1])
-        return np.stack([lon, lat], -1)
-
-    xmin, ymin, xmax, ymax = tile.grid.bounds
-    box = shapely.box(xmin, ymin, xmax, ymax)
-    out = []
-    for f in tile.features:
-        g = f.geometry
-        if not g.intersects(box):
-            continue
-        props = {"class": f.cls, "class_id": CLASS_ID[f.cls], **f.props}
-        out.append({"type": "Feature", "properties": props,
-                    "geometry": shapely.geometry.mapping(shapely.transform(g, to_lonlat))})
+    feats = list(tile.features)
     water = (tile.semantic == CLASS_ID["water"]).astype(np.uint8)
     if water.any():
-        from affine import Affine
-
+        xmin, _, _, ymax = tile.grid.bounds
         aff = Affine(tile.gsd, 0, xmin, 0, -tile.gsd, ymax)
-        for geom, _val in shapes(water, mask=water.astype(bool), transform=aff):
-            g = shapely.geometry.shape(geom).simplify(tile.gsd)
-            out.append({"type": "Feature", "properties": {"class": "water", "class_id": CLASS_ID["water"]},
-                        "geometry": shapely.geometry.mapping(shapely.transform(g, to_lonlat))})
-    return {"type": "FeatureCollection", "features": out}
+        for geom, _ in shapes(water, mask=water.astype(bool), transform=aff):
+            feats.append(Feature(shapely.geometry.shape(geom).simplify(tile.gsd), "water"))
+    # world metres -> the georeferenced frame (EPSG:32633 with the world origin at FALSE_ORIGIN)
+    moved = shapely.transform(np.array([f.geometry for f in feats], dtype=object), lambda c: c + FALSE_ORIGIN)
+    feats = [Feature(g, f.cls, f.props) for g, f in zip(moved, feats, strict=True)]
+    x0, y0, x1, y1 = tile.grid.bounds
+    bounds = (x0 + FALSE_ORIGIN[0], y0 + FALSE_ORIGIN[1], x1 + FALSE_ORIGIN[0], y1 + FALSE_ORIGIN[1])
+    return features_geojson(feats, tile.crs, bounds)
 
 
 def draw_boxes(rgb: np.ndarray, corners: np.ndarray, labels: list[str]) -> np.ndarray:
