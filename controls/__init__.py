@@ -1,2 +1,7 @@
-"""Multi-condition control branch for latent diffusion (CRS-Diff-style fused dense controls).
-Built in the imagery release."""
+"""Control branches that steer the image generator with dense maps (layouts, roads, edges,
+height): :class:`~controls.fused.FusedControlNet` fuses any set of conditions at several scales
+into one ControlNet-style branch."""
+
+from controls.fused import FusedControlNet, MultiScaleFusion
+
+__all__ = ["FusedControlNet", "MultiScaleFusion"]
