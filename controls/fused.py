@@ -75,7 +75,9 @@ class FusedControlNet(ModelMixin, ConfigMixin):
 
     Args:
         conditions: condition name -> channels, e.g. ``{"layout": 13, "roads": 1, "height": 1}``.
-        fusion_widths: widths of the four pyramid levels (the last is at 1/8 resolution).
+        fusion_widths: widths of the pyramid levels; level ``i`` is at ``1 / 2**i`` of the image
+            resolution, and the last must match the latent resolution (4 levels for a VAE that
+            downsamples 8x).
         controlnet_kwargs: keyword arguments of diffusers' ``ControlNetModel`` (UNet-shaped fields).
     """
 
@@ -93,6 +95,7 @@ class FusedControlNet(ModelMixin, ConfigMixin):
         packed = sum(self.condition_channels) + len(self.condition_names)
         self.controlnet = ControlNetModel(conditioning_channels=packed, **kw)
         width = self.controlnet.config.block_out_channels[0]
+        self.downscale = 2 ** (len(fusion_widths) - 1)  # image pixels per latent pixel
         self.controlnet.controlnet_cond_embedding = MultiScaleFusion(
             self.condition_channels, tuple(fusion_widths), width)
 
@@ -128,8 +131,9 @@ class FusedControlNet(ModelMixin, ConfigMixin):
         hw = tuple(ref.shape[-2:]) if ref is not None else size
         if b is None or hw is None:
             raise UserInputError("no control condition given: pass batch_size and size")
-        if hw[0] % 8 or hw[1] % 8:
-            raise UserInputError(f"control maps must have sides divisible by 8, got {hw[1]}x{hw[0]}")
+        f = self.downscale
+        if hw[0] % f or hw[1] % f:
+            raise UserInputError(f"control maps must have sides divisible by {f}, got {hw[1]}x{hw[0]}")
         device = self.device
         maps, weights = [], []
         for name, c in zip(self.condition_names, self.condition_channels, strict=True):
@@ -145,7 +149,8 @@ class FusedControlNet(ModelMixin, ConfigMixin):
                 w = torch.where(drop.to(device).bool(), torch.zeros_like(w), w)
             elif isinstance(drop, dict) and name in drop:
                 w = torch.where(drop[name].to(device).bool(), torch.zeros_like(w), w)
-            maps.append(x.to(device=device, dtype=self.dtype))
+            keep = (w != 0).to(self.dtype)[:, None, None, None]  # a dropped map is also emptied
+            maps.append(x.to(device=device, dtype=self.dtype) * keep)
             weights.append(w)
         wmap = torch.stack(weights, 1).to(self.dtype)[:, :, None, None].expand(-1, -1, *hw)
         return torch.cat([*maps, wmap], dim=1)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_clip_checkpoint
 
 from earthgen.classes import CLASS_ID, NUM_CLASSES
 from earthgen.conditioning import MetadataEncoder, sinusoidal_embedding
@@ -134,34 +135,10 @@ def test_offline_sentence_encoder_ranks_captions():
         enc.encode([1, 2])
 
 
-def _tiny_clip_checkpoint(root):
-    """A diffusers-style folder with a random tiny CLIP text model and a character-level BPE
-    tokenizer (no download)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in letters:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (root / "tokenizer").mkdir(parents=True)
-    (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt"),
-                        model_max_length=16)
-    tok.save_pretrained(root / "tokenizer")
-    torch.manual_seed(0)
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1)
-    CLIPTextModel(cfg).save_pretrained(root / "text_encoder")
-    return root
-
-
 def test_clip_text_encoder_loads_diffusers_layout(tmp_path):
     from earthgen.conditioning.text import CLIPTextEncoder, load_text_encoder
 
-    root = _tiny_clip_checkpoint(tmp_path / "ckpt")
+    root = tiny_clip_checkpoint(tmp_path / "ckpt")
     enc = load_text_encoder(root)
     assert isinstance(enc, CLIPTextEncoder) and enc.dim == 32
     a = enc.encode(["dense city", "forest"])

@@ -1,0 +1,408 @@
+"""``EarthImagePipeline``: controllable latent diffusion for satellite imagery.
+
+One pipeline for text -> image, layout/control maps -> image, image -> image, inpainting and
+unbounded (tiled) generation, built from diffusers components so Stable-Diffusion-format
+checkpoints load from a folder or hub id:
+
+- ``vae`` (``AutoencoderKL``), ``unet`` (``UNet2DConditionModel``), ``scheduler`` (any diffusers
+  scheduler), ``text_encoder`` + ``tokenizer`` (transformers; CLIP or the offline MiniLM),
+- optional ``metadata_encoder`` (:class:`earthgen.conditioning.MetadataEncoder`, its embedding
+  goes in as the UNet's ``class_labels`` with ``class_embed_type="identity"``: summed into the
+  timestep embedding) and ``controlnet`` (:class:`controls.FusedControlNet`).
+
+Classifier-free guidance runs an unconditional branch with *every* condition removed: the empty
+prompt, all metadata fields null, every control map at weight 0.
+
+Large areas: when the latent is larger than ``tile_size`` the sampler runs the UNet on
+overlapping windows and blends their predictions with smooth weights at every step
+(MultiDiffusion), and the VAE decodes by blended windows too, so memory does not grow with the
+area and time grows linearly with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from earthgen.conditioning.dense import one_hot, road_map
+from earthgen.errors import UserInputError
+
+
+@dataclass
+class EarthImageOutput(BaseOutput):
+    """``images``: list of PIL images, ``[B, H, W, 3]`` float array in 0..1, ``[B, 3, H, W]``
+    tensor, or latents, as ``output_type`` asks."""
+
+    images: Any
+
+
+def _window_weight(h: int, w: int, device) -> torch.Tensor:
+    """Smooth blending weights ``[1, 1, h, w]``: a raised cosine, never exactly 0."""
+    def ramp(n: int) -> torch.Tensor:
+        x = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
+        return 0.05 + torch.sin(math.pi * x)
+
+    return (ramp(h)[:, None] * ramp(w)[None, :])[None, None]
+
+
+def _windows(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering ``[0, size)`` with windows of ``tile`` overlapping by ``overlap``."""
+    if size <= tile:
+        return [0]
+    stride = max(tile - overlap, 1)
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+def _to_tensor_image(image: Any) -> torch.Tensor:
+    """PIL / ``[H, W, 3]`` uint8 or float array / ``[B, 3, H, W]`` tensor -> float ``[B, 3, H, W]`` in 0..1."""
+    if isinstance(image, torch.Tensor):
+        x = image.float()
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise UserInputError(f"image tensor must be [B, 3, H, W], got {tuple(image.shape)}")
+        return x
+    if hasattr(image, "convert"):  # PIL
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise UserInputError(f"image array must be [H, W, 3] or [B, H, W, 3], got {arr.shape}")
+    x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+    return x.permute(0, 3, 1, 2)
+
+
+class EarthImagePipeline(DiffusionPipeline):
+    """Satellite image generation from text, metadata (GSD, location, date), dense control maps
+    and reference images; see the module docstring."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["metadata_encoder", "controlnet"]
+
+    def __init__(self, vae, unet, scheduler, text_encoder, tokenizer, metadata_encoder=None, controlnet=None):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
+                              tokenizer=tokenizer, metadata_encoder=metadata_encoder, controlnet=controlnet)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # --- conditions ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> token embeddings ``[B, L, D]`` (D must equal the UNet's cross-attention width)."""
+        tok = self.tokenizer(prompts, padding="max_length", truncation=True,
+                             max_length=min(int(self.tokenizer.model_max_length), 77), return_tensors="pt")
+        out = self.text_encoder(input_ids=tok["input_ids"].to(self._execution_device),
+                                attention_mask=tok["attention_mask"].to(self._execution_device))
+        return out.last_hidden_state.to(self.unet.dtype)
+
+    def class_labels(self, gsd, metadata: dict | None, batch: int, drop: torch.Tensor | None):
+        """The UNet's ``class_labels``: a metadata embedding (``class_embed_type="identity"``),
+        integer resolution classes (``num_class_embeds``; class 0 = null, as Text2Earth), or None."""
+        meta = dict(metadata or {})
+        if gsd is not None:
+            meta["gsd"] = gsd
+        cfg = self.unet.config
+        if self.metadata_encoder is not None:
+            emb = self.metadata_encoder(meta, batch_size=batch, drop=drop)
+            return emb.to(device=self._execution_device, dtype=self.unet.dtype)
+        if cfg.get("num_class_embeds"):
+            n = int(cfg.num_class_embeds)
+            labels = torch.zeros(batch, dtype=torch.long)
+            if "gsd" in meta and meta["gsd"] is not None:
+                g = torch.as_tensor(meta["gsd"], dtype=torch.float32).flatten().expand(batch)
+                if bool((g <= 0).any()):
+                    raise UserInputError("gsd must be > 0 metres/pixel")
+                labels = (torch.round(g * 10.0).long()).clamp(1, n - 1)  # 0.1 m/px steps
+            if drop is not None:
+                labels = torch.where(drop.bool(), torch.zeros_like(labels), labels)
+            return labels.to(self._execution_device)
+        if meta:
+            raise UserInputError("this model takes no metadata (no metadata encoder, no class embedding)")
+        return None
+
+    def dense_controls(self, layout, controls: dict | None, batch: int, height: int, width: int) -> dict:
+        """Build the control maps: ``layout`` (class ids ``[H, W]``/``[B, H, W]``, or an object
+        with ``.semantic``) gives ``layout`` (one-hot) and ``roads``; ``controls`` adds/overrides
+        maps by name (``[B, C, H, W]`` tensors)."""
+        maps: dict[str, torch.Tensor] = {}
+        if layout is not None:
+            sem = getattr(layout, "semantic", layout)
+            ids = torch.as_tensor(np.asarray(sem) if not isinstance(sem, torch.Tensor) else sem)
+            if ids.dim() == 2:
+                ids = ids[None]
+            if tuple(ids.shape[-2:]) != (height, width):
+                raise UserInputError(f"layout is {ids.shape[-1]}x{ids.shape[-2]} pixels but the image is "
+                                     f"{width}x{height}; rasterize it at the image size")
+            if ids.shape[0] == 1 and batch > 1:
+                ids = ids.expand(batch, -1, -1)
+            maps["layout"] = one_hot(ids)
+            maps["roads"] = road_map(ids)
+        for k, v in (controls or {}).items():
+            if v is None:
+                continue
+            t = torch.as_tensor(v).float()
+            if t.dim() == 3:
+                t = t[None]
+            if t.shape[0] == 1 and batch > 1:
+                t = t.expand(batch, -1, -1, -1)
+            maps[k] = t
+        if maps and self.controlnet is None:
+            raise UserInputError("control maps were given but this model has no control branch")
+        if self.controlnet is not None and "roads" not in self.controlnet.condition_names:
+            maps.pop("roads", None)  # derived from the layout; only for models trained with it
+        return maps
+
+    # --- checks --------------------------------------------------------------------------------
+
+    def check_inputs(self, prompt, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap):
+        f = self.vae_scale_factor
+        if self.controlnet is not None:
+            f = max(f, self.controlnet.downscale)
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise UserInputError(f"height and width must be positive multiples of {f}, got {width}x{height}")
+        if steps <= 0:
+            raise UserInputError(f"num_inference_steps must be > 0, got {steps}")
+        if guidance_scale < 0:
+            raise UserInputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if not 0.0 < strength <= 1.0:
+            raise UserInputError(f"strength must be in (0, 1], got {strength}")
+        if mask is not None and image is None:
+            raise UserInputError("inpainting needs the image to edit (image=...) as well as the mask")
+        if tile_size is not None and (tile_size <= 0 or not 0 <= overlap < tile_size):
+            raise UserInputError(f"need tile_size > overlap >= 0 (latent pixels), got {tile_size}, {overlap}")
+
+    # --- sampling ------------------------------------------------------------------------------
+
+    def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float) -> torch.Tensor:
+        """Noise prediction on one window, with classifier-free guidance."""
+        x_in = torch.cat([x, x]) if cfg else x
+        x_in = self.scheduler.scale_model_input(x_in, t)
+        kw: dict = {}
+        if packed is not None:
+            down, mid = self.controlnet(x_in, t, text, packed, class_labels=labels)
+            kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        eps = self.unet(x_in, t, encoder_hidden_states=text, class_labels=labels, **kw).sample
+        if cfg:
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance_scale * (cond - uncond)
+        return eps
+
+    def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap) -> torch.Tensor:
+        """MultiDiffusion: blend window predictions with smooth weights."""
+        _, _, h, w = x.shape
+        th, tw = min(tile, h), min(tile, w)
+        acc = torch.zeros_like(x)
+        wsum = torch.zeros_like(x[:, :1])
+        weight = _window_weight(th, tw, x.device).to(x.dtype)
+        f = self.vae_scale_factor
+        for y0 in _windows(h, th, overlap):
+            for x0 in _windows(w, tw, overlap):
+                win = x[:, :, y0:y0 + th, x0:x0 + tw]
+                p = None if packed is None else packed[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f]
+                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale)
+                acc[:, :, y0:y0 + th, x0:x0 + tw] += eps * weight
+                wsum[:, :, y0:y0 + th, x0:x0 + tw] += weight
+        return acc / wsum
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in 0..1 -> scaled latents (the posterior mean: deterministic)."""
+        x = image.to(self._execution_device, self.vae.dtype) * 2.0 - 1.0
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, tile: int | None = None, overlap: int = 0) -> torch.Tensor:
+        """Scaled latents -> images ``[B, 3, H, W]`` in 0..1; blended windows when ``tile`` is set."""
+        z = latents / self.vae.config.scaling_factor
+        f = self.vae_scale_factor
+        _, _, h, w = z.shape
+        if tile is None or (h <= tile and w <= tile):
+            return (self.vae.decode(z.to(self.vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
+        th, tw = min(tile, h), min(tile, w)
+        out = torch.zeros(z.shape[0], 3, h * f, w * f, device=z.device)
+        wsum = torch.zeros(1, 1, h * f, w * f, device=z.device)
+        weight = _window_weight(th * f, tw * f, z.device)
+        for y0 in _windows(h, th, overlap):
+            for x0 in _windows(w, tw, overlap):
+                img = self.vae.decode(z[:, :, y0:y0 + th, x0:x0 + tw].to(self.vae.dtype)).sample.float()
+                out[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f] += img * weight
+                wsum[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f] += weight
+        return (out / wsum / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        gsd: float | list[float] | None = None,
+        metadata: dict | None = None,
+        layout: Any = None,
+        controls: dict[str, torch.Tensor] | None = None,
+        control_scales: dict[str, float] | None = None,
+        image: Any = None,
+        mask: Any = None,
+        strength: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = 16,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+    ):
+        """Generate images.
+
+        Args:
+            prompt: text (or one per image). ``gsd``: ground sampling distance in metres/pixel.
+            metadata: other fields of :data:`earthgen.conditioning.METADATA_FIELDS` (lat, lon, ...).
+            layout: class map ``[H, W]`` (ids of :mod:`earthgen.classes`) or a
+                :class:`earthgen.geo.layout.Layout`; gives the ``layout`` and ``roads`` controls.
+            controls: more control maps by name, ``[B, C, H, W]``; ``control_scales``: per-name weights.
+            image: reference image for image-to-image (with ``strength``) or inpainting (with ``mask``,
+                ``[H, W]``/``[B, 1, H, W]``, 1 = repaint).
+            tile_size / tile_overlap: latent pixels of the sampling windows for large images
+                (default: the UNet's sample size when the image is larger).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            callback_on_step_end: ``fn(pipe, step, t, {"latents": ...})`` may return new latents.
+        """
+        # 0. sizes
+        if not isinstance(prompt, (str, list, tuple)) or not all(isinstance(p, str) for p in ([prompt] if isinstance(prompt, str) else prompt)):
+            raise UserInputError("prompt must be a string or a list of strings")
+        ref = None if image is None else _to_tensor_image(image)
+        lay = getattr(layout, "semantic", layout)
+        if height is None or width is None:
+            if ref is not None:
+                height, width = ref.shape[-2:]
+            elif lay is not None:
+                height, width = np.asarray(lay).shape[-2:]
+            else:
+                s = int(self.unet.config.sample_size) * self.vae_scale_factor
+                height, width = height or s, width or s
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        sample_size = int(self.unet.config.sample_size)
+        lh, lw = height // self.vae_scale_factor, width // self.vae_scale_factor
+        if tile_size is None and (lh > sample_size or lw > sample_size):
+            tile_size = sample_size
+        tile_overlap = min(tile_overlap, (tile_size or 1) - 1) if tile_size else tile_overlap
+        self.check_inputs(prompt, height, width, num_inference_steps, guidance_scale, strength, ref, mask,
+                          tile_size, tile_overlap)
+        device = self._execution_device
+        batch = len(prompts) * num_images_per_prompt
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        cfg = guidance_scale > 1.0
+
+        # 1. encode conditions (unconditional branch first: every condition removed)
+        text = self.encode_prompt(prompts)
+        labels = self.class_labels(gsd, metadata, batch, None)
+        maps = self.dense_controls(layout, controls, batch, height, width)
+        packed = None
+        if self.controlnet is not None:
+            packed = self.controlnet.pack(maps, scales=control_scales, batch_size=batch, size=(height, width))
+        if cfg:
+            neg = negative_prompt if negative_prompt is not None else ""
+            negs = [neg] * batch if isinstance(neg, str) else [n for n in neg for _ in range(num_images_per_prompt)]
+            text = torch.cat([self.encode_prompt(negs), text])
+            if labels is not None:
+                labels = torch.cat([self.class_labels(gsd, metadata, batch, torch.ones(batch, dtype=torch.bool)), labels])
+            if packed is not None:
+                drop_all = torch.ones(batch, dtype=torch.bool)
+                packed = torch.cat([self.controlnet.pack(maps, scales=control_scales, drop=drop_all, batch_size=batch,
+                                                         size=(height, width)), packed])
+
+        # 2. timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        init = None
+        if ref is not None:
+            if tuple(ref.shape[-2:]) != (height, width):
+                raise UserInputError(f"image is {ref.shape[-1]}x{ref.shape[-2]}, expected {width}x{height}")
+            init = self.encode_image(ref).repeat_interleave(batch // ref.shape[0] if ref.shape[0] < batch else 1, 0)
+            if mask is None:  # image-to-image: start part-way
+                start = int(round(num_inference_steps * (1.0 - strength)))
+                timesteps = timesteps[min(start, num_inference_steps - 1):]
+
+        # 3. latents
+        shape = (batch, self.unet.config.in_channels, lh, lw)
+        if latents is None:
+            noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(device)
+        else:
+            if tuple(latents.shape) != shape:
+                raise UserInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            noise = latents.to(device)
+        if init is not None and mask is None:
+            x = self.scheduler.add_noise(init, noise, timesteps[:1])
+        else:
+            x = noise * self.scheduler.init_noise_sigma
+        keep = None
+        if mask is not None:
+            m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).float()
+            while m.dim() < 4:
+                m = m[None]
+            if tuple(m.shape[-2:]) != (height, width):
+                raise UserInputError(f"mask is {m.shape[-1]}x{m.shape[-2]}, expected {width}x{height}")
+            # a latent cell is repainted when any of its pixels is masked
+            keep = 1.0 - F.max_pool2d(m.to(device), self.vae_scale_factor)
+        x = x.to(self.unet.dtype)
+
+        # 4. denoising loop
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                if tile_size is not None:
+                    eps = self._eps_tiled(x, t, text, labels, packed, cfg, guidance_scale, tile_size, tile_overlap)
+                else:
+                    eps = self._eps(x, t, text, labels, packed, cfg, guidance_scale)
+                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+                if keep is not None:  # inpainting: the kept region follows the known image
+                    if i + 1 < len(timesteps):
+                        known = self.scheduler.add_noise(init, noise, timesteps[i + 1:i + 2])
+                    else:
+                        known = init
+                    x = keep * known.to(x.dtype) + (1.0 - keep) * x
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, i, t, {"latents": x}) or {}
+                    x = out.get("latents", x)
+                bar.update()
+
+        # 5. decode
+        if output_type == "latent":
+            images = x
+        else:
+            img = self.decode_latents(x, tile_size, tile_overlap)
+            if output_type == "pt":
+                images = img
+            elif output_type in ("np", "pil"):
+                arr = img.permute(0, 2, 3, 1).cpu().numpy()
+                images = self.numpy_to_pil(arr) if output_type == "pil" else arr
+            else:
+                raise UserInputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return EarthImageOutput(images=images)
+
+
+def save_geotiff(path, image: Any, crs: Any, transform: Any):
+    """Write a generated image (PIL, ``[H, W, 3]`` array in 0..1 or uint8) as an RGB GeoTIFF with
+    the CRS and transform of the layout it was generated from."""
+    from earthgen.io import write_geotiff
+
+    arr = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    return write_geotiff(path, np.moveaxis(arr, -1, 0), crs, transform, band_descriptions=["red", "green", "blue"])

@@ -1,0 +1,204 @@
+"""EarthImagePipeline with tiny random components (the real classes at tiny size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from tiny_models import tiny_clip
+
+from controls import FusedControlNet
+from earthgen.conditioning import MetadataEncoder
+from earthgen.errors import UserInputError
+from earthgen.pipelines.image import EarthImagePipeline, save_geotiff
+
+
+def get_dummy_components(control: bool = True, metadata: bool = True) -> dict:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        latent_channels=4, norm_num_groups=4, sample_size=64)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
+        class_embed_type="identity" if metadata else None)
+    tok, text = tiny_clip(hidden=16)
+    comps = {"vae": vae, "unet": unet, "scheduler": DDIMScheduler(num_train_timesteps=100),
+             "text_encoder": text, "tokenizer": tok, "metadata_encoder": None, "controlnet": None}
+    if metadata:
+        comps["metadata_encoder"] = MetadataEncoder(out_dim=64, freq_dim=16)
+    if control:
+        comps["controlnet"] = FusedControlNet.from_unet(unet, {"layout": 13, "roads": 1, "height": 1},
+                                                        fusion_widths=(8, 8, 8, 8))
+    for m in (comps["controlnet"], comps["metadata_encoder"]):  # non-trivial branches
+        if m is not None:
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+    return comps
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = EarthImagePipeline(**get_dummy_components())
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def layout_map(h: int = 64, w: int = 64) -> np.ndarray:
+    ids = np.zeros((h, w), dtype=np.uint8)
+    ids[:, w // 3: w // 3 + 6] = 4  # a road
+    ids[8:24, 8:20] = 1  # a building
+    ids[40:, 40:] = 7  # water
+    return ids
+
+
+def run(pipe, **kw):
+    base = {"prompt": "dense city", "num_inference_steps": 3, "output_type": "np",
+            "generator": torch.Generator().manual_seed(0)}
+    return pipe(**{**base, **kw}).images
+
+
+def test_text_to_image_shape_range_and_determinism(pipe):
+    a = run(pipe)
+    b = run(pipe)
+    c = run(pipe, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (1, 64, 64, 3) and a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1e-4
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"gsd": 0.5},
+    {"gsd": 2.0, "metadata": {"lat": 43.7, "lon": 7.4}},
+    {"layout": layout_map()},
+    {"controls": {"height": torch.rand(1, 1, 64, 64)}},
+    {"layout": layout_map(), "gsd": 1.0, "controls": {"height": torch.rand(1, 1, 64, 64)},
+     "control_scales": {"layout": 1.5, "height": 0.5}},
+    {"guidance_scale": 1.0, "layout": layout_map()},
+])
+def test_every_condition_subset_runs(pipe, kw):
+    out = run(pipe, **kw)
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+def test_conditions_change_the_output(pipe):
+    base = run(pipe)
+    assert np.abs(run(pipe, gsd=0.3) - run(pipe, gsd=10.0)).mean() > 1e-5
+    assert np.abs(run(pipe, layout=layout_map()) - base).mean() > 1e-5
+
+
+def test_cfg_unconditional_branch_drops_every_condition(pipe):
+    seen = {}
+    cn_forward, meta_forward = pipe.controlnet.forward, pipe.metadata_encoder.forward
+
+    def spy_cn(sample, t, text, packed, **kw):
+        seen["packed"] = packed.detach().clone()
+        seen["text"] = text.detach().clone()
+        return cn_forward(sample, t, text, packed, **kw)
+
+    def spy_meta(meta, batch_size=None, drop=None):
+        seen.setdefault("drops", []).append(None if drop is None else drop.clone())
+        return meta_forward(meta, batch_size=batch_size, drop=drop)
+
+    pipe.controlnet.forward, pipe.metadata_encoder.forward = spy_cn, spy_meta
+    try:
+        run(pipe, layout=layout_map(), gsd=0.5, guidance_scale=4.0, control_scales={"layout": 0.7})
+    finally:
+        pipe.controlnet.forward, pipe.metadata_encoder.forward = cn_forward, meta_forward
+    n = len(pipe.controlnet.condition_names)
+    w = seen["packed"][:, -n:, 0, 0]  # per-condition weights: [2B, N]
+    assert torch.all(w[0] == 0)  # unconditional: every control removed
+    names = pipe.controlnet.condition_names
+    assert w[1, names.index("layout")] == pytest.approx(0.7) and w[1, names.index("height")] == 0
+    assert seen["packed"][0, :-n].abs().sum() == 0  # and its maps are empty
+    assert [d is None for d in seen["drops"]] == [True, False] and bool(seen["drops"][1].all())
+    empty = pipe.encode_prompt([""])
+    torch.testing.assert_close(seen["text"][:1], empty)
+
+
+def test_inpainting_keeps_unmasked_latents(pipe):
+    img = run(pipe, generator=torch.Generator().manual_seed(5))[0]
+    mask = np.zeros((64, 64), dtype=np.float32)
+    mask[16:48, 8:40] = 1.0
+    lat = pipe(prompt="dense city", image=img, mask=mask, num_inference_steps=4, output_type="latent",
+               generator=torch.Generator().manual_seed(2)).images
+    init = pipe.encode_image(torch.from_numpy(img).permute(2, 0, 1)[None])
+    keep = torch.ones(1, 1, 8, 8)
+    keep[..., 2:6, 1:5] = 0
+    torch.testing.assert_close(lat * keep, init * keep)
+    assert (lat - init)[..., 2:6, 1:5].abs().mean() > 1e-3  # the hole was repainted
+
+
+def test_image_to_image_strength(pipe):
+    img = run(pipe, generator=torch.Generator().manual_seed(5))[0]
+    weak = run(pipe, image=img, strength=0.3, num_inference_steps=10)[0]
+    strong = run(pipe, image=img, strength=1.0, num_inference_steps=10)[0]
+    assert np.abs(weak - img).mean() < np.abs(strong - img).mean()
+
+
+def test_tiled_generation_has_no_seams(pipe):
+    """A 4x larger area than the UNet's window, sampled with blended windows: the image
+    gradient across window borders is like the gradient elsewhere."""
+    out = run(pipe, height=192, width=192, tile_size=8, tile_overlap=4, layout=layout_map(192, 192))[0]
+    assert out.shape == (192, 192, 3)
+    gx = np.abs(np.diff(out.mean(-1), axis=1)).mean(axis=0)  # [W-1] mean horizontal gradient per column
+    borders = [c * 8 - 1 for c in (8, 12, 16)]  # window edges (stride 4 latents = 32 px) in pixels
+    ratio = gx[borders].mean() / gx.mean()
+    assert ratio < 1.5, ratio
+
+
+def test_save_load_round_trip(tmp_path, pipe):
+    pipe.save_pretrained(tmp_path / "model")
+    re = EarthImagePipeline.from_pretrained(tmp_path / "model")
+    re.set_progress_bar_config(disable=True)
+    assert isinstance(re.controlnet, FusedControlNet) and isinstance(re.metadata_encoder, MetadataEncoder)
+    np.testing.assert_allclose(run(re, layout=layout_map(), gsd=0.5), run(pipe, layout=layout_map(), gsd=0.5), atol=1e-5)
+
+
+def test_minimal_model_without_optional_parts():
+    p = EarthImagePipeline(**get_dummy_components(control=False, metadata=False))
+    p.set_progress_bar_config(disable=True)
+    assert run(p).shape == (1, 64, 64, 3)
+    with pytest.raises(UserInputError, match="no control branch"):
+        run(p, layout=layout_map())
+    with pytest.raises(UserInputError, match="takes no metadata"):
+        run(p, gsd=0.5)
+
+
+def test_callback_and_geotiff(tmp_path, pipe):
+    steps = []
+
+    def cb(p, i, t, d):
+        steps.append(i)
+        return {"latents": d["latents"]}
+
+    img = run(pipe, callback_on_step_end=cb, output_type="pil")[0]
+    assert steps == [0, 1, 2]
+    import rasterio
+    from affine import Affine
+
+    tr = Affine(0.5, 0, 733601.0, 0, -0.5, 3725139.0)
+    save_geotiff(tmp_path / "g.tif", img, "EPSG:32616", tr)
+    with rasterio.open(tmp_path / "g.tif") as ds:
+        assert ds.crs.to_epsg() == 32616 and ds.transform == tr and ds.count == 3
+        np.testing.assert_array_equal(np.moveaxis(ds.read(), 0, -1), np.asarray(img))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"height": 60}, "multiples of 8"),
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"strength": 0.0}, "strength"),
+    ({"mask": np.ones((64, 64))}, "needs the image"),
+    ({"prompt": 3}, "prompt must be"),
+    ({"gsd": -1.0}, "outside"),
+    ({"layout": layout_map(32, 32), "height": 64, "width": 64}, "rasterize it at the image size"),
+    ({"controls": {"depth": torch.rand(1, 1, 64, 64)}}, "unknown control"),
+    ({"output_type": "jpeg"}, "output_type"),
+])
+def test_bad_inputs(pipe, kw, msg):
+    with pytest.raises(UserInputError, match=msg):
+        run(pipe, **kw)
