@@ -14,16 +14,17 @@ from earthgen import __version__
 from earthgen.errors import EarthGenError, MissingDependencyError, UserInputError
 
 # Subcommands available in this release, in --help order.
-COMMANDS = ("world", "layout", "demo")
+COMMANDS = ("world", "layout", "train", "demo")
 
 EPILOG = """\
 examples:
   earthgen world --seed 3 --size 512 --gsd 0.5 --out outputs/world
   earthgen layout monaco-latest.osm.pbf --center 43.7384,7.4246 --size 512 --gsd 1 --out outputs/monaco
+  earthgen train image-ldm --test-run --out outputs/train-test
   earthgen demo --out outputs
 
 Run `earthgen COMMAND --help` for the options of each command. Planned commands
-(generate, augment, scene, train, app) arrive with the image, detection and 3D releases.
+(generate, augment, scene, app) arrive with the image, detection and 3D releases.
 """
 
 

