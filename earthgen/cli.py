@@ -14,7 +14,7 @@ from earthgen import __version__
 from earthgen.errors import EarthGenError, MissingDependencyError, UserInputError
 
 # Subcommands available in this release, in --help order.
-COMMANDS = ("world", "layout", "train", "demo")
+COMMANDS = ("world", "layout", "generate", "train", "demo")
 
 EPILOG = """\
 examples:
@@ -24,7 +24,7 @@ examples:
   earthgen demo --out outputs
 
 Run `earthgen COMMAND --help` for the options of each command. Planned commands
-(generate, augment, scene, app) arrive with the image, detection and 3D releases.
+(augment, scene, app) arrive with the detection, 3D and app releases.
 """
 
 

@@ -37,3 +37,35 @@ def tiny_clip_checkpoint(root: Path, hidden: int = 32) -> Path:
     tok.save_pretrained(root / "tokenizer")
     model.save_pretrained(root / "text_encoder")
     return root
+
+
+def get_dummy_components(control: bool = True, metadata: bool = True) -> dict:
+    """Tiny EarthImagePipeline components: VAE 8x, UNet 8x8 latents, CLIP 16-d, fused control."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from controls import FusedControlNet
+    from earthgen.conditioning import MetadataEncoder
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        latent_channels=4, norm_num_groups=4, sample_size=64)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
+        class_embed_type="identity" if metadata else None)
+    tok, text = tiny_clip(hidden=16)
+    comps = {"vae": vae, "unet": unet, "scheduler": DDIMScheduler(num_train_timesteps=100),
+             "text_encoder": text, "tokenizer": tok, "metadata_encoder": None, "controlnet": None}
+    if metadata:
+        comps["metadata_encoder"] = MetadataEncoder(out_dim=64, freq_dim=16)
+    if control:
+        comps["controlnet"] = FusedControlNet.from_unet(unet, {"layout": 13, "roads": 1, "height": 1},
+                                                        fusion_widths=(8, 8, 8, 8))
+    for m in (comps["controlnet"], comps["metadata_encoder"]):  # non-trivial branches
+        if m is not None:
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+    return comps

@@ -32,6 +32,10 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+# Imported so that from_pretrained can rebuild these saved components in a fresh process
+# (diffusers only loads classes from modules that are already imported).
+import controls.fused  # noqa: F401
+import earthgen.conditioning.metadata  # noqa: F401
 from earthgen.conditioning.dense import one_hot, road_map
 from earthgen.errors import UserInputError
 
@@ -138,7 +142,7 @@ class EarthImagePipeline(DiffusionPipeline):
         maps: dict[str, torch.Tensor] = {}
         if layout is not None:
             sem = getattr(layout, "semantic", layout)
-            ids = torch.as_tensor(np.asarray(sem) if not isinstance(sem, torch.Tensor) else sem)
+            ids = sem if isinstance(sem, torch.Tensor) else torch.from_numpy(np.array(sem, dtype=np.int64))
             if ids.dim() == 2:
                 ids = ids[None]
             if tuple(ids.shape[-2:]) != (height, width):
@@ -395,6 +399,17 @@ class EarthImagePipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return EarthImageOutput(images=images)
+
+
+def check_model_name(name: str) -> str:
+    """A local folder that exists, or something shaped like a hub id (``owner/name``)."""
+    import os
+
+    s = str(name)
+    is_hub = s.count("/") == 1 and not s.startswith(("/", ".", "~")) and not os.path.exists(s)
+    if not os.path.isdir(s) and not is_hub:
+        raise UserInputError(f"model not found: {s} (give a pipeline folder or a hub id like owner/name)")
+    return s
 
 
 def save_geotiff(path, image: Any, crs: Any, transform: Any):

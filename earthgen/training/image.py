@@ -123,11 +123,12 @@ def fresh_components(size: str = "tiny") -> dict:
 def load_components(cfg: TrainConfig) -> dict:
     if cfg.model is None:
         return fresh_components("tiny" if cfg.test_run else cfg.size)
-    from earthgen.pipelines.image import EarthImagePipeline
+    from earthgen.pipelines.image import EarthImagePipeline, check_model_name
 
-    if not Path(cfg.model).exists() and "/" not in str(cfg.model):
-        raise UserInputError(f"model not found: {cfg.model}")
-    return dict(EarthImagePipeline.from_pretrained(cfg.model).components)
+    try:
+        return dict(EarthImagePipeline.from_pretrained(check_model_name(cfg.model)).components)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"cannot load the model {cfg.model}: {e}") from None
 
 
 # --- data -----------------------------------------------------------------------------------------

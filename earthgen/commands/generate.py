@@ -1,0 +1,120 @@
+"""``earthgen generate``: satellite images from text, GSD, layouts and reference images."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+Generate satellite images with an EarthImagePipeline checkpoint (a folder written by
+`earthgen train` or `save_pretrained`, or a hub id). Conditions: a text prompt, the ground
+sampling distance, a semantic layout (an OSM/GeoJSON file rasterized on the fly, or a class-id
+PNG), a reference image for image-to-image, and a mask for inpainting. A georeferenced layout
+also gives a GeoTIFF of the result.
+"""
+
+EPILOG = """\
+examples:
+  earthgen generate --model runs/ldm/pipeline --prompt "dense residential area" --gsd 0.5 --out a.png
+  earthgen generate --model M --layout monaco.osm.pbf --center 43.7384,7.4246 --gsd 1 --size 512 --out m.png
+  earthgen generate --model M --layout outputs/world/semantic.png --gsd 0.5 --out w.png
+  earthgen generate --model M --image a.png --mask hole.png --prompt "a park" --out edited.png
+  earthgen generate --model M --prompt "farmland" --size 2048 --out big.png     # tiled, seamless
+"""
+
+
+def register(sub) -> None:
+    from earthgen.commands._args import float_list, positive_float, positive_int, size_pair
+
+    p = sub.add_parser("generate", help="generate satellite images", description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="pipeline folder or hub id")
+    p.add_argument("--prompt", default="", help="text prompt")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--gsd", type=positive_float, default=None, help="ground sampling distance, metres/pixel")
+    p.add_argument("--layout", default=None, help="OSM/GeoJSON file, or a class-id PNG (palette or grey)")
+    p.add_argument("--bbox", type=float_list(4, "--bbox"), default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
+    p.add_argument("--center", type=float_list(2, "--center"), default=None, metavar="LAT,LON")
+    p.add_argument("--layout-scale", type=float, default=1.0, help="guidance weight of the layout control")
+    p.add_argument("--image", default=None, help="reference image (image-to-image, or inpainting with --mask)")
+    p.add_argument("--mask", default=None, help="inpainting mask image: white = repaint")
+    p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength in (0, 1]")
+    p.add_argument("--size", type=size_pair, default=None, metavar="N|WxH", help="image size in pixels")
+    p.add_argument("--steps", type=positive_int, default=30)
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--out", required=True, help="output PNG (a .tif GeoTIFF is written beside it for OSM layouts)")
+    p.set_defaults(func=run)
+
+
+def _read_png(path: str, what: str):
+    import numpy as np
+    from PIL import Image
+
+    from earthgen.errors import UserInputError
+
+    try:
+        img = Image.open(path)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"cannot read {what} {path}: {e}") from None
+    return img, np.asarray(img)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from earthgen.errors import UserInputError
+    from earthgen.io import write_png
+    from earthgen.pipelines.image import EarthImagePipeline, check_model_name, save_geotiff
+
+    check_model_name(args.model)
+    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    width, height = args.size if args.size else (None, None)
+    layout = None
+    geo = None
+    if args.layout:
+        suffix = "".join(Path(args.layout).suffixes).lower()
+        if suffix.endswith(".png"):
+            _, layout = _read_png(args.layout, "layout")
+            if layout.ndim != 2:
+                raise UserInputError("a layout PNG must hold class ids (palette or grey), not RGB colours")
+        else:
+            from earthgen.geo.layout import build_layout
+
+            if args.size is None:
+                width = height = 512
+            lay = build_layout(args.layout, bbox=args.bbox, center=args.center, size=(width, height),
+                               gsd=args.gsd)
+            layout, geo = lay.semantic, (lay.crs, lay.transform)
+            if args.gsd is None:
+                args.gsd = lay.gsd
+    image = mask = None
+    if args.image:
+        img, _ = _read_png(args.image, "image")
+        image = img.convert("RGB")
+    if args.mask:
+        _, m = _read_png(args.mask, "mask")
+        mask = (m.reshape(m.shape[0], m.shape[1], -1).max(-1) > 127).astype(np.float32)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        pipe = EarthImagePipeline.from_pretrained(args.model).to(device)
+    except (OSError, ValueError) as e:  # hub errors (offline, unknown repo) are OSErrors too
+        raise UserInputError(f"cannot load the model {args.model}: {e}") from None
+    t0 = time.perf_counter()
+    out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
+               control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,
+               strength=args.strength if mask is None else 1.0, height=height, width=width,
+               num_inference_steps=args.steps, guidance_scale=args.guidance,
+               generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    arr = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+    write_png(args.out, arr)
+    msg = f"wrote {args.out} ({arr.shape[1]}x{arr.shape[0]}) in {time.perf_counter() - t0:.1f} s, seed {seed}"
+    if geo is not None:
+        tif = str(Path(args.out).with_suffix(".tif"))
+        save_geotiff(tif, arr, *geo)
+        msg += f"; GeoTIFF {tif}"
+    print(msg)
+    return 0
