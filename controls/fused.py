@@ -1,9 +1,9 @@
 """One control branch for many dense conditions (CRS-Diff's idea), not one ControlNet each.
 
-Every condition (a layout one-hot, a road map, edges, height, ...) has a small stem that builds a
+Every condition (a layout one-hot, a road map, edges, height, ...) has a thin stem that builds a
 feature pyramid at 1, 1/2, 1/4 and 1/8 of the image resolution. At every level the conditions'
-features are summed, each times its weight; a shared bottom-up path fuses the levels and a
-zero-initialised conv hands the result to a ControlNet encoder (a trainable copy of the UNet's
+features are summed, each times its weight; a shared, wider bottom-up path fuses the levels and
+a zero-initialised conv hands the result to one ControlNet encoder (a trainable copy of the UNet's
 down and mid blocks, diffusers' ``ControlNetModel``), whose residuals go into the UNet.
 
 A condition's weight is its guidance scale at inference and 0 when it is absent or dropped
@@ -32,21 +32,31 @@ _CN_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per
 
 
 class MultiScaleFusion(nn.Module):
-    """Packed conditions ``[B, sum(C_i) + N, H, W]`` -> fused features ``[B, C_out, H/8, W/8]``."""
+    """Packed conditions ``[B, sum(C_i) + N, H, W]`` -> fused features ``[B, C_out, H/2^L, W/2^L]``.
 
-    def __init__(self, channels: tuple[int, ...], widths: tuple[int, ...], out_channels: int):
+    Per condition, a thin stem (``stem_widths``) builds a pyramid; at each level the conditions'
+    features are summed with their weights, projected (1x1) to ``widths`` and merged into a
+    shared bottom-up path. Only the thin stems are paid per condition.
+    """
+
+    def __init__(self, channels: tuple[int, ...], widths: tuple[int, ...], out_channels: int,
+                 stem_widths: tuple[int, ...] | None = None):
         super().__init__()
+        stem_widths = tuple(stem_widths or widths)
+        if len(stem_widths) != len(widths):
+            raise UserInputError(f"stem_widths {stem_widths} and fusion_widths {widths} need the same length")
         self.channels = tuple(channels)
         self.stems = nn.ModuleList()
         for c in self.channels:
             levels = nn.ModuleList()
             prev = c
-            for i, w in enumerate(widths):
+            for i, w in enumerate(stem_widths):
                 stride = 1 if i == 0 else 2
                 levels.append(nn.Sequential(nn.Conv2d(prev, w, 3, stride=stride, padding=1), nn.SiLU(),
                                             nn.Conv2d(w, w, 3, padding=1), nn.SiLU()))
                 prev = w
             self.stems.append(levels)
+        self.proj = nn.ModuleList([nn.Conv2d(sw, w, 1) for sw, w in zip(stem_widths, widths, strict=True)])
         self.down = nn.ModuleList([nn.Conv2d(widths[i - 1], widths[i], 3, stride=2, padding=1)
                                    for i in range(1, len(widths))])
         self.out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
@@ -57,16 +67,16 @@ class MultiScaleFusion(nn.Module):
         n = len(self.channels)
         maps = torch.split(packed[:, :-n], list(self.channels), dim=1)
         weights = packed[:, -n:, 0, 0]  # [B, N] (constant maps)
-        fused: list[torch.Tensor | float] = [0.0] * len(self.down) + [0.0]
+        fused: list[torch.Tensor | float] = [0.0] * len(self.proj)
         for i, (x, levels) in enumerate(zip(maps, self.stems, strict=True)):
             w = weights[:, i, None, None, None]
             h = x
             for lvl, block in enumerate(levels):
                 h = block(h)
                 fused[lvl] = fused[lvl] + w * h  # weighted sum over conditions, per level
-        g = fused[0]
+        g = self.proj[0](fused[0])
         for lvl in range(1, len(fused)):
-            g = F.silu(self.down[lvl - 1](g)) + fused[lvl]
+            g = F.silu(self.down[lvl - 1](g)) + self.proj[lvl](fused[lvl])
         return self.out(g)
 
 
@@ -75,7 +85,9 @@ class FusedControlNet(ModelMixin, ConfigMixin):
 
     Args:
         conditions: condition name -> channels, e.g. ``{"layout": 13, "roads": 1, "height": 1}``.
-        fusion_widths: widths of the pyramid levels; level ``i`` is at ``1 / 2**i`` of the image
+        stem_widths: widths of each condition's own thin stem per level (default: a quarter of
+            ``fusion_widths``, at least 4): the only part whose cost grows with the conditions.
+        fusion_widths: widths of the shared pyramid levels; level ``i`` is at ``1 / 2**i`` of the image
             resolution, and the last must match the latent resolution (4 levels for a VAE that
             downsamples 8x).
         controlnet_kwargs: keyword arguments of diffusers' ``ControlNetModel`` (UNet-shaped fields).
@@ -83,7 +95,8 @@ class FusedControlNet(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, conditions: dict[str, int] | None = None,
-                 fusion_widths: tuple[int, ...] = (16, 32, 96, 256), controlnet_kwargs: dict | None = None):
+                 fusion_widths: tuple[int, ...] = (16, 32, 96, 256), controlnet_kwargs: dict | None = None,
+                 stem_widths: tuple[int, ...] | None = None):
         super().__init__()
         conditions = dict(conditions or {"layout": 13})
         if not conditions or any(int(c) <= 0 for c in conditions.values()):
@@ -97,15 +110,17 @@ class FusedControlNet(ModelMixin, ConfigMixin):
         width = self.controlnet.config.block_out_channels[0]
         self.downscale = 2 ** (len(fusion_widths) - 1)  # image pixels per latent pixel
         self.controlnet.controlnet_cond_embedding = MultiScaleFusion(
-            self.condition_channels, tuple(fusion_widths), width)
+            self.condition_channels, tuple(fusion_widths), width,
+            tuple(stem_widths) if stem_widths else tuple(max(4, w // 4) for w in fusion_widths))
 
     @classmethod
     def from_unet(cls, unet, conditions: dict[str, int], fusion_widths: tuple[int, ...] = (16, 32, 96, 256),
-                  copy_weights: bool = True) -> FusedControlNet:
+                  copy_weights: bool = True, stem_widths: tuple[int, ...] | None = None) -> FusedControlNet:
         """A branch shaped like ``unet`` (a ``UNet2DConditionModel``), its encoder initialised
         from the UNet's weights (the ControlNet recipe)."""
         kw = {k: unet.config[k] for k in _CN_KEYS if k in unet.config}
-        model = cls(conditions=conditions, fusion_widths=fusion_widths, controlnet_kwargs=kw)
+        model = cls(conditions=conditions, fusion_widths=fusion_widths, controlnet_kwargs=kw,
+                    stem_widths=stem_widths)
         if copy_weights:
             own = model.controlnet.state_dict()
             src = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
