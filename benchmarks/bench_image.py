@@ -6,7 +6,7 @@
 
 Usage: python benchmarks/bench_image.py [--out benchmarks/results/image.json] [--device cpu|cuda]
        [--size small|tiny]. Absolute numbers depend on the machine; the ratios are the point.
-Peak memory: CUDA allocator peak on GPU; process max RSS growth on CPU (coarse).
+Peak memory: the CUDA allocator peak on GPU; not measured on CPU (null).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -24,23 +23,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def peak_reset(device: str) -> float:
+def peak_reset(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        return 0.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def peak_mb(device: str, base: float) -> float:
+def peak_mb(device: str, base: None = None) -> float | None:
+    """CUDA allocator peak (MiB); None on CPU, where no allocator peak is available."""
     if device == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - base
+    return None
 
 
 def build(size: str, device: str):
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, MultiControlNetModel, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDIMScheduler,
+        MultiControlNetModel,
+        UNet2DConditionModel,
+    )
 
     from controls import FusedControlNet
 

@@ -169,7 +169,7 @@ class EarthImagePipeline(DiffusionPipeline):
 
     # --- checks --------------------------------------------------------------------------------
 
-    def check_inputs(self, prompt, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap):
+    def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap):
         f = self.vae_scale_factor
         if self.controlnet is not None:
             f = max(f, self.controlnet.downscale)
@@ -304,7 +304,7 @@ class EarthImagePipeline(DiffusionPipeline):
         if tile_size is None and (lh > sample_size or lw > sample_size):
             tile_size = sample_size
         tile_overlap = min(tile_overlap, (tile_size or 1) - 1) if tile_size else tile_overlap
-        self.check_inputs(prompt, height, width, num_inference_steps, guidance_scale, strength, ref, mask,
+        self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
                           tile_size, tile_overlap)
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
