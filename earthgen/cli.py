@@ -14,7 +14,7 @@ from earthgen import __version__
 from earthgen.errors import EarthGenError, MissingDependencyError, UserInputError
 
 # Subcommands available in this release, in --help order.
-COMMANDS = ("world", "layout", "generate", "train", "demo")
+COMMANDS = ("world", "layout", "generate", "train", "eval", "demo")
 
 EPILOG = """\
 examples:

@@ -29,7 +29,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train the image models", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=("image-vae", "image-ldm", "image-control"), help="what to train")
+    p.add_argument("task", choices=("image-vae", "image-ldm", "image-control", "evaluator"),
+                   help="what to train (evaluator: the TileNet used by `earthgen eval`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="pipeline folder or hub id to start from (default: a fresh model)")
     p.add_argument("--size", default="tiny", choices=("tiny", "small"), help="size of a fresh model (default tiny)")
@@ -54,6 +55,17 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from earthgen.training.image import TrainConfig, train
+
+    if args.task == "evaluator":
+        from earthgen.evaluation.tilenet import train_tilenet
+
+        steps = args.steps or (20 if args.test_run else 2000)
+        s = train_tilenet(args.out, steps=steps, batch_size=2 if args.test_run else args.batch_size,
+                          resolution=64 if args.test_run else max(args.resolution, 64), seed=1000 + args.seed,
+                          width=16 if args.test_run else 32)
+        first, last = (sum(v) / max(len(v), 1) for v in (s["first_losses"], s["last_losses"]))
+        print(f"evaluator: {steps} steps; loss {first:.3f} -> {last:.3f}; saved to {args.out}")
+        return 0
 
     cfg = TrainConfig(task=args.task, out=args.out, model=args.model, size=args.size, data=args.data,
                       resolution=args.resolution, batch_size=args.batch_size,

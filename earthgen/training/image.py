@@ -135,11 +135,13 @@ def load_components(cfg: TrainConfig) -> dict:
 
 def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
     """``n`` procedural tiles for sample indices ``index0 ..``: images ``[n, 3, R, R]`` in 0..1,
-    class maps ``[n, R, R]``, captions, GSDs (m/px, log-uniform 0.3..4)."""
+    class maps ``[n, R, R]``, captions, GSDs (m/px, log-uniform 0.3..4), scene ids
+    (:data:`earthgen.evaluation.tilenet.SCENES`)."""
+    from earthgen.evaluation.tilenet import scene_label
     from earthgen.world import generate_world
     from earthgen.world.noise import hash_uniform
 
-    imgs, sems, caps, gsds = [], [], [], []
+    imgs, sems, caps, gsds, scenes = [], [], [], [], []
     for k in range(index0, index0 + n):
         r = hash_uniform(np.arange(4), seed, k)
         gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
@@ -149,8 +151,9 @@ def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
         sems.append(torch.from_numpy(tile.semantic.astype(np.int64)))
         caps.append(tile.caption)
         gsds.append(gsd)
+        scenes.append(scene_label(tile.stats))
     return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
-            "gsd": torch.tensor(gsds)}
+            "gsd": torch.tensor(gsds), "scene": torch.tensor(scenes)}
 
 
 class CaptionData:
