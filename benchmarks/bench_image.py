@@ -12,13 +12,14 @@ Peak memory: the CUDA allocator peak on GPU; not measured on CPU (null).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from earthgen.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -149,10 +150,7 @@ def main() -> None:
               "machine": platform.machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
               "fused_vs_multicontrolnet": fm, "tiled_latent_sampling": tiled,
               "notes": "tiled rows time the sampler only (output_type=latent), 2 steps, CFG on"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, report)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ one warm-up run. Target (issue 2): a 512x512 tile "well under a second" on CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from earthgen.io import write_json
 from earthgen.world import generate_world, preset
 
 
@@ -65,10 +65,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, report)}")
 
 
 if __name__ == "__main__":
