@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from earthgen.evaluation.image import evaluate_image
     from earthgen.evaluation.tilenet import TileNet
     from earthgen.io import write_json
-    from earthgen.pipelines.image import EarthImagePipeline, check_model_name
+    from earthgen.pipelines.image import load_pipeline
 
+    pipe = load_pipeline(args.model)
     try:
-        pipe = EarthImagePipeline.from_pretrained(check_model_name(args.model))
         evaluator = TileNet.from_pretrained(args.evaluator)
     except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot load the model or evaluator: {e}") from None
+        raise UserInputError(f"cannot load the evaluator {args.evaluator}: {e}") from None
     if torch.cuda.is_available():
         pipe = pipe.to("cuda")
     pipe.set_progress_bar_config(disable=True)

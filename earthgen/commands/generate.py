@@ -68,9 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     from earthgen.errors import UserInputError
     from earthgen.io import write_png
-    from earthgen.pipelines.image import EarthImagePipeline, check_model_name, save_geotiff
+    from earthgen.pipelines.image import load_pipeline, save_geotiff
 
-    check_model_name(args.model)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     width, height = args.size if args.size else (None, None)
     layout = None
@@ -99,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
         _, m = _read_png(args.mask, "mask")
         mask = (m.reshape(m.shape[0], m.shape[1], -1).max(-1) > 127).astype(np.float32)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        pipe = EarthImagePipeline.from_pretrained(args.model).to(device)
-    except (OSError, ValueError) as e:  # hub errors (offline, unknown repo) are OSErrors too
-        raise UserInputError(f"cannot load the model {args.model}: {e}") from None
+    pipe = load_pipeline(args.model).to(device)
     t0 = time.perf_counter()
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
                control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,

@@ -26,24 +26,17 @@ SCENES: tuple[str, ...] = ("dense_urban", "residential", "industrial", "farmland
                            "countryside")
 
 
+# fine scene kinds of the captions -> the classifier's scenes
+_SCENE_OF_KIND = {"town_edge": "residential", "suburban": "residential", "lake": "water",
+                  "open_water": "water", "bare": "countryside"}
+
+
 def scene_label(stats: dict) -> int:
-    """Scene id of a world tile from its statistics (the same rules as its caption)."""
-    fr = stats["class_fractions"]
-    blk = stats.get("blocks", {})
-    built = fr["building"] + fr["road_major"] + fr["road_secondary"] + fr["road_minor"] + fr["parking"]
-    if built > 0.35:
-        if blk.get("industrial", 0) >= max(blk.get("apartments", 0), blk.get("houses", 0), 1):
-            return SCENES.index("industrial")
-        return SCENES.index("dense_urban" if blk.get("apartments", 0) > blk.get("houses", 0) else "residential")
-    if built > 0.1:
-        return SCENES.index("residential")
-    if fr["water"] > 0.45:
-        return SCENES.index("water")
-    if fr["forest"] > 0.5:
-        return SCENES.index("forest")
-    if fr["farmland"] > 0.4:
-        return SCENES.index("farmland")
-    return SCENES.index("countryside")
+    """Scene id of a world tile from its statistics (the rules of its caption, coarser)."""
+    from earthgen.world.caption import scene_of
+
+    kind = scene_of(stats)
+    return SCENES.index(_SCENE_OF_KIND.get(kind, kind))
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -32,11 +32,6 @@ class Feature:
             raise ValueError(f"unknown class {self.cls!r}")
 
 
-def feature_area_geometry(f: Feature):
-    """The area a feature covers: lines are buffered to their width (m), polygons kept."""
-    return area_geometries([f])[0]
-
-
 _LINES = ("LineString", "MultiLineString", "LinearRing")
 _POINTS = ("Point", "MultiPoint")
 

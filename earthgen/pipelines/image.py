@@ -401,15 +401,19 @@ class EarthImagePipeline(DiffusionPipeline):
         return EarthImageOutput(images=images)
 
 
-def check_model_name(name: str) -> str:
-    """A local folder that exists, or something shaped like a hub id (``owner/name``)."""
+def load_pipeline(name: str) -> EarthImagePipeline:
+    """Load a pipeline from a local folder or a hub id (``owner/name``); a missing folder or a
+    failed load (unknown repo, offline, incompatible files) is a :class:`UserInputError`."""
     import os
 
     s = str(name)
     is_hub = s.count("/") == 1 and not s.startswith(("/", ".", "~")) and not os.path.exists(s)
     if not os.path.isdir(s) and not is_hub:
         raise UserInputError(f"model not found: {s} (give a pipeline folder or a hub id like owner/name)")
-    return s
+    try:
+        return EarthImagePipeline.from_pretrained(s)
+    except (OSError, ValueError) as e:  # hub errors (offline, unknown repo) are OSErrors too
+        raise UserInputError(f"cannot load the model {s}: {e}") from None
 
 
 def save_geotiff(path, image: Any, crs: Any, transform: Any):

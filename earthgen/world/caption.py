@@ -38,6 +38,38 @@ def _count(n: int, one: str, many: str) -> str:
     return f"many {many}"
 
 
+SCENE_PHRASES: dict[str, str] = {
+    "dense_urban": "a dense urban district", "residential": "a residential neighbourhood",
+    "industrial": "an industrial area", "town_edge": "the edge of a town", "suburban": "a suburban area",
+    "lake": "a lake", "open_water": "open water", "forest": "a dense forest",
+    "farmland": "farmland with fields of different crops", "bare": "bare rocky ground",
+    "countryside": "countryside with meadows",
+}
+
+
+def scene_of(stats: dict) -> str:
+    """The kind of scene a tile shows (a key of :data:`SCENE_PHRASES`), from its statistics:
+    what is built up first, then water, forest, farmland, bare ground."""
+    fr = stats["class_fractions"]
+    blk = stats.get("blocks", {})
+    built = fr["building"] + fr["road_major"] + fr["road_secondary"] + fr["road_minor"] + fr["parking"]
+    if built > 0.35:
+        if blk.get("industrial", 0) >= max(blk.get("apartments", 0), blk.get("houses", 0), 1):
+            return "industrial"
+        return "dense_urban" if blk.get("apartments", 0) > blk.get("houses", 0) else "residential"
+    if built > 0.1:
+        return "town_edge" if fr["farmland"] + fr["forest"] > 0.2 else "suburban"
+    if fr["water"] > 0.45:
+        return "open_water" if stats.get("river") else "lake"
+    if fr["forest"] > 0.5:
+        return "forest"
+    if fr["farmland"] > 0.4:
+        return "farmland"
+    if fr["bare"] > 0.3:
+        return "bare"
+    return "countryside"
+
+
 def caption_for(tile) -> str:
     """One sentence describing the tile, e.g. ``"Aerial image at 0.5 m/px of a residential area
     with many houses, several cars along the streets and trees in the gardens."``."""
@@ -46,24 +78,7 @@ def caption_for(tile) -> str:
     oc = st["object_counts"]
     blk = st.get("blocks", {})
     rng_pick = hash_uniform(np.arange(4), tile.seed, int(tile.grid.x0 * 8) & 0xFFFFFF, int(tile.grid.y0 * 8) & 0xFFFFFF)
-    built = fr["building"] + fr["road_major"] + fr["road_secondary"] + fr["road_minor"] + fr["parking"]
-    if built > 0.35:
-        dense = blk.get("apartments", 0) > blk.get("houses", 0)
-        scene = "a dense urban district" if dense else "a residential neighbourhood"
-        if blk.get("industrial", 0) >= max(blk.get("apartments", 0), blk.get("houses", 0), 1):
-            scene = "an industrial area"
-    elif built > 0.1:
-        scene = "the edge of a town" if fr["farmland"] + fr["forest"] > 0.2 else "a suburban area"
-    elif fr["water"] > 0.45:
-        scene = "a lake" if not st.get("river") else "open water"
-    elif fr["forest"] > 0.5:
-        scene = "a dense forest"
-    elif fr["farmland"] > 0.4:
-        scene = "farmland with fields of different crops"
-    elif fr["bare"] > 0.3:
-        scene = "bare rocky ground"
-    else:
-        scene = "countryside with meadows"
+    scene = SCENE_PHRASES[scene_of(st)]
     parts = []
     n_b = oc.get("building", 0)
     kind = "buildings" if blk.get("apartments", 0) or blk.get("industrial", 0) else "houses"

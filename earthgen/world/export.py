@@ -15,7 +15,6 @@ Files (``DIR/``):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +112,3 @@ def save_tile(tile, out_dir, voxel_size: float | None = 1.0) -> dict[str, str]:
     files["dir"] = str(out_dir)
     return files
 
-
-def read_meta(out_dir) -> dict:
-    return json.loads((Path(out_dir) / "meta.json").read_text())
