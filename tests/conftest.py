@@ -32,3 +32,16 @@ def fixture_path(rel: str) -> Path:
     if p is None:
         pytest.skip(f"fixture not available: {rel} (looked in {', '.join(map(str, FIXTURE_DIRS))})")
     return p
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped on machines without CUDA (``-m gpu`` selects them)."""
+    gpu = [it for it in items if it.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for it in gpu:
+            it.add_marker(skip)

@@ -1,2 +1,24 @@
-"""Sparse 3D VAEs: a structure VAE on voxel occupancy and a texture VAE decoding 2D Gaussian
-surfels per voxel (EarthCrafter's dual-VAE design). Built in the 3D release."""
+"""Sparse 3D VAEs (EarthCrafter's dual-VAE design): :class:`StructureVAE` compresses sparse voxel
+occupancy at ``L^3`` to a sparse latent at ``(L/8)^3``; :class:`TextureVAE` encodes per-voxel
+appearance and decodes 2D Gaussian surfels per voxel. Sparse convolutions: :mod:`vae.sparse`
+(spconv, or a pure-torch twin). Importing the package loads neither torch models nor spconv.
+"""
+
+__all__ = ["SparseTensor", "StructureVAE", "TextureVAE", "voxel_metrics"]
+
+
+def __getattr__(name: str):
+    # lazy, so diffusers can resolve saved components as ("vae", class name) cheaply
+    if name == "StructureVAE" or name == "voxel_metrics":
+        from vae import structure
+
+        return getattr(structure, name)
+    if name == "TextureVAE":
+        from vae.texture import TextureVAE
+
+        return TextureVAE
+    if name == "SparseTensor":
+        from vae.sparse import SparseTensor
+
+        return SparseTensor
+    raise AttributeError(f"module 'vae' has no attribute {name!r}")

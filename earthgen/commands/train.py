@@ -1,14 +1,17 @@
-"""``earthgen train``: train the image models (the 3D models join in later releases)."""
+"""``earthgen train``: train the image models and the 3D VAEs."""
 
 from __future__ import annotations
 
 import argparse
 
 DESCRIPTION = """\
-Train an image model on procedural world tiles (default) or an image-caption dataset.
-Tasks: image-vae (the autoencoder), image-ldm (UNet + metadata encoder), image-control (the
-fused control branch, UNet frozen). Runs on CPU or GPU; for several GPUs or nodes start it with
-`accelerate launch -m earthgen train ...`. Checkpoints are atomic; --resume continues.
+Train a model. Image tasks (procedural world tiles, or an image-caption dataset with --data):
+image-vae (the autoencoder), image-ldm (UNet + metadata encoder), image-control (the fused control
+branch, UNet frozen), evaluator (the TileNet behind `earthgen eval`). 3D tasks (procedural world
+scenes): structure-vae (sparse voxel occupancy <-> coarse latent; --resolution is the crop size in
+voxels), texture-vae (per-voxel appearance <-> latent -> 2D Gaussian surfels, trained by rendering).
+Runs on CPU or GPU; for several GPUs or nodes start it with `accelerate launch -m earthgen train
+...`. Checkpoints are atomic; --resume continues.
 """
 
 EPILOG = """\
@@ -18,38 +21,55 @@ examples:
       --mixed-precision bf16 --out runs/ldm
   earthgen train image-control --model runs/ldm/pipeline --steps 5000 --out runs/control
   earthgen train image-ldm --data captions.jsonl --model runs/ldm/pipeline --out runs/ft --resume
+  earthgen train structure-vae --test-run --out outputs/svae-test       # seconds on CPU
+  earthgen train structure-vae --size base --resolution 64 --steps 20000 --batch-size 8 --out runs/svae
+  earthgen train texture-vae --scene-size 32 --views 4 --image-size 128 --steps 20000 --out runs/tvae
 
-outputs (in --out): checkpoints/step_N/ (accelerate state + EMA), pipeline/ (EMA weights, loadable
-with EarthImagePipeline.from_pretrained), loss.csv, loss.png, train_config.json, summary.json
+outputs (in --out): checkpoints/step_N/ (accelerate state + EMA), loss.csv, loss.png,
+train_config.json, summary.json (3D tasks: with held-out voxel IoU or render PSNR/SSIM), and the
+EMA weights: pipeline/ for image tasks (EarthImagePipeline.from_pretrained), model/ for 3D tasks
+(StructureVAE / TextureVAE.from_pretrained)
 """
 
 
 def register(sub) -> None:
     from earthgen.commands._args import positive_float, positive_int
 
-    p = sub.add_parser("train", help="train the image models", description=DESCRIPTION, epilog=EPILOG,
+    p = sub.add_parser("train", help="train the image models and the 3D VAEs", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=("image-vae", "image-ldm", "image-control", "evaluator"),
+    p.add_argument("task", choices=("image-vae", "image-ldm", "image-control", "evaluator", "structure-vae",
+                                    "texture-vae"),
                    help="what to train (evaluator: the TileNet used by `earthgen eval`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="pipeline folder or hub id to start from (default: a fresh model)")
-    p.add_argument("--size", default="tiny", choices=("tiny", "small"), help="size of a fresh model (default tiny)")
+    p.add_argument("--size", default=None, choices=("tiny", "small", "base"),
+                   help="size of a fresh model (image: tiny | small, default tiny; 3D: tiny | small | base, default small)")
     p.add_argument("--data", default="world", help="'world' (procedural tiles) or an image-caption dataset path")
-    p.add_argument("--resolution", type=positive_int, default=64, help="training image size, pixels (multiple of 64)")
+    p.add_argument("--resolution", type=positive_int, default=64,
+                   help="image tasks: training image size, pixels (multiple of 64); structure-vae: crop size, voxels (multiple of 8)")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--steps", type=positive_int, default=None, help="total steps (default 1000; 20 with --test-run)")
-    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-4 image, 1e-3 3D)")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="gradient accumulation steps")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.999 image, 0.995 3D)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="drop probability of each condition")
     p.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps")
     p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    g3 = p.add_argument_group("3D tasks")
+    g3.add_argument("--voxel-size", type=positive_float, default=1.0, help="metres (default 1)")
+    g3.add_argument("--gsd", type=positive_float, default=0.5,
+                    help="texture-vae: metres/pixel of the world tiles, the sub-voxel detail (default 0.5)")
+    g3.add_argument("--scene-size", type=positive_float, default=32.0, help="texture-vae: scene side, metres (default 32)")
+    g3.add_argument("--views", type=positive_int, default=2, help="texture-vae: cameras per scene per step")
+    g3.add_argument("--image-size", type=positive_int, default=64, help="texture-vae: render size, pixels")
+    g3.add_argument("--pool", type=positive_int, default=32, help="world tiles generated up front")
+    g3.add_argument("--kl-weight", type=float, default=1e-3)
     p.add_argument("--test-run", action="store_true",
-                   help="tiny model, batch 2, 64 px, 20 steps unless --steps: a smoke test in seconds")
+                   help="tiny model, small data, 20 steps unless --steps: a smoke test in seconds")
     p.set_defaults(func=run)
 
 
@@ -67,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluator: {steps} steps; loss {first:.3f} -> {last:.3f}; saved to {args.out}")
         return 0
 
-    cfg = TrainConfig(task=args.task, out=args.out, model=args.model, size=args.size, data=args.data,
+    if args.task in ("structure-vae", "texture-vae"):
+        return run_3d(args)
+    cfg = TrainConfig(task=args.task, out=args.out, model=args.model, size=args.size or "tiny", data=args.data,
                       resolution=args.resolution, batch_size=args.batch_size,
-                      steps=args.steps or (20 if args.test_run else 1000), lr=args.lr,
+                      steps=args.steps or (20 if args.test_run else 1000), lr=args.lr or 1e-4,
                       grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
-                      grad_checkpointing=args.grad_checkpointing, ema_decay=args.ema_decay,
+                      grad_checkpointing=args.grad_checkpointing, ema_decay=args.ema_decay or 0.999,
                       cond_dropout=args.cond_dropout, save_every=args.save_every, log_every=args.log_every,
                       seed=args.seed, resume=args.resume, test_run=args.test_run)
     s = train(cfg)
@@ -79,4 +101,26 @@ def run(args: argparse.Namespace) -> int:
     last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "
           f"loss {first:.4f} -> {last:.4f}; model in {cfg.out}/pipeline")
+    return 0
+
+
+def run_3d(args: argparse.Namespace) -> int:
+    from earthgen.errors import UserInputError
+    from earthgen.training.vae3d import Train3DConfig, train
+
+    if args.data != "world":
+        raise UserInputError("the 3D VAEs train on procedural world scenes only (leave --data at 'world')")
+    cfg = Train3DConfig(task=args.task, out=args.out, model=args.model, size=args.size or "small",
+                        resolution=args.resolution, scene_size=args.scene_size, voxel_size=args.voxel_size,
+                        gsd=args.gsd, views=args.views, image_size=args.image_size, batch_size=args.batch_size,
+                        steps=args.steps or (20 if args.test_run else 2000), lr=args.lr or 1e-3,
+                        kl_weight=args.kl_weight, mixed_precision=args.mixed_precision,
+                        ema_decay=args.ema_decay or 0.995, pool=args.pool, save_every=args.save_every,
+                        log_every=args.log_every, seed=args.seed, resume=args.resume, test_run=args.test_run)
+    s = train(cfg)
+    first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
+    last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)
+    ev = ", ".join(f"{k} {v:.4g}" for k, v in s["eval"].items())
+    print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
+          f"held-out: {ev}; model in {cfg.out}/model")
     return 0

@@ -19,11 +19,7 @@ Rank 0 writes ``loss.csv`` and ``loss.png``.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from earthgen.errors import UserInputError
+from earthgen.training.loop import end_step, resume_state, run_summary, save_model_atomic
 
 TASKS = ("image-vae", "image-ldm", "image-control")
 
@@ -175,33 +172,6 @@ class CaptionData:
 
 # --- loop -----------------------------------------------------------------------------------------
 
-def _plot_losses(rows: list[tuple[int, float]], path: Path) -> None:
-    """A small PNG line chart of the loss (log scale), without matplotlib."""
-    from PIL import Image, ImageDraw
-
-    w, h, pad = 640, 320, 40
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    if len(rows) >= 2:
-        steps = np.array([r[0] for r in rows], dtype=float)
-        loss = np.log10(np.maximum([r[1] for r in rows], 1e-8))
-        lo, hi = loss.min(), max(loss.max(), loss.min() + 1e-6)
-        xs = pad + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (w - 2 * pad)
-        ys = h - pad - (loss - lo) / (hi - lo) * (h - 2 * pad)
-        d.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(30, 90, 200), width=2)
-        d.text((pad, 8), f"loss (log10) {10 ** hi:.4g} .. {10 ** lo:.4g}; steps {int(steps.min())}..{int(steps.max())}",
-               fill="black")
-    d.rectangle([pad, pad, w - pad, h - pad], outline=(150, 150, 150))
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
-
-
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted((p for p in ckpt_dir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
-    return done[-1] if done else None
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (steps, first/last losses, output paths)."""
     from accelerate import Accelerator
@@ -250,18 +220,7 @@ def train(cfg: TrainConfig) -> dict:
             m.to(device)
     data = None if cfg.data == "world" else CaptionData(cfg.data, cfg.resolution)
 
-    ckpt_dir = out / "checkpoints"
-    start = 0
-    rows: list[tuple[int, float]] = []
-    if cfg.resume:
-        last = _latest_checkpoint(ckpt_dir)
-        if last is None:
-            raise UserInputError(f"--resume: no checkpoint in {ckpt_dir}")
-        acc.load_state(str(last))
-        start = json.loads((last / "trainer.json").read_text())["step"]
-        if (out / "loss.csv").exists():
-            with open(out / "loss.csv") as fh:
-                rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh) if int(r["step"]) <= start]
+    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -324,34 +283,9 @@ def train(cfg: TrainConfig) -> dict:
             opt.zero_grad()
         if acc.sync_gradients:
             ema.step([p for m in trainable for p in acc.unwrap_model(m).parameters()])
-        lv = float(acc.gather(loss.detach()[None]).mean())
-        if not math.isfinite(lv):
-            raise RuntimeError(f"loss is {lv} at step {step}; lower --lr or use --mixed-precision no")
-        done = step + 1
-        rows.append((done, lv))
-        bar.set_postfix(loss=f"{lv:.4f}")
-        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-            with open(out / "loss.csv", "w", newline="") as fh:
-                wr = csv.writer(fh)
-                wr.writerow(["step", "loss"])
-                wr.writerows(rows)
-            _plot_losses(rows, out / "loss.png")
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            acc.wait_for_everyone()
-            tmp = ckpt_dir / f".tmp-step_{done}"
-            acc.save_state(str(tmp))
-            if acc.is_main_process:
-                (tmp / "trainer.json").write_text(json.dumps({"step": done}) + "\n")
-                final = ckpt_dir / f"step_{done}"
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-                old = sorted((p for p in ckpt_dir.glob("step_*")), key=lambda p: int(p.name.split("_")[1]))
-                for p in old[:-cfg.keep_checkpoints]:
-                    shutil.rmtree(p, ignore_errors=True)
+        end_step(acc, cfg, loss, step, rows, bar, out)
     acc.wait_for_everyone()
-    summary = {"task": cfg.task, "steps": cfg.steps, "started_at": start,
-               "seconds": round(time.perf_counter() - t0, 2),
-               "first_losses": [r[1] for r in rows[:5]], "last_losses": [r[1] for r in rows[-5:]]}
+    summary = run_summary(cfg, start, rows, t0)
     if acc.is_main_process:
         from earthgen.pipelines.image import EarthImagePipeline
 
@@ -359,11 +293,7 @@ def train(cfg: TrainConfig) -> dict:
         ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
         pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sched, text_encoder=text, tokenizer=tok,
                                   metadata_encoder=meta, controlnet=control)
-        tmp = out / ".tmp-pipeline"
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp)
-        shutil.rmtree(out / "pipeline", ignore_errors=True)
-        os.replace(tmp, out / "pipeline")
+        save_model_atomic(pipe, out / "pipeline")
         summary["pipeline"] = str(out / "pipeline")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,121 @@
+"""Pieces every training loop shares: atomic checkpoints with accelerate, resume, the loss log
+(``loss.csv`` + ``loss.png``) and atomic model folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from earthgen.errors import UserInputError
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete ``step_N`` folder (temporary ``.tmp-*`` ones are ignored)."""
+    done = sorted((p for p in Path(ckpt_dir).glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    return done[-1] if done else None
+
+
+def save_checkpoint(acc, ckpt_dir: Path, step: int, keep: int) -> None:
+    """Save the accelerate state to ``ckpt_dir/.tmp-step_N`` then rename it to ``step_N``
+    (atomic); keep the newest ``keep`` checkpoints."""
+    acc.wait_for_everyone()
+    tmp = Path(ckpt_dir) / f".tmp-step_{step}"
+    acc.save_state(str(tmp))
+    if acc.is_main_process:
+        (tmp / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
+        final = Path(ckpt_dir) / f"step_{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        old = sorted(Path(ckpt_dir).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for p in old[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resume_state(acc, out: Path) -> tuple[int, list[tuple[int, float]]]:
+    """Load the latest checkpoint in ``out/checkpoints``; returns (step, loss rows up to it)."""
+    ckpt_dir = Path(out) / "checkpoints"
+    last = latest_checkpoint(ckpt_dir)
+    if last is None:
+        raise UserInputError(f"--resume: no checkpoint in {ckpt_dir}")
+    acc.load_state(str(last))
+    start = json.loads((last / "trainer.json").read_text())["step"]
+    rows: list[tuple[int, float]] = []
+    if (Path(out) / "loss.csv").exists():
+        with open(Path(out) / "loss.csv") as fh:
+            rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh) if int(r["step"]) <= start]
+    return start, rows
+
+
+def end_step(acc, cfg, loss, step: int, rows: list[tuple[int, float]], bar, out: Path) -> float:
+    """After optimisation step ``step`` (0-based): gather the loss over processes, stop on a
+    non-finite one, append it to ``rows``, and by ``cfg.log_every`` / ``cfg.save_every`` write
+    the loss log (rank 0) and an atomic checkpoint. Returns the loss."""
+    lv = float(acc.gather(loss.detach()[None]).mean())
+    if not math.isfinite(lv):
+        raise RuntimeError(f"loss is {lv} at step {step}; lower --lr or use --mixed-precision no")
+    done = step + 1
+    rows.append((done, lv))
+    bar.set_postfix(loss=f"{lv:.4f}")
+    if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+        write_loss_log(out, rows)
+    if done % cfg.save_every == 0 or done == cfg.steps:
+        save_checkpoint(acc, Path(out) / "checkpoints", done, cfg.keep_checkpoints)
+    return lv
+
+
+def run_summary(cfg, start: int, rows: list[tuple[int, float]], t0: float) -> dict:
+    """The summary every trainer returns: task, steps, where it started, seconds, first/last losses."""
+    return {"task": cfg.task, "steps": cfg.steps, "started_at": start,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "first_losses": [r[1] for r in rows[:5]], "last_losses": [r[1] for r in rows[-5:]]}
+
+
+def write_loss_log(out: Path, rows: list[tuple[int, float]]) -> None:
+    """``loss.csv`` (step, loss) and a ``loss.png`` chart, both replaced atomically."""
+    tmp = Path(out) / ".loss.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["step", "loss"])
+        wr.writerows(rows)
+    os.replace(tmp, Path(out) / "loss.csv")
+    plot_losses(rows, Path(out) / "loss.png")
+
+
+def plot_losses(rows: list[tuple[int, float]], path: Path) -> None:
+    """A small PNG line chart of the loss (log scale), without matplotlib."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 640, 320, 40
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    if len(rows) >= 2:
+        steps = np.array([r[0] for r in rows], dtype=float)
+        loss = np.log10(np.maximum([r[1] for r in rows], 1e-8))
+        lo, hi = loss.min(), max(loss.max(), loss.min() + 1e-6)
+        xs = pad + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (w - 2 * pad)
+        ys = h - pad - (loss - lo) / (hi - lo) * (h - 2 * pad)
+        d.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(30, 90, 200), width=2)
+        d.text((pad, 8), f"loss (log10) {10 ** hi:.4g} .. {10 ** lo:.4g}; steps {int(steps.min())}..{int(steps.max())}",
+               fill="black")
+    d.rectangle([pad, pad, w - pad, h - pad], outline=(150, 150, 150))
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model, folder: Path) -> Path:
+    """``model.save_pretrained`` into a temporary folder, then rename it onto ``folder``."""
+    folder = Path(folder)
+    tmp = folder.parent / f".tmp-{folder.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
