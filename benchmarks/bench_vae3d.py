@@ -99,7 +99,7 @@ def scene_coords(L: int, seed: int = 11) -> np.ndarray:
     return c[c[:, 2] < L]
 
 
-def measure(kind: str, L: int, steps: int) -> dict:
+def measure(kind: str, L: int, steps: int, device: str = "cpu") -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     c = scene_coords(L)
     torch.manual_seed(0)
@@ -107,29 +107,39 @@ def measure(kind: str, L: int, steps: int) -> dict:
         from earthgen.training.vae3d import batch_of
         from vae.structure import StructureVAE
 
-        model = StructureVAE(channels=(16, 32, 48, 64))
-        x = batch_of([c], L, "cpu")
+        model = StructureVAE(channels=(16, 32, 48, 64)).to(device)
+        x = batch_of([c], L, device)
         step = lambda: model(x)["loss"]  # noqa: E731
     else:
-        model = DenseStructureVAE()
-        occ = torch.zeros(1, 1, L, L, L)
+        model = DenseStructureVAE().to(device)
+        occ = torch.zeros(1, 1, L, L, L, device=device)
         occ[0, 0, c[:, 0], c[:, 1], c[:, 2]] = 1
         step = lambda: model(occ)  # noqa: E731
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        alloc0 = torch.cuda.memory_allocated()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         loss = step()
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"kind": kind, "L": L, "voxels": int(len(c)), "step_s": float(np.median(times)),
-            "peak_rss_gb": peak / 2**20, "peak_over_setup_gb": (peak - before) / 2**20, "baseline_gb": base / 2**20}
+    r = {"kind": kind, "L": L, "device": device, "voxels": int(len(c)), "step_s": float(np.median(times)),
+         "peak_rss_gb": peak / 2**20, "peak_over_setup_gb": (peak - before) / 2**20, "baseline_gb": base / 2**20}
+    if cuda:
+        r["peak_cuda_gb"] = (torch.cuda.max_memory_allocated() - alloc0) / 2**30
+    return r
 
 
-def run_one(kind: str, L: int, steps: int, limit_gb: float | None) -> dict:
-    cmd = [sys.executable, __file__, "--_one", kind, str(L), str(steps)]
+def run_one(kind: str, L: int, steps: int, limit_gb: float | None, device: str = "cpu") -> dict:
+    cmd = [sys.executable, __file__, "--_one", kind, str(L), str(steps), device]
     env = dict(os.environ)
     if limit_gb:
         env["BENCH_LIMIT_GB"] = str(limit_gb)
@@ -170,10 +180,10 @@ def texture_quality(model_dir: str, scenes: int = 4, views: int = 4, size: int =
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_one":
-        if os.environ.get("BENCH_LIMIT_GB"):
+        if os.environ.get("BENCH_LIMIT_GB"):  # an address-space cap (CPU runs only)
             lim = int(float(os.environ["BENCH_LIMIT_GB"]) * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-        print(json.dumps(measure(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(measure(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,128,256", help="grid sizes L (voxels per side)")
@@ -182,6 +192,7 @@ def main() -> None:
     ap.add_argument("--structure-model", default=None, help="a trained StructureVAE folder: IoU on 256^3 scenes")
     ap.add_argument("--texture-model", default=None, help="a trained TextureVAE folder: PSNR/SSIM on held-out views")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU memory from torch.cuda peak stats)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vae3d.json"))
     args = ap.parse_args()
     from earthgen.io import write_json
@@ -197,7 +208,8 @@ def main() -> None:
         res["speed"] = []
         for L in (int(s) for s in args.sizes.split(",")):
             for kind in ("sparse", "dense"):
-                r = run_one(kind, L, args.steps, args.dense_limit_gb if kind == "dense" else None)
+                cap = args.dense_limit_gb if kind == "dense" and args.device == "cpu" else None
+                r = run_one(kind, L, args.steps, cap, args.device)
                 res["speed"].append(r)
                 print(json.dumps(r))
     if args.structure_model:
