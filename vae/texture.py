@@ -89,7 +89,8 @@ class TextureVAE(ModelMixin, ConfigMixin):
         for block in self.dec:
             h = block(h)
         K = self.config.gaussians_per_voxel
-        p = self.dec_out(h.feats).reshape(len(h), K, PARAMS_PER_SURFEL)
+        # positions in float32 whatever autocast does: world coordinates are hundreds of metres
+        p = self.dec_out(h.feats).float().reshape(len(h), K, PARAMS_PER_SURFEL)
         s = float(voxel_size)
         org = torch.as_tensor(origin, dtype=p.dtype, device=p.device)
         centre = (latent.coords[:, 1:].to(p.dtype) + 0.5) * s + org  # [N, 3]

@@ -45,9 +45,9 @@ def register(sub) -> None:
     p.add_argument("--size", default=None, choices=("tiny", "small", "base"),
                    help="size of a fresh model (image: tiny | small, default tiny; 3D: tiny | small | base, default small)")
     p.add_argument("--data", default="world", help="'world' (procedural tiles) or an image-caption dataset path")
-    p.add_argument("--resolution", type=positive_int, default=64,
-                   help="image tasks: training image size, pixels (multiple of 64); structure-vae: crop size, voxels (multiple of 8)")
-    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image tasks: training image size, pixels (multiple of 64, default 64); structure-vae: crop size, voxels (multiple of 8, default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 4 (image), 2 (3D)")
     p.add_argument("--steps", type=positive_int, default=None, help="total steps (default 1000; 20 with --test-run)")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-4 image, 1e-3 3D)")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="gradient accumulation steps")
@@ -55,21 +55,21 @@ def register(sub) -> None:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.999 image, 0.995 3D)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="drop probability of each condition")
-    p.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps")
-    p.add_argument("--log-every", type=positive_int, default=10)
+    p.add_argument("--save-every", type=positive_int, default=None, help="checkpoint every N steps (default 500)")
+    p.add_argument("--log-every", type=positive_int, default=None, help="write loss.csv/png every N steps (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     g3 = p.add_argument_group("3D tasks")
-    g3.add_argument("--voxel-size", type=positive_float, default=1.0, help="metres (default 1)")
-    g3.add_argument("--gsd", type=positive_float, default=0.5,
+    g3.add_argument("--voxel-size", type=positive_float, default=None, help="metres (default 1)")
+    g3.add_argument("--gsd", type=positive_float, default=None,
                     help="texture-vae: metres/pixel of the world tiles, the sub-voxel detail (default 0.5)")
-    g3.add_argument("--scene-size", type=positive_float, default=32.0, help="texture-vae: scene side, metres (default 32)")
-    g3.add_argument("--views", type=positive_int, default=2, help="texture-vae: cameras per scene per step")
-    g3.add_argument("--image-size", type=positive_int, default=64, help="texture-vae: render size, pixels")
-    g3.add_argument("--pool", type=positive_int, default=32, help="world tiles generated up front")
-    g3.add_argument("--kl-weight", type=float, default=1e-3)
+    g3.add_argument("--scene-size", type=positive_float, default=None, help="texture-vae: scene side, metres (default 32)")
+    g3.add_argument("--views", type=positive_int, default=None, help="texture-vae: cameras per scene per step (default 2)")
+    g3.add_argument("--image-size", type=positive_int, default=None, help="texture-vae: render size, pixels (default 64)")
+    g3.add_argument("--pool", type=positive_int, default=None, help="world tiles generated up front (default 32)")
+    g3.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default 1e-3)")
     p.add_argument("--test-run", action="store_true",
-                   help="tiny model, small data, 20 steps unless --steps: a smoke test in seconds")
+                   help="tiny model, small data, 20 steps: a smoke test in seconds (flags you give still apply)")
     p.set_defaults(func=run)
 
 
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         from earthgen.evaluation.tilenet import train_tilenet
 
         steps = args.steps or (20 if args.test_run else 2000)
-        s = train_tilenet(args.out, steps=steps, batch_size=2 if args.test_run else args.batch_size,
-                          resolution=64 if args.test_run else max(args.resolution, 64), seed=1000 + args.seed,
+        s = train_tilenet(args.out, steps=steps, batch_size=2 if args.test_run else args.batch_size or 4,
+                          resolution=64 if args.test_run else max(args.resolution or 64, 64), seed=1000 + args.seed,
                           width=16 if args.test_run else 32)
         first, last = (sum(v) / max(len(v), 1) for v in (s["first_losses"], s["last_losses"]))
         print(f"evaluator: {steps} steps; loss {first:.3f} -> {last:.3f}; saved to {args.out}")
@@ -90,11 +90,12 @@ def run(args: argparse.Namespace) -> int:
     if args.task in ("structure-vae", "texture-vae"):
         return run_3d(args)
     cfg = TrainConfig(task=args.task, out=args.out, model=args.model, size=args.size or "tiny", data=args.data,
-                      resolution=args.resolution, batch_size=args.batch_size,
+                      resolution=args.resolution or 64, batch_size=args.batch_size or 4,
                       steps=args.steps or (20 if args.test_run else 1000), lr=args.lr or 1e-4,
                       grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
-                      grad_checkpointing=args.grad_checkpointing, ema_decay=args.ema_decay or 0.999,
-                      cond_dropout=args.cond_dropout, save_every=args.save_every, log_every=args.log_every,
+                      grad_checkpointing=args.grad_checkpointing,
+                      ema_decay=0.999 if args.ema_decay is None else args.ema_decay,
+                      cond_dropout=args.cond_dropout, save_every=args.save_every or 500, log_every=args.log_every or 10,
                       seed=args.seed, resume=args.resume, test_run=args.test_run)
     s = train(cfg)
     first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
@@ -110,13 +111,18 @@ def run_3d(args: argparse.Namespace) -> int:
 
     if args.data != "world":
         raise UserInputError("the 3D VAEs train on procedural world scenes only (leave --data at 'world')")
-    cfg = Train3DConfig(task=args.task, out=args.out, model=args.model, size=args.size or "small",
-                        resolution=args.resolution, scene_size=args.scene_size, voxel_size=args.voxel_size,
-                        gsd=args.gsd, views=args.views, image_size=args.image_size, batch_size=args.batch_size,
-                        steps=args.steps or (20 if args.test_run else 2000), lr=args.lr or 1e-3,
-                        kl_weight=args.kl_weight, mixed_precision=args.mixed_precision,
-                        ema_decay=args.ema_decay or 0.995, pool=args.pool, save_every=args.save_every,
-                        log_every=args.log_every, seed=args.seed, resume=args.resume, test_run=args.test_run)
+    if args.grad_accum != 1 or args.grad_checkpointing:
+        raise UserInputError("--grad-accum and --grad-checkpointing apply to the image tasks only")
+    if args.cond_dropout != 0.1:
+        raise UserInputError("--cond-dropout applies to the image tasks only")
+    # only what the user gave overrides Train3DConfig's defaults (and --test-run's small ones)
+    given = {k: getattr(args, k) for k in ("model", "size", "resolution", "scene_size", "voxel_size", "gsd", "views",
+                                           "image_size", "batch_size", "steps", "lr", "kl_weight", "ema_decay",
+                                           "pool", "save_every", "log_every") if getattr(args, k) is not None}
+    if "steps" not in given:
+        given["steps"] = 20 if args.test_run else 2000
+    cfg = Train3DConfig(task=args.task, out=args.out, mixed_precision=args.mixed_precision, seed=args.seed,
+                        resume=args.resume, test_run=args.test_run, **given)
     s = train(cfg)
     first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
     last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)

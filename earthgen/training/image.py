@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from earthgen.errors import UserInputError
-from earthgen.training.loop import end_step, resume_state, run_summary, save_model_atomic
+from earthgen.training.loop import (
+    check_fresh_out,
+    end_step,
+    resume_state,
+    run_summary,
+    save_model_atomic,
+)
 
 TASKS = ("image-vae", "image-ldm", "image-control")
 
@@ -220,6 +226,8 @@ def train(cfg: TrainConfig) -> dict:
             m.to(device)
     data = None if cfg.data == "world" else CaptionData(cfg.data, cfg.resolution)
 
+    if not cfg.resume:
+        check_fresh_out(out)
     start, rows = resume_state(acc, out) if cfg.resume else (0, [])
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

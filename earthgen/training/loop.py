@@ -28,6 +28,7 @@ def save_checkpoint(acc, ckpt_dir: Path, step: int, keep: int) -> None:
     acc.wait_for_everyone()
     tmp = Path(ckpt_dir) / f".tmp-step_{step}"
     acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every rank has written its random states before the rename
     if acc.is_main_process:
         (tmp / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
         final = Path(ckpt_dir) / f"step_{step}"
@@ -36,6 +37,15 @@ def save_checkpoint(acc, ckpt_dir: Path, step: int, keep: int) -> None:
         old = sorted(Path(ckpt_dir).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
         for p in old[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def check_fresh_out(out: Path) -> None:
+    """A fresh (not resumed) run must not mix its checkpoints with an earlier run's."""
+    ckpt = Path(out) / "checkpoints"
+    if latest_checkpoint(ckpt) is not None:
+        raise UserInputError(f"{ckpt} holds checkpoints of an earlier run: pass --resume to continue it, "
+                             "or choose another --out")
 
 
 def resume_state(acc, out: Path) -> tuple[int, list[tuple[int, float]]]:

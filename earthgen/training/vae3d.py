@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from earthgen.errors import UserInputError
-from earthgen.training.loop import end_step, resume_state, run_summary, save_model_atomic
+from earthgen.training.loop import (
+    check_fresh_out,
+    end_step,
+    resume_state,
+    run_summary,
+    save_model_atomic,
+)
 
 if TYPE_CHECKING:
     from vae.sparse import SparseTensor
@@ -87,6 +93,10 @@ class Train3DConfig:
             raise UserInputError(f"--voxel-size ({self.voxel_size} m) must be a whole multiple of --gsd ({self.gsd} m)")
         if self.scene_size < 4 * self.voxel_size:
             raise UserInputError("--scene-size must be at least 4 voxels")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserInputError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.kl_weight < 0:
+            raise UserInputError(f"--kl-weight must be >= 0, got {self.kl_weight}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserInputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("batch_size", "steps", "save_every", "log_every", "pool", "views", "image_size"):
@@ -96,14 +106,15 @@ class Train3DConfig:
 
 # --- data -----------------------------------------------------------------------------------------
 
-def _world_tile(seed: int, index: int, size_m: float, gsd: float):
-    """World tile ``index`` of a data seed: its own world seed, preset and place (deterministic)."""
+def _world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float = 1.0):
+    """World tile ``index`` of a data seed: its own world seed, preset and place (deterministic);
+    the origin is a multiple of ``snap_m`` (the voxel size), so the tile covers whole voxel columns."""
     from earthgen.world.config import preset as world_preset
     from earthgen.world.tile import generate_world
 
     rng = np.random.default_rng([seed, index])
     name = PRESETS[index % len(PRESETS)]
-    origin = (float(rng.uniform(-3000, 3000)), float(rng.uniform(-3000, 3000)))
+    origin = tuple(float(np.round(rng.uniform(-3000, 3000) / snap_m) * snap_m) for _ in range(2))
     px = int(round(size_m / gsd))
     return generate_world(int(rng.integers(0, 2**31 - 1)), px, gsd, origin=origin, config=world_preset(name))
 
@@ -116,7 +127,7 @@ def structure_pool(seed: int, n: int, resolution: int, voxel_size: float = 1.0, 
 
     out = []
     for i in tqdm(range(n), desc="world tiles", disable=not progress):
-        vox = _world_tile(seed, i, 2 * resolution * voxel_size, gsd).voxels(voxel_size)
+        vox = _world_tile(seed, i, 2 * resolution * voxel_size, gsd, voxel_size).voxels(voxel_size)
         out.append((vox.coords - vox.coords.min(0)).astype(np.int32))
     return out
 
@@ -153,7 +164,7 @@ def texture_pool(seed: int, n: int, scene_size: float, voxel_size: float, gsd: f
 
     from earthgen.world.scene3d import world_scene
 
-    return [world_scene(_world_tile(seed, i, scene_size, gsd), voxel_size)
+    return [world_scene(_world_tile(seed, i, scene_size, gsd, voxel_size), voxel_size)
             for i in tqdm(range(n), desc="world scenes", disable=not progress)]
 
 
@@ -270,10 +281,13 @@ def train(cfg: Train3DConfig) -> dict:
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
-    if cfg.test_run:
-        cfg.size, cfg.batch_size, cfg.pool = "tiny", 2, 3
-        cfg.resolution, cfg.scene_size, cfg.image_size, cfg.views = 32, 16.0, 32, 1
-        cfg.save_every, cfg.log_every = min(cfg.save_every, 10), 1
+    if cfg.test_run:  # small everything, but what the user set explicitly
+        base = Train3DConfig(task=cfg.task)
+        small = {"size": "tiny", "batch_size": 2, "pool": 3, "resolution": 32, "scene_size": 16.0,
+                 "image_size": 32, "views": 1, "log_every": 1, "save_every": 10}
+        for k, v in small.items():
+            if getattr(cfg, k) == getattr(base, k):
+                setattr(cfg, k, v)
     cfg.validate()
     out = Path(cfg.out)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
@@ -293,12 +307,18 @@ def train(cfg: Train3DConfig) -> dict:
     model = make_model(cfg, in_ch)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))))
-    model, opt, sched = acc.prepare(model, opt, sched)
+    # the scheduler is not prepared: a prepared one steps once per process and would run the
+    # schedule N times too fast on N GPUs; it is checkpointed as a custom object
+    model, opt = acc.prepare(model, opt)
     ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay)
     acc.register_for_checkpointing(ema)
+    acc.register_for_checkpointing(sched)
     ema.to(device)
 
+    if not cfg.resume:
+        check_fresh_out(out)
     start, rows = resume_state(acc, out) if cfg.resume else (0, [])
+    ema.to(device)  # accelerate restores the EMA state on the CPU
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -336,6 +356,7 @@ def train(cfg: Train3DConfig) -> dict:
         opt.zero_grad()
         ema.step(acc.unwrap_model(model).parameters())
         end_step(acc, cfg, loss, step, rows, bar, out)
+        del loss  # free this step's graph before the next one is built
     acc.wait_for_everyone()
     summary = run_summary(cfg, start, rows, t0)
     if acc.is_main_process:

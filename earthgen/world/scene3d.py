@@ -8,8 +8,8 @@ A :class:`Scene3D` is what the 3D VAEs train on:
   side faces are exposed, and for the top voxel of a column the ``p x p`` sub-voxel patch of the
   tile's pixel colours and surface heights (``p = voxel_size / gsd``);
 - ``reference``: the ground-truth scene the texture VAE's surfels are rendered against: one
-  horizontal surfel per tile pixel at the surface height with the pixel's colour (roofs, ground,
-  water), and one vertical surfel per exposed side face of a voxel (walls, slopes), cut at the
+  horizontal surfel per tile pixel (of a column that has voxels) at the surface height with the
+  pixel's colour (roofs, ground, water), and one vertical surfel per exposed side face of a voxel (walls, slopes), cut at the
   column's surface height. Renders of it from any camera are the training targets.
 """
 
@@ -114,10 +114,12 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
     col_key = coords[:, 0] * ext[1] + coords[:, 1]
     top_of = np.full(ext[0] * ext[1], -1, dtype=np.int64)
     np.maximum.at(top_of, col_key, coords[:, 2].astype(np.int64))
+    low_of = np.full(ext[0] * ext[1], np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(low_of, col_key, coords[:, 2].astype(np.int64))
     pix_col = np.clip(ci, 0, ext[0] - 1) * ext[1] + np.clip(cj, 0, ext[1] - 1)
-    col_top = top_of[pix_col]
-    kz = np.minimum(ck, col_top)
-    vidx = lookup(np.stack([ci.ravel(), cj.ravel(), kz.ravel()], 1)).reshape(H, W)
+    # a column's voxels are contiguous, so clamping into [lowest, highest] always finds one
+    kz = np.clip(ck, np.minimum(low_of[pix_col], top_of[pix_col]), top_of[pix_col])
+    vidx = lookup(np.stack([ci.ravel(), cj.ravel(), kz.ravel()], 1)).reshape(H, W)  # -1: no column
 
     feat = np.zeros((N, appearance_channels(p)), dtype=np.float32)
     feat[:, :3] = vox.color / 255.0
@@ -133,10 +135,11 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
     feat[v, 8 + 3 * p * p + slot] = np.clip(rel, 0.0, 2.0)
 
     # reference surfels: tops (one per pixel) and exposed side faces (cut at the column's surface)
-    top_means = np.stack([X, Y, surface], -1).reshape(-1, 3)
+    # (pixels of partial columns at the tile edge, which have no voxel, are left out)
+    top_means = np.stack([X, Y, surface], -1)[ok]
     top_quat = np.tile([1.0, 0.0, 0.0, 0.0], (len(top_means), 1))
     top_scale = np.full((len(top_means), 2), 0.5 * g.gsd)
-    top_col = tile.rgb.reshape(-1, 3) / 255.0
+    top_col = tile.rgb[ok] / 255.0
     # a column's surface height: the highest surface of its pixels (walls are cut there)
     col_h = np.full(ext[0] * ext[1], -np.inf)
     np.maximum.at(col_h, pix_col[ok].ravel(), surface[ok].ravel())
