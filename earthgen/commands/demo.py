@@ -12,7 +12,9 @@ import numpy as np
 DESCRIPTION = """\
 Run the main jobs end to end on embedded defaults, no download, CPU only, and write the results
 under --out: a procedural world tile with every layer, a 2x2 grid of seamless world tiles and
-their mosaic, and a semantic layout rasterized from the embedded OpenStreetMap extract of Monaco.
+their mosaic, a semantic layout rasterized from the embedded OpenStreetMap extract of Monaco, and
+a 3D scene of a world tile (sparse voxels and 2D Gaussian surfels: GLB and PLY meshes, a Gaussian
+splat PLY, a voxel point cloud and rendered views).
 """
 
 MONACO_CENTER = (43.7384, 7.4246)  # lat, lon: the port of Monaco and Monaco-Ville
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     summary: dict = {}
-    steps = ["world tile", "seamless 2x2 world", "OSM layout (Monaco)"]
+    steps = ["world tile", "seamless 2x2 world", "OSM layout (Monaco)", "3D scene"]
     print(f"earthgen demo -> {out}/")
 
     t0 = time.perf_counter()
@@ -72,6 +74,18 @@ def run(args: argparse.Namespace) -> int:
     summary["monaco_layout"] = {"seconds": round(time.perf_counter() - t0, 3), "class_fractions": fr}
     top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])[:4])
     print(f"[3/{len(steps)}] {steps[2]}: 512x512 at 2 m/px ({top}) -> {out}/monaco_layout/")
+
+    t0 = time.perf_counter()
+    from earthgen.export3d import save_scene
+    from earthgen.world.scene3d import world_scene
+
+    sc = world_scene(generate_world(args.seed, 256, 0.5, origin=(-64.0, 64.0)), 1.0)
+    paths = save_scene(out / "scene3d", sc.coords, sc.voxel_size, sc.origin, sc.color, sc.reference,
+                       semantic=sc.semantic, image_size=384, views=4)
+    summary["scene3d"] = {"seconds": round(time.perf_counter() - t0, 3), "voxels": len(sc),
+                          "surfels": len(sc.reference["means"]), "files": sorted(Path(p).name for p in paths.values())}
+    print(f"[4/{len(steps)}] {steps[3]}: 128 m at 1 m voxels ({len(sc)} voxels, {len(sc.reference['means'])} surfels) "
+          f"in {summary['scene3d']['seconds']:.1f} s -> {out}/scene3d/ (scene.glb, gaussians.ply, render.png)")
     write_json(out / "demo_summary.json", summary)
     print(f"done; summary in {out}/demo_summary.json")
     return 0
