@@ -9,6 +9,9 @@
 - :mod:`flows.solver`: :class:`ODESolver` (euler, midpoint, heun, rk4) with callbacks,
   :func:`make_time_grid` (SD3 shift), :data:`STOP`.
 - :mod:`flows.guidance`: :func:`cfg_velocity`, :func:`multi_cfg_velocity`.
+- :mod:`flows.structure`: :class:`StructureFlowDiT`, the velocity network of the coarse
+  structure latent (column tokens, semantic / image / no condition), and the dense-grid
+  conversions :func:`structure_to_grid` / :func:`grid_to_structure`.
 
 Importing the package imports none of these (nor torch); they load on first use.
 """
@@ -32,6 +35,9 @@ _EXPORTS = {
     "shift_time": "flows.solver",
     "cfg_velocity": "flows.guidance",
     "multi_cfg_velocity": "flows.guidance",
+    "StructureFlowDiT": "flows.structure",
+    "structure_to_grid": "flows.structure",
+    "grid_to_structure": "flows.structure",
 }
 __all__ = sorted(_EXPORTS)
 
