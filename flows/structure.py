@@ -51,6 +51,12 @@ def grid_to_structure(grid: torch.Tensor, threshold: float = 0.0) -> tuple[torch
     return c.int().contiguous(), feats
 
 
+def rotate_scene(grid: torch.Tensor, maps: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
+    """Turn a scene by ``k`` x 90 degrees counter-clockwise (seen from above): the grid
+    ``[B, Ch, X, Y, Z]`` (x east, y north) and its north-up maps ``[B, Ch, H, W]`` together."""
+    return (torch.rot90(grid, k, (2, 3)), *(torch.rot90(m, k, (2, 3)) for m in maps))
+
+
 def _sincos(n: int, dim: int, device) -> torch.Tensor:
     """``[n, dim]`` 1D sinusoidal positions."""
     pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
@@ -100,11 +106,14 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
         patch_size: ``p`` columns per token side (``X`` and ``Y`` divisible by it).
         num_classes: ``K`` channels of the semantic condition.
         hidden_size, depth, num_heads: transformer size.
+        latent_scale: the structure VAE's latents are divided by this in the grid (stored so a
+            pipeline can undo it).
     """
 
     @register_to_config
     def __init__(self, grid_size: tuple[int, int, int] = (8, 8, 8), latent_channels: int = 8, patch_size: int = 2,
-                 num_classes: int = 16, hidden_size: int = 256, depth: int = 6, num_heads: int = 4):
+                 num_classes: int = 16, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
+                 latent_scale: float = 1.0):
         super().__init__()
         X, Y, Z = grid_size
         if X % patch_size or Y % patch_size:

@@ -110,3 +110,36 @@ def test_flow_matching_fit_and_conditional_sampling(tmp_path):
     occ = out[:, 0] > 0
     assert occ[0, :, :, 0].float().mean() > 0.9 and occ[0, :, :, 2].float().mean() < 0.1
     assert occ[1, :, :, 2].float().mean() > 0.9 and occ[1, :, :, 0].float().mean() < 0.1
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_rotated_scene_keeps_maps_aligned(k):
+    from flows.structure import rotate_scene
+
+    m = StructureFlowDiT(**TINY)
+    grid = torch.zeros(1, 4, 8, 8, 4)
+    grid[0, 0, 0, 7, 0] = 1.0  # north-west column
+    sem = torch.zeros(1, 5, 16, 16)
+    sem[0, 1, 0, 0] = 1.0  # north-west pixel
+    g2, s2 = rotate_scene(grid, [sem], k)
+    grid_hot = m._tokens(g2).abs().sum(-1)[0].nonzero()[:, 0].tolist()
+    map_hot = m._map_tokens(s2, 1).abs().sum(-1)[0].nonzero()[:, 0].tolist()
+    assert grid_hot == map_hot
+
+
+def test_train_structure_flow_command(tmp_path):
+    import json
+
+    from earthgen.cli import main
+    from vae.structure import StructureVAE
+
+    StructureVAE(channels=(8, 8, 8, 8), latent_channels=4).save_pretrained(tmp_path / "svae")
+    out = tmp_path / "sflow"
+    args = ["train", "structure-flow", "--test-run", "--vae", str(tmp_path / "svae"), "--save-every", "3"]
+    assert main(args + ["--steps", "3", "--out", str(out)]) == 0
+    assert main(args + ["--steps", "5", "--out", str(out), "--resume"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["started_at"] == 3 and s["steps"] == 5 and s["latent_scale"] > 0
+    m = StructureFlowDiT.from_pretrained(out / "model")
+    assert m.config.latent_channels == 4 and tuple(m.config.grid_size) == (4, 4, 4)
+    assert main(["train", "structure-flow", "--test-run", "--out", str(tmp_path / "x")]) == 2  # no --vae

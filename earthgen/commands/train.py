@@ -9,7 +9,9 @@ Train a model. Image tasks (procedural world tiles, or an image-caption dataset 
 image-vae (the autoencoder), image-ldm (UNet + metadata encoder), image-control (the fused control
 branch, UNet frozen), evaluator (the TileNet behind `earthgen eval`). 3D tasks (procedural world
 scenes): structure-vae (sparse voxel occupancy <-> coarse latent; --resolution is the crop size in
-voxels), texture-vae (per-voxel appearance <-> latent -> 2D Gaussian surfels, trained by rendering).
+voxels), texture-vae (per-voxel appearance <-> latent -> 2D Gaussian surfels, trained by rendering),
+structure-flow (the flow-matching generator of the structure latent, conditioned on a semantic map,
+an aerial image, both or nothing; needs --vae).
 Runs on CPU or GPU; for several GPUs or nodes start it with `accelerate launch -m earthgen train
 ...`. Checkpoints are atomic; --resume continues.
 """
@@ -24,6 +26,7 @@ examples:
   earthgen train structure-vae --test-run --out outputs/svae-test       # seconds on CPU
   earthgen train structure-vae --size base --resolution 64 --steps 20000 --batch-size 8 --out runs/svae
   earthgen train texture-vae --scene-size 32 --views 4 --image-size 128 --steps 20000 --out runs/tvae
+  earthgen train structure-flow --vae runs/svae/model --resolution 64 --steps 20000 --out runs/sflow
 
 outputs (in --out): checkpoints/step_N/ (accelerate state + EMA), loss.csv, loss.png,
 train_config.json, summary.json (3D tasks: with held-out voxel IoU or render PSNR/SSIM), and the
@@ -38,7 +41,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train the image models and the 3D VAEs", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("image-vae", "image-ldm", "image-control", "evaluator", "structure-vae",
-                                    "texture-vae"),
+                                    "texture-vae", "structure-flow"),
                    help="what to train (evaluator: the TileNet used by `earthgen eval`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="pipeline folder or hub id to start from (default: a fresh model)")
@@ -67,6 +70,7 @@ def register(sub) -> None:
     g3.add_argument("--views", type=positive_int, default=None, help="texture-vae: cameras per scene per step (default 2)")
     g3.add_argument("--image-size", type=positive_int, default=None, help="texture-vae: render size, pixels (default 64)")
     g3.add_argument("--pool", type=positive_int, default=None, help="world tiles generated up front (default 32)")
+    g3.add_argument("--vae", default=None, help="structure-flow: the trained structure VAE folder (OUT/model)")
     g3.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default 1e-3)")
     p.add_argument("--test-run", action="store_true",
                    help="tiny model, small data, 20 steps: a smoke test in seconds (flags you give still apply)")
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task in ("structure-vae", "texture-vae"):
         return run_3d(args)
+    if args.task == "structure-flow":
+        return run_flow(args)
     cfg = TrainConfig(task=args.task, out=args.out, model=args.model, size=args.size or "tiny", data=args.data,
                       resolution=args.resolution or 64, batch_size=args.batch_size or 4,
                       steps=args.steps or (20 if args.test_run else 1000), lr=args.lr or 1e-4,
@@ -129,4 +135,26 @@ def run_3d(args: argparse.Namespace) -> int:
     ev = ", ".join(f"{k} {v:.4g}" for k, v in s["eval"].items())
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
           f"held-out: {ev}; model in {cfg.out}/model")
+    return 0
+
+
+def run_flow(args: argparse.Namespace) -> int:
+    from earthgen.errors import UserInputError
+    from earthgen.training.flow3d import FlowTrainConfig, train_structure_flow
+
+    if args.data != "world":
+        raise UserInputError("the structure flow trains on procedural world scenes only (leave --data at 'world')")
+    if args.grad_accum != 1 or args.grad_checkpointing:
+        raise UserInputError("--grad-accum and --grad-checkpointing apply to the image tasks only")
+    given = {k: getattr(args, k) for k in ("vae", "model", "size", "resolution", "voxel_size", "batch_size", "lr",
+                                           "ema_decay", "pool", "save_every", "log_every") if getattr(args, k) is not None}
+    given["steps"] = args.steps or (20 if args.test_run else 4000)
+    cfg = FlowTrainConfig(out=args.out, cond_dropout=0.3 if args.cond_dropout == 0.1 else args.cond_dropout,
+                          mixed_precision=args.mixed_precision, seed=args.seed, resume=args.resume,
+                          test_run=args.test_run, **given)
+    s = train_structure_flow(cfg)
+    first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
+    last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)
+    print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
+          f"model in {cfg.out}/model")
     return 0

@@ -1,0 +1,179 @@
+"""Train the structure flow: ``earthgen train structure-flow --vae runs/svae/model``.
+
+Data: world tiles of ``L`` metres (``L`` = ``--resolution`` voxels of ``--voxel-size``) are
+voxelized and encoded by the frozen structure VAE (posterior mean) into dense coarse grids
+``[1 + C, L/8, L/8, L/8]`` (:func:`flows.structure.structure_to_grid`; latents divided by their
+standard deviation over the pool, saved as the model's ``latent_scale``), with the tile's
+semantic map (one-hot) and RGB image as conditions. Condition-aware training (EarthCrafter):
+each sample keeps its semantic map and its image independently with probability
+``1 - --cond-dropout``, so the model learns semantic-, image-, both- and un-conditioned
+generation. Loss: flow matching on the linear path (docs/conventions.md), logit-normal times.
+Same loop as the VAEs: accelerate, EMA, atomic checkpoints, resume, ``--test-run``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from earthgen.errors import UserInputError
+from earthgen.training.loop import (
+    check_fresh_out,
+    end_step,
+    resume_state,
+    run_summary,
+    save_model_atomic,
+)
+
+
+@dataclass
+class FlowTrainConfig:
+    task: str = "structure-flow"
+    out: str = "outputs/structure-flow"
+    vae: str | None = None            # trained StructureVAE folder (required)
+    model: str | None = None          # a StructureFlowDiT folder to continue from
+    size: str = "small"               # tiny | small | base
+    resolution: int = 64              # voxels per scene side (multiple of 8 x patch size)
+    voxel_size: float = 1.0
+    batch_size: int = 8
+    steps: int = 4000
+    lr: float = 3e-4
+    cond_dropout: float = 0.3         # per condition
+    mixed_precision: str = "no"
+    ema_decay: float = 0.999
+    pool: int = 64
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    test_run: bool = False
+
+
+SIZES = {"tiny": {"hidden_size": 32, "depth": 2, "num_heads": 2},
+         "small": {"hidden_size": 256, "depth": 6, "num_heads": 4},
+         "base": {"hidden_size": 512, "depth": 12, "num_heads": 8}}
+
+
+def encode_pool(vae, seed: int, n: int, L: int, voxel_size: float, progress: bool = False) -> dict:
+    """``n`` scenes: coarse grids ``[n, 1 + C, L/8, L/8, L/8]`` (latents unscaled), semantic
+    one-hot ``[n, K, L, L]`` and images ``[n, 3, L, L]`` at one pixel per voxel."""
+    from tqdm import tqdm
+
+    from earthgen.classes import NUM_CLASSES
+    from earthgen.training.vae3d import _world_tile, batch_of
+    from flows.structure import structure_to_grid
+
+    grids, sems, imgs = [], [], []
+    for i in tqdm(range(n), desc="encode scenes", disable=not progress):
+        tile = _world_tile(seed, i, L * voxel_size, voxel_size, voxel_size)
+        vox = tile.voxels(voxel_size)
+        c = (vox.coords - vox.coords.min(0)).astype(np.int32)
+        c = c[c[:, 2] < L]
+        with torch.no_grad():
+            post = vae.encode(batch_of([c], L, "cpu"))
+        grids.append(structure_to_grid(post.mean.coords, post.mean.feats, (L // 8,) * 3, 1)[0])
+        sem = torch.from_numpy(tile.semantic.astype(np.int64))
+        sems.append(torch.nn.functional.one_hot(sem, NUM_CLASSES).permute(2, 0, 1).float())
+        imgs.append(torch.from_numpy(tile.rgb).permute(2, 0, 1).float() / 255)
+    return {"grid": torch.stack(grids), "semantic": torch.stack(sems), "image": torch.stack(imgs)}
+
+
+def train_structure_flow(cfg: FlowTrainConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    from earthgen.classes import NUM_CLASSES
+    from flows.loss import FlowMatchingLoss, logit_normal_time
+    from flows.path import LinearPath
+    from flows.structure import StructureFlowDiT, rotate_scene
+    from vae.structure import StructureVAE
+
+    if cfg.test_run:
+        base = FlowTrainConfig()
+        for k, v in {"size": "tiny", "batch_size": 2, "pool": 3, "resolution": 32, "log_every": 1,
+                     "save_every": 10}.items():
+            if getattr(cfg, k) == getattr(base, k):
+                setattr(cfg, k, v)
+    if not cfg.vae or not Path(cfg.vae).is_dir():
+        raise UserInputError("--vae must name a trained structure VAE folder (earthgen train structure-vae ... "
+                             "writes OUT/model)")
+    if cfg.size not in SIZES:
+        raise UserInputError(f"--size must be one of {', '.join(SIZES)}, got {cfg.size!r}")
+    if cfg.resolution % 16:
+        raise UserInputError(f"--resolution must be a multiple of 16 voxels, got {cfg.resolution}")
+    if not 0 <= cfg.cond_dropout < 1:
+        raise UserInputError(f"--cond-dropout must be in [0, 1), got {cfg.cond_dropout}")
+    try:
+        vae = StructureVAE.from_pretrained(cfg.vae).eval()
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"--vae: cannot load a StructureVAE from {cfg.vae}: {e}") from e
+    out = Path(cfg.out)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    device = acc.device
+    L = cfg.resolution
+    data = encode_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
+    lat = data["grid"][:, 1:][data["grid"][:, :1].expand_as(data["grid"][:, 1:]) > 0]
+    scale = float(lat.std().clamp_min(1e-3)) if len(lat) else 1.0
+    data["grid"][:, 1:] /= scale
+    if cfg.model:
+        model = StructureFlowDiT.from_pretrained(cfg.model)
+    else:
+        model = StructureFlowDiT(grid_size=(L // 8,) * 3, latent_channels=vae.config.latent_channels, patch_size=2,
+                                 num_classes=NUM_CLASSES, latent_scale=scale, **SIZES[cfg.size])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    model, opt = acc.prepare(model, opt)
+    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay)
+    acc.register_for_checkpointing(ema)
+    if not cfg.resume:
+        check_fresh_out(out)
+    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
+    ema.to(device)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    path, loss_fn = LinearPath(), FlowMatchingLoss()
+    bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not acc.is_local_main_process, initial=start,
+               total=cfg.steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + acc.process_index)
+        idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g)
+        k = int(torch.randint(0, 4, (1,), generator=g))  # the same random 90-degree turn for all
+        x1, sem, img = rotate_scene(data["grid"][idx], [data["semantic"][idx], data["image"][idx]], k)
+        x1, sem, img = x1.to(device), sem.to(device), img.to(device)
+        x0 = torch.randn(x1.shape, generator=g).to(device)
+        t = logit_normal_time(cfg.batch_size, generator=g).to(device)
+        drop_s = torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout
+        drop_i = torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout
+        ps = path.sample(x0, x1, t)
+        model.train()
+        with acc.autocast():
+            v = model(ps.x_t, t, semantic=sem, image=img, drop_semantic=drop_s.to(device),
+                      drop_image=drop_i.to(device))
+            loss = loss_fn(v.float(), ps.dx_t.float())
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        ema.step(acc.unwrap_model(model).parameters())
+        end_step(acc, cfg, loss, step, rows, bar, out)
+        del loss
+    acc.wait_for_everyone()
+    summary = run_summary(cfg, start, rows, t0)
+    if acc.is_main_process:
+        final = acc.unwrap_model(model)
+        ema.copy_to(final.parameters())
+        save_model_atomic(final, out / "model")
+        summary["model"] = str(out / "model")
+        summary["latent_scale"] = scale
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
