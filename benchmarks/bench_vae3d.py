@@ -138,34 +138,61 @@ def measure(kind: str, L: int, steps: int, device: str = "cpu") -> dict:
     return r
 
 
-def run_one(kind: str, L: int, steps: int, limit_gb: float | None, device: str = "cpu") -> dict:
+def _hwm_gb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+def run_one(kind: str, L: int, steps: int, limit_gb: float | None, device: str = "cpu",
+            time_limit_s: float | None = None) -> dict:
+    """One configuration in a subprocess; its peak resident memory is watched from here too, so
+    a run stopped at ``time_limit_s`` still reports how much memory it had reached."""
     cmd = [sys.executable, __file__, "--_one", kind, str(L), str(steps), device]
     env = dict(os.environ)
     if limit_gb:
         env["BENCH_LIMIT_GB"] = str(limit_gb)
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0, peak = time.perf_counter(), 0.0
+    while p.poll() is None:
+        peak = max(peak, _hwm_gb(p.pid) or 0.0)
+        if time_limit_s and time.perf_counter() - t0 > time_limit_s:
+            p.kill()
+            p.wait()
+            return {"kind": kind, "L": L, "device": device, "error": f"stopped after {time_limit_s:.0f} s "
+                    "(no training step finished)", "peak_rss_gb_when_stopped": round(peak, 3)}
+        time.sleep(0.2)
+    out, err = p.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        return {"kind": kind, "L": L, "error": "out of memory" if ("MemoryError" in p.stderr or "alloc" in p.stderr
-                                                                   or p.returncode < 0) else p.stderr[-400:],
+        oom = "MemoryError" in err or "alloc" in err or p.returncode < 0
+        return {"kind": kind, "L": L, "device": device, "error": "out of memory" if oom else err[-400:],
                 "limit_gb": limit_gb}
     return json.loads(lines[-1])
 
 
 # --- quality of trained models -------------------------------------------------------------------
 
-def structure_quality(model_dir: str, L: int = 256) -> dict:
-    from earthgen.training.vae3d import batch_of
+def structure_quality(model_dir: str, L: int = 256, seed: int = 101) -> dict:
+    """Voxel IoU of reconstructions (no teacher forcing) of one 256^3 scene per world preset
+    (tile index i of the data seed has preset PRESETS[i]); the seed is not a training seed."""
+    from earthgen.training.vae3d import PRESETS, _world_tile, batch_of
     from vae.structure import StructureVAE, voxel_metrics
 
     model = StructureVAE.from_pretrained(model_dir).eval()
     rows = []
-    for seed in (101, 202):
-        c = scene_coords(L, seed)
+    for i, preset in enumerate(PRESETS):
+        vox = _world_tile(seed, i, L * 1.0, 1.0).voxels(1.0)
+        c = (vox.coords - vox.coords.min(0)).astype(np.int32)
+        c = c[c[:, 2] < L]
         x = batch_of([c], L, "cpu")
         t = time.perf_counter()
         rec = model.reconstruct(x)
-        rows.append(voxel_metrics(rec.coords, x.coords) | {"seconds": time.perf_counter() - t})
+        rows.append({"preset": preset} | voxel_metrics(rec.coords, x.coords) | {"seconds": time.perf_counter() - t})
     return {"L": L, "scenes": rows, "mean_iou": float(np.mean([r["iou"] for r in rows]))}
 
 
@@ -192,6 +219,7 @@ def main() -> None:
     ap.add_argument("--structure-model", default=None, help="a trained StructureVAE folder: IoU on 256^3 scenes")
     ap.add_argument("--texture-model", default=None, help="a trained TextureVAE folder: PSNR/SSIM on held-out views")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--time-limit", type=float, default=600.0, help="seconds per configuration before it is stopped")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU memory from torch.cuda peak stats)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vae3d.json"))
     args = ap.parse_args()
@@ -209,12 +237,14 @@ def main() -> None:
         for L in (int(s) for s in args.sizes.split(",")):
             for kind in ("sparse", "dense"):
                 cap = args.dense_limit_gb if kind == "dense" and args.device == "cpu" else None
-                r = run_one(kind, L, args.steps, cap, args.device)
+                r = run_one(kind, L, args.steps, cap, args.device, args.time_limit)
                 res["speed"].append(r)
-                print(json.dumps(r))
+                print(json.dumps(r), flush=True)
+                write_json(args.out, res)  # after every configuration: a long run keeps what it measured
     if args.structure_model:
         res["structure_quality"] = structure_quality(args.structure_model) | {"model": args.structure_model}
-        print("structure", json.dumps(res["structure_quality"]))
+        print("structure", json.dumps(res["structure_quality"]), flush=True)
+        write_json(args.out, res)
     if args.texture_model:
         res["texture_quality"] = texture_quality(args.texture_model) | {"model": args.texture_model}
         print("texture", json.dumps(res["texture_quality"]))
