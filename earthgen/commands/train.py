@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         s = train_tilenet(args.out, steps=steps, batch_size=2 if args.test_run else args.batch_size or 4,
                           resolution=64 if args.test_run else max(args.resolution or 64, 64), seed=1000 + args.seed,
                           width=16 if args.test_run else 32)
-        first, last = (sum(v) / max(len(v), 1) for v in (s["first_losses"], s["last_losses"]))
+        first, last = _mean_losses(s)
         print(f"evaluator: {steps} steps; loss {first:.3f} -> {last:.3f}; saved to {args.out}")
         return 0
 
@@ -104,21 +104,33 @@ def run(args: argparse.Namespace) -> int:
                       cond_dropout=args.cond_dropout, save_every=args.save_every or 500, log_every=args.log_every or 10,
                       seed=args.seed, resume=args.resume, test_run=args.test_run)
     s = train(cfg)
-    first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
-    last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)
+    first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "
           f"loss {first:.4f} -> {last:.4f}; model in {cfg.out}/pipeline")
     return 0
+
+
+def _mean_losses(summary: dict) -> tuple[float, float]:
+    """Means of the first and of the last logged losses of a training summary."""
+    return tuple(sum(v) / max(len(v), 1) for v in (summary["first_losses"], summary["last_losses"]))
+
+
+def _check_3d_args(args: argparse.Namespace) -> None:
+    from earthgen.errors import UserInputError
+
+    if args.data != "world":
+        raise UserInputError(f"{args.task} trains on procedural world scenes only (leave --data at 'world')")
+    if args.grad_accum != 1 or args.grad_checkpointing:
+        raise UserInputError("--grad-accum and --grad-checkpointing apply to the image tasks only")
+    if args.vae is not None and args.task != "structure-flow":
+        raise UserInputError("--vae applies to structure-flow only")
 
 
 def run_3d(args: argparse.Namespace) -> int:
     from earthgen.errors import UserInputError
     from earthgen.training.vae3d import Train3DConfig, train
 
-    if args.data != "world":
-        raise UserInputError("the 3D VAEs train on procedural world scenes only (leave --data at 'world')")
-    if args.grad_accum != 1 or args.grad_checkpointing:
-        raise UserInputError("--grad-accum and --grad-checkpointing apply to the image tasks only")
+    _check_3d_args(args)
     if args.cond_dropout != 0.1:
         raise UserInputError("--cond-dropout applies to the image tasks only")
     # only what the user gave overrides Train3DConfig's defaults (and --test-run's small ones)
@@ -130,8 +142,7 @@ def run_3d(args: argparse.Namespace) -> int:
     cfg = Train3DConfig(task=args.task, out=args.out, mixed_precision=args.mixed_precision, seed=args.seed,
                         resume=args.resume, test_run=args.test_run, **given)
     s = train(cfg)
-    first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
-    last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)
+    first, last = _mean_losses(s)
     ev = ", ".join(f"{k} {v:.4g}" for k, v in s["eval"].items())
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
           f"held-out: {ev}; model in {cfg.out}/model")
@@ -139,13 +150,9 @@ def run_3d(args: argparse.Namespace) -> int:
 
 
 def run_flow(args: argparse.Namespace) -> int:
-    from earthgen.errors import UserInputError
     from earthgen.training.flow3d import FlowTrainConfig, train_structure_flow
 
-    if args.data != "world":
-        raise UserInputError("the structure flow trains on procedural world scenes only (leave --data at 'world')")
-    if args.grad_accum != 1 or args.grad_checkpointing:
-        raise UserInputError("--grad-accum and --grad-checkpointing apply to the image tasks only")
+    _check_3d_args(args)
     given = {k: getattr(args, k) for k in ("vae", "model", "size", "resolution", "voxel_size", "batch_size", "lr",
                                            "ema_decay", "pool", "save_every", "log_every") if getattr(args, k) is not None}
     given["steps"] = args.steps or (20 if args.test_run else 4000)
@@ -153,8 +160,7 @@ def run_flow(args: argparse.Namespace) -> int:
                           mixed_precision=args.mixed_precision, seed=args.seed, resume=args.resume,
                           test_run=args.test_run, **given)
     s = train_structure_flow(cfg)
-    first = sum(s["first_losses"]) / max(len(s["first_losses"]), 1)
-    last = sum(s["last_losses"]) / max(len(s["last_losses"]), 1)
+    first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
           f"model in {cfg.out}/model")
     return 0
