@@ -143,3 +143,18 @@ def test_train_structure_flow_command(tmp_path):
     m = StructureFlowDiT.from_pretrained(out / "model")
     assert m.config.latent_channels == 4 and tuple(m.config.grid_size) == (4, 4, 4)
     assert main(["train", "structure-flow", "--test-run", "--out", str(tmp_path / "x")]) == 2  # no --vae
+
+
+def test_evaluate_structure_flow_reports_every_condition_mode():
+    from earthgen.training.flow3d import evaluate_structure_flow
+
+    torch.manual_seed(0)
+    m = StructureFlowDiT(**TINY)
+    x1 = torch.full((2, 4, 8, 8, 4), -1.0)
+    x1[:, 1:] = 0
+    x1[:, 0, :, :, 1] = 1.0
+    data = {"grid": x1, "semantic": torch.rand(2, 5, 16, 16), "image": torch.rand(2, 3, 32, 32)}
+    r = evaluate_structure_flow(m, data, steps=2)
+    assert set(r) == {"semantic", "image", "both", "none"}
+    for v in r.values():
+        assert 0.0 <= v["coarse_iou"] <= 1.0 and v["top_error_cells"] >= 0.0
