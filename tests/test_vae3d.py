@@ -235,3 +235,10 @@ def test_save_scene_writes_viewable_files(tmp_path, scene):
     assert img.shape == (64, 128, 3) and img.std() > 10  # two views, not blank
     pts = trimesh.load(paths["voxels"])
     assert len(pts.vertices) == len(scene)
+
+
+def test_structure_decode_of_an_all_empty_prediction(crop):
+    vae = StructureVAE(**TINY_S)
+    x = batch_of([crop], 32, "cpu")
+    out = vae.decode(vae.encode(x).mode(), threshold=1e9)["occupancy"]  # the head keeps nothing
+    assert len(out) == 0 and out.spatial_shape == (32, 32, 32)

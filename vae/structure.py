@@ -157,6 +157,10 @@ class StructureVAE(ModelMixin, ConfigMixin):
             truth = [downsample_coords(target.coords, k) for k in (2, 1, 0)]
         logits_all, labels_all = [], []
         for level, (blocks, head) in enumerate(zip(self.dec, self.heads, strict=True)):
+            if len(h) == 0:  # everything pruned (an empty scene): nothing finer to decode
+                shape = tuple(s * 2 ** (len(self.dec) - level) for s in h.spatial_shape)
+                h = SparseTensor(h.coords, h.feats.new_zeros(0, 1), shape, h.batch_size)
+                break
             for block in blocks:
                 h = block(h)
             logit = head(h.feats).reshape(-1)  # [8 N]: children parent-major, octant minor
