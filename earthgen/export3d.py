@@ -23,7 +23,7 @@ def render_views(surfels: dict, center, extent_m: float, size: int = 512, n: int
     from earthgen.training.vae3d import render_surfels  # the one surfel-render helper
     from renderers.cameras import orbit_rig
 
-    radius = 0.5 * math.sqrt(2) * extent_m / math.tan(math.radians(22.5))  # the whole footprint in view
+    radius = 0.6 * math.sqrt(2) * extent_m / math.tan(math.radians(22.5))  # the whole footprint in view
     vm, Ks = orbit_rig(center, radius, elevation_deg, n, size, size, fov_x_deg=45.0, start_azimuth_deg=30.0)
     g = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in surfels.items() if k != "voxel"}
     with torch.no_grad():
