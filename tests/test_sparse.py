@@ -174,3 +174,20 @@ def test_cuda_spconv_matches_torch_twin(layer):
     (a.feats * w).sum().backward()
     (b.feats * w).sum().backward()
     torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-3, atol=1e-3)
+
+
+@needs_spconv
+def test_spconv_neighbour_pairs_are_built_once_per_voxel_set(monkeypatch):
+    import spconv.pytorch.ops as ops
+
+    calls = []
+    for name in ("get_indice_pairs", "get_indice_pairs_implicit_gemm"):
+        if hasattr(ops, name):
+            f = getattr(ops, name)
+            monkeypatch.setattr(ops, name, lambda *a, _f=f, **k: calls.append(1) or _f(*a, **k))
+    x = random_sparse(shape=(8, 8, 8), channels=4, seed=2)
+    blocks = torch.nn.Sequential(SparseResBlock(4, backend="spconv"), SparseResBlock(4, backend="spconv"))
+    h = x
+    for b in blocks:
+        h = b(h)
+    assert len(calls) == 1  # four submanifold convolutions, one pair search

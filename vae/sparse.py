@@ -194,8 +194,22 @@ def _offsets(k: int, device) -> torch.Tensor:
 
 
 def _to_spconv(x: SparseTensor):
+    """spconv's tensor for ``x``. One base tensor (detached features) is cached per voxel set, so
+    every submanifold layer on these voxels reuses the neighbour pairs spconv stored in its
+    ``indice_dict`` (keyed by ``indice_key``) instead of rebuilding them."""
     sp = load_spconv()
-    return sp.SparseConvTensor(x.feats.contiguous(), x.coords, list(x.spatial_shape), x.batch_size)
+    base = x.cache.get("spconv")
+    if base is None:
+        base = sp.SparseConvTensor(x.feats.detach().contiguous(), x.coords, list(x.spatial_shape), x.batch_size)
+        x.cache["spconv"] = base
+    return base.replace_feature(x.feats.contiguous())
+
+
+def _keep_pairs(x: SparseTensor, y) -> None:
+    """spconv stores a submanifold layer's neighbour pairs on its *output* tensor; copy them to
+    the cached base tensor of ``x``'s voxels so the next layer on these voxels finds them."""
+    if y.spatial_shape == list(x.spatial_shape) and "spconv" in x.cache:
+        x.cache["spconv"].indice_dict.update(y.indice_dict)
 
 
 class _SingleThreadSpconv(torch.autograd.Function):
@@ -211,6 +225,7 @@ class _SingleThreadSpconv(torch.autograd.Function):
             if bias is not None:
                 module.bias = leaves[2]
             y = module(_to_spconv(x.replace(leaves[0])))
+        _keep_pairs(x, y)
         ctx.graph = (y.features, leaves)
         ctx.mark_non_differentiable(y.indices)
         return y.features.detach(), y.indices, tuple(int(s) for s in y.spatial_shape)
@@ -258,6 +273,7 @@ class _SparseConvBase(nn.Module):
             if self.bias is not None:
                 m.bias = self.bias
             y = m(_to_spconv(x))
+            _keep_pairs(x, y)
             return SparseTensor(y.indices, y.features, tuple(y.spatial_shape), x.batch_size)
         out, coords, shape = _SingleThreadSpconv.apply(m, x, x.feats, self.weight, self.bias)
         return SparseTensor(coords, out, shape, x.batch_size)
@@ -279,7 +295,7 @@ class SubMConv3d(_SparseConvBase):
     def forward(self, x: SparseTensor) -> SparseTensor:
         if _resolve(self.backend, x.device) == "spconv":
             sp = load_spconv()
-            y = self._spconv_call(sp.SubMConv3d, x)
+            y = self._spconv_call(sp.SubMConv3d, x, indice_key=f"subm{self.kernel_size}")
             return x.replace(y.feats) if torch.equal(y.coords, x.coords) else y
         key = ("subm", self.kernel_size)
         if key not in x.cache:  # neighbour pairs per offset, reused by every layer on these voxels
