@@ -92,11 +92,9 @@ def _shuffle(x):  # [B, 8, X, Y, Z] -> [B, 1, 2X, 2Y, 2Z] (octant order x, y, z 
 # --- one measurement (runs in a subprocess) -----------------------------------------------------
 
 def scene_coords(L: int, seed: int = 11) -> np.ndarray:
-    from earthgen.training.vae3d import _world_tile
+    from earthgen.training.vae3d import tile_voxels, world_tile
 
-    vox = _world_tile(seed, 0, L * 1.0, 1.0).voxels(1.0)
-    c = (vox.coords - vox.coords.min(0)).astype(np.int32)
-    return c[c[:, 2] < L]
+    return tile_voxels(world_tile(seed, 0, L * 1.0, 1.0), L)
 
 
 def measure(kind: str, L: int, steps: int, device: str = "cpu") -> dict:
@@ -180,15 +178,13 @@ def run_one(kind: str, L: int, steps: int, limit_gb: float | None, device: str =
 def structure_quality(model_dir: str, L: int = 256, seed: int = 101) -> dict:
     """Voxel IoU of reconstructions (no teacher forcing) of one 256^3 scene per world preset
     (tile index i of the data seed has preset PRESETS[i]); the seed is not a training seed."""
-    from earthgen.training.vae3d import PRESETS, _world_tile, batch_of
+    from earthgen.training.vae3d import PRESETS, batch_of, tile_voxels, world_tile
     from vae.structure import StructureVAE, voxel_metrics
 
     model = StructureVAE.from_pretrained(model_dir).eval()
     rows = []
     for i, preset in enumerate(PRESETS):
-        vox = _world_tile(seed, i, L * 1.0, 1.0).voxels(1.0)
-        c = (vox.coords - vox.coords.min(0)).astype(np.int32)
-        c = c[c[:, 2] < L]
+        c = tile_voxels(world_tile(seed, i, L * 1.0, 1.0), L)
         x = batch_of([c], L, "cpu")
         t = time.perf_counter()
         rec = model.reconstruct(x)

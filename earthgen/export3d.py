@@ -20,8 +20,8 @@ def render_views(surfels: dict, center, extent_m: float, size: int = 512, n: int
                  background=(1.0, 1.0, 1.0)) -> np.ndarray:
     """``n`` orbit views of ``surfels`` (means, quats, scales [M, 2|3], opacities, colors) around
     ``center`` (metres) framing ``extent_m``; returns ``[n, size, size, 3]`` uint8."""
-    from earthgen.training.vae3d import render_surfels  # the one surfel-render helper
     from renderers.cameras import orbit_rig
+    from renderers.rasterization import render_surfels
 
     radius = 0.6 * math.sqrt(2) * extent_m / math.tan(math.radians(22.5))  # the whole footprint in view
     vm, Ks = orbit_rig(center, radius, elevation_deg, n, size, size, fov_x_deg=45.0, start_azimuth_deg=30.0)

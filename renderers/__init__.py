@@ -13,6 +13,7 @@ Importing the package imports none of these (and never gsplat); they load on fir
 _EXPORTS = {
     "rasterization_2dgs": "renderers.rasterization",
     "rasterization_2dgs_torch": "renderers.rasterization",
+    "render_surfels": "renderers.rasterization",
     "intrinsics_from_fov": "renderers.cameras",
     "look_at": "renderers.cameras",
     "orbit_rig": "renderers.cameras",

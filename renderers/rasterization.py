@@ -32,6 +32,7 @@ __all__ = [
     "depth_to_normal",
     "rasterization_2dgs",
     "rasterization_2dgs_torch",
+    "render_surfels",
     "spherical_harmonics",
 ]
 
@@ -744,3 +745,18 @@ def rasterization_2dgs(
     out = gsplat.rasterization_2dgs(*args, **kwargs)
     out[-1]["backend"] = "gsplat"
     return out
+
+
+def render_surfels(surfels: dict, viewmats: torch.Tensor, Ks: torch.Tensor, size: int,
+                   background=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Render a surfel dict (``means [M, 3]``, ``quats [M, 4]``, ``scales [M, 2|3]``,
+    ``opacities [M]``, ``colors [M, 3]``) with :func:`rasterization_2dgs` from cameras
+    ``viewmats [C, 4, 4]``, ``Ks [C, 3, 3]`` into ``[C, size, size, 3]`` over a ``background``
+    colour. Two scales mean 2D surfels: the unused third is 1e-3 of the smaller one."""
+    scales = surfels["scales"]
+    if scales.shape[1] == 2:
+        scales = torch.cat([scales, 1e-3 * scales.min(1, keepdim=True).values], 1)
+    colors = surfels["colors"]
+    bg = torch.tensor(background, dtype=colors.dtype, device=colors.device).expand(len(viewmats), 3)
+    return rasterization_2dgs(surfels["means"], surfels["quats"], scales, surfels["opacities"], colors, viewmats,
+                              Ks, size, size, backgrounds=bg)[0]

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from earthgen.errors import UserInputError
-from earthgen.training.vae3d import batch_of, render_surfels, structure_crop, texture_input
+from earthgen.training.vae3d import batch_of, structure_crop, texture_input
 from earthgen.world.scene3d import appearance_channels, world_scene
 from earthgen.world.tile import generate_world
 from renderers.cameras import intrinsics_from_fov, look_at
 from renderers.metrics import psnr
+from renderers.rasterization import render_surfels
 from vae.sparse import SparseTensor
 from vae.structure import StructureVAE, downsample_coords, voxel_metrics
 from vae.texture import TextureVAE

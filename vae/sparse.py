@@ -193,6 +193,14 @@ def _offsets(k: int, device) -> torch.Tensor:
     return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
 
 
+def child_coords(coords: torch.Tensor) -> torch.Tensor:
+    """The 8 children ``2q + o`` of every voxel ``q`` of ``coords`` ``[N, 4]`` -> ``[8 N, 4]``,
+    parent-major, octant minor (``octant = 4 o_x + 2 o_y + o_z``)."""
+    out = coords.repeat_interleave(8, 0)
+    out[:, 1:] = out[:, 1:] * 2 + _offsets(2, coords.device).repeat(len(coords), 1).to(out.dtype)
+    return out
+
+
 def _to_spconv(x: SparseTensor):
     """spconv's tensor for ``x``. One base tensor (detached features) is cached per voxel set, so
     every submanifold layer on these voxels reuses the neighbour pairs spconv stored in its
@@ -361,8 +369,7 @@ class SparseUpsample(_SparseConvBase):
             y = self._spconv_call(sp.SparseConvTranspose3d, x, stride=2)
             y = SparseTensor(y.coords, y.feats, shape, x.batch_size)
             # restore the documented parent-major order
-            want = x.coords.repeat_interleave(8, 0)
-            want[:, 1:] = want[:, 1:] * 2 + _offsets(2, x.device).repeat(len(x), 1).to(torch.int32)
+            want = child_coords(x.coords)
             idx = y.lookup(want)
             if bool((idx < 0).any()):
                 raise RuntimeError("spconv's transposed convolution did not return all 8 children")
@@ -371,8 +378,7 @@ class SparseUpsample(_SparseConvBase):
         feats = torch.einsum("nc,kcd->nkd", x.feats, W).reshape(len(x) * 8, self.out_channels)
         if self.bias is not None:
             feats = feats + self.bias
-        coords = x.coords.repeat_interleave(8, 0)
-        coords[:, 1:] = coords[:, 1:] * 2 + _offsets(2, x.device).repeat(len(x), 1).to(torch.int32)
+        coords = child_coords(x.coords)
         return SparseTensor(coords, feats, shape, x.batch_size)
 
 

@@ -34,6 +34,7 @@ from vae.sparse import (
     SparseTensor,
     SparseUpsample,
     SubMConv3d,
+    child_coords,
     set_backend,
 )
 
@@ -62,9 +63,7 @@ class SparseGaussian:
 
 def _children(x: SparseTensor) -> SparseTensor:
     """The 8 children of every voxel (parent-major, octant minor, as :class:`SparseUpsample`)."""
-    coords = x.coords.repeat_interleave(8, 0)
-    octs = torch.stack(torch.meshgrid(*[torch.arange(2, device=x.device)] * 3, indexing="ij"), -1).reshape(8, 3)
-    coords[:, 1:] = coords[:, 1:] * 2 + octs.repeat(len(x), 1).to(torch.int32)
+    coords = child_coords(x.coords)
     return SparseTensor(coords, x.feats.new_zeros(len(coords), 0), tuple(2 * s for s in x.spatial_shape), x.batch_size)
 
 

@@ -66,15 +66,13 @@ def encode_pool(vae, seed: int, n: int, L: int, voxel_size: float, progress: boo
     from tqdm import tqdm
 
     from earthgen.classes import NUM_CLASSES
-    from earthgen.training.vae3d import _world_tile, batch_of
+    from earthgen.training.vae3d import batch_of, tile_voxels, world_tile
     from flows.structure import structure_to_grid
 
     grids, sems, imgs = [], [], []
     for i in tqdm(range(n), desc="encode scenes", disable=not progress):
-        tile = _world_tile(seed, i, L * voxel_size, voxel_size, voxel_size)
-        vox = tile.voxels(voxel_size)
-        c = (vox.coords - vox.coords.min(0)).astype(np.int32)
-        c = c[c[:, 2] < L]
+        tile = world_tile(seed, i, L * voxel_size, voxel_size, voxel_size)
+        c = tile_voxels(tile, L, voxel_size)
         with torch.no_grad():
             post = vae.encode(batch_of([c], L, "cpu"))
         grids.append(structure_to_grid(post.mean.coords, post.mean.feats, (L // 8,) * 3, 1)[0])

@@ -106,7 +106,7 @@ class Train3DConfig:
 
 # --- data -----------------------------------------------------------------------------------------
 
-def _world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float = 1.0):
+def world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float = 1.0):
     """World tile ``index`` of a data seed: its own world seed, preset and place (deterministic);
     the origin is a multiple of ``snap_m`` (the voxel size), so the tile covers whole voxel columns."""
     from earthgen.world.config import preset as world_preset
@@ -119,6 +119,14 @@ def _world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float 
     return generate_world(int(rng.integers(0, 2**31 - 1)), px, gsd, origin=origin, config=world_preset(name))
 
 
+def tile_voxels(tile, L: int, voxel_size: float = 1.0) -> np.ndarray:
+    """Local voxel coords ``[N, 3]`` int32 of a world tile ``L`` voxels across: shifted so the
+    minimum is 0, voxels at ``z >= L`` dropped (an ``L^3`` scene)."""
+    vox = tile.voxels(voxel_size)
+    c = (vox.coords - vox.coords.min(0)).astype(np.int32)
+    return c[c[:, 2] < L]
+
+
 def structure_pool(seed: int, n: int, resolution: int, voxel_size: float = 1.0, gsd: float = 1.0,
                    progress: bool = False) -> list[np.ndarray]:
     """``n`` voxel sets (local coords ``[N, 3]`` int32, z from 0) of world tiles twice the crop
@@ -127,7 +135,7 @@ def structure_pool(seed: int, n: int, resolution: int, voxel_size: float = 1.0, 
 
     out = []
     for i in tqdm(range(n), desc="world tiles", disable=not progress):
-        vox = _world_tile(seed, i, 2 * resolution * voxel_size, gsd, voxel_size).voxels(voxel_size)
+        vox = world_tile(seed, i, 2 * resolution * voxel_size, gsd, voxel_size).voxels(voxel_size)
         out.append((vox.coords - vox.coords.min(0)).astype(np.int32))
     return out
 
@@ -164,7 +172,7 @@ def texture_pool(seed: int, n: int, scene_size: float, voxel_size: float, gsd: f
 
     from earthgen.world.scene3d import world_scene
 
-    return [world_scene(_world_tile(seed, i, scene_size, gsd, voxel_size), voxel_size)
+    return [world_scene(world_tile(seed, i, scene_size, gsd, voxel_size), voxel_size)
             for i in tqdm(range(n), desc="world scenes", disable=not progress)]
 
 
@@ -184,20 +192,6 @@ def random_cameras(scene, n: int, size: int, rng: np.random.Generator, device) -
                                          dtype=torch.float32)
     K = intrinsics_from_fov(size, size, 40.0)
     return look_at(eye, target).to(device), K.expand(n, 3, 3).clone().to(device)
-
-
-def render_surfels(g: dict, viewmats: torch.Tensor, Ks: torch.Tensor, size: int, background=(0.0, 0.0, 0.0)):
-    """Render surfels ``g`` (means, quats, scales [M,2|3], opacities, colors) -> ``[C, H, W, 3]``
-    over a background colour."""
-    from renderers.rasterization import rasterization_2dgs
-
-    scales = g["scales"]
-    if scales.shape[1] == 2:
-        scales = torch.cat([scales, 1e-3 * scales.min(1, keepdim=True).values], 1)
-    bg = torch.tensor(background, dtype=g["colors"].dtype, device=g["colors"].device).expand(len(viewmats), 3)
-    out = rasterization_2dgs(g["means"], g["quats"], scales, g["opacities"], g["colors"], viewmats, Ks, size, size,
-                             backgrounds=bg)
-    return out[0]
 
 
 def reference_surfels(scene, device) -> dict[str, torch.Tensor]:
@@ -256,6 +250,7 @@ def evaluate_texture(model, scenes: list, views: int, size: int, seed: int, devi
     """PSNR / SSIM of renders of the decoded surfels (posterior mean) against renders of the
     reference scene from ``views`` random held-out cameras per scene."""
     from renderers.metrics import psnr, ssim
+    from renderers.rasterization import render_surfels
 
     model.eval()
     ps, ss = [], []
@@ -323,6 +318,7 @@ def train(cfg: Train3DConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     from renderers.metrics import ssim
+    from renderers.rasterization import render_surfels
 
     bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not main, initial=start, total=cfg.steps)
     t0 = time.perf_counter()
