@@ -12,6 +12,8 @@
 - :mod:`flows.structure`: :class:`StructureFlowDiT`, the velocity network of the coarse
   structure latent (column tokens, semantic / image / no condition), and the dense-grid
   conversions :func:`structure_to_grid` / :func:`grid_to_structure`.
+- :mod:`flows.texture`: :class:`TextureFlowNet`, the sparse velocity network of the per-voxel
+  texture latent (same conditions).
 
 Importing the package imports none of these (nor torch); they load on first use.
 """
@@ -33,11 +35,15 @@ _EXPORTS = {
     "STOP": "flows.solver",
     "make_time_grid": "flows.solver",
     "shift_time": "flows.solver",
+    "inpaint_callback": "flows.solver",
     "cfg_velocity": "flows.guidance",
     "multi_cfg_velocity": "flows.guidance",
     "StructureFlowDiT": "flows.structure",
     "structure_to_grid": "flows.structure",
     "grid_to_structure": "flows.structure",
+    "TextureFlowNet": "flows.texture",
+    "sample_texture": "flows.texture",
+    "sample_structure": "flows.structure",
 }
 __all__ = sorted(_EXPORTS)
 

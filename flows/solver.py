@@ -211,3 +211,27 @@ class ODESolver:
             if bar is not None:
                 bar.close()
         return (x, torch.stack(states)) if states is not None else x
+
+
+def inpaint_callback(x0: torch.Tensor, known: torch.Tensor | None, known_mask: torch.Tensor | None,
+                     user: Callback | None = None) -> Callback | None:
+    """Solver callback that pins known entries to the linear path between their noise ``x0`` and
+    their known value (``x_t = (1 - t) x0 + t x1``, the linear path) after every step: inpainting
+    by replacement. ``known_mask`` is bool, broadcastable to ``x0`` once trailing singleton dims
+    are added (``[N]`` for ``[N, C]`` states, ``[B, 1, X, Y, 1]`` for columns of a grid); ``user`` is called after the replacement and may still replace or STOP. With
+    ``known=None`` this is ``user`` itself."""
+    if known is None:
+        return user
+    m = known_mask.to(device=x0.device, dtype=torch.bool)
+    while m.ndim < x0.ndim:
+        m = m.unsqueeze(-1)
+
+    def cb(step: int, t: float, x: torch.Tensor):
+        x = torch.where(m, (1 - t) * x0 + t * known, x)
+        if user is not None:
+            r = user(step, t, x)
+            if r is not None:
+                return r
+        return x
+
+    return cb

@@ -1,0 +1,201 @@
+"""EarthScenePipeline end to end with tiny random models: condition modes, determinism, large
+extents (window partition, map crops, pinned borders), save/load, the CLI and the evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from earthgen.classes import NUM_CLASSES
+from earthgen.errors import UserInputError
+from earthgen.pipelines.scene import (
+    EarthScenePipeline,
+    _core,
+    _starts,
+    fill_columns,
+    load_scene_pipeline,
+)
+
+
+def get_scene_components(seed: int = 0) -> dict:
+    """Tiny components: 32-voxel windows (4^3 coarse grid), 8-channel latents."""
+    from flows.structure import StructureFlowDiT
+    from flows.texture import TextureFlowNet
+    from vae.structure import StructureVAE
+    from vae.texture import TextureVAE
+
+    torch.manual_seed(seed)
+    comps = {
+        "structure_vae": StructureVAE(channels=(8, 8, 8, 8), latent_channels=4),
+        "structure_flow": StructureFlowDiT(grid_size=(4, 4, 4), latent_channels=4, patch_size=2,
+                                           num_classes=NUM_CLASSES, hidden_size=16, depth=1, num_heads=2),
+        "texture_vae": TextureVAE(channels=8, latent_channels=4, num_res_blocks=1),
+        "texture_flow": TextureFlowNet(latent_channels=4, channels=8, num_blocks=1, num_classes=NUM_CLASSES),
+    }
+    with torch.no_grad():
+        for m in comps.values():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+            m.eval()
+    return comps
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = EarthScenePipeline(**get_scene_components())
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def semantic_map(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.integers(0, NUM_CLASSES, (n // 8, n // 8)), np.ones((8, 8), int)).astype(np.uint8)
+
+
+def test_windows_partition_the_scene():
+    for n, W, ov in ((32, 32, 16), (33, 32, 16), (80, 32, 16), (100, 64, 8), (10, 32, 0)):
+        starts = _starts(n, W, W - ov)
+        assert starts[0] == 0 and starts[-1] + W >= n
+        owned = np.zeros(starts[-1] + W, int)
+        for i, s in enumerate(starts):
+            lo, hi = _core(i, len(starts), W, ov)
+            owned[s + lo:s + hi] += 1
+        assert (owned == 1).all(), (n, W, ov)  # every column kept by exactly one window
+
+
+def test_fill_columns_closes_holes():
+    vox = torch.tensor([[0, x, y, 3] for x in range(6) for y in range(6) if (x, y) not in {(2, 2), (5, 5)}],
+                       dtype=torch.int32)
+    out = fill_columns(vox, (6, 6))
+    assert len(out) == 36 and len({(int(a), int(b)) for a, b in out[:, 1:3]}) == 36
+    assert (out[:, 3] == 3).all()
+
+
+def test_every_condition_mode_runs(pipe):
+    sem = semantic_map(32)
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    for kw in ({"semantic": sem, "gsd": 1.0}, {"image": img, "gsd": 1.0},
+               {"semantic": sem, "image": img, "gsd": 1.0}, {"size_m": 32}):
+        out = pipe(**kw, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+        n = len(out.coords)
+        assert n > 0 and out.coords.shape == (n, 3) and out.colors.shape == (n, 3) and out.colors.dtype == np.uint8
+        assert out.coords[:, :2].min() >= 0 and out.coords[:, 0].max() < 32 and out.coords[:, 1].max() < 32
+        K = pipe.texture_vae.config.gaussians_per_voxel
+        assert out.surfels["means"].shape == (K * n, 3) and out.surfels["voxel"].max() == n - 1
+        assert out.height.shape == (32, 32) and not np.isnan(out.height).any()  # holes filled
+
+
+def test_seeded_generation_is_deterministic(pipe):
+    sem = semantic_map(32)
+    a = pipe(semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(3))
+    b = pipe(semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(3))
+    c = pipe(semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(4))
+    assert np.array_equal(a.coords, b.coords) and np.array_equal(a.surfels["means"], b.surfels["means"])
+    assert not (len(a.coords) == len(c.coords) and np.array_equal(a.coords, c.coords)
+                and np.allclose(a.surfels["colors"], c.surfels["colors"]))
+
+
+def test_large_extent_is_stitched_from_windows_with_pinned_borders(pipe):
+    """48 m at 1 m voxels with 32-voxel windows and 16 of overlap: 2 x 2 windows. Each column is
+    generated once; each window's coarse structure equals what earlier windows generated on the
+    columns they share, and the maps each window sees are the right crops."""
+    sem = semantic_map(48)
+    seen: dict = {}
+    crops = []
+    orig = pipe._sample_structure
+
+    def spy(s_w, i_w, *a, **k):
+        crops.append(s_w.argmax(1)[0].numpy())
+        return orig(s_w, i_w, *a, **k)
+
+    def cb(p, step, t, kw):
+        if kw["stage"] == "structure":
+            seen[kw["window"]] = kw["latents"].clone()
+        return {}
+
+    pipe._sample_structure = spy
+    try:
+        out = pipe(semantic=sem, gsd=1.0, overlap_m=16, num_inference_steps=1, callback_on_step_end=cb,
+                   generator=torch.Generator().manual_seed(0))
+    finally:
+        pipe._sample_structure = orig
+    assert out.windows == [(x, y) for y in (0, 16) for x in (0, 16)]
+    assert len(np.unique(out.coords[:, :2], axis=0)) == 48 * 48  # every column, no gaps
+    assert len(np.unique(out.coords, axis=0)) == len(out.coords)  # no voxel twice
+    # map crops: window (x0, y0) sees rows north-up from the map's top
+    for (x0, y0), crop in zip(out.windows, crops, strict=True):
+        assert np.array_equal(crop, sem[48 - y0 - 32:48 - y0, x0:x0 + 32])
+    # pinned: window 1 (x0 = 16) repeats window 0's final coarse cells on the 16 shared columns
+    g0, g1 = seen[0], seen[1]
+    assert torch.allclose(g1[:, :, :2], g0[:, :, 2:], atol=1e-5)
+    # window 2 (x0 = 0, y0 = 16) repeats window 0 on the shared rows of columns
+    assert torch.allclose(seen[2][:, :, :, :2], g0[:, :, :, 2:], atol=1e-5)
+
+
+def test_bad_inputs(pipe):
+    with pytest.raises(UserInputError, match="size_m"):
+        pipe()
+    with pytest.raises(UserInputError, match="gsd"):
+        pipe(semantic=semantic_map(32))
+    with pytest.raises(UserInputError, match="class ids"):
+        pipe(semantic=np.full((32, 32), 99), gsd=1.0)
+    with pytest.raises(UserInputError, match="overlap"):
+        pipe(size_m=32, overlap_m=17)
+    with pytest.raises(UserInputError, match="same area"):
+        pipe(semantic=semantic_map(32), image=np.zeros((16, 16, 3), np.uint8), gsd=1.0)
+    with pytest.raises(UserInputError, match="positive integer"):
+        pipe(size_m=32, num_inference_steps=0)
+
+
+def test_save_load_and_cli(tmp_path, pipe):
+    pipe.save_pretrained(tmp_path / "pipe")
+    back = load_scene_pipeline(str(tmp_path / "pipe"), "cpu")
+    back.set_progress_bar_config(disable=True)
+    a = pipe(size_m=32, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    b = back(size_m=32, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    assert np.array_equal(a.coords, b.coords) and np.allclose(a.surfels["means"], b.surfels["means"])
+
+    from earthgen.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["scene", "--model", str(tmp_path / "pipe"), "--world", "3", "--size-m", "48", "--steps", "1",
+               "--seed", "5", "--render-size", "64", "--views", "2", "--turntable", "3", "--out", str(out)])
+    assert rc == 0
+    for f in ("scene.glb", "scene_mesh.ply", "gaussians.ply", "voxels.ply", "render.png", "turntable.gif", "dem.tif",
+              "condition_semantic.png", "scene.json"):
+        assert (out / f).stat().st_size > 0, f
+    meta = json.loads((out / "scene.json").read_text())
+    assert meta["seed"] == 5 and meta["windows"] == 4 and meta["condition"] == ["semantic"]
+    import rasterio
+
+    with rasterio.open(out / "dem.tif") as ds:
+        dem = ds.read(1)
+        assert dem.shape == (48, 48) and ds.res == (1.0, 1.0)
+        assert np.nanmax(dem) > 0
+    # user mistakes: exit 2, no traceback
+    assert main(["scene", "--model", str(tmp_path / "pipe"), "--world", "1", "--semantic", "x.png",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert main(["scene", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "bad")]) == 2
+    assert main(["scene", "--model", str(tmp_path / "pipe"), "--size-m", "32", "--overlap-m", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_eval_scene_metrics(pipe):
+    from earthgen.evaluation.scene import evaluate_scene, seam_ratio
+
+    m = evaluate_scene(pipe, n=1, size_m=32, steps=1, modes=("semantic",), progress=False)
+    for mode in ("semantic",):
+        r = m[mode]
+        assert set(r) >= {"height_mae_m", "building_iou", "diversity_height_m", "diversity_voxels"}
+        assert all(np.isfinite(v) for v in r.values())
+        assert 0 <= r["building_iou"] <= 1 and 0 <= r["diversity_voxels"] <= 1
+    # the seam metric: a step at a window border shows, a smooth ramp does not
+    windows = [(0, 0), (16, 0)]
+    ramp = np.tile(np.arange(48, dtype=np.float32) * 0.5, (32, 1))
+    assert seam_ratio(ramp, windows, 32, 16) == pytest.approx(1.0)
+    step = ramp.copy()
+    step[:, 24:] += 5.0  # columns 24.. (x0 = 16 + overlap / 2) come from the second window
+    assert seam_ratio(step, windows, 32, 16) > 5
