@@ -66,12 +66,18 @@ def test_windows_partition_the_scene():
         assert (owned == 1).all(), (n, W, ov)  # every column kept by exactly one window
 
 
-def test_fill_columns_closes_holes():
+def test_fill_columns_closes_holes_and_builds_walls():
     vox = torch.tensor([[0, x, y, 3] for x in range(6) for y in range(6) if (x, y) not in {(2, 2), (5, 5)}],
                        dtype=torch.int32)
     out = fill_columns(vox, (6, 6))
     assert len(out) == 36 and len({(int(a), int(b)) for a, b in out[:, 1:3]}) == 36
-    assert (out[:, 3] == 3).all()
+    assert (out[:, 3] == 3).all() and torch.equal(out[:34], vox)  # flat: nothing but the two holes
+    # a floating top 5 voxels above flat ground gets a wall down to just above its neighbours
+    tower = torch.cat([vox, torch.tensor([[0, 2, 2, 8]], dtype=torch.int32)])
+    out = fill_columns(tower, (6, 6))
+    col = sorted(int(z) for b, x, y, z in out.tolist() if (x, y) == (2, 2))
+    assert col == [4, 5, 6, 7, 8]
+    assert len(out) == 35 + 4 + 1  # the tower's wall (4) and the hole at (5, 5)
 
 
 def test_every_condition_mode_runs(pipe):

@@ -80,9 +80,14 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
 
 
 def fill_columns(vox: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Terrain closure: give every empty column of an ``X x Y`` grid one voxel at the mean surface
-    height of its nearest non-empty columns (repeated 3x3 averaging outwards).
-    ``vox`` ``[N, 4]`` (b, x, y, z) of one scene -> ``[N + n_filled, 4]``."""
+    """Terrain closure of a 2.5D scene on an ``X x Y`` grid of columns (``vox`` ``[N, 4]``
+    (b, x, y, z) of one scene -> ``[N', 4]``):
+
+    - every empty column gets a surface voxel at the mean height of its nearest non-empty columns
+      (repeated 3x3 averaging outwards);
+    - every column is made solid from its top down to just above its lowest 4-neighbour's top, so
+      steps between columns have walls (no see-through gaps under overhanging tops).
+    """
     if not len(vox):
         return vox
     X, Y = shape
@@ -97,10 +102,21 @@ def fill_columns(vox: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         grow = (valid == 0) & (c > 0)
         h = torch.where(grow, s / c.clamp_min(1), h)
         valid = torch.where(grow, 1.0, valid)
-    xy = empty[0, 0].nonzero()
-    z = h[0, 0][xy[:, 0], xy[:, 1]].round().clamp_min(0)
-    new = torch.cat([torch.zeros(len(xy), 1, dtype=torch.long), xy, z[:, None].long()], 1).to(vox.dtype)
-    return torch.cat([vox, new])
+    t = torch.where(empty, h.round().clamp_min(0), top)[0, 0].long()  # [X, Y] top of every column
+    pad = F.pad(t[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0].long()
+    low = torch.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).amin(0)
+    bottom = torch.minimum(low + 1, t)  # [X, Y] lowest voxel each column must have
+    depth = t - bottom + 1
+    xs, ys = torch.meshgrid(torch.arange(X), torch.arange(Y), indexing="ij")
+    n = depth.flatten()
+    cx, cy = xs.flatten().repeat_interleave(n), ys.flatten().repeat_interleave(n)
+    start = torch.cumsum(n, 0) - n
+    cz = bottom.flatten().repeat_interleave(n) + torch.arange(int(n.sum())) - start.repeat_interleave(n)
+    walls = torch.stack([torch.zeros_like(cx), cx, cy, cz], 1).to(vox.dtype)
+    both = torch.cat([vox, walls])
+    key = ((both[:, 1].long() * Y + both[:, 2].long()) * (int(both[:, 3].max()) + 1) + both[:, 3].long())
+    _, first = np.unique(key.numpy(), return_index=True)
+    return both[torch.from_numpy(np.sort(first))]
 
 
 def _as_semantic(semantic: Any) -> torch.Tensor:
@@ -477,3 +493,34 @@ def save_dem(path, height: np.ndarray, voxel_size: float, crs: Any = None, trans
         ds.write(h, 1)
         ds.update_tags(units="metres above the scene base", source="earthgen scene")
     return path
+
+
+def package_scene_models(structure_vae: str, structure_flow: str, texture_vae: str, texture_flow: str,
+                         out_root: str | None = None, fp16: bool = True) -> dict:
+    """Write trained 3D model folders as the packaged defaults (``earthgen/assets/models/<name>/``,
+    fp16 safetensors unless ``fp16=False``). Returns ``{name: size in MB}``."""
+    import shutil
+    from pathlib import Path
+
+    from earthgen.models import MODELS_DIR
+    from flows.structure import StructureFlowDiT
+    from flows.texture import TextureFlowNet
+    from vae.structure import StructureVAE
+    from vae.texture import TextureVAE
+
+    root = Path(out_root) if out_root else MODELS_DIR
+    sizes = {}
+    for name, src, cls in (("structure-vae", structure_vae, StructureVAE), ("structure-flow", structure_flow,
+                           StructureFlowDiT), ("texture-vae", texture_vae, TextureVAE),
+                           ("texture-flow", texture_flow, TextureFlowNet)):
+        m = cls.from_pretrained(src)
+        if fp16:
+            m = m.half()
+        dst = root / name
+        tmp = dst.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        m.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        sizes[name] = round(sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) / 2**20, 2)
+    return sizes
