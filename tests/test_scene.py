@@ -198,6 +198,13 @@ def test_eval_scene_metrics(pipe):
         assert set(r) >= {"height_mae_m", "building_iou", "diversity_height_m", "diversity_voxels"}
         assert all(np.isfinite(v) for v in r.values())
         assert 0 <= r["building_iou"] <= 1 and 0 <= r["diversity_voxels"] <= 1
+    # with an evaluator network: semantic mIoU of nadir renders, KID, and the reference ceiling
+    from earthgen.evaluation.tilenet import TileNet
+
+    torch.manual_seed(0)
+    m = evaluate_scene(pipe, n=2, size_m=32, steps=1, modes=("none",), evaluator=TileNet(width=8), progress=False)
+    assert 0 <= m["none"]["semantic_miou"] <= 1 and 0 <= m["reference"]["semantic_miou"] <= 1
+    assert np.isfinite(m["none"]["kid_tilenet"])
     # the seam metric: a step at a window border shows, a smooth ramp does not
     windows = [(0, 0), (16, 0)]
     ramp = np.tile(np.arange(48, dtype=np.float32) * 0.5, (32, 1))

@@ -8,7 +8,8 @@
   evaluator's segmentation of a nadir render of the generated surfels against the input map
   (classes present in the map);
 - **FID / KID** (with an evaluator): TileNet features of nadir renders of generated scenes against
-  nadir renders of the reference scenes (not comparable with Inception FID);
+  nadir renders of the reference scenes (not comparable with Inception FID; FID only with more
+  scenes than feature dimensions);
 - **diversity**: between two seeds, the mean absolute height difference (m) and 1 - voxel IoU;
 - **seams**: mean height step (m) between neighbouring columns across window borders divided by
   the same at the other coarse-cell borders (1 = no visible seam).
@@ -122,7 +123,7 @@ def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps
     mode (two seeds each) and measure them (see the module docstring)."""
     from tqdm import tqdm
 
-    from earthgen.metrics import fid_from_features, kid_from_features, miou
+    from earthgen.metrics import fid_from_features, kid_from_features
     from earthgen.training.vae3d import world_tile
     from earthgen.world.scene3d import world_scene
 
@@ -136,8 +137,11 @@ def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps
     ref_feats = None
     if evaluator is not None:
         refs = np.stack([reference_render(s, eval_gsd, int(round(size_m / eval_gsd))) for s in scenes])
-        ref_feats = _features(evaluator, refs)["features"]
+        rf = _features(evaluator, refs)
+        ref_feats = rf["features"]
     res: dict = {"n": n, "size_m": size_m, "steps": steps, "guidance": guidance, "voxel_size_m": vs}
+    if evaluator is not None:  # the ceiling: the evaluator on renders of the true scenes
+        res["reference"] = {"semantic_miou": _miou(rf["segmentation"], [t.semantic for t in tiles])}
     bar = tqdm(total=len(modes) * n * 2, desc="eval scene", disable=not progress)
     for mode in modes:
         m: dict = {"height_mae_m": [], "building_iou": [], "diversity_height_m": [], "diversity_voxels": [],
@@ -175,19 +179,25 @@ def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps
         out = {k: float(np.mean(v)) for k, v in m.items() if v}
         if evaluator is not None and renders:
             f = _features(evaluator, np.stack(renders))
-            pred = f["segmentation"]
-            present = np.unique(np.concatenate([s.ravel() for s in segs]))
-            cm = miou(np.concatenate([p.ravel() for p in pred]), np.concatenate([s.ravel() for s in segs]),
-                      NUM_CLASSES)
-            ious = [cm["per_class_iou"][c] for c in present if not math.isnan(cm["per_class_iou"][c])]
-            out["semantic_miou"] = float(np.mean(ious)) if ious else float("nan")
-            if len(renders) >= 2:
+            out["semantic_miou"] = _miou(f["segmentation"], segs)
+            if len(renders) > f["features"].shape[1]:  # a full-rank covariance
                 out["fid_tilenet"] = fid_from_features(f["features"], ref_feats)
+            if len(renders) >= 2:
                 kid = kid_from_features(f["features"], ref_feats, subset_size=min(len(renders), 50))
                 out["kid_tilenet"], out["kid_tilenet_std"] = kid
         res[mode] = out
     bar.close()
     return res
+
+
+def _miou(pred: np.ndarray, maps: list) -> float:
+    """Mean IoU over the classes present in the input maps ``maps`` of class maps ``pred``."""
+    from earthgen.metrics import miou
+
+    target = np.concatenate([np.asarray(m).ravel() for m in maps])
+    cm = miou(np.concatenate([p.ravel() for p in pred]), target, NUM_CLASSES)
+    ious = [cm["per_class_iou"][c] for c in np.unique(target) if not math.isnan(cm["per_class_iou"][c])]
+    return float(np.mean(ious)) if ious else float("nan")
 
 
 def _features(evaluator, images: np.ndarray) -> dict:
