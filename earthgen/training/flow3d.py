@@ -92,51 +92,47 @@ def encode_pool(vae, seed: int, n: int, L: int, voxel_size: float, progress: boo
     return {"grid": torch.stack(grids), "semantic": torch.stack(sems), "image": torch.stack(imgs)}
 
 
-def train_structure_flow(cfg: FlowTrainConfig) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
-
-    from earthgen.classes import NUM_CLASSES
-    from flows.loss import FlowMatchingLoss, logit_normal_time
-    from flows.path import LinearPath
-    from flows.structure import StructureFlowDiT, rotate_scene
-    from vae.structure import StructureVAE
-
+def _check_config(cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, test_resolution: int) -> None:
+    """Apply ``--test-run``'s small defaults (only where the user kept the default) and check the
+    arguments; ``kind`` is "structure" or "texture"."""
     if cfg.test_run:
         base = FlowTrainConfig()
-        for k, v in {"size": "tiny", "batch_size": 2, "pool": 3, "resolution": 32, "log_every": 1,
-                     "save_every": 10}.items():
+        for k, v in {"size": "tiny", "batch_size": 2, "pool": 3 if kind == "structure" else 2,
+                     "resolution": test_resolution, "log_every": 1, "save_every": 10}.items():
             if getattr(cfg, k) == getattr(base, k):
                 setattr(cfg, k, v)
     if not cfg.vae or not Path(cfg.vae).is_dir():
-        raise UserInputError("--vae must name a trained structure VAE folder (earthgen train structure-vae ... "
+        raise UserInputError(f"--vae must name a trained {kind} VAE folder (earthgen train {kind}-vae ... "
                              "writes OUT/model)")
-    if cfg.size not in SIZES:
-        raise UserInputError(f"--size must be one of {', '.join(SIZES)}, got {cfg.size!r}")
-    if cfg.resolution % 16:
-        raise UserInputError(f"--resolution must be a multiple of 16 voxels, got {cfg.resolution}")
+    if cfg.size not in sizes:
+        raise UserInputError(f"--size must be one of {', '.join(sizes)}, got {cfg.size!r}")
+    if cfg.resolution % multiple:
+        raise UserInputError(f"--resolution must be a multiple of {multiple} voxels, got {cfg.resolution}")
     if not 0 <= cfg.cond_dropout < 1:
         raise UserInputError(f"--cond-dropout must be in [0, 1), got {cfg.cond_dropout}")
+
+
+def _load_vae(cls, path: str):
     try:
-        vae = StructureVAE.from_pretrained(cfg.vae).eval()
+        return cls.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
-        raise UserInputError(f"--vae: cannot load a StructureVAE from {cfg.vae}: {e}") from e
+        raise UserInputError(f"--vae: cannot load a {cls.__name__} from {path}: {e}") from e
+
+
+def _train_loop(cfg: FlowTrainConfig, acc, model, batch):
+    """The loop both flows share: AdamW, EMA, atomic checkpoints, resume, logging; flow matching on
+    the linear path at logit-normal times with per-condition dropout. ``batch(g, device)`` returns
+    ``(x1, t_of, forward)``: the data ``[..., C]``, a map from the per-scene times ``[B]`` to
+    ``x1``'s leading dim, and ``forward(x_t, t, drop_semantic, drop_image) -> velocity``.
+    Returns ``(model with the EMA weights, summary)`` on the main process."""
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    from flows.loss import FlowMatchingLoss, logit_normal_time
+    from flows.path import LinearPath
+
     out = Path(cfg.out)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    set_seed(cfg.seed)
     device = acc.device
-    L = cfg.resolution
-    data = encode_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
-    lat = data["grid"][:, 1:][data["grid"][:, :1].expand_as(data["grid"][:, 1:]) > 0]
-    scale = float(lat.std().clamp_min(1e-3)) if len(lat) else 1.0
-    data["grid"][:, 1:] /= scale
-    if cfg.model:
-        model = StructureFlowDiT.from_pretrained(cfg.model)
-    else:
-        model = StructureFlowDiT(grid_size=(L // 8,) * 3, latent_channels=vae.config.latent_channels, patch_size=2,
-                                 num_classes=NUM_CLASSES, latent_scale=scale, **SIZES[cfg.size])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
     ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay)
@@ -154,20 +150,15 @@ def train_structure_flow(cfg: FlowTrainConfig) -> dict:
     t0 = time.perf_counter()
     for step in bar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + acc.process_index)
-        idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g)
-        k = int(torch.randint(0, 4, (1,), generator=g))  # the same random 90-degree turn for all
-        x1, sem, img = rotate_scene(data["grid"][idx], [data["semantic"][idx], data["image"][idx]], k)
-        x1, sem, img = x1.to(device), sem.to(device), img.to(device)
+        x1, t_of, forward = batch(model, g, device)
         x0 = torch.randn(x1.shape, generator=g).to(device)
         t = logit_normal_time(cfg.batch_size, generator=g).to(device)
-        drop_s = torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout
-        drop_i = torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout
-        ps = path.sample(x0, x1, t)
+        drop_s = (torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout).to(device)
+        drop_i = (torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout).to(device)
+        ps = path.sample(x0, x1, t_of(t))
         model.train()
         with acc.autocast():
-            v = model(ps.x_t, t, semantic=sem, image=img, drop_semantic=drop_s.to(device),
-                      drop_image=drop_i.to(device))
-            loss = loss_fn(v.float(), ps.dx_t.float())
+            loss = loss_fn(forward(ps.x_t, t, drop_s, drop_i).float(), ps.dx_t.float())
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -177,13 +168,54 @@ def train_structure_flow(cfg: FlowTrainConfig) -> dict:
         del loss
     acc.wait_for_everyone()
     summary = run_summary(cfg, start, rows, t0)
+    final = None
     if acc.is_main_process:
         final = acc.unwrap_model(model)
         ema.copy_to(final.parameters())
         save_model_atomic(final, out / "model")
         summary["model"] = str(out / "model")
-        summary["latent_scale"] = scale
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary["latent_scale"] = float(final.config.latent_scale)
+    return final, summary
+
+
+def train_structure_flow(cfg: FlowTrainConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from earthgen.classes import NUM_CLASSES
+    from flows.structure import StructureFlowDiT, rotate_scene
+    from vae.structure import StructureVAE
+
+    _check_config(cfg, "structure", SIZES, 16, 32)
+    vae = _load_vae(StructureVAE, cfg.vae)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    L = cfg.resolution
+    data = encode_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
+    lat = data["grid"][:, 1:][data["grid"][:, :1].expand_as(data["grid"][:, 1:]) > 0]
+    scale = float(lat.std().clamp_min(1e-3)) if len(lat) else 1.0
+    if cfg.model:
+        model = StructureFlowDiT.from_pretrained(cfg.model)
+        scale = float(model.config.latent_scale)
+    else:
+        model = StructureFlowDiT(grid_size=(L // 8,) * 3, latent_channels=vae.config.latent_channels, patch_size=2,
+                                 num_classes=NUM_CLASSES, latent_scale=scale, **SIZES[cfg.size])
+    data["grid"][:, 1:] /= scale
+
+    def batch(model, g, device):
+        idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g)
+        k = int(torch.randint(0, 4, (1,), generator=g))  # the same random 90-degree turn for all
+        x1, sem, img = rotate_scene(data["grid"][idx], [data["semantic"][idx], data["image"][idx]], k)
+        sem, img = sem.to(device), img.to(device)
+
+        def forward(x_t, t, drop_s, drop_i):
+            return model(x_t, t, semantic=sem, image=img, drop_semantic=drop_s, drop_image=drop_i)
+
+        return x1.to(device), (lambda t: t), forward
+
+    final, summary = _train_loop(cfg, acc, model, batch)
+    if final is not None:
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -269,96 +301,41 @@ def texture_batch(items: list[dict], L: int, device, scale: float = 1.0):
 def train_texture_flow(cfg: FlowTrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
     from earthgen.classes import NUM_CLASSES
-    from flows.loss import FlowMatchingLoss, logit_normal_time
-    from flows.path import LinearPath
     from flows.texture import TextureFlowNet
     from vae.texture import TextureVAE
 
-    if cfg.test_run:
-        base = FlowTrainConfig()
-        for k, v in {"size": "tiny", "batch_size": 2, "pool": 2, "resolution": 16, "log_every": 1,
-                     "save_every": 10}.items():
-            if getattr(cfg, k) == getattr(base, k):
-                setattr(cfg, k, v)
-    if not cfg.vae or not Path(cfg.vae).is_dir():
-        raise UserInputError("--vae must name a trained texture VAE folder (earthgen train texture-vae ... "
-                             "writes OUT/model)")
-    if cfg.size not in TEXTURE_SIZES:
-        raise UserInputError(f"--size must be one of {', '.join(TEXTURE_SIZES)}, got {cfg.size!r}")
-    if cfg.resolution % 8:
-        raise UserInputError(f"--resolution must be a multiple of 8 voxels, got {cfg.resolution}")
-    if not 0 <= cfg.cond_dropout < 1:
-        raise UserInputError(f"--cond-dropout must be in [0, 1), got {cfg.cond_dropout}")
-    try:
-        vae = TextureVAE.from_pretrained(cfg.vae).eval()
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"--vae: cannot load a TextureVAE from {cfg.vae}: {e}") from e
-    out = Path(cfg.out)
+    _check_config(cfg, "texture", TEXTURE_SIZES, 8, 16)
+    vae = _load_vae(TextureVAE, cfg.vae)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
-    device = acc.device
     L = cfg.resolution
     pool = encode_texture_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
-    scale = float(torch.cat([it["latent"] for it in pool]).std().clamp_min(1e-3))
     if cfg.model:
         model = TextureFlowNet.from_pretrained(cfg.model)
     else:
         model = TextureFlowNet(latent_channels=vae.config.latent_channels, num_classes=NUM_CLASSES,
-                               image_patch=image_patch(vae), latent_scale=scale, **TEXTURE_SIZES[cfg.size])
+                               image_patch=image_patch(vae), **TEXTURE_SIZES[cfg.size],
+                               latent_scale=float(torch.cat([it["latent"] for it in pool]).std().clamp_min(1e-3)))
     scale = float(model.config.latent_scale)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    model, opt = acc.prepare(model, opt)
-    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay)
-    acc.register_for_checkpointing(ema)
-    if not cfg.resume:
-        check_fresh_out(out)
-    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
-    ema.to(device)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    path, loss_fn = LinearPath(), FlowMatchingLoss()
-    bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not acc.is_local_main_process, initial=start,
-               total=cfg.steps)
-    t0 = time.perf_counter()
-    for step in bar:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + acc.process_index)
+
+    def batch(model, g, device):
         idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g).tolist()
         x1, sem, img = texture_batch([pool[i] for i in idx], L, device, scale)
         b = x1.coords[:, 0].long()
-        x0 = torch.randn(x1.feats.shape, generator=g).to(device)
-        t = logit_normal_time(cfg.batch_size, generator=g).to(device)
-        drop_s = torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout
-        drop_i = torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout
-        ps = path.sample(x0, x1.feats, t[b])
-        model.train()
-        with acc.autocast():
-            v = model(x1.replace(ps.x_t), t, semantic=sem, image=img, drop_semantic=drop_s.to(device),
-                      drop_image=drop_i.to(device))
-            loss = loss_fn(v.float(), ps.dx_t.float())
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-        ema.step(acc.unwrap_model(model).parameters())
-        end_step(acc, cfg, loss, step, rows, bar, out)
-        del loss
-    acc.wait_for_everyone()
-    summary = run_summary(cfg, start, rows, t0)
-    if acc.is_main_process:
-        final = acc.unwrap_model(model)
-        ema.copy_to(final.parameters())
-        save_model_atomic(final, out / "model")
-        summary["model"] = str(out / "model")
-        summary["latent_scale"] = scale
+
+        def forward(x_t, t, drop_s, drop_i):
+            return model(x1.replace(x_t), t, semantic=sem, image=img, drop_semantic=drop_s, drop_image=drop_i)
+
+        return x1.feats, (lambda t: t[b]), forward
+
+    final, summary = _train_loop(cfg, acc, model, batch)
+    if final is not None:
         held = encode_texture_pool(vae, cfg.seed + 7919, 1 if cfg.test_run else 6, L, cfg.voxel_size)
         summary["eval"] = evaluate_texture_flow(final, vae, held, steps=2 if cfg.test_run else 20,
                                                 image_size=32 if cfg.test_run else 128)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
