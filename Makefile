@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,sparse,text
+EXTRAS ?= dev,sparse,text,app,browser
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-all lint bench venv clean

@@ -14,17 +14,19 @@ from earthgen import __version__
 from earthgen.errors import EarthGenError, MissingDependencyError, UserInputError
 
 # Subcommands available in this release, in --help order.
-COMMANDS = ("world", "layout", "generate", "train", "eval", "demo")
+COMMANDS = ("world", "layout", "generate", "scene", "train", "eval", "augment", "demo", "app")
 
 EPILOG = """\
 examples:
   earthgen world --seed 3 --size 512 --gsd 0.5 --out outputs/world
   earthgen layout monaco-latest.osm.pbf --center 43.7384,7.4246 --size 512 --gsd 1 --out outputs/monaco
+  earthgen scene --world 3 --size-m 128 --seed 0 --out outputs/scene
   earthgen train image-ldm --test-run --out outputs/train-test
   earthgen demo --out outputs
+  earthgen augment DOTA/train --model runs/boxes/pipeline --n 500 --out DOTA-aug
+  earthgen app --port 7860                # the web app on http://127.0.0.1:7860
 
-Run `earthgen COMMAND --help` for the options of each command. Planned commands
-(augment, scene, app) arrive with the detection, 3D and app releases.
+Run `earthgen COMMAND --help` for the options of each command.
 """
 
 

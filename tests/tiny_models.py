@@ -69,3 +69,45 @@ def get_dummy_components(control: bool = True, metadata: bool = True) -> dict:
                 for p in m.parameters():
                     p.add_(torch.randn_like(p) * 0.05)
     return comps
+
+
+def tiny_scene_pipeline():
+    """A tiny random :class:`~earthgen.pipelines.scene.EarthScenePipeline`: 32-voxel windows (1 m),
+    structure and texture flows with non-zero weights (so scenes are not empty)."""
+    from earthgen.classes import NUM_CLASSES
+    from earthgen.pipelines.scene import EarthScenePipeline
+    from earthgen.world.scene3d import appearance_channels
+    from flows.structure import StructureFlowDiT
+    from flows.texture import TextureFlowNet
+    from vae.structure import StructureVAE
+    from vae.texture import TextureVAE
+
+    torch.manual_seed(0)
+    svae = StructureVAE(channels=(8, 16, 16, 16), latent_channels=4, num_res_blocks=1, backend="torch")
+    sflow = StructureFlowDiT(grid_size=(4, 4, 4), latent_channels=4, patch_size=2, num_classes=NUM_CLASSES,
+                             hidden_size=32, depth=2, num_heads=2)
+    tvae = TextureVAE(in_channels=appearance_channels(2), channels=16, num_res_blocks=1, backend="torch")
+    tflow = TextureFlowNet(latent_channels=tvae.config.latent_channels, channels=16, num_blocks=2,
+                           num_classes=NUM_CLASSES, backend="torch")
+    for m in (sflow, tflow):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    pipe = EarthScenePipeline(svae, sflow, tvae, tflow, voxel_size=1.0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_box_pipeline():
+    """The tiny EarthImagePipeline of :func:`get_dummy_components` with box conditioning (gated
+    UNet + box token encoder), as used by detection augmentation."""
+    from controls.boxes import GroundedUNet2DConditionModel
+    from earthgen.conditioning.boxes import BoxTokenEncoder
+    from earthgen.pipelines.image import EarthImagePipeline
+
+    c = get_dummy_components()
+    c["unet"] = GroundedUNet2DConditionModel.from_unet(c["unet"])
+    c["box_encoder"] = BoxTokenEncoder(text_dim=16, out_dim=16, num_freqs=4, hidden_dim=32)
+    pipe = EarthImagePipeline(**c)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

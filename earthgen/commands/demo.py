@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -12,12 +14,32 @@ import numpy as np
 DESCRIPTION = """\
 Run the main jobs end to end on embedded defaults, no download, CPU only, and write the results
 under --out: a procedural world tile with every layer, a 2x2 grid of seamless world tiles and
-their mosaic, a semantic layout rasterized from the embedded OpenStreetMap extract of Monaco, and
-a 3D scene of a world tile (sparse voxels and 2D Gaussian surfels: GLB and PLY meshes, a Gaussian
-splat PLY, a voxel point cloud and rendered views).
+their mosaic, a semantic layout rasterized from the embedded OpenStreetMap extract of Monaco,
+text -> image and OSM layout -> image results of the packaged default image model (see
+docs/models.md; PNGs, a GeoTIFF and a side-by-side of layout and image), and a 3D scene generated
+by the packaged scene models from the Monaco layout (sparse voxels and 2D Gaussian surfels: GLB
+and PLY meshes, a Gaussian splat PLY, a voxel point cloud, a DEM GeoTIFF and rendered views).
 """
 
 MONACO_CENTER = (43.7384, 7.4246)  # lat, lon: the port of Monaco and Monaco-Ville
+TEXT_PROMPTS = (  # (prompt, GSD in metres/pixel) for the text -> image step, in the captions' style
+    ("Satellite image at 0.5 m/px of a residential neighbourhood with many houses and trees.", 0.5),
+    ("Aerial image at 2 m/px of farmland with fields of different crops.", 2.0),
+    ("Overhead view at 1 m/px of a dense forest with a river.", 1.0),
+    ("Satellite image at 1 m/px of a lake.", 1.0),
+)
+DEMO_IMAGE_PX = 128     # text -> image size, pixels (the packaged model's native size)
+OSM_IMAGE_PX = 256      # layout -> image size, pixels (tiled sampling above 128)
+OSM_GSD = 2.0           # metres/pixel of the Monaco layout -> image step
+# Mean colour of each class in procedural world tiles (48 tiles of 128 px, data seed 4242): the
+# layout -> image step starts from the layout painted in these colours, blurred (SDEdit), with
+# OSM_INIT_STRENGTH of the noise schedule left to the model and the layout control on top.
+CLASS_MEAN_RGB = ((140, 139, 135), (129, 96, 80), (88, 89, 92), (108, 108, 110), (118, 117, 119), (150, 140, 120),
+                  (110, 100, 95), (43, 69, 80), (51, 72, 45), (111, 127, 77), (149, 146, 94), (192, 181, 146),
+                  (116, 114, 119))
+OSM_INIT_STRENGTH = 0.8  # 1.0 = from pure noise (layout control only)
+DEMO_STEPS = 15        # DPM-Solver++ steps
+DEMO_GUIDANCE = 4.0
 
 
 def register(sub) -> None:
@@ -33,25 +55,45 @@ def embedded_osm() -> Path:
     return Path(str(resources.files("earthgen") / "assets" / "monaco-latest.osm.pbf"))
 
 
-def run(args: argparse.Namespace) -> int:
-    from earthgen.geo.layout import build_layout
-    from earthgen.io import write_json, write_png
+@dataclass
+class DemoContext:
+    """What the steps share: the output folder, the seed, the JSON summary, cached models."""
+
+    out: Path
+    seed: int
+    summary: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    def image_pipeline(self):
+        """The packaged default image model (loaded once, float32 on CPU)."""
+        if "image" not in self.cache:
+            from earthgen.models import load_default_image_pipeline
+
+            pipe = load_default_image_pipeline()
+            pipe.set_progress_bar_config(disable=True)
+            self.cache["image"] = pipe
+        return self.cache["image"]
+
+
+def step_world(ctx: DemoContext) -> str:
     from earthgen.world import generate_world
 
-    out = Path(args.out)
-    summary: dict = {}
-    steps = ["world tile", "seamless 2x2 world", "OSM layout (Monaco)", "3D scene"]
-    print(f"earthgen demo -> {out}/")
-
+    out = ctx.out
     t0 = time.perf_counter()
-    tile = generate_world(args.seed, 512, 0.5)
+    tile = generate_world(ctx.seed, 512, 0.5)
     gen_s = time.perf_counter() - t0
     files = tile.save(out / "world", voxel_size=1.0)
-    summary["world"] = {"seconds": round(gen_s, 3), "caption": tile.caption,
-                        "objects": len(tile.labels["labels"]), "files": sorted(Path(f).name for f in files.values())}
-    print(f"[1/{len(steps)}] {steps[0]}: 512x512 at 0.5 m/px in {gen_s:.2f} s -> {out}/world/")
-    print(f"      caption: {tile.caption}")
+    ctx.summary["world"] = {"seconds": round(gen_s, 3), "caption": tile.caption,
+                            "objects": len(tile.labels["labels"]),
+                            "files": sorted(Path(f).name for f in files.values())}
+    return f"512x512 at 0.5 m/px in {gen_s:.2f} s -> {out}/world/\n      caption: {tile.caption}"
 
+
+def step_world_tiles(ctx: DemoContext) -> str:
+    from earthgen.io import write_png
+    from earthgen.world import generate_world
+
+    out = ctx.out
     t0 = time.perf_counter()
     n, px, gsd = 2, 256, 1.0
     x0, y0 = -n * px * gsd / 2, n * px * gsd / 2
@@ -59,33 +101,172 @@ def run(args: argparse.Namespace) -> int:
     for r in range(n):
         row = []
         for c in range(n):
-            t = generate_world(args.seed, px, gsd, (x0 + c * px * gsd, y0 - r * px * gsd))
+            t = generate_world(ctx.seed, px, gsd, (x0 + c * px * gsd, y0 - r * px * gsd))
             t.save(out / "world_tiles" / f"tile_{r}_{c}", voxel_size=None)
             row.append(t.rgb)
         rows.append(np.concatenate(row, axis=1))
     write_png(out / "world_tiles" / "mosaic.png", np.concatenate(rows, axis=0))
-    summary["world_tiles"] = {"seconds": round(time.perf_counter() - t0, 3), "grid": [n, n], "tile_px": px, "gsd_m": gsd}
-    print(f"[2/{len(steps)}] {steps[1]}: 4 tiles of {px} px at {gsd:g} m/px -> {out}/world_tiles/mosaic.png")
+    ctx.summary["world_tiles"] = {"seconds": round(time.perf_counter() - t0, 3), "grid": [n, n], "tile_px": px,
+                                  "gsd_m": gsd}
+    return f"4 tiles of {px} px at {gsd:g} m/px -> {out}/world_tiles/mosaic.png"
+
+
+def step_osm_layout(ctx: DemoContext) -> str:
+    from earthgen.geo.layout import build_layout
 
     t0 = time.perf_counter()
     layout = build_layout(embedded_osm(), center=MONACO_CENTER, size=(512, 512), gsd=2.0)
-    layout.save(out / "monaco_layout")
+    layout.save(ctx.out / "monaco_layout")
     fr = layout.class_fractions() if hasattr(layout, "class_fractions") else {}
-    summary["monaco_layout"] = {"seconds": round(time.perf_counter() - t0, 3), "class_fractions": fr}
+    ctx.summary["monaco_layout"] = {"seconds": round(time.perf_counter() - t0, 3), "class_fractions": fr}
     top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])[:4])
-    print(f"[3/{len(steps)}] {steps[2]}: 512x512 at 2 m/px ({top}) -> {out}/monaco_layout/")
+    return f"512x512 at 2 m/px ({top}) -> {ctx.out}/monaco_layout/"
 
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+
+
+def step_text_to_image(ctx: DemoContext) -> str:
+    """Text (+ GSD) -> image with the packaged model: one image per prompt, and a contact sheet."""
+    import torch
+
+    from earthgen.io import write_json, write_png
+
+    out = ctx.out / "text2image"
     t0 = time.perf_counter()
-    from earthgen.export3d import save_scene
-    from earthgen.world.scene3d import world_scene
+    pipe = ctx.image_pipeline()
+    load_s = time.perf_counter() - t0
+    records, images = [], []
+    for i, (prompt, gsd) in enumerate(TEXT_PROMPTS):
+        seed = ctx.seed + i
+        img = pipe(prompt, gsd=gsd, height=DEMO_IMAGE_PX, width=DEMO_IMAGE_PX, num_inference_steps=DEMO_STEPS,
+                   guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(seed),
+                   output_type="np").images[0]
+        arr = _to_uint8(img)
+        name = f"{i}_{_slug(prompt)}.png"
+        write_png(out / name, arr)
+        images.append(arr)
+        records.append({"file": name, "prompt": prompt, "gsd_m": gsd, "seed": seed})
+    write_png(out / "sheet.png", np.concatenate(images, axis=1))
+    write_json(out / "prompts.json", records)
+    ctx.summary["text2image"] = {"seconds": round(time.perf_counter() - t0, 3), "model_load_seconds": round(load_s, 3),
+                                 "size_px": DEMO_IMAGE_PX, "steps": DEMO_STEPS, "guidance_scale": DEMO_GUIDANCE,
+                                 "images": records}
+    return f"{len(records)} prompts at {DEMO_IMAGE_PX} px with the packaged model -> {out}/sheet.png"
 
-    sc = world_scene(generate_world(args.seed, 256, 0.5, origin=(-64.0, 64.0)), 1.0)
-    paths = save_scene(out / "scene3d", sc.coords, sc.voxel_size, sc.origin, sc.color, sc.reference,
-                       semantic=sc.semantic, image_size=384, views=4)
-    summary["scene3d"] = {"seconds": round(time.perf_counter() - t0, 3), "voxels": len(sc),
-                          "surfels": len(sc.reference["means"]), "files": sorted(Path(p).name for p in paths.values())}
-    print(f"[4/{len(steps)}] {steps[3]}: 128 m at 1 m voxels ({len(sc)} voxels, {len(sc.reference['means'])} surfels) "
-          f"in {summary['scene3d']['seconds']:.1f} s -> {out}/scene3d/ (scene.glb, gaussians.ply, render.png)")
-    write_json(out / "demo_summary.json", summary)
-    print(f"done; summary in {out}/demo_summary.json")
+
+def step_layout_to_image(ctx: DemoContext) -> str:
+    """OSM layout of Monaco -> image with the packaged model's layout control (PNG + GeoTIFF,
+    and the layout beside the result)."""
+    import torch
+
+    from earthgen.classes import colorize
+    from earthgen.geo.layout import build_layout
+    from earthgen.io import write_png
+    from earthgen.pipelines.image import save_geotiff
+
+    out = ctx.out / "layout2image"
+    t0 = time.perf_counter()
+    px, gsd = OSM_IMAGE_PX, OSM_GSD
+    layout = build_layout(embedded_osm(), center=MONACO_CENTER, size=(px, px), gsd=gsd)
+    layout.save(out / "layout")
+    pipe = ctx.image_pipeline()
+    prompt = f"Satellite image at {gsd:g} m/px of a dense urban district with many buildings and water."
+    init = layout_colours(layout.semantic) if OSM_INIT_STRENGTH < 1.0 else None
+    img = pipe(prompt, gsd=gsd, layout=layout.semantic, image=init, strength=OSM_INIT_STRENGTH,
+               num_inference_steps=DEMO_STEPS, guidance_scale=DEMO_GUIDANCE, tile_overlap=8,
+               generator=torch.Generator().manual_seed(ctx.seed),
+               output_type="np").images[0]  # 128 px windows overlapping by 64 px above 128 px
+    arr = _to_uint8(img)
+    write_png(out / "monaco.png", arr)
+    save_geotiff(out / "monaco.tif", arr, layout.crs, layout.transform)
+    gap = np.full((px, 8, 3), 255, np.uint8)
+    write_png(out / "side_by_side.png", np.concatenate([colorize(layout.semantic), gap, arr], axis=1))
+    ctx.summary["layout2image"] = {"seconds": round(time.perf_counter() - t0, 3), "size_px": px, "gsd_m": gsd,
+                                   "prompt": prompt, "seed": ctx.seed, "center_lat_lon": list(MONACO_CENTER),
+                                   "init_strength": OSM_INIT_STRENGTH,
+                                   "files": ["monaco.png", "monaco.tif", "side_by_side.png", "layout/"]}
+    return f"Monaco, {px}x{px} at {gsd:g} m/px ({px * gsd:.0f} m) -> {out}/side_by_side.png, monaco.tif"
+
+
+def layout_colours(semantic: np.ndarray, blur_px: int = 2) -> np.ndarray:
+    """Class map ``[H, W]`` -> ``[H, W, 3]`` float image in 0..1 painted with
+    :data:`CLASS_MEAN_RGB`, box-blurred by ``blur_px`` pixels (the SDEdit start of the layout step)."""
+    import torch
+    import torch.nn.functional as F
+
+    lut = np.asarray(CLASS_MEAN_RGB, np.float32) / 255.0
+    img = torch.from_numpy(lut[np.clip(semantic, 0, len(lut) - 1)]).permute(2, 0, 1)[None]
+    k = 2 * blur_px + 1
+    img = F.avg_pool2d(F.pad(img, (blur_px,) * 4, mode="replicate"), k, stride=1)
+    return img[0].permute(1, 2, 0).numpy()
+
+
+SCENE_SIZE_M = 64.0    # the 3D step: one 64 m window of the Monaco layout at 1 m voxels
+SCENE_STEPS = 8
+
+
+def step_scene3d(ctx: DemoContext) -> str:
+    """A 3D scene generated by the packaged scene models from the Monaco OSM layout."""
+    import torch
+
+    from earthgen.export3d import save_scene
+    from earthgen.geo.layout import build_layout
+    from earthgen.io import write_png
+    from earthgen.pipelines.scene import load_scene_pipeline, save_dem
+
+    out = ctx.out / "scene3d"
+    t0 = time.perf_counter()
+    pipe = load_scene_pipeline(None, "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    px = int(SCENE_SIZE_M)
+    lay = build_layout(embedded_osm(), center=MONACO_CENTER, size=(px, px), gsd=1.0)
+    res = pipe(semantic=lay.semantic, gsd=lay.gsd, num_inference_steps=SCENE_STEPS,
+               generator=torch.Generator().manual_seed(ctx.seed))
+    paths = save_scene(out, res.coords, res.voxel_size, res.origin, res.colors, res.surfels, image_size=384, views=4)
+    from rasterio.transform import Affine
+
+    t = lay.transform
+    save_dem(out / "dem.tif", res.height, res.voxel_size, lay.crs, Affine(res.voxel_size, 0, t.c, 0, -res.voxel_size, t.f))
+    from earthgen.classes import PALETTE
+
+    write_png(out / "condition_semantic.png", PALETTE[lay.semantic])
+    ctx.summary["scene3d"] = {"seconds": round(time.perf_counter() - t0, 3), "size_m": SCENE_SIZE_M,
+                              "steps": SCENE_STEPS, "seed": ctx.seed, "voxels": int(len(res.coords)),
+                              "surfels": int(len(res.surfels["means"])),
+                              "files": sorted([Path(p).name for p in paths.values()] + ["dem.tif"])}
+    return (f"generated from the Monaco layout, {SCENE_SIZE_M:g} m at 1 m voxels ({len(res.coords)} voxels, "
+            f"{len(res.surfels['means'])} surfels) in {ctx.summary['scene3d']['seconds']:.1f} s -> {out}/ "
+            f"(scene.glb, gaussians.ply, dem.tif, render.png)")
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split()[:5])
+
+
+# The demo's steps, in order: (title, function(ctx) -> one-line report). Add a step with one line.
+STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
+    ("world tile", step_world),
+    ("seamless 2x2 world", step_world_tiles),
+    ("OSM layout (Monaco)", step_osm_layout),
+    ("text -> image", step_text_to_image),
+    ("OSM layout -> image (Monaco)", step_layout_to_image),
+    # ("augmented detection sample", step_augment),   <- the detection augmentation step goes here
+    ("3D scene", step_scene3d),
+]
+
+
+def run(args: argparse.Namespace) -> int:
+    from earthgen.io import write_json
+
+    ctx = DemoContext(out=Path(args.out), seed=args.seed)
+    print(f"earthgen demo -> {ctx.out}/")
+    t_all = time.perf_counter()
+    for i, (title, step) in enumerate(STEPS, 1):
+        msg = step(ctx)
+        print(f"[{i}/{len(STEPS)}] {title}: {msg}")
+    ctx.summary["seconds"] = round(time.perf_counter() - t_all, 3)
+    write_json(ctx.out / "demo_summary.json", ctx.summary)
+    print(f"done in {ctx.summary['seconds']:.0f} s; summary in {ctx.out}/demo_summary.json")
     return 0

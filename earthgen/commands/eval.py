@@ -9,7 +9,7 @@ import argparse
 import importlib
 
 # Evaluation tasks, in --help order.
-TASKS = ("image",)
+TASKS = ("image", "scene", "augment")
 
 DESCRIPTION = """\
 Evaluate generated data against the conditions it was generated from. Run

@@ -24,7 +24,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("image", help="evaluate an image model", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="pipeline folder or hub id")
+    p.add_argument("--model", default="default", help="pipeline folder or hub id (default: the packaged model)")
     p.add_argument("--evaluator", required=True, help="TileNet folder (earthgen train evaluator)")
     p.add_argument("--n", type=positive_int, default=32, help="number of generated images")
     p.add_argument("--steps", type=positive_int, default=30)
@@ -42,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from earthgen.evaluation.image import evaluate_image
     from earthgen.evaluation.tilenet import TileNet
     from earthgen.io import write_json
+    from earthgen.models import resolve_model
     from earthgen.pipelines.image import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(resolve_model(args.model, "image"))
     try:
         evaluator = TileNet.from_pretrained(args.evaluator)
     except (OSError, ValueError) as e:

@@ -29,7 +29,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("generate", help="generate satellite images", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="pipeline folder or hub id")
+    p.add_argument("--model", default="default",
+                   help="pipeline folder or hub id (default: the small model packaged with EarthGen, docs/models.md)")
     p.add_argument("--prompt", default="", help="text prompt")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--gsd", type=positive_float, default=None, help="ground sampling distance, metres/pixel")
@@ -98,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         _, m = _read_png(args.mask, "mask")
         mask = (m.reshape(m.shape[0], m.shape[1], -1).max(-1) > 127).astype(np.float32)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model).to(device)
+    from earthgen.models import float32_on_cpu, resolve_model
+
+    pipe = float32_on_cpu(load_pipeline(resolve_model(args.model, "image")).to(device))
     t0 = time.perf_counter()
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
                control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,

@@ -7,11 +7,14 @@ import argparse
 DESCRIPTION = """\
 Train a model. Image tasks (procedural world tiles, or an image-caption dataset with --data):
 image-vae (the autoencoder), image-ldm (UNet + metadata encoder), image-control (the fused control
-branch, UNet frozen), evaluator (the TileNet behind `earthgen eval`). 3D tasks (procedural world
+branch, UNet frozen), image-boxes (box-layout conditioning for `earthgen augment`: box-token encoder +
+gated attention; --data a detection dataset in DOTA, COCO, YOLO, ... or world), evaluator (the
+TileNet behind `earthgen eval`). 3D tasks (procedural world
 scenes): structure-vae (sparse voxel occupancy <-> coarse latent; --resolution is the crop size in
 voxels), texture-vae (per-voxel appearance <-> latent -> 2D Gaussian surfels, trained by rendering),
 structure-flow (the flow-matching generator of the structure latent, conditioned on a semantic map,
-an aerial image, both or nothing; needs --vae).
+an aerial image, both or nothing; needs --vae, the structure VAE), texture-flow (the sparse
+flow-matching generator of per-voxel texture latents, same conditions; --vae is the texture VAE).
 Runs on CPU or GPU; for several GPUs or nodes start it with `accelerate launch -m earthgen train
 ...`. Checkpoints are atomic; --resume continues.
 """
@@ -23,10 +26,12 @@ examples:
       --mixed-precision bf16 --out runs/ldm
   earthgen train image-control --model runs/ldm/pipeline --steps 5000 --out runs/control
   earthgen train image-ldm --data captions.jsonl --model runs/ldm/pipeline --out runs/ft --resume
+  earthgen train image-boxes --data DOTA/train --model runs/ldm/pipeline --resolution 256 --out runs/boxes
   earthgen train structure-vae --test-run --out outputs/svae-test       # seconds on CPU
   earthgen train structure-vae --size base --resolution 64 --steps 20000 --batch-size 8 --out runs/svae
   earthgen train texture-vae --scene-size 32 --views 4 --image-size 128 --steps 20000 --out runs/tvae
   earthgen train structure-flow --vae runs/svae/model --resolution 64 --steps 20000 --out runs/sflow
+  earthgen train texture-flow --vae runs/tvae/model --resolution 64 --steps 20000 --out runs/tflow
 
 outputs (in --out): checkpoints/step_N/ (accelerate state + EMA), loss.csv, loss.png,
 train_config.json, summary.json (3D tasks: with held-out voxel IoU or render PSNR/SSIM), and the
@@ -40,8 +45,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train the image models and the 3D VAEs", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=("image-vae", "image-ldm", "image-control", "evaluator", "structure-vae",
-                                    "texture-vae", "structure-flow"),
+    p.add_argument("task", choices=("image-vae", "image-ldm", "image-control", "image-boxes", "evaluator", "structure-vae",
+                                    "texture-vae", "structure-flow", "texture-flow"),
                    help="what to train (evaluator: the TileNet used by `earthgen eval`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="pipeline folder or hub id to start from (default: a fresh model)")
@@ -62,6 +67,8 @@ def register(sub) -> None:
     p.add_argument("--log-every", type=positive_int, default=None, help="write loss.csv/png every N steps (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--freeze-unet", action="store_true",
+                   help="image-boxes: train only the box encoder and gated attention layers (GLIGEN recipe)")
     g3 = p.add_argument_group("3D tasks")
     g3.add_argument("--voxel-size", type=positive_float, default=None, help="metres (default 1)")
     g3.add_argument("--gsd", type=positive_float, default=None,
@@ -70,7 +77,7 @@ def register(sub) -> None:
     g3.add_argument("--views", type=positive_int, default=None, help="texture-vae: cameras per scene per step (default 2)")
     g3.add_argument("--image-size", type=positive_int, default=None, help="texture-vae: render size, pixels (default 64)")
     g3.add_argument("--pool", type=positive_int, default=None, help="world tiles generated up front (default 32)")
-    g3.add_argument("--vae", default=None, help="structure-flow: the trained structure VAE folder (OUT/model)")
+    g3.add_argument("--vae", default=None, help="structure-flow / texture-flow: the trained structure / texture VAE folder (OUT/model)")
     g3.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default 1e-3)")
     p.add_argument("--test-run", action="store_true",
                    help="tiny model, small data, 20 steps: a smoke test in seconds (flags you give still apply)")
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task in ("structure-vae", "texture-vae"):
         return run_3d(args)
-    if args.task == "structure-flow":
+    if args.task in ("structure-flow", "texture-flow"):
         return run_flow(args)
     cfg = TrainConfig(task=args.task, out=args.out, model=args.model, size=args.size or "tiny", data=args.data,
                       resolution=args.resolution or 64, batch_size=args.batch_size or 4,
@@ -102,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                       grad_checkpointing=args.grad_checkpointing,
                       ema_decay=0.999 if args.ema_decay is None else args.ema_decay,
                       cond_dropout=args.cond_dropout, save_every=args.save_every or 500, log_every=args.log_every or 10,
-                      seed=args.seed, resume=args.resume, test_run=args.test_run)
+                      seed=args.seed, resume=args.resume, test_run=args.test_run,
+                      freeze_unet=getattr(args, "freeze_unet", False))
     s = train(cfg)
     first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "
@@ -122,8 +130,8 @@ def _check_3d_args(args: argparse.Namespace) -> None:
         raise UserInputError(f"{args.task} trains on procedural world scenes only (leave --data at 'world')")
     if args.grad_accum != 1 or args.grad_checkpointing:
         raise UserInputError("--grad-accum and --grad-checkpointing apply to the image tasks only")
-    if args.vae is not None and args.task != "structure-flow":
-        raise UserInputError("--vae applies to structure-flow only")
+    if args.vae is not None and args.task not in ("structure-flow", "texture-flow"):
+        raise UserInputError("--vae applies to structure-flow and texture-flow only")
 
 
 def run_3d(args: argparse.Namespace) -> int:
@@ -150,17 +158,18 @@ def run_3d(args: argparse.Namespace) -> int:
 
 
 def run_flow(args: argparse.Namespace) -> int:
-    from earthgen.training.flow3d import FlowTrainConfig, train_structure_flow
+    from earthgen.training.flow3d import FlowTrainConfig, train_structure_flow, train_texture_flow
 
     _check_3d_args(args)
     given = {k: getattr(args, k) for k in ("vae", "model", "size", "resolution", "voxel_size", "batch_size", "lr",
                                            "ema_decay", "pool", "save_every", "log_every") if getattr(args, k) is not None}
     given["steps"] = args.steps or (20 if args.test_run else 4000)
-    cfg = FlowTrainConfig(out=args.out, cond_dropout=0.3 if args.cond_dropout == 0.1 else args.cond_dropout,
+    cfg = FlowTrainConfig(task=args.task, out=args.out, cond_dropout=0.3 if args.cond_dropout == 0.1 else args.cond_dropout,
                           mixed_precision=args.mixed_precision, seed=args.seed, resume=args.resume,
                           test_run=args.test_run, **given)
-    s = train_structure_flow(cfg)
+    s = (train_texture_flow if cfg.task == "texture-flow" else train_structure_flow)(cfg)
     first, last = _mean_losses(s)
-    print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
-          f"model in {cfg.out}/model")
+    ev = "".join(f"; {k} {v['psnr_db']:.1f} dB" for k, v in s.get("eval", {}).items() if isinstance(v, dict))
+    print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}"
+          f"{ev}; model in {cfg.out}/model")
     return 0

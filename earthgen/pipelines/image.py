@@ -6,12 +6,16 @@ checkpoints load from a folder or hub id:
 
 - ``vae`` (``AutoencoderKL``), ``unet`` (``UNet2DConditionModel``), ``scheduler`` (any diffusers
   scheduler), ``text_encoder`` + ``tokenizer`` (transformers; CLIP or the offline MiniLM),
+- optional ``box_encoder`` (:class:`earthgen.conditioning.boxes.BoxTokenEncoder`) with a UNet
+  built with ``attention_type="gated"`` (:class:`controls.boxes.GroundedUNet2DConditionModel`):
+  object boxes (horizontal or rotated, 8 normalised corner numbers + class-name embedding) become
+  grounding tokens read by gated self-attention (AeroGen / GLIGEN),
 - optional ``metadata_encoder`` (:class:`earthgen.conditioning.MetadataEncoder`, its embedding
   goes in as the UNet's ``class_labels`` with ``class_embed_type="identity"``: summed into the
   timestep embedding) and ``controlnet`` (:class:`controls.FusedControlNet`).
 
 Classifier-free guidance runs an unconditional branch with *every* condition removed: the empty
-prompt, all metadata fields null, every control map at weight 0.
+prompt, all metadata fields null, every control map at weight 0, every box null.
 
 Large areas: when the latent is larger than ``tile_size`` the sampler runs the UNet on
 overlapping windows and blends their predictions with smooth weights at every step
@@ -34,8 +38,11 @@ from diffusers.utils import BaseOutput
 
 # Imported so that from_pretrained can rebuild these saved components in a fresh process
 # (diffusers only loads classes from modules that are already imported).
+import controls.boxes  # noqa: F401
 import controls.fused  # noqa: F401
+import earthgen.conditioning.boxes  # noqa: F401
 import earthgen.conditioning.metadata  # noqa: F401
+import earthgen.models  # noqa: F401  (the packaged model's text-encoder reference class)
 from earthgen.conditioning.dense import one_hot, road_map
 from earthgen.errors import UserInputError
 
@@ -91,12 +98,14 @@ class EarthImagePipeline(DiffusionPipeline):
     and reference images; see the module docstring."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["metadata_encoder", "controlnet"]
+    _optional_components = ["metadata_encoder", "controlnet", "box_encoder"]
 
-    def __init__(self, vae, unet, scheduler, text_encoder, tokenizer, metadata_encoder=None, controlnet=None):
+    def __init__(self, vae, unet, scheduler, text_encoder, tokenizer, metadata_encoder=None, controlnet=None,
+                 box_encoder=None):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
-                              tokenizer=tokenizer, metadata_encoder=metadata_encoder, controlnet=controlnet)
+                              tokenizer=tokenizer, metadata_encoder=metadata_encoder, controlnet=controlnet,
+                              box_encoder=box_encoder)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # --- conditions ----------------------------------------------------------------------------
@@ -167,6 +176,74 @@ class EarthImagePipeline(DiffusionPipeline):
             maps.pop("roads", None)  # derived from the layout; only for models trained with it
         return maps
 
+    def encode_box_classes(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Class names -> pooled text embeddings ``{name: [D_text]}`` (the box tokens' class part)."""
+        from earthgen.conditioning.boxes import class_name_text, pooled_text_embedding
+
+        uniq = sorted(set(names) - {""})
+        if not uniq:
+            return {}
+        emb = pooled_text_embedding(self.text_encoder, self.tokenizer, [class_name_text(n) for n in uniq],
+                                    self._execution_device)
+        return dict(zip(uniq, emb, strict=True))
+
+    def prepare_boxes(self, boxes: Any, batch: int, num_images_per_prompt: int) -> list | None:
+        """``boxes`` (a BoxSet, one per prompt, or one per image; pixel corners) -> one BoxSet per image."""
+        from earthgen.boxes import BoxSet
+
+        if boxes is None:
+            return None
+        if self.box_encoder is None:
+            raise UserInputError("boxes were given but this model has no box conditioning (box_encoder)")
+        sets = [boxes] if isinstance(boxes, BoxSet) else list(boxes)
+        if not all(isinstance(b, BoxSet) for b in sets):
+            raise UserInputError("boxes must be an earthgen.boxes.BoxSet or a list of them")
+        if len(sets) == 1:
+            sets = sets * batch
+        elif len(sets) * num_images_per_prompt == batch:
+            sets = [b for b in sets for _ in range(num_images_per_prompt)]
+        if len(sets) != batch:
+            raise UserInputError(f"got {len(sets)} box sets for {batch} images")
+        for b in sets:
+            if len(b) and not np.isfinite(b.corners).all():
+                raise UserInputError("box corners must be finite numbers (pixels)")
+        self._box_class_emb = self.encode_box_classes([lab for b in sets for lab in b.labels])
+        return sets
+
+    def box_tokens(self, sets: list, x0: int, y0: int, width: int, height: int, drop: bool) -> torch.Tensor:
+        """Grounding tokens ``[B, N, D]`` of the boxes whose centre lies in the pixel window
+        ``(x0, y0, width, height)``, in window-normalised corners; ``drop``: all null."""
+        from earthgen.boxes import BoxSet
+        from earthgen.conditioning.boxes import pack_boxes
+
+        local = []
+        for b in sets:
+            c = b.corners - np.array([x0, y0], dtype=np.float64)
+            ctr = c.mean(axis=1) if len(c) else np.zeros((0, 2))
+            keep = (ctr[:, 0] >= 0) & (ctr[:, 0] < width) & (ctr[:, 1] >= 0) & (ctr[:, 1] < height)
+            local.append(BoxSet(c[keep], [lab for lab, k in zip(b.labels, keep, strict=True) if k]))
+        corners, names, mask = pack_boxes(local, width, height)
+        if drop:
+            mask = torch.zeros_like(mask)
+        emb = getattr(self, "_box_class_emb", None) or {}
+        missing = sorted({n for row in names for n in row} - set(emb) - {""})
+        if missing:
+            emb = {**emb, **self.encode_box_classes(missing)}
+        d = self.box_encoder.config.text_dim
+        zero = torch.zeros(d, device=self._execution_device)
+        cls = torch.stack([torch.stack([emb.get(n, zero) for n in row]) for row in names])
+        dev, dt = self._execution_device, self.box_encoder.dtype
+        return self.box_encoder(corners.to(dev, dt), cls.to(dev, dt), mask.to(dev, dt)).to(self.unet.dtype)
+
+    def _grounding(self, sets, cfg: bool, x0: int, y0: int, width: int, height: int) -> torch.Tensor | None:
+        """Tokens for one window, unconditional (all null) half first under CFG."""
+        if sets is None:
+            return None
+        tokens = self.box_tokens(sets, x0, y0, width, height, drop=False)
+        if cfg:
+            tokens = torch.cat([self.box_tokens(sets, x0, y0, width, height, drop=True), tokens])
+        return tokens
+
     # --- checks --------------------------------------------------------------------------------
 
     def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap):
@@ -188,21 +265,23 @@ class EarthImagePipeline(DiffusionPipeline):
 
     # --- sampling ------------------------------------------------------------------------------
 
-    def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float) -> torch.Tensor:
-        """Noise prediction on one window, with classifier-free guidance."""
+    def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float, objs=None) -> torch.Tensor:
+        """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens."""
         x_in = torch.cat([x, x]) if cfg else x
         x_in = self.scheduler.scale_model_input(x_in, t)
         kw: dict = {}
         if packed is not None:
             down, mid = self.controlnet(x_in, t, text, packed, class_labels=labels)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        if objs is not None:
+            kw["cross_attention_kwargs"] = {"gligen": {"objs": objs}}
         eps = self.unet(x_in, t, encoder_hidden_states=text, class_labels=labels, **kw).sample
         if cfg:
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance_scale * (cond - uncond)
         return eps
 
-    def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap) -> torch.Tensor:
+    def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap, sets=None) -> torch.Tensor:
         """MultiDiffusion: blend window predictions with smooth weights."""
         _, _, h, w = x.shape
         th, tw = min(tile, h), min(tile, w)
@@ -214,7 +293,8 @@ class EarthImagePipeline(DiffusionPipeline):
             for x0 in _windows(w, tw, overlap):
                 win = x[:, :, y0:y0 + th, x0:x0 + tw]
                 p = None if packed is None else packed[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f]
-                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale)
+                objs = self._grounding(sets, cfg, x0 * f, y0 * f, tw * f, th * f)
+                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale, objs)
                 acc[:, :, y0:y0 + th, x0:x0 + tw] += eps * weight
                 wsum[:, :, y0:y0 + th, x0:x0 + tw] += weight
         return acc / wsum
@@ -256,6 +336,7 @@ class EarthImagePipeline(DiffusionPipeline):
         control_scales: dict[str, float] | None = None,
         image: Any = None,
         mask: Any = None,
+        boxes: Any = None,
         strength: float = 1.0,
         height: int | None = None,
         width: int | None = None,
@@ -278,6 +359,9 @@ class EarthImagePipeline(DiffusionPipeline):
             layout: class map ``[H, W]`` (ids of :mod:`earthgen.classes`) or a
                 :class:`earthgen.geo.layout.Layout`; gives the ``layout`` and ``roads`` controls.
             controls: more control maps by name, ``[B, C, H, W]``; ``control_scales``: per-name weights.
+            boxes: objects to place, an :class:`earthgen.boxes.BoxSet` (pixel corners ``[N, 4, 2]``
+                and class names; horizontal or rotated, any N) or one per prompt / image; needs a
+                model with a ``box_encoder``.
             image: reference image for image-to-image (with ``strength``) or inpainting (with ``mask``,
                 ``[H, W]``/``[B, 1, H, W]``, 1 = repaint).
             tile_size / tile_overlap: latent pixels of the sampling windows for large images
@@ -312,6 +396,8 @@ class EarthImagePipeline(DiffusionPipeline):
         cfg = guidance_scale > 1.0
 
         # 1. encode conditions (unconditional branch first: every condition removed)
+        box_sets = self.prepare_boxes(boxes, batch, num_images_per_prompt)
+        objs = None if tile_size is not None else self._grounding(box_sets, cfg, 0, 0, width, height)
         text = self.encode_prompt(prompts)
         labels = self.class_labels(gsd, metadata, batch, None)
         maps = self.dense_controls(layout, controls, batch, height, width)
@@ -368,9 +454,10 @@ class EarthImagePipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 if tile_size is not None:
-                    eps = self._eps_tiled(x, t, text, labels, packed, cfg, guidance_scale, tile_size, tile_overlap)
+                    eps = self._eps_tiled(x, t, text, labels, packed, cfg, guidance_scale, tile_size, tile_overlap,
+                                          box_sets)
                 else:
-                    eps = self._eps(x, t, text, labels, packed, cfg, guidance_scale)
+                    eps = self._eps(x, t, text, labels, packed, cfg, guidance_scale, objs)
                 x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
                 if keep is not None:  # inpainting: the kept region follows the known image
                     if i + 1 < len(timesteps):

@@ -1,4 +1,4 @@
-"""Train the image models: ``earthgen train image-vae | image-ldm | image-control``.
+"""Train the image models: ``earthgen train image-vae | image-ldm | image-control | image-boxes``.
 
 One readable loop for the three tasks, on Hugging Face accelerate (mixed precision, gradient
 accumulation, multi-GPU / multi-node through ``accelerate launch``):
@@ -7,10 +7,16 @@ accumulation, multi-GPU / multi-node through ``accelerate launch``):
 - ``image-ldm``: the UNet and the metadata encoder (VAE and text encoder frozen), epsilon
   prediction, with per-condition dropout (text -> empty prompt, metadata -> null);
 - ``image-control``: the fused control branch with the UNet frozen, each control map dropped
-  on its own ("dynamic condition adaptation").
+  on its own ("dynamic condition adaptation");
+- ``image-boxes``: box-layout conditioning (AeroGen / GLIGEN): the box-token encoder, the UNet's
+  gated attention layers and (unless ``freeze_unet``, the GLIGEN recipe for a good base model)
+  the rest of the UNet and the metadata encoder. Boxes are dropped (null tokens) per sample
+  with ``--cond-dropout``.
 
 Data: procedural world tiles (default; random seeds, places and GSDs, with their captions and
-layouts) or an image-caption dataset (any format :func:`earthgen.data.read_captions` reads).
+layouts) or an image-caption dataset (any format :func:`earthgen.data.read_captions` reads);
+for ``image-boxes`` (and optionally the others) a detection dataset (DOTA, COCO, YOLO, ...:
+:func:`earthgen.data.read_detection_dataset`), captioned from its class counts.
 Batches are a pure function of (seed, step, rank), so a resumed run sees the data it would have
 seen. Checkpoints are written to a temporary folder and renamed (atomic); ``--resume`` continues
 from the latest one. EMA weights are kept and are what the final pipeline folder holds.
@@ -37,7 +43,7 @@ from earthgen.training.loop import (
     save_model_atomic,
 )
 
-TASKS = ("image-vae", "image-ldm", "image-control")
+TASKS = ("image-vae", "image-ldm", "image-control", "image-boxes")
 
 
 @dataclass
@@ -62,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     test_run: bool = False
+    freeze_unet: bool = False         # image-boxes: train only the gated layers + box encoder (GLIGEN)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -84,9 +91,10 @@ class TrainConfig:
 
 # --- models ---------------------------------------------------------------------------------------
 
-def fresh_components(size: str = "tiny") -> dict:
+def fresh_components(size: str = "tiny", boxes: bool = False) -> dict:
     """New, randomly initialised components sized for CPU tests (tiny) or a first GPU model
-    (small); the text encoder is the offline MiniLM (384-d), frozen."""
+    (small); the text encoder is the offline MiniLM (384-d), frozen. ``boxes``: a grounded UNet
+    (gated attention) and a box-token encoder instead of the control branch."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from controls import FusedControlNet
@@ -112,16 +120,38 @@ def fresh_components(size: str = "tiny") -> dict:
     control = FusedControlNet.from_unet(unet, {"layout": NUM_CLASSES, "roads": 1},
                                         fusion_widths=(8, 16, 32, 64) if size == "tiny" else (16, 32, 96, 256))
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    return {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text, "tokenizer": tok,
-            "metadata_encoder": meta, "controlnet": control}
+    comps = {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text, "tokenizer": tok,
+             "metadata_encoder": meta, "controlnet": control}
+    if boxes:
+        add_box_conditioning(comps, hidden_dim=256 if size == "tiny" else 512)
+        comps["controlnet"] = None
+    return comps
+
+
+def add_box_conditioning(comps: dict, hidden_dim: int = 512) -> dict:
+    """Give pipeline components box conditioning (in place): the UNet becomes a
+    :class:`controls.boxes.GroundedUNet2DConditionModel` (same weights, new gated layers) and a
+    :class:`earthgen.conditioning.boxes.BoxTokenEncoder` is added if there is none."""
+    from controls.boxes import GroundedUNet2DConditionModel
+    from earthgen.conditioning.boxes import BoxTokenEncoder
+
+    if not isinstance(comps["unet"], GroundedUNet2DConditionModel):
+        comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"])
+    if comps.get("box_encoder") is None:
+        comps["box_encoder"] = BoxTokenEncoder(text_dim=int(comps["text_encoder"].config.hidden_size),
+                                               out_dim=int(comps["unet"].config.cross_attention_dim),
+                                               hidden_dim=hidden_dim)
+    return comps
 
 
 def load_components(cfg: TrainConfig) -> dict:
+    boxes = cfg.task == "image-boxes"
     if cfg.model is None:
-        return fresh_components("tiny" if cfg.test_run else cfg.size)
+        return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes)
     from earthgen.pipelines.image import load_pipeline
 
-    return dict(load_pipeline(cfg.model).components)
+    comps = dict(load_pipeline(cfg.model).components)
+    return add_box_conditioning(comps) if boxes else comps
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -176,6 +206,66 @@ class CaptionData:
         return {"image": torch.stack(imgs), "semantic": None, "caption": caps, "gsd": torch.tensor(gsds)}
 
 
+def is_detection_dataset(path: str) -> bool:
+    """True when ``path`` looks like a detection dataset (labelTxt/, labels/, a COCO JSON, ...)."""
+    from earthgen.data import detect_format
+
+    try:
+        detect_format(path)
+    except UserInputError:
+        return False
+    return True
+
+
+def detection_caption(labels: list[str]) -> str:
+    """``["building", "building", "small_vehicle"]`` -> "satellite image with 2 building, 1 small vehicle"."""
+    from collections import Counter
+
+    if not labels:
+        return "satellite image"
+    parts = [f"{n} {k.replace('_', ' ')}" for k, n in sorted(Counter(labels).items())]
+    return "satellite image with " + ", ".join(parts)
+
+
+class DetectionData:
+    """Index-addressable batches from a detection dataset: random ``resolution`` crops (padded
+    when smaller) with flips and 90° rotations, their boxes (pixel corners), captions from the
+    class counts and the GSD when the labels carry one (DOTA ``gsd:``)."""
+
+    def __init__(self, path: str, resolution: int):
+        from earthgen.data import read_detection_dataset
+        from earthgen.detection.train import DetectionSamples
+
+        items = read_detection_dataset(path)
+        self.samples = DetectionSamples(items)
+        self.gsd = [float(it.boxes.extra.get("gsd") or float("nan")) for it in items]
+        self.resolution = resolution
+
+    def batch(self, seed: int, index0: int, n: int) -> dict:
+        imgs, sets = self.samples.batch(seed, index0, n, self.resolution)
+        rng = np.random.default_rng([seed, index0])
+        idx = rng.integers(len(self.samples), size=n)  # GSD of a random item: labels rarely have it
+        gsds = [self.gsd[int(i)] for i in idx]
+        return {"image": imgs, "semantic": None, "caption": [detection_caption(b.labels) for b in sets],
+                "gsd": torch.tensor(gsds, dtype=torch.float32), "boxes": sets}
+
+
+def world_box_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
+    """:func:`world_batch` plus the tiles' detection boxes (``boxes``: BoxSets, pixel corners)."""
+    from earthgen.world import generate_world
+    from earthgen.world.noise import hash_uniform
+
+    batch = world_batch(seed, index0, n, resolution)
+    sets = []
+    for k in range(index0, index0 + n):
+        r = hash_uniform(np.arange(4), seed, k)
+        gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
+        origin = ((r[1] - 0.5) * 6000.0, (r[2] - 0.5) * 6000.0)
+        sets.append(generate_world(int(r[3] * 50), resolution, gsd, origin).boxes())
+    batch["boxes"] = sets
+    return batch
+
+
 # --- loop -----------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> dict:
@@ -196,6 +286,7 @@ def train(cfg: TrainConfig) -> dict:
     comps = load_components(cfg)
     vae, unet, text, tok = comps["vae"], comps["unet"], comps["text_encoder"], comps["tokenizer"]
     meta, control, sched = comps.get("metadata_encoder"), comps.get("controlnet"), comps["scheduler"]
+    box_enc = comps.get("box_encoder")
     if cfg.task == "image-control" and control is None:
         raise UserInputError("the model has no control branch to train")
     from diffusers import DDPMScheduler
@@ -205,26 +296,37 @@ def train(cfg: TrainConfig) -> dict:
         trainable = [vae]
     elif cfg.task == "image-ldm":
         trainable = [unet] + ([meta] if meta is not None else [])
+    elif cfg.task == "image-boxes":
+        trainable = [unet, box_enc] + ([meta] if meta is not None and not cfg.freeze_unet else [])
     else:
         trainable = [control]
-    for m in (text, vae, unet, meta, control):  # everything not trained is frozen
+    for m in (text, vae, unet, meta, control, box_enc):  # everything not trained is frozen
         if m is not None and m not in trainable:
             m.requires_grad_(False)
+    if cfg.task == "image-boxes" and cfg.freeze_unet:  # GLIGEN: only the gated layers learn
+        for name, p in unet.named_parameters():
+            p.requires_grad_(".fuser." in name)
     if cfg.grad_checkpointing:
         for m in trainable:
             if getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
-    params = [p for m in trainable for p in m.parameters()]
+    params = [p for m in trainable for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     prepared = acc.prepare(*trainable, opt)
     trainable, opt = list(prepared[:-1]), prepared[-1]
     ema = EMAModel([p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay)
     acc.register_for_checkpointing(ema)
     device = acc.device
-    for m in (vae, unet, text, meta, control):
+    for m in (vae, unet, text, meta, control, box_enc):
         if m is not None:
             m.to(device)
-    data = None if cfg.data == "world" else CaptionData(cfg.data, cfg.resolution)
+    if cfg.data == "world":
+        data = None
+    elif cfg.task == "image-boxes" or is_detection_dataset(cfg.data):
+        data = DetectionData(cfg.data, cfg.resolution)
+    else:
+        data = CaptionData(cfg.data, cfg.resolution)
+    class_emb: dict[str, torch.Tensor] = {}
 
     if not cfg.resume:
         check_fresh_out(out)
@@ -244,8 +346,12 @@ def train(cfg: TrainConfig) -> dict:
     t0 = time.perf_counter()
     for step in bar:
         index0 = (step * acc.num_processes + acc.process_index) * cfg.batch_size
-        batch = world_batch(cfg.seed, index0, cfg.batch_size, cfg.resolution) if data is None \
-            else data.batch(cfg.seed, index0, cfg.batch_size)
+        if data is not None:
+            batch = data.batch(cfg.seed, index0, cfg.batch_size)
+        elif cfg.task == "image-boxes":
+            batch = world_box_batch(cfg.seed, index0, cfg.batch_size, cfg.resolution)
+        else:
+            batch = world_batch(cfg.seed, index0, cfg.batch_size, cfg.resolution)
         g.manual_seed(cfg.seed * 1_000_003 + index0)
         x = batch["image"].to(device)
         with acc.accumulate(*trainable):
@@ -266,9 +372,27 @@ def train(cfg: TrainConfig) -> dict:
                     emb = encode_text(caps)
                     labels = None
                     if meta is not None:
-                        m = trainable[1] if cfg.task == "image-ldm" and len(trainable) > 1 else meta
+                        m = next((t for t in trainable if acc.unwrap_model(t) is meta), meta)
                         labels = m({"gsd": batch["gsd"]}, batch_size=b, drop=drop[1] | drop[2])
                     kw = {}
+                    if cfg.task == "image-boxes":
+                        from earthgen.conditioning.boxes import (
+                            class_name_text,
+                            drop_boxes,
+                            pack_boxes,
+                            pooled_text_embedding,
+                        )
+
+                        corners, names, bmask = pack_boxes(batch["boxes"], x.shape[-1], x.shape[-2])
+                        new = sorted({nm for row in names for nm in row} - set(class_emb) - {""})
+                        if new:
+                            e = pooled_text_embedding(text, tok, [class_name_text(nm) for nm in new], device)
+                            class_emb.update(zip(new, e, strict=True))
+                        zero = torch.zeros(int(text.config.hidden_size), device=device)
+                        cls = torch.stack([torch.stack([class_emb.get(nm, zero) for nm in row]) for row in names])
+                        bmask = drop_boxes(bmask, (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2])
+                        tokens = trainable[1](corners.to(device), cls, bmask.to(device))
+                        kw["cross_attention_kwargs"] = {"gligen": {"objs": tokens}}
                     if cfg.task == "image-control":
                         sem = batch["semantic"]
                         if sem is None:
@@ -281,7 +405,7 @@ def train(cfg: TrainConfig) -> dict:
                         packed = acc.unwrap_model(cn).pack(maps, drop=per)
                         down, mid = cn(zt, ts, emb, packed, class_labels=labels)
                         kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-                    net = trainable[0] if cfg.task == "image-ldm" else unet
+                    net = trainable[0] if cfg.task in ("image-ldm", "image-boxes") else unet
                     pred = net(zt, ts, encoder_hidden_states=emb, class_labels=labels, **kw).sample
                     loss = F.mse_loss(pred.float(), noise.float())
             acc.backward(loss)
@@ -300,7 +424,7 @@ def train(cfg: TrainConfig) -> dict:
         # the final model holds the EMA weights (one flat parameter list over the trained modules)
         ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
         pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sched, text_encoder=text, tokenizer=tok,
-                                  metadata_encoder=meta, controlnet=control)
+                                  metadata_encoder=meta, controlnet=control, box_encoder=box_enc)
         save_model_atomic(pipe, out / "pipeline")
         summary["pipeline"] = str(out / "pipeline")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

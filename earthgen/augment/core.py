@@ -1,0 +1,190 @@
+"""``augment_dataset``: a detection dataset in, the same dataset plus filtered synthetic images out.
+
+Steps: read the dataset (any format of :mod:`earthgen.data`) -> sample new layouts
+(:mod:`earthgen.augment.layouts`) -> generate one image per layout with a box-conditioned
+:class:`~earthgen.pipelines.image.EarthImagePipeline` (prompt from the class counts, GSD of the
+source image when known) -> detect with a :class:`~earthgen.detection.BoxNet` trained on the real
+data -> keep the images whose requested boxes are found (:mod:`earthgen.augment.filter`) ->
+write real + kept synthetic images in the output format (default: the input's), with
+``augment/manifest.json`` (which images are synthetic, their seeds, layouts' sources and
+operations, recall, kept or not) and the filtering detector in ``augment/detector/``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from earthgen.augment.filter import filter_generated
+from earthgen.augment.layouts import LayoutConfig, sample_layouts
+from earthgen.data import (
+    DetectionItem,
+    detect_format,
+    read_detection_dataset,
+    write_detection_dataset,
+)
+from earthgen.errors import UserInputError
+
+MANIFEST = "augment/manifest.json"
+
+
+@dataclass
+class AugmentConfig:
+    """Options of :func:`augment_dataset` (see ``earthgen augment --help``)."""
+
+    n: int = 100                      # layouts to generate
+    seed: int = 0
+    steps: int = 30                   # sampler steps
+    guidance_scale: float = 3.0
+    batch_size: int = 4
+    iou_threshold: float = 0.5
+    score_threshold: float = 0.3
+    min_recall: float = 0.5
+    filter: bool = True
+    out_format: str | None = None     # default: the input format
+    detector: str | None = None       # a trained BoxNet folder; None = train one on the real data
+    detector_steps: int = 1500
+    detector_crop: int = 128
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+
+    def validate(self) -> None:
+        if self.n <= 0 or self.steps <= 0 or self.batch_size <= 0 or self.detector_steps <= 0:
+            raise UserInputError("--n, --steps, --batch-size and --detector-steps must be > 0")
+        if self.guidance_scale < 0:
+            raise UserInputError(f"--guidance must be >= 0, got {self.guidance_scale}")
+        self.layout.validate()
+
+
+def _check_out(out: Path, src: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"output {out} exists and is not an empty folder; choose a new one")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise UserInputError(f"output {out} must not be inside the input dataset {src}")
+
+
+def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_format: str | None = None,
+                    progress: bool = True) -> dict:
+    """Augment the dataset at ``src`` into the folder ``out`` (see the module docstring) with the
+    box-conditioned pipeline ``pipe``; returns the manifest's summary."""
+    from tqdm import tqdm
+
+    from earthgen.detection import BoxNet, predict, train_detector
+    from earthgen.training.image import detection_caption
+
+    cfg = config or AugmentConfig()
+    cfg.validate()
+    src, out = Path(src), Path(out)
+    fmt = src_format or detect_format(src)
+    out_fmt = cfg.out_format or fmt
+    _check_out(out, src)
+    if getattr(pipe, "box_encoder", None) is None:
+        raise UserInputError("the model has no box conditioning (box_encoder); train one with "
+                             "`earthgen train image-boxes`")
+    items = read_detection_dataset(src, fmt)
+    missing = [str(it.image) for it in items if not it.image.is_file()]
+    if missing:
+        raise UserInputError(f"{len(missing)} images of {src} are missing (e.g. {missing[0]}); augmentation needs them")
+    from earthgen.data._common import image_size
+
+    items = [it if it.size is not None else DetectionItem(it.image, image_size(it.image), it.boxes) for it in items]
+    classes = list(dict.fromkeys(c for it in items for c in (it.boxes.extra.get("classes") or [])))
+    classes = [c for c in classes if any(c in it.boxes.labels for it in items)] or \
+        sorted({lab for it in items for lab in it.boxes.labels})
+    layouts = sample_layouts(items, cfg.n, cfg.seed, cfg.layout, classes)
+    f = max(pipe.vae_scale_factor, getattr(pipe.controlnet, "downscale", 1) if pipe.controlnet is not None else 1)
+
+    if cfg.filter and cfg.detector and not (Path(cfg.detector) / "config.json").is_file():
+        raise UserInputError(f"detector not found: {cfg.detector} (a folder written by BoxNet.save_pretrained)")
+
+    tmp_root = out.parent if out.parent.exists() else Path(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(dir=tmp_root, prefix=".earthgen-augment-") as tmp:
+        tmp = Path(tmp)
+        images, names = [], []
+        bar = tqdm(total=len(layouts), desc="generate", disable=not progress)
+        for b0 in range(0, len(layouts), cfg.batch_size):
+            chunk = layouts[b0:b0 + cfg.batch_size]
+            for lay in chunk:  # one call per layout: sizes and seeds differ
+                w, h = lay.size
+                gw, gh = -(-w // f) * f, -(-h // f) * f  # generate at a multiple of the model's factor
+                gsd = lay.boxes.extra.get("gsd")
+                img = pipe(detection_caption(lay.boxes.labels), boxes=lay.boxes, gsd=gsd, height=gh, width=gw,
+                           num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                           tile_size=max(gw, gh) // pipe.vae_scale_factor,  # whole image at once
+                           generator=torch.Generator().manual_seed(lay.seed), output_type="np").images[0]
+                arr = np.clip(np.rint(img[:h, :w] * 255), 0, 255).astype(np.uint8)
+                images.append(arr)
+                name = f"synthetic_{cfg.seed}_{len(names):05d}.png"
+                from PIL import Image
+
+                Image.fromarray(arr).save(tmp / name)
+                names.append(name)
+                bar.update()
+        bar.close()
+        # detector trained on the real data (or given)
+        det_dir = None
+        detector = None
+        if cfg.filter:
+            if cfg.detector:
+                try:
+                    detector = BoxNet.from_pretrained(cfg.detector)
+                except (OSError, ValueError) as e:
+                    raise UserInputError(f"cannot load the detector {cfg.detector}: {e}") from None
+                unknown = sorted(set(classes) - set(detector.classes))
+                if unknown:
+                    raise UserInputError(f"the detector does not know the classes {unknown}")
+            else:
+                detector = train_detector(items, classes, steps=cfg.detector_steps, crop=cfg.detector_crop,
+                                          rotated=any(lay.boxes.rotated for lay in layouts), seed=cfg.seed,
+                                          progress=progress)
+        if detector is not None:
+            syn_items = [DetectionItem(tmp / nm, lay.size, lay.boxes) for nm, lay in zip(names, layouts, strict=True)]
+            detected = predict(detector, syn_items, score_threshold=min(cfg.score_threshold, 0.05), images=images,
+                               progress=progress)
+            res = filter_generated([lay.boxes for lay in layouts], detected, cfg.iou_threshold, cfg.score_threshold,
+                                   cfg.min_recall, rotated=bool(detector.config.rotated))
+            keep, recall = res.keep, res.recall
+        else:
+            keep, recall = np.ones(len(layouts), bool), np.full(len(layouts), np.nan)
+        kept_items = [DetectionItem(tmp / nm, lay.size, lay.boxes) for nm, lay, k in zip(names, layouts, keep, strict=True) if k]
+        write_detection_dataset(items + kept_items, out, out_fmt, classes=classes if out_fmt in ("yolo", "yolo-obb", "coco") else None,
+                                images="copy")
+    if detector is not None:
+        det_dir = out / "augment" / "detector"
+        detector.save_pretrained(det_dir)
+    summary = {
+        "source": str(src), "source_format": fmt, "format": out_fmt, "real_images": len(items),
+        "generated": len(layouts), "kept": int(keep.sum()),
+        "kept_fraction": float(keep.mean()) if detector is not None else None,
+        "filter": {"enabled": detector is not None, "iou_threshold": cfg.iou_threshold,
+                   "score_threshold": cfg.score_threshold, "min_recall": cfg.min_recall,
+                   "detector": str(det_dir) if det_dir else None},
+        "classes": classes, "config": {k: v for k, v in asdict(cfg).items() if k != "layout"},
+        "layout_config": asdict(cfg.layout),
+    }
+    manifest = {
+        "summary": summary,
+        "real": [it.image.name for it in items],
+        "synthetic": [{"image": nm, "seed": lay.seed, "source_image": items[lay.source].image.name,
+                       "ops": lay.ops, "boxes": len(lay.boxes), "labels": list(lay.boxes.labels),
+                       "recall": None if np.isnan(r) else float(r), "kept": bool(k)}
+                      for nm, lay, r, k in zip(names, layouts, recall, keep, strict=True)],
+    }
+    (out / "augment").mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return summary
+
+
+def read_manifest(path) -> dict:
+    """The manifest of an augmented dataset folder (``augment/manifest.json``)."""
+    p = Path(path)
+    m = p / MANIFEST if p.is_dir() else p
+    if not m.is_file():
+        raise UserInputError(f"no augmentation manifest at {m}")
+    return json.loads(m.read_text())
+
+

@@ -1,0 +1,169 @@
+"""New box layouts sampled from a detection dataset (AeroGen-style layout augmentation).
+
+Each new layout starts from a real image's boxes (sources drawn with weights that favour images
+holding rare classes) and is changed by, in order:
+
+- **rotation**: the whole layout turned by 90°, 180° or 270° and/or mirrored (square images),
+- **jitter**: every box moved by a fraction of its size, rescaled a little and, for rotated
+  datasets, turned by a small angle,
+- **copy-paste**: object boxes taken from other images, rare classes first (class weights
+  ``count ** -rebalance``), placed at random free spots (no overlap with the boxes already
+  there), turned to a random angle for rotated datasets.
+
+Boxes stay inside the image; pasted boxes never overlap the others. Layouts are pure functions of
+``(seed, index)``, recorded in the manifest so every synthetic image can be regenerated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from earthgen.boxes import BoxSet, box_iou, corners_to_obb, obb_to_corners
+from earthgen.errors import UserInputError
+
+
+@dataclass
+class LayoutConfig:
+    """Knobs of :func:`sample_layouts` (fractions are of a box's own size)."""
+
+    jitter: float = 0.15            # centre shift, fraction of the box size (std)
+    scale_jitter: float = 0.1       # log-scale std
+    angle_jitter_deg: float = 10.0  # rotated datasets only
+    rotate: bool = True             # whole-layout 90° turns and mirrors (square images)
+    copy_paste: int = 3             # boxes pasted per layout (at most; 0 = off)
+    rebalance: float = 1.0          # class weights count ** -rebalance (0 = natural frequencies)
+    rotated: bool | None = None     # None: True when the dataset has rotated boxes
+
+    def validate(self) -> None:
+        for name in ("jitter", "scale_jitter", "angle_jitter_deg", "rebalance"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise UserInputError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        if self.copy_paste < 0:
+            raise UserInputError(f"copy-paste must be >= 0, got {self.copy_paste}")
+
+
+@dataclass
+class Layout:
+    """A layout to generate: image ``size`` (width, height) pixels, ``boxes`` (pixel corners),
+    the index of the real ``source`` image, the ``seed`` that made it and the ``ops`` applied."""
+
+    size: tuple[int, int]
+    boxes: BoxSet
+    source: int
+    seed: int
+    ops: list[str] = field(default_factory=list)
+
+
+def class_weights(counts: dict[str, int], rebalance: float) -> dict[str, float]:
+    """Sampling weight per class ``count ** -rebalance``, normalised to sum 1."""
+    w = {c: float(n) ** -rebalance for c, n in counts.items() if n > 0}
+    s = sum(w.values())
+    return {c: v / s for c, v in w.items()}
+
+
+def _inside(corners: np.ndarray, w: int, h: int) -> np.ndarray:
+    c = corners.reshape(-1, 4, 2)
+    return (c[..., 0] >= 0).all(1) & (c[..., 0] <= w).all(1) & (c[..., 1] >= 0).all(1) & (c[..., 1] <= h).all(1)
+
+
+def _turn(corners: np.ndarray, w: int, h: int, k: int, mirror: bool) -> np.ndarray:
+    c = corners.copy()
+    if mirror:
+        c[..., 0] = w - c[..., 0]
+        c = c[:, ::-1]  # keep the walking direction (clockwise on screen)
+    for _ in range(k):  # 90° clockwise on screen of a square image: (x, y) -> (h - y, x)
+        c = np.stack([h - c[..., 1], c[..., 0]], -1)
+    return c
+
+
+def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig | None = None,
+                   classes: Sequence[str] | None = None) -> list[Layout]:
+    """``n`` new layouts from the boxes of ``items`` (DetectionItems with sizes)."""
+    cfg = config or LayoutConfig()
+    cfg.validate()
+    items = [it for it in items if it[1] is not None]
+    if not items:
+        raise UserInputError("no image with a known size in the dataset (images missing?)")
+    counts = Counter(lab for it in items for lab in it[2].labels)
+    if classes is not None:
+        counts = Counter({c: counts.get(c, 0) for c in classes})
+    if not sum(counts.values()):
+        raise UserInputError("the dataset has no boxes to sample layouts from")
+    rotated = cfg.rotated if cfg.rotated is not None else any(getattr(it[2], "rotated", True) and len(it[2])
+                                                              and not _axis_aligned(it[2].corners) for it in items)
+    cw = class_weights(counts, cfg.rebalance)
+    # source images weighted by the rarest class they hold (images without boxes: the smallest weight)
+    src_w = np.array([max([cw.get(lab, 0.0) for lab in it[2].labels] + [min(cw.values()) * 0.5]) for it in items])
+    src_w = src_w / src_w.sum()
+    # the pool of instances to paste: (item index, box index) by class
+    pool: dict[str, list[tuple[int, int]]] = {}
+    for i, it in enumerate(items):
+        for j, lab in enumerate(it[2].labels):
+            pool.setdefault(lab, []).append((i, j))
+    pool_classes = [c for c in cw if c in pool]
+    pool_p = np.array([cw[c] for c in pool_classes])
+    pool_p = pool_p / pool_p.sum()
+    out = []
+    for k in range(n):
+        s = int(np.random.default_rng([seed, k]).integers(2**31))
+        rng = np.random.default_rng(s)
+        src = int(rng.choice(len(items), p=src_w))
+        w, h = (int(v) for v in items[src][1])
+        bs = items[src][2]
+        corners = np.asarray(bs.corners, dtype=np.float64).reshape(-1, 4, 2).copy()
+        labels = list(bs.labels)
+        ops = []
+        if cfg.rotate and w == h:
+            t, mirror = int(rng.integers(4)), bool(rng.integers(2))
+            if t or mirror:
+                corners = _turn(corners, w, h, t, mirror)
+                ops.append(f"turn{90 * t}" + ("+mirror" if mirror else ""))
+        if len(corners) and (cfg.jitter or cfg.scale_jitter or (rotated and cfg.angle_jitter_deg)):
+            obb = corners_to_obb(corners)
+            size = np.sqrt(np.maximum(obb[:, 2] * obb[:, 3], 1e-6))
+            moved = obb.copy()
+            moved[:, :2] += rng.normal(0, cfg.jitter, (len(obb), 2)) * size[:, None]
+            moved[:, 2:4] *= np.exp(rng.normal(0, cfg.scale_jitter, (len(obb), 1)))
+            if rotated:
+                moved[:, 4] += np.deg2rad(rng.normal(0, cfg.angle_jitter_deg, len(obb)))
+            new = obb_to_corners(moved)
+            ok = _inside(new, w, h)
+            corners[ok] = new[ok]  # a box jittered out of the image keeps its place
+            ops.append("jitter")
+        pasted = 0
+        for _ in range(cfg.copy_paste * 10):
+            if pasted >= cfg.copy_paste or not pool_classes:
+                break
+            c = pool_classes[int(rng.choice(len(pool_classes), p=pool_p))]
+            i, j = pool[c][int(rng.integers(len(pool[c])))]
+            o = corners_to_obb(items[i][2].corners[j:j + 1])[0]
+            if rotated:
+                o[4] = rng.uniform(-math.pi, math.pi)
+            half = 0.5 * math.hypot(o[2], o[3])
+            if 2 * half >= min(w, h):
+                continue
+            o[0], o[1] = rng.uniform(half, w - half), rng.uniform(half, h - half)
+            cand = obb_to_corners(o[None])
+            if len(corners) and box_iou(cand, corners).max() > 0:
+                continue
+            corners = np.concatenate([corners, cand])
+            labels.append(c)
+            pasted += 1
+        if pasted:
+            ops.append(f"paste{pasted}")
+        out.append(Layout((w, h), BoxSet(corners, labels, rotated=rotated,
+                                         extra={k: v for k, v in bs.extra.items() if k in ("gsd",)}),
+                          src, s, ops))
+    return out
+
+
+def _axis_aligned(corners: np.ndarray) -> bool:
+    from earthgen.data._common import is_axis_aligned
+
+    return is_axis_aligned(corners)

@@ -1,0 +1,96 @@
+"""Detection metrics: VOC-style all-point average precision at an IoU threshold, for rotated
+boxes (exact polygon IoU, :func:`earthgen.boxes.box_iou`) or horizontal boxes (the enclosing
+axis-aligned boxes of both predictions and ground truth).
+
+Matching follows PASCAL VOC: predictions of a class, sorted by score over the whole dataset,
+match the unmatched ground-truth box of highest IoU >= the threshold in the same image; a
+``difficult`` ground truth is neither a hit nor a miss (a prediction matching it is ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from earthgen.boxes import BoxSet, box_iou, corners_to_hbb, hbb_to_corners
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """All-point interpolated AP (VOC 2010+): area under the precision envelope of the
+    precision-recall curve. ``recall``, ``precision``: ``[P]`` in prediction order."""
+    r = np.concatenate([[0.0], np.asarray(recall, dtype=np.float64), [1.0]])
+    p = np.concatenate([[0.0], np.asarray(precision, dtype=np.float64), [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    i = np.nonzero(r[1:] != r[:-1])[0]
+    return float(np.sum((r[i + 1] - r[i]) * p[i + 1]))
+
+
+def _geometry(corners: np.ndarray, rotated: bool) -> np.ndarray:
+    return corners if rotated else hbb_to_corners(corners_to_hbb(corners))
+
+
+def evaluate_detections(
+    predictions: Sequence[BoxSet],
+    ground_truth: Sequence[BoxSet],
+    classes: Sequence[str] | None = None,
+    iou_threshold: float = 0.5,
+    rotated: bool = True,
+) -> dict:
+    """mAP of ``predictions`` (BoxSets with ``scores``) against ``ground_truth``, image by image.
+
+    Returns ``{"mAP": float, "AP": {class: float}, "num_gt": {class: int},
+    "num_pred": {class: int}, "iou_threshold", "rotated"}``; classes without (non-difficult)
+    ground truth get AP ``nan`` and are left out of the mean (mAP is ``nan`` if all are)."""
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truth)} images")
+    if classes is None:
+        classes = sorted({lab for b in ground_truth for lab in b.labels})
+    ap: dict[str, float] = {}
+    n_gt: dict[str, int] = {}
+    n_pred: dict[str, int] = {}
+    for cls in classes:
+        recs = []  # (score, image index, corners)
+        gts = []
+        npos = 0
+        for i, (pr, gt) in enumerate(zip(predictions, ground_truth, strict=True)):
+            gi = np.array([lab == cls for lab in gt.labels], dtype=bool)
+            diff = (np.zeros(len(gt), bool) if gt.difficult is None else np.asarray(gt.difficult, bool))[gi]
+            gts.append((_geometry(gt.corners[gi], rotated), diff))
+            npos += int((~diff).sum())
+            pi = np.array([lab == cls for lab in pr.labels], dtype=bool)
+            scores = np.ones(len(pr)) if pr.scores is None else np.asarray(pr.scores, dtype=np.float64)
+            for s, c in zip(scores[pi], _geometry(pr.corners[pi], rotated), strict=True):
+                recs.append((float(s), i, c))
+        n_gt[cls], n_pred[cls] = npos, len(recs)
+        if npos == 0:
+            ap[cls] = float("nan")
+            continue
+        recs.sort(key=lambda r: -r[0])
+        used = [np.zeros(len(g[0]), bool) for g in gts]
+        tp = np.zeros(len(recs))
+        fp = np.zeros(len(recs))
+        for k, (_, i, c) in enumerate(recs):
+            g, diff = gts[i]
+            if not len(g):
+                fp[k] = 1
+                continue
+            iou = box_iou(c[None], g)[0]
+            j = int(np.argmax(iou))
+            if iou[j] >= iou_threshold:
+                if diff[j]:
+                    continue  # matched a difficult box: ignored
+                if not used[i][j]:
+                    used[i][j] = True
+                    tp[k] = 1
+                else:
+                    fp[k] = 1
+            else:
+                fp[k] = 1
+        ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+        recall = ctp / npos
+        precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+        ap[cls] = average_precision(recall, precision)
+    vals = [v for v in ap.values() if not np.isnan(v)]
+    return {"mAP": float(np.mean(vals)) if vals else float("nan"), "AP": ap, "num_gt": n_gt,
+            "num_pred": n_pred, "iou_threshold": float(iou_threshold), "rotated": bool(rotated)}

@@ -1,0 +1,219 @@
+"""Layout sampling, filtering, `earthgen augment` end to end (tiny, CPU) and label round trips."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from earthgen.augment import (
+    LayoutConfig,
+    augment_dataset,
+    class_weights,
+    filter_generated,
+    sample_layouts,
+)
+from earthgen.augment.filter import match_requested
+from earthgen.boxes import BoxSet, box_iou, hbb_to_corners, obb_to_corners
+from earthgen.data import DetectionItem, read_detection_dataset, write_detection_dataset
+from earthgen.errors import UserInputError
+
+
+def _items(n: int = 12, size: int = 64, seed: int = 0, rare_every: int = 6) -> list[DetectionItem]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = 3
+        obb = np.c_[rng.uniform(12, size - 12, (k, 2)), rng.uniform(4, 10, (k, 2)), rng.uniform(0, 3, k)]
+        labels = ["car"] * k
+        if i % rare_every == 0:
+            labels[0] = "tank"
+        out.append(DetectionItem(__import__("pathlib").Path(f"img{i}.png"), (size, size),
+                                 BoxSet(obb_to_corners(obb), labels)))
+    return out
+
+
+def test_layouts_are_deterministic_inside_and_rebalanced():
+    items = _items()
+    cfg = LayoutConfig(copy_paste=3, rebalance=1.0)
+    a = sample_layouts(items, 40, seed=3, config=cfg)
+    b = sample_layouts(items, 40, seed=3, config=cfg)
+    assert [x.seed for x in a] == [x.seed for x in b]
+    assert all(np.allclose(x.boxes.corners, y.boxes.corners) for x, y in zip(a, b, strict=True))
+    for lay in a:
+        c = lay.boxes.corners
+        assert lay.size == (64, 64)
+        assert (c >= -1e-9).all() and (c <= 64 + 1e-9).all()
+    pasted = [lay for lay in a if any(op.startswith("paste") for op in lay.ops)]
+    assert pasted
+    for lay in pasted:  # pasted boxes overlap nothing
+        n = int(next(op for op in lay.ops if op.startswith("paste"))[5:])
+        new, old = lay.boxes.corners[-n:], lay.boxes.corners[:-n]
+        if len(old):
+            assert box_iou(new, old).max() == 0
+    real = Counter(lab for it in items for lab in it.boxes.labels)
+    syn = Counter(lab for lay in a for lab in lay.boxes.labels)
+    assert syn["tank"] / sum(syn.values()) > 2 * real["tank"] / sum(real.values())
+    w = class_weights({"car": 100, "tank": 1}, 1.0)
+    assert w["tank"] == pytest.approx(100 / 101)
+    with pytest.raises(UserInputError, match="jitter"):
+        sample_layouts(items, 2, config=LayoutConfig(jitter=-1))
+
+
+def test_filter_keeps_and_rejects_constructed_cases():
+    req = BoxSet(hbb_to_corners(np.array([[0, 0, 10, 10], [20, 20, 40, 30]])), ["car", "tank"])
+    perfect = BoxSet(req.corners, ["car", "tank"], scores=np.array([0.9, 0.8]))
+    wrong_class = BoxSet(req.corners, ["tank", "car"], scores=np.array([0.9, 0.8]))
+    low_score = BoxSet(req.corners, ["car", "tank"], scores=np.array([0.9, 0.1]))
+    shifted = BoxSet(req.corners + np.array([6.0, 0.0]), ["car", "tank"], scores=np.array([0.9, 0.9]))
+    one = BoxSet(req.corners[:1], ["car"], scores=np.array([0.9]))
+    dup = BoxSet(np.concatenate([req.corners[:1], req.corners[:1]]), ["car", "car"], scores=np.array([0.9, 0.8]))
+    res = filter_generated([req] * 6, [perfect, wrong_class, low_score, shifted, one, dup], iou_threshold=0.5,
+                           score_threshold=0.3, min_recall=1.0)
+    assert res.keep.tolist() == [True, False, False, False, False, False]
+    assert res.recall.tolist() == [1.0, 0.0, 0.5, 0.5, 0.5, 0.5]   # shifted: the car (IoU .25) is lost
+    assert res.kept_fraction == pytest.approx(1 / 6)
+    assert filter_generated([req] * 2, [one, dup], min_recall=0.5).keep.tolist() == [True, True]
+    assert match_requested(BoxSet(np.zeros((0, 4, 2)), []), perfect).shape == (0,)
+    assert filter_generated([BoxSet(np.zeros((0, 4, 2)), [])], [perfect]).keep.tolist() == [True]
+    with pytest.raises(UserInputError, match="min recall"):
+        filter_generated([req], [perfect], min_recall=2.0)
+
+
+@pytest.fixture(scope="module")
+def world_dataset(tmp_path_factory):
+    """A tiny real dataset from the procedural world (DOTA, rotated boxes, with images)."""
+    from earthgen.augment.world import world_items
+
+    root = tmp_path_factory.mktemp("world")
+    items = world_items(6, seed=1, size=64, folder=root / "img", gsd=(0.5, 0.6), extent_m=900.0, progress=False)
+    write_detection_dataset(items, root / "train", "dota", images="copy")
+    return root / "train"
+
+
+@pytest.fixture(scope="module")
+def box_pipe_dir(tmp_path_factory):
+    from test_boxes_conditioning import grounded_components
+
+    from earthgen.pipelines.image import EarthImagePipeline
+
+    d = tmp_path_factory.mktemp("pipe") / "p"
+    EarthImagePipeline(**grounded_components()).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory, world_dataset, box_pipe_dir):
+    from earthgen.augment import AugmentConfig
+    from earthgen.pipelines.image import load_pipeline
+
+    pipe = load_pipeline(str(box_pipe_dir))
+    pipe.set_progress_bar_config(disable=True)
+    out = tmp_path_factory.mktemp("aug") / "aug"
+    cfg = AugmentConfig(n=2, steps=1, seed=5, detector_steps=3, detector_crop=64, score_threshold=0.0,
+                        iou_threshold=0.0, min_recall=0.0)
+    s = augment_dataset(world_dataset, out, pipe, cfg, progress=False)
+    return out, s, pipe
+
+
+def test_augment_end_to_end(tmp_path, world_dataset, augmented):
+    from PIL import Image
+
+    from earthgen.augment import AugmentConfig, read_manifest
+
+    out, s, pipe = augmented
+    assert s["generated"] == 2 and s["kept"] == 2 and s["kept_fraction"] == 1.0 and s["format"] == "dota"
+    m = read_manifest(out)
+    assert len(m["real"]) == 6 and [e["kept"] for e in m["synthetic"]] == [True] * 2
+    assert len({e["seed"] for e in m["synthetic"]}) == 2
+    items = read_detection_dataset(out)
+    assert len(items) == 8
+    assert {e["image"] for e in m["synthetic"]} <= {it.image.name for it in items}
+    assert (out / "augment" / "detector" / "config.json").is_file()
+    # the recorded seeds regenerate the same images (no filter: every image is written)
+    s2 = augment_dataset(world_dataset, tmp_path / "again", pipe,
+                         AugmentConfig(n=2, steps=1, seed=5, filter=False), progress=False)
+    assert s2["kept"] == 2 and s2["kept_fraction"] is None
+    name = m["synthetic"][0]["image"]
+    assert np.array_equal(np.asarray(Image.open(out / "images" / name)),
+                          np.asarray(Image.open(tmp_path / "again" / "images" / name)))
+
+
+@pytest.mark.filterwarnings("ignore:.*rotated boxes written as their enclosing")
+@pytest.mark.parametrize("fmt", ["dota", "coco", "yolo-obb", "yolo"])
+def test_augmented_labels_round_trip(tmp_path, augmented, fmt):
+    """read -> write -> read of real + synthetic labels is exact in every output format."""
+    items = read_detection_dataset(augmented[0])
+    write_detection_dataset(items, tmp_path / "a", fmt, images="symlink")
+    first = read_detection_dataset(tmp_path / "a")
+    write_detection_dataset(first, tmp_path / "b", fmt, images="symlink")
+    second = {it.image.name: it.boxes for it in read_detection_dataset(tmp_path / "b")}
+    assert len(second) == len(items) == 8
+    for it in first:
+        b = second[it.image.name]
+        assert b.labels == it.boxes.labels
+        if fmt == "yolo":  # normalised centre/size: equal to 1e-9 px, not bit for bit
+            assert np.allclose(b.corners, it.boxes.corners, rtol=0, atol=1e-9)
+        else:
+            assert np.array_equal(b.corners, it.boxes.corners)
+    if fmt != "yolo":  # rotated formats keep the corners of the source exactly
+        src = {it.image.name: it.boxes for it in items}
+        for it in first:
+            assert np.allclose(src[it.image.name].corners, it.boxes.corners, atol=1e-9)
+
+
+def test_eval_augment_runs_on_tiny_data(tmp_path, world_dataset):
+    from earthgen.augment.evaluate import evaluate_augmentation, format_table
+
+    r = evaluate_augmentation(world_dataset, world_dataset, world_dataset, steps=2, batch_size=2, crop=64, width=8,
+                              progress=False, out=tmp_path / "det")
+    assert set(r["real"]) == {"rotated", "horizontal"}
+    assert 0.0 <= r["real"]["rotated"]["mAP"] <= 1.0 or np.isnan(r["real"]["rotated"]["mAP"])
+    assert "mAP" in format_table(r)
+    r2 = evaluate_augmentation(world_dataset, world_dataset, world_dataset, progress=False,
+                               real_detector=tmp_path / "det" / "detector-real")
+    assert r2["steps"] == 2 and r2["real"]["rotated"]["mAP"] == r["real"]["rotated"]["mAP"]
+
+
+def test_cli_errors(tmp_path, world_dataset, capsys):
+    from earthgen.cli import main
+
+    assert main(["augment", str(tmp_path / "nope"), "--model", "m", "--out", str(tmp_path / "o")]) == 2
+    assert "dataset not found" in capsys.readouterr().err
+    assert main(["augment", str(world_dataset), "--model", "m", "--format", "pascal", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown format" in capsys.readouterr().err
+    assert main(["augment", str(world_dataset), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert main(["eval", "augment", "--real", str(world_dataset)]) == 2
+    assert "--augmented, --test required" in capsys.readouterr().err
+    assert main(["eval", "augment", "--make-world-data", str(world_dataset), "--rare", "plane"]) == 2
+    assert "unknown world class" in capsys.readouterr().err
+
+
+def test_augment_refuses_a_model_without_boxes(tmp_path, world_dataset):
+    from tiny_models import get_dummy_components
+
+    from earthgen.pipelines.image import EarthImagePipeline
+
+    pipe = EarthImagePipeline(**get_dummy_components(control=False))
+    with pytest.raises(UserInputError, match="no box conditioning"):
+        augment_dataset(world_dataset, tmp_path / "o", pipe)
+    with pytest.raises(UserInputError, match="not an empty folder"):
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "x").write_text("1")
+        augment_dataset(world_dataset, tmp_path / "full", pipe)
+
+
+
+
+@pytest.mark.slow
+def test_train_image_boxes_test_run(tmp_path, world_dataset):
+    from earthgen.pipelines.image import load_pipeline
+    from earthgen.training.image import TrainConfig, train
+
+    s = train(TrainConfig(task="image-boxes", data=str(world_dataset), out=str(tmp_path / "t"), test_run=True,
+                          steps=6))
+    assert s["steps"] == 6
+    pipe = load_pipeline(s["pipeline"])
+    assert pipe.box_encoder is not None and type(pipe.unet).__name__ == "GroundedUNet2DConditionModel"

