@@ -212,3 +212,18 @@ def test_eval_scene_metrics(pipe):
     step = ramp.copy()
     step[:, 24:] += 5.0  # columns 24.. (x0 = 16 + overlap / 2) come from the second window
     assert seam_ratio(step, windows, 32, 16) > 5
+
+
+def test_dem_keeps_the_maps_north_west_corner(tmp_path):
+    import rasterio
+    from affine import Affine
+
+    from earthgen.pipelines.scene import save_dem, surface_height
+
+    coords = np.array([[0, 0, 2], [3, 1, 0], [3, 1, 4]])  # columns (0, 0) and (3, 1) of a 4 x 2 scene
+    h = surface_height(coords, 4, 2, 0.5)
+    assert h.shape == (2, 4) and h[1, 0] == 1.5 and h[0, 3] == 2.5 and np.isnan(h).sum() == 6
+    save_dem(tmp_path / "d.tif", h, 0.5, 32632, Affine(2.0, 0, 373107.0, 0, -2.0, 4844056.0))
+    with rasterio.open(tmp_path / "d.tif") as ds:
+        assert ds.crs.to_epsg() == 32632 and ds.transform == Affine(0.5, 0, 373107.0, 0, -0.5, 4844056.0)
+        assert np.array_equal(ds.read(1), h, equal_nan=True)

@@ -187,6 +187,13 @@ class SparseTensor:
         return SparseTensor(self.coords[order], self.feats[order], self.spatial_shape, self.batch_size)
 
 
+def batch_coords(coords: list) -> torch.Tensor:
+    """Per-scene voxel coords (``[N_b, 3]`` tensors or arrays) -> one batch ``[sum N_b, 4]``
+    int32 rows ``(b, x, y, z)``, scene ``b`` being the ``b``-th list entry."""
+    parts = [torch.as_tensor(c).to(torch.int32).reshape(-1, 3) for c in coords]
+    return torch.cat([torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), c], 1) for b, c in enumerate(parts)])
+
+
 def _offsets(k: int, device) -> torch.Tensor:
     """``[k^3, 3]`` kernel offsets in (x, y, z) row-major order, centred for odd ``k``."""
     r = torch.arange(k, device=device) - (k // 2 if k % 2 else 0)

@@ -225,10 +225,7 @@ def step_scene3d(ctx: DemoContext) -> str:
     res = pipe(semantic=lay.semantic, gsd=lay.gsd, num_inference_steps=SCENE_STEPS,
                generator=torch.Generator().manual_seed(ctx.seed))
     paths = save_scene(out, res.coords, res.voxel_size, res.origin, res.colors, res.surfels, image_size=384, views=4)
-    from rasterio.transform import Affine
-
-    t = lay.transform
-    save_dem(out / "dem.tif", res.height, res.voxel_size, lay.crs, Affine(res.voxel_size, 0, t.c, 0, -res.voxel_size, t.f))
+    save_dem(out / "dem.tif", res.height, res.voxel_size, lay.crs, lay.transform)
     from earthgen.classes import PALETTE
 
     write_png(out / "condition_semantic.png", PALETTE[lay.semantic])

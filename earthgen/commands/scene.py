@@ -154,13 +154,7 @@ def save_outputs(out_dir: Path, result, cond: dict, args: argparse.Namespace, se
         raise EarthGenError("the model generated an empty scene (no voxels); try another --seed or more --steps")
     paths = save_scene(out_dir, result.coords, result.voxel_size, result.origin, result.colors, result.surfels,
                        image_size=args.render_size, views=args.views)
-    transform = None
-    crs = None
-    if cond.get("geo") is not None:
-        from rasterio.transform import Affine
-
-        crs, t = cond["geo"]
-        transform = Affine(result.voxel_size, 0, t.c, 0, -result.voxel_size, t.f)
+    crs, transform = cond["geo"] if cond.get("geo") is not None else (None, None)
     paths["dem"] = str(save_dem(out_dir / "dem.tif", result.height, result.voxel_size, crs, transform))
     if cond.get("semantic") is not None:
         from earthgen.classes import PALETTE

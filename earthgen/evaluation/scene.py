@@ -26,17 +26,6 @@ from scipy import ndimage
 from earthgen.classes import CLASS_ID, NUM_CLASSES
 
 
-def surface_height(coords: np.ndarray, nx: int, ny: int, voxel_size: float) -> np.ndarray:
-    """Top of each column (metres above the base, ``(z + 1) * voxel``) ``[ny, nx]`` north-up; NaN
-    where a column is empty."""
-    top = np.full(nx * ny, -1, np.int64)
-    c = np.asarray(coords)
-    inside = (c[:, 0] < nx) & (c[:, 1] < ny)
-    np.maximum.at(top, c[inside, 1] * nx + c[inside, 0], c[inside, 2])
-    top = top.reshape(ny, nx)[::-1]
-    return np.where(top >= 0, (top + 1) * voxel_size, np.nan).astype(np.float32)
-
-
 def building_columns(height: np.ndarray, voxel_size: float, min_height_m: float = 2.5,
                      window_m: float = 21.0) -> np.ndarray:
     """Bool ``[Y, X]``: columns more than ``min_height_m`` above the lowest surface within
@@ -124,6 +113,7 @@ def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps
     from tqdm import tqdm
 
     from earthgen.metrics import fid_from_features, kid_from_features
+    from earthgen.pipelines.scene import surface_height
     from earthgen.training.vae3d import world_tile
     from earthgen.world.scene3d import world_scene
 

@@ -75,6 +75,18 @@ def _core(i: int, count: int, window: int, overlap: int) -> tuple[int, int]:
     return (overlap // 2 if i > 0 else 0), (window - (overlap + 1) // 2 if i < count - 1 else window)
 
 
+def surface_height(coords: np.ndarray, nx: int, ny: int, voxel_size: float) -> np.ndarray:
+    """Top of each column, metres above the base (``(z + 1) * voxel_size``), as a north-up map
+    ``[ny, nx]`` of the voxels ``coords`` ``[N, 3]`` (x, y, z); NaN where a column is empty.
+    Voxels outside ``nx x ny`` are ignored."""
+    top = np.full(nx * ny, -1, np.int64)
+    c = np.asarray(coords)
+    inside = (c[:, 0] < nx) & (c[:, 1] < ny)
+    np.maximum.at(top, c[inside, 1] * nx + c[inside, 0], c[inside, 2])
+    top = top.reshape(ny, nx)[::-1]
+    return np.where(top >= 0, (top + 1) * voxel_size, np.nan).astype(np.float32)
+
+
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
@@ -432,15 +444,9 @@ class EarthScenePipeline(DiffusionPipeline):
             np.add.at(num, surf["voxel"], surf["colors"] * w)
             np.add.at(den, surf["voxel"], w)
         colors = (np.clip(num / np.maximum(den, 1e-6), 0, 1) * 255 + 0.5).astype(np.uint8)
-        c = coords.numpy().astype(np.int32)
-        height = np.full((ny, nx), np.nan, np.float32)
-        if n:
-            top = np.full(nx * ny, -1, np.int64)
-            np.maximum.at(top, c[:, 1] * nx + c[:, 0], c[:, 2])
-            top = top.reshape(ny, nx)
-            height = np.where(top >= 0, (top + 1) * vs, np.nan).astype(np.float32)[::-1].copy()
+        c = coords.numpy().astype(np.int32).reshape(-1, 3)
         out = EarthSceneOutput(coords=c, colors=colors, surfels=surf, voxel_size=vs, origin=np.zeros(3),
-                               height=height, windows=windows)
+                               height=surface_height(c, nx, ny, vs), windows=windows)
         return out if return_dict else tuple(out.values())
 
 
@@ -478,16 +484,19 @@ def load_scene_pipeline(spec: str | None = None, device: str | None = None) -> E
     return pipe
 
 
-def save_dem(path, height: np.ndarray, voxel_size: float, crs: Any = None, transform: Any = None):
-    """Write the height map ``[Y, X]`` (metres, north-up, NaN = no data) as a float32 GeoTIFF.
-    Without ``crs``/``transform`` the raster is in the scene's local metres (origin at the
-    south-west corner)."""
+def save_dem(path, height: np.ndarray, voxel_size: float, crs: Any = None, map_transform: Any = None):
+    """Write the height map ``[Y, X]`` (metres, north-up, NaN = no data) as a float32 GeoTIFF of
+    ``voxel_size`` pixels. ``map_transform`` (with ``crs``) is the north-up transform of the map
+    the scene was generated from: the DEM keeps its north-west corner. Without it the raster is
+    in the scene's local metres (origin at the south-west corner)."""
     import rasterio
     from rasterio.transform import Affine
 
     h = np.asarray(height, dtype=np.float32)
-    if transform is None:
+    if map_transform is None:
         transform = Affine(voxel_size, 0.0, 0.0, 0.0, -voxel_size, h.shape[0] * voxel_size)
+    else:
+        transform = Affine(voxel_size, 0.0, map_transform.c, 0.0, -voxel_size, map_transform.f)
     with rasterio.open(path, "w", driver="GTiff", height=h.shape[0], width=h.shape[1], count=1, dtype="float32",
                        crs=crs, transform=transform, nodata=np.nan, compress="deflate") as ds:
         ds.write(h, 1)

@@ -287,10 +287,9 @@ def encode_texture_pool(vae, seed: int, n: int, L: int, voxel_size: float, progr
 def texture_batch(items: list[dict], L: int, device, scale: float = 1.0):
     """Stack scenes into one sparse batch: ``(SparseTensor of latents / scale, semantic [B, K, H, W],
     image [B, 3, H, W])``. The grid is ``L x L`` columns and as high as the highest scene."""
-    from vae.sparse import SparseTensor
+    from vae.sparse import SparseTensor, batch_coords
 
-    coords = torch.cat([torch.cat([torch.full((len(it["coords"]), 1), b, dtype=torch.int32), it["coords"]], 1)
-                        for b, it in enumerate(items)])
+    coords = batch_coords([it["coords"] for it in items])
     feats = torch.cat([it["latent"] for it in items]) / scale
     Z = int(coords[:, 3].max()) + 1
     x = SparseTensor.from_coords(coords.to(device), feats.to(device), (L, L, Z), len(items), check=False)

@@ -158,11 +158,9 @@ def structure_crop(coords: np.ndarray, resolution: int, rng: np.random.Generator
 
 
 def batch_of(crops: list[np.ndarray], resolution: int, device) -> SparseTensor:
-    from vae.sparse import SparseTensor
+    from vae.sparse import SparseTensor, batch_coords
 
-    coords = torch.cat([torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), torch.from_numpy(c)], 1)
-                        for b, c in enumerate(crops)])
-    return SparseTensor.from_coords(coords.to(device), None, (resolution,) * 3, len(crops), check=False)
+    return SparseTensor.from_coords(batch_coords(crops).to(device), None, (resolution,) * 3, len(crops), check=False)
 
 
 def texture_pool(seed: int, n: int, scene_size: float, voxel_size: float, gsd: float,
@@ -199,10 +197,9 @@ def reference_surfels(scene, device) -> dict[str, torch.Tensor]:
 
 
 def texture_input(scenes: list, device) -> SparseTensor:
-    from vae.sparse import SparseTensor
+    from vae.sparse import SparseTensor, batch_coords
 
-    coords = torch.cat([torch.cat([torch.full((len(s), 1), b, dtype=torch.int32), torch.from_numpy(s.coords)], 1)
-                        for b, s in enumerate(scenes)])
+    coords = batch_coords([s.coords for s in scenes])
     feats = torch.cat([torch.from_numpy(s.appearance) for s in scenes])
     ext = np.max([s.coords.max(0) + 1 for s in scenes], axis=0)
     return SparseTensor.from_coords(coords.to(device), feats.to(device), tuple(int(e) for e in ext), len(scenes),
