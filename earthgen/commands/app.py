@@ -33,9 +33,9 @@ def register(sub) -> None:
     p.add_argument("--scene-model", default="default",
                    help='3D scene pipeline folder or hub id; "default" = packaged, "none" = procedural '
                         "3D only")
-    p.add_argument("--augment-model", default=None,
-                   help="box-conditioned image pipeline for the detection augmentation tab (default: the "
-                        "--model when it has box conditioning)")
+    p.add_argument("--augment-model", default="default",
+                   help='box-conditioned image pipeline for the detection augmentation tab; "default" = the '
+                        'packaged one (or the --model when it has box conditioning), "none" = no tab')
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
@@ -53,7 +53,7 @@ def _wanted(spec: str | None) -> bool:
     return not (spec is not None and str(spec).strip().lower() in ("none", "off", ""))
 
 
-def load_models(model: str | None, scene_model: str | None, device: str | None):
+def load_models(model: str | None, scene_model: str | None, device: str | None, name: str = "image"):
     """``(image_pipeline | None, scene_pipeline | None)`` from the CLI specs; a missing packaged
     *scene* model is not an error (the 3D tab then shows procedural scenes), a missing image model is."""
     import torch
@@ -70,7 +70,7 @@ def load_models(model: str | None, scene_model: str | None, device: str | None):
     if _wanted(model):
         from earthgen.pipelines.image import load_pipeline
 
-        image = load_pipeline(resolve_model(model, "image")).to(device)
+        image = load_pipeline(resolve_model(model, name)).to(device)
         if device == "cpu" and image.dtype != torch.float32:
             image = image.to(dtype=torch.float32)  # packaged weights are fp16; CPU kernels are fp32
     if _wanted(scene_model):
@@ -105,9 +105,17 @@ def run(args: argparse.Namespace) -> int:
                        concurrency_limit=args.concurrency, queue_size=args.queue_size)
     image, scene = load_models(args.model, args.scene_model, args.device)
     boxes = None
-    if args.augment_model:
-        boxes, _ = load_models(args.augment_model, "none", args.device)
-        if getattr(boxes, "box_encoder", None) is None:
+    default_boxes = str(args.augment_model).strip().lower() == "default"
+    if default_boxes and getattr(image, "box_encoder", None) is not None:
+        boxes = image
+    elif _wanted(args.augment_model):
+        try:
+            boxes, _ = load_models(args.augment_model, "none", args.device, name="boxes")
+        except UserInputError:
+            if not default_boxes:
+                raise
+            print("earthgen app: no packaged box model; the detection augmentation tab needs --augment-model")
+        if boxes is not None and getattr(boxes, "box_encoder", None) is None:
             raise UserInputError(f"--augment-model {args.augment_model} has no box conditioning (box_encoder); "
                                  "train one with `earthgen train image-boxes`")
     demo = create_demo(image, scene, boxes, limits=limits)

@@ -36,7 +36,9 @@ def register(sub) -> None:
     p = sub.add_parser("augment", help="augment a detection dataset with generated images", description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="detection dataset folder or label file (format guessed)")
-    p.add_argument("--model", required=True, help="box-conditioned pipeline folder or hub id (earthgen train image-boxes)")
+    p.add_argument("--model", default=None,
+                   help="box-conditioned pipeline folder or hub id (earthgen train image-boxes; default: the small "
+                        "packaged model, docs/models.md)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--n", type=positive_int, default=100, help="layouts / images to generate (default 100)")
     p.add_argument("--input-format", default=None, help="format of the input (default: guessed)")
@@ -85,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                         detector=args.detector, detector_steps=args.detector_steps, layout=lay)
     cfg.validate()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model).to(device)
+    from earthgen.models import resolve_model
+
+    pipe = load_pipeline(resolve_model(args.model, "boxes")).to(device)
     if device == "cpu":
         pipe = pipe.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)

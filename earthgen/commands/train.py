@@ -50,8 +50,9 @@ def register(sub) -> None:
                    help="what to train (evaluator: the TileNet used by `earthgen eval`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="pipeline folder or hub id to start from (default: a fresh model)")
-    p.add_argument("--size", default=None, choices=("tiny", "small", "base"),
-                   help="size of a fresh model (image: tiny | small, default tiny; 3D: tiny | small | base, default small)")
+    p.add_argument("--size", default=None, choices=("tiny", "compact", "small", "base"),
+                   help="size of a fresh model (image: tiny | compact | small, default tiny; compact has a 4x VAE "
+                        "for small objects; 3D: tiny | small | base, default small)")
     p.add_argument("--data", default="world", help="'world' (procedural tiles) or an image-caption dataset path")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="image tasks: training image size, pixels (multiple of 64, default 64); structure-vae: crop size, voxels (multiple of 8, default 64)")
@@ -69,6 +70,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--freeze-unet", action="store_true",
                    help="image-boxes: train only the box encoder and gated attention layers (GLIGEN recipe)")
+    p.add_argument("--box-raster-dim", type=int, default=0,
+                   help="image-boxes, on a model without boxes: also feed the UNet a dense box map with this many "
+                        "class dimensions (extra input channels; 0 = grounding tokens only)")
+    p.add_argument("--box-loss-weight", type=float, default=0.0,
+                   help="image-boxes: extra weight of the denoising loss inside boxes (default 0)")
     g3 = p.add_argument_group("3D tasks")
     g3.add_argument("--voxel-size", type=positive_float, default=None, help="metres (default 1)")
     g3.add_argument("--gsd", type=positive_float, default=None,
@@ -110,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
                       ema_decay=0.999 if args.ema_decay is None else args.ema_decay,
                       cond_dropout=args.cond_dropout, save_every=args.save_every or 500, log_every=args.log_every or 10,
                       seed=args.seed, resume=args.resume, test_run=args.test_run,
-                      freeze_unet=getattr(args, "freeze_unet", False))
+                      freeze_unet=getattr(args, "freeze_unet", False),
+                      box_raster_dim=getattr(args, "box_raster_dim", 0),
+                      box_loss_weight=getattr(args, "box_loss_weight", 0.0))
     s = train(cfg)
     first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "

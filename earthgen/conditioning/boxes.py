@@ -8,6 +8,14 @@ width; the UNet's gated self-attention layers (``attention_type="gated"``) read 
 Padding slots and dropped boxes use learned *null* features (one for the geometry, one for the
 class), so a batch may mix images with any number of boxes and the unconditional branch of
 classifier-free guidance is "all boxes null". There is no cap on the number of boxes.
+
+With ``raster_dim > 0`` the encoder also paints the boxes as a dense map at the latent size
+(:meth:`BoxTokenEncoder.raster`): channel 0 is each cell's covered fraction (rotated boxes
+supersampled), channels 1.. the covered fraction times a learned projection of the class
+embedding. The grounded UNet takes this map concatenated to its latent input (extra ``conv_in``
+channels, zero-initialised): a spatial signal that a small model learns in far fewer steps than
+the attention path alone, while the class projection lets a rare class borrow from a similar
+frequent one (``large vehicle`` next to ``small vehicle``).
 """
 
 from __future__ import annotations
@@ -34,22 +42,78 @@ class BoxTokenEncoder(ModelMixin, ConfigMixin):
     grounding tokens ``[B, N, out_dim]``; ``mask`` 0 marks padding or dropped boxes (null)."""
 
     @register_to_config
-    def __init__(self, text_dim: int = 384, out_dim: int = 768, num_freqs: int = 8, hidden_dim: int = 512):
+    def __init__(self, text_dim: int = 384, out_dim: int = 768, num_freqs: int = 8, hidden_dim: int = 512,
+                 raster_dim: int = 0):
         super().__init__()
+        if raster_dim < 0:
+            raise ValueError(f"raster_dim must be >= 0, got {raster_dim}")
         pos_dim = 8 * 2 * num_freqs
         self.text_norm = nn.LayerNorm(text_dim)
         self.mlp = nn.Sequential(nn.Linear(pos_dim + text_dim, hidden_dim), nn.SiLU(),
                                  nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim))
         self.null_position = nn.Parameter(torch.zeros(pos_dim))
         self.null_text = nn.Parameter(torch.zeros(text_dim))
+        self.raster_proj = nn.Linear(text_dim, raster_dim) if raster_dim > 0 else None
 
-    def forward(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def raster_channels(self) -> int:
+        """Channels of :meth:`raster` (0 when the encoder paints no map)."""
+        return 1 + self.config.raster_dim if self.config.raster_dim > 0 else 0
+
+    def raster(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor,
+               height: int, width: int) -> torch.Tensor:
+        """Dense box map ``[B, 1 + raster_dim, height, width]`` (see the module docstring) of
+        ``corners [B, N, 8]`` (normalised), ``class_embeds [B, N, text_dim]``, ``mask [B, N]``;
+        null boxes paint nothing, so the unconditional map is all zero."""
+        if self.raster_proj is None:
+            raise ValueError("this BoxTokenEncoder has raster_dim = 0")
+        dt = self.null_position.dtype
+        cover = box_coverage(corners.float(), height, width).to(dt) * mask.to(dt)[..., None, None]  # [B, N, h, w]
+        feats = torch.cat([torch.ones_like(mask, dtype=dt)[..., None],
+                           self.raster_proj(self.text_norm(class_embeds.to(dt)))], dim=-1)  # [B, N, 1 + k]
+        return torch.einsum("bnhw,bnc->bchw", cover, feats)
+
+    def forward(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor,
+                raster_size: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, N, out_dim]``; with ``raster_size=(h, w)`` also the box map ``[B, C, h, w]``."""
+        tokens = self._tokens(corners, class_embeds, mask)
+        if raster_size is None:
+            return tokens
+        return tokens, self.raster(corners, class_embeds, mask, *raster_size)
+
+    def _tokens(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.to(self.null_position.dtype)[..., None]
         pos = fourier_embed(corners, self.config.num_freqs).to(m.dtype)
         txt = self.text_norm(class_embeds.to(m.dtype))
         pos = m * pos + (1 - m) * self.null_position
         txt = m * txt + (1 - m) * self.null_text
         return self.mlp(torch.cat([pos, txt], dim=-1))
+
+
+def box_coverage(corners: torch.Tensor, height: int, width: int, supersample: int = 4) -> torch.Tensor:
+    """Fraction of each cell of a ``height x width`` grid over the unit square covered by each box:
+    ``corners [B, N, 8]`` (x0, y0, ..., x3, y3 normalised to 0..1, any winding) -> ``[B, N, h, w]``
+    in 0..1, from ``supersample**2`` points per cell (a point is inside when it is on the same side
+    of all four edges)."""
+    b, n, _ = corners.shape
+    s = supersample
+    ys = (torch.arange(height * s, device=corners.device, dtype=torch.float32) + 0.5) / (height * s)
+    xs = (torch.arange(width * s, device=corners.device, dtype=torch.float32) + 0.5) / (width * s)
+    py, px = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([px.reshape(-1), py.reshape(-1)], -1)  # [P, 2]
+    c = corners.float().reshape(b, n, 4, 2)
+    pos = torch.ones(b, n, pts.shape[0], dtype=torch.bool, device=corners.device)
+    neg = torch.ones_like(pos)
+    for k in range(4):  # one edge at a time: memory [B, N, P]
+        a, e = c[:, :, k], c[:, :, (k + 1) % 4] - c[:, :, k]  # [B, N, 2]
+        cross = e[..., 0:1] * (pts[:, 1] - a[..., 1:2]) - e[..., 1:2] * (pts[:, 0] - a[..., 0:1])  # [B, N, P]
+        pos &= cross >= 0
+        neg &= cross <= 0
+    inside = pos | neg
+    area2 = (c[..., 0] * torch.roll(c[..., 1], -1, 2) - torch.roll(c[..., 0], -1, 2) * c[..., 1]).sum(-1)
+    inside &= (area2.abs() > 1e-12)[..., None]  # degenerate boxes cover nothing
+    grid = inside.float().reshape(b * n, 1, height * s, width * s)
+    return torch.nn.functional.avg_pool2d(grid, s).reshape(b, n, height, width)
 
 
 def pack_boxes(boxsets: Sequence, width: int, height: int, min_slots: int = 1) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
@@ -92,6 +156,6 @@ def drop_boxes(mask: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
     return mask * (~drop.bool()).to(mask.dtype)[:, None].to(mask.device)
 
 
-__all__ = ["BoxTokenEncoder", "class_name_text", "drop_boxes", "fourier_embed", "pack_boxes",
+__all__ = ["BoxTokenEncoder", "box_coverage", "class_name_text", "drop_boxes", "fourier_embed", "pack_boxes",
            "pooled_text_embedding"]
 

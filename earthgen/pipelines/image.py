@@ -210,6 +210,15 @@ class EarthImagePipeline(DiffusionPipeline):
         self._box_class_emb = self.encode_box_classes([lab for b in sets for lab in b.labels])
         return sets
 
+    def _box_classes(self, names: list[list[str]]) -> torch.Tensor:
+        """Class-name embeddings ``[B, N, D_text]`` of padded name lists ("" = zeros)."""
+        emb = getattr(self, "_box_class_emb", None) or {}
+        missing = sorted({n for row in names for n in row} - set(emb) - {""})
+        if missing:
+            emb = {**emb, **self.encode_box_classes(missing)}
+        zero = torch.zeros(self.box_encoder.config.text_dim, device=self._execution_device)
+        return torch.stack([torch.stack([emb.get(n, zero) for n in row]) for row in names])
+
     def box_tokens(self, sets: list, x0: int, y0: int, width: int, height: int, drop: bool) -> torch.Tensor:
         """Grounding tokens ``[B, N, D]`` of the boxes whose centre lies in the pixel window
         ``(x0, y0, width, height)``, in window-normalised corners; ``drop``: all null."""
@@ -225,15 +234,32 @@ class EarthImagePipeline(DiffusionPipeline):
         corners, names, mask = pack_boxes(local, width, height)
         if drop:
             mask = torch.zeros_like(mask)
-        emb = getattr(self, "_box_class_emb", None) or {}
-        missing = sorted({n for row in names for n in row} - set(emb) - {""})
-        if missing:
-            emb = {**emb, **self.encode_box_classes(missing)}
-        d = self.box_encoder.config.text_dim
-        zero = torch.zeros(d, device=self._execution_device)
-        cls = torch.stack([torch.stack([emb.get(n, zero) for n in row]) for row in names])
+        cls = self._box_classes(names)
         dev, dt = self._execution_device, self.box_encoder.dtype
         return self.box_encoder(corners.to(dev, dt), cls.to(dev, dt), mask.to(dev, dt)).to(self.unet.dtype)
+
+    def box_raster(self, sets: list | None, cfg: bool, batch: int, height: int, width: int) -> torch.Tensor | None:
+        """The dense box map ``[B (2B under CFG, null half first), C, H/f, W/f]`` of the whole
+        image for a UNet with box-map input channels (zeros when no boxes are given); None for
+        a UNet without them."""
+        from earthgen.conditioning.boxes import pack_boxes
+
+        c = int(getattr(self.unet, "raster_channels", 0))
+        if c == 0:
+            return None
+        f = self.vae_scale_factor
+        dev, dt = self._execution_device, self.unet.dtype
+        if sets is None:
+            r = torch.zeros(batch, c, height // f, width // f, device=dev, dtype=dt)
+        else:
+            if self.box_encoder is None or self.box_encoder.raster_channels != c:
+                raise UserInputError(f"the UNet takes a {c}-channel box map but the box encoder paints "
+                                     f"{0 if self.box_encoder is None else self.box_encoder.raster_channels}")
+            corners, names, mask = pack_boxes(sets, width, height)
+            be = self.box_encoder
+            r = be.raster(corners.to(dev, be.dtype), self._box_classes(names).to(dev, be.dtype), mask.to(dev, be.dtype),
+                          height // f, width // f).to(dt)
+        return torch.cat([torch.zeros_like(r), r]) if cfg else r
 
     def _grounding(self, sets, cfg: bool, x0: int, y0: int, width: int, height: int) -> torch.Tensor | None:
         """Tokens for one window, unconditional (all null) half first under CFG."""
@@ -265,10 +291,14 @@ class EarthImagePipeline(DiffusionPipeline):
 
     # --- sampling ------------------------------------------------------------------------------
 
-    def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float, objs=None) -> torch.Tensor:
-        """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens."""
+    def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float, objs=None,
+             raster=None) -> torch.Tensor:
+        """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens,
+        ``raster``: the box map of the window (concatenated to the UNet input)."""
         x_in = torch.cat([x, x]) if cfg else x
         x_in = self.scheduler.scale_model_input(x_in, t)
+        if raster is not None:
+            x_in = torch.cat([x_in, raster.to(x_in.dtype)], dim=1)
         kw: dict = {}
         if packed is not None:
             down, mid = self.controlnet(x_in, t, text, packed, class_labels=labels)
@@ -281,7 +311,8 @@ class EarthImagePipeline(DiffusionPipeline):
             eps = uncond + guidance_scale * (cond - uncond)
         return eps
 
-    def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap, sets=None) -> torch.Tensor:
+    def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap, sets=None,
+                   raster=None) -> torch.Tensor:
         """MultiDiffusion: blend window predictions with smooth weights."""
         _, _, h, w = x.shape
         th, tw = min(tile, h), min(tile, w)
@@ -294,7 +325,8 @@ class EarthImagePipeline(DiffusionPipeline):
                 win = x[:, :, y0:y0 + th, x0:x0 + tw]
                 p = None if packed is None else packed[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f]
                 objs = self._grounding(sets, cfg, x0 * f, y0 * f, tw * f, th * f)
-                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale, objs)
+                r = None if raster is None else raster[:, :, y0:y0 + th, x0:x0 + tw]
+                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale, objs, r)
                 acc[:, :, y0:y0 + th, x0:x0 + tw] += eps * weight
                 wsum[:, :, y0:y0 + th, x0:x0 + tw] += weight
         return acc / wsum
@@ -398,6 +430,7 @@ class EarthImagePipeline(DiffusionPipeline):
         # 1. encode conditions (unconditional branch first: every condition removed)
         box_sets = self.prepare_boxes(boxes, batch, num_images_per_prompt)
         objs = None if tile_size is not None else self._grounding(box_sets, cfg, 0, 0, width, height)
+        raster = self.box_raster(box_sets, cfg, batch, height, width)
         text = self.encode_prompt(prompts)
         labels = self.class_labels(gsd, metadata, batch, None)
         maps = self.dense_controls(layout, controls, batch, height, width)
@@ -428,7 +461,7 @@ class EarthImagePipeline(DiffusionPipeline):
                 timesteps = timesteps[min(start, num_inference_steps - 1):]
 
         # 3. latents
-        shape = (batch, self.unet.config.in_channels, lh, lw)
+        shape = (batch, self.unet.config.out_channels, lh, lw)
         if latents is None:
             noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(device)
         else:
@@ -455,9 +488,9 @@ class EarthImagePipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if tile_size is not None:
                     eps = self._eps_tiled(x, t, text, labels, packed, cfg, guidance_scale, tile_size, tile_overlap,
-                                          box_sets)
+                                          box_sets, raster)
                 else:
-                    eps = self._eps(x, t, text, labels, packed, cfg, guidance_scale, objs)
+                    eps = self._eps(x, t, text, labels, packed, cfg, guidance_scale, objs, raster)
                 x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
                 if keep is not None:  # inpainting: the kept region follows the known image
                     if i + 1 < len(timesteps):

@@ -44,6 +44,13 @@ from earthgen.training.loop import (
 )
 
 TASKS = ("image-vae", "image-ldm", "image-control", "image-boxes")
+# fresh image model sizes: (VAE channels, VAE layers per block, UNet channels, UNet layers, norm groups);
+# the VAE downsamples 2**(len(channels) - 1): "compact" keeps 4x so that 4-pixel objects survive
+IMAGE_SIZES = {
+    "tiny": ((16, 16, 32, 32), 1, (32, 64), 1, 8),
+    "compact": ((32, 64, 64), 1, (64, 128, 128), 1, 32),
+    "small": ((64, 128, 256, 256), 2, (128, 256, 384), 2, 32),
+}
 
 
 @dataclass
@@ -69,13 +76,17 @@ class TrainConfig:
     resume: bool = False
     test_run: bool = False
     freeze_unet: bool = False         # image-boxes: train only the gated layers + box encoder (GLIGEN)
+    box_raster_dim: int = 0           # image-boxes on a model without boxes: class dims of the dense box map (0 = tokens only)
+    box_loss_weight: float = 0.0      # image-boxes: extra loss weight inside boxes (1 + w * covered fraction)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.task not in TASKS:
             raise UserInputError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
-        if self.size not in ("tiny", "small"):
-            raise UserInputError(f"--size must be tiny or small, got {self.size!r}")
+        if self.size not in IMAGE_SIZES:
+            raise UserInputError(f"--size must be one of {', '.join(IMAGE_SIZES)}, got {self.size!r}")
+        if self.box_raster_dim < 0 or self.box_loss_weight < 0:
+            raise UserInputError("--box-raster-dim and --box-loss-weight must be >= 0")
         if self.resolution % 64:
             raise UserInputError(f"--resolution must be a multiple of 64 pixels, got {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -91,7 +102,7 @@ class TrainConfig:
 
 # --- models ---------------------------------------------------------------------------------------
 
-def fresh_components(size: str = "tiny", boxes: bool = False) -> dict:
+def fresh_components(size: str = "tiny", boxes: bool = False, raster_dim: int = 0) -> dict:
     """New, randomly initialised components sized for CPU tests (tiny) or a first GPU model
     (small); the text encoder is the offline MiniLM (384-d), frozen. ``boxes``: a grounded UNet
     (gated attention) and a box-token encoder instead of the control branch."""
@@ -104,18 +115,17 @@ def fresh_components(size: str = "tiny", boxes: bool = False) -> dict:
 
     minilm = SentenceTextEncoder()
     tok, text = minilm.tokenizer, minilm.model
-    vae_ch = (16, 16, 32, 32) if size == "tiny" else (64, 128, 256, 256)
-    unet_ch = (32, 64) if size == "tiny" else (128, 256, 384)
-    vae = AutoencoderKL(block_out_channels=vae_ch, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
-                        layers_per_block=1 if size == "tiny" else 2)
+    vae_ch, vae_layers, unet_ch, unet_layers, groups = IMAGE_SIZES[size]
+    vae = AutoencoderKL(block_out_channels=vae_ch, down_block_types=("DownEncoderBlock2D",) * len(vae_ch),
+                        up_block_types=("UpDecoderBlock2D",) * len(vae_ch), latent_channels=4, norm_num_groups=8,
+                        layers_per_block=vae_layers)
     n = len(unet_ch)
     unet = UNet2DConditionModel(
         sample_size=8 if size == "tiny" else 32, in_channels=4, out_channels=4, block_out_channels=unet_ch,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        layers_per_block=1 if size == "tiny" else 2, cross_attention_dim=text.config.hidden_size,
-        attention_head_dim=8, norm_num_groups=8 if size == "tiny" else 32, class_embed_type="identity")
+        layers_per_block=unet_layers, cross_attention_dim=text.config.hidden_size,
+        attention_head_dim=8, norm_num_groups=groups, class_embed_type="identity")
     meta = MetadataEncoder(out_dim=unet_ch[0] * 4, freq_dim=32)
     control = FusedControlNet.from_unet(unet, {"layout": NUM_CLASSES, "roads": 1},
                                         fusion_widths=(8, 16, 32, 64) if size == "tiny" else (16, 32, 96, 256))
@@ -123,35 +133,43 @@ def fresh_components(size: str = "tiny", boxes: bool = False) -> dict:
     comps = {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text, "tokenizer": tok,
              "metadata_encoder": meta, "controlnet": control}
     if boxes:
-        add_box_conditioning(comps, hidden_dim=256 if size == "tiny" else 512)
+        add_box_conditioning(comps, hidden_dim=256 if size == "tiny" else 512, raster_dim=raster_dim)
         comps["controlnet"] = None
     return comps
 
 
-def add_box_conditioning(comps: dict, hidden_dim: int = 512) -> dict:
+def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0) -> dict:
     """Give pipeline components box conditioning (in place): the UNet becomes a
-    :class:`controls.boxes.GroundedUNet2DConditionModel` (same weights, new gated layers) and a
-    :class:`earthgen.conditioning.boxes.BoxTokenEncoder` is added if there is none."""
+    :class:`controls.boxes.GroundedUNet2DConditionModel` (same weights, new gated layers, and
+    ``1 + raster_dim`` zero-initialised input channels for the dense box map when ``raster_dim``)
+    and a :class:`earthgen.conditioning.boxes.BoxTokenEncoder` is added if there is none. A model
+    that already has box conditioning is left as it is."""
     from controls.boxes import GroundedUNet2DConditionModel
     from earthgen.conditioning.boxes import BoxTokenEncoder
 
     if not isinstance(comps["unet"], GroundedUNet2DConditionModel):
-        comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"])
+        comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"], 1 + raster_dim if raster_dim else 0)
+        if comps.get("box_encoder") is not None and comps["box_encoder"].config.raster_dim != raster_dim:
+            comps["box_encoder"] = None
     if comps.get("box_encoder") is None:
         comps["box_encoder"] = BoxTokenEncoder(text_dim=int(comps["text_encoder"].config.hidden_size),
                                                out_dim=int(comps["unet"].config.cross_attention_dim),
-                                               hidden_dim=hidden_dim)
+                                               hidden_dim=hidden_dim, raster_dim=comps["unet"].raster_channels and
+                                               comps["unet"].raster_channels - 1)
+    if comps["box_encoder"].raster_channels != comps["unet"].raster_channels:
+        raise UserInputError(f"the UNet takes a {comps['unet'].raster_channels}-channel box map but the box "
+                             f"encoder paints {comps['box_encoder'].raster_channels}")
     return comps
 
 
 def load_components(cfg: TrainConfig) -> dict:
     boxes = cfg.task == "image-boxes"
     if cfg.model is None:
-        return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes)
+        return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes, raster_dim=cfg.box_raster_dim)
     from earthgen.pipelines.image import load_pipeline
 
     comps = dict(load_pipeline(cfg.model).components)
-    return add_box_conditioning(comps) if boxes else comps
+    return add_box_conditioning(comps, raster_dim=cfg.box_raster_dim) if boxes else comps
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -374,7 +392,7 @@ def train(cfg: TrainConfig) -> dict:
                     if meta is not None:
                         m = next((t for t in trainable if acc.unwrap_model(t) is meta), meta)
                         labels = m({"gsd": batch["gsd"]}, batch_size=b, drop=drop[1] | drop[2])
-                    kw = {}
+                    kw, weight = {}, None
                     if cfg.task == "image-boxes":
                         from earthgen.conditioning.boxes import (
                             class_name_text,
@@ -391,8 +409,18 @@ def train(cfg: TrainConfig) -> dict:
                         zero = torch.zeros(int(text.config.hidden_size), device=device)
                         cls = torch.stack([torch.stack([class_emb.get(nm, zero) for nm in row]) for row in names])
                         bmask = drop_boxes(bmask, (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2])
-                        tokens = trainable[1](corners.to(device), cls, bmask.to(device))
+                        if acc.unwrap_model(trainable[1]).raster_channels:
+                            tokens, raster = trainable[1](corners.to(device), cls, bmask.to(device),
+                                                          raster_size=tuple(zt.shape[-2:]))
+                            zt = torch.cat([zt, raster.to(zt.dtype)], dim=1)
+                        else:
+                            tokens = trainable[1](corners.to(device), cls, bmask.to(device))
                         kw["cross_attention_kwargs"] = {"gligen": {"objs": tokens}}
+                        if cfg.box_loss_weight > 0:
+                            from earthgen.conditioning.boxes import box_coverage
+
+                            cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(1, keepdim=True)
+                            weight = 1.0 + cfg.box_loss_weight * cover.clamp(max=1.0)  # every box, dropped or not
                     if cfg.task == "image-control":
                         sem = batch["semantic"]
                         if sem is None:
@@ -407,7 +435,10 @@ def train(cfg: TrainConfig) -> dict:
                         kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
                     net = trainable[0] if cfg.task in ("image-ldm", "image-boxes") else unet
                     pred = net(zt, ts, encoder_hidden_states=emb, class_labels=labels, **kw).sample
-                    loss = F.mse_loss(pred.float(), noise.float())
+                    if weight is None:
+                        loss = F.mse_loss(pred.float(), noise.float())
+                    else:
+                        loss = ((pred.float() - noise.float()) ** 2 * weight).mean() / weight.mean()
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(params, 1.0)
