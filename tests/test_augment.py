@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from earthgen.augment import (
     LayoutConfig,
@@ -221,3 +222,27 @@ def test_train_image_boxes_test_run(tmp_path, world_dataset, raster_dim, loss_we
     assert pipe.unet.raster_channels == pipe.box_encoder.raster_channels == (1 + raster_dim if raster_dim else 0)
     if raster_dim:  # the map's input weights were trained away from their zero start
         assert pipe.unet.conv_in.weight[:, 4:].abs().max() > 0
+
+
+def test_freeze_unet_trains_only_gates_box_encoder_and_box_map_inputs(tmp_path, world_dataset):
+    """GLIGEN recipe with a dense box map: the gated layers, the box encoder and the map's input
+    columns of ``conv_in`` learn; every other UNet weight (the latent's columns too) stays."""
+    from tiny_models import get_dummy_components
+
+    from earthgen.pipelines.image import EarthImagePipeline, load_pipeline
+    from earthgen.training.image import TrainConfig, add_box_conditioning, train
+
+    c = add_box_conditioning(get_dummy_components(control=False, metadata=True), hidden_dim=32, raster_dim=2)
+    EarthImagePipeline(**c).save_pretrained(tmp_path / "start")
+    before = {k: v.clone() for k, v in c["unet"].state_dict().items()}
+    enc_before = {k: v.clone() for k, v in c["box_encoder"].state_dict().items()}
+    s = train(TrainConfig(task="image-boxes", model=str(tmp_path / "start"), data=str(world_dataset),
+                          out=str(tmp_path / "t"), resolution=64, batch_size=2, steps=3, save_every=3, lr=1e-2,
+                          ema_decay=0.0, freeze_unet=True, box_loss_weight=2.0))
+    trained = load_pipeline(s["pipeline"])
+    after = trained.unet.state_dict()
+    assert any(not torch.equal(v, trained.box_encoder.state_dict()[k]) for k, v in enc_before.items())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".fuser." in k or k == "conv_in.weight" for k in changed)
+    w0, w1 = before["conv_in.weight"], after["conv_in.weight"]
+    assert torch.equal(w0[:, :4], w1[:, :4]) and not torch.equal(w0[:, 4:], w1[:, 4:])

@@ -321,15 +321,24 @@ def train(cfg: TrainConfig) -> dict:
     for m in (text, vae, unet, meta, control, box_enc):  # everything not trained is frozen
         if m is not None and m not in trainable:
             m.requires_grad_(False)
+    frozen_rows = None
     if cfg.task == "image-boxes" and cfg.freeze_unet:  # GLIGEN: only the gated layers learn
         for name, p in unet.named_parameters():
             p.requires_grad_(".fuser." in name)
+        if getattr(unet, "raster_channels", 0):  # and the box map's input weights (not the latent's)
+            n_lat = int(unet.config.out_channels)
+            unet.conv_in.weight.requires_grad_(True)
+            unet.conv_in.weight.register_hook(lambda g: torch.cat([torch.zeros_like(g[:, :n_lat]), g[:, n_lat:]], 1))
+            frozen_rows = unet.conv_in.weight
     if cfg.grad_checkpointing:
         for m in trainable:
             if getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
     params = [p for m in trainable for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    groups = [{"params": [p for p in params if p is not frozen_rows]}]
+    if frozen_rows is not None:  # no weight decay: it would shrink the frozen latent columns too
+        groups.append({"params": [frozen_rows], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
     prepared = acc.prepare(*trainable, opt)
     trainable, opt = list(prepared[:-1]), prepared[-1]
     ema = EMAModel([p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay)
@@ -354,7 +363,8 @@ def train(cfg: TrainConfig) -> dict:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     def encode_text(captions: list[str]) -> torch.Tensor:
-        t = tok(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+        t = tok(captions, padding="max_length", truncation=True, max_length=min(77, int(tok.model_max_length)),
+                return_tensors="pt")
         with torch.no_grad():
             return text(input_ids=t["input_ids"].to(device), attention_mask=t["attention_mask"].to(device)).last_hidden_state
 
