@@ -246,3 +246,26 @@ def test_freeze_unet_trains_only_gates_box_encoder_and_box_map_inputs(tmp_path, 
     assert changed and all(".fuser." in k or k == "conv_in.weight" for k in changed)
     w0, w1 = before["conv_in.weight"], after["conv_in.weight"]
     assert torch.equal(w0[:, :4], w1[:, :4]) and not torch.equal(w0[:, 4:], w1[:, 4:])
+
+
+def test_balanced_sampling_shows_rare_classes_more_often(tmp_path):
+    from PIL import Image
+
+    from earthgen.detection.train import DetectionSamples
+
+    items = []
+    for i in range(10):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
+        labels = ["rare"] if i == 0 else ["common"] * 5
+        items.append(DetectionItem(p, (32, 32), BoxSet(hbb_to_corners(np.tile([[2, 2, 8, 8]], (len(labels), 1))),
+                                                        labels)))
+
+    def rare_fraction(balance: float) -> float:
+        s = DetectionSamples(items, balance=balance)
+        sets = [b for k in range(50) for b in s.batch(0, k, 8, 32, augment=False)[1]]
+        return sum("rare" in b.labels for b in sets) / len(sets)
+
+    assert 0.04 < rare_fraction(0.0) < 0.2            # uniform: 1 image in 10
+    assert rare_fraction(1.0) > 0.75                   # weights 1/1 vs 1/45 per image: 45 / 54 = 0.83
+    assert DetectionSamples(items, balance=1.0).weights.sum() == pytest.approx(1.0)

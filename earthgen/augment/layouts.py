@@ -67,6 +67,14 @@ def class_weights(counts: dict[str, int], rebalance: float) -> dict[str, float]:
     return {c: v / s for c, v in w.items()}
 
 
+def image_weights(label_lists: Sequence[Sequence[str]], cw: dict[str, float]) -> np.ndarray:
+    """Sampling probability of each image: the weight of the rarest class it holds (``cw``:
+    :func:`class_weights`); images without boxes get half the smallest class weight."""
+    floor = min(cw.values()) * 0.5 if cw else 1.0
+    w = np.array([max([cw.get(lab, 0.0) for lab in labels] + [floor]) for labels in label_lists])
+    return w / w.sum()
+
+
 def _inside(corners: np.ndarray, w: int, h: int) -> np.ndarray:
     c = corners.reshape(-1, 4, 2)
     return (c[..., 0] >= 0).all(1) & (c[..., 0] <= w).all(1) & (c[..., 1] >= 0).all(1) & (c[..., 1] <= h).all(1)
@@ -98,9 +106,7 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
     rotated = cfg.rotated if cfg.rotated is not None else any(getattr(it[2], "rotated", True) and len(it[2])
                                                               and not _axis_aligned(it[2].corners) for it in items)
     cw = class_weights(counts, cfg.rebalance)
-    # source images weighted by the rarest class they hold (images without boxes: the smallest weight)
-    src_w = np.array([max([cw.get(lab, 0.0) for lab in it[2].labels] + [min(cw.values()) * 0.5]) for it in items])
-    src_w = src_w / src_w.sum()
+    src_w = image_weights([it[2].labels for it in items], cw)  # source images: by their rarest class
     # the pool of instances to paste: (item index, box index) by class
     pool: dict[str, list[tuple[int, int]]] = {}
     for i, it in enumerate(items):

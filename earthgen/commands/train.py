@@ -75,6 +75,9 @@ def register(sub) -> None:
                         "class dimensions (extra input channels; 0 = grounding tokens only)")
     p.add_argument("--box-loss-weight", type=float, default=0.0,
                    help="image-boxes: extra weight of the denoising loss inside boxes (default 0)")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="detection datasets: draw training images by the rarest class they hold, with weight "
+                        "count^-BALANCE (0 = uniform; 0.3 shows rare classes several times more often)")
     g3 = p.add_argument_group("3D tasks")
     g3.add_argument("--voxel-size", type=positive_float, default=None, help="metres (default 1)")
     g3.add_argument("--gsd", type=positive_float, default=None,
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, resume=args.resume, test_run=args.test_run,
                       freeze_unet=getattr(args, "freeze_unet", False),
                       box_raster_dim=getattr(args, "box_raster_dim", 0),
-                      box_loss_weight=getattr(args, "box_loss_weight", 0.0))
+                      box_loss_weight=getattr(args, "box_loss_weight", 0.0), balance=getattr(args, "balance", 0.0))
     s = train(cfg)
     first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "

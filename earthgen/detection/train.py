@@ -54,7 +54,10 @@ def _transform(img: np.ndarray, corners: np.ndarray, flip_x: bool, flip_y: bool,
 class DetectionSamples:
     """Images (loaded once) and boxes of a dataset, addressable as training batches."""
 
-    def __init__(self, items: Sequence, classes: Sequence[str] | None = None, progress: bool = False):
+    def __init__(self, items: Sequence, classes: Sequence[str] | None = None, progress: bool = False,
+                 balance: float = 0.0):
+        """``balance`` R > 0: draw images with the probability of the rarest class they hold,
+        ``count ** -R`` (:func:`earthgen.augment.layouts.class_weights`); 0 = uniform."""
         from tqdm import tqdm
 
         items = list(items)
@@ -65,6 +68,14 @@ class DetectionSamples:
         self.classes = list(classes) if classes is not None else sorted({lab for b in self.boxes for lab in b.labels})
         if not self.classes:
             raise UserInputError("the detection dataset has no boxes")
+        self.weights = None
+        if balance > 0:
+            from collections import Counter
+
+            from earthgen.augment.layouts import class_weights, image_weights
+
+            counts = Counter(lab for b in self.boxes for lab in b.labels)
+            self.weights = image_weights([b.labels for b in self.boxes], class_weights(dict(counts), balance))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -74,7 +85,7 @@ class DetectionSamples:
         rng = np.random.default_rng([seed, step])
         imgs, sets = [], []
         for _ in range(n):
-            i = int(rng.integers(len(self.images)))
+            i = int(rng.integers(len(self.images)) if self.weights is None else rng.choice(len(self.images), p=self.weights))
             img, bs = self.images[i], self.boxes[i]
             h, w = img.shape[:2]
             x0 = int(rng.integers(0, max(w - crop, 0) + 1))

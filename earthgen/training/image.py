@@ -78,6 +78,7 @@ class TrainConfig:
     freeze_unet: bool = False         # image-boxes: train only the gated layers + box encoder (GLIGEN)
     box_raster_dim: int = 0           # image-boxes on a model without boxes: class dims of the dense box map (0 = tokens only)
     box_loss_weight: float = 0.0      # image-boxes: extra loss weight inside boxes (1 + w * covered fraction)
+    balance: float = 0.0              # detection data: draw images by their rarest class, count^-balance (0 = uniform)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -85,8 +86,8 @@ class TrainConfig:
             raise UserInputError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.size not in IMAGE_SIZES:
             raise UserInputError(f"--size must be one of {', '.join(IMAGE_SIZES)}, got {self.size!r}")
-        if self.box_raster_dim < 0 or self.box_loss_weight < 0:
-            raise UserInputError("--box-raster-dim and --box-loss-weight must be >= 0")
+        if self.box_raster_dim < 0 or self.box_loss_weight < 0 or self.balance < 0:
+            raise UserInputError("--box-raster-dim, --box-loss-weight and --balance must be >= 0")
         if self.resolution % 64:
             raise UserInputError(f"--resolution must be a multiple of 64 pixels, got {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -250,12 +251,12 @@ class DetectionData:
     when smaller) with flips and 90° rotations, their boxes (pixel corners), captions from the
     class counts and the GSD when the labels carry one (DOTA ``gsd:``)."""
 
-    def __init__(self, path: str, resolution: int):
+    def __init__(self, path: str, resolution: int, balance: float = 0.0):
         from earthgen.data import read_detection_dataset
         from earthgen.detection.train import DetectionSamples
 
         items = read_detection_dataset(path)
-        self.samples = DetectionSamples(items)
+        self.samples = DetectionSamples(items, balance=balance)
         self.gsd = [float(it.boxes.extra.get("gsd") or float("nan")) for it in items]
         self.resolution = resolution
 
@@ -350,7 +351,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.data == "world":
         data = None
     elif cfg.task == "image-boxes" or is_detection_dataset(cfg.data):
-        data = DetectionData(cfg.data, cfg.resolution)
+        data = DetectionData(cfg.data, cfg.resolution, cfg.balance)
     else:
         data = CaptionData(cfg.data, cfg.resolution)
     class_emb: dict[str, torch.Tensor] = {}
