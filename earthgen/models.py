@@ -165,16 +165,35 @@ def init_image_model(out: str | Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def calibrate_vae(src: str | Path, out: str | Path, n: int = 64, resolution: int = 128, seed: int = 123) -> float:
+def init_box_model(out: str | Path, size: str = "compact", raster_dim: int = 8, seed: int = 0) -> Path:
+    """A fresh, randomly initialised box-conditioned image pipeline of ``size`` (see
+    :data:`earthgen.training.image.IMAGE_SIZES`) with a ``raster_dim`` dense box map, no control
+    branch, the offline MiniLM text encoder."""
+    import torch
+
+    from earthgen.pipelines.image import EarthImagePipeline
+    from earthgen.training.image import IMAGE_SIZES, fresh_components
+
+    if size not in IMAGE_SIZES:
+        raise UserInputError(f"--size must be one of {', '.join(IMAGE_SIZES)}, got {size!r}")
+    torch.manual_seed(seed)
+    EarthImagePipeline(**fresh_components(size, boxes=True, raster_dim=raster_dim)).save_pretrained(
+        out, safe_serialization=True)
+    return Path(out)
+
+
+def calibrate_vae(src: str | Path, out: str | Path, n: int = 64, resolution: int = 128, seed: int = 123,
+                  data: str | None = None) -> float:
     """Copy pipeline ``src`` to ``out`` with the VAE's ``scaling_factor`` set to 1 / std of the
-    latents of ``n`` procedural tiles (unit-variance latents for the diffusion model)."""
+    latents of ``n`` images (unit-variance latents for the diffusion model): procedural tiles, or
+    random crops of the detection dataset ``data``."""
     import torch
 
     from earthgen.pipelines.image import load_pipeline
-    from earthgen.training.image import world_batch
+    from earthgen.training.image import DetectionData, world_batch
 
     pipe = load_pipeline(str(src))
-    x = world_batch(seed, 0, n, resolution)["image"]
+    x = (world_batch(seed, 0, n, resolution) if data is None else DetectionData(data, resolution).batch(seed, 0, n))["image"]
     with torch.no_grad():
         z = torch.cat([pipe.vae.encode(x[i:i + 16] * 2 - 1).latent_dist.mean for i in range(0, n, 16)])
     factor = float(1.0 / z.std())
@@ -349,9 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("init-image", help="a fresh default-size image pipeline")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("calibrate-vae", help="set the VAE latent scaling factor from procedural tiles")
+    s = sub.add_parser("init-boxes", help="a fresh box-conditioned image pipeline (dense box map, no control)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", default="compact", help="tiny | compact | small (default compact: 4x VAE)")
+    s.add_argument("--raster-dim", type=int, default=8, help="class dimensions of the dense box map (default 8)")
+    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("calibrate-vae", help="set the VAE latent scaling factor from procedural tiles or a dataset")
     s.add_argument("src")
     s.add_argument("--out", required=True)
+    s.add_argument("--data", default=None, help="a detection dataset to calibrate on (default: procedural tiles)")
     s = sub.add_parser("finetune-vae-decoder", help="fine-tune the VAE decoder only (latent space unchanged)")
     s.add_argument("src")
     s.add_argument("--out", required=True)
@@ -373,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "init-image":
             print(init_image_model(args.out, args.seed))
+        elif args.cmd == "init-boxes":
+            print(init_box_model(args.out, args.size, args.raster_dim, args.seed))
         elif args.cmd == "calibrate-vae":
-            print(f"scaling_factor {calibrate_vae(args.src, args.out):.5f}; written to {args.out}")
+            print(f"scaling_factor {calibrate_vae(args.src, args.out, data=args.data):.5f}; written to {args.out}")
         elif args.cmd == "finetune-vae-decoder":
             r = finetune_vae_decoder(args.src, args.out, steps=args.steps, batch_size=args.batch_size,
                                      resolution=args.resolution, lr=args.lr, seed=args.seed,

