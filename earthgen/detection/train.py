@@ -54,6 +54,8 @@ def _transform(img: np.ndarray, corners: np.ndarray, flip_x: bool, flip_y: bool,
 class DetectionSamples:
     """Images (loaded once) and boxes of a dataset, addressable as training batches."""
 
+    weights: np.ndarray | None = None  # per-image draw probabilities; None = uniform
+
     def __init__(self, items: Sequence, classes: Sequence[str] | None = None, progress: bool = False,
                  balance: float = 0.0):
         """``balance`` R > 0: draw images with the probability of the rarest class they hold,
@@ -68,7 +70,6 @@ class DetectionSamples:
         self.classes = list(classes) if classes is not None else sorted({lab for b in self.boxes for lab in b.labels})
         if not self.classes:
             raise UserInputError("the detection dataset has no boxes")
-        self.weights = None
         if balance > 0:
             from collections import Counter
 
