@@ -26,7 +26,8 @@ examples:
       --mixed-precision bf16 --out runs/ldm
   earthgen train image-control --model runs/ldm/pipeline --steps 5000 --out runs/control
   earthgen train image-ldm --data captions.jsonl --model runs/ldm/pipeline --out runs/ft --resume
-  earthgen train image-boxes --data DOTA/train --model runs/ldm/pipeline --resolution 256 --out runs/boxes
+  earthgen train image-boxes --data DOTA/train --model runs/ldm/pipeline --resolution 256 --box-raster-dim 8 \\
+      --box-loss-weight 3 --balance 0.3 --out runs/boxes
   earthgen train structure-vae --test-run --out outputs/svae-test       # seconds on CPU
   earthgen train structure-vae --size base --resolution 64 --steps 20000 --batch-size 8 --out runs/svae
   earthgen train texture-vae --scene-size 32 --views 4 --image-size 128 --steps 20000 --out runs/tvae
