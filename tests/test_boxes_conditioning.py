@@ -236,3 +236,16 @@ def test_pipeline_with_box_map(tmp_path):
     p2 = load_pipeline(str(tmp_path / "p"))
     p2.set_progress_bar_config(disable=True)
     assert p2.unet.raster_channels == 3 and np.allclose(_run(p2, boxes=BOXES), a, atol=1e-6)
+
+
+def test_box_map_channel_check():
+    from types import SimpleNamespace
+
+    from earthgen.conditioning.boxes import check_box_map
+
+    unet = SimpleNamespace(raster_channels=4)
+    check_box_map(unet, BoxTokenEncoder(text_dim=16, out_dim=16, raster_dim=3))
+    check_box_map(SimpleNamespace(), None)  # a UNet without a box map needs no encoder
+    for enc in (None, BoxTokenEncoder(text_dim=16, out_dim=16, raster_dim=2)):
+        with pytest.raises(UserInputError, match="4-channel box map"):
+            check_box_map(unet, enc)

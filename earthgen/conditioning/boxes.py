@@ -90,6 +90,17 @@ class BoxTokenEncoder(ModelMixin, ConfigMixin):
         return self.mlp(torch.cat([pos, txt], dim=-1))
 
 
+def check_box_map(unet, box_encoder) -> None:
+    """Raise :class:`UserInputError` unless ``box_encoder`` paints as many box-map channels as the
+    (grounded) ``unet`` takes; a UNet without box-map channels needs none."""
+    from earthgen.errors import UserInputError
+
+    want = int(getattr(unet, "raster_channels", 0))
+    have = 0 if box_encoder is None else box_encoder.raster_channels
+    if want and have != want:
+        raise UserInputError(f"the UNet takes a {want}-channel box map but the box encoder paints {have}")
+
+
 def box_coverage(corners: torch.Tensor, height: int, width: int, supersample: int = 4) -> torch.Tensor:
     """Fraction of each cell of a ``height x width`` grid over the unit square covered by each box:
     ``corners [B, N, 8]`` (x0, y0, ..., x3, y3 normalised to 0..1, any winding) -> ``[B, N, h, w]``
@@ -149,6 +160,19 @@ def pooled_text_embedding(text_encoder, tokenizer, texts: list[str], device=None
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def class_embeddings(names: list[list[str]], text_encoder, tokenizer, cache: dict[str, torch.Tensor],
+                     device=None) -> torch.Tensor:
+    """Class-name embeddings ``[B, N, D_text]`` of padded name lists (``""`` -> zeros): names not in
+    ``cache`` are embedded (:func:`pooled_text_embedding` of :func:`class_name_text`) and added to it."""
+    device = device or text_encoder.device
+    new = sorted({n for row in names for n in row} - set(cache) - {""})
+    if new:
+        cache.update(zip(new, pooled_text_embedding(text_encoder, tokenizer, [class_name_text(n) for n in new], device),
+                         strict=True))
+    zero = torch.zeros(int(text_encoder.config.hidden_size), device=device)
+    return torch.stack([torch.stack([cache.get(n, zero).to(device) for n in row]) for row in names])
+
+
 def drop_boxes(mask: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
     """``mask [B, N]`` with every box of the images where ``drop [B]`` is true set to null."""
     if drop is None:
@@ -156,6 +180,6 @@ def drop_boxes(mask: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
     return mask * (~drop.bool()).to(mask.dtype)[:, None].to(mask.device)
 
 
-__all__ = ["BoxTokenEncoder", "box_coverage", "class_name_text", "drop_boxes", "fourier_embed", "pack_boxes",
+__all__ = ["BoxTokenEncoder", "box_coverage", "check_box_map", "class_embeddings", "class_name_text", "drop_boxes", "fourier_embed", "pack_boxes",
            "pooled_text_embedding"]
 

@@ -176,17 +176,6 @@ class EarthImagePipeline(DiffusionPipeline):
             maps.pop("roads", None)  # derived from the layout; only for models trained with it
         return maps
 
-    def encode_box_classes(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """Class names -> pooled text embeddings ``{name: [D_text]}`` (the box tokens' class part)."""
-        from earthgen.conditioning.boxes import class_name_text, pooled_text_embedding
-
-        uniq = sorted(set(names) - {""})
-        if not uniq:
-            return {}
-        emb = pooled_text_embedding(self.text_encoder, self.tokenizer, [class_name_text(n) for n in uniq],
-                                    self._execution_device)
-        return dict(zip(uniq, emb, strict=True))
-
     def prepare_boxes(self, boxes: Any, batch: int, num_images_per_prompt: int) -> list | None:
         """``boxes`` (a BoxSet, one per prompt, or one per image; pixel corners) -> one BoxSet per image."""
         from earthgen.boxes import BoxSet
@@ -207,17 +196,16 @@ class EarthImagePipeline(DiffusionPipeline):
         for b in sets:
             if len(b) and not np.isfinite(b.corners).all():
                 raise UserInputError("box corners must be finite numbers (pixels)")
-        self._box_class_emb = self.encode_box_classes([lab for b in sets for lab in b.labels])
+        self._box_class_emb = {}  # class-name embeddings of this call, filled by _box_classes
         return sets
 
     def _box_classes(self, names: list[list[str]]) -> torch.Tensor:
         """Class-name embeddings ``[B, N, D_text]`` of padded name lists ("" = zeros)."""
-        emb = getattr(self, "_box_class_emb", None) or {}
-        missing = sorted({n for row in names for n in row} - set(emb) - {""})
-        if missing:
-            emb = {**emb, **self.encode_box_classes(missing)}
-        zero = torch.zeros(self.box_encoder.config.text_dim, device=self._execution_device)
-        return torch.stack([torch.stack([emb.get(n, zero) for n in row]) for row in names])
+        from earthgen.conditioning.boxes import class_embeddings
+
+        if getattr(self, "_box_class_emb", None) is None:
+            self._box_class_emb = {}
+        return class_embeddings(names, self.text_encoder, self.tokenizer, self._box_class_emb, self._execution_device)
 
     def box_tokens(self, sets: list, x0: int, y0: int, width: int, height: int, drop: bool) -> torch.Tensor:
         """Grounding tokens ``[B, N, D]`` of the boxes whose centre lies in the pixel window
@@ -242,7 +230,7 @@ class EarthImagePipeline(DiffusionPipeline):
         """The dense box map ``[B (2B under CFG, null half first), C, H/f, W/f]`` of the whole
         image for a UNet with box-map input channels (zeros when no boxes are given); None for
         a UNet without them."""
-        from earthgen.conditioning.boxes import pack_boxes
+        from earthgen.conditioning.boxes import check_box_map, pack_boxes
 
         c = int(getattr(self.unet, "raster_channels", 0))
         if c == 0:
@@ -252,9 +240,7 @@ class EarthImagePipeline(DiffusionPipeline):
         if sets is None:
             r = torch.zeros(batch, c, height // f, width // f, device=dev, dtype=dt)
         else:
-            if self.box_encoder is None or self.box_encoder.raster_channels != c:
-                raise UserInputError(f"the UNet takes a {c}-channel box map but the box encoder paints "
-                                     f"{0 if self.box_encoder is None else self.box_encoder.raster_channels}")
+            check_box_map(self.unet, self.box_encoder)
             corners, names, mask = pack_boxes(sets, width, height)
             be = self.box_encoder
             r = be.raster(corners.to(dev, be.dtype), self._box_classes(names).to(dev, be.dtype), mask.to(dev, be.dtype),

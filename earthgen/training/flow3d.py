@@ -112,11 +112,20 @@ def _check_config(cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, t
         raise UserInputError(f"--cond-dropout must be in [0, 1), got {cfg.cond_dropout}")
 
 
-def _load_vae(cls, path: str):
+def _setup(cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, test_resolution: int, vae_cls):
+    """What both flow trainers start with: check ``cfg`` (:func:`_check_config`), load the frozen
+    ``vae_cls`` from ``--vae``, make the Accelerator and seed everything; returns ``(vae, acc)``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    _check_config(cfg, kind, sizes, multiple, test_resolution)
     try:
-        return cls.from_pretrained(path).eval()
+        vae = vae_cls.from_pretrained(cfg.vae).eval()
     except (OSError, ValueError) as e:
-        raise UserInputError(f"--vae: cannot load a {cls.__name__} from {path}: {e}") from e
+        raise UserInputError(f"--vae: cannot load a {vae_cls.__name__} from {cfg.vae}: {e}") from e
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    return vae, acc
 
 
 def _train_loop(cfg: FlowTrainConfig, acc, model, batch):
@@ -179,17 +188,11 @@ def _train_loop(cfg: FlowTrainConfig, acc, model, batch):
 
 
 def train_structure_flow(cfg: FlowTrainConfig) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     from earthgen.classes import NUM_CLASSES
     from flows.structure import StructureFlowDiT, rotate_scene
     from vae.structure import StructureVAE
 
-    _check_config(cfg, "structure", SIZES, 16, 32)
-    vae = _load_vae(StructureVAE, cfg.vae)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    set_seed(cfg.seed)
+    vae, acc = _setup(cfg, "structure", SIZES, 16, 32, StructureVAE)
     L = cfg.resolution
     data = encode_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
     lat = data["grid"][:, 1:][data["grid"][:, :1].expand_as(data["grid"][:, 1:]) > 0]
@@ -298,17 +301,11 @@ def texture_batch(items: list[dict], L: int, device, scale: float = 1.0):
 
 
 def train_texture_flow(cfg: FlowTrainConfig) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     from earthgen.classes import NUM_CLASSES
     from flows.texture import TextureFlowNet
     from vae.texture import TextureVAE
 
-    _check_config(cfg, "texture", TEXTURE_SIZES, 8, 16)
-    vae = _load_vae(TextureVAE, cfg.vae)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    set_seed(cfg.seed)
+    vae, acc = _setup(cfg, "texture", TEXTURE_SIZES, 8, 16, TextureVAE)
     L = cfg.resolution
     pool = encode_texture_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
     if cfg.model:

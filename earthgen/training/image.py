@@ -146,20 +146,17 @@ def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0
     and a :class:`earthgen.conditioning.boxes.BoxTokenEncoder` is added if there is none. A model
     that already has box conditioning is left as it is."""
     from controls.boxes import GroundedUNet2DConditionModel
-    from earthgen.conditioning.boxes import BoxTokenEncoder
+    from earthgen.conditioning.boxes import BoxTokenEncoder, check_box_map
 
     if not isinstance(comps["unet"], GroundedUNet2DConditionModel):
         comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"], 1 + raster_dim if raster_dim else 0)
         if comps.get("box_encoder") is not None and comps["box_encoder"].config.raster_dim != raster_dim:
             comps["box_encoder"] = None
-    if comps.get("box_encoder") is None:
+    if comps.get("box_encoder") is None:  # as many map channels as the UNet takes (1 + class dims, or none)
         comps["box_encoder"] = BoxTokenEncoder(text_dim=int(comps["text_encoder"].config.hidden_size),
                                                out_dim=int(comps["unet"].config.cross_attention_dim),
-                                               hidden_dim=hidden_dim, raster_dim=comps["unet"].raster_channels and
-                                               comps["unet"].raster_channels - 1)
-    if comps["box_encoder"].raster_channels != comps["unet"].raster_channels:
-        raise UserInputError(f"the UNet takes a {comps['unet'].raster_channels}-channel box map but the box "
-                             f"encoder paints {comps['box_encoder'].raster_channels}")
+                                               hidden_dim=hidden_dim, raster_dim=max(comps["unet"].raster_channels - 1, 0))
+    check_box_map(comps["unet"], comps["box_encoder"])
     return comps
 
 
@@ -322,7 +319,7 @@ def train(cfg: TrainConfig) -> dict:
     for m in (text, vae, unet, meta, control, box_enc):  # everything not trained is frozen
         if m is not None and m not in trainable:
             m.requires_grad_(False)
-    frozen_rows = None
+    part_frozen = None  # conv_in.weight when only its box-map columns learn
     if cfg.task == "image-boxes" and cfg.freeze_unet:  # GLIGEN: only the gated layers learn
         for name, p in unet.named_parameters():
             p.requires_grad_(".fuser." in name)
@@ -330,15 +327,15 @@ def train(cfg: TrainConfig) -> dict:
             n_lat = int(unet.config.out_channels)
             unet.conv_in.weight.requires_grad_(True)
             unet.conv_in.weight.register_hook(lambda g: torch.cat([torch.zeros_like(g[:, :n_lat]), g[:, n_lat:]], 1))
-            frozen_rows = unet.conv_in.weight
+            part_frozen = unet.conv_in.weight
     if cfg.grad_checkpointing:
         for m in trainable:
             if getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
     params = [p for m in trainable for p in m.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p is not frozen_rows]}]
-    if frozen_rows is not None:  # no weight decay: it would shrink the frozen latent columns too
-        groups.append({"params": [frozen_rows], "weight_decay": 0.0})
+    groups = [{"params": [p for p in params if p is not part_frozen]}]
+    if part_frozen is not None:  # no weight decay: it would shrink the frozen latent columns too
+        groups.append({"params": [part_frozen], "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
     prepared = acc.prepare(*trainable, opt)
     trainable, opt = list(prepared[:-1]), prepared[-1]
@@ -406,19 +403,14 @@ def train(cfg: TrainConfig) -> dict:
                     kw, weight = {}, None
                     if cfg.task == "image-boxes":
                         from earthgen.conditioning.boxes import (
-                            class_name_text,
+                            box_coverage,
+                            class_embeddings,
                             drop_boxes,
                             pack_boxes,
-                            pooled_text_embedding,
                         )
 
                         corners, names, bmask = pack_boxes(batch["boxes"], x.shape[-1], x.shape[-2])
-                        new = sorted({nm for row in names for nm in row} - set(class_emb) - {""})
-                        if new:
-                            e = pooled_text_embedding(text, tok, [class_name_text(nm) for nm in new], device)
-                            class_emb.update(zip(new, e, strict=True))
-                        zero = torch.zeros(int(text.config.hidden_size), device=device)
-                        cls = torch.stack([torch.stack([class_emb.get(nm, zero) for nm in row]) for row in names])
+                        cls = class_embeddings(names, text, tok, class_emb, device)
                         bmask = drop_boxes(bmask, (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2])
                         if acc.unwrap_model(trainable[1]).raster_channels:
                             tokens, raster = trainable[1](corners.to(device), cls, bmask.to(device),
@@ -428,8 +420,6 @@ def train(cfg: TrainConfig) -> dict:
                             tokens = trainable[1](corners.to(device), cls, bmask.to(device))
                         kw["cross_attention_kwargs"] = {"gligen": {"objs": tokens}}
                         if cfg.box_loss_weight > 0:
-                            from earthgen.conditioning.boxes import box_coverage
-
                             cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(1, keepdim=True)
                             weight = 1.0 + cfg.box_loss_weight * cover.clamp(max=1.0)  # every box, dropped or not
                     if cfg.task == "image-control":
