@@ -319,8 +319,8 @@ def layout_to_image(pipe, limits: AppLimits, file: Any, drawn: Any, center: str,
     """Layout (+ text, GSD) -> ``(layout preview [H, W, 3], image, seed used, description)``."""
     w, h = check_size(width, height, pipe, limits)
     n = check_steps(steps, limits)
-    if getattr(pipe, "controlnet", None) is None:
-        raise gr.Error("this model has no layout control branch; use the Text -> Image tab",
+    if not pipe.takes_layout:
+        raise gr.Error("this model takes no layout; use the Text -> Image tab",
                        print_exception=False)
     ids, g, what = load_layout(file, drawn, center, check_gsd(gsd), w, h)
     s = pick_seed(seed, randomize)
@@ -649,10 +649,11 @@ def _layout_tab(pipe, limits: AppLimits, queue: dict) -> None:
     if pipe is None:
         _no_model("image", "--model")
         return
-    if getattr(pipe, "controlnet", None) is None:
-        gr.Markdown("**This image model has no layout control branch**; use the Text -> Image tab.")
+    if not pipe.takes_layout:
+        gr.Markdown("**This image model takes no layout**; use the Text -> Image tab.")
         return
-    names = set(pipe.controlnet.condition_names)
+    # per-map scales exist for a control branch; a layout at the UNet input follows the guidance scale
+    names = set(pipe.controlnet.condition_names) if pipe.controlnet is not None else set()
     f = size_multiple(pipe)
     colors = [_hex(c.color) for c in CLASSES]
     legend = " ".join(f"<span style='background:{_hex(c.color)};padding:0 6px'>&nbsp;</span> {c.name}"

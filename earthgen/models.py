@@ -182,6 +182,30 @@ def init_box_model(out: str | Path, size: str = "compact", raster_dim: int = 8, 
     return Path(out)
 
 
+def init_layout_model(out: str | Path, size: str = "compact", vae: str | Path | None = None, seed: int = 0) -> Path:
+    """A fresh image pipeline of ``size`` (:data:`earthgen.training.image.IMAGE_SIZES`) that takes the
+    layout at the UNet input (:class:`earthgen.conditioning.dense.LayoutMapEncoder`, no control
+    branch), the offline MiniLM text encoder; ``vae``: take the (trained) VAE of this pipeline or
+    ``AutoencoderKL`` folder instead of a fresh one."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from earthgen.pipelines.image import EarthImagePipeline
+    from earthgen.training.image import IMAGE_SIZES, fresh_components
+
+    if size not in IMAGE_SIZES:
+        raise UserInputError(f"--size must be one of {', '.join(IMAGE_SIZES)}, got {size!r}")
+    torch.manual_seed(seed)
+    comps = fresh_components(size, layout_input="concat")
+    if vae is not None:
+        folder = Path(vae) / "vae" if (Path(vae) / "vae").is_dir() else Path(vae)
+        if not (folder / "config.json").is_file():
+            raise UserInputError(f"no VAE in {vae} (give a pipeline folder or an AutoencoderKL folder)")
+        comps["vae"] = AutoencoderKL.from_pretrained(str(folder))
+    EarthImagePipeline(**comps).save_pretrained(out, safe_serialization=True)
+    return Path(out)
+
+
 def calibrate_vae(src: str | Path, out: str | Path, n: int = 64, resolution: int = 128, seed: int = 123,
                   data: str | None = None) -> float:
     """Copy pipeline ``src`` to ``out`` with the VAE's ``scaling_factor`` set to 1 / std of the
@@ -299,7 +323,7 @@ def package_image_model(src: str | Path, out: str | Path | None = None, fp16: bo
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()  # the fp16 cast is wanted: no module needs float32
         try:
-            for name in ("vae", "unet", "controlnet", "metadata_encoder", "box_encoder"):
+            for name in ("vae", "unet", "controlnet", "metadata_encoder", "box_encoder", "layout_encoder"):
                 m = getattr(pipe, name, None)
                 if m is not None:
                     m.to(torch.float16)
@@ -373,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--size", default="compact", help="tiny | compact | small (default compact: 4x VAE)")
     s.add_argument("--raster-dim", type=int, default=8, help="class dimensions of the dense box map (default 8)")
     s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("init-layout", help="a fresh image pipeline taking the layout at the UNet input (no control)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", default="compact", help="tiny | compact | small (default compact: 4x VAE)")
+    s.add_argument("--vae", default=None, help="take the trained VAE of this pipeline (or AutoencoderKL) folder")
+    s.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("calibrate-vae", help="set the VAE latent scaling factor from procedural tiles or a dataset")
     s.add_argument("src")
     s.add_argument("--out", required=True)
@@ -400,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             print(init_image_model(args.out, args.seed))
         elif args.cmd == "init-boxes":
             print(init_box_model(args.out, args.size, args.raster_dim, args.seed))
+        elif args.cmd == "init-layout":
+            print(init_layout_model(args.out, args.size, args.vae, args.seed))
         elif args.cmd == "calibrate-vae":
             print(f"scaling_factor {calibrate_vae(args.src, args.out, data=args.data):.5f}; written to {args.out}")
         elif args.cmd == "finetune-vae-decoder":

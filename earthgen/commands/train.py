@@ -25,6 +25,7 @@ examples:
   earthgen train image-ldm --size small --steps 20000 --batch-size 32 --resolution 256 \\
       --mixed-precision bf16 --out runs/ldm
   earthgen train image-control --model runs/ldm/pipeline --steps 5000 --out runs/control
+  earthgen train image-ldm --size compact --layout-input concat --steps 20000 --out runs/layout-ldm
   earthgen train image-ldm --data captions.jsonl --model runs/ldm/pipeline --out runs/ft --resume
   earthgen train image-boxes --data DOTA/train --model runs/ldm/pipeline --resolution 256 --box-raster-dim 8 \\
       --box-loss-weight 3 --balance 0.3 --out runs/boxes
@@ -79,6 +80,10 @@ def register(sub) -> None:
     p.add_argument("--balance", type=float, default=0.0,
                    help="detection datasets: draw training images by the rarest class they hold, with weight "
                         "count^-BALANCE (0 = uniform; 0.3 shows rare classes several times more often)")
+    p.add_argument("--layout-input", default="control", choices=("control", "concat"),
+                   help="image-ldm / image-boxes: how the layout reaches the UNet. control: the fused control "
+                        "branch (trained by image-control); concat: its class fractions per latent cell as extra "
+                        "UNet input channels (zero-initialised on a trained model), trained with the UNet")
     g3 = p.add_argument_group("3D tasks")
     g3.add_argument("--voxel-size", type=positive_float, default=None, help="metres (default 1)")
     g3.add_argument("--gsd", type=positive_float, default=None,
@@ -122,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, resume=args.resume, test_run=args.test_run,
                       freeze_unet=getattr(args, "freeze_unet", False),
                       box_raster_dim=getattr(args, "box_raster_dim", 0),
-                      box_loss_weight=getattr(args, "box_loss_weight", 0.0), balance=getattr(args, "balance", 0.0))
+                      box_loss_weight=getattr(args, "box_loss_weight", 0.0), balance=getattr(args, "balance", 0.0),
+                      layout_input=getattr(args, "layout_input", "control"))
     s = train(cfg)
     first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "

@@ -90,12 +90,13 @@ class BoxTokenEncoder(ModelMixin, ConfigMixin):
         return self.mlp(torch.cat([pos, txt], dim=-1))
 
 
-def check_box_map(unet, box_encoder) -> None:
+def check_box_map(unet, box_encoder, layout_channels: int = 0) -> None:
     """Raise :class:`UserInputError` unless ``box_encoder`` paints as many box-map channels as the
-    (grounded) ``unet`` takes; a UNet without box-map channels needs none."""
+    (grounded) ``unet`` takes (its extra input channels less the ``layout_channels`` of a layout
+    map concatenated after the box map); a UNet without box-map channels needs none."""
     from earthgen.errors import UserInputError
 
-    want = int(getattr(unet, "raster_channels", 0))
+    want = int(getattr(unet, "raster_channels", 0)) - layout_channels
     have = 0 if box_encoder is None else box_encoder.raster_channels
     if want and have != want:
         raise UserInputError(f"the UNet takes a {want}-channel box map but the box encoder paints {have}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 
 from earthgen.classes import CLASS_ID, NUM_CLASSES
 from earthgen.errors import UserInputError
@@ -74,3 +76,51 @@ def normalise_height(height: torch.Tensor, scale_m: float = 50.0) -> torch.Tenso
         raise UserInputError(f"height must be [B, 1, H, W], got {tuple(height.shape)}")
     med = height.flatten(1).median(dim=1).values[:, None, None, None]
     return ((height - med) / scale_m).clamp(-1.0, 1.0)
+
+
+class LayoutMapEncoder(ModelMixin, ConfigMixin):
+    """A class map -> the layout input of a UNet that takes it concatenated to its latent.
+
+    ``forward(semantic [B, H, W] ids | None, batch_size, downscale, drop [B] bool)`` ->
+    ``[B, num_classes, H / downscale, W / downscale]``: the fraction of each latent cell's pixels
+    in each class (an area-averaged one-hot, so a 2-pixel street in an 8-pixel cell reads 0.25).
+    Each cell sums to 1 where a layout is given and to 0 where it is absent or dropped (the null
+    layout: classifier-free guidance's unconditional branch and training-time dropout). There are
+    no weights: the UNet's first convolution, whose layout columns start at zero, learns the rest.
+    """
+
+    @register_to_config
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        if num_classes != NUM_CLASSES:
+            raise UserInputError(f"this layout encoder was made for {num_classes} classes; EarthGen has {NUM_CLASSES}")
+        # the ids the map's channels stand for (also gives the component the weights file diffusers loads)
+        self.register_buffer("class_ids", torch.arange(num_classes))
+
+    @property
+    def channels(self) -> int:
+        """Channels of the map it makes (the UNet input channels it needs)."""
+        return int(self.config.num_classes)
+
+    def forward(self, semantic: torch.Tensor | None, batch_size: int, downscale: int,  # [B, H, W] int
+                drop: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Class fractions per latent cell ``[B, K, H/f, W/f]``; ``semantic`` None gives zeros of
+        ``size`` (pixels ``(H, W)``)."""
+        dev = self.class_ids.device
+        if semantic is None:
+            if size is None:
+                raise ValueError("give a class map or the image size")
+            h, w = size
+            return torch.zeros(batch_size, self.channels, h // downscale, w // downscale, device=dev)
+        s = _ids(semantic).to(dev)
+        if s.shape[0] == 1 and batch_size > 1:
+            s = s.expand(batch_size, -1, -1)
+        if s.shape[0] != batch_size:
+            raise UserInputError(f"got {s.shape[0]} layouts for {batch_size} images")
+        h, w = s.shape[-2:]
+        if h % downscale or w % downscale:
+            raise UserInputError(f"a {w}x{h} layout does not divide into {downscale}-pixel latent cells")
+        m = F.avg_pool2d((s[:, None] == self.class_ids[None, :, None, None]).float(), downscale)
+        if drop is not None:
+            m = m * (~drop.to(dev).bool()).float()[:, None, None, None]
+        return m

@@ -37,7 +37,7 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     for i in tqdm(range(0, n, batch_size), desc="eval image", disable=not progress):
         b = world_batch(seed, i, min(batch_size, n - i), res)
         out = pipe(prompt=b["caption"], gsd=b["gsd"].tolist() if pipe.metadata_encoder is not None else None,
-                   layout=b["semantic"] if (use_layout and pipe.controlnet is not None) else None,
+                   layout=b["semantic"] if (use_layout and pipe.takes_layout) else None,
                    num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt",
                    generator=torch.Generator().manual_seed(seed + i)).images
         eg, er = evaluator(out.to(dev)), evaluator(b["image"].to(dev))

@@ -12,10 +12,13 @@ checkpoints load from a folder or hub id:
   grounding tokens read by gated self-attention (AeroGen / GLIGEN),
 - optional ``metadata_encoder`` (:class:`earthgen.conditioning.MetadataEncoder`, its embedding
   goes in as the UNet's ``class_labels`` with ``class_embed_type="identity"``: summed into the
-  timestep embedding) and ``controlnet`` (:class:`controls.FusedControlNet`).
+  timestep embedding) and ``controlnet`` (:class:`controls.FusedControlNet`),
+- optional ``layout_encoder`` (:class:`earthgen.conditioning.dense.LayoutMapEncoder`): the
+  layout's class fractions per latent cell, concatenated to the UNet input (after the box map,
+  if any) instead of (or besides) going through the control branch.
 
 Classifier-free guidance runs an unconditional branch with *every* condition removed: the empty
-prompt, all metadata fields null, every control map at weight 0, every box null.
+prompt, all metadata fields null, every control map at weight 0, every box null, a zero layout map.
 
 Large areas: when the latent is larger than ``tile_size`` the sampler runs the UNet on
 overlapping windows and blends their predictions with smooth weights at every step
@@ -98,15 +101,22 @@ class EarthImagePipeline(DiffusionPipeline):
     and reference images; see the module docstring."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["metadata_encoder", "controlnet", "box_encoder"]
+    _optional_components = ["metadata_encoder", "controlnet", "box_encoder", "layout_encoder"]
 
     def __init__(self, vae, unet, scheduler, text_encoder, tokenizer, metadata_encoder=None, controlnet=None,
-                 box_encoder=None):
+                 box_encoder=None, layout_encoder=None):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer, metadata_encoder=metadata_encoder, controlnet=controlnet,
-                              box_encoder=box_encoder)
+                              box_encoder=box_encoder, layout_encoder=layout_encoder)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def takes_layout(self) -> bool:
+        """True when the model is conditioned on layouts (a control branch with a ``layout``
+        condition, or a layout encoder feeding the UNet input)."""
+        return self.layout_encoder is not None or (
+            self.controlnet is not None and "layout" in self.controlnet.condition_names)
 
     # --- conditions ----------------------------------------------------------------------------
 
@@ -144,21 +154,34 @@ class EarthImagePipeline(DiffusionPipeline):
             raise UserInputError("this model takes no metadata (no metadata encoder, no class embedding)")
         return None
 
+    @staticmethod
+    def layout_ids(layout, batch: int, height: int, width: int) -> torch.Tensor | None:
+        """``layout`` (class ids ``[H, W]``/``[B, H, W]``, or an object with ``.semantic``) ->
+        ``[B, H, W]`` ids checked against the image size; None stays None."""
+        if layout is None:
+            return None
+        sem = getattr(layout, "semantic", layout)
+        ids = sem if isinstance(sem, torch.Tensor) else torch.from_numpy(np.array(sem, dtype=np.int64))
+        if ids.dim() == 2:
+            ids = ids[None]
+        if tuple(ids.shape[-2:]) != (height, width):
+            raise UserInputError(f"layout is {ids.shape[-1]}x{ids.shape[-2]} pixels but the image is "
+                                 f"{width}x{height}; rasterize it at the image size")
+        if ids.shape[0] == 1 and batch > 1:
+            ids = ids.expand(batch, -1, -1)
+        return ids
+
     def dense_controls(self, layout, controls: dict | None, batch: int, height: int, width: int) -> dict:
-        """Build the control maps: ``layout`` (class ids ``[H, W]``/``[B, H, W]``, or an object
-        with ``.semantic``) gives ``layout`` (one-hot) and ``roads``; ``controls`` adds/overrides
-        maps by name (``[B, C, H, W]`` tensors)."""
+        """Build the control maps: ``layout`` (see :meth:`layout_ids`) gives ``layout`` (one-hot)
+        and ``roads`` (for a model with a control branch; a model with only a layout encoder takes
+        the layout through :meth:`layout_map`); ``controls`` adds/overrides maps by name
+        (``[B, C, H, W]`` tensors)."""
         maps: dict[str, torch.Tensor] = {}
-        if layout is not None:
-            sem = getattr(layout, "semantic", layout)
-            ids = sem if isinstance(sem, torch.Tensor) else torch.from_numpy(np.array(sem, dtype=np.int64))
-            if ids.dim() == 2:
-                ids = ids[None]
-            if tuple(ids.shape[-2:]) != (height, width):
-                raise UserInputError(f"layout is {ids.shape[-1]}x{ids.shape[-2]} pixels but the image is "
-                                     f"{width}x{height}; rasterize it at the image size")
-            if ids.shape[0] == 1 and batch > 1:
-                ids = ids.expand(batch, -1, -1)
+        ids = self.layout_ids(layout, batch, height, width)
+        if ids is not None and self.controlnet is None and self.layout_encoder is None:
+            raise UserInputError("a layout was given but this model takes none (no control branch, no layout encoder)")
+        if ids is not None and self.controlnet is not None and (
+                self.layout_encoder is None or "layout" in self.controlnet.condition_names):
             maps["layout"] = one_hot(ids)
             maps["roads"] = road_map(ids)
         for k, v in (controls or {}).items():
@@ -226,21 +249,54 @@ class EarthImagePipeline(DiffusionPipeline):
         dev, dt = self._execution_device, self.box_encoder.dtype
         return self.box_encoder(corners.to(dev, dt), cls.to(dev, dt), mask.to(dev, dt)).to(self.unet.dtype)
 
+    def _layout_channels(self) -> int:
+        return 0 if self.layout_encoder is None else self.layout_encoder.channels
+
+    def input_maps(self, sets: list | None, layout, cfg: bool, batch: int, height: int,
+                   width: int) -> torch.Tensor | None:
+        """The maps concatenated to the UNet input, ``[B (2B under CFG, null half first), C, H/f, W/f]``:
+        the dense box map (:meth:`box_raster`), then the layout map (:meth:`layout_map`); None
+        for a UNet that takes neither."""
+        extra = int(self.unet.config.in_channels) - int(self.unet.config.out_channels)
+        lay = self._layout_channels()
+        if extra < lay:
+            raise UserInputError(f"the layout encoder makes {lay} channels but the UNet takes only {extra} "
+                                 "besides the latent")
+        maps = [m for m in (self.box_raster(sets, cfg, batch, height, width),
+                            self.layout_map(layout, cfg, batch, height, width)) if m is not None]
+        if not maps:
+            return None
+        out = torch.cat(maps, dim=1)
+        if out.shape[1] != extra:
+            raise UserInputError(f"the UNet takes {extra} map channels besides the latent but the pipeline "
+                                 f"makes {out.shape[1]}")
+        return out
+
+    def layout_map(self, layout, cfg: bool, batch: int, height: int, width: int) -> torch.Tensor | None:
+        """The layout map ``[B (2B under CFG, null half first), K, H/f, W/f]`` of a model with a
+        layout encoder (zeros when no layout is given); None for a model without one."""
+        if self.layout_encoder is None:
+            return None
+        ids = self.layout_ids(layout, batch, height, width)
+        m = self.layout_encoder(ids, batch, self.vae_scale_factor, size=(height, width))
+        m = m.to(self._execution_device, self.unet.dtype)
+        return torch.cat([torch.zeros_like(m), m]) if cfg else m
+
     def box_raster(self, sets: list | None, cfg: bool, batch: int, height: int, width: int) -> torch.Tensor | None:
         """The dense box map ``[B (2B under CFG, null half first), C, H/f, W/f]`` of the whole
         image for a UNet with box-map input channels (zeros when no boxes are given); None for
         a UNet without them."""
         from earthgen.conditioning.boxes import check_box_map, pack_boxes
 
-        c = int(getattr(self.unet, "raster_channels", 0))
-        if c == 0:
+        c = int(getattr(self.unet, "raster_channels", 0)) - self._layout_channels()
+        if c <= 0:
             return None
         f = self.vae_scale_factor
         dev, dt = self._execution_device, self.unet.dtype
         if sets is None:
             r = torch.zeros(batch, c, height // f, width // f, device=dev, dtype=dt)
         else:
-            check_box_map(self.unet, self.box_encoder)
+            check_box_map(self.unet, self.box_encoder, self._layout_channels())
             corners, names, mask = pack_boxes(sets, width, height)
             be = self.box_encoder
             r = be.raster(corners.to(dev, be.dtype), self._box_classes(names).to(dev, be.dtype), mask.to(dev, be.dtype),
@@ -280,7 +336,7 @@ class EarthImagePipeline(DiffusionPipeline):
     def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float, objs=None,
              raster=None) -> torch.Tensor:
         """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens,
-        ``raster``: the box map of the window (concatenated to the UNet input)."""
+        ``raster``: the input maps of the window (concatenated to the UNet input, :meth:`input_maps`)."""
         x_in = torch.cat([x, x]) if cfg else x
         x_in = self.scheduler.scale_model_input(x_in, t)
         if raster is not None:
@@ -375,7 +431,8 @@ class EarthImagePipeline(DiffusionPipeline):
             prompt: text (or one per image). ``gsd``: ground sampling distance in metres/pixel.
             metadata: other fields of :data:`earthgen.conditioning.METADATA_FIELDS` (lat, lon, ...).
             layout: class map ``[H, W]`` (ids of :mod:`earthgen.classes`) or a
-                :class:`earthgen.geo.layout.Layout`; gives the ``layout`` and ``roads`` controls.
+                :class:`earthgen.geo.layout.Layout`; gives the ``layout`` and ``roads`` controls
+                and/or the layout map of a model with a ``layout_encoder``.
             controls: more control maps by name, ``[B, C, H, W]``; ``control_scales``: per-name weights.
             boxes: objects to place, an :class:`earthgen.boxes.BoxSet` (pixel corners ``[N, 4, 2]``
                 and class names; horizontal or rotated, any N) or one per prompt / image; needs a
@@ -416,7 +473,7 @@ class EarthImagePipeline(DiffusionPipeline):
         # 1. encode conditions (unconditional branch first: every condition removed)
         box_sets = self.prepare_boxes(boxes, batch, num_images_per_prompt)
         objs = None if tile_size is not None else self._grounding(box_sets, cfg, 0, 0, width, height)
-        raster = self.box_raster(box_sets, cfg, batch, height, width)
+        raster = self.input_maps(box_sets, layout, cfg, batch, height, width)
         text = self.encode_prompt(prompts)
         labels = self.class_labels(gsd, metadata, batch, None)
         maps = self.dense_controls(layout, controls, batch, height, width)

@@ -5,7 +5,8 @@ accumulation, multi-GPU / multi-node through ``accelerate launch``):
 
 - ``image-vae``: the AutoencoderKL (L1 reconstruction + a small KL term);
 - ``image-ldm``: the UNet and the metadata encoder (VAE and text encoder frozen), epsilon
-  prediction, with per-condition dropout (text -> empty prompt, metadata -> null);
+  prediction, with per-condition dropout (text -> empty prompt, metadata -> null, layout map ->
+  zeros for a model with a layout encoder: ``--layout-input concat``);
 - ``image-control``: the fused control branch with the UNet frozen, each control map dropped
   on its own ("dynamic condition adaptation");
 - ``image-boxes``: box-layout conditioning (AeroGen / GLIGEN): the box-token encoder, the UNet's
@@ -53,6 +54,9 @@ IMAGE_SIZES = {
 }
 
 
+LAYOUT_INPUTS = ("control", "concat")
+
+
 @dataclass
 class TrainConfig:
     task: str = "image-ldm"
@@ -79,6 +83,7 @@ class TrainConfig:
     box_raster_dim: int = 0           # image-boxes on a model without boxes: class dims of the dense box map (0 = tokens only)
     box_loss_weight: float = 0.0      # image-boxes: extra loss weight inside boxes (1 + w * covered fraction)
     balance: float = 0.0              # detection data: draw images by their rarest class, count^-balance (0 = uniform)
+    layout_input: str = "control"     # how the layout reaches the UNet: control (branch) | concat (input channels)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -86,6 +91,8 @@ class TrainConfig:
             raise UserInputError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.size not in IMAGE_SIZES:
             raise UserInputError(f"--size must be one of {', '.join(IMAGE_SIZES)}, got {self.size!r}")
+        if self.layout_input not in LAYOUT_INPUTS:
+            raise UserInputError(f"--layout-input must be one of {', '.join(LAYOUT_INPUTS)}, got {self.layout_input!r}")
         if self.box_raster_dim < 0 or self.box_loss_weight < 0 or self.balance < 0:
             raise UserInputError("--box-raster-dim, --box-loss-weight and --balance must be >= 0")
         if self.resolution % 64:
@@ -103,10 +110,11 @@ class TrainConfig:
 
 # --- models ---------------------------------------------------------------------------------------
 
-def fresh_components(size: str = "tiny", boxes: bool = False, raster_dim: int = 0) -> dict:
+def fresh_components(size: str = "tiny", boxes: bool = False, raster_dim: int = 0, layout_input: str = "control") -> dict:
     """New, randomly initialised components sized for CPU tests (tiny) or a first GPU model
     (small); the text encoder is the offline MiniLM (384-d), frozen. ``boxes``: a grounded UNet
-    (gated attention) and a box-token encoder instead of the control branch."""
+    (gated attention) and a box-token encoder instead of the control branch. ``layout_input``
+    "concat": a layout encoder whose map is concatenated to the UNet input, no control branch."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from controls import FusedControlNet
@@ -136,6 +144,25 @@ def fresh_components(size: str = "tiny", boxes: bool = False, raster_dim: int = 
     if boxes:
         add_box_conditioning(comps, hidden_dim=256 if size == "tiny" else 512, raster_dim=raster_dim)
         comps["controlnet"] = None
+    if layout_input == "concat":
+        add_layout_input(comps)
+        comps["controlnet"] = None
+    return comps
+
+
+def add_layout_input(comps: dict) -> dict:
+    """Give pipeline components a layout map at the UNet input (in place): a
+    :class:`earthgen.conditioning.dense.LayoutMapEncoder` and a UNet whose ``conv_in`` takes its
+    channels after the existing ones, zero-initialised (:func:`controls.widen_input`), so the
+    output is unchanged until trained. A model that already has a layout encoder is left as it is;
+    a control branch, if any, is kept."""
+    from controls import widen_input
+    from earthgen.conditioning.dense import LayoutMapEncoder
+
+    if comps.get("layout_encoder") is None:
+        enc = LayoutMapEncoder()
+        comps["unet"] = widen_input(comps["unet"], enc.channels)
+        comps["layout_encoder"] = enc
     return comps
 
 
@@ -148,7 +175,11 @@ def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0
     from controls.boxes import GroundedUNet2DConditionModel
     from earthgen.conditioning.boxes import BoxTokenEncoder, check_box_map
 
+    lay = comps.get("layout_encoder")
     if not isinstance(comps["unet"], GroundedUNet2DConditionModel):
+        if lay is not None:  # the box map goes before the layout map: ground first, then add the layout
+            raise UserInputError("this model takes a layout map at its input; add box conditioning to a model "
+                                 "without one, then the layout input (--layout-input concat)")
         comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"], 1 + raster_dim if raster_dim else 0)
         if comps.get("box_encoder") is not None and comps["box_encoder"].config.raster_dim != raster_dim:
             comps["box_encoder"] = None
@@ -156,18 +187,23 @@ def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0
         comps["box_encoder"] = BoxTokenEncoder(text_dim=int(comps["text_encoder"].config.hidden_size),
                                                out_dim=int(comps["unet"].config.cross_attention_dim),
                                                hidden_dim=hidden_dim, raster_dim=max(comps["unet"].raster_channels - 1, 0))
-    check_box_map(comps["unet"], comps["box_encoder"])
+    check_box_map(comps["unet"], comps["box_encoder"], 0 if lay is None else lay.channels)
     return comps
 
 
 def load_components(cfg: TrainConfig) -> dict:
     boxes = cfg.task == "image-boxes"
     if cfg.model is None:
-        return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes, raster_dim=cfg.box_raster_dim)
+        return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes, raster_dim=cfg.box_raster_dim,
+                                layout_input=cfg.layout_input)
     from earthgen.pipelines.image import load_pipeline
 
     comps = dict(load_pipeline(cfg.model).components)
-    return add_box_conditioning(comps, raster_dim=cfg.box_raster_dim) if boxes else comps
+    if boxes:
+        add_box_conditioning(comps, raster_dim=cfg.box_raster_dim)
+    if cfg.layout_input == "concat":
+        add_layout_input(comps)
+    return comps
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -302,9 +338,12 @@ def train(cfg: TrainConfig) -> dict:
     comps = load_components(cfg)
     vae, unet, text, tok = comps["vae"], comps["unet"], comps["text_encoder"], comps["tokenizer"]
     meta, control, sched = comps.get("metadata_encoder"), comps.get("controlnet"), comps["scheduler"]
-    box_enc = comps.get("box_encoder")
+    box_enc, lay_enc = comps.get("box_encoder"), comps.get("layout_encoder")
     if cfg.task == "image-control" and control is None:
         raise UserInputError("the model has no control branch to train")
+    if cfg.task == "image-control" and lay_enc is not None:
+        raise UserInputError("this model takes its layout at the UNet input (a layout encoder): train it with "
+                             "image-ldm, not image-control")
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(sched.config)
@@ -342,7 +381,7 @@ def train(cfg: TrainConfig) -> dict:
     ema = EMAModel([p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay)
     acc.register_for_checkpointing(ema)
     device = acc.device
-    for m in (vae, unet, text, meta, control, box_enc):
+    for m in (vae, unet, text, meta, control, box_enc, lay_enc):
         if m is not None:
             m.to(device)
     if cfg.data == "world":
@@ -422,6 +461,11 @@ def train(cfg: TrainConfig) -> dict:
                         if cfg.box_loss_weight > 0:
                             cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(1, keepdim=True)
                             weight = 1.0 + cfg.box_loss_weight * cover.clamp(max=1.0)  # every box, dropped or not
+                    if lay_enc is not None and cfg.task in ("image-ldm", "image-boxes"):  # after the box map
+                        ldrop = (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2]
+                        f = 2 ** (len(vae.config.block_out_channels) - 1)
+                        lmap = lay_enc(batch["semantic"], b, f, drop=ldrop, size=tuple(x.shape[-2:]))
+                        zt = torch.cat([zt, lmap.to(device, zt.dtype)], dim=1)
                     if cfg.task == "image-control":
                         sem = batch["semantic"]
                         if sem is None:
@@ -456,7 +500,8 @@ def train(cfg: TrainConfig) -> dict:
         # the final model holds the EMA weights (one flat parameter list over the trained modules)
         ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
         pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sched, text_encoder=text, tokenizer=tok,
-                                  metadata_encoder=meta, controlnet=control, box_encoder=box_enc)
+                                  metadata_encoder=meta, controlnet=control, box_encoder=box_enc,
+                                  layout_encoder=lay_enc)
         save_model_atomic(pipe, out / "pipeline")
         summary["pipeline"] = str(out / "pipeline")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
