@@ -269,3 +269,20 @@ def test_balanced_sampling_shows_rare_classes_more_often(tmp_path):
     assert 0.04 < rare_fraction(0.0) < 0.2            # uniform: 1 image in 10
     assert rare_fraction(1.0) > 0.75                   # weights 1/1 vs 1/45 per image: 45 / 54 = 0.83
     assert DetectionSamples(items, balance=1.0).weights.sum() == pytest.approx(1.0)
+
+
+def test_scarcity_levels_nest():
+    """``make_scarce`` keeps the first ``keep`` rare images of one seeded permutation, so a larger
+    ``keep`` is a superset of a smaller one (a generator trained on the keep-4 split may be
+    fine-tuned on the keep-12 split without seeing an image outside it), and images without the
+    rare class are always kept."""
+    from earthgen.augment.world import make_scarce
+
+    items = _items(n=60, rare_every=3)  # 20 images hold a "tank"
+    names = {k: [str(it.image) for it in make_scarce(items, "tank", k, seed=0)] for k in (0, 4, 12, 100)}
+    rare = lambda ns: {n for n in ns if "tank" in next(it for it in items if str(it.image) == n).boxes.labels}  # noqa: E731
+    assert [len(rare(names[k])) for k in (0, 4, 12, 100)] == [0, 4, 12, 20]
+    assert rare(names[4]) < rare(names[12]) < rare(names[100])
+    assert set(names[0]) <= set(names[4]) and len(names[0]) == 40
+    assert names[4] == [n for n in names[12] if n in set(names[4])]  # order preserved
+    assert [str(it.image) for it in make_scarce(items, "tank", 4, seed=1)] != names[4]

@@ -40,6 +40,33 @@ def test_test_run_writes_a_loadable_pipeline_and_the_loss_falls(ldm_run):
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
 
 
+def test_trained_pipeline_samples_with_dpm_solver_on_the_training_schedule(ldm_run, tmp_path):
+    """A DDPM training schedule is saved as DPM-Solver++ on the same betas (DDPM's ancestral
+    sampler blurs images at 20 steps); training can start again from the saved pipeline, its
+    noise schedule unchanged."""
+    import torch
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    from earthgen.pipelines.image import EarthImagePipeline, sampling_scheduler
+    from earthgen.training.image import fresh_components
+
+    pipe = EarthImagePipeline.from_pretrained(ldm_run / "pipeline")
+    assert type(pipe.scheduler) is DPMSolverMultistepScheduler
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    ddpm = fresh_components("tiny")["scheduler"]
+    assert type(ddpm) is DDPMScheduler
+    again = DDPMScheduler.from_config(pipe.scheduler.config)  # what the trainer noises with
+    assert torch.equal(again.alphas_cumprod, ddpm.alphas_cumprod)
+    assert again.config.prediction_type == ddpm.config.prediction_type
+    assert sampling_scheduler(pipe.scheduler) is pipe.scheduler  # others are left as they are
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = ddpm  # an older trained pipeline: few DDPM steps are warned about
+    with pytest.warns(UserWarning, match="sampling_scheduler"):
+        pipe("forest", num_inference_steps=2, output_type="np")
+    s = train(TrainConfig(model=str(ldm_run / "pipeline"), out=str(tmp_path / "c"), test_run=True, steps=2))
+    assert s["steps"] == 2
+
+
 def test_resume_continues_exactly(tmp_path):
     common = {"task": "image-control", "test_run": True, "save_every": 3, "seed": 4}
     train(TrainConfig(out=str(tmp_path / "a"), steps=6, **common))

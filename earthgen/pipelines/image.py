@@ -330,6 +330,12 @@ class EarthImagePipeline(DiffusionPipeline):
             raise UserInputError("inpainting needs the image to edit (image=...) as well as the mask")
         if tile_size is not None and (tile_size <= 0 or not 0 <= overlap < tile_size):
             raise UserInputError(f"need tile_size > overlap >= 0 (latent pixels), got {tile_size}, {overlap}")
+        if steps < 100 and type(self.scheduler).__name__ == "DDPMScheduler":
+            import warnings
+
+            warnings.warn(f"sampling with DDPM in {steps} steps blurs images towards the mean; set "
+                          "pipe.scheduler = earthgen.pipelines.image.sampling_scheduler(pipe.scheduler) "
+                          "(DPM-Solver++ on the same noise schedule)", UserWarning, stacklevel=3)
 
     # --- sampling ------------------------------------------------------------------------------
 
@@ -562,6 +568,18 @@ class EarthImagePipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return EarthImageOutput(images=images)
+
+
+def sampling_scheduler(scheduler):
+    """The scheduler a trained pipeline is saved with: DPM-Solver++ on the same noise schedule
+    (betas, timesteps, prediction type) for a DDPM training scheduler, whose ancestral sampling
+    needs hundreds of steps (at 20 steps its images are blurred towards the mean); any other
+    scheduler is returned unchanged. Schedulers hold no weights, so this changes sampling only."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    if type(scheduler) is DDPMScheduler:
+        return DPMSolverMultistepScheduler.from_config(scheduler.config)
+    return scheduler
 
 
 def load_pipeline(name: str) -> EarthImagePipeline:

@@ -495,11 +495,12 @@ def train(cfg: TrainConfig) -> dict:
     acc.wait_for_everyone()
     summary = run_summary(cfg, start, rows, t0)
     if acc.is_main_process:
-        from earthgen.pipelines.image import EarthImagePipeline
+        from earthgen.pipelines.image import EarthImagePipeline, sampling_scheduler
 
-        # the final model holds the EMA weights (one flat parameter list over the trained modules)
+        # the final model holds the EMA weights (one flat parameter list over the trained modules);
+        # it samples with DPM-Solver++ on the training noise schedule (DDPM needs hundreds of steps)
         ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
-        pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sched, text_encoder=text, tokenizer=tok,
+        pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sampling_scheduler(sched), text_encoder=text, tokenizer=tok,
                                   metadata_encoder=meta, controlnet=control, box_encoder=box_enc,
                                   layout_encoder=lay_enc)
         save_model_atomic(pipe, out / "pipeline")
