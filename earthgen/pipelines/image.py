@@ -29,6 +29,7 @@ area and time grows linearly with it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 from diffusers.utils import BaseOutput
 
 # Imported so that from_pretrained can rebuild these saved components in a fresh process
@@ -330,9 +331,7 @@ class EarthImagePipeline(DiffusionPipeline):
             raise UserInputError("inpainting needs the image to edit (image=...) as well as the mask")
         if tile_size is not None and (tile_size <= 0 or not 0 <= overlap < tile_size):
             raise UserInputError(f"need tile_size > overlap >= 0 (latent pixels), got {tile_size}, {overlap}")
-        if steps < 100 and type(self.scheduler).__name__ == "DDPMScheduler":
-            import warnings
-
+        if steps < 100 and type(self.scheduler) is DDPMScheduler:
             warnings.warn(f"sampling with DDPM in {steps} steps blurs images towards the mean; set "
                           "pipe.scheduler = earthgen.pipelines.image.sampling_scheduler(pipe.scheduler) "
                           "(DPM-Solver++ on the same noise schedule)", UserWarning, stacklevel=3)
@@ -575,8 +574,6 @@ def sampling_scheduler(scheduler):
     (betas, timesteps, prediction type) for a DDPM training scheduler, whose ancestral sampling
     needs hundreds of steps (at 20 steps its images are blurred towards the mean); any other
     scheduler is returned unchanged. Schedulers hold no weights, so this changes sampling only."""
-    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
-
     if type(scheduler) is DDPMScheduler:
         return DPMSolverMultistepScheduler.from_config(scheduler.config)
     return scheduler

@@ -500,8 +500,8 @@ def train(cfg: TrainConfig) -> dict:
         # the final model holds the EMA weights (one flat parameter list over the trained modules);
         # it samples with DPM-Solver++ on the training noise schedule (DDPM needs hundreds of steps)
         ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
-        pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sampling_scheduler(sched), text_encoder=text, tokenizer=tok,
-                                  metadata_encoder=meta, controlnet=control, box_encoder=box_enc,
+        pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sampling_scheduler(sched), text_encoder=text,
+                                  tokenizer=tok, metadata_encoder=meta, controlnet=control, box_encoder=box_enc,
                                   layout_encoder=lay_enc)
         save_model_atomic(pipe, out / "pipeline")
         summary["pipeline"] = str(out / "pipeline")
