@@ -62,6 +62,36 @@ def test_layouts_are_deterministic_inside_and_rebalanced():
         sample_layouts(items, 2, config=LayoutConfig(jitter=-1))
 
 
+def test_upright_classes_stay_axis_aligned_in_rotated_layouts():
+    """Round objects labelled with upright squares (storage tanks) are moved and scaled but never
+    turned, by jitter or copy-paste; other classes of a rotated dataset still are."""
+    from earthgen.augment.layouts import rotation_rules
+    from earthgen.data._common import boxes_axis_aligned
+
+    items = _items(n=12, rare_every=3)
+    for it in items:  # make every tank box an upright square around its centre
+        tank = [j for j, lab in enumerate(it.boxes.labels) if lab == "tank"]
+        for j in tank:
+            cx, cy = it.boxes.corners[j].reshape(4, 2).mean(0)
+            it.boxes.corners[j] = hbb_to_corners(np.array([[cx - 5, cy - 5, cx + 5, cy + 5]]))[0].reshape(
+                it.boxes.corners[j].shape)
+    rotated, upright = rotation_rules(items)
+    assert rotated and upright == {"tank"}
+    lays = sample_layouts(items, 60, seed=1, config=LayoutConfig(copy_paste=3, angle_jitter_deg=30))
+    tanks = np.concatenate([lay.boxes.corners.reshape(-1, 4, 2)[np.array(lay.boxes.labels) == "tank"] for lay in lays])
+    cars = np.concatenate([lay.boxes.corners.reshape(-1, 4, 2)[np.array(lay.boxes.labels) == "car"] for lay in lays])
+    assert len(tanks) > 30 and boxes_axis_aligned(tanks).all()
+    side = np.linalg.norm(tanks[:, 1] - tanks[:, 0], axis=1)
+    assert side.std() > 0.1  # jitter still rescales them
+    assert not boxes_axis_aligned(cars).any()
+    # turning them anyway, on request; an unknown class is a user error
+    turned = sample_layouts(items, 60, seed=1, config=LayoutConfig(copy_paste=3, angle_jitter_deg=30, upright=[]))
+    t2 = np.concatenate([lay.boxes.corners.reshape(-1, 4, 2)[np.array(lay.boxes.labels) == "tank"] for lay in turned])
+    assert not boxes_axis_aligned(t2).all()
+    with pytest.raises(UserInputError, match="upright classes not in the dataset: tnk"):
+        sample_layouts(items, 2, config=LayoutConfig(upright=["tnk"]))
+
+
 def test_filter_keeps_and_rejects_constructed_cases():
     req = BoxSet(hbb_to_corners(np.array([[0, 0, 10, 10], [20, 20, 40, 30]])), ["car", "tank"])
     perfect = BoxSet(req.corners, ["car", "tank"], scores=np.array([0.9, 0.8]))
@@ -141,6 +171,52 @@ def test_augment_end_to_end(tmp_path, world_dataset, augmented):
                           np.asarray(Image.open(tmp_path / "again" / "images" / name)))
 
 
+def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, box_pipe_dir):
+    """--inpaint: the source image, turned as its layout was, outside the repainted latent cells of
+    the pasted boxes; the real boxes unmoved; only the pasted area changes."""
+    from PIL import Image
+
+    from earthgen.augment import AugmentConfig, read_manifest
+    from earthgen.augment.core import _cells, _paste_mask, _turned_source
+    from earthgen.augment.layouts import sample_layouts
+    from earthgen.pipelines.image import load_pipeline
+
+    pipe = load_pipeline(str(box_pipe_dir))
+    pipe.set_progress_bar_config(disable=True)
+    cfg = AugmentConfig(n=4, steps=2, seed=2, filter=False, inpaint=True)
+    augment_dataset(world_dataset, tmp_path / "a", pipe, cfg, progress=False)
+    m = read_manifest(tmp_path / "a")
+    assert m["summary"]["config"]["inpaint"] and m["summary"]["layout_config"]["jitter"] == 0.0
+    real = read_detection_dataset(world_dataset)
+    lays = sample_layouts(real, 4, 2, LayoutConfig(jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0))
+    by_name = {it.image.name: it for it in read_detection_dataset(tmp_path / "a")}
+    f = pipe.vae_scale_factor
+    changed = 0
+    for rec, lay in zip(m["synthetic"], lays, strict=True):
+        assert rec["source_image"] == real[lay.source].image.name and rec["ops"] == lay.ops
+        src = _turned_source(real[lay.source].image, lay)
+        gen = np.asarray(Image.open(tmp_path / "a" / "images" / rec["image"]).convert("RGB"))
+        cells = _cells(_paste_mask(lay, cfg.inpaint_margin), f)
+        assert np.array_equal(gen[~cells], src[~cells])  # real pixels, exactly
+        changed += int(np.abs(gen[cells].astype(int) - src[cells]).sum() > 0)
+        n_real = len(real[lay.source].boxes)
+        got = by_name[rec["image"]].boxes.corners.reshape(-1, 4, 2)
+        np.testing.assert_allclose(got[:n_real], lay.boxes.corners.reshape(-1, 4, 2)[:n_real], atol=1e-3)
+    assert changed >= 1
+    # the image turns as the boxes do: a lit pixel lands where its box corners went
+    from earthgen.augment.layouts import Layout, _turn
+
+    img = np.zeros((6, 6, 3), np.uint8)
+    img[0, 1] = 255  # row 0, column 1: the pixel square (1, 0)-(2, 1)
+    Image.fromarray(img).save(tmp_path / "dot.png")
+    square = np.array([[[1.0, 0.0], [2.0, 0.0], [2.0, 1.0], [1.0, 1.0]]])
+    for k, mirror in ((1, False), (1, True), (2, False), (3, True), (0, True)):
+        op = f"turn{90 * k}" + ("+mirror" if mirror else "")
+        turned = _turned_source(tmp_path / "dot.png", Layout((6, 6), BoxSet(square, ["x"]), 0, 0, [op]))
+        x0, y0 = _turn(square, 6, 6, k, mirror)[0].min(0).astype(int)
+        assert turned[y0, x0, 0] == 255 and turned[..., 0].sum() == 255, op
+
+
 @pytest.mark.filterwarnings("ignore:.*rotated boxes written as their enclosing")
 @pytest.mark.parametrize("fmt", ["dota", "coco", "yolo-obb", "yolo"])
 def test_augmented_labels_round_trip(tmp_path, augmented, fmt):
@@ -175,6 +251,39 @@ def test_eval_augment_runs_on_tiny_data(tmp_path, world_dataset):
     r2 = evaluate_augmentation(world_dataset, world_dataset, world_dataset, progress=False,
                                real_detector=tmp_path / "det" / "detector-real")
     assert r2["steps"] == 2 and r2["real"]["rotated"]["mAP"] == r["real"]["rotated"]["mAP"]
+
+
+def test_eval_augment_over_seeds_aggregates_the_runs(tmp_path, world_dataset, capsys):
+    from earthgen.augment.evaluate import (
+        evaluate_augmentation,
+        evaluate_augmentation_seeds,
+        format_table,
+    )
+    from earthgen.cli import main
+
+    kw = dict(steps=2, batch_size=2, crop=64, width=8, progress=False)
+    agg = evaluate_augmentation_seeds(world_dataset, world_dataset, world_dataset, seeds=[0, 1], out=tmp_path / "d", **kw)
+    assert agg["seeds"] == [0, 1] and len(agg["runs"]) == 2
+    one = evaluate_augmentation(world_dataset, world_dataset, world_dataset, seed=1, **kw)
+    assert one["real"]["rotated"]["mAP"] == agg["runs"][1]["real"]["rotated"]["mAP"]  # each run is the single one
+    for part in ("real", "augmented", "gain"):
+        vals = [r[part]["rotated"]["mAP"] for r in agg["runs"]]
+        assert agg["mean"][part]["rotated"]["mAP"] == pytest.approx(np.mean(vals), nan_ok=True)
+        assert agg["std"][part]["rotated"]["mAP"] == pytest.approx(np.std(vals), nan_ok=True)
+    c = agg["classes"][0]
+    assert agg["rises"]["rotated"][c] == sum(r["gain"]["rotated"]["AP"][c] > 0 for r in agg["runs"])
+    assert "2 detector seeds [0, 1]" in format_table(agg)
+    # baselines given as trained detectors: their seeds are read back; repeated seeds are refused
+    again = evaluate_augmentation_seeds(world_dataset, world_dataset, world_dataset, progress=False,
+                                        real_detectors=[tmp_path / "d" / f"seed{s}" / "detector-real" for s in (0, 1)])
+    assert again["seeds"] == [0, 1]
+    assert again["mean"]["real"]["rotated"]["mAP"] == pytest.approx(agg["mean"]["real"]["rotated"]["mAP"], nan_ok=True)
+    args = ["eval", "augment", "--real", str(world_dataset), "--augmented", str(world_dataset), "--test", str(world_dataset)]
+    assert main([*args, "--seed", "0", "0"]) == 2
+    assert "repeats" in capsys.readouterr().err
+    det0 = str(tmp_path / "d" / "seed0" / "detector-real")
+    assert main([*args, "--real-detector", det0, det0]) == 2
+    assert "repeat seeds" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, world_dataset, capsys):

@@ -89,6 +89,21 @@ def test_pipeline_layout_input_zero_init_then_effect(lpipe):
             w[:, 4:] = old
 
 
+def test_control_branch_kept_beside_the_layout_input():
+    """A model with a control branch fine-tuned with the layout at the UNet input
+    (``train image-ldm --layout-input concat`` from the packaged model): the branch still sees
+    the latents only, the UNet sees latents + layout map; zero new columns = the old model."""
+    comps = get_dummy_components(control=True)
+    before = EarthImagePipeline(**comps)
+    before.set_progress_bar_config(disable=True)
+    ref = run(before, layout=layout())
+    wide = EarthImagePipeline(**add_layout_input(dict(comps)))
+    wide.set_progress_bar_config(disable=True)
+    assert wide.controlnet is not None and wide.unet.config.in_channels == 4 + NUM_CLASSES
+    assert wide.controlnet.controlnet.config.in_channels == 4
+    np.testing.assert_allclose(run(wide, layout=layout()), ref, atol=1e-6)
+
+
 def test_cfg_unconditional_branch_gets_a_zero_layout(lpipe):
     seen = []
     hook = lpipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 4:].clone()))
@@ -145,3 +160,9 @@ def test_train_layout_concat(tmp_path):
         train(TrainConfig(task="image-control", model=s["pipeline"], out=str(tmp_path / "c"), test_run=True, steps=2))
     with pytest.raises(UserInputError, match="--layout-input"):
         TrainConfig(layout_input="side").validate()
+    with pytest.raises(UserInputError, match="--layout-dropout"):
+        TrainConfig(layout_dropout=1.0).validate()
+    # the layout's own dropout: a map (almost) always dropped leaves its input columns untouched
+    s2 = train(TrainConfig(task="image-ldm", out=str(tmp_path / "d"), test_run=True, steps=4, layout_input="concat",
+                           layout_dropout=0.999, log_every=100))
+    assert float(load_pipeline(s2["pipeline"]).unet.conv_in.weight[:, 4:].abs().max()) == 0.0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from earthgen.augment.filter import filter_generated
-from earthgen.augment.layouts import LayoutConfig, sample_layouts
+from earthgen.augment.layouts import LayoutConfig, rotation_rules, sample_layouts
 from earthgen.data import (
     DetectionItem,
     detect_format,
@@ -50,6 +50,8 @@ class AugmentConfig:
     detector: str | None = None       # a trained BoxNet folder; None = train one on the real data
     detector_steps: int = 1500
     detector_crop: int = 128
+    inpaint: bool = False             # keep the real source image; paint only the pasted objects
+    inpaint_margin: float = 0.4       # repainted area around a pasted box, fraction of its size (shadows)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
 
     def validate(self) -> None:
@@ -57,6 +59,8 @@ class AugmentConfig:
             raise UserInputError("--n, --steps, --batch-size and --detector-steps must be > 0")
         if self.guidance_scale < 0:
             raise UserInputError(f"--guidance must be >= 0, got {self.guidance_scale}")
+        if not 0 <= self.inpaint_margin <= 2:
+            raise UserInputError(f"--inpaint-margin must be in [0, 2], got {self.inpaint_margin}")
         self.layout.validate()
 
 
@@ -65,6 +69,45 @@ def _check_out(out: Path, src: Path) -> None:
         raise UserInputError(f"output {out} exists and is not an empty folder; choose a new one")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise UserInputError(f"output {out} must not be inside the input dataset {src}")
+
+
+def _turned_source(path: Path, lay) -> np.ndarray:
+    """The layout's source image ``[H, W, 3]`` uint8, turned and mirrored as its boxes were."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(path).convert("RGB"))
+    for op in lay.ops:
+        if op.startswith("turn"):
+            k = int(op[4:].split("+")[0]) // 90
+            if "+mirror" in op:
+                a = a[:, ::-1]
+            a = np.rot90(a, -k)  # clockwise on screen, as earthgen.augment.layouts._turn
+    return np.ascontiguousarray(a)
+
+
+def _paste_mask(lay, margin: float) -> np.ndarray:
+    """``[H, W]`` bool: the pasted boxes of ``lay`` (its last ``paste<n>`` boxes), each grown by
+    ``margin`` of its size around its centre."""
+    from PIL import Image, ImageDraw
+
+    w, h = lay.size
+    n = next((int(op[5:]) for op in lay.ops if op.startswith("paste")), 0)
+    im = Image.new("L", (w, h), 0)
+    if n:
+        d = ImageDraw.Draw(im)
+        c = np.asarray(lay.boxes.corners, dtype=np.float64).reshape(-1, 4, 2)[-n:]
+        centre = c.mean(1, keepdims=True)
+        for poly in centre + (c - centre) * (1.0 + margin):
+            d.polygon([tuple(p) for p in poly], fill=1)
+    return np.asarray(im) > 0
+
+
+def _cells(mask: np.ndarray, f: int) -> np.ndarray:
+    """``[H, W]`` bool: the pixels of every ``f x f`` latent cell that holds a masked pixel (what
+    the pipeline repaints)."""
+    h, w = mask.shape
+    c = mask.reshape(h // f, f, w // f, f).any(axis=(1, 3))
+    return np.repeat(np.repeat(c, f, 0), f, 1)
 
 
 def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_format: str | None = None,
@@ -95,6 +138,10 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
     classes = list(dict.fromkeys(c for it in items for c in (it.boxes.extra.get("classes") or [])))
     classes = [c for c in classes if any(c in it.boxes.labels for it in items)] or \
         sorted({lab for it in items for lab in it.boxes.labels})
+    if cfg.inpaint:  # the real objects stay where they are: their boxes must not move
+        from dataclasses import replace
+
+        cfg = replace(cfg, layout=replace(cfg.layout, jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0))
     layouts = sample_layouts(items, cfg.n, cfg.seed, cfg.layout, classes)
     f = max(pipe.vae_scale_factor, getattr(pipe.controlnet, "downscale", 1) if pipe.controlnet is not None else 1)
 
@@ -112,11 +159,23 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
                 w, h = lay.size
                 gw, gh = -(-w // f) * f, -(-h // f) * f  # generate at a multiple of the model's factor
                 gsd = lay.boxes.extra.get("gsd")
+                edit = {}
+                if cfg.inpaint:
+                    src_rgb = _turned_source(items[lay.source].image, lay)          # [h, w, 3] uint8
+                    paint = _paste_mask(lay, cfg.inpaint_margin)                   # [h, w] bool
+                    ref = np.zeros((gh, gw, 3), np.float32)
+                    ref[:h, :w] = src_rgb / 255.0
+                    m = np.zeros((gh, gw), np.float32)
+                    m[:h, :w] = paint
+                    edit = {"image": ref, "mask": m}
                 img = pipe(detection_caption(lay.boxes.labels), boxes=lay.boxes, gsd=gsd, height=gh, width=gw,
                            num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                            tile_size=max(gw, gh) // pipe.vae_scale_factor,  # whole image at once
-                           generator=torch.Generator().manual_seed(lay.seed), output_type="np").images[0]
+                           generator=torch.Generator().manual_seed(lay.seed), output_type="np", **edit).images[0]
                 arr = np.clip(np.rint(img[:h, :w] * 255), 0, 255).astype(np.uint8)
+                if cfg.inpaint:  # real pixels outside the repainted latent cells, exactly
+                    cells = _cells(m, pipe.vae_scale_factor)[:h, :w]
+                    arr = np.where(cells[..., None], arr, src_rgb)
                 images.append(arr)
                 name = f"synthetic_{cfg.seed}_{len(names):05d}.png"
                 from PIL import Image
@@ -165,6 +224,7 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
                    "detector": str(det_dir) if det_dir else None},
         "classes": classes, "config": {k: v for k, v in asdict(cfg).items() if k != "layout"},
         "layout_config": asdict(cfg.layout),
+        "upright_classes": sorted(rotation_rules([it for it in items if it[1] is not None], cfg.layout)[1]),
     }
     manifest = {
         "summary": summary,

@@ -3,6 +3,7 @@ synthetic data, evaluated on a held-out real split (VOC mAP@0.5, rotated and hor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
         if name == "real" and real_detector is not None:
             model = base
         else:
-                model = train_detector(its, classes, steps=steps, batch_size=batch_size, crop=crop, width=width,
+            model = train_detector(its, classes, steps=steps, batch_size=batch_size, crop=crop, width=width,
                                    rotated=rotated, seed=seed, progress=progress,
                                    out=None if out is None else Path(out) / f"detector-{name}")
         r = {}
@@ -81,8 +82,57 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
     return result
 
 
+def evaluate_augmentation_seeds(real, augmented, test, seeds: Sequence[int] = (0, 1, 2),
+                                real_detectors: Sequence[str | Path] | None = None,
+                                out: str | Path | None = None, **kw) -> dict:
+    """:func:`evaluate_augmentation` once per detector seed (detector training varies a lot from seed
+    to seed on small data: one class's AP can move by 0.2), aggregated: ``runs`` (one result per
+    seed), ``mean`` and ``std`` (over seeds) of ``real``, ``augmented`` and ``gain``, and
+    ``rises`` (per class: in how many seeds the AP rose). ``real_detectors``: one trained baseline
+    per run (their own seeds are used; ``seeds`` is then ignored). Detectors of run ``i`` go to
+    ``out/seed<seed>``."""
+    import json
+
+    if real_detectors is not None:
+        runs_in = []
+        for d in real_detectors:
+            tj = Path(d) / "train.json"
+            if not tj.is_file():
+                raise UserInputError(f"{d} has no train.json (not a detector folder written by train_detector)")
+            runs_in.append((int(json.loads(tj.read_text())["seed"]), d))
+    else:
+        runs_in = [(int(sd), None) for sd in seeds]
+    if not runs_in:
+        raise UserInputError("no seeds to evaluate")
+    seeds_used = [sd for sd, _ in runs_in]
+    if len(set(seeds_used)) < len(seeds_used):
+        raise UserInputError(f"the runs repeat seeds {seeds_used}; each run needs its own detector seed")
+    runs = [evaluate_augmentation(real, augmented, test, seed=sd, real_detector=det,
+                                  out=None if out is None else Path(out) / f"seed{sd}", **kw)
+            for sd, det in runs_in]
+    agg: dict = {"classes": runs[0]["classes"], "rotated_detector": runs[0]["rotated_detector"],
+                 "steps": runs[0]["steps"], "seeds": seeds_used, "sizes": runs[0]["sizes"], "runs": runs}
+    for stat, fn in (("mean", np.mean), ("std", np.std)):
+        agg[stat] = {part: {geo: {"mAP": float(fn([_get(r, part, geo) for r in runs])),
+                                  "AP": {c: float(fn([_get(r, part, geo, c) for r in runs])) for c in agg["classes"]}}
+                            for geo in runs[0][part]}
+                     for part in ("real", "augmented", "gain")}
+    agg["rises"] = {geo: {c: int(sum(r["gain"][geo]["AP"][c] > 0 for r in runs)) for c in agg["classes"]}
+                    for geo in runs[0]["gain"]}
+    return agg
+
+
+def _get(result: dict, part: str, geo: str, cls: str | None = None) -> float:
+    """mAP (``cls`` None) or one class's AP of ``result[part][geo]``."""
+    d = result[part][geo]
+    return d["mAP"] if cls is None else d["AP"][cls]
+
+
 def format_table(result: dict) -> str:
-    """A plain-text table of :func:`evaluate_augmentation`'s result."""
+    """A plain-text table of :func:`evaluate_augmentation`'s (or, with mean +- std over seeds,
+    :func:`evaluate_augmentation_seeds`') result."""
+    if "runs" in result:
+        return _format_seeds(result)
     lines = []
     for geo in result["real"]:
         lines.append(f"AP@{0.5:.1f} ({geo} IoU)      real    real+syn   gain")
@@ -90,4 +140,19 @@ def format_table(result: dict) -> str:
         rows += [(c, result["real"][geo]["AP"][c], result["augmented"][geo]["AP"][c]) for c in result["classes"]]
         for name, a, b in rows:
             lines.append(f"  {name:<22}{a:8.3f} {b:9.3f} {b - a:+7.3f}")
+    return "\n".join(lines)
+
+
+def _format_seeds(result: dict) -> str:
+    m, sd, n = result["mean"], result["std"], len(result["runs"])
+    lines = [f"{n} detector seeds {result['seeds']}: mean +- std; rises = seeds where the AP rose"]
+    for geo in m["real"]:
+        lines.append(f"AP@{0.5:.1f} ({geo} IoU)        real            real+syn        gain       rises")
+        for c in [None, *result["classes"]]:
+            rises = "" if c is None else f"{result['rises'][geo][c]}/{n}"
+            cells = [f"{_get(m, part, geo, c):+7.3f}" if part == "gain" else f"{_get(m, part, geo, c):6.3f}"
+                     for part in ("real", "augmented", "gain")]
+            spread = [f"{_get(sd, part, geo, c):5.3f}" for part in ("real", "augmented", "gain")]
+            lines.append(f"  {c or 'mAP':<20}" + " ".join(f"{a} +- {b}" for a, b in zip(cells, spread, strict=True))
+                         + f" {rises:>5}")
     return "\n".join(lines)

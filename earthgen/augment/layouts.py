@@ -10,6 +10,11 @@ holding rare classes) and is changed by, in order:
   ``count ** -rebalance``), placed at random free spots (no overlap with the boxes already
   there), turned to a random angle for rotated datasets.
 
+*Upright* classes are never turned by jitter or copy-paste: by default, in a rotated dataset,
+the classes whose every box is axis-aligned (round objects such as storage tanks are labelled
+with upright squares; a turned square would teach a detector angles that no real label has).
+Whole-layout 90° turns and mirrors keep such boxes axis-aligned.
+
 Boxes stay inside the image; pasted boxes never overlap the others. Layouts are pure functions of
 ``(seed, index)``, recorded in the manifest so every synthetic image can be regenerated.
 """
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from earthgen.boxes import BoxSet, box_iou, corners_to_obb, obb_to_corners
+from earthgen.data._common import boxes_axis_aligned, is_axis_aligned
 from earthgen.errors import UserInputError
 
 
@@ -38,6 +44,7 @@ class LayoutConfig:
     copy_paste: int = 3             # boxes pasted per layout (at most; 0 = off)
     rebalance: float = 1.0          # class weights count ** -rebalance (0 = natural frequencies)
     rotated: bool | None = None     # None: True when the dataset has rotated boxes
+    upright: Sequence[str] | None = None  # classes never turned; None: those always axis-aligned
 
     def validate(self) -> None:
         for name in ("jitter", "scale_jitter", "angle_jitter_deg", "rebalance"):
@@ -103,8 +110,11 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
         counts = Counter({c: counts.get(c, 0) for c in classes})
     if not sum(counts.values()):
         raise UserInputError("the dataset has no boxes to sample layouts from")
-    rotated = cfg.rotated if cfg.rotated is not None else any(getattr(it[2], "rotated", True) and len(it[2])
-                                                              and not _axis_aligned(it[2].corners) for it in items)
+    rotated, upright = rotation_rules(items, cfg)
+    unknown = sorted(upright - set(counts))
+    if unknown:
+        raise UserInputError(f"upright classes not in the dataset: {', '.join(unknown)}; "
+                             f"classes: {', '.join(sorted(counts))}")
     cw = class_weights(counts, cfg.rebalance)
     src_w = image_weights([it[2].labels for it in items], cw)  # source images: by their rarest class
     # the pool of instances to paste: (item index, box index) by class
@@ -137,8 +147,12 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
             moved[:, :2] += rng.normal(0, cfg.jitter, (len(obb), 2)) * size[:, None]
             moved[:, 2:4] *= np.exp(rng.normal(0, cfg.scale_jitter, (len(obb), 1)))
             if rotated:
-                moved[:, 4] += np.deg2rad(rng.normal(0, cfg.angle_jitter_deg, len(obb)))
+                turnable = np.array([lab not in upright for lab in labels])
+                moved[:, 4] += np.deg2rad(rng.normal(0, cfg.angle_jitter_deg, len(obb))) * turnable
             new = obb_to_corners(moved)
+            if upright:  # an upright box keeps exactly axis-aligned corners
+                keep = np.array([lab in upright for lab in labels])
+                new[keep] = _upright_corners(moved[keep], obb[keep], corners[keep])
             ok = _inside(new, w, h)
             corners[ok] = new[ok]  # a box jittered out of the image keeps its place
             ops.append("jitter")
@@ -148,14 +162,18 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
                 break
             c = pool_classes[int(rng.choice(len(pool_classes), p=pool_p))]
             i, j = pool[c][int(rng.integers(len(pool[c])))]
-            o = corners_to_obb(items[i][2].corners[j:j + 1])[0]
-            if rotated:
+            src_c = np.asarray(items[i][2].corners[j:j + 1], dtype=np.float64).reshape(1, 4, 2)
+            o = corners_to_obb(src_c)[0]
+            if rotated and c not in upright:
                 o[4] = rng.uniform(-math.pi, math.pi)
             half = 0.5 * math.hypot(o[2], o[3])
             if 2 * half >= min(w, h):
                 continue
             o[0], o[1] = rng.uniform(half, w - half), rng.uniform(half, h - half)
-            cand = obb_to_corners(o[None])
+            if c in upright:  # moved, not turned: the source's own axis-aligned corners
+                cand = src_c - src_c.mean(1, keepdims=True) + o[None, None, :2]
+            else:
+                cand = obb_to_corners(o[None])
             if len(corners) and box_iou(cand, corners).max() > 0:
                 continue
             corners = np.concatenate([corners, cand])
@@ -169,7 +187,33 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
     return out
 
 
-def _axis_aligned(corners: np.ndarray) -> bool:
-    from earthgen.data._common import is_axis_aligned
+def rotation_rules(items: Sequence, config: LayoutConfig | None = None) -> tuple[bool, set[str]]:
+    """Whether layouts from ``items`` get rotated boxes, and the upright classes (never turned)."""
+    cfg = config or LayoutConfig()
+    rotated = cfg.rotated if cfg.rotated is not None else any(getattr(it[2], "rotated", True) and len(it[2])
+                                                              and not is_axis_aligned(it[2].corners) for it in items)
+    upright = set(cfg.upright) if cfg.upright is not None else (upright_classes(items) if rotated else set())
+    return rotated, upright
 
-    return is_axis_aligned(corners)
+
+def upright_classes(items: Sequence) -> set[str]:
+    """Classes whose every box in ``items`` is axis-aligned."""
+    seen: dict[str, bool] = {}
+    for it in items:
+        bs = it[2]
+        if not len(bs):
+            continue
+        flat = boxes_axis_aligned(bs.corners, tol=1e-6)
+        for lab, a in zip(bs.labels, flat, strict=True):
+            seen[lab] = seen.get(lab, True) and bool(a)
+    return {c for c, a in seen.items() if a}
+
+
+def _upright_corners(moved: np.ndarray, obb: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Corners ``[M, 4, 2]`` of axis-aligned boxes ``corners`` moved and scaled as ``moved``
+    (``[M, 5]`` OBBs) says, from ``obb``, without turning them."""
+    if not len(moved):
+        return corners
+    centre = obb[:, None, :2]
+    scale = (np.sqrt(np.maximum(moved[:, 2] * moved[:, 3], 1e-12) / np.maximum(obb[:, 2] * obb[:, 3], 1e-12)))
+    return (corners - centre) * scale[:, None, None] + moved[:, None, :2]

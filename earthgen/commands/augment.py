@@ -10,10 +10,13 @@ rotated boxes) with generated images:
 
   1. sample new box layouts from the dataset: whole-layout 90-degree turns and mirrors, box
      jitter, copy-paste of objects from other images, rare classes first (class weights
-     count^-rebalance);
+     count^-rebalance); classes whose every box is axis-aligned (round storage tanks, ...)
+     stay axis-aligned in a rotated dataset (--upright to choose them);
   2. generate one image per layout with a box-conditioned EarthImagePipeline (`earthgen train
      image-boxes`; default: the small packaged model, trained on procedural world tiles),
      prompted with the layout's class counts;
+     --inpaint keeps the real source image and paints only the pasted objects (box-conditioned
+     inpainting around each pasted box; the real objects keep their boxes, no jitter);
   3. filter: a detector trained on the real data (or --detector) must find at least --min-recall
      of the requested boxes (same class, IoU >= --iou, score >= --score); the kept fraction is
      printed;
@@ -48,12 +51,19 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the layouts and the generator (recorded per image)")
     p.add_argument("--steps", type=positive_int, default=30, help="sampler steps")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--inpaint", action="store_true",
+                   help="edit the real source images: paint only the pasted objects (real pixels elsewhere)")
+    p.add_argument("--inpaint-margin", type=float, default=0.4,
+                   help="--inpaint: repainted area around a pasted box, fraction of its size (default 0.4)")
     g = p.add_argument_group("layouts")
     g.add_argument("--jitter", type=float, default=0.15, help="box centre jitter, fraction of the box size")
     g.add_argument("--angle-jitter", type=float, default=10.0, help="box angle jitter, degrees (rotated datasets)")
     g.add_argument("--copy-paste", type=int, default=3, help="objects pasted per layout (0 = off)")
     g.add_argument("--rebalance", type=float, default=1.0, help="rare-class emphasis: class weight = count^-R (0 = off)")
     g.add_argument("--no-rotate", action="store_true", help="no whole-layout 90-degree turns / mirrors")
+    g.add_argument("--upright", default=None, metavar="CLASSES",
+                   help="comma-separated classes never turned by jitter or copy-paste ('' = none; default: "
+                        "the classes whose every box is axis-aligned)")
     f = p.add_argument_group("filter")
     f.add_argument("--no-filter", action="store_true", help="keep every generated image")
     f.add_argument("--detector", default=None, help="trained BoxNet folder (default: train one on the real data)")
@@ -82,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.dataset).exists():
         raise UserInputError(f"dataset not found: {args.dataset}")
     lay = LayoutConfig(jitter=args.jitter, angle_jitter_deg=args.angle_jitter, copy_paste=args.copy_paste,
-                       rebalance=args.rebalance, rotate=not args.no_rotate)
+                       rebalance=args.rebalance, rotate=not args.no_rotate,
+                       upright=None if args.upright is None else [c.strip() for c in args.upright.split(",") if c.strip()])
     cfg = AugmentConfig(n=args.n, seed=args.seed, steps=args.steps, guidance_scale=args.guidance,
                         iou_threshold=args.iou, score_threshold=args.score, min_recall=args.min_recall,
                         filter=not args.no_filter, out_format=args.format and args.format.lower().replace("_", "-"),
-                        detector=args.detector, detector_steps=args.detector_steps, layout=lay)
+                        detector=args.detector, detector_steps=args.detector_steps, layout=lay,
+                        inpaint=args.inpaint, inpaint_margin=args.inpaint_margin)
     cfg.validate()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from earthgen.models import resolve_model

@@ -84,6 +84,9 @@ def register(sub) -> None:
                    help="image-ldm / image-boxes: how the layout reaches the UNet. control: the fused control "
                         "branch (trained by image-control); concat: its class fractions per latent cell as extra "
                         "UNet input channels (zero-initialised on a trained model), trained with the UNet")
+    p.add_argument("--layout-dropout", type=float, default=None,
+                   help="--layout-input concat: drop probability of the layout map alone (default: --cond-dropout); "
+                        "higher keeps text-only generation good when the layout is strong")
     g3 = p.add_argument_group("3D tasks")
     g3.add_argument("--voxel-size", type=positive_float, default=None, help="metres (default 1)")
     g3.add_argument("--gsd", type=positive_float, default=None,
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                       freeze_unet=getattr(args, "freeze_unet", False),
                       box_raster_dim=getattr(args, "box_raster_dim", 0),
                       box_loss_weight=getattr(args, "box_loss_weight", 0.0), balance=getattr(args, "balance", 0.0),
-                      layout_input=getattr(args, "layout_input", "control"))
+                      layout_input=getattr(args, "layout_input", "control"),
+                      layout_dropout=getattr(args, "layout_dropout", None))
     s = train(cfg)
     first, last = _mean_losses(s)
     print(f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; "

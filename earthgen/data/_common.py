@@ -149,13 +149,19 @@ def empty_boxes(**extra) -> BoxSet:
     return BoxSet(np.zeros((0, 4, 2)), [], difficult=np.zeros(0, dtype=bool), extra=dict(extra))
 
 
+def boxes_axis_aligned(corners: np.ndarray, tol: float = 0.0) -> np.ndarray:
+    """``[N]`` bool: box ``i`` of ``[N, 4, 2]`` corners has edges parallel to the image axes
+    (each edge's smaller coordinate step at most ``tol`` times the box's largest step; ``tol=0``:
+    exactly)."""
+    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+    e = np.abs(np.roll(c, -1, axis=1) - c)                      # [N, 4, 2] edge vectors
+    scale = e.max(axis=(1, 2), initial=0.0)[:, None]            # [N, 1]
+    return (np.minimum(e[..., 0], e[..., 1]) <= tol * scale).all(1)
+
+
 def is_axis_aligned(corners: np.ndarray) -> bool:
     """True when every box of ``[N, 4, 2]`` corners has edges parallel to the image axes."""
-    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
-    if not len(c):
-        return True
-    e = np.roll(c, -1, axis=1) - c
-    return bool(np.all((np.abs(e[..., 0]) == 0) | (np.abs(e[..., 1]) == 0)))
+    return bool(boxes_axis_aligned(corners).all())
 
 
 def resolve_classes(

@@ -344,11 +344,13 @@ class EarthImagePipeline(DiffusionPipeline):
         ``raster``: the input maps of the window (concatenated to the UNet input, :meth:`input_maps`)."""
         x_in = torch.cat([x, x]) if cfg else x
         x_in = self.scheduler.scale_model_input(x_in, t)
+        x_lat = x_in
         if raster is not None:
             x_in = torch.cat([x_in, raster.to(x_in.dtype)], dim=1)
         kw: dict = {}
-        if packed is not None:
-            down, mid = self.controlnet(x_in, t, text, packed, class_labels=labels)
+        if packed is not None:  # a branch made before the input maps were added sees the latents only
+            cn_in = x_in if self.controlnet.controlnet.config.in_channels == x_in.shape[1] else x_lat
+            down, mid = self.controlnet(cn_in, t, text, packed, class_labels=labels)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         if objs is not None:
             kw["cross_attention_kwargs"] = {"gligen": {"objs": objs}}

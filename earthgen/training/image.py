@@ -84,6 +84,7 @@ class TrainConfig:
     box_loss_weight: float = 0.0      # image-boxes: extra loss weight inside boxes (1 + w * covered fraction)
     balance: float = 0.0              # detection data: draw images by their rarest class, count^-balance (0 = uniform)
     layout_input: str = "control"     # how the layout reaches the UNet: control (branch) | concat (input channels)
+    layout_dropout: float | None = None  # concat layout map: its own drop probability (None: cond_dropout)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -101,6 +102,8 @@ class TrainConfig:
             raise UserInputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise UserInputError(f"--cond-dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.layout_dropout is not None and not 0.0 <= self.layout_dropout < 1.0:
+            raise UserInputError(f"--layout-dropout must be in [0, 1), got {self.layout_dropout}")
         for name in ("batch_size", "steps", "grad_accum", "save_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name.replace('_', '-')} must be > 0")
@@ -462,7 +465,8 @@ def train(cfg: TrainConfig) -> dict:
                             cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(1, keepdim=True)
                             weight = 1.0 + cfg.box_loss_weight * cover.clamp(max=1.0)  # every box, dropped or not
                     if lay_enc is not None and cfg.task in ("image-ldm", "image-boxes"):  # after the box map
-                        ldrop = (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2]
+                        p_lay = cfg.cond_dropout if cfg.layout_dropout is None else cfg.layout_dropout
+                        ldrop = (torch.rand(b, generator=g) < p_lay) | drop[2]
                         f = 2 ** (len(vae.config.block_out_channels) - 1)
                         lmap = lay_enc(batch["semantic"], b, f, drop=ldrop, size=tuple(x.shape[-2:]))
                         zt = torch.cat([zt, lmap.to(device, zt.dtype)], dim=1)
