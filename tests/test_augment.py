@@ -194,6 +194,8 @@ def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, bo
     changed = 0
     for rec, lay in zip(m["synthetic"], lays, strict=True):
         assert rec["source_image"] == real[lay.source].image.name and rec["ops"] == lay.ops
+        assert (f"turn{90 * lay.turn}" + ("+mirror" if lay.mirror else "") in lay.ops) == bool(lay.turn or lay.mirror)
+        assert lay.pasted == next((int(op[5:]) for op in lay.ops if op.startswith("paste")), 0)
         src = _turned_source(real[lay.source].image, lay)
         gen = np.asarray(Image.open(tmp_path / "a" / "images" / rec["image"]).convert("RGB"))
         cells = _cells(_paste_mask(lay, cfg.inpaint_margin), f)
@@ -212,7 +214,7 @@ def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, bo
     square = np.array([[[1.0, 0.0], [2.0, 0.0], [2.0, 1.0], [1.0, 1.0]]])
     for k, mirror in ((1, False), (1, True), (2, False), (3, True), (0, True)):
         op = f"turn{90 * k}" + ("+mirror" if mirror else "")
-        turned = _turned_source(tmp_path / "dot.png", Layout((6, 6), BoxSet(square, ["x"]), 0, 0, [op]))
+        turned = _turned_source(tmp_path / "dot.png", Layout((6, 6), BoxSet(square, ["x"]), 0, 0, [op], k, mirror))
         x0, y0 = _turn(square, 6, 6, k, mirror)[0].min(0).astype(int)
         assert turned[y0, x0, 0] == 255 and turned[..., 0].sum() == 255, op
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,22 +76,18 @@ def _turned_source(path: Path, lay) -> np.ndarray:
     from PIL import Image
 
     a = np.asarray(Image.open(path).convert("RGB"))
-    for op in lay.ops:
-        if op.startswith("turn"):
-            k = int(op[4:].split("+")[0]) // 90
-            if "+mirror" in op:
-                a = a[:, ::-1]
-            a = np.rot90(a, -k)  # clockwise on screen, as earthgen.augment.layouts._turn
-    return np.ascontiguousarray(a)
+    if lay.mirror:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(np.rot90(a, -lay.turn))  # clockwise on screen, as layouts._turn
 
 
 def _paste_mask(lay, margin: float) -> np.ndarray:
-    """``[H, W]`` bool: the pasted boxes of ``lay`` (its last ``paste<n>`` boxes), each grown by
+    """``[H, W]`` bool: the pasted boxes of ``lay`` (its last ``lay.pasted`` boxes), each grown by
     ``margin`` of its size around its centre."""
     from PIL import Image, ImageDraw
 
     w, h = lay.size
-    n = next((int(op[5:]) for op in lay.ops if op.startswith("paste")), 0)
+    n = lay.pasted
     im = Image.new("L", (w, h), 0)
     if n:
         d = ImageDraw.Draw(im)
@@ -139,10 +135,10 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
     classes = [c for c in classes if any(c in it.boxes.labels for it in items)] or \
         sorted({lab for it in items for lab in it.boxes.labels})
     if cfg.inpaint:  # the real objects stay where they are: their boxes must not move
-        from dataclasses import replace
-
         cfg = replace(cfg, layout=replace(cfg.layout, jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0))
-    layouts = sample_layouts(items, cfg.n, cfg.seed, cfg.layout, classes)
+    rotated, upright = rotation_rules(items, cfg.layout)  # resolved once: for the layouts and the manifest
+    layouts = sample_layouts(items, cfg.n, cfg.seed, replace(cfg.layout, rotated=rotated, upright=sorted(upright)),
+                             classes)
     f = max(pipe.vae_scale_factor, getattr(pipe.controlnet, "downscale", 1) if pipe.controlnet is not None else 1)
 
     if cfg.filter and cfg.detector and not (Path(cfg.detector) / "config.json").is_file():
@@ -224,7 +220,7 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
                    "detector": str(det_dir) if det_dir else None},
         "classes": classes, "config": {k: v for k, v in asdict(cfg).items() if k != "layout"},
         "layout_config": asdict(cfg.layout),
-        "upright_classes": sorted(rotation_rules([it for it in items if it[1] is not None], cfg.layout)[1]),
+        "upright_classes": sorted(upright),
     }
     manifest = {
         "summary": summary,

@@ -58,13 +58,18 @@ class LayoutConfig:
 @dataclass
 class Layout:
     """A layout to generate: image ``size`` (width, height) pixels, ``boxes`` (pixel corners),
-    the index of the real ``source`` image, the ``seed`` that made it and the ``ops`` applied."""
+    the index of the real ``source`` image, the ``seed`` that made it and the ``ops`` applied;
+    ``turn`` (quarter turns clockwise) and ``mirror``: how the source was turned (mirror first),
+    ``pasted``: how many boxes, the last ones, were pasted."""
 
     size: tuple[int, int]
     boxes: BoxSet
     source: int
     seed: int
     ops: list[str] = field(default_factory=list)
+    turn: int = 0
+    mirror: bool = False
+    pasted: int = 0
 
 
 def class_weights(counts: dict[str, int], rebalance: float) -> dict[str, float]:
@@ -135,6 +140,7 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
         corners = np.asarray(bs.corners, dtype=np.float64).reshape(-1, 4, 2).copy()
         labels = list(bs.labels)
         ops = []
+        t, mirror = 0, False
         if cfg.rotate and w == h:
             t, mirror = int(rng.integers(4)), bool(rng.integers(2))
             if t or mirror:
@@ -146,13 +152,12 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
             moved = obb.copy()
             moved[:, :2] += rng.normal(0, cfg.jitter, (len(obb), 2)) * size[:, None]
             moved[:, 2:4] *= np.exp(rng.normal(0, cfg.scale_jitter, (len(obb), 1)))
+            up = np.array([lab in upright for lab in labels])
             if rotated:
-                turnable = np.array([lab not in upright for lab in labels])
-                moved[:, 4] += np.deg2rad(rng.normal(0, cfg.angle_jitter_deg, len(obb))) * turnable
+                moved[:, 4] += np.deg2rad(rng.normal(0, cfg.angle_jitter_deg, len(obb))) * ~up
             new = obb_to_corners(moved)
-            if upright:  # an upright box keeps exactly axis-aligned corners
-                keep = np.array([lab in upright for lab in labels])
-                new[keep] = _upright_corners(moved[keep], obb[keep], corners[keep])
+            if up.any():  # an upright box keeps exactly axis-aligned corners
+                new[up] = _upright_corners(moved[up], obb[up], corners[up])
             ok = _inside(new, w, h)
             corners[ok] = new[ok]  # a box jittered out of the image keeps its place
             ops.append("jitter")
@@ -183,7 +188,7 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
             ops.append(f"paste{pasted}")
         out.append(Layout((w, h), BoxSet(corners, labels, rotated=rotated,
                                          extra={k: v for k, v in bs.extra.items() if k in ("gsd",)}),
-                          src, s, ops))
+                          src, s, ops, t, mirror, pasted))
     return out
 
 
@@ -215,5 +220,5 @@ def _upright_corners(moved: np.ndarray, obb: np.ndarray, corners: np.ndarray) ->
     if not len(moved):
         return corners
     centre = obb[:, None, :2]
-    scale = (np.sqrt(np.maximum(moved[:, 2] * moved[:, 3], 1e-12) / np.maximum(obb[:, 2] * obb[:, 3], 1e-12)))
+    scale = np.sqrt(np.maximum(moved[:, 2] * moved[:, 3], 1e-12) / np.maximum(obb[:, 2] * obb[:, 3], 1e-12))
     return (corners - centre) * scale[:, None, None] + moved[:, None, :2]
