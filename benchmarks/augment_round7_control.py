@@ -23,7 +23,7 @@ for k, (lay, rec) in enumerate(zip(lays, m["synthetic"], strict=True)):
     assert rec["source_image"] == real[lay.source].image.name and rec["ops"] == lay.ops
     n = len(real[lay.source].boxes)
     p = tmp / f"copy_{k:05d}.png"
-    Image.fromarray(_turned_source(real[lay.source].image, lay)).save(p)
+    Image.fromarray(_turned_source(real[lay.source].image, lay.turn, lay.mirror)).save(p)
     b = lay.boxes
     items.append(DetectionItem(p, lay.size, BoxSet(np.asarray(b.corners).reshape(-1, 4, 2)[:n], list(b.labels)[:n],
                                                    rotated=b.rotated)))

@@ -43,12 +43,17 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
         return int(self.config.in_channels) - int(self.config.out_channels)
 
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, raster_channels: int = 0) -> GroundedUNet2DConditionModel:
+    def from_unet(cls, unet: UNet2DConditionModel, raster_channels: int = 0,
+                  insert_at: int | None = None) -> GroundedUNet2DConditionModel:
         """A grounded copy of ``unet``: same weights, new gated fusers (gates at 0) and, with
         ``raster_channels``, that many zero-initialised input channels for the box map; its output
-        is unchanged until the new weights are trained."""
+        is unchanged until the new weights are trained. ``insert_at``: the input channel where the
+        box map's channels go (default: after the existing ones; the latent's channel count for a
+        UNet that already takes a layout map after the latent, since the box map comes first)."""
         if raster_channels < 0:
             raise ValueError(f"raster_channels must be >= 0, got {raster_channels}")
+        if insert_at is not None and not 0 <= insert_at <= int(unet.config.in_channels):
+            raise ValueError(f"insert_at must be in [0, {unet.config.in_channels}], got {insert_at}")
         cfg = {k: v for k, v in unet.config.items() if not k.startswith("_")}
         cfg["attention_type"] = "gated"
         cfg["in_channels"] = int(unet.config.in_channels) + raster_channels
@@ -60,7 +65,9 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
         bad += [k for k in unexpected if not k.startswith("position_net.")]
         if bad:
             raise ValueError(f"cannot ground this UNet: mismatched weights {bad[:5]}")
+        k = w.shape[1] if insert_at is None else insert_at
         with torch.no_grad():
             model.conv_in.weight.zero_()
-            model.conv_in.weight[:, : w.shape[1]] = w
+            model.conv_in.weight[:, :k] = w[:, :k]
+            model.conv_in.weight[:, k + raster_channels:] = w[:, k:]
         return model.to(device=unet.device, dtype=unet.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_augment_end_to_end(tmp_path, world_dataset, augmented):
                           np.asarray(Image.open(tmp_path / "again" / "images" / name)))
 
 
-def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, box_pipe_dir):
+def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, box_pipe_dir, augmented):
     """--inpaint: the source image, turned as its layout was, outside the repainted latent cells of
     the pasted boxes; the real boxes unmoved; only the pasted area changes."""
     from PIL import Image
@@ -196,7 +197,8 @@ def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, bo
         assert rec["source_image"] == real[lay.source].image.name and rec["ops"] == lay.ops
         assert (f"turn{90 * lay.turn}" + ("+mirror" if lay.mirror else "") in lay.ops) == bool(lay.turn or lay.mirror)
         assert lay.pasted == next((int(op[5:]) for op in lay.ops if op.startswith("paste")), 0)
-        src = _turned_source(real[lay.source].image, lay)
+        src = _turned_source(real[lay.source].image, lay.turn, lay.mirror)
+        assert (rec["turn"], rec["mirror"], rec["pasted"]) == (lay.turn, lay.mirror, lay.pasted)
         gen = np.asarray(Image.open(tmp_path / "a" / "images" / rec["image"]).convert("RGB"))
         cells = _cells(_paste_mask(lay, cfg.inpaint_margin), f)
         assert np.array_equal(gen[~cells], src[~cells])  # real pixels, exactly
@@ -205,8 +207,32 @@ def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, bo
         got = by_name[rec["image"]].boxes.corners.reshape(-1, 4, 2)
         np.testing.assert_allclose(got[:n_real], lay.boxes.corners.reshape(-1, 4, 2)[:n_real], atol=1e-3)
     assert changed >= 1
+    # filtered: the recall is that of the pasted boxes only (the real ones are real pixels)
+    det = augmented[0] / "augment" / "detector"
+    fcfg = replace(cfg, filter=True, detector=str(det), score_threshold=0.0, iou_threshold=0.0, min_recall=0.5)
+    augment_dataset(world_dataset, tmp_path / "f", pipe, fcfg, progress=False)
+    fm = read_manifest(tmp_path / "f")
+    assert any(rec["pasted"] for rec in fm["synthetic"])
+    for rec in fm["synthetic"]:
+        assert len(rec["found"]) == rec["boxes"]
+        pasted = rec["found"][len(rec["found"]) - rec["pasted"]:] if rec["pasted"] else []
+        assert rec["recall"] == (float(np.mean(pasted)) if pasted else 1.0)
+        assert rec["kept"] == (rec["recall"] >= 0.5)
+    # the copies control: the same source images turned alike, unchanged, with only the real boxes
+    from earthgen.augment.core import write_copies
+
+    copies = write_copies(tmp_path / "a", real, tmp_path / "copies")
+    assert len(copies) == 4
+    for cp, rec, lay in zip(copies, m["synthetic"], lays, strict=True):
+        gen = np.asarray(Image.open(tmp_path / "a" / "images" / rec["image"]).convert("RGB"))
+        img = np.asarray(Image.open(cp.image).convert("RGB"))
+        cells = _cells(_paste_mask(lay, cfg.inpaint_margin), f)
+        assert np.array_equal(img[~cells], gen[~cells])
+        n_real = len(real[lay.source].boxes)
+        assert len(cp.boxes) == n_real and cp.boxes.labels == list(by_name[rec["image"]].boxes.labels)[:n_real]
+        np.testing.assert_allclose(cp.boxes.corners, by_name[rec["image"]].boxes.corners[:n_real], atol=1e-3)
     # the image turns as the boxes do: a lit pixel lands where its box corners went
-    from earthgen.augment.layouts import Layout, _turn
+    from earthgen.augment.layouts import turn_corners
 
     img = np.zeros((6, 6, 3), np.uint8)
     img[0, 1] = 255  # row 0, column 1: the pixel square (1, 0)-(2, 1)
@@ -214,8 +240,8 @@ def test_augment_inpaint_keeps_real_pixels_and_boxes(tmp_path, world_dataset, bo
     square = np.array([[[1.0, 0.0], [2.0, 0.0], [2.0, 1.0], [1.0, 1.0]]])
     for k, mirror in ((1, False), (1, True), (2, False), (3, True), (0, True)):
         op = f"turn{90 * k}" + ("+mirror" if mirror else "")
-        turned = _turned_source(tmp_path / "dot.png", Layout((6, 6), BoxSet(square, ["x"]), 0, 0, [op], k, mirror))
-        x0, y0 = _turn(square, 6, 6, k, mirror)[0].min(0).astype(int)
+        turned = _turned_source(tmp_path / "dot.png", k, mirror)
+        x0, y0 = turn_corners(square, 6, 6, k, mirror)[0].min(0).astype(int)
         assert turned[y0, x0, 0] == 255 and turned[..., 0].sum() == 255, op
 
 
@@ -286,6 +312,70 @@ def test_eval_augment_over_seeds_aggregates_the_runs(tmp_path, world_dataset, ca
     det0 = str(tmp_path / "d" / "seed0" / "detector-real")
     assert main([*args, "--real-detector", det0, det0]) == 2
     assert "repeat seeds" in capsys.readouterr().err
+
+
+def test_copies_control(tmp_path, world_dataset, augmented, capsys):
+    """eval augment --control copies: a third detector on real + the synthetic images' sources,
+    turned, unchanged; its gain is augmented - copies; a trained one is reused; bad input refused."""
+    import json
+
+    from earthgen.augment.core import write_copies
+    from earthgen.augment.evaluate import (
+        evaluate_augmentation,
+        evaluate_augmentation_seeds,
+        format_table,
+    )
+    from earthgen.augment.layouts import turn_corners
+    from earthgen.cli import main
+
+    out = augmented[0]
+    real = read_detection_dataset(world_dataset)
+    m = json.loads((out / "augment" / "manifest.json").read_text())
+    copies = write_copies(out, real, tmp_path / "c")
+    by_name = {it.image.name: it for it in real}
+    assert len(copies) == sum(r["kept"] for r in m["synthetic"]) == 2
+    for cp, rec in zip(copies, m["synthetic"], strict=True):  # jittered layouts: copies keep the exact real boxes
+        src = by_name[rec["source_image"]]
+        np.testing.assert_allclose(cp.boxes.corners, turn_corners(src.boxes.corners, *src.size, rec["turn"], rec["mirror"]))
+        assert cp.boxes.labels == src.boxes.labels
+    kw = dict(steps=2, batch_size=2, crop=64, width=8, progress=False)
+    r = evaluate_augmentation(world_dataset, out, world_dataset, control="copies", out=tmp_path / "d", **kw)
+    assert r["sizes"]["copies"] == 6 + 2 and (tmp_path / "d" / "detector-copies" / "train.json").is_file()
+    c = r["classes"][0]
+    for geo in r["real"]:
+        assert r["gain_over_copies"][geo]["mAP"] == pytest.approx(r["augmented"][geo]["mAP"] - r["copies"][geo]["mAP"],
+                                                                  nan_ok=True)
+    assert "syn-copies" in format_table(r)
+    again = evaluate_augmentation(world_dataset, out, world_dataset, control="copies",
+                                  control_detector=tmp_path / "d" / "detector-copies", **kw)
+    assert again["copies"]["rotated"]["AP"][c] == pytest.approx(r["copies"]["rotated"]["AP"][c], nan_ok=True)
+    with pytest.raises(UserInputError, match="trained with"):
+        evaluate_augmentation(world_dataset, out, world_dataset, control="copies", seed=3,
+                              control_detector=tmp_path / "d" / "detector-copies", **kw)
+    with pytest.raises(UserInputError, match="unknown control"):
+        evaluate_augmentation(world_dataset, out, world_dataset, control="oversample", **kw)
+    with pytest.raises(UserInputError, match="no augmentation manifest"):  # a dataset not written by augment
+        evaluate_augmentation(world_dataset, world_dataset, world_dataset, control="copies", **kw)
+    agg = evaluate_augmentation_seeds(world_dataset, out, world_dataset, seeds=[0, 1], control="copies", **kw)
+    assert agg["rises_over_copies"]["rotated"][c] == sum(x["gain_over_copies"]["rotated"]["AP"][c] > 0
+                                                         for x in agg["runs"])
+    assert agg["mean"]["copies"]["rotated"]["mAP"] == pytest.approx(np.mean([x["copies"]["rotated"]["mAP"]
+                                                                             for x in agg["runs"]]), nan_ok=True)
+    assert "syn-copies" in format_table(agg)
+    # an older manifest without turn/mirror: a clear error
+    old = tmp_path / "old"
+    __import__("shutil").copytree(out, old)
+    for rec in m["synthetic"]:
+        del rec["turn"]
+    (old / "augment" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserInputError, match="run `earthgen augment` again"):
+        write_copies(old, real, tmp_path / "c2")
+    args = ["eval", "augment", "--real", str(world_dataset), "--augmented", str(out), "--test", str(world_dataset)]
+    assert main([*args, "--control-detector", str(tmp_path / "d" / "detector-copies")]) == 2
+    assert "needs --control copies" in capsys.readouterr().err
+    assert main([*args, "--control", "copies", "--seed", "0", "1", "--control-detector",
+                 str(tmp_path / "d" / "detector-copies")]) == 2
+    assert "control detectors have seeds [0]" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, world_dataset, capsys):

@@ -143,8 +143,29 @@ def test_boxes_and_layout_together():
     boxes = BoxSet(np.array([[[8, 8], [30, 8], [30, 20], [8, 20]]], dtype=np.float64), ["building"])
     out = run(p, layout=layout(), boxes=boxes)
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
-    with pytest.raises(UserInputError, match="add box conditioning to a model without one"):
-        add_box_conditioning(add_layout_input(get_dummy_components(control=False)))
+
+
+
+def test_box_conditioning_added_to_a_layout_input_model_keeps_its_output():
+    """Grounding a model that already takes the layout at its input: the box-map channels go
+    between the latent and the layout's (the pipeline's order), zero-initialised, so the layout
+    still reaches the same weights and, without boxes, the output is the old model's."""
+    torch.manual_seed(0)
+    comps = add_layout_input(get_dummy_components(control=False))
+    with torch.no_grad():  # as if trained: the layout reaches the output
+        comps["unet"].conv_in.weight[:, 4:].normal_(0, 0.5)
+    old = EarthImagePipeline(**comps)
+    old.set_progress_bar_config(disable=True)
+    a = run(old, layout=layout())
+    w_old = comps["unet"].conv_in.weight.detach().clone()
+    grounded = add_box_conditioning(dict(comps), hidden_dim=16, raster_dim=2)
+    w = grounded["unet"].conv_in.weight.detach()
+    assert grounded["unet"].config.in_channels == 4 + 3 + NUM_CLASSES and grounded["unet"].raster_channels == 3 + NUM_CLASSES
+    assert torch.equal(w[:, :4], w_old[:, :4]) and torch.equal(w[:, 7:], w_old[:, 4:]) and w[:, 4:7].abs().max() == 0
+    new = EarthImagePipeline(**grounded)
+    new.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(run(new, layout=layout()), a, atol=1e-5)
+    assert np.abs(run(new, layout=np.zeros((64, 64), np.int64)) - a).max() > 1e-3  # the layout still acts
 
 
 def test_train_layout_concat(tmp_path):

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from earthgen.augment.filter import filter_generated
-from earthgen.augment.layouts import LayoutConfig, rotation_rules, sample_layouts
+from earthgen.augment.layouts import LayoutConfig, rotation_rules, sample_layouts, turn_corners
+from earthgen.boxes import BoxSet
 from earthgen.data import (
     DetectionItem,
     detect_format,
@@ -71,14 +72,15 @@ def _check_out(out: Path, src: Path) -> None:
         raise UserInputError(f"output {out} must not be inside the input dataset {src}")
 
 
-def _turned_source(path: Path, lay) -> np.ndarray:
-    """The layout's source image ``[H, W, 3]`` uint8, turned and mirrored as its boxes were."""
+def _turned_source(path: Path, turn: int, mirror: bool) -> np.ndarray:
+    """The image at ``path`` ``[H, W, 3]`` uint8, mirrored (if ``mirror``) then turned ``turn``
+    quarter turns clockwise, as :func:`~earthgen.augment.layouts.turn_corners` moves its boxes."""
     from PIL import Image
 
     a = np.asarray(Image.open(path).convert("RGB"))
-    if lay.mirror:
+    if mirror:
         a = a[:, ::-1]
-    return np.ascontiguousarray(np.rot90(a, -lay.turn))  # clockwise on screen, as layouts._turn
+    return np.ascontiguousarray(np.rot90(a, -turn))  # clockwise on screen
 
 
 def _paste_mask(lay, margin: float) -> np.ndarray:
@@ -157,8 +159,8 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
                 gsd = lay.boxes.extra.get("gsd")
                 edit = {}
                 if cfg.inpaint:
-                    src_rgb = _turned_source(items[lay.source].image, lay)          # [h, w, 3] uint8
-                    paint = _paste_mask(lay, cfg.inpaint_margin)                   # [h, w] bool
+                    src_rgb = _turned_source(items[lay.source].image, lay.turn, lay.mirror)  # [h, w, 3] uint8
+                    paint = _paste_mask(lay, cfg.inpaint_margin)  # [h, w] bool
                     ref = np.zeros((gh, gw, 3), np.float32)
                     ref[:h, :w] = src_rgb / 255.0
                     m = np.zeros((gh, gw), np.float32)
@@ -202,9 +204,16 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
                                progress=progress)
             res = filter_generated([lay.boxes for lay in layouts], detected, cfg.iou_threshold, cfg.score_threshold,
                                    cfg.min_recall, rotated=bool(detector.config.rotated))
-            keep, recall = res.keep, res.recall
+            found = res.found
+            if cfg.inpaint:  # the real boxes are real pixels: only the painted ones test the generator
+                recall = np.array([f[len(f) - lay.pasted:].mean() if lay.pasted else 1.0
+                                   for f, lay in zip(found, layouts, strict=True)])
+                keep = recall >= cfg.min_recall - 1e-12
+            else:
+                keep, recall = res.keep, res.recall
         else:
             keep, recall = np.ones(len(layouts), bool), np.full(len(layouts), np.nan)
+            found = [None] * len(layouts)
         kept_items = [DetectionItem(tmp / nm, lay.size, lay.boxes) for nm, lay, k in zip(names, layouts, keep, strict=True) if k]
         write_detection_dataset(items + kept_items, out, out_fmt, classes=classes if out_fmt in ("yolo", "yolo-obb", "coco") else None,
                                 images="copy")
@@ -226,9 +235,11 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
         "summary": summary,
         "real": [it.image.name for it in items],
         "synthetic": [{"image": nm, "seed": lay.seed, "source_image": items[lay.source].image.name,
-                       "ops": lay.ops, "boxes": len(lay.boxes), "labels": list(lay.boxes.labels),
-                       "recall": None if np.isnan(r) else float(r), "kept": bool(k)}
-                      for nm, lay, r, k in zip(names, layouts, recall, keep, strict=True)],
+                       "ops": lay.ops, "turn": lay.turn, "mirror": lay.mirror, "pasted": lay.pasted,
+                       "boxes": len(lay.boxes), "labels": list(lay.boxes.labels),
+                       "recall": None if np.isnan(r) else float(r),
+                       "found": None if fd is None else [bool(v) for v in fd], "kept": bool(k)}
+                      for nm, lay, r, fd, k in zip(names, layouts, recall, found, keep, strict=True)],
     }
     (out / "augment").mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -244,3 +255,44 @@ def read_manifest(path) -> dict:
     return json.loads(m.read_text())
 
 
+def write_copies(augmented, real_items, out) -> list[DetectionItem]:
+    """The *copies* control of an augmented dataset: for each kept synthetic image of ``augmented``
+    (a folder written by :func:`augment_dataset`), its real source image from ``real_items``
+    turned and mirrored as its layout was, otherwise unchanged, labelled with the source's own
+    boxes (none jittered, none pasted). PNGs are written to the folder ``out``; returns their
+    DetectionItems. A detector trained on real + these, against one trained on real + synthetic,
+    separates what the generated objects add from what drawing and turning the source images
+    (class rebalancing) adds."""
+    from PIL import Image
+
+    from earthgen.data._common import image_size
+
+    m = read_manifest(augmented)
+    recs = [r for r in m["synthetic"] if r["kept"]]
+    if not recs:
+        raise UserInputError(f"{augmented} holds no kept synthetic image: no copies to make")
+    if "turn" not in recs[0]:
+        raise UserInputError(f"the manifest of {augmented} records no turn/mirror per image (written by an older "
+                             "earthgen); run `earthgen augment` again to use the copies control")
+    by_name: dict[str, DetectionItem] = {}
+    for it in real_items:
+        if it.image.name in by_name:
+            raise UserInputError(f"two real images are named {it.image.name}: the manifest cannot tell them apart")
+        by_name[it.image.name] = it
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for r in recs:
+        it = by_name.get(r["source_image"])
+        if it is None:
+            raise UserInputError(f"source image {r['source_image']} of {r['image']} is not in the real dataset")
+        w, h = it.size if it.size is not None else image_size(it.image)
+        arr = _turned_source(it.image, int(r["turn"]), bool(r["mirror"]))    # [h, w, 3] uint8
+        p = out / f"copy_{Path(r['image']).stem}.png"
+        Image.fromarray(arr).save(p)
+        b = it.boxes
+        corners = turn_corners(b.corners, w, h, int(r["turn"]), bool(r["mirror"]))
+        copies.append(DetectionItem(p, (arr.shape[1], arr.shape[0]),
+                                    BoxSet(corners, list(b.labels), difficult=b.difficult, rotated=b.rotated,
+                                           extra=dict(b.extra))))
+    return copies

@@ -3,6 +3,9 @@ synthetic data, evaluated on a held-out real split (VOC mAP@0.5, rotated and hor
 
 from __future__ import annotations
 
+import contextlib
+import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,17 +18,29 @@ from earthgen.errors import UserInputError
 def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: int = 8, crop: int = 128,
                           width: int = 32, seed: int = 0, rotated: bool | None = None, iou_threshold: float = 0.5,
                           out: str | Path | None = None, progress: bool = True,
-                          real_detector: str | Path | None = None) -> dict:
+                          real_detector: str | Path | None = None, control: str | None = None,
+                          control_detector: str | Path | None = None) -> dict:
     """Train :class:`~earthgen.detection.BoxNet` twice with identical settings and seed (on
     ``real``, then on ``augmented``) and evaluate both on ``test``. Returns
     ``{"real": {...}, "augmented": {...}, "gain": {...}}`` with ``mAP`` and per-class ``AP`` for
     rotated and horizontal IoU, plus the dataset sizes. Detectors are saved under ``out``.
     ``real_detector``: a BoxNet already trained on ``real`` (e.g. ``augment/detector`` written by
     ``earthgen augment``, or an earlier run's ``detector-real``) used as the baseline instead of
-    training it again; its training settings are read from its ``train.json`` and reused."""
+    training it again; its training settings are read from its ``train.json`` and reused.
+
+    ``control="copies"``: a third detector, same settings, on real + the *copies* of the synthetic
+    images (:func:`~earthgen.augment.core.write_copies`: each kept synthetic image's real source,
+    turned as its layout, unchanged, with its own boxes); adds ``copies`` and
+    ``gain_over_copies`` (augmented - copies: what the generated objects add beyond drawing the
+    source images more often). ``control_detector``: that detector, already trained (e.g. for
+    another generator with the same layouts)."""
     from earthgen.detection import evaluate_detector, predict, train_detector
     from earthgen.detection.train import load_rgb
 
+    if control not in (None, "copies"):
+        raise UserInputError(f"unknown control {control!r}; the one control is 'copies'")
+    if control_detector is not None and control is None:
+        raise UserInputError("a control detector was given without control='copies'")
     real_items = read_detection_dataset(real)
     aug_items = read_detection_dataset(augmented)
     test_items = read_detection_dataset(test)
@@ -44,62 +59,97 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
     result: dict = {"classes": classes, "rotated_detector": bool(rotated), "steps": steps, "seed": seed,
                     "sizes": {"real": len(real_items), "augmented": len(aug_items), "test": len(test_items)}}
     if real_detector is not None:
-        import json
-
-        from earthgen.detection import BoxNet
-
-        try:
-            base = BoxNet.from_pretrained(real_detector)
-        except (OSError, ValueError) as e:
-            raise UserInputError(f"cannot load the detector {real_detector}: {e}") from None
-        tj = Path(real_detector) / "train.json"
-        if tj.is_file():  # train the augmented detector exactly as the baseline was trained
-            t = json.loads(tj.read_text())
+        base = _load_detector(real_detector)
+        t = _train_settings(real_detector)
+        if t is not None:  # train the augmented detector exactly as the baseline was trained
             steps, batch_size, crop, seed = t["steps"], t["batch_size"], t["crop"], t["seed"]
             result.update(steps=steps, seed=seed)
         classes, rotated, width = base.classes, bool(base.config.rotated), int(base.config.width)
         result.update(classes=classes, rotated_detector=rotated, real_detector=str(real_detector))
-    for name, its in (("real", real_items), ("augmented", aug_items)):
-        if name == "real" and real_detector is not None:
-            model = base
-        else:
-            model = train_detector(its, classes, steps=steps, batch_size=batch_size, crop=crop, width=width,
-                                   rotated=rotated, seed=seed, progress=progress,
-                                   out=None if out is None else Path(out) / f"detector-{name}")
-        r = {}
-        preds = predict(model, test_items, score_threshold=0.01, images=test_images, progress=progress)
-        for geo in (("rotated", True), ("horizontal", False)) if rotated else (("horizontal", False),):
-            m = evaluate_detector(model, test_items, iou_threshold, rotated=geo[1], predictions=preds)
-            r[geo[0]] = {"mAP": m["mAP"], "AP": m["AP"], "num_gt": m["num_gt"]}
-        result[name] = r
-    gain = {}
-    for geo in result["real"]:
-        a, b = result["real"][geo], result["augmented"][geo]
-        gain[geo] = {"mAP": b["mAP"] - a["mAP"],
-                     "AP": {c: (b["AP"][c] - a["AP"][c]) if not (np.isnan(a["AP"][c]) or np.isnan(b["AP"][c]))
-                            else float("nan") for c in classes}}
-    result["gain"] = gain
+    with contextlib.ExitStack() as stack:  # a temporary copies folder when there is no --out
+        sets = [("real", real_items), ("augmented", aug_items)]
+        if control == "copies":
+            from earthgen.augment.core import write_copies
+
+            copy_dir = Path(out) / "copies" if out is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            copies = write_copies(augmented, real_items, copy_dir)
+            sets.append(("copies", real_items + copies))
+            result["sizes"]["copies"] = len(real_items) + len(copies)
+            if control_detector is not None:
+                cbase = _load_detector(control_detector)
+                ct = _train_settings(control_detector)
+                want = {"steps": steps, "batch_size": batch_size, "crop": crop, "seed": seed}
+                if ct is not None and {k: ct[k] for k in want} != want:
+                    raise UserInputError(f"the control detector {control_detector} was trained with "
+                                         f"{ {k: ct[k] for k in want} }, the others with {want}")
+                if list(cbase.classes) != list(classes) or bool(cbase.config.rotated) != bool(rotated):
+                    raise UserInputError(f"the control detector {control_detector} has other classes or box type")
+                result["control_detector"] = str(control_detector)
+        for name, its in sets:
+            if name == "real" and real_detector is not None:
+                model = base
+            elif name == "copies" and control_detector is not None:
+                model = cbase
+            else:
+                model = train_detector(its, classes, steps=steps, batch_size=batch_size, crop=crop, width=width,
+                                       rotated=rotated, seed=seed, progress=progress,
+                                       out=None if out is None else Path(out) / f"detector-{name}")
+            r = {}
+            preds = predict(model, test_items, score_threshold=0.01, images=test_images, progress=progress)
+            for geo in (("rotated", True), ("horizontal", False)) if rotated else (("horizontal", False),):
+                m = evaluate_detector(model, test_items, iou_threshold, rotated=geo[1], predictions=preds)
+                r[geo[0]] = {"mAP": m["mAP"], "AP": m["AP"], "num_gt": m["num_gt"]}
+            result[name] = r
+    result["gain"] = _difference(result["augmented"], result["real"], classes)
+    if "copies" in result:
+        result["gain_over_copies"] = _difference(result["augmented"], result["copies"], classes)
     return result
+
+
+def _difference(b: dict, a: dict, classes: Sequence[str]) -> dict:
+    """``b - a`` of two results' mAP and per-class AP, per IoU kind (NaN where either is NaN)."""
+    return {geo: {"mAP": b[geo]["mAP"] - a[geo]["mAP"],
+                  "AP": {c: (b[geo]["AP"][c] - a[geo]["AP"][c])
+                         if not (np.isnan(a[geo]["AP"][c]) or np.isnan(b[geo]["AP"][c])) else float("nan")
+                         for c in classes}}
+            for geo in a}
+
+
+def _load_detector(path):
+    from earthgen.detection import BoxNet
+
+    try:
+        return BoxNet.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"cannot load the detector {path}: {e}") from None
+
+
+def _train_settings(path) -> dict | None:
+    """The ``train.json`` of a detector folder written by ``train_detector`` (None if absent)."""
+    tj = Path(path) / "train.json"
+    return json.loads(tj.read_text()) if tj.is_file() else None
 
 
 def evaluate_augmentation_seeds(real, augmented, test, seeds: Sequence[int] = (0, 1, 2),
                                 real_detectors: Sequence[str | Path] | None = None,
-                                out: str | Path | None = None, **kw) -> dict:
+                                out: str | Path | None = None, control: str | None = None,
+                                control_detectors: Sequence[str | Path] | None = None, **kw) -> dict:
     """:func:`evaluate_augmentation` once per detector seed (detector training varies a lot from seed
     to seed on small data: one class's AP can move by 0.2), aggregated: ``runs`` (one result per
     seed), ``mean`` and ``std`` (over seeds) of ``real``, ``augmented`` and ``gain``, and
     ``rises`` (per class: in how many seeds the AP rose). ``real_detectors``: one trained baseline
     per run (their own seeds are used; ``seeds`` is then ignored). Detectors of run ``i`` go to
-    ``out/seed<seed>``."""
-    import json
+    ``out/seed<seed>``. ``control="copies"`` adds the copies control to every run (and
+    ``rises_over_copies``); ``control_detectors``: trained copies detectors, matched to the runs
+    by their seeds."""
+    def seed_of(d) -> int:
+        t = _train_settings(d)
+        if t is None:
+            raise UserInputError(f"{d} has no train.json (not a detector folder written by train_detector)")
+        return int(t["seed"])
 
     if real_detectors is not None:
-        runs_in = []
-        for d in real_detectors:
-            tj = Path(d) / "train.json"
-            if not tj.is_file():
-                raise UserInputError(f"{d} has no train.json (not a detector folder written by train_detector)")
-            runs_in.append((int(json.loads(tj.read_text())["seed"]), d))
+        runs_in = [(seed_of(d), d) for d in real_detectors]
     else:
         runs_in = [(int(sd), None) for sd in seeds]
     if not runs_in:
@@ -107,18 +157,40 @@ def evaluate_augmentation_seeds(real, augmented, test, seeds: Sequence[int] = (0
     seeds_used = [sd for sd, _ in runs_in]
     if len(set(seeds_used)) < len(seeds_used):
         raise UserInputError(f"the runs repeat seeds {seeds_used}; each run needs its own detector seed")
+    controls: dict[int, str | Path] = {}
+    for d in control_detectors or ():
+        sd = seed_of(d)
+        if sd in controls:
+            raise UserInputError(f"two control detectors have seed {sd}")
+        controls[sd] = d
+    if control_detectors and set(controls) != set(seeds_used):
+        raise UserInputError(f"the control detectors have seeds {sorted(controls)}, the runs {seeds_used}")
     runs = [evaluate_augmentation(real, augmented, test, seed=sd, real_detector=det,
-                                  out=None if out is None else Path(out) / f"seed{sd}", **kw)
+                                  out=None if out is None else Path(out) / f"seed{sd}", control=control,
+                                  control_detector=controls.get(sd), **kw)
             for sd, det in runs_in]
+    return aggregate_runs(runs)
+
+
+def aggregate_runs(runs: Sequence[dict]) -> dict:
+    """Several :func:`evaluate_augmentation` results (one per detector seed, same data) as one:
+    ``runs``, ``mean`` and ``std`` over them of every part (``real``, ``augmented``, ``gain``,
+    and ``copies``, ``gain_over_copies`` with the control), ``rises`` (and
+    ``rises_over_copies``): per class, in how many runs the AP rose."""
+    runs = list(runs)
     agg: dict = {"classes": runs[0]["classes"], "rotated_detector": runs[0]["rotated_detector"],
-                 "steps": runs[0]["steps"], "seeds": seeds_used, "sizes": runs[0]["sizes"], "runs": runs}
+                 "steps": runs[0]["steps"], "seeds": [r["seed"] for r in runs], "sizes": runs[0]["sizes"],
+                 "runs": runs}
+    parts = [p for p in ("real", "augmented", "gain", "copies", "gain_over_copies") if p in runs[0]]
     for stat, fn in (("mean", np.mean), ("std", np.std)):
         agg[stat] = {part: {geo: {"mAP": float(fn([_get(r, part, geo) for r in runs])),
                                   "AP": {c: float(fn([_get(r, part, geo, c) for r in runs])) for c in agg["classes"]}}
                             for geo in runs[0][part]}
-                     for part in ("real", "augmented", "gain")}
-    agg["rises"] = {geo: {c: int(sum(r["gain"][geo]["AP"][c] > 0 for r in runs)) for c in agg["classes"]}
-                    for geo in runs[0]["gain"]}
+                     for part in parts}
+    for key, part in (("rises", "gain"), ("rises_over_copies", "gain_over_copies")):
+        if part in runs[0]:
+            agg[key] = {geo: {c: int(sum(r[part][geo]["AP"][c] > 0 for r in runs)) for c in agg["classes"]}
+                        for geo in runs[0][part]}
     return agg
 
 
@@ -130,29 +202,37 @@ def _get(result: dict, part: str, geo: str, cls: str | None = None) -> float:
 
 def format_table(result: dict) -> str:
     """A plain-text table of :func:`evaluate_augmentation`'s (or, with mean +- std over seeds,
-    :func:`evaluate_augmentation_seeds`') result."""
+    :func:`evaluate_augmentation_seeds`') result; with the copies control, its AP and the gain of
+    the synthetic data over it (``syn-copies``) are two more columns."""
     if "runs" in result:
         return _format_seeds(result)
+    ctl = "copies" in result
     lines = []
     for geo in result["real"]:
-        lines.append(f"AP@{0.5:.1f} ({geo} IoU)      real    real+syn   gain")
-        rows = [("mAP", result["real"][geo]["mAP"], result["augmented"][geo]["mAP"])]
-        rows += [(c, result["real"][geo]["AP"][c], result["augmented"][geo]["AP"][c]) for c in result["classes"]]
-        for name, a, b in rows:
-            lines.append(f"  {name:<22}{a:8.3f} {b:9.3f} {b - a:+7.3f}")
+        lines.append(f"AP@{0.5:.1f} ({geo} IoU)      real    real+syn   gain" + ("   copies  syn-copies" if ctl else ""))
+        for c in [None, *result["classes"]]:
+            a, b = _get(result, "real", geo, c), _get(result, "augmented", geo, c)
+            row = f"  {c or 'mAP':<22}{a:8.3f} {b:9.3f} {b - a:+7.3f}"
+            if ctl:
+                k = _get(result, "copies", geo, c)
+                row += f" {k:8.3f} {b - k:+10.3f}"
+            lines.append(row)
     return "\n".join(lines)
 
 
 def _format_seeds(result: dict) -> str:
     m, sd, n = result["mean"], result["std"], len(result["runs"])
-    lines = [f"{n} detector seeds {result['seeds']}: mean +- std; rises = seeds where the AP rose"]
+    parts = [p for p in ("real", "augmented", "gain", "copies", "gain_over_copies") if p in m]
+    names = {"real": "real", "augmented": "real+syn", "gain": "gain", "copies": "copies",
+             "gain_over_copies": "syn-copies"}
+    lines = [f"{n} detector seeds {result['seeds']}: mean +- std; rises = seeds where the AP rose"
+             + (" (over real; over copies)" if "copies" in m else "")]
     for geo in m["real"]:
-        lines.append(f"AP@{0.5:.1f} ({geo} IoU)        real            real+syn        gain       rises")
+        lines.append(f"AP@{0.5:.1f} ({geo} IoU)  " + "".join(f"{names[p]:>16}" for p in parts) + "   rises")
         for c in [None, *result["classes"]]:
-            rises = "" if c is None else f"{result['rises'][geo][c]}/{n}"
-            cells = [f"{_get(m, part, geo, c):+7.3f}" if part == "gain" else f"{_get(m, part, geo, c):6.3f}"
-                     for part in ("real", "augmented", "gain")]
-            spread = [f"{_get(sd, part, geo, c):5.3f}" for part in ("real", "augmented", "gain")]
-            lines.append(f"  {c or 'mAP':<20}" + " ".join(f"{a} +- {b}" for a, b in zip(cells, spread, strict=True))
-                         + f" {rises:>5}")
+            cells = [(f"{_get(m, p, geo, c):+7.3f}" if p.startswith("gain") else f"{_get(m, p, geo, c):7.3f}")
+                     + f" +- {_get(sd, p, geo, c):5.3f}" for p in parts]
+            rises = "" if c is None else "; ".join(f"{result[k][geo][c]}/{n}" for k in ("rises", "rises_over_copies")
+                                                   if k in result)
+            lines.append(f"  {c or 'mAP':<20}" + " ".join(cells) + f"  {rises}")
     return "\n".join(lines)

@@ -92,8 +92,10 @@ def _inside(corners: np.ndarray, w: int, h: int) -> np.ndarray:
     return (c[..., 0] >= 0).all(1) & (c[..., 0] <= w).all(1) & (c[..., 1] >= 0).all(1) & (c[..., 1] <= h).all(1)
 
 
-def _turn(corners: np.ndarray, w: int, h: int, k: int, mirror: bool) -> np.ndarray:
-    c = corners.copy()
+def turn_corners(corners: np.ndarray, w: int, h: int, k: int, mirror: bool) -> np.ndarray:
+    """Box corners ``[N, 4, 2]`` (pixels) of a ``w x h`` image mirrored left-right (if ``mirror``),
+    then turned ``k`` quarter turns clockwise on screen (square images when ``k`` is odd)."""
+    c = np.array(corners, dtype=np.float64)
     if mirror:
         c[..., 0] = w - c[..., 0]
         c = c[:, ::-1]  # keep the walking direction (clockwise on screen)
@@ -144,7 +146,7 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
         if cfg.rotate and w == h:
             t, mirror = int(rng.integers(4)), bool(rng.integers(2))
             if t or mirror:
-                corners = _turn(corners, w, h, t, mirror)
+                corners = turn_corners(corners, w, h, t, mirror)
                 ops.append(f"turn{90 * t}" + ("+mirror" if mirror else ""))
         if len(corners) and (cfg.jitter or cfg.scale_jitter or (rotated and cfg.angle_jitter_deg)):
             obb = corners_to_obb(corners)

@@ -68,11 +68,10 @@ def load_models(model: str | None, scene_model: str | None, device: str | None, 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     image = scene = None
     if _wanted(model):
+        from earthgen.models import float32_on_cpu
         from earthgen.pipelines.image import load_pipeline
 
-        image = load_pipeline(resolve_model(model, name)).to(device)
-        if device == "cpu" and image.dtype != torch.float32:
-            image = image.to(dtype=torch.float32)  # packaged weights are fp16; CPU kernels are fp32
+        image = float32_on_cpu(load_pipeline(resolve_model(model, name)).to(device))  # packaged weights are fp16
     if _wanted(scene_model):
         default = str(scene_model).strip().lower() == "default"
         try:

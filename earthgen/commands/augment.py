@@ -101,11 +101,9 @@ def run(args: argparse.Namespace) -> int:
                         inpaint=args.inpaint, inpaint_margin=args.inpaint_margin)
     cfg.validate()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from earthgen.models import resolve_model
+    from earthgen.models import float32_on_cpu, resolve_model
 
-    pipe = load_pipeline(resolve_model(args.model, "boxes")).to(device)
-    if device == "cpu":
-        pipe = pipe.to(torch.float32)
+    pipe = float32_on_cpu(load_pipeline(resolve_model(args.model, "boxes")).to(device))
     pipe.set_progress_bar_config(disable=True)
     s = augment_dataset(args.dataset, args.out, pipe, cfg, src_format=args.input_format)
     kept = f"kept {s['kept']}/{s['generated']} ({100 * s['kept_fraction']:.0f}%)" if s["kept_fraction"] is not None \

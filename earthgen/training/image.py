@@ -173,24 +173,26 @@ def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0
     """Give pipeline components box conditioning (in place): the UNet becomes a
     :class:`controls.boxes.GroundedUNet2DConditionModel` (same weights, new gated layers, and
     ``1 + raster_dim`` zero-initialised input channels for the dense box map when ``raster_dim``)
-    and a :class:`earthgen.conditioning.boxes.BoxTokenEncoder` is added if there is none. A model
-    that already has box conditioning is left as it is."""
+    and a :class:`earthgen.conditioning.boxes.BoxTokenEncoder` is added if there is none. On a
+    model with a layout map at its input the box-map channels go before the layout's (the
+    pipeline's order). A model that already has box conditioning is left as it is."""
     from controls.boxes import GroundedUNet2DConditionModel
     from earthgen.conditioning.boxes import BoxTokenEncoder, check_box_map
 
     lay = comps.get("layout_encoder")
+    lay_c = 0 if lay is None else lay.channels
     if not isinstance(comps["unet"], GroundedUNet2DConditionModel):
-        if lay is not None:  # the box map goes before the layout map: ground first, then add the layout
-            raise UserInputError("this model takes a layout map at its input; add box conditioning to a model "
-                                 "without one, then the layout input (--layout-input concat)")
-        comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"], 1 + raster_dim if raster_dim else 0)
+        # the box map goes between the latent and a layout map the UNet already takes
+        at = None if lay is None else int(comps["unet"].config.out_channels)
+        comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"], 1 + raster_dim if raster_dim else 0,
+                                                               insert_at=at)
         if comps.get("box_encoder") is not None and comps["box_encoder"].config.raster_dim != raster_dim:
             comps["box_encoder"] = None
     if comps.get("box_encoder") is None:  # as many map channels as the UNet takes (1 + class dims, or none)
         comps["box_encoder"] = BoxTokenEncoder(text_dim=int(comps["text_encoder"].config.hidden_size),
                                                out_dim=int(comps["unet"].config.cross_attention_dim),
-                                               hidden_dim=hidden_dim, raster_dim=max(comps["unet"].raster_channels - 1, 0))
-    check_box_map(comps["unet"], comps["box_encoder"], 0 if lay is None else lay.channels)
+                                               hidden_dim=hidden_dim, raster_dim=max(comps["unet"].raster_channels - lay_c - 1, 0))
+    check_box_map(comps["unet"], comps["box_encoder"], lay_c)
     return comps
 
 
