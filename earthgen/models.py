@@ -228,8 +228,9 @@ def calibrate_vae(src: str | Path, out: str | Path, n: int = 64, resolution: int
 
 def finetune_vae_decoder(src: str | Path, out: str | Path, steps: int = 1000, batch_size: int = 8,
                          resolution: int = 64, lr: float = 3e-4, seed: int = 2, max_minutes: float | None = None,
-                         edge_weight: float = 0.5) -> dict:
-    """Fine-tune only the VAE *decoder* of pipeline ``src`` on procedural tiles (the encoder, hence
+                         edge_weight: float = 0.5, data: str | None = None) -> dict:
+    """Fine-tune only the VAE *decoder* of pipeline ``src`` on procedural tiles, or on random crops
+    of the detection dataset ``data`` (flips, 90° turns), (the encoder, hence
     the latent space the diffusion model was trained in, stays fixed; Stable Diffusion's ft-MSE
     idea) and write the VAE (an ``AutoencoderKL`` folder) to ``out``. Loss: L1 on pixels + ``edge_weight`` x L1 on image
     gradients (sharper edges). Stops after ``steps`` or ``max_minutes``; returns a summary."""
@@ -240,9 +241,10 @@ def finetune_vae_decoder(src: str | Path, out: str | Path, steps: int = 1000, ba
     from tqdm import tqdm
 
     from earthgen.pipelines.image import load_pipeline
-    from earthgen.training.image import world_batch
+    from earthgen.training.image import DetectionData, world_batch
 
     pipe = load_pipeline(str(src))
+    source = None if data is None else DetectionData(data, resolution)
     vae = pipe.vae.float().train()
     vae.requires_grad_(False)
     dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -257,7 +259,9 @@ def finetune_vae_decoder(src: str | Path, out: str | Path, steps: int = 1000, ba
     for step in tqdm(range(steps), desc="vae decoder"):
         if max_minutes is not None and time.perf_counter() - t0 > max_minutes * 60:
             break
-        x = world_batch(seed, step * batch_size, batch_size, resolution)["image"] * 2 - 1
+        b = world_batch(seed, step * batch_size, batch_size, resolution) if source is None else \
+            source.batch(seed, step * batch_size, batch_size)
+        x = b["image"] * 2 - 1
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
@@ -266,12 +270,12 @@ def finetune_vae_decoder(src: str | Path, out: str | Path, steps: int = 1000, ba
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dec, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done = step + 1
     vae.eval().requires_grad_(False)
     vae.save_pretrained(out, safe_serialization=True)
     summary = {"steps": done, "seconds": round(time.perf_counter() - t0, 1), "batch_size": batch_size,
-               "resolution": resolution, "lr": lr, "seed": seed, "edge_weight": edge_weight,
+               "resolution": resolution, "lr": lr, "seed": seed, "edge_weight": edge_weight, "data": data,
                "first_losses": losses[:5], "last_losses": losses[-5:]}
     (Path(out) / "decoder_finetune.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -415,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--seed", type=int, default=2)
     s.add_argument("--max-minutes", type=float, default=None)
+    s.add_argument("--data", default=None, help="a detection dataset to train on (default: procedural tiles)")
     s = sub.add_parser("attach-control", help="re-initialise the control branch from the trained UNet")
     s.add_argument("src")
     s.add_argument("--out", required=True)
@@ -436,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "finetune-vae-decoder":
             r = finetune_vae_decoder(args.src, args.out, steps=args.steps, batch_size=args.batch_size,
                                      resolution=args.resolution, lr=args.lr, seed=args.seed,
-                                     max_minutes=args.max_minutes)
+                                     max_minutes=args.max_minutes, data=args.data)
             print(f"{r['steps']} steps in {r['seconds']} s; written to {args.out}")
         elif args.cmd == "attach-control":
             print(attach_control(args.src, args.out))
