@@ -21,6 +21,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' loader looks it up here
 from torch import nn
 
+from controls.inputs import place_input_weights
+
 
 class GroundingTokens(nn.Module):
     """The UNet's ``position_net``: returns the precomputed tokens it is given."""
@@ -65,9 +67,5 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
         bad += [k for k in unexpected if not k.startswith("position_net.")]
         if bad:
             raise ValueError(f"cannot ground this UNet: mismatched weights {bad[:5]}")
-        k = w.shape[1] if insert_at is None else insert_at
-        with torch.no_grad():
-            model.conv_in.weight.zero_()
-            model.conv_in.weight[:, :k] = w[:, :k]
-            model.conv_in.weight[:, k + raster_channels:] = w[:, k:]
+        place_input_weights(model.conv_in.weight, w, insert_at)
         return model.to(device=unet.device, dtype=unet.dtype)

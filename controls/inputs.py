@@ -26,8 +26,18 @@ def widen_input(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing != ["conv_in.weight"] or unexpected:
         raise ValueError(f"cannot widen this UNet's input: mismatched weights {(missing + unexpected)[:5]}")
-    with torch.no_grad():
-        model.conv_in.weight.zero_()
-        model.conv_in.weight[:, : w.shape[1]] = w
+    place_input_weights(model.conv_in.weight, w)
     model.to(unet.device)
     return model if unet.dtype == model.dtype else model.to(unet.dtype)
+
+
+def place_input_weights(dst: torch.Tensor, src: torch.Tensor, insert_at: int | None = None) -> None:
+    """Fill a widened ``conv_in`` weight ``dst`` ``[C_out, C_in + extra, k, k]`` from the old one
+    ``src`` ``[C_out, C_in, k, k]`` in place: the ``extra`` new input channels are zero and sit at
+    ``insert_at`` (default: after the old ones), the old channels keep their weights."""
+    k = src.shape[1] if insert_at is None else insert_at
+    extra = dst.shape[1] - src.shape[1]
+    with torch.no_grad():
+        dst.zero_()
+        dst[:, :k] = src[:, :k]
+        dst[:, k + extra:] = src[:, k:]

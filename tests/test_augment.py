@@ -111,6 +111,10 @@ def test_filter_keeps_and_rejects_constructed_cases():
     assert filter_generated([BoxSet(np.zeros((0, 4, 2)), [])], [perfect]).keep.tolist() == [True]
     with pytest.raises(UserInputError, match="min recall"):
         filter_generated([req], [perfect], min_recall=2.0)
+    # only the last k boxes count (the painted ones of an inpainted image); k = 0: nothing asked
+    last = filter_generated([req] * 3, [one, one, low_score], min_recall=1.0, count_last=[1, 0, 1])
+    assert last.recall.tolist() == [0.0, 1.0, 0.0] and last.keep.tolist() == [False, True, False]
+    assert [f.tolist() for f in last.found] == [[True, False], [True, False], [True, False]]
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +360,10 @@ def test_copies_control(tmp_path, world_dataset, augmented, capsys):
         evaluate_augmentation(world_dataset, out, world_dataset, control="oversample", **kw)
     with pytest.raises(UserInputError, match="no augmentation manifest"):  # a dataset not written by augment
         evaluate_augmentation(world_dataset, world_dataset, world_dataset, control="copies", **kw)
-    agg = evaluate_augmentation_seeds(world_dataset, out, world_dataset, seeds=[0, 1], control="copies", **kw)
+    agg = evaluate_augmentation_seeds(world_dataset, out, world_dataset, seeds=[0, 1], control="copies",
+                                      out=tmp_path / "s", **kw)
+    assert len(list((tmp_path / "s" / "copies").glob("*.png"))) == 2  # written once for all seeds
+    assert not (tmp_path / "s" / "seed0" / "copies").exists()
     assert agg["rises_over_copies"]["rotated"][c] == sum(x["gain_over_copies"]["rotated"]["AP"][c] > 0
                                                          for x in agg["runs"])
     assert agg["mean"]["copies"]["rotated"]["mAP"] == pytest.approx(np.mean([x["copies"]["rotated"]["mAP"]

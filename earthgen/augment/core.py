@@ -202,15 +202,11 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
             syn_items = [DetectionItem(tmp / nm, lay.size, lay.boxes) for nm, lay in zip(names, layouts, strict=True)]
             detected = predict(detector, syn_items, score_threshold=min(cfg.score_threshold, 0.05), images=images,
                                progress=progress)
+            # with --inpaint the real boxes are real pixels: only the painted ones test the generator
             res = filter_generated([lay.boxes for lay in layouts], detected, cfg.iou_threshold, cfg.score_threshold,
-                                   cfg.min_recall, rotated=bool(detector.config.rotated))
-            found = res.found
-            if cfg.inpaint:  # the real boxes are real pixels: only the painted ones test the generator
-                recall = np.array([f[len(f) - lay.pasted:].mean() if lay.pasted else 1.0
-                                   for f, lay in zip(found, layouts, strict=True)])
-                keep = recall >= cfg.min_recall - 1e-12
-            else:
-                keep, recall = res.keep, res.recall
+                                   cfg.min_recall, rotated=bool(detector.config.rotated),
+                                   count_last=[lay.pasted for lay in layouts] if cfg.inpaint else None)
+            keep, recall, found = res.keep, res.recall, res.found
         else:
             keep, recall = np.ones(len(layouts), bool), np.full(len(layouts), np.nan)
             found = [None] * len(layouts)

@@ -19,7 +19,7 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
                           width: int = 32, seed: int = 0, rotated: bool | None = None, iou_threshold: float = 0.5,
                           out: str | Path | None = None, progress: bool = True,
                           real_detector: str | Path | None = None, control: str | None = None,
-                          control_detector: str | Path | None = None) -> dict:
+                          control_detector: str | Path | None = None, copies: Sequence | None = None) -> dict:
     """Train :class:`~earthgen.detection.BoxNet` twice with identical settings and seed (on
     ``real``, then on ``augmented``) and evaluate both on ``test``. Returns
     ``{"real": {...}, "augmented": {...}, "gain": {...}}`` with ``mAP`` and per-class ``AP`` for
@@ -33,7 +33,8 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
     turned as its layout, unchanged, with its own boxes); adds ``copies`` and
     ``gain_over_copies`` (augmented - copies: what the generated objects add beyond drawing the
     source images more often). ``control_detector``: that detector, already trained (e.g. for
-    another generator with the same layouts)."""
+    another generator with the same layouts); ``copies``: the copies' DetectionItems when already
+    written (default: written under ``out``, or to a temporary folder)."""
     from earthgen.detection import evaluate_detector, predict, train_detector
     from earthgen.detection.train import load_rgb
 
@@ -69,10 +70,8 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
     with contextlib.ExitStack() as stack:  # a temporary copies folder when there is no --out
         sets = [("real", real_items), ("augmented", aug_items)]
         if control == "copies":
-            from earthgen.augment.core import write_copies
-
-            copy_dir = Path(out) / "copies" if out is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            copies = write_copies(augmented, real_items, copy_dir)
+            if copies is None:
+                copies = _write_copies(augmented, real_items, out, stack)
             sets.append(("copies", real_items + copies))
             result["sizes"]["copies"] = len(real_items) + len(copies)
             if control_detector is not None:
@@ -113,6 +112,15 @@ def _difference(b: dict, a: dict, classes: Sequence[str]) -> dict:
                          if not (np.isnan(a[geo]["AP"][c]) or np.isnan(b[geo]["AP"][c])) else float("nan")
                          for c in classes}}
             for geo in a}
+
+
+def _write_copies(augmented, real_items, out, stack: contextlib.ExitStack) -> list:
+    """:func:`~earthgen.augment.core.write_copies` into ``out/copies``, or into a temporary folder
+    that lives as long as ``stack``."""
+    from earthgen.augment.core import write_copies
+
+    folder = Path(out) / "copies" if out is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    return write_copies(augmented, real_items, folder)
 
 
 def _load_detector(path):
@@ -165,10 +173,12 @@ def evaluate_augmentation_seeds(real, augmented, test, seeds: Sequence[int] = (0
         controls[sd] = d
     if control_detectors and set(controls) != set(seeds_used):
         raise UserInputError(f"the control detectors have seeds {sorted(controls)}, the runs {seeds_used}")
-    runs = [evaluate_augmentation(real, augmented, test, seed=sd, real_detector=det,
-                                  out=None if out is None else Path(out) / f"seed{sd}", control=control,
-                                  control_detector=controls.get(sd), **kw)
-            for sd, det in runs_in]
+    with contextlib.ExitStack() as stack:  # the copies are the same for every seed: written once
+        copies = _write_copies(augmented, read_detection_dataset(real), out, stack) if control == "copies" else None
+        runs = [evaluate_augmentation(real, augmented, test, seed=sd, real_detector=det,
+                                      out=None if out is None else Path(out) / f"seed{sd}", control=control,
+                                      control_detector=controls.get(sd), copies=copies, **kw)
+                for sd, det in runs_in]
     return aggregate_runs(runs)
 
 

@@ -55,8 +55,11 @@ def match_requested(requested: BoxSet, detected: BoxSet, iou_threshold: float = 
 
 
 def filter_generated(requested: Sequence[BoxSet], detected: Sequence[BoxSet], iou_threshold: float = 0.5,
-                     score_threshold: float = 0.3, min_recall: float = 0.5, rotated: bool = True) -> FilterResult:
-    """Decide which generated images to keep (see the module docstring)."""
+                     score_threshold: float = 0.3, min_recall: float = 0.5, rotated: bool = True,
+                     count_last: Sequence[int] | None = None) -> FilterResult:
+    """Decide which generated images to keep (see the module docstring). ``count_last``: per
+    image, only its last ``k`` requested boxes count towards the recall (e.g. the painted ones of
+    an inpainted image; all boxes are still matched, and ``k = 0`` counts as nothing asked)."""
     if len(requested) != len(detected):
         raise ValueError(f"{len(requested)} layouts but {len(detected)} detection sets")
     for name, v in (("iou threshold", iou_threshold), ("score threshold", score_threshold), ("min recall", min_recall)):
@@ -64,5 +67,9 @@ def filter_generated(requested: Sequence[BoxSet], detected: Sequence[BoxSet], io
             raise UserInputError(f"{name} must be in [0, 1], got {v}")
     found = [match_requested(r, d, iou_threshold, score_threshold, rotated) for r, d in
              zip(requested, detected, strict=True)]
-    recall = np.array([f.mean() if len(f) else 1.0 for f in found])
+    if count_last is not None and len(count_last) != len(found):
+        raise ValueError(f"{len(found)} layouts but {len(count_last)} counts")
+    counted = found if count_last is None else [f[len(f) - k:] if k else f[:0] for f, k in
+                                                zip(found, count_last, strict=True)]
+    recall = np.array([f.mean() if len(f) else 1.0 for f in counted])
     return FilterResult(recall >= min_recall - 1e-12, recall, found)
