@@ -298,10 +298,12 @@ def attach_control(src: str | Path, out: str | Path) -> Path:
 
 
 def package_image_model(src: str | Path, out: str | Path | None = None, fp16: bool = True,
-                        vae: str | Path | None = None) -> Path:
+                        vae: str | Path | None = None, control_end: float | None = None) -> Path:
     """Write pipeline ``src`` as the packaged default (``out``, default the package folder):
     weights in fp16 safetensors, the MiniLM text encoder as a reference (not copied). ``vae``: an
-    ``AutoencoderKL`` folder with a fine-tuned decoder to use instead (same encoder required)."""
+    ``AutoencoderKL`` folder with a fine-tuned decoder to use instead (same encoder required).
+    ``control_end``: the model's default ``control_guidance_end`` (fraction of the sampling steps
+    that run the control branch; default: keep the source's)."""
     import torch
     from diffusers import DPMSolverMultistepScheduler
     from diffusers.utils import logging as dlogging
@@ -310,6 +312,10 @@ def package_image_model(src: str | Path, out: str | Path | None = None, fp16: bo
 
     out = Path(out) if out is not None else MODELS_DIR / "image"
     pipe = load_pipeline(str(src))
+    if control_end is not None:
+        if not 0.0 < control_end <= 1.0:
+            raise UserInputError(f"--control-end must be in (0, 1], got {control_end}")
+        pipe.register_to_config(control_guidance_end=float(control_end))
     if vae is not None:
         from diffusers import AutoencoderKL
 
@@ -428,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", default=None)
     s.add_argument("--fp32", action="store_true", help="keep float32 weights")
     s.add_argument("--vae", default=None, help="a VAE folder with a fine-tuned decoder (finetune-vae-decoder)")
+    s.add_argument("--control-end", type=float, default=None,
+                   help="default control_guidance_end of the packaged model: the control branch runs on this "
+                        "fraction of the sampling steps (the first ones); default: keep the source's")
     args = p.parse_args(argv)
     try:
         if args.cmd == "init-image":
@@ -446,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "attach-control":
             print(attach_control(args.src, args.out))
         else:
-            out = package_image_model(args.src, args.out, fp16=not args.fp32, vae=args.vae)
+            out = package_image_model(args.src, args.out, fp16=not args.fp32, vae=args.vae,
+                                      control_end=args.control_end)
             print(f"{out}: {folder_size_mb(out):.1f} MB")
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)

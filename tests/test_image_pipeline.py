@@ -93,6 +93,44 @@ def test_cfg_unconditional_branch_drops_every_condition(pipe):
     torch.testing.assert_close(seen["text"][:1], empty)
 
 
+def _count_control_calls(pipe, **kw):
+    steps = []
+    cn_forward = pipe.controlnet.forward
+    pipe.controlnet.forward = lambda sample, t, *a, **k: steps.append(float(t)) or cn_forward(sample, t, *a, **k)
+    try:
+        out = run(pipe, layout=layout_map(), num_inference_steps=4, **kw)
+    finally:
+        pipe.controlnet.forward = cn_forward
+    return steps, out
+
+
+def test_control_guidance_window(pipe, tmp_path):
+    """The control branch runs on the steps in [start, end) of the run; the end's default is the
+    model's config, saved with it; outside the window the UNet runs alone."""
+    every, full = _count_control_calls(pipe)
+    assert len(every) == 4
+    first, early = _count_control_calls(pipe, control_guidance_end=0.5)
+    assert first == every[:2]  # the first two timesteps (the noisiest)
+    last, _ = _count_control_calls(pipe, control_guidance_start=0.5)
+    assert last == every[2:]
+    assert np.abs(early - full).mean() > 1e-6
+    pipe.save_pretrained(tmp_path / "p")
+    with open(tmp_path / "p" / "model_index.json") as f:
+        assert '"control_guidance_end": 1.0' in f.read()
+    saved = EarthImagePipeline(**pipe.components, control_guidance_end=0.5)
+    saved.save_pretrained(tmp_path / "q")
+    re = EarthImagePipeline.from_pretrained(tmp_path / "q")
+    re.set_progress_bar_config(disable=True)
+    assert re.config.control_guidance_end == 0.5
+    default_steps, out = _count_control_calls(re)
+    assert default_steps == every[:2]
+    np.testing.assert_allclose(out, early, atol=1e-5)
+    for bad in ({"control_guidance_end": 0.0}, {"control_guidance_end": 1.5},
+                {"control_guidance_start": 0.6, "control_guidance_end": 0.5}):
+        with pytest.raises(UserInputError, match="control_guidance"):
+            run(pipe, layout=layout_map(), **bad)
+
+
 def test_inpainting_keeps_unmasked_latents(pipe):
     img = run(pipe, generator=torch.Generator().manual_seed(5))[0]
     mask = np.zeros((64, 64), dtype=np.float32)

@@ -98,6 +98,12 @@ def test_packaging_references_minilm_and_halves_weights(tmp_path):
     lay[:, 20:30] = 7
     a, b = _generate(src, 0, layout=lay), _generate(back, 0, layout=lay)
     assert np.abs(a - b).max() < 0.02
+    assert back.config.control_guidance_end == 1.0  # kept from the source
+    # --control-end sets the packaged model's default window of control steps
+    again = models.package_image_model(tmp_path / "src", tmp_path / "pkg2", control_end=0.4)
+    assert json.loads((again / "model_index.json").read_text())["control_guidance_end"] == 0.4
+    with pytest.raises(UserInputError, match="control-end"):
+        models.package_image_model(tmp_path / "src", tmp_path / "pkg3", control_end=0.0)
 
 
 def test_other_text_encoders_are_stored_not_referenced(tmp_path):

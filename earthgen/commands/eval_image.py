@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--no-layout", action="store_true", help="do not give the layout to the model")
+    p.add_argument("--control-end", type=float, default=None,
+                   help="fraction of the sampling steps that run the control branch (default: the model's own)")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
     p.set_defaults(func=run)
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         pipe = pipe.to("cuda")
     pipe.set_progress_bar_config(disable=True)
     m = evaluate_image(pipe, evaluator, n=args.n, steps=args.steps, guidance_scale=args.guidance,
-                       batch_size=args.batch_size, use_layout=not args.no_layout)
+                       batch_size=args.batch_size, use_layout=not args.no_layout, control_end=args.control_end)
     print(json.dumps(m, indent=2))
     if args.out:
         write_json(args.out, m)

@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--bbox", type=float_list(4, "--bbox"), default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
     p.add_argument("--center", type=float_list(2, "--center"), default=None, metavar="LAT,LON")
     p.add_argument("--layout-scale", type=float, default=1.0, help="guidance weight of the layout control")
+    p.add_argument("--control-end", type=float, default=None,
+                   help="fraction of the sampling steps (the first ones) that run the control branch, in (0, 1] "
+                        "(default: the model's own; the packaged model: see docs/models.md)")
     p.add_argument("--image", default=None, help="reference image (image-to-image, or inpainting with --mask)")
     p.add_argument("--mask", default=None, help="inpainting mask image: white = repaint")
     p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength in (0, 1]")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
                control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,
                strength=args.strength if mask is None else 1.0, height=height, width=width,
-               num_inference_steps=args.steps, guidance_scale=args.guidance,
+               num_inference_steps=args.steps, guidance_scale=args.guidance, control_guidance_end=args.control_end,
                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
     arr = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
     write_png(args.out, arr)

@@ -23,8 +23,9 @@ from earthgen.metrics import fid_from_features, kid_from_features, miou
 @torch.no_grad()
 def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, steps: int = 30,
                    guidance_scale: float = 5.0, batch_size: int = 4, seed: int = 99_000, use_layout: bool = True,
-                   progress: bool = True) -> dict:
-    """Generate ``n`` images from held-out world conditions and score them (see module docstring)."""
+                   progress: bool = True, control_end: float | None = None) -> dict:
+    """Generate ``n`` images from held-out world conditions and score them (see module docstring).
+    ``control_end``: the pipeline's ``control_guidance_end`` (None: the model's default)."""
     from tqdm import tqdm
 
     from earthgen.training.image import world_batch
@@ -39,6 +40,7 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
         out = pipe(prompt=b["caption"], gsd=b["gsd"].tolist() if pipe.metadata_encoder is not None else None,
                    layout=b["semantic"] if (use_layout and pipe.takes_layout) else None,
                    num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt",
+                   control_guidance_end=control_end,
                    generator=torch.Generator().manual_seed(seed + i)).images
         eg, er = evaluator(out.to(dev)), evaluator(b["image"].to(dev))
         gen_seg.append(eg["segmentation"].argmax(1).cpu().numpy())
@@ -54,6 +56,8 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     kid = kid_from_features(fg, fr, subsets=10, subset_size=min(50, len(fg)))
     return {
         "n": int(len(lay)), "resolution_px": res, "steps": steps, "guidance_scale": guidance_scale,
+        "control_guidance_end": float(control_end if control_end is not None
+                                      else getattr(pipe.config, "control_guidance_end", 1.0)),
         "control_miou": miou(np.concatenate(gen_seg), lay, NUM_CLASSES)["miou"],
         "real_miou": miou(np.concatenate(real_seg), lay, NUM_CLASSES)["miou"],
         "gsd_abs_log10_error": float(np.concatenate(gsd_err).mean()),

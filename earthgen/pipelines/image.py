@@ -105,11 +105,13 @@ class EarthImagePipeline(DiffusionPipeline):
     _optional_components = ["metadata_encoder", "controlnet", "box_encoder", "layout_encoder"]
 
     def __init__(self, vae, unet, scheduler, text_encoder, tokenizer, metadata_encoder=None, controlnet=None,
-                 box_encoder=None, layout_encoder=None):
+                 box_encoder=None, layout_encoder=None, control_guidance_end: float = 1.0):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer, metadata_encoder=metadata_encoder, controlnet=controlnet,
                               box_encoder=box_encoder, layout_encoder=layout_encoder)
+        # the model's default fraction of sampling steps that run the control branch (saved in model_index.json)
+        self.register_to_config(control_guidance_end=float(control_guidance_end))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
@@ -315,7 +317,8 @@ class EarthImagePipeline(DiffusionPipeline):
 
     # --- checks --------------------------------------------------------------------------------
 
-    def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap):
+    def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap,
+                     control_start: float = 0.0, control_end: float = 1.0):
         f = self.vae_scale_factor
         if self.controlnet is not None:
             f = max(f, self.controlnet.downscale)
@@ -327,6 +330,9 @@ class EarthImagePipeline(DiffusionPipeline):
             raise UserInputError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if not 0.0 < strength <= 1.0:
             raise UserInputError(f"strength must be in (0, 1], got {strength}")
+        if not 0.0 <= control_start < control_end <= 1.0:
+            raise UserInputError("need 0 <= control_guidance_start < control_guidance_end <= 1, got "
+                                 f"{control_start} and {control_end}")
         if mask is not None and image is None:
             raise UserInputError("inpainting needs the image to edit (image=...) as well as the mask")
         if tile_size is not None and (tile_size <= 0 or not 0 <= overlap < tile_size):
@@ -428,6 +434,8 @@ class EarthImagePipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         tile_size: int | None = None,
         tile_overlap: int = 16,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
@@ -448,6 +456,9 @@ class EarthImagePipeline(DiffusionPipeline):
                 ``[H, W]``/``[B, 1, H, W]``, 1 = repaint).
             tile_size / tile_overlap: latent pixels of the sampling windows for large images
                 (default: the UNet's sample size when the image is larger).
+            control_guidance_start / control_guidance_end: the control branch runs on the sampling
+                steps in this fraction of the run (0..1); the end defaults to the model's
+                ``config.control_guidance_end`` (1.0 unless the model was packaged with another).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: ``fn(pipe, step, t, {"latents": ...})`` may return new latents.
         """
@@ -470,8 +481,10 @@ class EarthImagePipeline(DiffusionPipeline):
         if tile_size is None and (lh > sample_size or lw > sample_size):
             tile_size = sample_size
         tile_overlap = min(tile_overlap, (tile_size or 1) - 1) if tile_size else tile_overlap
+        if control_guidance_end is None:
+            control_guidance_end = float(getattr(self.config, "control_guidance_end", 1.0))
         self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
-                          tile_size, tile_overlap)
+                          tile_size, tile_overlap, control_guidance_start, control_guidance_end)
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -535,12 +548,16 @@ class EarthImagePipeline(DiffusionPipeline):
 
         # 4. denoising loop
         with self.progress_bar(total=len(timesteps)) as bar:
+            n_t = len(timesteps)
             for i, t in enumerate(timesteps):
+                # the control branch runs on the steps in [start, end) of the run (fractions of its steps)
+                on = i / n_t >= control_guidance_start - 1e-9 and (i + 1) / n_t <= control_guidance_end + 1e-9
+                step_packed = packed if on else None
                 if tile_size is not None:
-                    eps = self._eps_tiled(x, t, text, labels, packed, cfg, guidance_scale, tile_size, tile_overlap,
+                    eps = self._eps_tiled(x, t, text, labels, step_packed, cfg, guidance_scale, tile_size, tile_overlap,
                                           box_sets, raster)
                 else:
-                    eps = self._eps(x, t, text, labels, packed, cfg, guidance_scale, objs, raster)
+                    eps = self._eps(x, t, text, labels, step_packed, cfg, guidance_scale, objs, raster)
                 x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
                 if keep is not None:  # inpainting: the kept region follows the known image
                     if i + 1 < len(timesteps):
