@@ -129,6 +129,9 @@ def test_control_guidance_window(pipe, tmp_path):
                 {"control_guidance_start": 0.6, "control_guidance_end": 0.5}):
         with pytest.raises(UserInputError, match="control_guidance"):
             run(pipe, layout=layout_map(), **bad)
+    with pytest.raises(UserInputError, match="none of the 3 sampling steps"):  # the layout would be ignored
+        run(pipe, layout=layout_map(), control_guidance_end=0.2)
+    run(pipe, control_guidance_end=0.2)  # no control maps given: nothing is ignored
 
 
 def test_inpainting_keeps_unmasked_latents(pipe):

@@ -522,6 +522,14 @@ class EarthImagePipeline(DiffusionPipeline):
             if mask is None:  # image-to-image: start part-way
                 start = int(round(num_inference_steps * (1.0 - strength)))
                 timesteps = timesteps[min(start, num_inference_steps - 1):]
+        n_t = len(timesteps)
+        # the control branch runs on the steps in [start, end) of the run (fractions of its steps)
+        control_on = [i / n_t >= control_guidance_start - 1e-9 and (i + 1) / n_t <= control_guidance_end + 1e-9
+                      for i in range(n_t)]
+        if packed is not None and maps and not any(control_on):
+            raise UserInputError(f"control_guidance_start={control_guidance_start:g} and control_guidance_end="
+                                 f"{control_guidance_end:g} leave none of the {n_t} sampling steps to the control "
+                                 "branch, so the control maps would be ignored: widen the window or use more steps")
 
         # 3. latents
         shape = (batch, self.unet.config.out_channels, lh, lw)
@@ -548,11 +556,8 @@ class EarthImagePipeline(DiffusionPipeline):
 
         # 4. denoising loop
         with self.progress_bar(total=len(timesteps)) as bar:
-            n_t = len(timesteps)
             for i, t in enumerate(timesteps):
-                # the control branch runs on the steps in [start, end) of the run (fractions of its steps)
-                on = i / n_t >= control_guidance_start - 1e-9 and (i + 1) / n_t <= control_guidance_end + 1e-9
-                step_packed = packed if on else None
+                step_packed = packed if control_on[i] else None
                 if tile_size is not None:
                     eps = self._eps_tiled(x, t, text, labels, step_packed, cfg, guidance_scale, tile_size, tile_overlap,
                                           box_sets, raster)
