@@ -56,8 +56,7 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     kid = kid_from_features(fg, fr, subsets=10, subset_size=min(50, len(fg)))
     return {
         "n": int(len(lay)), "resolution_px": res, "steps": steps, "guidance_scale": guidance_scale,
-        "control_guidance_end": float(control_end if control_end is not None
-                                      else getattr(pipe.config, "control_guidance_end", 1.0)),
+        "control_guidance_end": float(control_end if control_end is not None else pipe.config.control_guidance_end),
         "control_miou": miou(np.concatenate(gen_seg), lay, NUM_CLASSES)["miou"],
         "real_miou": miou(np.concatenate(real_seg), lay, NUM_CLASSES)["miou"],
         "gsd_abs_log10_error": float(np.concatenate(gsd_err).mean()),

@@ -482,7 +482,7 @@ class EarthImagePipeline(DiffusionPipeline):
             tile_size = sample_size
         tile_overlap = min(tile_overlap, (tile_size or 1) - 1) if tile_size else tile_overlap
         if control_guidance_end is None:
-            control_guidance_end = float(getattr(self.config, "control_guidance_end", 1.0))
+            control_guidance_end = float(self.config.control_guidance_end)  # always registered by __init__
         self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
                           tile_size, tile_overlap, control_guidance_start, control_guidance_end)
         device = self._execution_device
