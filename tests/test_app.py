@@ -98,6 +98,10 @@ def test_text_to_image_size_and_seed(pipe):
     # the location reaches the metadata encoder
     located, _ = t2i(pipe, location="43.73, 7.42")
     assert located.size == (64, 48) and not np.array_equal(np.asarray(located), np.asarray(img))
+    # a separate metadata guidance: equal to the guidance it is the default image, else another
+    same = np.asarray(t2i(pipe, metadata_guidance=3.0)[0], dtype=np.int16)
+    assert np.abs(same - a).max() <= 1
+    assert np.abs(np.asarray(t2i(pipe, metadata_guidance=10.0)[0], dtype=np.int16) - a).mean() > 0.5
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -110,6 +114,8 @@ def test_text_to_image_size_and_seed(pipe):
     ({"gsd": -2}, "GSD must be"),
     ({"location": "north"}, "location must be 'lat,lon'"),
     ({"location": "95,10"}, "location out of range"),
+    ({"metadata_guidance": 40}, "metadata guidance must be in"),
+    ({"metadata_guidance": 3, "gsd": 0}, "needs a GSD or a location"),
 ])
 def test_text_to_image_bad_input(pipe, kw, match):
     with pytest.raises(gr.Error, match=match):

@@ -232,6 +232,12 @@ def test_pipeline_with_box_map(tmp_path):
     assert pipe.box_raster(None, False, 2, 64, 64).abs().max() == 0 and _run(pipe).shape == (1, 64, 64, 3)
     tiled = _run(pipe, boxes=BOXES, height=80, width=64, tile_size=8, tile_overlap=6, num_inference_steps=1)
     assert tiled.shape == (1, 80, 64, 3)
+    # a separate metadata guidance (three branches: tokens and map of the null boxes in the first
+    # two) equal to the guidance scale gives the two-branch images, untiled and tiled
+    for kw in ({}, {"height": 80, "width": 64, "tile_size": 8, "tile_overlap": 6, "num_inference_steps": 1}):
+        two = _run(pipe, boxes=BOXES, guidance_scale=3.0, **kw)
+        np.testing.assert_allclose(_run(pipe, boxes=BOXES, guidance_scale=3.0, metadata_guidance_scale=3.0, **kw),
+                                   two, atol=1e-5)
     pipe.save_pretrained(tmp_path / "p")
     p2 = load_pipeline(str(tmp_path / "p"))
     p2.set_progress_bar_config(disable=True)

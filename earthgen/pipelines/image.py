@@ -345,10 +345,19 @@ class EarthImagePipeline(DiffusionPipeline):
     # --- sampling ------------------------------------------------------------------------------
 
     def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float, objs=None,
-             raster=None) -> torch.Tensor:
+             raster=None, metadata_scale: float | None = None) -> torch.Tensor:
         """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens,
-        ``raster``: the input maps of the window (concatenated to the UNet input, :meth:`input_maps`)."""
-        x_in = torch.cat([x, x]) if cfg else x
+        ``raster``: the input maps of the window (concatenated to the UNet input, :meth:`input_maps`).
+
+        Under CFG the conditions come in blocks of the batch, every condition removed first. With
+        ``metadata_scale`` there are three blocks (null; metadata only; all conditions) and
+        ``eps = e0 + s_m (e_meta - e0) + s (e_all - e_meta)``; otherwise two and
+        ``eps = e0 + s (e_all - e0)`` (the same when ``s_m = s``). Box tokens come in two blocks
+        (:meth:`_grounding`); the metadata-only block gets the null ones."""
+        n_branch = (3 if metadata_scale is not None else 2) if cfg else 1
+        if objs is not None and n_branch == 3:
+            objs = torch.cat([objs[: x.shape[0]], objs])
+        x_in = torch.cat([x] * n_branch)
         x_in = self.scheduler.scale_model_input(x_in, t)
         x_lat = x_in
         if raster is not None:
@@ -361,13 +370,16 @@ class EarthImagePipeline(DiffusionPipeline):
         if objs is not None:
             kw["cross_attention_kwargs"] = {"gligen": {"objs": objs}}
         eps = self.unet(x_in, t, encoder_hidden_states=text, class_labels=labels, **kw).sample
-        if cfg:
+        if n_branch == 3:
+            uncond, meta, cond = eps.chunk(3)
+            eps = uncond + metadata_scale * (meta - uncond) + guidance_scale * (cond - meta)
+        elif cfg:
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance_scale * (cond - uncond)
         return eps
 
     def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap, sets=None,
-                   raster=None) -> torch.Tensor:
+                   raster=None, metadata_scale: float | None = None) -> torch.Tensor:
         """MultiDiffusion: blend window predictions with smooth weights."""
         _, _, h, w = x.shape
         th, tw = min(tile, h), min(tile, w)
@@ -381,7 +393,7 @@ class EarthImagePipeline(DiffusionPipeline):
                 p = None if packed is None else packed[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f]
                 objs = self._grounding(sets, cfg, x0 * f, y0 * f, tw * f, th * f)
                 r = None if raster is None else raster[:, :, y0:y0 + th, x0:x0 + tw]
-                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale, objs, r)
+                eps = self._eps(win, t, text, labels, p, cfg, guidance_scale, objs, r, metadata_scale)
                 acc[:, :, y0:y0 + th, x0:x0 + tw] += eps * weight
                 wsum[:, :, y0:y0 + th, x0:x0 + tw] += weight
         return acc / wsum
@@ -429,11 +441,12 @@ class EarthImagePipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 30,
         guidance_scale: float = 5.0,
+        metadata_guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         tile_size: int | None = None,
-        tile_overlap: int = 16,
+        tile_overlap: int | None = None,
         control_guidance_start: float = 0.0,
         control_guidance_end: float | None = None,
         output_type: str = "pil",
@@ -454,8 +467,14 @@ class EarthImagePipeline(DiffusionPipeline):
                 model with a ``box_encoder``.
             image: reference image for image-to-image (with ``strength``) or inpainting (with ``mask``,
                 ``[H, W]``/``[B, 1, H, W]``, 1 = repaint).
+            guidance_scale: classifier-free guidance of all conditions together (<= 1: none).
+            metadata_guidance_scale: a separate guidance weight for the metadata (``gsd``,
+                ``metadata``) alone, with ``guidance_scale`` then weighting text + maps on top of
+                it (one more model pass per step); None: guided together with the text. Equal to
+                ``guidance_scale`` it gives the same images as None.
             tile_size / tile_overlap: latent pixels of the sampling windows for large images
-                (default: the UNet's sample size when the image is larger).
+                (default: the UNet's sample size when the image is larger) and of their overlap
+                (default: half the window, at most 16).
             control_guidance_start / control_guidance_end: the control branch runs on the sampling
                 steps in this fraction of the run (0..1); the end defaults to the model's
                 ``config.control_guidance_end`` (1.0 unless the model was packaged with another).
@@ -480,7 +499,10 @@ class EarthImagePipeline(DiffusionPipeline):
         lh, lw = height // self.vae_scale_factor, width // self.vae_scale_factor
         if tile_size is None and (lh > sample_size or lw > sample_size):
             tile_size = sample_size
-        tile_overlap = min(tile_overlap, (tile_size or 1) - 1) if tile_size else tile_overlap
+        if tile_overlap is None:  # half a small window, at most 16 latent pixels (a stride of 1-2 costs
+            tile_overlap = min(16, (tile_size or 0) // 2)  # hundreds of windows per step)
+        elif tile_size:
+            tile_overlap = min(tile_overlap, tile_size - 1)
         if control_guidance_end is None:
             control_guidance_end = float(self.config.control_guidance_end)  # always registered by __init__
         self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
@@ -488,7 +510,7 @@ class EarthImagePipeline(DiffusionPipeline):
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        cfg = guidance_scale > 1.0
+        cfg = guidance_scale > 1.0 or metadata_guidance_scale is not None
 
         # 1. encode conditions (unconditional branch first: every condition removed)
         box_sets = self.prepare_boxes(boxes, batch, num_images_per_prompt)
@@ -496,6 +518,14 @@ class EarthImagePipeline(DiffusionPipeline):
         raster = self.input_maps(box_sets, layout, cfg, batch, height, width)
         text = self.encode_prompt(prompts)
         labels = self.class_labels(gsd, metadata, batch, None)
+        if metadata_guidance_scale is not None:
+            if not metadata_guidance_scale >= 0:
+                raise UserInputError(f"metadata_guidance_scale must be >= 0, got {metadata_guidance_scale}")
+            if labels is None:
+                raise UserInputError("metadata_guidance_scale needs a model that takes metadata (this one has no "
+                                     "metadata encoder or class embedding)")
+            if gsd is None and not metadata:
+                raise UserInputError("metadata_guidance_scale guides the metadata: give gsd= or metadata= too")
         maps = self.dense_controls(layout, controls, batch, height, width)
         packed = None
         if self.controlnet is not None:
@@ -510,6 +540,9 @@ class EarthImagePipeline(DiffusionPipeline):
                 drop_all = torch.ones(batch, dtype=torch.bool)
                 packed = torch.cat([self.controlnet.pack(maps, scales=control_scales, drop=drop_all, batch_size=batch,
                                                          size=(height, width)), packed])
+            if metadata_guidance_scale is not None:  # a metadata-only block: null text, maps, boxes
+                text, packed, raster = (None if v is None else torch.cat([v[:batch], v]) for v in (text, packed, raster))
+                labels = torch.cat([labels[:batch], labels[batch:], labels[batch:]])
 
         # 2. timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -560,9 +593,10 @@ class EarthImagePipeline(DiffusionPipeline):
                 step_packed = packed if control_on[i] else None
                 if tile_size is not None:
                     eps = self._eps_tiled(x, t, text, labels, step_packed, cfg, guidance_scale, tile_size, tile_overlap,
-                                          box_sets, raster)
+                                          box_sets, raster, metadata_guidance_scale)
                 else:
-                    eps = self._eps(x, t, text, labels, step_packed, cfg, guidance_scale, objs, raster)
+                    eps = self._eps(x, t, text, labels, step_packed, cfg, guidance_scale, objs, raster,
+                                    metadata_guidance_scale)
                 x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
                 if keep is not None:  # inpainting: the kept region follows the known image
                     if i + 1 < len(timesteps):
@@ -616,6 +650,28 @@ def load_pipeline(name: str) -> EarthImagePipeline:
         return EarthImagePipeline.from_pretrained(s)
     except (OSError, ValueError) as e:  # hub errors (offline, unknown repo) are OSErrors too
         raise UserInputError(f"cannot load the model {s}: {e}") from None
+
+
+def outpaint_canvas(image: np.ndarray, left: int, right: int, top: int, bottom: int,  # [H, W, 3]
+                    multiple: int = 8) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Extend an image by ``left/right/top/bottom`` pixels for outpainting: the canvas (borders
+    filled with the edge pixels, a start for the VAE), the inpainting mask (1 = generate) and
+    where the original sits, ``(row, col)``. The canvas is rounded up to a multiple of
+    ``multiple`` on the right and bottom. Pass both to the pipeline (``image=``, ``mask=``)."""
+    pads = [int(v) for v in (left, right, top, bottom)]
+    if min(pads) < 0 or sum(pads) == 0:
+        raise UserInputError(f"outpainting needs borders >= 0 pixels and > 0 on one side, got {pads}")
+    rgb = np.asarray(image)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise UserInputError(f"outpainting needs an RGB image [H, W, 3], got shape {rgb.shape}")
+    left, right, top, bottom = pads
+    h, w = rgb.shape[0] + top + bottom, rgb.shape[1] + left + right
+    right += -(-w // multiple) * multiple - w
+    bottom += -(-h // multiple) * multiple - h
+    canvas = np.pad(rgb, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    mask = np.ones(canvas.shape[:2], np.float32)
+    mask[top:top + rgb.shape[0], left:left + rgb.shape[1]] = 0.0
+    return canvas, mask, (top, left)
 
 
 def save_geotiff(path, image: Any, crs: Any, transform: Any):

@@ -201,9 +201,11 @@ def load_components(cfg: TrainConfig) -> dict:
     if cfg.model is None:
         return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes, raster_dim=cfg.box_raster_dim,
                                 layout_input=cfg.layout_input)
+    from earthgen.models import resolve_model
     from earthgen.pipelines.image import load_pipeline
 
-    comps = dict(load_pipeline(cfg.model).components)
+    # "default": the packaged model of the task (docs/models.md)
+    comps = dict(load_pipeline(resolve_model(cfg.model, "boxes" if boxes else "image")).components)
     if boxes:
         add_box_conditioning(comps, raster_dim=cfg.box_raster_dim)
     if cfg.layout_input == "concat":
@@ -261,6 +263,109 @@ class CaptionData:
             caps.append(rec.caption)
             gsds.append(float("nan") if rec.gsd is None else rec.gsd)
         return {"image": torch.stack(imgs), "semantic": None, "caption": caps, "gsd": torch.tensor(gsds)}
+
+
+class MaskData:
+    """Index-addressable batches from a semantic-segmentation folder (``images/`` + ``masks/``
+    paired by stem, :func:`earthgen.data.masks.read_mask_folder`; masks in EarthGen class ids or
+    palette colours, docs/classes.md): one random square crop of each image and its mask
+    (side = the shorter edge), resized to ``resolution`` (bicubic / nearest), with flips and 90°
+    rotations. Captions and GSD (metres/pixel, of the file; scaled with the resize) come from a
+    caption index in the folder (``captions.jsonl``, ``metadata.csv``, ... as
+    :mod:`earthgen.data.captions`, matched by image file stem) or, without one, the caption is
+    made from the mask's class fractions and the GSD is unknown."""
+
+    def __init__(self, path: str, resolution: int):
+        from earthgen.data.captions import INDEX_FILES, read_captions
+        from earthgen.data.masks import read_mask_folder
+
+        self.samples = read_mask_folder(path)
+        self.resolution = resolution
+        self.index: dict[str, object] = {}
+        root = Path(path)
+        for name in INDEX_FILES:
+            if (root / name).is_file():
+                self.index = {Path(r.image).stem: r for r in read_captions(root / name, image_root=self.samples[0].image.parent)}
+                break
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def item(self, k: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, str, float]:
+        """Sample ``k`` with the augmentation drawn from ``rng``: ``[3, R, R]`` in 0..1,
+        ``[R, R]`` int64 class ids, caption, GSD (m/px, NaN when unknown)."""
+        from PIL import Image
+
+        from earthgen.classes import class_fractions
+        from earthgen.data._common import fail
+        from earthgen.world.caption import SCENE_PHRASES, scene_of
+
+        smp = self.samples[k]
+        with Image.open(smp.image) as im:
+            img = np.asarray(im.convert("RGB"))
+        ids = smp.read()
+        if ids.shape != img.shape[:2]:
+            raise fail(smp.mask, None, f"mask is {ids.shape[1]}x{ids.shape[0]} but its image {smp.image.name} is "
+                                       f"{img.shape[1]}x{img.shape[0]}")
+        h, w = ids.shape
+        side = min(h, w)
+        y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        img, ids = img[y0:y0 + side, x0:x0 + side], ids[y0:y0 + side, x0:x0 + side]
+        r = self.resolution
+        img = np.asarray(Image.fromarray(img).resize((r, r), Image.BICUBIC))
+        ids = np.asarray(Image.fromarray(ids).resize((r, r), Image.NEAREST))
+        rot, flip = int(rng.integers(4)), bool(rng.integers(2))
+        img, ids = np.rot90(img, rot), np.rot90(ids, rot)
+        if flip:
+            img, ids = img[:, ::-1], ids[:, ::-1]
+        rec = self.index.get(smp.image.stem)
+        gsd = float("nan")
+        if rec is not None and rec.gsd is not None:
+            gsd = rec.gsd * side / r
+        if rec is not None:
+            caption = rec.caption
+        else:
+            scene = SCENE_PHRASES[scene_of({"class_fractions": class_fractions(ids)})]
+            caption = f"Satellite image of {scene}."
+        return (torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255.0,
+                torch.from_numpy(ids.astype(np.int64)), caption, gsd)
+
+    def batch(self, seed: int, index0: int, n: int) -> dict:
+        imgs, sems, caps, gsds = [], [], [], []
+        for k in range(index0, index0 + n):
+            rng = np.random.default_rng([seed, k])
+            img, ids, cap, gsd = self.item(int(rng.integers(len(self.samples))), rng)
+            imgs.append(img)
+            sems.append(ids)
+            caps.append(cap)
+            gsds.append(gsd)
+        return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
+                "gsd": torch.tensor(gsds, dtype=torch.float32)}
+
+
+def is_mask_dataset(path: str) -> bool:
+    """True when ``path`` is a folder with an image directory and a mask directory of image
+    files (``images/`` + ``masks/``, the names of :mod:`earthgen.data.masks`)."""
+    from earthgen.data._common import IMAGE_EXTS
+    from earthgen.data.masks import IMAGE_DIR_NAMES, MASK_DIR_NAMES
+
+    p = Path(path)
+    if not p.is_dir() or not any((p / d).is_dir() for d in IMAGE_DIR_NAMES):
+        return False
+    return any((p / d).is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in (p / d).iterdir())
+               for d in MASK_DIR_NAMES)
+
+
+def open_image_dataset(path: str, resolution: int, boxes: bool = False,
+                       balance: float = 0.0) -> MaskData | DetectionData | CaptionData:
+    """The batch source for a dataset path, by what the path holds: a semantic-mask folder
+    (:class:`MaskData`), a detection dataset (:class:`DetectionData`; always with ``boxes``) or
+    an image-caption dataset (:class:`CaptionData`)."""
+    if not boxes and is_mask_dataset(path):
+        return MaskData(path, resolution)
+    if boxes or is_detection_dataset(path):
+        return DetectionData(path, resolution, balance)
+    return CaptionData(path, resolution)
 
 
 def is_detection_dataset(path: str) -> bool:
@@ -391,10 +496,8 @@ def train(cfg: TrainConfig) -> dict:
             m.to(device)
     if cfg.data == "world":
         data = None
-    elif cfg.task == "image-boxes" or is_detection_dataset(cfg.data):
-        data = DetectionData(cfg.data, cfg.resolution, cfg.balance)
     else:
-        data = CaptionData(cfg.data, cfg.resolution)
+        data = open_image_dataset(cfg.data, cfg.resolution, boxes=cfg.task == "image-boxes", balance=cfg.balance)
     class_emb: dict[str, torch.Tensor] = {}
 
     if not cfg.resume:
@@ -475,7 +578,8 @@ def train(cfg: TrainConfig) -> dict:
                     if cfg.task == "image-control":
                         sem = batch["semantic"]
                         if sem is None:
-                            raise UserInputError("image-control training needs layouts: use --data world")
+                            raise UserInputError("image-control training needs layouts: use --data world or a semantic-mask "
+                                              "folder (images/ + masks/, docs/training.md)")
                         from earthgen.conditioning.dense import one_hot, road_map
 
                         maps = {"layout": one_hot(sem).to(device), "roads": road_map(sem).to(device)}
