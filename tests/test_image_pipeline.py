@@ -169,13 +169,31 @@ def test_control_guidance_window(pipe, tmp_path):
     default_steps, out = _count_control_calls(re)
     assert default_steps == every[:2]
     np.testing.assert_allclose(out, early, atol=1e-5)
+    # the saved window is for control maps: without any the branch runs on every step (null mode),
+    # unless a window is asked for
+    calls = []
+    fwd = re.controlnet.forward
+    re.controlnet.forward = lambda sample, t, *a, **k: calls.append(float(t)) or fwd(sample, t, *a, **k)
+    try:
+        run(re, num_inference_steps=4)
+        assert calls == every
+        calls.clear()
+        run(re, num_inference_steps=4, control_guidance_end=0.5)
+        assert calls == every[:2]
+    finally:
+        re.controlnet.forward = fwd
     for bad in ({"control_guidance_end": 0.0}, {"control_guidance_end": 1.5},
                 {"control_guidance_start": 0.6, "control_guidance_end": 0.5}):
         with pytest.raises(UserInputError, match="control_guidance"):
             run(pipe, layout=layout_map(), **bad)
+    # a step runs the branch when it starts in the window: a short window from 0 keeps the first step
+    one, _ = _count_control_calls(pipe, control_guidance_end=0.1)
+    assert one == every[:1]
+    three_quarters, _ = _count_control_calls(pipe, control_guidance_end=0.6)
+    assert three_quarters == every[:3]  # steps starting at 0, 0.25, 0.5
     with pytest.raises(UserInputError, match="none of the 3 sampling steps"):  # the layout would be ignored
-        run(pipe, layout=layout_map(), control_guidance_end=0.2)
-    run(pipe, control_guidance_end=0.2)  # no control maps given: nothing is ignored
+        run(pipe, layout=layout_map(), control_guidance_start=0.9)
+    run(pipe, control_guidance_start=0.9)  # no control maps given: nothing is ignored
 
 
 def test_inpainting_keeps_unmasked_latents(pipe):

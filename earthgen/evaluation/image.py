@@ -33,12 +33,15 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     res = resolution or int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     dev = pipe._execution_device
     evaluator = evaluator.to(dev).eval()
+    maps_given = use_layout and pipe.takes_layout
+    if control_end is None:  # the pipeline's default: the model's window with maps, every step without
+        control_end = float(pipe.config.control_guidance_end) if maps_given else 1.0
     gen_seg, real_seg, layouts, scenes, gen_scene, gsd_err = [], [], [], [], [], []
     f_gen, f_real = [], []
     for i in tqdm(range(0, n, batch_size), desc="eval image", disable=not progress):
         b = world_batch(seed, i, min(batch_size, n - i), res)
         out = pipe(prompt=b["caption"], gsd=b["gsd"].tolist() if pipe.metadata_encoder is not None else None,
-                   layout=b["semantic"] if (use_layout and pipe.takes_layout) else None,
+                   layout=b["semantic"] if maps_given else None,
                    num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt",
                    control_guidance_end=control_end,
                    generator=torch.Generator().manual_seed(seed + i)).images
@@ -56,7 +59,7 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     kid = kid_from_features(fg, fr, subsets=10, subset_size=min(50, len(fg)))
     return {
         "n": int(len(lay)), "resolution_px": res, "steps": steps, "guidance_scale": guidance_scale,
-        "control_guidance_end": float(control_end if control_end is not None else pipe.config.control_guidance_end),
+        "control_guidance_end": float(control_end),
         "control_miou": miou(np.concatenate(gen_seg), lay, NUM_CLASSES)["miou"],
         "real_miou": miou(np.concatenate(real_seg), lay, NUM_CLASSES)["miou"],
         "gsd_abs_log10_error": float(np.concatenate(gsd_err).mean()),

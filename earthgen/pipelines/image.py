@@ -476,8 +476,10 @@ class EarthImagePipeline(DiffusionPipeline):
                 (default: the UNet's sample size when the image is larger) and of their overlap
                 (default: half the window, at most 16).
             control_guidance_start / control_guidance_end: the control branch runs on the sampling
-                steps in this fraction of the run (0..1); the end defaults to the model's
-                ``config.control_guidance_end`` (1.0 unless the model was packaged with another).
+                steps that start in this fraction of the run (0..1; step ``i`` of ``n`` starts at
+                ``i / n``, so a window from 0 always holds the first step); the end defaults to the model's
+                ``config.control_guidance_end`` (1.0 unless the model was packaged with another) when
+                control maps are given, and to 1.0 without any (the branch's null mode on every step).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: ``fn(pipe, step, t, {"latents": ...})`` may return new latents.
         """
@@ -503,7 +505,8 @@ class EarthImagePipeline(DiffusionPipeline):
             tile_overlap = min(16, (tile_size or 0) // 2)  # hundreds of windows per step)
         elif tile_size:
             tile_overlap = min(tile_overlap, tile_size - 1)
-        if control_guidance_end is None:
+        end_given = control_guidance_end is not None
+        if not end_given:
             control_guidance_end = float(self.config.control_guidance_end)  # always registered by __init__
         self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
                           tile_size, tile_overlap, control_guidance_start, control_guidance_end)
@@ -527,6 +530,8 @@ class EarthImagePipeline(DiffusionPipeline):
             if gsd is None and not metadata:
                 raise UserInputError("metadata_guidance_scale guides the metadata: give gsd= or metadata= too")
         maps = self.dense_controls(layout, controls, batch, height, width)
+        if not maps and not end_given:  # the model's window is for maps; without any, the branch runs
+            control_guidance_end = 1.0  # on every step in its null mode, as trained (docs/models.md)
         packed = None
         if self.controlnet is not None:
             packed = self.controlnet.pack(maps, scales=control_scales, batch_size=batch, size=(height, width))
@@ -557,8 +562,9 @@ class EarthImagePipeline(DiffusionPipeline):
                 timesteps = timesteps[min(start, num_inference_steps - 1):]
         n_t = len(timesteps)
         # the control branch runs on the steps in [start, end) of the run (fractions of its steps)
-        control_on = [i / n_t >= control_guidance_start - 1e-9 and (i + 1) / n_t <= control_guidance_end + 1e-9
-                      for i in range(n_t)]
+        # (step i covers [i/n, (i+1)/n); it runs the branch when it starts inside the window, so a
+        # window from 0 always has the first step, however few the steps)
+        control_on = [control_guidance_start - 1e-9 <= i / n_t < control_guidance_end - 1e-9 for i in range(n_t)]
         if packed is not None and maps and not any(control_on):
             raise UserInputError(f"control_guidance_start={control_guidance_start:g} and control_guidance_end="
                                  f"{control_guidance_end:g} leave none of the {n_t} sampling steps to the control "
