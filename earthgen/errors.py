@@ -21,5 +21,6 @@ class MissingDependencyError(EarthGenError, ImportError):
     def __init__(self, package: str, extra: str | None = None, purpose: str = ""):
         cmd = f'pip install "earthgen[{extra}]"' if extra else f"pip install {package}"
         what = f" (needed for {purpose})" if purpose else ""
-        super().__init__(f"The optional package '{package}' is not installed{what}. Install it with: {cmd}")
+        kind = "optional package" if extra else "package"
+        super().__init__(f"The {kind} '{package}' is not installed{what}. Install it with: {cmd}")
         self.package = package

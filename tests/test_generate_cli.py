@@ -88,6 +88,8 @@ def test_osm_layout_gives_a_geotiff(tmp_path, model):
     (["--metadata-guidance", "3"], "give --gsd too"),
     (["--extend", "8,0,0,0"], "give --image"),
     (["--extend", "8,0,0"], "--extend"),
+    (["--extend", "nan,0,0,0"], "whole pixels"),
+    (["--extend=-8,0,0,0"], "whole pixels"),
 ])
 def test_bad_input_exits_cleanly(tmp_path, model, extra, msg):
     argv = ["generate", "--model", str(model), "--steps", "1", "--out", str(tmp_path / "x.png"), *extra]

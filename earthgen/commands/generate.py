@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -45,14 +46,16 @@ def register(sub) -> None:
     p.add_argument("--image", default=None, help="reference image (image-to-image, or inpainting with --mask)")
     p.add_argument("--mask", default=None, help="inpainting mask image: white = repaint")
     p.add_argument("--extend", type=float_list(4, "--extend"), default=None, metavar="LEFT,RIGHT,TOP,BOTTOM",
-                   help="outpaint: grow --image by these borders (pixels), generated to continue it")
+                   help="outpaint: grow --image by these borders (pixels), generated to continue it (the size "
+                        "follows; not with --size or --mask)")
     p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength in (0, 1]")
     p.add_argument("--size", type=size_pair, default=None, metavar="N|WxH", help="image size in pixels")
     p.add_argument("--steps", type=positive_int, default=30)
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--metadata-guidance", type=float, default=None, metavar="S",
                    help="a separate guidance scale for the metadata (--gsd) alone; --guidance then weights text "
-                        "and layout on top of it (one more model pass per step; default: guided with the text)")
+                        "and layout on top of it (one more model pass per step; 0: the metadata unguided; "
+                        "default: guided with the text)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", required=True, help="output PNG (a .tif GeoTIFF is written beside it for OSM layouts)")
@@ -80,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from earthgen.io import write_png
     from earthgen.pipelines.image import load_pipeline, save_geotiff
 
-    if args.metadata_guidance is not None and args.gsd is None:
-        raise UserInputError("--metadata-guidance guides the metadata: give --gsd too")
+    if args.extend is not None and not all(math.isfinite(v) and v >= 0 and v == int(v) for v in args.extend):
+        raise UserInputError(f"--extend takes whole pixels >= 0, got {','.join(f'{v:g}' for v in args.extend)}")
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     width, height = args.size if args.size else (None, None)
     layout = None
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             layout, geo = lay.semantic, (lay.crs, lay.transform)
             if args.gsd is None:
                 args.gsd = lay.gsd
+    if args.metadata_guidance is not None and args.gsd is None:
+        raise UserInputError("--metadata-guidance guides the metadata: give --gsd too (or an OSM layout)")
     image = mask = None
     if args.image:
         img, _ = _read_png(args.image, "image")
@@ -110,10 +115,8 @@ def run(args: argparse.Namespace) -> int:
         _, m = _read_png(args.mask, "mask")
         mask = (m.reshape(m.shape[0], m.shape[1], -1).max(-1) > 127).astype(np.float32)
     if args.extend is not None:
-        if image is None or mask is not None:
-            raise UserInputError("--extend grows the --image (outpainting): give --image, and no --mask")
-        if any(v != int(v) for v in args.extend):
-            raise UserInputError(f"--extend takes whole pixels, got {args.extend}")
+        if image is None or mask is not None or args.size:
+            raise UserInputError("--extend grows the --image (outpainting): give --image, and no --mask or --size")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from earthgen.models import float32_on_cpu, resolve_model
 

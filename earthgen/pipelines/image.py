@@ -372,7 +372,8 @@ class EarthImagePipeline(DiffusionPipeline):
         eps = self.unet(x_in, t, encoder_hidden_states=text, class_labels=labels, **kw).sample
         if n_branch == 3:
             uncond, meta, cond = eps.chunk(3)
-            eps = uncond + metadata_scale * (meta - uncond) + guidance_scale * (cond - meta)
+            # guidance <= 1 means no text guidance, as with two branches: the conditional step on top
+            eps = uncond + metadata_scale * (meta - uncond) + max(guidance_scale, 1.0) * (cond - meta)
         elif cfg:
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance_scale * (cond - uncond)
@@ -470,8 +471,9 @@ class EarthImagePipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance of all conditions together (<= 1: none).
             metadata_guidance_scale: a separate guidance weight for the metadata (``gsd``,
                 ``metadata``) alone, with ``guidance_scale`` then weighting text + maps on top of
-                it (one more model pass per step); None: guided together with the text. Equal to
-                ``guidance_scale`` it gives the same images as None.
+                it (one more model pass per step; the text's weight is then at least 1); None: guided
+                together with the text. Equal to ``guidance_scale`` (> 1) it gives the same images as None.
+                The null and metadata-only branches use the negative prompt (empty by default).
             tile_size / tile_overlap: latent pixels of the sampling windows for large images
                 (default: the UNet's sample size when the image is larger) and of their overlap
                 (default: half the window, at most 16).

@@ -261,7 +261,7 @@ class CaptionData:
             img = img.resize((self.resolution, self.resolution), Image.BICUBIC)
             imgs.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0)
             caps.append(rec.caption)
-            gsds.append(float("nan") if rec.gsd is None else rec.gsd)
+            gsds.append(float("nan") if rec.gsd is None else rec.gsd * s / self.resolution)  # of the resized crop
         return {"image": torch.stack(imgs), "semantic": None, "caption": caps, "gsd": torch.tensor(gsds)}
 
 
