@@ -82,11 +82,8 @@ def pick_seed(seed: Any, randomize: bool) -> int:
 
 
 def size_multiple(pipe) -> int:
-    """Image sides must be multiples of this (the VAE's and the control branch's downscale)."""
-    f = int(pipe.vae_scale_factor)
-    if getattr(pipe, "controlnet", None) is not None:
-        f = max(f, int(pipe.controlnet.downscale))
-    return f
+    """Image sides must be multiples of this (:attr:`EarthImagePipeline.size_multiple`)."""
+    return int(pipe.size_multiple)
 
 
 def default_size(pipe) -> int:

@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.extend is not None:  # the canvas rounded up to the sizes the model takes
         from earthgen.pipelines.image import outpaint_canvas
 
-        f = max(int(pipe.vae_scale_factor), int(getattr(pipe.controlnet, "downscale", 1) or 1))
-        image, mask, _ = outpaint_canvas(np.asarray(image), *(int(v) for v in args.extend), multiple=f)
+        image, mask, _ = outpaint_canvas(np.asarray(image), *(int(v) for v in args.extend),
+                                         multiple=pipe.size_multiple)
         height, width = image.shape[:2]
     t0 = time.perf_counter()
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,

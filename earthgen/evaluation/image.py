@@ -34,8 +34,8 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     dev = pipe._execution_device
     evaluator = evaluator.to(dev).eval()
     maps_given = use_layout and pipe.takes_layout
-    if control_end is None:  # the pipeline's default: the model's window with maps, every step without
-        control_end = float(pipe.config.control_guidance_end) if maps_given else 1.0
+    if control_end is None:  # the pipeline's own default, recorded below
+        control_end = pipe.default_control_guidance_end(with_maps=maps_given)
     gen_seg, real_seg, layouts, scenes, gen_scene, gsd_err = [], [], [], [], [], []
     f_gen, f_real = [], []
     for i in tqdm(range(0, n, batch_size), desc="eval image", disable=not progress):

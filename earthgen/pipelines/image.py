@@ -121,6 +121,20 @@ class EarthImagePipeline(DiffusionPipeline):
         return self.layout_encoder is not None or (
             self.controlnet is not None and "layout" in self.controlnet.condition_names)
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE's and the control branch's downscale)."""
+        f = int(self.vae_scale_factor)
+        if self.controlnet is not None:
+            f = max(f, int(self.controlnet.downscale))
+        return f
+
+    def default_control_guidance_end(self, with_maps: bool) -> float:
+        """The control window's end when none is asked for: the model's
+        ``config.control_guidance_end`` when control maps are given; without any, 1.0 (the branch
+        runs on every step in its null mode, as trained)."""
+        return float(self.config.control_guidance_end) if with_maps else 1.0
+
     # --- conditions ----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -319,9 +333,7 @@ class EarthImagePipeline(DiffusionPipeline):
 
     def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap,
                      control_start: float = 0.0, control_end: float = 1.0):
-        f = self.vae_scale_factor
-        if self.controlnet is not None:
-            f = max(f, self.controlnet.downscale)
+        f = self.size_multiple
         if height <= 0 or width <= 0 or height % f or width % f:
             raise UserInputError(f"height and width must be positive multiples of {f}, got {width}x{height}")
         if steps <= 0:
@@ -508,8 +520,8 @@ class EarthImagePipeline(DiffusionPipeline):
         elif tile_size:
             tile_overlap = min(tile_overlap, tile_size - 1)
         end_given = control_guidance_end is not None
-        if not end_given:
-            control_guidance_end = float(self.config.control_guidance_end)  # always registered by __init__
+        if not end_given:  # checked as the model's window; without maps it becomes 1.0 below
+            control_guidance_end = self.default_control_guidance_end(with_maps=True)
         self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
                           tile_size, tile_overlap, control_guidance_start, control_guidance_end)
         device = self._execution_device
@@ -532,8 +544,8 @@ class EarthImagePipeline(DiffusionPipeline):
             if gsd is None and not metadata:
                 raise UserInputError("metadata_guidance_scale guides the metadata: give gsd= or metadata= too")
         maps = self.dense_controls(layout, controls, batch, height, width)
-        if not maps and not end_given:  # the model's window is for maps; without any, the branch runs
-            control_guidance_end = 1.0  # on every step in its null mode, as trained (docs/models.md)
+        if not end_given:
+            control_guidance_end = self.default_control_guidance_end(with_maps=bool(maps))
         packed = None
         if self.controlnet is not None:
             packed = self.controlnet.pack(maps, scales=control_scales, batch_size=batch, size=(height, width))
