@@ -33,6 +33,7 @@ from PIL import Image
 
 from earthgen.classes import CLASSES, PALETTE, colorize
 from earthgen.errors import EarthGenError, UserInputError
+from earthgen.prior import DEFAULT_STRENGTH, layout_prior_inputs
 
 MAX_SEED = 2**31 - 1
 LAYOUT_FILE_TYPES = [".osm", ".pbf", ".geojson", ".json", ".png", ".tif", ".tiff"]
@@ -324,8 +325,12 @@ def preview_layout(limits: AppLimits, file: Any, drawn: Any, center: str, gsd: A
 def layout_to_image(pipe, limits: AppLimits, file: Any, drawn: Any, center: str, prompt: str,
                     gsd: Any, width: Any, height: Any, layout_scale: Any, roads_scale: Any, steps: Any,
                     guidance: Any, seed: Any, randomize: bool,
-                    progress: Any = None) -> tuple[np.ndarray, Image.Image, int, str]:
-    """Layout (+ text, GSD) -> ``(layout preview [H, W, 3], image, seed used, description)``."""
+                    progress: Any = None,
+                    strength: Any = DEFAULT_STRENGTH) -> tuple[np.ndarray, Image.Image, int, str]:
+    """Layout (+ text, GSD) -> ``(layout preview [H, W, 3], image, seed used, description)``.
+
+    Render, then refine: the layout is rendered to an RGB prior (:mod:`earthgen.prior`), noised
+    to ``strength`` and denoised (1 = from pure noise, no prior)."""
     w, h = check_size(width, height, pipe, limits)
     n = check_steps(steps, limits)
     if not pipe.takes_layout:
@@ -335,8 +340,9 @@ def layout_to_image(pipe, limits: AppLimits, file: Any, drawn: Any, center: str,
     s = pick_seed(seed, randomize)
     scales = {"layout": float(layout_scale), "roads": float(roads_scale)}
     with user_errors():
+        prior_kw = layout_prior_inputs(ids, g, s, strength, size=(w, h))
         out = pipe(prompt=prompt or "", gsd=g, layout=ids, control_scales=scales, height=h, width=w,
-                   num_inference_steps=n, guidance_scale=float(guidance), generator=_generator(s),
+                   **prior_kw, num_inference_steps=n, guidance_scale=float(guidance), generator=_generator(s),
                    output_type="pil", callback_on_step_end=step_progress(progress, n, "denoising"))
     return colorize(ids), out.images[0], s, _describe(ids, g, what)
 
@@ -690,6 +696,8 @@ def _layout_tab(pipe, limits: AppLimits, queue: dict) -> None:
             with gr.Row():
                 steps = gr.Slider(1, limits.max_steps, value=min(30, limits.max_steps), step=1, label="Steps")
                 guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.5, label="Guidance scale")
+            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, elem_id="l2i-strength",
+                                 label="Strength (the layout rendered to a prior, then refined; 1 = pure noise)")
             seed, rand = _seed_row("l2i")
             with gr.Row():
                 prev = gr.Button("Preview layout", elem_id="l2i-preview")
@@ -702,13 +710,14 @@ def _layout_tab(pipe, limits: AppLimits, queue: dict) -> None:
     def fn_prev(file, drawn, center, gsd, width, height):
         return preview_layout(limits, file, drawn, center, gsd, width, height, f)
 
-    def fn(file, drawn, center, prompt, gsd, width, height, ls, rs, steps, guidance, seed, rand,
+    def fn(file, drawn, center, prompt, gsd, width, height, ls, rs, steps, guidance, strength, seed, rand,
            progress=gr.Progress()):
         return layout_to_image(pipe, limits, file, drawn, center, prompt, gsd, width, height, ls, rs, steps,
-                               guidance, seed, rand, progress)
+                               guidance, seed, rand, progress, strength)
 
     prev.click(fn_prev, [file, drawn, center, gsd, width, height], [preview, info], api_name="preview_layout")
-    run.click(fn, [file, drawn, center, prompt, gsd, width, height, ls, rs, steps, guidance, seed, rand],
+    run.click(fn, [file, drawn, center, prompt, gsd, width, height, ls, rs, steps, guidance, strength, seed,
+                   rand],
               [preview, image, seed, info], api_name="layout_to_image", **queue)
 
 

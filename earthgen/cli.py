@@ -1,7 +1,11 @@
 """The ``earthgen`` command line (also ``python -m earthgen``).
 
 Each subcommand lives in ``earthgen.commands.<name>`` and exposes ``register(subparsers)``.
-User mistakes (:class:`~earthgen.errors.UserInputError`) print one clear message and exit 2.
+User mistakes print one clear line and exit 2, never a traceback: a malformed or out-of-range
+flag (argparse, :class:`Parser`) and a :class:`~earthgen.errors.UserInputError` raised by a
+command's checks, which run before any model loads (docs/limits.md). Every command takes
+``--threads N`` (default: :func:`earthgen.commands._args.default_threads`); torch is imported
+(to set its thread count) only for the commands that use it, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from earthgen.errors import EarthGenError, MissingDependencyError, UserInputErro
 
 # Subcommands available in this release, in --help order.
 COMMANDS = ("world", "layout", "generate", "scene", "train", "eval", "augment", "demo", "app")
+# Commands that run torch models: torch's thread count is set before they run.
+TORCH_COMMANDS = frozenset({"generate", "scene", "train", "eval", "augment", "demo", "app"})
 
 EPILOG = """\
 examples:
@@ -30,8 +36,52 @@ Run `earthgen COMMAND --help` for the options of each command.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``earthgen CMD: error: argument --flag: ...`` (exit 2),
+    the usage left to ``--help``. Subcommand parsers inherit it (``add_subparsers``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        msg = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {msg} (see {self.prog} --help)\n")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers that run a command (those without subcommands of their own)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            yield from _leaf_parsers(child)
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    from earthgen.commands._args import threads_int
+
+    for p in _leaf_parsers(parser):
+        if p is parser or "--threads" in p._option_string_actions:
+            continue
+        p.add_argument("--threads", type=threads_int, default=None, metavar="N",
+                       help="CPU threads of torch (default: $OMP_NUM_THREADS, else the CPUs this "
+                            "process may use; docs/limits.md)")
+
+
+def set_threads(args: argparse.Namespace) -> int:
+    """Set torch's intra-op thread count from ``--threads`` or the default; returns it. torch is
+    imported only for :data:`TORCH_COMMANDS` (or when something imported it already)."""
+    from earthgen.commands._args import default_threads
+
+    n = getattr(args, "threads", None) or default_threads()
+    if getattr(args, "command", None) in TORCH_COMMANDS or "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="earthgen",
         description="EarthGen: generative Earth imagery and 3D terrain.",
         epilog=EPILOG,
@@ -41,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"earthgen.commands.{name}").register(sub)
+    _add_threads(parser)
     return parser
 
 
@@ -51,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check = getattr(args, "check", None)  # a command's path / limit checks: before torch loads
+        if check is not None:
+            check(args)
+        set_threads(args)
         return int(args.func(args) or 0)
     except UserInputError as e:
         print(f"earthgen {args.command}: error: {e}", file=sys.stderr)

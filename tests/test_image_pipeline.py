@@ -172,17 +172,14 @@ def test_control_guidance_window(pipe, tmp_path):
     default_steps, out = _count_control_calls(re)
     assert default_steps == every[:2]
     np.testing.assert_allclose(out, early, atol=1e-5)
-    # the saved window is for control maps: without any the branch runs on every step (null mode),
-    # unless a window is asked for
+    # the window is for control maps: without any the branch does not run at all, window or not
     calls = []
     fwd = re.controlnet.forward
     re.controlnet.forward = lambda sample, t, *a, **k: calls.append(float(t)) or fwd(sample, t, *a, **k)
     try:
         run(re, num_inference_steps=4)
-        assert calls == every
-        calls.clear()
         run(re, num_inference_steps=4, control_guidance_end=0.5)
-        assert calls == every[:2]
+        assert calls == []
     finally:
         re.controlnet.forward = fwd
     for bad in ({"control_guidance_end": 0.0}, {"control_guidance_end": 1.5},
@@ -197,6 +194,28 @@ def test_control_guidance_window(pipe, tmp_path):
     with pytest.raises(UserInputError, match="none of the 3 sampling steps"):  # the layout would be ignored
         run(pipe, layout=layout_map(), control_guidance_start=0.9)
     run(pipe, control_guidance_start=0.9)  # no control maps given: nothing is ignored
+
+
+def test_text_only_skips_the_control_branch(pipe):
+    """No control maps (text, metadata only): the control branch is not run at all, and the
+    pipeline is a plain UNet + scheduler loop; a layout runs it."""
+    calls = []
+    fwd = pipe.controlnet.forward
+    pipe.controlnet.forward = lambda *a, **k: calls.append(1) or fwd(*a, **k)
+    try:
+        for kw in ({}, {"gsd": 0.5}, {"guidance_scale": 1.0}, {"control_guidance_end": 1.0},
+                   {"height": 96, "width": 96, "tile_size": 8, "tile_overlap": 4}):
+            run(pipe, **kw)
+        assert len(calls) == 0
+        run(pipe, layout=layout_map())
+        assert len(calls) == 3
+    finally:
+        pipe.controlnet.forward = fwd
+    assert pipe.default_control_guidance_end(with_maps=False) == pipe.config.control_guidance_end
+    # the same images as the components without a control branch
+    plain = EarthImagePipeline(**{**pipe.components, "controlnet": None})
+    plain.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(run(pipe, gsd=0.5), run(plain, gsd=0.5))
 
 
 def test_inpainting_keeps_unmasked_latents(pipe):

@@ -4,7 +4,7 @@ appearance and decodes 2D Gaussian surfels per voxel. Sparse convolutions: :mod:
 (spconv, or a pure-torch twin). Importing the package loads neither torch models nor spconv.
 """
 
-__all__ = ["SparseTensor", "StructureVAE", "TextureVAE", "voxel_metrics"]
+__all__ = ["SparseTensor", "StructureVAE", "TAEF2", "TextureVAE", "voxel_metrics"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from vae.texture import TextureVAE
 
         return TextureVAE
+    if name == "TAEF2":
+        from vae.taef2 import TAEF2
+
+        return TAEF2
     if name == "SparseTensor":
         from vae.sparse import SparseTensor
 

@@ -1,5 +1,6 @@
 """The measured gain of augmentation: the same detector trained on real data only and on real +
-synthetic data, evaluated on a held-out real split (VOC mAP@0.5, rotated and horizontal IoU)."""
+synthetic data, evaluated on a held-out real split (VOC mAP@0.5, rotated and horizontal IoU; 11-point AP, DOTA's
+official metric, unless ``ap_method="all"``; every result names its ``method``)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
                           width: int = 32, seed: int = 0, rotated: bool | None = None, iou_threshold: float = 0.5,
                           out: str | Path | None = None, progress: bool = True,
                           real_detector: str | Path | None = None, control: str | None = None,
-                          control_detector: str | Path | None = None, copies: Sequence | None = None) -> dict:
+                          control_detector: str | Path | None = None, copies: Sequence | None = None,
+                          ap_method: str = "voc07") -> dict:
     """Train :class:`~earthgen.detection.BoxNet` twice with identical settings and seed (on
     ``real``, then on ``augmented``) and evaluate both on ``test``. Returns
     ``{"real": {...}, "augmented": {...}, "gain": {...}}`` with ``mAP`` and per-class ``AP`` for
-    rotated and horizontal IoU, plus the dataset sizes. Detectors are saved under ``out``.
+    rotated and horizontal IoU, plus the dataset sizes and ``method``, the AP interpolation
+    (``ap_method``: ``"voc07"`` 11-point, DOTA's official, or ``"all"`` all-point). Detectors are saved under ``out``.
     ``real_detector``: a BoxNet already trained on ``real`` (e.g. ``augment/detector`` written by
     ``earthgen augment``, or an earlier run's ``detector-real``) used as the baseline instead of
     training it again; its training settings are read from its ``train.json`` and reused.
@@ -35,9 +38,11 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
     source images more often). ``control_detector``: that detector, already trained (e.g. for
     another generator with the same layouts); ``copies``: the copies' DetectionItems when already
     written (default: written under ``out``, or to a temporary folder)."""
-    from earthgen.detection import evaluate_detector, predict, train_detector
+    from earthgen.detection import evaluate_detections, predict, train_detector
+    from earthgen.detection.metrics import check_ap_method
     from earthgen.detection.train import load_rgb
 
+    check_ap_method(ap_method)
     if control not in (None, "copies"):
         raise UserInputError(f"unknown control {control!r}; the one control is 'copies'")
     if control_detector is not None and control is None:
@@ -58,6 +63,7 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
         rotated = not all(is_axis_aligned(it.boxes.corners) for it in real_items + test_items)
     test_images = [load_rgb(it.image) for it in test_items]
     result: dict = {"classes": classes, "rotated_detector": bool(rotated), "steps": steps, "seed": seed,
+                    "method": ap_method,
                     "sizes": {"real": len(real_items), "augmented": len(aug_items), "test": len(test_items)}}
     if real_detector is not None:
         base = _load_detector(real_detector)
@@ -96,8 +102,9 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
             r = {}
             preds = predict(model, test_items, score_threshold=0.01, images=test_images, progress=progress)
             for geo in (("rotated", True), ("horizontal", False)) if rotated else (("horizontal", False),):
-                m = evaluate_detector(model, test_items, iou_threshold, rotated=geo[1], predictions=preds)
-                r[geo[0]] = {"mAP": m["mAP"], "AP": m["AP"], "num_gt": m["num_gt"]}
+                m = evaluate_detections(preds, [it[2] for it in test_items], model.classes, iou_threshold,
+                                        rotated=geo[1], ap_method=ap_method)
+                r[geo[0]] = {"mAP": m["mAP"], "AP": m["AP"], "num_gt": m["num_gt"], "method": m["method"]}
             result[name] = r
     result["gain"] = _difference(result["augmented"], result["real"], classes)
     if "copies" in result:
@@ -190,7 +197,7 @@ def aggregate_runs(runs: Sequence[dict]) -> dict:
     runs = list(runs)
     agg: dict = {"classes": runs[0]["classes"], "rotated_detector": runs[0]["rotated_detector"],
                  "steps": runs[0]["steps"], "seeds": [r["seed"] for r in runs], "sizes": runs[0]["sizes"],
-                 "runs": runs}
+                 "method": _method(runs[0]), "runs": runs}
     parts = [p for p in ("real", "augmented", "gain", "copies", "gain_over_copies") if p in runs[0]]
     for stat, fn in (("mean", np.mean), ("std", np.std)):
         agg[stat] = {part: {geo: {"mAP": float(fn([_get(r, part, geo) for r in runs])),
@@ -202,6 +209,16 @@ def aggregate_runs(runs: Sequence[dict]) -> dict:
             agg[key] = {geo: {c: int(sum(r[part][geo]["AP"][c] > 0 for r in runs)) for c in agg["classes"]}
                         for geo in runs[0][part]}
     return agg
+
+
+def _method(result: dict) -> str:
+    """The AP interpolation of a result (results written before it was named: all-point)."""
+    return str(result.get("method", "all"))
+
+
+def _label(result: dict) -> str:
+    return {"voc07": "11-point AP (VOC07, DOTA official)", "all": "all-point AP"}.get(
+        _method(result), _method(result))
 
 
 def _get(result: dict, part: str, geo: str, cls: str | None = None) -> float:
@@ -217,7 +234,7 @@ def format_table(result: dict) -> str:
     if "runs" in result:
         return _format_seeds(result)
     ctl = "copies" in result
-    lines = []
+    lines = [f"AP method: {_label(result)}"]
     for geo in result["real"]:
         lines.append(f"AP@{0.5:.1f} ({geo} IoU)      real    real+syn   gain" + ("   copies  syn-copies" if ctl else ""))
         for c in [None, *result["classes"]]:
@@ -236,7 +253,7 @@ def _format_seeds(result: dict) -> str:
     names = {"real": "real", "augmented": "real+syn", "gain": "gain", "copies": "copies",
              "gain_over_copies": "syn-copies"}
     lines = [f"{n} detector seeds {result['seeds']}: mean +- std; rises = seeds where the AP rose"
-             + (" (over real; over copies)" if "copies" in m else "")]
+             + (" (over real; over copies)" if "copies" in m else ""), f"AP method: {_label(result)}"]
     for geo in m["real"]:
         lines.append(f"AP@{0.5:.1f} ({geo} IoU)  " + "".join(f"{names[p]:>16}" for p in parts) + "   rises")
         for c in [None, *result["classes"]]:

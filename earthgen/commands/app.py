@@ -24,7 +24,7 @@ examples:
 
 
 def register(sub) -> None:
-    from earthgen.commands._args import positive_int
+    from earthgen.commands._args import MAX_SIDE, number
 
     p = sub.add_parser("app", help="start the web app (Gradio)", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,15 +37,19 @@ def register(sub) -> None:
                    help='box-conditioned image pipeline for the detection augmentation tab; "default" = the '
                         'packaged one (or the --model when it has box conditioning), "none" = no tab')
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=number(1, 65535, integer=True), default=7860, help="port, 1..65535 (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--max-side", type=positive_int, default=1024, help="largest image side in pixels (default 1024)")
-    p.add_argument("--max-steps", type=positive_int, default=100, help="most denoising steps (default 100)")
-    p.add_argument("--max-upload-mb", type=positive_int, default=50, help="largest upload in MB (default 50)")
-    p.add_argument("--concurrency", type=positive_int, default=1,
+    p.add_argument("--max-side", type=number(64, MAX_SIDE, integer=True), default=1024,
+                   help=f"largest image side in pixels, 64..{MAX_SIDE} (default 1024)")
+    p.add_argument("--max-steps", type=number(1, 1000, integer=True), default=100,
+                   help="most denoising steps, 1..1000 (default 100)")
+    p.add_argument("--max-upload-mb", type=number(1, 10240, integer=True), default=50,
+                   help="largest upload in MB, 1..10240 (default 50)")
+    p.add_argument("--concurrency", type=number(1, 64, integer=True), default=1,
                    help="model calls running at once, per model (default 1)")
-    p.add_argument("--queue-size", type=positive_int, default=16, help="most jobs waiting (default 16)")
+    p.add_argument("--queue-size", type=number(1, 10000, integer=True), default=16,
+                   help="most jobs waiting, 1..10000 (default 16)")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# --n: generated images per run
+MAX_N = 1_000_000
+
 DESCRIPTION = """\
 Augment an object-detection dataset (DOTA labelTxt, COCO, YOLO / YOLO-OBB, VOC, CSV; horizontal or
 rotated boxes) with generated images:
@@ -36,7 +39,7 @@ examples:
 
 
 def register(sub) -> None:
-    from earthgen.commands._args import positive_int
+    from earthgen.commands._args import fraction, guidance_float, number, seed_int, steps_int
 
     p = sub.add_parser("augment", help="augment a detection dataset with generated images", description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,21 +48,25 @@ def register(sub) -> None:
                    help="box-conditioned pipeline folder or hub id (earthgen train image-boxes; default: the small "
                         "packaged model, docs/models.md)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
-    p.add_argument("--n", type=positive_int, default=100, help="layouts / images to generate (default 100)")
+    p.add_argument("--n", type=number(1, MAX_N, integer=True), default=100,
+                   help=f"layouts / images to generate, 1..{MAX_N} (default 100)")
     p.add_argument("--input-format", default=None, help="format of the input (default: guessed)")
     p.add_argument("--format", default=None, help="output format: dota, yolo, yolo-obb, coco, voc, csv (default: the input's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the layouts and the generator (recorded per image)")
-    p.add_argument("--steps", type=positive_int, default=30, help="sampler steps")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the layouts and the generator (recorded per image)")
+    p.add_argument("--steps", type=steps_int, default=30, help="sampler steps, 1..1000")
+    p.add_argument("--guidance", type=guidance_float, default=3.0, help="classifier-free guidance scale, 0..100")
     p.add_argument("--inpaint", action="store_true",
                    help="edit the real source images: paint only the pasted objects (real pixels elsewhere)")
-    p.add_argument("--inpaint-margin", type=float, default=0.4,
+    p.add_argument("--inpaint-margin", type=number(0.0, 2.0), default=0.4,
                    help="--inpaint: repainted area around a pasted box, fraction of its size (default 0.4)")
     g = p.add_argument_group("layouts")
-    g.add_argument("--jitter", type=float, default=0.15, help="box centre jitter, fraction of the box size")
-    g.add_argument("--angle-jitter", type=float, default=10.0, help="box angle jitter, degrees (rotated datasets)")
-    g.add_argument("--copy-paste", type=int, default=3, help="objects pasted per layout (0 = off)")
-    g.add_argument("--rebalance", type=float, default=1.0, help="rare-class emphasis: class weight = count^-R (0 = off)")
+    g.add_argument("--jitter", type=number(0.0, 2.0), default=0.15,
+                   help="box centre jitter, fraction of the box size, 0..2")
+    g.add_argument("--angle-jitter", type=number(0.0, 180.0), default=10.0,
+                   help="box angle jitter, degrees, 0..180 (rotated datasets)")
+    g.add_argument("--copy-paste", type=number(0, 1000, integer=True), default=3,
+                   help="objects pasted per layout, 0..1000 (0 = off)")
+    g.add_argument("--rebalance", type=number(0.0, 10.0), default=1.0, help="rare-class emphasis: class weight = count^-R (0 = off)")
     g.add_argument("--no-rotate", action="store_true", help="no whole-layout 90-degree turns / mirrors")
     g.add_argument("--upright", default=None, metavar="CLASSES",
                    help="comma-separated classes never turned by jitter or copy-paste ('' = none; default: "
@@ -67,15 +74,33 @@ def register(sub) -> None:
     f = p.add_argument_group("filter")
     f.add_argument("--no-filter", action="store_true", help="keep every generated image")
     f.add_argument("--detector", default=None, help="trained BoxNet folder (default: train one on the real data)")
-    f.add_argument("--detector-steps", type=positive_int, default=1500, help="steps when training the detector")
-    f.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs with a requested box")
-    f.add_argument("--score", type=float, default=0.3, help="score a detection needs")
-    f.add_argument("--min-recall", type=float, default=0.5, help="fraction of requested boxes that must be found")
+    f.add_argument("--detector-steps", type=number(1, 1_000_000, integer=True), default=1500, help="steps when training the detector")
+    f.add_argument("--iou", type=fraction, default=0.5, help="IoU a detection needs with a requested box")
+    f.add_argument("--score", type=fraction, default=0.3, help="score a detection needs")
+    f.add_argument("--min-recall", type=fraction, default=0.5, help="fraction of requested boxes that must be found")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check_args)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Formats, the dataset and the output folder (new or empty), before any work."""
+    from pathlib import Path
+
+    from earthgen.commands._args import check_output
+    from earthgen.data import FORMATS
+    from earthgen.errors import UserInputError
+
+    for name in ("format", "input_format"):
+        v = getattr(args, name)
+        if v is not None and v.lower().replace("_", "-") not in FORMATS:
+            raise UserInputError(f"--{name.replace('_', '-')}: unknown format {v!r}; supported: {', '.join(FORMATS)}")
+    if not Path(args.dataset).exists():
+        raise UserInputError(f"dataset not found: {args.dataset}")
+    check_output(args.out, "--out", folder=True, empty=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     import torch
 
     from earthgen.augment import AugmentConfig, LayoutConfig, augment_dataset

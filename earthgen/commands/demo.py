@@ -24,22 +24,18 @@ and PLY meshes, a Gaussian splat PLY, a voxel point cloud, a DEM GeoTIFF and ren
 """
 
 MONACO_CENTER = (43.7384, 7.4246)  # lat, lon: the port of Monaco and Monaco-Ville
-TEXT_PROMPTS = (  # (prompt, GSD in metres/pixel) for the text -> image step, in the captions' style
-    ("Satellite image at 0.5 m/px of a residential neighbourhood with many houses and trees.", 0.5),
-    ("Aerial image at 2 m/px of farmland with fields of different crops.", 2.0),
-    ("Overhead view at 1 m/px of a dense forest with a river.", 1.0),
-    ("Satellite image at 1 m/px of a lake.", 1.0),
+TEXT_PROMPTS = (  # (prompt, GSD in metres/pixel) for the text -> image step, in the training captions' style
+    ("a satellite image of a dense residential area", 0.3),
+    ("a satellite image of agricultural fields", 0.3),
+    ("a satellite image of a forest", 0.3),
+    ("a satellite image of a harbor", 0.3),
 )
-DEMO_IMAGE_PX = 128     # text -> image size, pixels (the packaged model's native size)
-OSM_IMAGE_PX = 256      # layout -> image size, pixels (tiled sampling above 128)
+DEMO_IMAGE_PX = 256     # text -> image size, pixels (the packaged model's native size)
+OSM_IMAGE_PX = 256      # layout -> image size, pixels
 OSM_GSD = 2.0           # metres/pixel of the Monaco layout -> image step
-# Mean colour of each class in procedural world tiles (48 tiles of 128 px, data seed 4242): the
-# layout -> image step starts from the layout painted in these colours, blurred (SDEdit), with
-# OSM_INIT_STRENGTH of the noise schedule left to the model and the layout control on top.
-CLASS_MEAN_RGB = ((140, 139, 135), (129, 96, 80), (88, 89, 92), (108, 108, 110), (118, 117, 119), (150, 140, 120),
-                  (110, 100, 95), (43, 69, 80), (51, 72, 45), (111, 127, 77), (149, 146, 94), (192, 181, 146),
-                  (116, 114, 119))
-OSM_INIT_STRENGTH = 0.8  # 1.0 = from pure noise (layout control only)
+# The layout -> image step renders the layout with per-class colour and texture statistics
+# measured on real imagery (earthgen.prior) and refines that prior at this strength, the same
+# default as `earthgen generate --layout` (1.0 = from pure noise).
 DEMO_STEPS = 15        # DPM-Solver++ steps
 DEMO_GUIDANCE = 4.0
 
@@ -164,9 +160,11 @@ def step_layout_to_image(ctx: DemoContext) -> str:
     import torch
 
     from earthgen.classes import colorize
+    from earthgen.datasets import caption_from_classes
     from earthgen.geo.layout import build_layout
     from earthgen.io import write_png
     from earthgen.pipelines.image import save_geotiff
+    from earthgen.prior import DEFAULT_STRENGTH, layout_prior_inputs
 
     out = ctx.out / "layout2image"
     t0 = time.perf_counter()
@@ -174,35 +172,22 @@ def step_layout_to_image(ctx: DemoContext) -> str:
     layout = build_layout(embedded_osm(), center=MONACO_CENTER, size=(px, px), gsd=gsd)
     layout.save(out / "layout")
     pipe = ctx.image_pipeline()
-    prompt = f"Satellite image at {gsd:g} m/px of a dense urban district with many buildings and water."
-    init = layout_colours(layout.semantic) if OSM_INIT_STRENGTH < 1.0 else None
-    img = pipe(prompt, gsd=gsd, layout=layout.semantic, image=init, strength=OSM_INIT_STRENGTH,
-               num_inference_steps=DEMO_STEPS, guidance_scale=DEMO_GUIDANCE, tile_overlap=8,
-               generator=torch.Generator().manual_seed(ctx.seed),
-               output_type="np").images[0]  # 128 px windows overlapping by 64 px above 128 px
+    prompt = caption_from_classes(layout.semantic)
+    prior = layout_prior_inputs(layout.semantic, gsd, ctx.seed, DEFAULT_STRENGTH)
+    img = pipe(prompt, gsd=gsd, layout=layout.semantic, num_inference_steps=DEMO_STEPS,
+               guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(ctx.seed),
+               output_type="np", **prior).images[0]
     arr = _to_uint8(img)
     write_png(out / "monaco.png", arr)
     save_geotiff(out / "monaco.tif", arr, layout.crs, layout.transform)
     gap = np.full((px, 8, 3), 255, np.uint8)
+    write_png(out / "prior.png", prior["image"])  # DEFAULT_STRENGTH < 1: there is a prior
     write_png(out / "side_by_side.png", np.concatenate([colorize(layout.semantic), gap, arr], axis=1))
     ctx.summary["layout2image"] = {"seconds": round(time.perf_counter() - t0, 3), "size_px": px, "gsd_m": gsd,
                                    "prompt": prompt, "seed": ctx.seed, "center_lat_lon": list(MONACO_CENTER),
-                                   "init_strength": OSM_INIT_STRENGTH,
-                                   "files": ["monaco.png", "monaco.tif", "side_by_side.png", "layout/"]}
+                                   "strength": DEFAULT_STRENGTH,
+                                   "files": ["monaco.png", "monaco.tif", "prior.png", "side_by_side.png", "layout/"]}
     return f"Monaco, {px}x{px} at {gsd:g} m/px ({px * gsd:.0f} m) -> {out}/side_by_side.png, monaco.tif"
-
-
-def layout_colours(semantic: np.ndarray, blur_px: int = 2) -> np.ndarray:
-    """Class map ``[H, W]`` -> ``[H, W, 3]`` float image in 0..1 painted with
-    :data:`CLASS_MEAN_RGB`, box-blurred by ``blur_px`` pixels (the SDEdit start of the layout step)."""
-    import torch
-    import torch.nn.functional as F
-
-    lut = np.asarray(CLASS_MEAN_RGB, np.float32) / 255.0
-    img = torch.from_numpy(lut[np.clip(semantic, 0, len(lut) - 1)]).permute(2, 0, 1)[None]
-    k = 2 * blur_px + 1
-    img = F.avg_pool2d(F.pad(img, (blur_px,) * 4, mode="replicate"), k, stride=1)
-    return img[0].permute(1, 2, 0).numpy()
 
 
 AUGMENT_IMAGES = 4     # detection augmentation step: real world tiles in, as many synthetic images out

@@ -33,24 +33,40 @@ def _modes(text: str) -> tuple[str, ...]:
 
 
 def register(sub) -> None:
-    from earthgen.commands._args import positive_float, positive_int
+    from earthgen.commands._args import (
+        SCENE_MAX_SIZE_M,
+        guidance_float,
+        number,
+        seed_int,
+        steps_int,
+    )
 
     p = sub.add_parser("scene", help="evaluate a 3D scene pipeline", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="scene pipeline folder or hub id (default: embedded models)")
     p.add_argument("--evaluator", default=None, help="TileNet folder for semantic mIoU and FID/KID (optional)")
-    p.add_argument("--n", type=positive_int, default=4, help="held-out tiles per mode")
-    p.add_argument("--size-m", type=positive_float, default=112.0, help="scene size, metres (112: 2 x 2 windows)")
-    p.add_argument("--steps", type=positive_int, default=20)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--n", type=number(1, 1000, integer=True), default=4, help="held-out tiles per mode, 1..1000")
+    p.add_argument("--size-m", type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True), default=112.0,
+                   help=f"scene size, metres, at most {SCENE_MAX_SIZE_M:g} (112: 2 x 2 windows)")
+    p.add_argument("--steps", type=steps_int, default=20, help="sampling steps, 1..1000")
+    p.add_argument("--guidance", type=guidance_float, default=2.0, help="guidance scale, 0..100")
     p.add_argument("--modes", type=_modes, default=("semantic", "image", "none"), help="comma list of " + ", ".join(MODES))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="write the metrics as JSON here")
-    p.set_defaults(func=run)
+    p.add_argument("--out", default=None, help="write the metrics as JSON here (.json)")
+    p.set_defaults(func=run, check=check_args)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The output file, before a model loads (UserInputError: one line)."""
+    from earthgen.commands._args import check_output
+
+    if args.out:
+        check_output(args.out, "--out", exts=(".json",))
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     from earthgen.errors import UserInputError
     from earthgen.evaluation.scene import evaluate_scene
     from earthgen.io import write_json

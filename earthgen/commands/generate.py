@@ -27,7 +27,16 @@ examples:
 
 
 def register(sub) -> None:
-    from earthgen.commands._args import float_list, positive_float, positive_int, size_pair
+    from earthgen.commands._args import (
+        bbox_list,
+        center_list,
+        generate_size,
+        gsd_float,
+        guidance_float,
+        number,
+        seed_int,
+        steps_int,
+    )
 
     p = sub.add_parser("generate", help="generate satellite images", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,31 +44,85 @@ def register(sub) -> None:
                    help="pipeline folder or hub id (default: the small model packaged with EarthGen, docs/models.md)")
     p.add_argument("--prompt", default="", help="text prompt")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--gsd", type=positive_float, default=None, help="ground sampling distance, metres/pixel")
+    p.add_argument("--gsd", type=gsd_float, default=None, help="ground sampling distance, metres/pixel")
     p.add_argument("--layout", default=None, help="OSM/GeoJSON file, or a class-id PNG (palette or grey)")
-    p.add_argument("--bbox", type=float_list(4, "--bbox"), default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
-    p.add_argument("--center", type=float_list(2, "--center"), default=None, metavar="LAT,LON")
-    p.add_argument("--layout-scale", type=float, default=1.0, help="guidance weight of the layout control")
-    p.add_argument("--control-end", type=float, default=None,
+    p.add_argument("--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
+    p.add_argument("--center", type=center_list, default=None, metavar="LAT,LON")
+    p.add_argument("--layout-scale", type=number(0.0, 100.0), default=1.0, help="guidance weight of the layout control")
+    p.add_argument("--control-end", type=number(0.0, 1.0, lo_open=True), default=None,
                    help="fraction of the sampling steps (the first ones) that run the control branch, in (0, 1] "
                         "(default: the model's own; the packaged model: see docs/models.md)")
     p.add_argument("--image", default=None, help="reference image (image-to-image, or inpainting with --mask)")
     p.add_argument("--mask", default=None, help="inpainting mask image: white = repaint")
-    p.add_argument("--extend", type=float_list(4, "--extend"), default=None, metavar="LEFT,RIGHT,TOP,BOTTOM",
+    p.add_argument("--extend", type=_extend, default=None, metavar="LEFT,RIGHT,TOP,BOTTOM",
                    help="outpaint: grow --image by these borders (pixels), generated to continue it (the size "
                         "follows; not with --size or --mask)")
-    p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength in (0, 1]")
-    p.add_argument("--size", type=size_pair, default=None, metavar="N|WxH", help="image size in pixels")
-    p.add_argument("--steps", type=positive_int, default=30)
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--metadata-guidance", type=float, default=None, metavar="S",
+    p.add_argument("--strength", type=_float, default=None,
+                   help="in (0, 1]: with --image the image-to-image strength (default 0.75); with a layout the "
+                        "render-then-refine strength: the layout is rendered to an RGB prior (earthgen.prior) "
+                        "that is noised to this strength and denoised (default 0.7; 1 = pure noise, no prior)")
+    p.add_argument("--prior-out", default=None, metavar="PATH",
+                   help="also save the rendered layout prior (PNG) here (a layout without --image)")
+    p.add_argument("--size", type=generate_size, default=None, metavar="N|WxH",
+                   help="image size in pixels (at most a limit computed from the memory, docs/limits.md)")
+    p.add_argument("--steps", type=steps_int, default=30, help="sampling steps, 1..1000")
+    p.add_argument("--guidance", type=guidance_float, default=5.0, help="classifier-free guidance scale, 0..100")
+    p.add_argument("--metadata-guidance", type=guidance_float, default=None, metavar="S",
                    help="a separate guidance scale for the metadata (--gsd) alone; --guidance then weights text "
                         "and layout on top of it (one more model pass per step; 0: the metadata unguided; "
                         "default: guided with the text)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    p.add_argument("--seed", type=seed_int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--out", required=True, help="output PNG (a .tif GeoTIFF is written beside it for OSM layouts)")
-    p.set_defaults(func=run)
+    p.add_argument("--out", required=True,
+                   help="output .png (a .tif GeoTIFF is written beside it for OSM layouts)")
+    p.set_defaults(func=run, check=_check_args)
+
+
+def _float(text: str) -> float:
+    """A number; its range is checked by :func:`_check_args` (one line, exit 2)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+
+
+def _extend(text: str) -> tuple[float, ...]:
+    """``--extend LEFT,RIGHT,TOP,BOTTOM``: whole pixels in [0, MAX_SIDE]."""
+    from earthgen.commands._args import MAX_SIDE
+
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        v = tuple(float(p) for p in parts)
+    except ValueError:
+        v = ()
+    if len(v) != 4 or not all(math.isfinite(x) and 0 <= x <= MAX_SIDE and x == int(x) for x in v):
+        raise argparse.ArgumentTypeError(f"--extend takes whole pixels in [0, {MAX_SIDE}], got {text!r}")
+    return v
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Output paths and combinations, before any work (UserInputError: one line)."""
+    from earthgen.commands._args import check_output
+
+    if args.strength is not None:
+        from earthgen.prior import check_strength
+
+        check_strength(args.strength, "--strength")
+    check_output(args.out, "--out", exts=(".png",))
+    if args.prior_out is not None:
+        check_output(args.prior_out, "--prior-out", exts=(".png",))
+
+
+def _check_extended(image, extend) -> None:
+    """The outpainted canvas under the memory limit of --size, before the model loads."""
+    from earthgen.commands._args import generate_max_pixels
+    from earthgen.errors import UserInputError
+
+    w = image.width + int(extend[0]) + int(extend[1])
+    h = image.height + int(extend[2]) + int(extend[3])
+    if w * h > generate_max_pixels():
+        raise UserInputError(f"--extend: the grown image {w}x{h} is over the limit of {generate_max_pixels()} "
+                             "pixels (docs/limits.md)")
 
 
 def _read_png(path: str, what: str):
@@ -76,6 +139,7 @@ def _read_png(path: str, what: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)  # before the heavy imports: a bad --out costs nothing
     import numpy as np
     import torch
 
@@ -85,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.extend is not None and not all(math.isfinite(v) and v >= 0 and v == int(v) for v in args.extend):
         raise UserInputError(f"--extend takes whole pixels >= 0, got {','.join(f'{v:g}' for v in args.extend)}")
+    from earthgen.prior import DEFAULT_STRENGTH, check_strength
+
+    if args.strength is not None:
+        check_strength(args.strength, "--strength")
+    if args.prior_out is not None and (not args.layout or args.image):
+        raise UserInputError("--prior-out saves the rendered layout prior: give --layout (and no --image)")
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     width, height = args.size if args.size else (None, None)
     layout = None
@@ -117,6 +187,23 @@ def run(args: argparse.Namespace) -> int:
     if args.extend is not None:
         if image is None or mask is not None or args.size:
             raise UserInputError("--extend grows the --image (outpainting): give --image, and no --mask or --size")
+        _check_extended(image, args.extend)
+    strength = args.strength if args.strength is not None else 0.75
+    if layout is not None and image is None:  # render, then refine (strength 1: pure noise)
+        from earthgen.prior import layout_prior_inputs, render_prior
+
+        strength = args.strength if args.strength is not None else DEFAULT_STRENGTH
+        size = (width, height) if width and height else None
+        prior_kw = layout_prior_inputs(layout, args.gsd, seed, strength, size=size)
+        image, strength = prior_kw.get("image"), prior_kw["strength"]
+        if args.prior_out is not None:
+            from earthgen.prior import DEFAULT_GSD, resize_ids
+
+            prior = image
+            if prior is None:  # strength 1 uses no prior; render it anyway for the file
+                ids = layout if size is None else resize_ids(np.asarray(layout), *size)
+                prior = render_prior(ids, args.gsd or DEFAULT_GSD, seed)
+            write_png(args.prior_out, prior)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from earthgen.models import float32_on_cpu, resolve_model
 
@@ -130,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
                control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,
-               strength=args.strength if mask is None else 1.0, height=height, width=width,
+               strength=strength if mask is None else 1.0, height=height, width=width,
                num_inference_steps=args.steps, guidance_scale=args.guidance, control_guidance_end=args.control_end,
                metadata_guidance_scale=args.metadata_guidance,
                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]

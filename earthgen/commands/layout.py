@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from earthgen.commands._args import float_list, positive_float, positive_int, size_pair
+from earthgen.commands._args import (
+    check_output,
+    float_list,
+    gsd_float,
+    number,
+    size_pair,
+)
 from earthgen.errors import UserInputError
+
+# --max-pixels: at most a 1 GiB uint8 class map (rasterizing needs several bytes per pixel more)
+MAX_PIXELS_CAP = 2**30
 
 DESCRIPTION = """\
 Rasterize OpenStreetMap data into a north-up semantic layout (one class id per pixel, the
@@ -52,18 +61,30 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       help="centre of the layout in degrees; needs --size")
     area.add_argument("--size", type=size_pair, metavar="N|WxH",
                       help="layout size in pixels (square N, or width x height)")
-    area.add_argument("--gsd", type=positive_float, metavar="M",
+    area.add_argument("--gsd", type=gsd_float, metavar="M",
                       help="ground sampling distance in metres/pixel (default 1 unless derived)")
     area.add_argument("--crs", metavar="CRS",
                       help="metric CRS of the layout, e.g. EPSG:32632 (default: the area's UTM zone)")
     area.add_argument("--source-crs", metavar="CRS",
                       help="CRS of GeoJSON coordinates when not lon/lat and the file has no 'crs' member")
-    area.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
-                      help="refuse layouts larger than N pixels (default 16384x16384)")
+    area.add_argument("--max-pixels", type=number(1, MAX_PIXELS_CAP, integer=True), default=None, metavar="N",
+                      help="refuse layouts larger than N pixels (default 16384x16384, at most 2**30)")
     p.add_argument("--out", type=Path, default=Path("outputs/layout"),
                    help="output directory (default: outputs/layout)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check_args)
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The output folder and the size, before the source is read (UserInputError: one line)."""
+    from earthgen.geo.layout import MAX_PIXELS
+
+    limit = args.max_pixels or MAX_PIXELS
+    if args.size is not None and args.size[0] * args.size[1] > limit:
+        w, h = args.size
+        raise UserInputError(f"--size {w}x{h}: {w * h} pixels, more than the limit of {limit} pixels "
+                             "(--max-pixels)")
+    check_output(args.out, "--out", folder=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from earthgen.geo.layout import MAX_PIXELS, build_layout
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} exists and is not a directory")
+    check_args(args)
     layout = build_layout(
         args.source,
         bbox=args.bbox,

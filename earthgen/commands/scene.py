@@ -34,37 +34,63 @@ examples:
 
 
 def register(sub) -> None:
-    from earthgen.commands._args import float_list, positive_float, positive_int
+    from earthgen.commands._args import (
+        SCENE_MAX_SIZE_M,
+        bbox_list,
+        center_list,
+        gsd_float,
+        guidance_float,
+        number,
+        seed_int,
+        steps_int,
+    )
 
     p = sub.add_parser("scene", help="generate a 3D scene (voxels + 2D Gaussian surfels)", description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="scene pipeline folder or hub id (default: embedded models)")
     c = p.add_argument_group("conditions")
     c.add_argument("--layout", default=None, help="OSM (.osm/.pbf/.bz2) or GeoJSON file")
-    c.add_argument("--center", type=float_list(2, "--center"), default=None, metavar="LAT,LON")
-    c.add_argument("--bbox", type=float_list(4, "--bbox"), default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
+    c.add_argument("--center", type=center_list, default=None, metavar="LAT,LON")
+    c.add_argument("--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
     c.add_argument("--semantic", default=None, help="class-id PNG (palette or grey)")
     c.add_argument("--image", default=None, help="aerial RGB image of the same area")
-    c.add_argument("--world", type=int, default=None, metavar="SEED", help="a procedural world tile as condition")
+    c.add_argument("--world", type=seed_int, default=None, metavar="SEED", help="a procedural world tile as condition")
     c.add_argument("--preset", default="mixed", help="world preset with --world (mixed, urban, suburban, rural, mountain)")
     c.add_argument("--condition", choices=("semantic", "image", "both"), default="semantic",
                    help="with --world: which of the tile's maps to give (default: semantic)")
-    c.add_argument("--gsd", type=positive_float, default=None, help="metres/pixel of --semantic/--image (default 1)")
-    c.add_argument("--size-m", type=positive_float, default=None,
-                   help="scene size, metres (unconditional, --world and --layout; default 64)")
+    c.add_argument("--gsd", type=gsd_float, default=None, help="metres/pixel of --semantic/--image (default 1)")
+    c.add_argument("--size-m", type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True), default=None,
+                   help="scene size, metres (unconditional, --world and --layout; default 64; at most "
+                        f"{SCENE_MAX_SIZE_M:g}, docs/limits.md)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=positive_int, default=20, help="structure flow steps (Heun)")
-    g.add_argument("--texture-steps", type=positive_int, default=None, help="texture flow steps (default: --steps)")
-    g.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
-    g.add_argument("--overlap-m", type=float, default=16.0, help="overlap of neighbouring windows, metres")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    g.add_argument("--steps", type=steps_int, default=20, help="structure flow steps (Heun)")
+    g.add_argument("--texture-steps", type=steps_int, default=None, help="texture flow steps (default: --steps)")
+    g.add_argument("--guidance", type=guidance_float, default=2.0, help="classifier-free guidance scale")
+    g.add_argument("--overlap-m", type=float, default=16.0,
+                   help="overlap of neighbouring windows, metres (0 to 1024)")
+    g.add_argument("--seed", type=seed_int, default=None, help="random seed (default: random, printed)")
     g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     o = p.add_argument_group("outputs")
-    o.add_argument("--render-size", type=positive_int, default=512, help="pixels per rendered view")
-    o.add_argument("--views", type=positive_int, default=4, help="orbit views in render.png")
-    o.add_argument("--turntable", type=int, default=24, help="frames of turntable.gif (0: none)")
+    o.add_argument("--render-size", type=number(16, 8192, integer=True), default=512,
+                   help="pixels per rendered view, 16..8192")
+    o.add_argument("--views", type=number(1, 64, integer=True), default=4, help="orbit views in render.png, 1..64")
+    o.add_argument("--turntable", type=number(0, 720, integer=True), default=24,
+                   help="frames of turntable.gif, 0..720 (0: none)")
     o.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check_args)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The output folder and --overlap-m, before any work (UserInputError: one line); the other
+    numbers are checked by their argparse types."""
+    import math
+
+    from earthgen.commands._args import check_output
+    from earthgen.errors import UserInputError
+
+    if not (math.isfinite(args.overlap_m) and 0.0 <= args.overlap_m <= 1024.0):
+        raise UserInputError(f"--overlap-m must be a finite number in [0, 1024] metres, got {args.overlap_m}")
+    check_output(args.out, "--out", folder=True)
 
 
 def _read_image(path: str, what: str):
@@ -133,6 +159,14 @@ def conditions(args: argparse.Namespace) -> dict:
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, -1)
         out.update(image=img, gsd=out["gsd"] or args.gsd or 1.0)
+    from earthgen.commands._args import SCENE_MAX_SIZE_M
+
+    for key in ("semantic", "image"):
+        m = out[key]
+        if m is not None and args.world is None and max(m.shape[:2]) * (out["gsd"] or 1.0) > SCENE_MAX_SIZE_M:
+            flag = "--image" if key == "image" else ("--layout" if args.layout else "--semantic")
+            raise UserInputError(f"{flag}: {m.shape[1]}x{m.shape[0]} px at {out['gsd'] or 1.0:g} m/px is over "
+                                 f"the scene limit of {SCENE_MAX_SIZE_M:g} m a side (docs/limits.md)")
     if out["semantic"] is None and out["image"] is None:
         out["size_m"] = size
     elif args.size_m is not None and args.world is None and args.layout is None:
@@ -190,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.turntable < 0:
         raise UserInputError(f"--turntable must be >= 0 frames, got {args.turntable}")
+    check_args(args)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     cond = conditions(args)
     pipe = load_scene_pipeline(args.model, args.device)

@@ -5,7 +5,20 @@ from __future__ import annotations
 import argparse
 import time
 
-from earthgen.commands._args import float_list, positive_float, size_pair
+from earthgen.commands._args import (
+    MAX_VOXEL_COLUMNS,
+    check_output,
+    float_list,
+    number,
+    positive_float,
+    seed_int,
+    size_pair,
+)
+
+# --origin: world metres, within +-1e7 (float64 noise coordinates stay exact to ~1e-9 m)
+ORIGIN_LIMIT = 1e7
+# --tiles: at most this many tiles per side
+MAX_TILES_SIDE = 256
 
 DESCRIPTION = """\
 Generate a deterministic synthetic tile: height field, land-cover classes, OSM-like vector
@@ -27,21 +40,57 @@ labels.json, labels_dota.txt, caption.txt, meta.json, voxels.npz/.ply, preview.p
 def register(sub) -> None:
     p = sub.add_parser("world", help="generate a procedural world tile", description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="world seed, 0..2**63-1 (default 0)")
     p.add_argument("--size", type=size_pair, default=(512, 512), metavar="N|WxH",
                    help="tile size in pixels (default 512)")
-    p.add_argument("--gsd", type=positive_float, default=0.5, metavar="M",
-                   help="ground sampling distance, metres/pixel (default 0.5)")
-    p.add_argument("--origin", type=float_list(2, "--origin"), default=None, metavar="X,Y",
+    p.add_argument("--gsd", type=_gsd, default=0.5, metavar="M",
+                   help="ground sampling distance, metres/pixel, 0.05..100 (default 0.5)")
+    p.add_argument("--origin", type=float_list(2, "--origin", [(-ORIGIN_LIMIT, ORIGIN_LIMIT)] * 2), default=None, metavar="X,Y",
                    help="world metres of the top-left corner (default: tile centred on the origin)")
-    p.add_argument("--tiles", type=size_pair, default=(1, 1), metavar="N|CxR",
+    p.add_argument("--tiles", type=_tiles, default=(1, 1), metavar="N|CxR",
                    help="write a grid of adjacent tiles into OUT/tile_<row>_<col> (default 1)")
     p.add_argument("--preset", default="mixed", help="landscape preset: mixed, urban, suburban, rural, mountain")
-    p.add_argument("--voxel-size", type=positive_float, default=1.0, metavar="M",
-                   help="voxel edge in metres for voxels.npz/.ply (default 1.0)")
+    p.add_argument("--voxel-size", type=number(0.0, 1000.0, lo_open=True), default=1.0, metavar="M",
+                   help="voxel edge in metres for voxels.npz/.ply (default 1.0; at most "
+                        f"{MAX_VOXEL_COLUMNS} voxel columns per tile, docs/limits.md)")
     p.add_argument("--no-voxels", action="store_true", help="skip the 3D voxel export")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check_args)
+
+
+def _gsd(text: str) -> float:
+    """``--gsd``: a finite number > 0 in the range of the world generator, 0.05..100 m/px."""
+    v = positive_float(text)
+    if not 0.05 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 in [0.05, 100] m/px, got {text}")
+    return v
+
+
+def _tiles(text: str) -> tuple[int, int]:
+    """``--tiles N|CxR``: at most MAX_TILES_SIDE per side."""
+    return size_pair(text, max_side=MAX_TILES_SIDE, unit="tiles")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Limits and the output folder, before any tile is generated (UserInputError: one line)."""
+    import math
+
+    from earthgen.errors import UserInputError
+    from earthgen.world.tile import MAX_PIXELS, check_tile_args
+
+    w, h = args.size
+    if w * h > MAX_PIXELS:
+        raise UserInputError(f"--size {w}x{h}: {w * h} pixels is over the limit of {MAX_PIXELS} pixels "
+                             "per tile; use --tiles or --origin for larger areas (tiles are seamless)")
+    check_tile_args((w, h), args.gsd)  # pixels (MAX_PIXELS) and GSD (0.05..100 m/px)
+    if not args.no_voxels:
+        cols = math.ceil(w * args.gsd / args.voxel_size) * math.ceil(h * args.gsd / args.voxel_size)
+        if cols > MAX_VOXEL_COLUMNS:
+            least = math.sqrt(w * args.gsd * h * args.gsd / MAX_VOXEL_COLUMNS)
+            raise UserInputError(
+                f"--voxel-size {args.voxel_size:g}: a {w * args.gsd:g} x {h * args.gsd:g} m tile needs {cols} voxel "
+                f"columns, over the cap of {MAX_VOXEL_COLUMNS}; use --voxel-size >= {least:.3g} or --no-voxels")
+    check_output(args.out, "--out", folder=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset)
     w, h = args.size
     check_tile_args((w, h), args.gsd)
+    check_args(args)
     cols, rows = args.tiles
     x0, y0 = args.origin if args.origin else (-0.5 * w * cols * args.gsd, 0.5 * h * rows * args.gsd)
     voxel = None if args.no_voxels else args.voxel_size

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from earthgen.boxes import BoxSet
+from earthgen.boxes import BoxSet, polygon_area
 from earthgen.errors import UserInputError
 
 IMAGE_EXTS: tuple[str, ...] = (
@@ -162,6 +163,52 @@ def boxes_axis_aligned(corners: np.ndarray, tol: float = 0.0) -> np.ndarray:
 def is_axis_aligned(corners: np.ndarray) -> bool:
     """True when every box of ``[N, 4, 2]`` corners has edges parallel to the image axes."""
     return bool(boxes_axis_aligned(corners).all())
+
+
+def clip_to_image(corners: np.ndarray, size: tuple[float, float]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box corners ``[N, 4, 2]`` clipped coordinate-wise to the image ``[0, W] x [0, H]``.
+
+    Returns ``(clipped, outside, keep)``: ``outside`` [N] marks boxes with a corner outside the
+    image (their clipped corners differ), ``keep`` [N] those with area left after clipping (a box
+    entirely outside the image, or of zero area, has none). Boxes inside are returned unchanged."""
+    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+    hi = np.array([float(size[0]), float(size[1])])
+    clipped = np.clip(c, 0.0, hi)
+    outside = (clipped != c).any(axis=(1, 2))
+    keep = polygon_area(clipped) > 0.0
+    return clipped, outside, keep
+
+
+def keep_boxes(boxes: BoxSet, corners: np.ndarray, keep: np.ndarray) -> BoxSet:
+    """``boxes`` with new ``corners`` [N, 4, 2], reduced to the boxes where ``keep`` [N] (scores,
+    difficult flags and per-box arrays of ``extra`` such as ``iscrowd`` follow)."""
+    keep = np.asarray(keep, dtype=bool)
+    n = len(boxes)
+    extra = {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v)
+             for k, v in boxes.extra.items()}
+    return BoxSet(np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)[keep],
+                  [lab for lab, k in zip(boxes.labels, keep, strict=True) if k],
+                  scores=None if boxes.scores is None else np.asarray(boxes.scores)[keep],
+                  difficult=None if boxes.difficult is None else np.asarray(boxes.difficult)[keep],
+                  rotated=boxes.rotated, extra=extra)
+
+
+def warn_clipped(where_: PathLike, size: tuple[float, float], outside: np.ndarray,
+                 keep: np.ndarray, stacklevel: int = 3) -> None:
+    """One warning for a file: how many boxes were clipped to the image and how many dropped for
+    having no area inside it (nothing when every box is inside and kept)."""
+    n_out, n_drop = int(np.sum(outside & keep)), int(np.sum(~np.asarray(keep, dtype=bool)))
+    if not n_out and not n_drop:
+        return
+    parts = []
+    if n_out:
+        parts.append(f"{n_out} box{'es' if n_out > 1 else ''} partly outside the image "
+                     f"({fmt_num(size[0])}x{fmt_num(size[1])} px) clipped to it")
+    if n_drop:
+        parts.append(f"{n_drop} box{'es' if n_drop > 1 else ''} with no area inside the image "
+                     "dropped")
+    warnings.warn(f"{where_}: " + "; ".join(parts), stacklevel=stacklevel)
 
 
 def resolve_classes(

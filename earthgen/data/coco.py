@@ -11,6 +11,11 @@ Rotated boxes: with ``segmentation="auto"`` (default) a single 4-point polygon i
 as the box's corners (how DOTA-style COCO files store oriented boxes, and how this writer keeps
 corner order); ``"obb"`` turns any polygon into its minimum-area rotated rectangle; ``"ignore"``
 uses ``bbox`` only. The writer stores ``bbox`` (enclosing box) and the 4 corners as polygon.
+
+Beyond the COCO fields (which allow extra keys), the writer keeps DOTA's ``difficult`` flag as
+an annotation key (``"difficult": 0/1``, read back into ``BoxSet.difficult``) and the image
+header of DOTA files as image keys (``"gsd"``: metres per pixel or null, ``"imagesource"``), read
+back into ``BoxSet.extra``; COCO tools ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from earthgen.errors import UserInputError
 from earthgen.io import atomic_path
 
 Segmentation = Literal["auto", "obb", "ignore"]
+IMAGE_KEYS: tuple[str, ...] = ("gsd", "imagesource")  # BoxSet.extra keys kept per image
 
 
 def _num_list(v: Any, n: int | None) -> list[float] | None:
@@ -84,7 +90,8 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
     annotations included, with empty BoxSets).
 
     Labels are category names; ``extra`` keeps ``coco_image_id``, ``coco_categories``
-    ({name: id}) and ``iscrowd`` ([N] bool); ``scores`` come from ``score`` when present
+    ({name: id}), ``iscrowd`` ([N] bool) and the image keys ``gsd`` / ``imagesource`` when
+    present; ``difficult`` comes from the annotations' ``difficult`` key (0 when absent); ``scores`` come from ``score`` when present
     (detection results). Image paths are resolved against ``image_dir``, the JSON's folder, its
     ``images/`` and ``../images/``."""
     path = require_file(path, "COCO JSON file")
@@ -117,7 +124,7 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
     json_dir = path.parent
     idir = Path(image_dir) if image_dir is not None else None
     images: dict[Any, dict] = {}
-    per_image: dict[Any, list[tuple[np.ndarray, str, float | None, bool]]] = {}
+    per_image: dict[Any, list[tuple[np.ndarray, str, float | None, bool, bool]]] = {}
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise fail(path, None, f"images[{i}]: needs 'id' and 'file_name', got {im!r}"[:300])
@@ -147,17 +154,20 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
         score = a.get("score")
         per_image[a["image_id"]].append((corners, cat_name[a["category_id"]],
                                          None if score is None else float(score),
-                                         bool(a.get("iscrowd", 0))))
+                                         bool(a.get("iscrowd", 0)), bool(a.get("difficult", 0))))
     items = []
     for iid, im in images.items():
         rows = per_image[iid]
         corners = np.array([r[0] for r in rows], dtype=np.float64).reshape(-1, 4, 2)
         scores = (np.array([np.nan if r[2] is None else r[2] for r in rows])
                   if any(r[2] is not None for r in rows) else None)
-        extra = {"coco_image_id": iid, "coco_categories": dict(name_id),
-                 "iscrowd": np.array([r[3] for r in rows], dtype=bool)}
+        extra: dict[str, Any] = {"coco_image_id": iid, "coco_categories": dict(name_id),
+                                 "iscrowd": np.array([r[3] for r in rows], dtype=bool)}
+        for key in IMAGE_KEYS:
+            if key in im:
+                extra[key] = _image_key(im[key], key, path, iid)
         boxes = BoxSet(corners, [r[1] for r in rows], scores=scores,
-                       difficult=np.zeros(len(rows), dtype=bool),
+                       difficult=np.array([r[4] for r in rows], dtype=bool),
                        rotated=not is_axis_aligned(corners), extra=extra)
         w, h = im.get("width"), im.get("height")
         size = (int(w), int(h)) if isinstance(w, int | float) and isinstance(h, int | float) \
@@ -165,6 +175,18 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
         items.append(DetectionItem(_resolve_image(str(im["file_name"]), json_dir, idir), size,
                                    boxes))
     return items
+
+
+def _image_key(value: Any, key: str, path: Path, iid: Any) -> Any:
+    """An image-level extra key read back: ``gsd`` a number (m/px) or None, others as text."""
+    if key != "gsd":
+        return None if value is None else str(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise fail(path, None, f"image {iid}: 'gsd' must be a number (m/px) or null, "
+                               f"got {value!r}")
+    return float(value)
 
 
 def _category_ids(items: list[DetectionItem], classes: list[str] | None) -> dict[str, int]:
@@ -196,9 +218,15 @@ def to_coco(items: list[DetectionItem], classes: list[str] | None = None,
                                "file_name": file_names[k] if file_names else Path(it.image).name}
         if it.size is not None:
             rec["width"], rec["height"] = int(it.size[0]), int(it.size[1])
-        images.append(rec)
         b = it.boxes
+        for key in IMAGE_KEYS:
+            if key in b.extra:
+                v = b.extra[key]
+                rec[key] = None if v is None else (float(v) if key == "gsd" else str(v))
+        images.append(rec)
         crowd = b.extra.get("iscrowd")
+        diff = (np.zeros(len(b), bool) if b.difficult is None
+                else np.asarray(b.difficult, dtype=bool))
         hbb = corners_to_hbb(b.corners)
         areas = polygon_area(b.corners)
         for j in range(len(b)):
@@ -209,6 +237,7 @@ def to_coco(items: list[DetectionItem], classes: list[str] | None = None,
                 "segmentation": [[float(v) for v in b.corners[j].reshape(-1)]],
                 "area": float(areas[j]),
                 "iscrowd": int(bool(crowd[j])) if crowd is not None and len(crowd) == len(b) else 0,
+                "difficult": int(diff[j]),
             }
             if b.scores is not None and np.isfinite(b.scores[j]):
                 ann["score"] = float(b.scores[j])

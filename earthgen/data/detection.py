@@ -40,7 +40,7 @@ from earthgen.data._common import (
 from earthgen.data.coco import read_coco, to_coco
 from earthgen.data.dota import LABEL_DIR_NAMES, format_dota, read_dota
 from earthgen.data.voc import format_voc, read_box_csv, read_voc, write_box_csv
-from earthgen.data.yolo import format_yolo, read_yolo
+from earthgen.data.yolo import format_yolo, read_yolo, warn_lost_fields
 from earthgen.errors import UserInputError
 from earthgen.io import atomic_dir
 
@@ -241,6 +241,7 @@ def write_detection_dataset(
                     and set(labels) <= set(known[0]):
                 classes = list(known[0])  # keep the ids of a YOLO source
             cls, index = resolve_classes(labels, classes, out, "YOLO")
+            warn_lost_fields([it.boxes for it in items], out)
             for it in items:
                 _write(tmp / "labels" / f"{it.image.stem}.txt",
                        format_yolo(it.boxes, _size(it), index, obb=fmt == "yolo-obb",

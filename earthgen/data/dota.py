@@ -9,7 +9,10 @@ annotator's order, class name without spaces, difficult flag 0/1)::
 
 Lines with 9 fields (no difficult flag, as in some test-set files) are read as not difficult.
 ``gsd:null`` is kept as ``gsd=None``. Corners are kept exactly as written (order and values), so
-read -> write -> read is the identity.
+read -> write -> read is the identity -- unless the image size is known (``image_size=``, or the
+image found by :func:`read_dota`): then corners outside the image are clipped to it
+(coordinate-wise, to ``[0, width] x [0, height]``), boxes with no area left inside dropped, with
+one warning per file giving the counts.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ from earthgen.boxes import BoxSet
 from earthgen.data._common import (
     DetectionItem,
     PathLike,
+    clip_to_image,
     fail,
     find_image,
     fmt_num,
     image_size,
+    keep_boxes,
     label_token,
     parse_float,
     require_dir,
     require_file,
     text_lines,
+    warn_clipped,
 )
 from earthgen.errors import UserInputError
 from earthgen.io import atomic_path
@@ -40,10 +46,13 @@ LABEL_DIR_NAMES: tuple[str, ...] = ("labelTxt", "annfiles", "labelTxt-v1.0", "la
                                     "labelTxt-v2.0")
 
 
-def read_dota_file(path: PathLike) -> BoxSet:
+def read_dota_file(path: PathLike, image_size: tuple[int, int] | None = None) -> BoxSet:
     """Boxes of one DOTA label file -> BoxSet (``corners`` [N, 4, 2] px, ``labels`` class names,
     ``difficult`` [N] bool; ``extra`` holds ``imagesource`` (str) and ``gsd`` (m/px or None)
-    when the header has them)."""
+    when the header has them).
+
+    With ``image_size`` (width, height) boxes partly outside the image are clipped to it and
+    boxes with no area inside it dropped, with one warning for the file (with the counts)."""
     path = require_file(path, "DOTA label file")
     corners: list[list[float]] = []
     labels: list[str] = []
@@ -76,8 +85,16 @@ def read_dota_file(path: PathLike) -> BoxSet:
         corners.append(xy)
         labels.append(parts[8])
         difficult.append(bool(flag))
-    return BoxSet(np.array(corners, dtype=np.float64).reshape(-1, 4, 2), labels,
-                  difficult=np.array(difficult, dtype=bool), rotated=True, extra=extra)
+    boxes = BoxSet(np.array(corners, dtype=np.float64).reshape(-1, 4, 2), labels,
+                   difficult=np.array(difficult, dtype=bool), rotated=True, extra=extra)
+    if image_size is None or not len(boxes):
+        return boxes
+    size = (float(image_size[0]), float(image_size[1]))
+    clipped, outside, keep = clip_to_image(boxes.corners, size)
+    if not outside.any() and keep.all():
+        return boxes
+    warn_clipped(path, size, outside, keep, stacklevel=3)
+    return keep_boxes(boxes, clipped, keep)
 
 
 def format_dota(boxes: BoxSet, imagesource: str | None = None, gsd: float | None = None,
@@ -124,7 +141,8 @@ def read_dota(path: PathLike, image_dir: PathLike | None = None) -> list[Detecti
 
     ``path``: the dataset root (with ``labelTxt/`` and ``images/``), the label directory itself,
     or one label file. Images are looked up by stem in ``image_dir``, ``<root>/images`` or beside
-    the labels; ``size`` is read from the image header when it exists."""
+    the labels; ``size`` is read from the image header when it exists, and boxes outside that
+    image are then clipped to it (one warning per file, see :func:`read_dota_file`)."""
     p = Path(path)
     if p.is_file():
         files = [p]
@@ -141,7 +159,7 @@ def read_dota(path: PathLike, image_dir: PathLike | None = None) -> list[Detecti
     items = []
     for f in files:
         img = find_image(f.stem, roots)
-        items.append(DetectionItem(img if img is not None else roots[0] / f"{f.stem}.png",
-                                   image_size(img) if img is not None else None,
-                                   read_dota_file(f)))
+        size = image_size(img) if img is not None else None
+        items.append(DetectionItem(img if img is not None else roots[0] / f"{f.stem}.png", size,
+                                   read_dota_file(f, size)))
     return items

@@ -8,7 +8,13 @@ VOC::
         <bndbox><xmin>203</xmin><ymin>67</ymin><xmax>227</xmax><ymax>90</ymax></bndbox>
       </object></annotation>
 
-Coordinates are read as written (pixels; no 1-based shift). Box CSV (DeepForest / NEON): a header
+Coordinates are read as written (pixels; no 1-based shift: a file's ``xmin=1`` reads as x = 1).
+Written boxes follow the VOC convention every trainer accepts: integers inside the image,
+``1 <= xmin <= xmax <= width`` and ``1 <= ymin <= ymax <= height`` (1-based inclusive pixels).
+Boxes are rounded outward (floor of the minimum, ceiling of the maximum) and clipped to that
+range, so an integer box inside it -- any VOC file read here -- is written back unchanged; a box
+partly outside the image is clipped (one warning per file), one with no area inside it dropped.
+Box CSV (DeepForest / NEON): a header
 naming the columns in any order, e.g. ``image_path,xmin,ymin,xmax,ymax,label`` or NEON's
 ``image_path,xmin,xmax,ymin,ymax,label``; a row with all four coordinates 0 marks an image
 without boxes (DeepForest's convention).
@@ -37,6 +43,7 @@ from earthgen.data._common import (
     read_text,
     require_dir,
     require_file,
+    warn_clipped,
 )
 from earthgen.errors import UserInputError
 from earthgen.io import atomic_path
@@ -115,8 +122,26 @@ def read_voc_file(path: PathLike, image_dir: PathLike | None = None) -> Detectio
     return DetectionItem(img, size, boxes)
 
 
+def voc_boxes(hbb: np.ndarray, size: tuple[int, int] | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Enclosing boxes ``[N, 4]`` (xmin, ymin, xmax, ymax px) -> VOC integer boxes ``[N, 4]``
+    (rounded outward, clipped to ``1..width`` / ``1..height``; only ``>= 1`` when ``size`` is
+    None), ``outside`` [N] (changed by the clipping) and ``keep`` [N] (some area inside the
+    image: boxes entirely outside it, or of zero area, are not written)."""
+    b = np.asarray(hbb, dtype=np.float64).reshape(-1, 4)
+    hi = (np.array([size[0], size[1], size[0], size[1]], dtype=np.float64) if size is not None
+          else np.full(4, np.inf))
+    inner = np.clip(b, 0.0, hi)  # the part inside the image, continuous coordinates
+    keep = (inner[:, 2] > inner[:, 0]) & (inner[:, 3] > inner[:, 1])
+    out = np.concatenate([np.floor(b[:, :2]), np.ceil(b[:, 2:])], axis=1)
+    clipped = np.clip(out, 1.0, np.maximum(hi, 1.0))
+    outside = (clipped != out).any(axis=1)
+    return clipped, outside, keep
+
+
 def format_voc(item: DetectionItem, filename: str | None = None) -> str:
-    """Pascal VOC XML text of ``item`` (enclosing horizontal boxes of its corners)."""
+    """Pascal VOC XML text of ``item`` (enclosing horizontal boxes of its corners, as integers
+    inside the image; see :func:`voc_boxes` and the module docstring)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = filename or Path(item.image).name
     if item.size is not None:
@@ -126,7 +151,12 @@ def format_voc(item: DetectionItem, filename: str | None = None) -> str:
         ET.SubElement(sz, "depth").text = "3"
     b = item.boxes
     diff = np.zeros(len(b), bool) if b.difficult is None else np.asarray(b.difficult, bool)
-    for hbb, lab, d in zip(corners_to_hbb(b.corners), b.labels, diff, strict=True):
+    boxes, outside, keep = voc_boxes(corners_to_hbb(b.corners), item.size)
+    if item.size is not None:
+        warn_clipped(filename or Path(item.image).name, item.size, outside, keep, stacklevel=4)
+    for hbb, lab, d, k in zip(boxes, b.labels, diff, keep, strict=True):
+        if not k:
+            continue
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = lab
         ET.SubElement(obj, "difficult").text = str(int(d))

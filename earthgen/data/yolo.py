@@ -5,6 +5,12 @@ image width and height, class as a 0-based id.
 - OBB:        ``class x1 y1 x2 y2 x3 y3 x4 y4``      e.g. ``3 0.10 0.20 0.30 0.20 0.30 0.25 0.10 0.25``
 - segment:    ``class x1 y1 ... xk yk`` (k >= 3, k != 4) -> its minimum-area rotated rectangle
 
+Written labels pass Ultralytics' label check (``verify_image_label``): every coordinate is clipped
+to [0, 1] (a box partly outside the image is clipped to it, one with no area inside is dropped,
+with one warning per file), widths and heights are > 0, class ids are integers >= 0 and repeated
+rows are written once. YOLO has no field for DOTA's ``difficult`` flag or the GSD: both are lost
+when writing (one warning per write says so); keep them with the dota or coco formats.
+
 Class names come from ``classes=``, ``classes.txt`` / ``obj.names`` or ``data.yaml`` (``names:``);
 without any, labels are the ids as strings (``"0"``). Layouts: Ultralytics ``images/<split>/x.jpg``
 with ``labels/<split>/x.txt``, or Darknet ``x.jpg`` beside ``x.txt``.
@@ -21,6 +27,7 @@ from earthgen.boxes import BoxSet, hbb_to_corners, polygon_to_corners
 from earthgen.data._common import (
     DetectionItem,
     PathLike,
+    clip_to_image,
     fail,
     find_image,
     fmt_num,
@@ -31,6 +38,7 @@ from earthgen.data._common import (
     require_file,
     resolve_classes,
     text_lines,
+    warn_clipped,
 )
 from earthgen.data._common import image_size as probe_size
 from earthgen.errors import UserInputError
@@ -107,23 +115,58 @@ def read_yolo_file(path: PathLike, image_size: tuple[int, int],
 def format_yolo(boxes: BoxSet, image_size: tuple[int, int], class_ids: dict[str, int],
                 obb: bool = False, where: PathLike = "<YOLO>") -> str:
     """YOLO text of ``boxes`` (pixel corners) for an image of (width, height) px; ``class_ids``
-    maps label -> id. ``obb=False`` writes enclosing ``cx cy w h`` boxes (warns if rotated)."""
+    maps label -> id. ``obb=False`` writes enclosing ``cx cy w h`` boxes (warns if rotated).
+
+    Coordinates are clipped to the image, so every value is in [0, 1]; boxes with no area inside
+    the image are dropped and repeated rows written once (one warning per file for each)."""
     w, h = _check_size(image_size, where)
-    norm = boxes.corners / np.array([w, h])
-    lines = []
     if not obb and not is_axis_aligned(boxes.corners):
         warnings.warn(f"{where}: rotated boxes written as their enclosing horizontal boxes "
                       "(use the yolo-obb format to keep them)", stacklevel=3)
-    for c, lab in zip(norm, boxes.labels, strict=True):
+    corners = boxes.corners
+    if not obb:  # clip the enclosing box (clipping the corners of a turned box would shrink it)
+        corners = hbb_to_corners(boxes.hbb) if len(boxes) else corners
+    clipped, outside, keep = clip_to_image(corners, (w, h))
+    warn_clipped(where, (w, h), outside, keep, stacklevel=4)
+    scale = np.array([w, h])
+    lines: list[str] = []
+    for c, lab, k in zip(clipped, boxes.labels, keep, strict=True):
+        if not k:
+            continue
         cid = class_ids[lab]
+        if not (isinstance(cid, int | np.integer) and cid >= 0):
+            raise UserInputError(f"{where}: YOLO class ids must be integers >= 0, got {cid!r}")
+        n = np.clip(c / scale, 0.0, 1.0)  # x / w <= 1 for x <= w; the clip only guards rounding
         if obb:
-            lines.append(f"{cid} " + " ".join(fmt_num(v) for v in c.reshape(-1)))
+            lines.append(f"{int(cid)} " + " ".join(fmt_num(v) for v in n.reshape(-1)))
         else:
-            x0, y0 = c.min(axis=0)
-            x1, y1 = c.max(axis=0)
+            x0, y0 = n.min(axis=0)
+            x1, y1 = n.max(axis=0)
             vals = ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
-            lines.append(f"{cid} " + " ".join(fmt_num(v) for v in vals))
-    return "\n".join(lines) + ("\n" if lines else "")
+            if vals[2] <= 0 or vals[3] <= 0:  # under float resolution: no area left
+                continue
+            lines.append(f"{int(cid)} " + " ".join(fmt_num(v) for v in vals))
+    unique = list(dict.fromkeys(lines))
+    if len(unique) < len(lines):
+        d = len(lines) - len(unique)
+        warnings.warn(f"{where}: {d} repeated box{'es' if d > 1 else ''} written once "
+                      "(Ultralytics drops duplicate label rows)", stacklevel=3)
+    return "\n".join(unique) + ("\n" if unique else "")
+
+
+def warn_lost_fields(boxsets: list[BoxSet], where: PathLike = "<YOLO>") -> None:
+    """One warning when ``boxsets`` hold what YOLO has no field for (``difficult`` flags set, a
+    GSD in ``extra``): it is not written."""
+    n_diff = sum(int(np.sum(b.difficult)) for b in boxsets if b.difficult is not None)
+    n_gsd = sum(1 for b in boxsets if b.extra.get("gsd") is not None)
+    lost = []
+    if n_diff:
+        lost.append(f"{n_diff} difficult flag{'s' if n_diff > 1 else ''}")
+    if n_gsd:
+        lost.append(f"the GSD of {n_gsd} image{'s' if n_gsd > 1 else ''}")
+    if lost:
+        warnings.warn(f"{where}: YOLO has no field for {' or '.join(lost)}; not written "
+                      "(use the dota or coco format to keep them)", stacklevel=3)
 
 
 def write_yolo_file(path: PathLike, boxes: BoxSet, image_size: tuple[int, int],
@@ -135,6 +178,7 @@ def write_yolo_file(path: PathLike, boxes: BoxSet, image_size: tuple[int, int],
     if classes is None and set(boxes.labels) <= set(boxes.extra.get("classes") or ()):
         classes = list(boxes.extra["classes"])
     names, index = resolve_classes(boxes.labels, classes, path, "YOLO")
+    warn_lost_fields([boxes], path)
     text = format_yolo(boxes, image_size, index, obb=obb, where=path)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

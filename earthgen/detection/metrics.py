@@ -1,10 +1,17 @@
-"""Detection metrics: VOC-style all-point average precision at an IoU threshold, for rotated
+"""Detection metrics: VOC-style average precision at an IoU threshold, for rotated
 boxes (exact polygon IoU, :func:`earthgen.boxes.box_iou`) or horizontal boxes (the enclosing
 axis-aligned boxes of both predictions and ground truth).
 
 Matching follows PASCAL VOC: predictions of a class, sorted by score over the whole dataset,
 match the unmatched ground-truth box of highest IoU >= the threshold in the same image; a
 ``difficult`` ground truth is neither a hit nor a miss (a prediction matching it is ignored).
+
+Two interpolations of the precision-recall curve (``ap_method``), named in every result:
+
+- ``"voc07"`` (default): PASCAL VOC 2007 11-point AP, the mean of the interpolated precision at
+  recall 0, 0.1, ..., 1 -- DOTA's official evaluation (``dota_evaluation_task1.py``,
+  ``use_07_metric=True``);
+- ``"all"``: all-point AP (VOC 2010+), the area under the precision envelope.
 """
 
 from __future__ import annotations
@@ -14,13 +21,33 @@ from collections.abc import Sequence
 import numpy as np
 
 from earthgen.boxes import BoxSet, box_iou, corners_to_hbb, hbb_to_corners
+from earthgen.errors import UserInputError
+
+AP_METHODS: tuple[str, ...] = ("voc07", "all")
 
 
-def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """All-point interpolated AP (VOC 2010+): area under the precision envelope of the
-    precision-recall curve. ``recall``, ``precision``: ``[P]`` in prediction order."""
-    r = np.concatenate([[0.0], np.asarray(recall, dtype=np.float64), [1.0]])
-    p = np.concatenate([[0.0], np.asarray(precision, dtype=np.float64), [0.0]])
+def check_ap_method(ap_method: str) -> str:
+    """``ap_method`` if it is one of :data:`AP_METHODS`, else a one-line UserInputError."""
+    if ap_method not in AP_METHODS:
+        raise UserInputError(f"unknown ap_method {ap_method!r}; use 'voc07' (11-point, DOTA's "
+                             "official) or 'all' (all-point)")
+    return ap_method
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, ap_method: str = "voc07") -> float:
+    """AP of a precision-recall curve (``recall``, ``precision``: ``[P]`` in prediction order).
+
+    ``ap_method="voc07"``: 11-point interpolated AP (VOC 2007, DOTA's official metric): the mean
+    over t = 0, 0.1, ..., 1 of the highest precision at recall >= t (0 where none).
+    ``"all"``: all-point interpolated AP (VOC 2010+): area under the precision envelope."""
+    check_ap_method(ap_method)
+    rec = np.asarray(recall, dtype=np.float64)
+    prec = np.asarray(precision, dtype=np.float64)
+    if ap_method == "voc07":
+        return float(sum(prec[rec >= t].max() if (rec >= t).any() else 0.0
+                         for t in np.arange(0.0, 1.1, 0.1)) / 11.0)
+    r = np.concatenate([[0.0], rec, [1.0]])
+    p = np.concatenate([[0.0], prec, [0.0]])
     p = np.maximum.accumulate(p[::-1])[::-1]
     i = np.nonzero(r[1:] != r[:-1])[0]
     return float(np.sum((r[i + 1] - r[i]) * p[i + 1]))
@@ -36,12 +63,16 @@ def evaluate_detections(
     classes: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
     rotated: bool = True,
+    ap_method: str = "voc07",
 ) -> dict:
     """mAP of ``predictions`` (BoxSets with ``scores``) against ``ground_truth``, image by image.
 
     Returns ``{"mAP": float, "AP": {class: float}, "num_gt": {class: int},
-    "num_pred": {class: int}, "iou_threshold", "rotated"}``; classes without (non-difficult)
-    ground truth get AP ``nan`` and are left out of the mean (mAP is ``nan`` if all are)."""
+    "num_pred": {class: int}, "iou_threshold", "rotated", "method"}``; ``method`` is
+    ``ap_method`` (``"voc07"``: 11-point, DOTA's official; ``"all"``: all-point, see
+    :func:`average_precision`). Classes without (non-difficult) ground truth get AP ``nan`` and
+    are left out of the mean (mAP is ``nan`` if all are)."""
+    check_ap_method(ap_method)
     if len(predictions) != len(ground_truth):
         raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truth)} images")
     if classes is None:
@@ -90,7 +121,8 @@ def evaluate_detections(
         ctp, cfp = np.cumsum(tp), np.cumsum(fp)
         recall = ctp / npos
         precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-        ap[cls] = average_precision(recall, precision)
+        ap[cls] = average_precision(recall, precision, ap_method)
     vals = [v for v in ap.values() if not np.isnan(v)]
     return {"mAP": float(np.mean(vals)) if vals else float("nan"), "AP": ap, "num_gt": n_gt,
-            "num_pred": n_pred, "iou_threshold": float(iou_threshold), "rotated": bool(rotated)}
+            "num_pred": n_pred, "iou_threshold": float(iou_threshold), "rotated": bool(rotated),
+            "method": ap_method}

@@ -28,6 +28,7 @@ area and time grows linearly with it.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -47,6 +48,7 @@ import controls.fused  # noqa: F401
 import earthgen.conditioning.boxes  # noqa: F401
 import earthgen.conditioning.metadata  # noqa: F401
 import earthgen.models  # noqa: F401  (the packaged model's text-encoder reference class)
+import vae.taef2  # noqa: F401
 from earthgen.conditioning.dense import one_hot, road_map
 from earthgen.errors import UserInputError
 
@@ -66,6 +68,58 @@ def _window_weight(h: int, w: int, device) -> torch.Tensor:
         return 0.05 + torch.sin(math.pi * x)
 
     return (ramp(h)[:, None] * ramp(w)[None, :])[None, None]
+
+
+MASK_FEATHER_PX = 8
+"""Default width (pixels) of the soft seam around an inpainting mask: the decoded image is pasted
+into the input through the mask widened by this band (:func:`feather_mask`); every pixel farther
+than this from the mask is the input pixel, unchanged."""
+
+
+def feather_mask(mask: torch.Tensor, band: int = MASK_FEATHER_PX) -> torch.Tensor:
+    """The paste-back weight of an inpainting mask: ``[B, 1, H, W]`` (1 = repaint, soft values
+    allowed) -> ``[B, 1, H, W]`` in 0..1, equal to the mask (clamped to 0..1) inside it and
+    falling off outside it with a raised cosine of the Euclidean distance ``r`` to the mask,
+    ``0.5 (1 + cos(pi r / (band + 1)))`` for ``0 < r <= band``, then exactly 0: a pixel more than
+    ``band`` pixels from every masked pixel gets weight 0. ``band=0``: the mask itself."""
+    m = mask.float().clamp(0.0, 1.0)
+    if band <= 0:
+        return m
+    h, w = m.shape[-2:]
+    padded = F.pad(m, (band, band, band, band))
+    out = m
+    for dy in range(-band, band + 1):
+        for dx in range(-band, band + 1):
+            r = math.hypot(dy, dx)
+            if r == 0 or r > band:
+                continue
+            weight = 0.5 * (1.0 + math.cos(math.pi * r / (band + 1)))
+            shifted = padded[..., band + dy:band + dy + h, band + dx:band + dx + w]
+            out = torch.maximum(out, shifted * weight)
+    return out
+
+
+def paste_back(decoded: torch.Tensor, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Composite an inpainted decode into the input: ``weight * decoded + (1 - weight) * image``
+    where ``weight > 0``, and ``image`` itself (bit for bit) where ``weight == 0``.
+
+    ``decoded``: ``[B, 3, H, W]``; ``image``: ``[1 or B, 3, H, W]``; ``weight``:
+    ``[1 or B, 1, H, W]`` (:func:`feather_mask`). Returns ``[B, 3, H, W]`` in ``decoded``'s dtype
+    and device."""
+    image = image.to(decoded.device, decoded.dtype).expand_as(decoded)
+    weight = weight.to(decoded.device, decoded.dtype)
+    return torch.where(weight > 0, torch.lerp(image, decoded, weight), image)
+
+
+def needs_attention_mask(text_encoder) -> bool:
+    """Whether prompts go to ``text_encoder`` with their attention mask: not for a CLIP text model
+    (Stable Diffusion's convention) unless its config sets ``use_attention_mask``; yes for any
+    other encoder (the packaged MiniLM/BERT). Training and sampling both use this rule."""
+    cfg = getattr(text_encoder, "config", None)
+    use_mask = getattr(cfg, "use_attention_mask", None)
+    if use_mask is None:
+        use_mask = not str(getattr(cfg, "model_type", "")).startswith("clip")
+    return bool(use_mask)
 
 
 def _windows(size: int, tile: int, overlap: int) -> list[int]:
@@ -97,6 +151,39 @@ def _to_tensor_image(image: Any) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+TEXT2EARTH_LEVELS = (10, 18)
+"""Text2Earth's resolution codes: Google-Maps zoom levels 10 (128 m/px) to 18 (0.5 m/px), with
+``gsd = 2 ** (17 - level)`` m/px; code 0 = unknown resolution (also the CFG null)."""
+
+
+def text2earth_level(gsd: Any, batch: int | None = None) -> torch.Tensor:
+    """Ground sample distance (m/px; a number or ``[B]`` values) -> Text2Earth's resolution code
+    ``[B]`` (int64): the zoom level ``17 - log2(gsd)`` rounded to the nearest level (halves to the
+    finer one) and clamped to 10..18 with a warning outside; NaN entries -> 0 (unknown).
+
+    Text2Earth (github.com/Chen-Yang-Liu/Text2Earth, README.md at commit 29049fa, "Resolution =
+    2^(17 - Level)", levels 10..18; ``Text2EarthDiffusionPipeline.__call__`` in
+    src/diffusers/pipelines/stable_diffusion/pipeline_text2earth_diffusion.py passes the level as
+    the UNet's ``class_labels``, 0 without one and for the CFG null branch)."""
+    g = torch.as_tensor(gsd, dtype=torch.float64).flatten()
+    if batch is not None:
+        if g.numel() == 1:
+            g = g.expand(batch)
+        elif g.numel() != batch:
+            raise UserInputError(f"gsd: {g.numel()} values for a batch of {batch}")
+    if bool((g <= 0).any()) or bool(g.isinf().any()):
+        raise UserInputError("gsd must be a finite number > 0 metres/pixel")
+    known = ~g.isnan()
+    level = torch.floor(17.0 - torch.log2(torch.nan_to_num(g, nan=1.0)) + 0.5)
+    lo, hi = TEXT2EARTH_LEVELS
+    outside = known & ((level < lo) | (level > hi))
+    if bool(outside.any()):
+        warnings.warn(f"gsd {g[outside][0].item():g} m/px is outside Text2Earth's {2.0 ** (17 - hi):g}.."
+                      f"{2.0 ** (17 - lo):g} m/px (zoom levels {lo}..{hi}); using the nearest level",
+                      UserWarning, stacklevel=3)
+    return torch.where(known, level.clamp(lo, hi), torch.zeros_like(level)).long()
+
+
 class EarthImagePipeline(DiffusionPipeline):
     """Satellite image generation from text, metadata (GSD, location, date), dense control maps
     and reference images; see the module docstring."""
@@ -115,6 +202,11 @@ class EarthImagePipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
+    def _normalized_vae(self) -> bool:
+        """True for a VAE that standardises its latents itself (``normalize_latents``, TAEF2)."""
+        return hasattr(self.vae, "normalize_latents")
+
+    @property
     def takes_layout(self) -> bool:
         """True when the model is conditioned on layouts (a control branch with a ``layout``
         condition, or a layout encoder feeding the UNet input)."""
@@ -129,26 +221,41 @@ class EarthImagePipeline(DiffusionPipeline):
             f = max(f, int(self.controlnet.downscale))
         return f
 
-    def default_control_guidance_end(self, with_maps: bool) -> float:
+    def default_control_guidance_end(self, with_maps: bool = True) -> float:
         """The control window's end when none is asked for: the model's
-        ``config.control_guidance_end`` when control maps are given; without any, 1.0 (the branch
-        runs on every step in its null mode, as trained)."""
-        return float(self.config.control_guidance_end) if with_maps else 1.0
+        ``config.control_guidance_end``. Without control maps (``with_maps=False``) the control
+        branch does not run at all (no maps, no branch: text-only sampling is the UNet alone), so
+        the window is moot; the same value is returned."""
+        return float(self.config.control_guidance_end)
 
     # --- conditions ----------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> token embeddings ``[B, L, D]`` (D must equal the UNet's cross-attention width)."""
+        """Prompts -> token embeddings ``[B, L, D]`` (D must equal the UNet's cross-attention width).
+
+        The tokens are padded to the tokenizer's length (at most 77). The attention mask goes to
+        the text encoder only where it needs one: a CLIP text model gets none (padding tokens
+        attend causally to the prompt, exactly as ``diffusers.StableDiffusionPipeline`` encodes,
+        which SD-format checkpoints were trained with) unless its config sets
+        ``use_attention_mask``; any other encoder (the packaged MiniLM/BERT, trained that way)
+        gets it."""
         tok = self.tokenizer(prompts, padding="max_length", truncation=True,
                              max_length=min(int(self.tokenizer.model_max_length), 77), return_tensors="pt")
-        out = self.text_encoder(input_ids=tok["input_ids"].to(self._execution_device),
-                                attention_mask=tok["attention_mask"].to(self._execution_device))
+        mask = tok["attention_mask"].to(self._execution_device) if needs_attention_mask(self.text_encoder) else None
+        out = self.text_encoder(input_ids=tok["input_ids"].to(self._execution_device), attention_mask=mask)
         return out.last_hidden_state.to(self.unet.dtype)
 
     def class_labels(self, gsd, metadata: dict | None, batch: int, drop: torch.Tensor | None):
-        """The UNet's ``class_labels``: a metadata embedding (``class_embed_type="identity"``),
-        integer resolution classes (``num_class_embeds``; class 0 = null, as Text2Earth), or None."""
+        """The UNet's ``class_labels``, or None for a UNet without a class embedding:
+
+        - a metadata embedding ``[B, D]`` (a ``metadata_encoder``, ``class_embed_type="identity"``),
+        - Text2Earth's resolution codes ``[B]`` (``class_embed_type="timestep"``: the integer code
+          goes through the UNet's sinusoidal timestep projection and its ``class_embedding`` MLP):
+          the Google-Maps zoom level of ``gsd`` (:func:`text2earth_level`), 0 (unknown) without
+          ``gsd``, for NaN entries and for dropped samples (``drop``; the CFG null branch),
+        - integer resolution classes (``num_class_embeds``: 0.1 m/px steps, class 0 = null).
+        """
         meta = dict(metadata or {})
         if gsd is not None:
             meta["gsd"] = gsd
@@ -156,6 +263,16 @@ class EarthImagePipeline(DiffusionPipeline):
         if self.metadata_encoder is not None:
             emb = self.metadata_encoder(meta, batch_size=batch, drop=drop)
             return emb.to(device=self._execution_device, dtype=self.unet.dtype)
+        if cfg.get("class_embed_type") == "timestep":
+            other = sorted(k for k, v in meta.items() if k != "gsd" and v is not None)
+            if other:
+                raise UserInputError(f"this model takes the resolution only (gsd), not {', '.join(other)}")
+            labels = torch.zeros(batch, dtype=torch.long)
+            if meta.get("gsd") is not None:
+                labels = text2earth_level(meta["gsd"], batch)
+            if drop is not None:
+                labels = torch.where(drop.bool().cpu(), torch.zeros_like(labels), labels)
+            return labels.to(self._execution_device)
         if cfg.get("num_class_embeds"):
             n = int(cfg.num_class_embeds)
             labels = torch.zeros(batch, dtype=torch.long)
@@ -332,7 +449,8 @@ class EarthImagePipeline(DiffusionPipeline):
     # --- checks --------------------------------------------------------------------------------
 
     def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap,
-                     control_start: float = 0.0, control_end: float = 1.0):
+                     control_start: float = 0.0, control_end: float = 1.0,
+                     mask_feather: int = MASK_FEATHER_PX):
         f = self.size_multiple
         if height <= 0 or width <= 0 or height % f or width % f:
             raise UserInputError(f"height and width must be positive multiples of {f}, got {width}x{height}")
@@ -347,6 +465,10 @@ class EarthImagePipeline(DiffusionPipeline):
                                  f"{control_start} and {control_end}")
         if mask is not None and image is None:
             raise UserInputError("inpainting needs the image to edit (image=...) as well as the mask")
+        if isinstance(mask_feather, bool) or not isinstance(mask_feather, (int, np.integer)) \
+                or mask_feather < 0:
+            raise UserInputError(f"mask_feather must be a whole number of pixels >= 0, "
+                                 f"got {mask_feather!r}")
         if tile_size is not None and (tile_size <= 0 or not 0 <= overlap < tile_size):
             raise UserInputError(f"need tile_size > overlap >= 0 (latent pixels), got {tile_size}, {overlap}")
         if steps < 100 and type(self.scheduler) is DDPMScheduler:
@@ -415,11 +537,17 @@ class EarthImagePipeline(DiffusionPipeline):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in 0..1 -> scaled latents (the posterior mean: deterministic)."""
         x = image.to(self._execution_device, self.vae.dtype) * 2.0 - 1.0
+        if self._normalized_vae:  # TAEF2: raw latents, standardised per channel
+            return self.vae.normalize_latents(self.vae.encode(x).latents.float())
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, tile: int | None = None, overlap: int = 0) -> torch.Tensor:
-        """Scaled latents -> images ``[B, 3, H, W]`` in 0..1; blended windows when ``tile`` is set."""
+        """Scaled latents -> images ``[B, 3, H, W]`` in 0..1; blended windows when ``tile`` is set
+        (a VAE with per-channel latent statistics, :class:`vae.taef2.TAEF2`, tiles by itself)."""
+        if self._normalized_vae:
+            z = self.vae.denormalize_latents(latents.float())
+            return (self.vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
         z = latents / self.vae.config.scaling_factor
         f = self.vae_scale_factor
         _, _, h, w = z.shape
@@ -465,6 +593,7 @@ class EarthImagePipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        mask_feather: int = MASK_FEATHER_PX,
     ):
         """Generate images.
 
@@ -478,8 +607,15 @@ class EarthImagePipeline(DiffusionPipeline):
             boxes: objects to place, an :class:`earthgen.boxes.BoxSet` (pixel corners ``[N, 4, 2]``
                 and class names; horizontal or rotated, any N) or one per prompt / image; needs a
                 model with a ``box_encoder``.
-            image: reference image for image-to-image (with ``strength``) or inpainting (with ``mask``,
-                ``[H, W]``/``[B, 1, H, W]``, 1 = repaint).
+            image: reference image for image-to-image (with ``strength``) or inpainting / outpainting
+                (with ``mask``, ``[H, W]``/``[B, 1, H, W]``, 1 = repaint; :func:`outpaint_canvas`
+                makes both for outpainting). Inpainting samples with the unmasked latents following
+                the noised input (context for the hole), then pastes the decoded image into the input
+                through the mask widened by a soft band of ``mask_feather`` pixels
+                (:func:`feather_mask`, :func:`paste_back`): every pixel farther than ``mask_feather``
+                pixels (Euclidean) from the mask is the input pixel, unchanged (bit for bit in
+                ``"pil"`` output for a uint8 / PIL input, equal in ``"np"``/``"pt"`` output to the
+                input in 0..1); inside the band the decode is blended in with a raised-cosine ramp.
             guidance_scale: classifier-free guidance of all conditions together (<= 1: none).
             metadata_guidance_scale: a separate guidance weight for the metadata (``gsd``,
                 ``metadata``) alone, with ``guidance_scale`` then weighting text + maps on top of
@@ -493,9 +629,13 @@ class EarthImagePipeline(DiffusionPipeline):
                 steps that start in this fraction of the run (0..1; step ``i`` of ``n`` starts at
                 ``i / n``, so a window from 0 always holds the first step); the end defaults to the model's
                 ``config.control_guidance_end`` (1.0 unless the model was packaged with another) when
-                control maps are given, and to 1.0 without any (the branch's null mode on every step).
+                control maps are given. Without control maps (text, metadata, boxes only) the control
+                branch does not run at all, whatever the window: sampling is the UNet alone.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: ``fn(pipe, step, t, {"latents": ...})`` may return new latents.
+            mask_feather: width in pixels (default 8) of the soft seam outside the inpainting mask,
+                see ``image``; 0 keeps every pixel outside the mask. ``"latent"`` output is not
+                pasted back (its latents outside the mask are the input's, up to the VAE).
         """
         # 0. sizes
         if not isinstance(prompt, (str, list, tuple)) or not all(isinstance(p, str) for p in ([prompt] if isinstance(prompt, str) else prompt)):
@@ -520,10 +660,11 @@ class EarthImagePipeline(DiffusionPipeline):
         elif tile_size:
             tile_overlap = min(tile_overlap, tile_size - 1)
         end_given = control_guidance_end is not None
-        if not end_given:  # checked as the model's window; without maps it becomes 1.0 below
+        if not end_given:
             control_guidance_end = self.default_control_guidance_end(with_maps=True)
         self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
-                          tile_size, tile_overlap, control_guidance_start, control_guidance_end)
+                          tile_size, tile_overlap, control_guidance_start, control_guidance_end,
+                          mask_feather)
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -544,10 +685,11 @@ class EarthImagePipeline(DiffusionPipeline):
             if gsd is None and not metadata:
                 raise UserInputError("metadata_guidance_scale guides the metadata: give gsd= or metadata= too")
         maps = self.dense_controls(layout, controls, batch, height, width)
-        if not end_given:
-            control_guidance_end = self.default_control_guidance_end(with_maps=bool(maps))
+        if self.controlnet is None and (end_given or any(float(v) != 1.0 for v in (control_scales or {}).values())):
+            raise UserInputError("this model has no control branch (a layout, if it takes one, goes to the UNet "
+                                 "input): control_guidance_end and control scales do not apply")
         packed = None
-        if self.controlnet is not None:
+        if self.controlnet is not None and maps:  # no control maps: the branch does not run at all
             packed = self.controlnet.pack(maps, scales=control_scales, batch_size=batch, size=(height, width))
         if cfg:
             neg = negative_prompt if negative_prompt is not None else ""
@@ -596,7 +738,7 @@ class EarthImagePipeline(DiffusionPipeline):
             x = self.scheduler.add_noise(init, noise, timesteps[:1])
         else:
             x = noise * self.scheduler.init_noise_sigma
-        keep = None
+        keep = paste = None
         if mask is not None:
             m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).float()
             while m.dim() < 4:
@@ -605,9 +747,11 @@ class EarthImagePipeline(DiffusionPipeline):
                 raise UserInputError(f"mask is {m.shape[-1]}x{m.shape[-2]}, expected {width}x{height}")
             # a latent cell is repainted when any of its pixels is masked
             keep = 1.0 - F.max_pool2d(m.to(device), self.vae_scale_factor)
+            paste = feather_mask(m.to(device), int(mask_feather))  # [1|B, 1, H, W] paste weight
         x = x.to(self.unet.dtype)
 
-        # 4. denoising loop
+        # 4. denoising loop (schedulers such as PNDM, LMS, UniPC take no generator)
+        step_kw = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 step_packed = packed if control_on[i] else None
@@ -617,7 +761,7 @@ class EarthImagePipeline(DiffusionPipeline):
                 else:
                     eps = self._eps(x, t, text, labels, step_packed, cfg, guidance_scale, objs, raster,
                                     metadata_guidance_scale)
-                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+                x = self.scheduler.step(eps, t, x, **step_kw).prev_sample
                 if keep is not None:  # inpainting: the kept region follows the known image
                     if i + 1 < len(timesteps):
                         known = self.scheduler.add_noise(init, noise, timesteps[i + 1:i + 2])
@@ -634,6 +778,8 @@ class EarthImagePipeline(DiffusionPipeline):
             images = x
         else:
             img = self.decode_latents(x, tile_size, tile_overlap)
+            if paste is not None:  # inpainting: the input outside the mask (+ the band), exactly
+                img = paste_back(img, ref, paste)
             if output_type == "pt":
                 images = img
             elif output_type in ("np", "pil"):
@@ -677,7 +823,10 @@ def outpaint_canvas(image: np.ndarray, left: int, right: int, top: int, bottom: 
     """Extend an image by ``left/right/top/bottom`` pixels for outpainting: the canvas (borders
     filled with the edge pixels, a start for the VAE), the inpainting mask (1 = generate) and
     where the original sits, ``(row, col)``. The canvas is rounded up to a multiple of
-    ``multiple`` on the right and bottom. Pass both to the pipeline (``image=``, ``mask=``)."""
+    ``multiple`` on the right and bottom. Pass both to the pipeline (``image=``, ``mask=``): its
+    output keeps the original's pixels exactly except within ``mask_feather`` (default
+    :data:`MASK_FEATHER_PX`) pixels of the new borders, the soft seam (``mask_feather=0``: all of
+    them)."""
     pads = [int(v) for v in (left, right, top, bottom)]
     if min(pads) < 0 or sum(pads) == 0:
         raise UserInputError(f"outpainting needs borders >= 0 pixels and > 0 on one side, got {pads}")

@@ -507,11 +507,14 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
+    from earthgen.pipelines.image import needs_attention_mask
+
     def encode_text(captions: list[str]) -> torch.Tensor:
         t = tok(captions, padding="max_length", truncation=True, max_length=min(77, int(tok.model_max_length)),
                 return_tensors="pt")
         with torch.no_grad():
-            return text(input_ids=t["input_ids"].to(device), attention_mask=t["attention_mask"].to(device)).last_hidden_state
+            mask = t["attention_mask"].to(device) if needs_attention_mask(text) else None  # SD: CLIP unmasked
+            return text(input_ids=t["input_ids"].to(device), attention_mask=mask).last_hidden_state
 
     g = torch.Generator(device="cpu")
     bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not acc.is_local_main_process, initial=start,
