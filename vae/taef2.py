@@ -13,8 +13,9 @@ Call shape as ``AutoencoderTiny``: ``encode(x).latents`` and ``decode(z).sample`
 per-channel mean/std in the config (measured on our training data) for a diffusion model, and
 :meth:`TAEF2.denormalize_latents` undoes it. Images larger than ``tile_size`` pixels are encoded
 and decoded by overlapping tiles whose margins are cut away, so memory stays bounded (a
-2048 x 2048 image runs on CPU) and the result matches the untiled one away from nothing but
-floating-point noise where the receptive field fits in the margin.
+2048 x 2048 image runs on CPU). Tiling is close to, not equal to, one pass: the ``pool`` branch's
+GroupNorm normalises over the whole input it sees (0.05 dB lower PSNR on a 512 px Landsat crop
+with 256 px tiles and 64 px margins).
 """
 
 from __future__ import annotations
