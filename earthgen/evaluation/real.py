@@ -123,73 +123,6 @@ def dubai_layouts(samples: list, size: int = 256, per_image: int = 2, seed: int 
     return out
 
 
-def _dubai_majority(root, split: str) -> int:
-    """The most frequent labelled class of the Dubai masks of ``split`` (masks only, no images)."""
-    from earthgen.datasets import DUBAI_TEST_TILES, IGNORE, SET_DIRS, data_root, dubai_semantic
-
-    counts = np.zeros(256, np.int64)
-    for tile in sorted((data_root(root) / SET_DIRS["dubai"]).glob("tile_*")):
-        is_test = tile.name in DUBAI_TEST_TILES
-        if (split == "train" and is_test) or (split == "test" and not is_test):
-            continue
-        for m in sorted((tile / "masks").glob("*.png")):
-            counts += np.bincount(dubai_semantic(m).ravel(), minlength=256)
-    counts[IGNORE] = 0
-    return int(counts.argmax())
-
-
-def real_references(clf, seg, root=None, test_split: str = "test", train_split: str = "train",
-                    progress: bool = True) -> tuple[dict, np.ndarray, list]:
-    """The keys of :func:`earthgen.evaluation.realnet.real_ceiling`, computed once: returns
-    ``(ceiling, UC Merced test features [N, D], Dubai test samples)`` so that the evaluation
-    reuses the features and samples instead of computing / reading them again."""
-    from earthgen.classes import NUM_CLASSES
-    from earthgen.datasets import read_set
-    from earthgen.evaluation.realnet import (
-        IGNORE,
-        _miou_from_cm,
-        _to_tensor,
-        _ucm,
-        _ucm_tensors,
-        classify,
-        score_classifier,
-        segment,
-    )
-    from earthgen.metrics import confusion_matrix, fid_from_features, kid_from_features
-
-    test = score_classifier(clf, root, test_split, progress)
-    train_feats = classify(clf, _ucm_tensors(_ucm(root, train_split),
-                                             tuple(clf.config.class_names))[0],
-                           progress=progress)[1]
-    kid = kid_from_features(train_feats, test["features"], subsets=50, subset_size=100)
-    dubai = read_set("dubai", root=root, split=test_split)
-    if not dubai:
-        raise UserInputError(f"no Dubai image+mask pairs for split {test_split!r} under {root}")
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    for s in dubai:
-        pred = segment(seg, _to_tensor(s.image)[None])[0]
-        cm += confusion_matrix(pred, s.semantic, NUM_CLASSES, ignore_index=IGNORE)
-    segres = _miou_from_cm(cm)
-    base = np.zeros_like(cm)
-    base[:, _dubai_majority(root, train_split)] = cm.sum(1)
-    ceiling = {
-        "classifier_accuracy": test["accuracy"],
-        "classifier_per_class_accuracy": test["per_class_accuracy"],
-        "classifier_n": test["n"],
-        "segmenter_miou": segres["miou"],
-        "segmenter_per_class_iou": segres["per_class_iou"],
-        "segmenter_pixel_accuracy": segres["pixel_accuracy"],
-        "segmenter_majority_baseline_miou": _miou_from_cm(base)["miou"],
-        "fid_realnet_train_vs_test": fid_from_features(train_feats, test["features"]),
-        "kid_realnet_train_vs_test": kid[0],
-        "kid_realnet_train_vs_test_std": kid[1],
-        "feature_dim": int(train_feats.shape[1]),
-        "n_train_features": int(len(train_feats)),
-        "n_test_features": int(len(test["features"])),
-    }
-    return ceiling, test["features"], dubai
-
-
 def _check_args(n_per_class: int, steps: int, guidance_scale: float, batch_size: int, size: int,
                 dubai_per_image: int, strength: float | None) -> float:
     from earthgen.prior import DEFAULT_STRENGTH, check_strength
@@ -226,7 +159,13 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
     from tqdm import tqdm
 
     from earthgen.datasets import UCM_CLASSES, caption_from_classes, data_root
-    from earthgen.evaluation.realnet import classify, load_realnet, segment, to_seg_classes
+    from earthgen.evaluation.realnet import (
+        classify,
+        load_realnet,
+        real_references,
+        segment,
+        to_seg_classes,
+    )
     from earthgen.metrics import fid_from_features, kid_from_features
     from earthgen.prior import layout_prior_inputs
 

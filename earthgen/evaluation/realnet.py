@@ -255,27 +255,37 @@ def _dubai_eval_samples(root, split: str = "test"):
     return samples
 
 
-def score_segmenter(seg: Segmenter, root=None, split: str = "test", progress: bool = True) -> dict:
-    """mIoU (+ per-class IoU, pixel accuracy) of ``seg`` on the Dubai ``split``, and the mIoU of
-    predicting the training split's most frequent class everywhere (the majority baseline)."""
+def _dubai_majority(root, split: str) -> int:
+    """The most frequent labelled class of the Dubai masks of ``split`` (masks only, no images)."""
+    from earthgen.datasets import DUBAI_TEST_TILES, SET_DIRS, data_root, dubai_semantic
+
+    counts = np.zeros(256, np.int64)
+    for tile in sorted((data_root(root) / SET_DIRS["dubai"]).glob("tile_*")):
+        is_test = tile.name in DUBAI_TEST_TILES
+        if (split == "train" and is_test) or (split == "test" and not is_test):
+            continue
+        for m in sorted((tile / "masks").glob("*.png")):
+            counts += np.bincount(dubai_semantic(m).ravel(), minlength=256)
+    counts[IGNORE] = 0
+    return int(counts.argmax())
+
+
+def score_segmenter(seg: Segmenter, root=None, split: str = "test", progress: bool = True,
+                    train_split: str = "train", samples: list | None = None) -> dict:
+    """mIoU (+ per-class IoU, pixel accuracy) of ``seg`` on the Dubai ``split`` (or the given
+    ``samples`` of it), and the mIoU of predicting the most frequent class of the ``train_split``
+    masks everywhere (the majority baseline)."""
     from tqdm import tqdm
 
     from earthgen.metrics import confusion_matrix
 
-    samples = _dubai_eval_samples(root, split)
+    samples = _dubai_eval_samples(root, split) if samples is None else samples
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for s in tqdm(samples, desc=f"segment dubai/{split}", disable=not progress):
         pred = segment(seg, _to_tensor(s.image)[None])[0]
         cm += confusion_matrix(pred, s.semantic, NUM_CLASSES, ignore_index=IGNORE)
     res = _miou_from_cm(cm)
-    # majority baseline: the most frequent class of the training masks, everywhere
-    from earthgen.datasets import read_set
-
-    counts = np.zeros(256, np.int64)
-    for s in read_set("dubai", root=root, split="train"):
-        counts += np.bincount(s.semantic.ravel(), minlength=256)
-    counts[IGNORE] = 0
-    major = int(counts.argmax())
+    major = _dubai_majority(root, train_split)
     base = np.zeros_like(cm)
     base[:, major] = cm.sum(1)
     res["majority_class"] = major
@@ -294,23 +304,22 @@ def _miou_from_cm(cm: np.ndarray) -> dict:
             "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1.0))}
 
 
-def real_ceiling(root=None, clf: SceneClassifier | None = None, seg: Segmenter | None = None,
-                 progress: bool = True) -> dict:
-    """The evaluators' scores on held-apart REAL data (``root``: the data folder, default that
-    of :func:`earthgen.datasets.read_set`): classifier accuracy on UC Merced test, segmenter mIoU
-    (+ per class) on the Dubai test tile, and FID/KID between UC Merced train and test features
-    (the real-vs-real floor that generated images are compared with)."""
+def real_references(clf: SceneClassifier, seg: Segmenter, root=None, test_split: str = "test",
+                    train_split: str = "train", progress: bool = True) -> tuple[dict, np.ndarray, list]:
+    """The evaluators' scores on held-apart REAL data, computed once: ``(ceiling, UC Merced test
+    features [N, D], Dubai test samples)`` so that an evaluation reuses the features and samples
+    (:func:`earthgen.evaluation.real.evaluate_real`). ``ceiling``: the classifier's accuracy on
+    UC Merced ``test_split``, the segmenter's mIoU (+ per class) on the Dubai ``test_split``, and
+    FID/KID between UC Merced train and test features (the real-vs-real floor)."""
     from earthgen.metrics import fid_from_features, kid_from_features
 
-    if clf is None or seg is None:
-        c0, s0 = load_realnet()
-        clf, seg = clf or c0, seg or s0
-    test = score_classifier(clf, root, "test", progress)
-    train_feats = classify(clf, _ucm_tensors(_ucm(root, "train"), tuple(clf.config.class_names))[0],
+    test = score_classifier(clf, root, test_split, progress)
+    train_feats = classify(clf, _ucm_tensors(_ucm(root, train_split), tuple(clf.config.class_names))[0],
                            progress=progress)[1]
     kid = kid_from_features(train_feats, test["features"], subsets=50, subset_size=100)
-    segres = score_segmenter(seg, root, "test", progress)
-    return {
+    dubai = _dubai_eval_samples(root, test_split)
+    segres = score_segmenter(seg, root, test_split, progress, train_split=train_split, samples=dubai)
+    ceiling = {
         "classifier_accuracy": test["accuracy"],
         "classifier_per_class_accuracy": test["per_class_accuracy"],
         "classifier_n": test["n"],
@@ -325,6 +334,17 @@ def real_ceiling(root=None, clf: SceneClassifier | None = None, seg: Segmenter |
         "n_train_features": int(len(train_feats)),
         "n_test_features": int(len(test["features"])),
     }
+    return ceiling, test["features"], dubai
+
+
+def real_ceiling(root=None, clf: SceneClassifier | None = None, seg: Segmenter | None = None,
+                 progress: bool = True) -> dict:
+    """The ``ceiling`` of :func:`real_references` (``root``: the data folder, default that of
+    :func:`earthgen.datasets.read_set`; evaluators: the packaged ones unless given)."""
+    if clf is None or seg is None:
+        c0, s0 = load_realnet()
+        clf, seg = clf or c0, seg or s0
+    return real_references(clf, seg, root, progress=progress)[0]
 
 
 # ---------------------------------------------------------------------------------------------
