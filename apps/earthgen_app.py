@@ -7,11 +7,16 @@ detection augmentation and 3D scenes in the browser.
 pipeline call, so tests call them directly; user mistakes raise :class:`gradio.Error` (a message in
 the page, no stack trace).
 
-Serving rules: every model call goes through one queue per pipeline (``concurrency_limit``, default 1:
-a diffusers pipeline keeps per-call state in its scheduler), waiting jobs are bounded
-(``queue_size``), images are limited to ``max_side`` pixels, steps to ``max_steps``, uploads to
-``max_upload_mb``; files a session writes live in its own temporary folder, deleted when the browser
-tab closes (and the whole root when the process exits).
+Serving rules: the server listens on 127.0.0.1 unless :func:`launch` is given another host; every
+model call goes through one queue per pipeline (``concurrency_limit``, default 1: a diffusers
+pipeline keeps per-call state in its scheduler), waiting jobs are bounded (``queue_size``: one more
+is refused), images are limited to ``max_side`` pixels (a larger size is an error naming the
+limit, never a clamp), steps to ``max_steps``, uploads to ``max_upload_mb`` (HTTP 413 from the
+server, a gr.Error in a handler); files a session writes live in its own temporary folder,
+deleted when the browser tab closes (and the whole root when the process exits). Layout files are
+read by the CLI's loader (:func:`earthgen.inputs.read_layout`). Typed numbers are committed to the
+page's state as they are typed (:func:`commit_typed_values`), so a Run click right after typing
+uses them.
 """
 
 from __future__ import annotations
@@ -33,11 +38,16 @@ from PIL import Image
 
 from earthgen.classes import CLASSES, PALETTE, colorize
 from earthgen.errors import EarthGenError, UserInputError
+from earthgen.inputs import CLASS_MAP_SUFFIXES, LAYOUT_SUFFIXES, read_layout, suffix_of
 from earthgen.prior import DEFAULT_STRENGTH, layout_prior_inputs
 
 MAX_SEED = 2**31 - 1
-LAYOUT_FILE_TYPES = [".osm", ".pbf", ".geojson", ".json", ".png", ".tif", ".tiff"]
-SCENE_SOURCES = ("Procedural world", "Semantic layout (PNG)", "Aerial image", "Nothing (unconditional)")
+# every layout the CLI reads (earthgen.inputs.LAYOUT_SUFFIXES), plus the last extension alone of
+# the double ones (.osm.bz2, .osm.gz) for browsers whose file picker matches only that
+LAYOUT_FILE_TYPES = [*LAYOUT_SUFFIXES, ".bz2", ".gz"]
+SCENE_SOURCES = ("Procedural world", "Semantic layout (class map, OSM or GeoJSON)", "Aerial image",
+                 "Nothing (unconditional)")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,9 @@ class AppLimits:
 
     max_side: int = 1024  # pixels, the longest side of any generated image or layout
     max_steps: int = 100  # denoising steps
-    max_upload_mb: int = 50  # per uploaded file (enforced by the server)
+    max_upload_mb: float = 50  # MB (2**20 bytes) per uploaded file: HTTP 413, and a gr.Error
     concurrency_limit: int = 1  # model calls running at once, per pipeline
-    queue_size: int = 16  # jobs waiting, all tabs together
+    queue_size: int = 16  # jobs waiting, all tabs together; one more is refused ("queue is full")
     max_scene_m: float = 256.0  # metres, the side of a 3D scene (16 windows of 64 m: minutes on a CPU)
     scene_render_size: int = 256  # pixels, each of the 4 rendered views of a 3D scene
     max_augment: int = 32  # synthetic images per augmentation request
@@ -94,12 +104,17 @@ def default_size(pipe) -> int:
 
 def check_size(width: Any, height: Any, pipe, limits: AppLimits) -> tuple[int, int]:
     """Validated ``(width, height)`` in pixels: positive multiples of :func:`size_multiple`, at most
-    ``limits.max_side``."""
-    f = size_multiple(pipe)
+    ``limits.max_side`` (a larger size is an error naming the limit, never clamped)."""
+    return _check_wh(width, height, size_multiple(pipe), limits)
+
+
+def _check_wh(width: Any, height: Any, f: int, limits: AppLimits) -> tuple[int, int]:
     try:
         w, h = int(width), int(height)
-    except (TypeError, ValueError):
-        raise gr.Error(f"width and height must be numbers, got {width!r} x {height!r}",
+        if w != float(width) or h != float(height):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"width and height must be whole numbers, got {width!r} x {height!r}",
                        print_exception=False) from None
     if w <= 0 or h <= 0 or w % f or h % f:
         raise gr.Error(f"width and height must be positive multiples of {f} pixels, got {w}x{h}",
@@ -206,34 +221,37 @@ def resize_ids(ids: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def load_layout(file: Any, drawn: Any, center: str, gsd: float | None, width: int,
-                height: int) -> tuple[np.ndarray, float | None, str]:
-    """The class-id layout ``[height, width]`` from an uploaded file (OSM/GeoJSON rasterized with
-    :func:`earthgen.geo.layout.build_layout`, a class-id/colour PNG read with
-    :func:`earthgen.data.masks.read_mask`) or a drawing; returns ``(ids, gsd, description)``."""
-    path = file_path(file)
+                height: int, limits: AppLimits | None = None) -> tuple[np.ndarray, float | None, str]:
+    """The class-id layout ``[height, width]`` from an uploaded file, read by the CLI's loader
+    (:func:`earthgen.inputs.read_layout`: OSM ``.osm/.pbf/.osm.bz2/.osm.gz/.o5m`` and GeoJSON
+    rasterized on ``center`` at ``gsd`` metres/pixel; class-id, palette or class-colour PNG/TIFF
+    resized nearest), or from a drawing; returns ``(ids, gsd, description)``."""
+    limits = limits or AppLimits()
+    path = check_upload(file_path(file), limits, "layout file")
     if path:
-        p = Path(str(path))
-        suffix = "".join(p.suffixes).lower()
-        if suffix.endswith((".png", ".tif", ".tiff")):
-            from earthgen.data.masks import read_mask
-
-            with user_errors():
-                ids = read_mask(p)
-            if max(ids.shape) > 4 * max(width, height) or max(ids.shape) > 8192:
-                raise gr.Error(f"the layout is {ids.shape[1]}x{ids.shape[0]} px; give one at most 4x the image "
-                               "size (8192 px at most)", print_exception=False)
-            return resize_ids(ids, width, height), gsd, f"class-id map {p.name} ({ids.shape[1]}x{ids.shape[0]})"
-        from earthgen.geo.layout import build_layout
-
         c = parse_latlon(center, "centre")
-        with user_errors():
-            lay = build_layout(p, center=c, size=(width, height), gsd=gsd)
-        return lay.semantic.astype(np.uint8), float(lay.gsd), f"{p.name} rasterized"
+        if suffix_of(path, CLASS_MAP_SUFFIXES):
+            shape = _image_size(path)
+            if shape is not None and (max(shape) > 4 * max(width, height) or max(shape) > 8192):
+                raise gr.Error(f"the layout is {shape[0]}x{shape[1]} px; give one at most 4x the image size "
+                               "(8192 px at most)", print_exception=False)
+            c = None  # a class map is used whole
+        with input_errors(path):
+            lay = read_layout(path, flag="layout", center=c, size=(width, height), gsd=gsd)
+        return lay.semantic, lay.gsd, lay.description
     ids = drawn_layout(drawn)
     if ids is None:
-        raise gr.Error("upload a layout (OSM .pbf/.osm, GeoJSON or a class-id PNG) or draw one",
-                       print_exception=False)
+        raise gr.Error("upload a layout (OSM, GeoJSON or a class-id PNG) or draw one", print_exception=False)
     return resize_ids(ids, width, height), gsd, "drawn layout"
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """``(width, height)`` pixels from an image file's header; None when PIL cannot open it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def to_rgb(image: Any) -> np.ndarray:
@@ -247,15 +265,13 @@ def to_rgb(image: Any) -> np.ndarray:
 
 
 def fit_image(rgb: np.ndarray, mask: np.ndarray | None, f: int, max_side: int):
-    """Shrink ``rgb`` ``[H, W, 3]`` (and ``mask`` ``[H, W]``) to at most ``max_side`` a side, then
-    crop to multiples of ``f`` pixels (at most ``f - 1`` pixels lost at the right and bottom)."""
+    """Crop ``rgb`` ``[H, W, 3]`` (and ``mask`` ``[H, W]``) to multiples of ``f`` pixels (at most
+    ``f - 1`` pixels lost at the right and bottom); an image over ``max_side`` pixels a side is a
+    :class:`gradio.Error` naming the limit (never silently shrunk)."""
     h, w = rgb.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    if s < 1.0:
-        size = (max(f, int(w * s)), max(f, int(h * s)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
-        if mask is not None:
-            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+    if max(h, w) > max_side:
+        raise gr.Error(f"the image is {w}x{h} px; images are limited to {max_side} pixels a side here "
+                       "(resize it, or start the app with a larger --max-side)", print_exception=False)
     h, w = (rgb.shape[0] // f) * f, (rgb.shape[1] // f) * f
     if h == 0 or w == 0:
         raise gr.Error(f"the image is too small: at least {f}x{f} pixels", print_exception=False)
@@ -273,6 +289,41 @@ def file_path(value: Any) -> str | None:
         if isinstance(getattr(value, attr, None), str):
             return getattr(value, attr)
     raise gr.Error(f"unexpected upload value {type(value).__name__}", print_exception=False)
+
+
+def upload_bytes(limits: AppLimits) -> int:
+    """The largest upload, bytes (``limits.max_upload_mb`` MB of 2**20 bytes)."""
+    return int(limits.max_upload_mb * 2**20)
+
+
+def check_upload(path: str | None, limits: AppLimits, what: str = "upload") -> str | None:
+    """``path`` unchanged, or a :class:`gradio.Error` when the file is larger than the upload limit
+    (the server refuses larger uploads with HTTP 413; this also covers files that reach a
+    handler another way, e.g. an API call with a URL)."""
+    if path:
+        try:
+            n = os.path.getsize(path)
+        except OSError:
+            return path  # the reader names a missing file
+        if n > upload_bytes(limits):
+            raise gr.Error(f"the {what} is {n / 2**20:.1f} MB; uploads are limited to "
+                           f"{limits.max_upload_mb:g} MB here", print_exception=False)
+    return path
+
+
+def input_errors(path: str | os.PathLike) -> contextlib.AbstractContextManager:
+    """:func:`user_errors` that names an upload by its file name (not Gradio's temporary path)."""
+    return _input_errors(Path(str(path)))
+
+
+@contextlib.contextmanager
+def _input_errors(p: Path) -> Iterator[None]:
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (UserInputError, EarthGenError) as e:
+        raise gr.Error(str(e).replace(str(p), p.name), print_exception=False) from None
 
 
 def _generator(seed: int):
@@ -317,8 +368,8 @@ def text_to_image(pipe, limits: AppLimits, prompt: str, negative_prompt: str, gs
 def preview_layout(limits: AppLimits, file: Any, drawn: Any, center: str, gsd: Any, width: Any,
                    height: Any, multiple: int = 8) -> tuple[np.ndarray, str]:
     """The colourized layout ``[H, W, 3]`` that generation will use, and a one-line description."""
-    w, h = _plain_size(width, height, multiple, limits)
-    ids, g, what = load_layout(file, drawn, center, check_gsd(gsd), w, h)
+    w, h = _check_wh(width, height, multiple, limits)
+    ids, g, what = load_layout(file, drawn, center, check_gsd(gsd), w, h, limits)
     return colorize(ids), _describe(ids, g, what)
 
 
@@ -336,7 +387,7 @@ def layout_to_image(pipe, limits: AppLimits, file: Any, drawn: Any, center: str,
     if not pipe.takes_layout:
         raise gr.Error("this model takes no layout; use the Text -> Image tab",
                        print_exception=False)
-    ids, g, what = load_layout(file, drawn, center, check_gsd(gsd), w, h)
+    ids, g, what = load_layout(file, drawn, center, check_gsd(gsd), w, h, limits)
     s = pick_seed(seed, randomize)
     scales = {"layout": float(layout_scale), "roads": float(roads_scale)}
     with user_errors():
@@ -410,8 +461,10 @@ def _scene_progress(progress: Any, steps: int) -> Callable | None:
         return None
 
     def callback(pipe, step, t, kwargs):
-        progress((step + 1, steps), desc=f"{kwargs.get('stage', 'sampling')}, window {kwargs.get('window', 0) + 1}",
-                 unit="steps")
+        stage, window = kwargs.get("stage") or "sampling", kwargs.get("window")
+        # ``window`` is None for a stage that samples the whole scene at once
+        desc = stage if window is None else f"{stage}, window {int(window) + 1}"
+        progress((step + 1, steps), desc=desc, unit="steps")
         return None
 
     return callback
@@ -448,15 +501,21 @@ def generate_scene(scene_pipe, limits: AppLimits, folder: Path, source: str, wor
         semantic = tile.semantic
         what = f"procedural world {ws}, {size:g} m"
     elif source == SCENE_SOURCES[1]:
-        path = file_path(semantic_file)
+        path = check_upload(file_path(semantic_file), limits, "layout file")
         if not path:
-            raise gr.Error("upload a semantic layout PNG (class ids or palette colours)", print_exception=False)
-        from earthgen.data.masks import read_mask
-
-        with user_errors():
-            semantic = read_mask(path)
-        if max(semantic.shape) > limits.max_side:
-            raise gr.Error(f"layouts are limited to {limits.max_side} pixels a side", print_exception=False)
+            raise gr.Error("upload a semantic layout: a class-id/colour PNG, OSM or GeoJSON file",
+                           print_exception=False)
+        if suffix_of(path, CLASS_MAP_SUFFIXES):  # used whole: its width spans the scene
+            shape = _image_size(path)
+            if shape is not None and max(shape) > limits.max_side:
+                raise gr.Error(f"the layout is {shape[0]}x{shape[1]} px; layouts are limited to "
+                               f"{limits.max_side} pixels a side here", print_exception=False)
+            kw = {}
+        else:  # OSM / GeoJSON: the scene's square around the data's centre
+            gsd = 0.5 if size <= 128 else 1.0
+            kw = {"size": int(round(size / gsd)), "gsd": gsd}
+        with input_errors(path):
+            semantic = read_layout(path, flag="layout", **kw).semantic
         what = f"layout {Path(str(path)).name}, {size:g} m"
     elif source == SCENE_SOURCES[2]:
         if image is None:
@@ -553,7 +612,7 @@ def augment_zip(pipe, limits: AppLimits, folder: Path, data: Any, count: Any, st
     if getattr(pipe, "box_encoder", None) is None:
         raise gr.Error("this image model has no box conditioning; start the app with --augment-model",
                        print_exception=False)
-    path = file_path(data)
+    path = check_upload(file_path(data), limits, "dataset .zip")
     if not path:
         raise gr.Error("upload a .zip of a detection dataset (images + labels)", print_exception=False)
     try:
@@ -568,7 +627,7 @@ def augment_zip(pipe, limits: AppLimits, folder: Path, data: Any, count: Any, st
     from earthgen.data import read_detection_dataset
 
     work = folder / f"augment_{s}_{random.randint(0, 10**9)}"
-    src = extract_zip(path, work / "input", 10 * limits.max_upload_mb * 2**20)
+    src = extract_zip(path, work / "input", 10 * upload_bytes(limits))
     out = work / "augmented"
     cfg = AugmentConfig(n=n, seed=s, steps=k, guidance_scale=float(guidance), filter=bool(use_filter))
     with user_errors():
@@ -587,13 +646,6 @@ def augment_zip(pipe, limits: AppLimits, folder: Path, data: Any, count: Any, st
 # --- UI -----------------------------------------------------------------------------------------
 
 
-def _plain_size(width: Any, height: Any, f: int, limits: AppLimits) -> tuple[int, int]:
-    w, h = int(width), int(height)
-    if w <= 0 or h <= 0 or w % f or h % f or max(w, h) > limits.max_side:
-        raise gr.Error(f"width and height must be multiples of {f} up to {limits.max_side}", print_exception=False)
-    return w, h
-
-
 def _describe(ids: np.ndarray, gsd: float | None, what: str) -> str:
     frac = np.bincount(ids.ravel(), minlength=len(CLASSES)) / ids.size
     top = ", ".join(f"{CLASSES[i].name} {frac[i]:.0%}" for i in np.argsort(-frac)[:4] if frac[i] > 0)
@@ -610,6 +662,25 @@ def _no_model(what: str, flag: str) -> None:
                 "default) to use this tab.")
 
 
+# The frontend renders a tab's components when the tab is first shown and, a frame later, sets
+# them to the values the server sent: a value typed in that frame was silently replaced (the run
+# then used the old value). Writing each typed value back as the component's own state (a
+# browser-only event, no server call) makes the later set keep what was typed.
+COMMIT_JS = "(value) => value"
+
+
+def commit_typed_values(demo: gr.Blocks) -> int:
+    """Make every number box and slider of ``demo`` store what the user types as soon as it is
+    typed (see :data:`COMMIT_JS`); returns how many components were wired."""
+    n = 0
+    for block in list(demo.blocks.values()):
+        if isinstance(block, (gr.Number, gr.Slider)) and block.interactive is not False:
+            block.input(None, block, block, js=COMMIT_JS, queue=False, show_progress="hidden",
+                        api_visibility="private")
+            n += 1
+    return n
+
+
 def _seed_row(prefix: str):
     with gr.Row():
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id=f"{prefix}-seed")
@@ -618,11 +689,15 @@ def _seed_row(prefix: str):
 
 
 def _size_row(pipe, limits: AppLimits, prefix: str):
+    # number boxes, not sliders: a slider clamps a typed 4096 to its maximum without a word; here
+    # the handler refuses it with a message naming the limit (check_size)
     f, d = size_multiple(pipe), default_size(pipe)
     top = max(f, limits.max_side // f * f)
     with gr.Row():
-        w = gr.Slider(f, top, value=min(d, top), step=f, label="Width (px)", elem_id=f"{prefix}-width")
-        h = gr.Slider(f, top, value=min(d, top), step=f, label="Height (px)", elem_id=f"{prefix}-height")
+        w = gr.Number(value=min(d, top), step=f, precision=0, label=f"Width (px, multiple of {f}, at most {top})",
+                      elem_id=f"{prefix}-width")
+        h = gr.Number(value=min(d, top), step=f, precision=0, label=f"Height (px, multiple of {f}, at most {top})",
+                      elem_id=f"{prefix}-height")
     return w, h
 
 
@@ -676,7 +751,7 @@ def _layout_tab(pipe, limits: AppLimits, queue: dict) -> None:
                       for c in CLASSES)
     with gr.Row():
         with gr.Column():
-            file = gr.File(label="Layout: OpenStreetMap (.osm/.pbf), GeoJSON or class-id PNG",
+            file = gr.File(label="Layout: OpenStreetMap (.osm/.pbf/.osm.bz2/.osm.gz), GeoJSON or class-id/colour PNG",
                            file_types=LAYOUT_FILE_TYPES, type="filepath", elem_id="l2i-file")
             center = gr.Textbox(label="Centre 'lat,lon' (OSM/GeoJSON; empty = centre of the data)", value="")
             with gr.Accordion("...or draw a layout (brush colours = classes)", open=False):
@@ -734,7 +809,7 @@ def _edit_tab(pipe, limits: AppLimits, queue: dict) -> None:
             mode = gr.Radio(["Inpaint (painted area)", "Outpaint (extend borders)"],
                             value="Inpaint (painted area)", label="Mode")
             with gr.Row():
-                pads = [gr.Slider(0, 256, value=v, step=f, label=f"Extend {side} (px)")
+                pads = [gr.Number(value=v, step=f, precision=0, label=f"Extend {side} (px)")
                         for side, v in (("left", 0), ("right", 2 * f), ("top", 0), ("bottom", 0))]
             prompt = gr.Textbox(label="Prompt", value="", max_length=500)
             gsd = gr.Number(label="GSD (metres/pixel, 0 = not given)", value=0.5, minimum=0)
@@ -788,6 +863,12 @@ def _augment_tab(pipe, limits: AppLimits, root: Path, queue: dict) -> None:
               api_name="augment", **queue)
 
 
+#: The 3D viewer's first camera: (alpha, beta, radius) of gradio's Model3D (babylon.js's arc-rotate
+#: camera on the y-up GLB): 60 degrees round from the default side view, 45 degrees down from the
+#: vertical (an oblique view, not one almost level with the ground), radius None = framing the scene.
+SCENE_CAMERA = (-60.0, 45.0, None)
+
+
 def _scene_tab(scene_pipe, limits: AppLimits, root: Path, queue: dict) -> None:
     sources = list(SCENE_SOURCES) if scene_pipe is not None else [SCENE_SOURCES[0]]
     if scene_pipe is None:
@@ -799,10 +880,10 @@ def _scene_tab(scene_pipe, limits: AppLimits, root: Path, queue: dict) -> None:
             source = gr.Radio(sources, value=sources[0], label="Condition", elem_id="scene-source")
             with gr.Row():
                 world_seed = gr.Number(label="World seed", value=3, precision=0, minimum=0)
-                size_m = gr.Slider(32, limits.max_scene_m, value=64, step=16, label="Scene size (m)",
+                size_m = gr.Number(value=64, step=16, label=f"Scene size (m, 16..{limits.max_scene_m:g})",
                                    elem_id="scene-size")
-            semantic = gr.File(label="Semantic layout PNG", file_types=[".png"], type="filepath",
-                               visible=scene_pipe is not None)
+            semantic = gr.File(label="Semantic layout: class-id/colour PNG, OSM or GeoJSON (centre of the data)",
+                               file_types=LAYOUT_FILE_TYPES, type="filepath", visible=scene_pipe is not None)
             image = gr.Image(label="Aerial image (covers the scene)", type="numpy", visible=scene_pipe is not None)
             with gr.Row(visible=scene_pipe is not None):
                 steps = gr.Slider(1, limits.max_steps, value=min(25, limits.max_steps), step=1, label="Steps")
@@ -810,7 +891,9 @@ def _scene_tab(scene_pipe, limits: AppLimits, root: Path, queue: dict) -> None:
             seed, rand = _seed_row("scene")
             run = gr.Button("Generate 3D scene", variant="primary", elem_id="scene-run")
         with gr.Column():
-            model = gr.Model3D(label="Scene (GLB)", clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="scene-model")
+            # an oblique start (45 degrees from the vertical, babylon.js's beta), framing the whole scene
+            model = gr.Model3D(label="Scene (GLB)", clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="scene-model",
+                               camera_position=SCENE_CAMERA)
             render = gr.Image(label="Rendered views (surfels)", type="filepath", elem_id="scene-render")
             files = gr.File(label="Downloads (GLB mesh, Gaussian splats PLY, voxels PLY)", file_count="multiple",
                             elem_id="scene-files")
@@ -852,7 +935,7 @@ def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
     with gr.Blocks(title="EarthGen", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# EarthGen\nGenerative Earth imagery and 3D scenes. Images are limited to "
                     f"{limits.max_side} px a side and {limits.max_steps} steps; uploads to "
-                    f"{limits.max_upload_mb} MB.")
+                    f"{limits.max_upload_mb:g} MB.")
         with gr.Tabs():
             with gr.Tab("Text → Image", id="text"):
                 _text_tab(image_pipeline, limits, image_q)
@@ -872,6 +955,7 @@ def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
             cleanup_session(root, request)
 
         demo.unload(cleanup)
+        commit_typed_values(demo)
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency_limit)
     demo.earthgen_root = root  # where session folders live (tests, launch's allowed_paths)
     demo.earthgen_limits = limits
@@ -880,9 +964,11 @@ def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            **kwargs):
-    """Serve ``demo`` (blocking unless ``prevent_thread_lock=True``) with the app's upload limit."""
+    """Serve ``demo`` (blocking unless ``prevent_thread_lock=True``) on ``host`` (default
+    127.0.0.1: this machine only; Gradio's ``GRADIO_SERVER_NAME`` is not read, only ``host``
+    widens it) with the app's upload limit (larger uploads: HTTP 413)."""
     limits: AppLimits = getattr(demo, "earthgen_limits", AppLimits())
-    return demo.launch(server_name=host, server_port=port, share=share, ssr_mode=False,
-                       max_file_size=f"{limits.max_upload_mb}mb", show_error=True,
+    return demo.launch(server_name=host or "127.0.0.1", server_port=port, share=share, ssr_mode=False,
+                       max_file_size=upload_bytes(limits), show_error=True,
                        allowed_paths=[str(getattr(demo, "earthgen_root", tempfile.gettempdir()))],
                        footer_links=["gradio", "settings"], **kwargs)

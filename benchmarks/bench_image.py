@@ -2,7 +2,9 @@
 
 1. Fused control branch vs diffusers' MultiControlNetModel (one ControlNet per condition), same
    UNet, 3 dense conditions: sampling time per step and peak memory.
-2. Tiled (unbounded) sampling: time per megapixel and peak memory from 1 to 16 megapixels.
+2. Tiled (unbounded) sampling: time per megapixel and peak memory from 1 to 16 megapixels
+   (random UNet, explicit 8-latent overlap). The packaged default model's tiled generation
+   (s/MP and peak RSS per size, before/after the overlap change): ``benchmarks/bench_tiled.py``.
 
 Usage: python benchmarks/bench_image.py [--out benchmarks/results/image.json] [--device cpu|cuda]
        [--size small|tiny]. Absolute numbers depend on the machine; the ratios are the point.

@@ -2,6 +2,9 @@
 
 Every writer goes through :func:`atomic_path`: the data is written to a temporary file beside
 the target and renamed into place, so an interrupted run never leaves a half-written file.
+Folder outputs go through :func:`atomic_dir`: built in a hidden sibling folder
+(``.<name>.partial-*``) renamed onto the target at the end, so a killed run never leaves a folder
+that looks complete.
 """
 
 from __future__ import annotations
@@ -42,18 +45,67 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success its files are moved into ``path`` (created).
+def atomic_dir(path: str | os.PathLike, *, merge: bool | None = None) -> Iterator[Path]:
+    """Yield a temporary folder to write a folder output into; all or nothing.
 
-    Files are renamed one by one, each atomically; nothing is moved if the body fails.
-    """
+    ``merge=False``: ``path`` must not exist or be an empty folder (UserInputError before the
+    body otherwise). The body writes into a sibling ``<parent>/.<name>.partial-XXXXXXXX`` that is
+    renamed onto ``path`` in one step when the body returns: ``path`` appears complete or not at
+    all. On an exception the temporary is removed; a killed run (SIGKILL, power loss) leaves only
+    the hidden ``.<name>.partial-*`` folder, which can be deleted (docs/conventions.md).
+
+    ``merge=True``: add files to a folder that already holds others (it is created if missing):
+    the body writes into ``path/.partial-XXXXXXXX`` and its files are moved in one by one, each
+    atomically, nothing if the body fails; a kill during the moves leaves part of them.
+
+    ``merge=None`` (default): ``False`` when ``path`` is missing or empty, else ``True`` (callers
+    written before the whole-folder rename, such as ``Layout.save`` into an existing folder).
+    Commands check ``--out`` to be new or empty up front (``check_output(..., empty=True)``)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        from earthgen.errors import UserInputError
+
+        raise UserInputError(f"{path} exists and is not a folder")
+    nonempty = path.is_dir() and any(path.iterdir())
+    if merge is None:
+        merge = nonempty
+    if merge:
+        with _merge_dir(path) as tmp:
+            yield tmp
+        return
+    if nonempty:
+        from earthgen.errors import UserInputError
+
+        raise UserInputError(f"{path} is not an empty folder; give a new or empty one")
+    parent = path.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the usual folder mode
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)  # onto a missing or empty folder: one atomic rename
+        except OSError as e:
+            from earthgen.errors import UserInputError
+
+            raise UserInputError(f"{path}: cannot move the finished output into place "
+                                 f"({e.strerror or e}); was the folder filled meanwhile?") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _merge_dir(path: Path) -> Iterator[Path]:
+    """``atomic_dir(path, merge=True)``: files moved into ``path`` one by one on success."""
     path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=path))
     try:
         yield tmp
         for item in sorted(tmp.rglob("*")):
-            if item.is_file():
+            if item.is_file() or item.is_symlink():
                 dest = path / item.relative_to(tmp)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(item, dest)

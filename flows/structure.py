@@ -199,6 +199,26 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
         return self._untokens(self.out(self.norm_out(h) * (1 + scale) + shift))
 
 
+def guided_velocity(model: StructureFlowDiT, x: torch.Tensor, t: torch.Tensor,
+                    semantic: torch.Tensor | None, image: torch.Tensor | None,
+                    guidance: float) -> torch.Tensor:
+    """Velocity of grids ``x`` ``[B, 1 + C, X, Y, Z]`` at times ``t`` ``[B]`` with
+    classifier-free guidance ``guidance`` against the unconditional branch when a condition
+    (``semantic`` ``[B, K, H, W]``, ``image`` ``[B, 3, H, W]``) is given; one batched call."""
+    if semantic is None and image is None:
+        return model(x, t)
+    if guidance == 1.0:
+        return model(x, t, semantic=semantic, image=image)
+    n = len(x)
+    drop = torch.arange(2 * n, device=x.device) >= n
+    both = model(torch.cat([x, x]), torch.cat([t, t]),
+                 semantic=None if semantic is None else torch.cat([semantic, semantic]),
+                 image=None if image is None else torch.cat([image, image]),
+                 drop_semantic=drop, drop_image=drop)
+    vc, vu = both.chunk(2)
+    return vu + guidance * (vc - vu)
+
+
 @torch.no_grad()
 def sample_structure(model: StructureFlowDiT, batch_size: int = 1, semantic: torch.Tensor | None = None,
                      image: torch.Tensor | None = None, steps: int = 20, guidance: float = 2.0, method: str = "heun",
@@ -217,22 +237,11 @@ def sample_structure(model: StructureFlowDiT, batch_size: int = 1, semantic: tor
     scale = float(model.config.latent_scale)
     shape = (batch_size, model.channels, *model.config.grid_size)
     x0 = torch.randn(shape, generator=generator).to(device)
-    conditioned = semantic is not None or image is not None
     sem = None if semantic is None else semantic.to(device)
     img = None if image is None else image.to(device)
 
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not conditioned:
-            return model(x, t)
-        if guidance == 1.0:
-            return model(x, t, semantic=sem, image=img)
-        both = model(torch.cat([x, x]), torch.cat([t, t]),
-                     semantic=None if sem is None else torch.cat([sem, sem]),
-                     image=None if img is None else torch.cat([img, img]),
-                     drop_semantic=torch.arange(2 * len(x), device=device) >= len(x),
-                     drop_image=torch.arange(2 * len(x), device=device) >= len(x))
-        vc, vu = both.chunk(2)
-        return vu + guidance * (vc - vu)
+        return guided_velocity(model, x, t, sem, img, guidance)
 
     k = None
     if known is not None:

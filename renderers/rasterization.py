@@ -673,11 +673,14 @@ def rasterization_2dgs_torch(
 
 
 def _gsplat_importable() -> bool:
+    """gsplat imports, and its CUDA kernels exist (prebuilt, or compiled on first use: without
+    nvcc gsplat imports but has none, and ``backend="auto"`` must fall back to torch)."""
     try:
         import gsplat  # noqa: F401
-    except ImportError:
+        from gsplat.cuda import _backend
+    except Exception:  # ImportError, or a failed kernel build at import
         return False
-    return True
+    return getattr(_backend, "_C", None) is not None
 
 
 def rasterization_2dgs(
@@ -728,8 +731,10 @@ def rasterization_2dgs(
               distloss, depth_mode)
     on_cuda = means.device.type == "cuda"
     if backend == "gsplat":
-        if not _gsplat_importable():
-            raise MissingDependencyError("gsplat", "gpu", "the CUDA 2DGS rasterizer")
+        try:
+            import gsplat  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("gsplat", "gpu", "the CUDA 2DGS rasterizer") from None
         if not on_cuda:
             raise UserInputError(f"backend='gsplat' needs CUDA tensors, got tensors on {means.device}; "
                                  "use backend='torch' (or 'auto') on the CPU")

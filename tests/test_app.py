@@ -4,6 +4,7 @@ are written as loadable GLB files, session folders are cleaned up."""
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 gr = pytest.importorskip("gradio", reason='the app needs gradio: pip install "earthgen[app]"')
 
 from apps.earthgen_app import (  # noqa: E402
+    COMMIT_JS,
+    LAYOUT_FILE_TYPES,
     SCENE_SOURCES,
     AppLimits,
     augment_zip,
@@ -21,6 +24,7 @@ from apps.earthgen_app import (  # noqa: E402
     edit_image,
     extract_zip,
     generate_scene,
+    launch,
     layout_to_image,
     pick_seed,
     preview_layout,
@@ -81,6 +85,9 @@ def test_create_demo_wires_every_tab(pipe, tmp_path):
     assert demo._queue.default_concurrency_limit == LIMITS.concurrency_limit
     empty = create_demo(None, None, None, workdir=tmp_path / "empty")
     assert {d.get("api_name") for d in empty.config["dependencies"]} & {"text_to_image", "edit"} == set()
+    # the 3D viewer opens on an oblique view (45 degrees from the vertical), framing the scene
+    viewer = [c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "scene-model"]
+    assert len(viewer) == 1 and list(viewer[0]["props"]["camera_position"])[1:] == [45.0, None]
 
 
 def test_text_to_image_size_and_seed(pipe):
@@ -263,6 +270,13 @@ def test_scene_with_model(scene_pipe, tmp_path):
         generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, str(path), None, 99, 2.0, 1, False)
     with pytest.raises(gr.Error, match="upload a semantic"):
         generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, None, None, 2, 2.0, 1, False)
+    # an OSM file is rasterized around the data's centre over the scene's size (the CLI's loader)
+    from tests.conftest import fixture_path
+
+    bz2 = fixture_path("osm/West-Oakland.osm.bz2")
+    glb, _, _, _, info = generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, str(bz2), None, 2,
+                                        2.0, 1, False)
+    assert "West-Oakland.osm.bz2, 32 m" in info and 16 < _load_glb(glb).extents[0] <= 33
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +368,180 @@ def test_cli_loads_models_and_reports_bad_ones(pipe, tmp_path, capsys):
     assert "model not found" in capsys.readouterr().err
     assert main(["app", "--model", "none", "--scene-model", "none", "--augment-model", str(tmp_path / "tiny")]) == 2
     assert "no box conditioning" in capsys.readouterr().err
+
+
+# --- serving rules: upload limit, bounded queue, localhost (issue 24 §7) ----------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(demo, **kw):
+    """``demo`` served on a free local port; yields its base URL."""
+    port = free_port()
+    launch(demo, port=port, prevent_thread_lock=True, quiet=True, **kw)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_upload_over_the_limit_is_refused(pipe, tmp_path):
+    import httpx
+
+    limits = AppLimits(max_side=128, max_steps=10, max_upload_mb=0.01)  # 10 KiB
+    with served(create_demo(None, None, None, limits=limits, workdir=tmp_path / "w")) as url:
+        small = httpx.post(url + "gradio_api/upload", files={"files": ("a.png", b"x" * 5000)}, timeout=30)
+        big = httpx.post(url + "gradio_api/upload", files={"files": ("b.png", b"x" * 20000)}, timeout=30)
+    assert small.status_code == 200 and len(small.json()) == 1
+    assert big.status_code == 413 and "maximum allowed size" in big.text
+    # a file that reaches a handler another way is refused there, with the limit in the message
+    from PIL import Image
+
+    path = tmp_path / "noisy.png"  # random class ids: a PNG of about 30 KiB
+    Image.fromarray(np.random.default_rng(0).integers(0, 8, (256, 256), dtype=np.uint8)).save(path)
+    assert path.stat().st_size > 10 * 2**10
+    with pytest.raises(gr.Error, match=r"layout file is 0\.\d MB; uploads are limited to 0\.01 MB"):
+        preview_layout(limits, str(path), None, "", 1.0, 64, 64)
+    with pytest.raises(gr.Error, match="uploads are limited"):
+        generate_scene(None, limits, tmp_path, SCENE_SOURCES[1], 0, 32, str(path), None, 2, 2.0, 1, False)
+
+
+class BlockingScene:
+    """A scene 'pipeline' that waits for the test to release it, then fails with a user error."""
+
+    window, voxel_size = 64, 1.0
+
+    def __init__(self):
+        import threading
+
+        self.started, self.release, self.calls = threading.Event(), threading.Event(), 0
+
+    def __call__(self, **kw):
+        from earthgen.errors import UserInputError
+
+        self.calls += 1
+        self.started.set()
+        self.release.wait(60)
+        raise UserInputError("stopped by the test")
+
+
+def test_full_queue_refuses_new_jobs(tmp_path):
+    import httpx
+
+    scene = BlockingScene()
+    limits = AppLimits(max_side=128, max_steps=10, queue_size=1, concurrency_limit=1)
+    demo = create_demo(None, scene, None, limits=limits, workdir=tmp_path)
+    assert demo._queue.max_size == 1
+    fn = next(d["id"] for d in demo.config["dependencies"] if d.get("api_name") == "scene")
+    data = [SCENE_SOURCES[3], 0, 32, None, None, 2, 2.0, 0, False]
+
+    def join(session: str):
+        return httpx.post(url + "gradio_api/queue/join", timeout=30,
+                          json={"data": data, "fn_index": fn, "session_hash": session, "event_data": None,
+                                "trigger_id": None})
+
+    try:
+        with served(demo) as url:
+            assert join("a").status_code == 200
+            assert scene.started.wait(60)  # the first job runs (one at a time)...
+            assert join("b").status_code == 200  # ...the second waits: the queue holds 1
+            full = join("c")
+            assert full.status_code == 503 and "Queue is full" in full.text
+            assert scene.calls == 1
+            scene.release.set()
+    finally:
+        scene.release.set()
+
+
+def test_binds_to_localhost_unless_told(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # Gradio's variable does not widen it
+    demo = create_demo(None, None, None, workdir=tmp_path / "w")
+    with served(demo):
+        assert demo.server_name == "127.0.0.1"
+    # the CLI: 127.0.0.1 by default; another address only with --host, and then a warning
+    import apps.earthgen_app as app_module
+    from earthgen.cli import main
+
+    hosts = []
+    monkeypatch.setattr(app_module, "launch", lambda demo, host, port, share: hosts.append((host, port, share)))
+    none = ["--model", "none", "--scene-model", "none", "--augment-model", "none"]
+    assert main(["app", *none]) == 0
+    assert hosts[-1] == ("127.0.0.1", 7860, False) and "warning" not in capsys.readouterr().out
+    assert main(["app", *none, "--host", "0.0.0.0", "--port", "8080"]) == 0
+    assert hosts[-1] == ("0.0.0.0", 8080, False)
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().out
+
+
+# --- the CLI's inputs, no silent clamps (issue 23 §4) ------------------------------------------------
+
+
+def test_layout_uploads_take_every_cli_format(tmp_path):
+    import gzip
+    import shutil
+
+    from earthgen.inputs import LAYOUT_SUFFIXES
+    from tests.conftest import fixture_path
+
+    assert set(LAYOUT_SUFFIXES) <= set(LAYOUT_FILE_TYPES)
+    demo = create_demo(None, None, None, workdir=tmp_path / "w")
+    # the 3D tab's layout upload (the image tabs need a model; checked in test_create_demo_wires_every_tab)
+    files = [c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")]
+    assert all(set(LAYOUT_SUFFIXES) <= set(c["props"]["file_types"]) for c in files)
+    bz2 = fixture_path("osm/West-Oakland.osm.bz2")
+    prev, info = preview_layout(LIMITS, str(bz2), None, "", 2.0, 64, 64)
+    assert prev.shape == (64, 64, 3) and "West-Oakland.osm.bz2 rasterized" in info and "2 m/px" in info
+    osm = fixture_path("osm/winthrop.osm")
+    gz = tmp_path / "winthrop.osm.gz"
+    with open(osm, "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    prev_gz, _ = preview_layout(LIMITS, str(gz), None, "", 2.0, 64, 64)
+    prev_osm, _ = preview_layout(LIMITS, str(osm), None, "", 2.0, 64, 64)
+    assert np.array_equal(prev_gz, prev_osm)  # the same data, compressed
+    # a class map drawn in the palette colours reads as the same ids as the grey one
+    from PIL import Image
+
+    grey, ids = layout_png(tmp_path)
+    Image.fromarray(colorize(ids)).save(tmp_path / "colours.png")
+    assert np.array_equal(preview_layout(LIMITS, str(tmp_path / "colours.png"), None, "", 1.0, 64, 48)[0],
+                          colorize(ids))
+    # the loader's one-line errors, naming the upload by its name
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(gr.Error, match=r"layout notes.txt: unknown file type"):
+        preview_layout(LIMITS, str(tmp_path / "notes.txt"), None, "", 1.0, 64, 64)
+
+
+def test_sizes_over_the_limit_are_errors_not_clamps(pipe, tmp_path):
+    demo = create_demo(pipe, None, None, limits=LIMITS, workdir=tmp_path)
+    comps = {c["props"].get("elem_id"): c for c in demo.config["components"]}
+    for key in ("t2i-width", "t2i-height", "l2i-width", "l2i-height", "scene-size"):
+        assert comps[key]["type"] == "number" and comps[key]["props"].get("maximum") is None  # no slider clamp
+    files = [c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")]
+    assert any(".osm.bz2" in c["props"]["file_types"] for c in files)  # the layout tab's upload
+    with pytest.raises(gr.Error, match="limited to 128 pixels a side here, asked 4096x48"):
+        t2i(pipe, width=4096)
+    with pytest.raises(gr.Error, match="limited to 128"):
+        preview_layout(LIMITS, None, None, "", 1.0, 4096, 64)
+    with pytest.raises(gr.Error, match="whole numbers"):
+        preview_layout(LIMITS, None, None, "", 1.0, None, 64)
+    with pytest.raises(gr.Error, match=r"the image is 200x140 px; images are limited to 128"):
+        edit_image(pipe, LIMITS, editor_value(140, 200), "Inpaint", 0, 0, 0, 0, "", 0.5, 2, 3.0, 5, False)
+    with pytest.raises(gr.Error, match=r"scene size must be in 16..256 metres, got 4096"):
+        generate_scene(None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 4096, None, None, 2, 3.0, 4, False)
+
+
+def test_typed_numbers_are_committed_as_typed(pipe, tmp_path):
+    """Every number box and slider writes what is typed into its own state at once (a browser-only
+    event), so the deferred initialization of a freshly shown tab cannot bring back the old value."""
+    demo = create_demo(pipe, None, None, limits=LIMITS, workdir=tmp_path)
+    numeric = {c["id"] for c in demo.config["components"] if c["type"] in ("number", "slider")}
+    committed = {d["inputs"][0] for d in demo.config["dependencies"]
+                 if d.get("js") == COMMIT_JS and d["targets"] == [(d["inputs"][0], "input")]
+                 and d["outputs"] == d["inputs"] and not d["backend_fn"] and d["queue"] is False}
+    assert numeric and numeric <= committed

@@ -316,6 +316,17 @@ def test_eval_augment_over_seeds_aggregates_the_runs(tmp_path, world_dataset, ca
     det0 = str(tmp_path / "d" / "seed0" / "detector-real")
     assert main([*args, "--real-detector", det0, det0]) == 2
     assert "repeat seeds" in capsys.readouterr().err
+    # --ap-method: named in the table and the JSON
+    g = str(tmp_path / "g.json")
+    assert main([*args, "--real-detector", det0, "--ap-method", "all", "--out", g]) == 0
+    assert "AP method: all-point AP" in capsys.readouterr().out
+    import json
+
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert res["method"] == "all" and res["real"]["rotated"]["method"] == "all"
+    assert main([*args, "--real-detector", det0, "--out", str(tmp_path / "h.json")]) == 0
+    assert "AP method: 11-point AP (VOC07" in capsys.readouterr().out
+    assert json.loads((tmp_path / "h.json").read_text())["method"] == "voc07"
 
 
 def test_copies_control(tmp_path, world_dataset, augmented, capsys):

@@ -68,6 +68,7 @@ def _base(command: str, tmp_path: Path) -> list[str]:
         "train": ["train", "image-ldm", "--out", str(tmp_path / "t")],
         "eval image": ["eval", "image"],
         "eval scene": ["eval", "scene"],
+        "eval augment": ["eval", "augment", "--real", str(data), "--augmented", str(data), "--test", str(data)],
     }[command]
 
 
@@ -90,6 +91,8 @@ CASES = [
     ("augment", "--jitter", NONZERO), ("augment", "--angle-jitter", NONZERO),
     ("augment", "--copy-paste", NONZERO), ("augment", "--rebalance", NONZERO),
     ("augment", "--detector-steps", ALL), ("augment", "--iou", NONZERO + ("2",)),
+    ("augment", "--tile", ALL), ("augment", "--tile-overlap", NONZERO + ("0.5",)),
+    ("augment", "--detect-tile", ALL + ("100",)), ("eval augment", "--detect-tile", ALL),
     ("augment", "--score", NONZERO), ("augment", "--min-recall", NONZERO),
     ("train", "--resolution", ALL), ("train", "--batch-size", ALL), ("train", "--steps", ALL),
     ("train", "--lr", ALL), ("train", "--grad-accum", ALL), ("train", "--ema-decay", NONZERO),
@@ -175,14 +178,17 @@ def test_output_paths_checked_before_work(tmp_path, capsys):
     data.mkdir()
     cases = [
         (["generate", "--out", "/proc/earthgen/x.png"], "cannot write"),
-        (["generate", "--out", str(tmp_path / "g.jpg")], "extension '.jpg'"),
+        (["generate", "--out", str(tmp_path / "g.bmp")], "extension '.bmp'"),
+        (["generate", "--out", str(tmp_path / "g.xyz")], ".png or .jpg or .jpeg or .tif or .tiff"),
         (["generate", "--out", str(tmp_path / "g")], "no extension"),
         (["generate", "--out", str(tmp_path)], ".png"),  # a folder: no extension either
-        (["generate", "--out", png, "--layout", "x.osm", "--prior-out", str(tmp_path / "p.tif")], "--prior-out"),
+        (["generate", "--out", png, "--layout", "x.osm", "--prior-out", str(tmp_path / "p.gif")], "--prior-out"),
         (["world", "--out", "/proc/earthgen-w"], "cannot write"),
         (["world", "--out", str(a_file)], "not a folder"),
         (["world", "--out", str(a_file / "sub")], "not a folder"),
+        (["world", "--out", str(full)], "not an empty folder"),
         (["layout", "x.osm", "--out", "/proc/earthgen-l"], "cannot write"),
+        (["layout", "x.osm", "--out", str(full)], "not an empty folder"),
         (["scene", "--out", "/proc/earthgen-s"], "cannot write"),
         (["augment", str(data), "--out", str(full)], "not an empty folder"),
         (["augment", str(data), "--out", "/proc/earthgen-a"], "cannot write"),

@@ -143,3 +143,23 @@ def test_detector_learns_rotated_rectangles():
     preds = predict(m, [(None, None, s) for s in tsets], images=timgs, score_threshold=0.01)
     res = evaluate_detections(preds, tsets, ["car", "tank"])
     assert res["mAP"] > 0.6, res
+
+
+def test_evaluate_detector_takes_the_ap_method():
+    """``evaluate_detector`` computes 11-point (VOC07, the default) or all-point AP and names it."""
+    from earthgen.detection import evaluate_detector
+    from earthgen.errors import UserInputError
+
+    gt = [BoxSet(_hbb([0, 0, 10, 10], [20, 20, 30, 30]), ["car", "car"])]
+    pred = [BoxSet(_hbb([0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31]), ["car"] * 3,
+                   scores=np.array([0.9, 0.8, 0.7]))]
+    model = BoxNet(classes=("car",), width=8)
+    items = [(None, None, g) for g in gt]
+    v07 = evaluate_detector(model, items, predictions=pred)
+    alls = evaluate_detector(model, items, predictions=pred, ap_method="all")
+    # recall .5 .5 1, precision 1 .5 .667: all-point .5 + .5 * 2/3; 11-point (6 + 5 * 2/3) / 11
+    assert v07["method"] == "voc07" and alls["method"] == "all"
+    assert alls["mAP"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert v07["mAP"] == pytest.approx((6 + 5 * 2 / 3) / 11)
+    with pytest.raises(UserInputError, match="ap_method"):
+        evaluate_detector(model, items, predictions=pred, ap_method="coco")

@@ -241,26 +241,34 @@ def test_image_to_image_strength(pipe):
 def test_tiled_generation_has_no_seams(pipe):
     """A 4x larger area than the UNet's window, sampled with blended windows: the image
     gradient across window borders is like the gradient elsewhere."""
+    from earthgen.pipelines.image import _windows
+
     out = run(pipe, height=192, width=192, tile_size=8, tile_overlap=4, layout=layout_map(192, 192))[0]
     assert out.shape == (192, 192, 3)
     gx = np.abs(np.diff(out.mean(-1), axis=1)).mean(axis=0)  # [W-1] mean horizontal gradient per column
-    borders = [c * 8 - 1 for c in (8, 12, 16)]  # window edges (stride 4 latents = 32 px) in pixels
+    wins = _windows(24, 8, 4, 2)  # window starts and ends (latents) -> pixel columns
+    borders = sorted({s * 8 - 1 for s, _ in wins[1:]} | {(s + n) * 8 - 1 for s, n in wins[:-1]})
     ratio = gx[borders].mean() / gx.mean()
     assert ratio < 1.5, ratio
 
 
-def test_default_tile_overlap_is_half_a_small_window(pipe):
-    """A large image on a small-window model: windows overlap by half (stride 4 latents for the
-    8-latent UNet), not by a fixed 16 (clipped to a stride of 1: hundreds of windows a step)."""
+def test_default_tile_overlap_is_an_eighth_of_the_window(pipe):
+    """A large image on a small-window model: windows overlap by an eighth of the window (at
+    least 2 latents), not by half (4x the work); windows of one shape share a UNet call."""
+    from earthgen.pipelines.image import TILE_BATCH, _windows
+
     calls = []
     fwd = pipe.unet.forward
-    pipe.unet.forward = lambda sample, t, **k: calls.append(tuple(sample.shape[-2:])) or fwd(sample, t, **k)
+    pipe.unet.forward = lambda s, t, **k: calls.append(tuple(s.shape)) or fwd(s, t, **k)
     try:
-        out = run(pipe, height=192, width=192, num_inference_steps=1)  # 24 latents: starts 0, 4, ..., 16
+        out = run(pipe, height=192, width=192, num_inference_steps=1)  # 24 latents
     finally:
         pipe.unet.forward = fwd
     assert pipe.unet.config.sample_size == 8 and out.shape == (1, 192, 192, 3)
-    assert calls == [(8, 8)] * 25
+    wins = _windows(24, 8, 2, 2)
+    assert wins == [(0, 6), (4, 8), (10, 8), (16, 8)]  # overlaps 2, 2, 2
+    assert sum(b // 2 for b, *_ in calls) == len(wins) ** 2  # CFG: 2 per window
+    assert max(b for b, *_ in calls) == 2 * TILE_BATCH and len(calls) < len(wins) ** 2
 
 
 def test_save_load_round_trip(tmp_path, pipe):

@@ -13,10 +13,11 @@ from earthgen.classes import NUM_CLASSES
 from earthgen.errors import UserInputError
 from earthgen.pipelines.scene import (
     EarthScenePipeline,
-    _core,
-    _starts,
+    core_cuts,
+    coverage_ratio,
     fill_columns,
     load_scene_pipeline,
+    window_starts,
 )
 
 
@@ -56,14 +57,24 @@ def semantic_map(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_windows_partition_the_scene():
-    for n, W, ov in ((32, 32, 16), (33, 32, 16), (80, 32, 16), (100, 64, 8), (10, 32, 0)):
-        starts = _starts(n, W, W - ov)
-        assert starts[0] == 0 and starts[-1] + W >= n
-        owned = np.zeros(starts[-1] + W, int)
-        for i, s in enumerate(starts):
-            lo, hi = _core(i, len(starts), W, ov)
-            owned[s + lo:s + hi] += 1
+    for n, W, ov in ((32, 32, 16), (33, 32, 16), (80, 32, 16), (100, 64, 8), (10, 32, 0), (128, 64, 16),
+                     (512, 64, 16), (1000, 64, 16)):
+        starts = window_starts(n, W, ov)
+        assert starts[0] == 0 and n <= starts[-1] + W and all(s % 8 == 0 for s in starts)
+        assert len(starts) == 1 or starts[-1] + W < n + 8  # at most 7 columns past the scene
+        gaps = np.diff(starts)
+        assert (gaps <= W - ov).all(), (n, W, ov)  # at least the requested overlap everywhere
+        if len(gaps) > 1:
+            assert gaps.max() - gaps.min() <= 8  # evenly spread: overlaps differ by a coarse cell at most
+        owned = np.zeros(n, int)
+        for lo, hi in core_cuts(starts, W, n):
+            owned[lo:hi] += 1
         assert (owned == 1).all(), (n, W, ov)  # every column kept by exactly one window
+        for (lo, hi), s in zip(core_cuts(starts, W, n), starts, strict=True):
+            assert s <= lo and hi <= s + W  # a window keeps columns it generated
+    # the windows add at most 10 % beyond the requested overlap where the count fits the extent
+    for n in (256, 512, 1024):
+        assert coverage_ratio(n, 64, 16) <= 1.1, n
 
 
 def test_fill_columns_closes_holes_and_builds_walls():
@@ -90,7 +101,12 @@ def test_every_condition_mode_runs(pipe):
         assert n > 0 and out.coords.shape == (n, 3) and out.colors.shape == (n, 3) and out.colors.dtype == np.uint8
         assert out.coords[:, :2].min() >= 0 and out.coords[:, 0].max() < 32 and out.coords[:, 1].max() < 32
         K = pipe.texture_vae.config.gaussians_per_voxel
-        assert out.surfels["means"].shape == (K * n, 3) and out.surfels["voxel"].max() == n - 1
+        assert out.surfels["voxel"].max() == n - 1 and out.surfels["voxel"].min() == 0
+        if "image" not in kw:
+            assert out.surfels["means"].shape == (K * n, 3)
+        else:  # the orthophoto's flat surfels on every column top (1 m voxels, 1 m/px: one + one under)
+            level = (out.surfels["quats"] == [1, 0, 0, 0]).all(1) & (out.surfels["opacities"] == 1.0)
+            assert level.sum() >= 2 * len(np.unique(out.coords[:, :2], axis=0))
         assert out.height.shape == (32, 32) and not np.isnan(out.height).any()  # holes filled
 
 
@@ -104,41 +120,70 @@ def test_seeded_generation_is_deterministic(pipe):
                 and np.allclose(a.surfels["colors"], c.surfels["colors"]))
 
 
-def test_large_extent_is_stitched_from_windows_with_pinned_borders(pipe):
+def test_large_extent_is_stitched_from_windows_with_shared_structure(pipe):
     """48 m at 1 m voxels with 32-voxel windows and 16 of overlap: 2 x 2 windows. Each column is
-    generated once; each window's coarse structure equals what earlier windows generated on the
-    columns they share, and the maps each window sees are the right crops."""
+    generated once; the coarse structure is one sample of the whole extent (the windows'
+    velocities blended), and the maps each window sees are the right crops."""
     sem = semantic_map(48)
     seen: dict = {}
     crops = []
-    orig = pipe._sample_structure
+    orig = pipe._crop
 
-    def spy(s_w, i_w, *a, **k):
-        crops.append(s_w.argmax(1)[0].numpy())
-        return orig(s_w, i_w, *a, **k)
+    def spy(m, nx, ny, x0, y0, w):
+        out = orig(m, nx, ny, x0, y0, w)
+        if m is not None and m.shape[1] == NUM_CLASSES:
+            crops.append(((x0, y0), out.argmax(1)[0].numpy()))
+        return out
 
     def cb(p, step, t, kw):
         if kw["stage"] == "structure":
-            seen[kw["window"]] = kw["latents"].clone()
+            seen[step] = (kw["window"], kw["latents"].clone())
         return {}
 
-    pipe._sample_structure = spy
+    pipe._crop = spy
     try:
         out = pipe(semantic=sem, gsd=1.0, overlap_m=16, num_inference_steps=1, callback_on_step_end=cb,
                    generator=torch.Generator().manual_seed(0))
     finally:
-        pipe._sample_structure = orig
+        pipe._crop = orig
     assert out.windows == [(x, y) for y in (0, 16) for x in (0, 16)]
     assert len(np.unique(out.coords[:, :2], axis=0)) == 48 * 48  # every column, no gaps
     assert len(np.unique(out.coords, axis=0)) == len(out.coords)  # no voxel twice
     # map crops: window (x0, y0) sees rows north-up from the map's top
-    for (x0, y0), crop in zip(out.windows, crops, strict=True):
+    assert {c[0] for c in crops} == set(out.windows)
+    for (x0, y0), crop in crops:
         assert np.array_equal(crop, sem[48 - y0 - 32:48 - y0, x0:x0 + 32])
-    # pinned: window 1 (x0 = 16) repeats window 0's final coarse cells on the 16 shared columns
-    g0, g1 = seen[0], seen[1]
-    assert torch.allclose(g1[:, :, :2], g0[:, :, 2:], atol=1e-5)
-    # window 2 (x0 = 0, y0 = 16) repeats window 0 on the shared rows of columns
-    assert torch.allclose(seen[2][:, :, :, :2], g0[:, :, :, 2:], atol=1e-5)
+    # one structure state for the whole extent: 48 voxels = 6 coarse cells a side
+    window, lat = seen[0]
+    assert window is None and lat.shape[2:4] == (6, 6)
+
+
+def test_windows_decode_like_one_piece(pipe):
+    """No seams by construction: one structure state for the whole extent, and each window's
+    columns decoded with a margin of context equal the whole extent decoded in one piece."""
+    from earthgen.evaluation.scene import seam_steps
+    from earthgen.pipelines.scene import surface_height
+
+    sem = np.full((48, 96), 9, np.uint8)
+    sem[:, 40:56] = 1
+    canvases = []
+    orig = pipe._decode_region
+
+    def spy(canvas, core, *a, **k):
+        canvases.append(canvas)
+        return orig(canvas, core, *a, **k)
+
+    pipe._decode_region = spy
+    try:
+        out = pipe(semantic=sem, gsd=1.0, overlap_m=16, num_inference_steps=2,
+                   generator=torch.Generator().manual_seed(1))
+    finally:
+        pipe._decode_region = orig
+    assert len(out.windows) == 5 * 2 and all(c is canvases[0] for c in canvases)
+    whole = orig(canvases[0], (0, 0, 96, 48), 0.0, True).numpy()
+    assert np.array_equal(surface_height(whole, 96, 48, 1.0), out.height)
+    r = seam_steps(out.height, out.windows, pipe.window)
+    assert r["n_seam"] == 4 * 48 + 96 and r["n_interior"] > r["n_seam"]
 
 
 def test_bad_inputs(pipe):

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from earthgen.data import read_detection_dataset
+from earthgen.detection.net import DETECT_TILE
 from earthgen.errors import UserInputError
+
+CACHE_PIXELS = 64_000_000  # test pixels kept decoded across detectors (~190 MB RGB); more: re-read
 
 
 def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: int = 8, crop: int = 128,
@@ -21,7 +24,7 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
                           out: str | Path | None = None, progress: bool = True,
                           real_detector: str | Path | None = None, control: str | None = None,
                           control_detector: str | Path | None = None, copies: Sequence | None = None,
-                          ap_method: str = "voc07") -> dict:
+                          ap_method: str = "voc07", detect_tile: int = DETECT_TILE) -> dict:
     """Train :class:`~earthgen.detection.BoxNet` twice with identical settings and seed (on
     ``real``, then on ``augmented``) and evaluate both on ``test``. Returns
     ``{"real": {...}, "augmented": {...}, "gain": {...}}`` with ``mAP`` and per-class ``AP`` for
@@ -37,12 +40,20 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
     ``gain_over_copies`` (augmented - copies: what the generated objects add beyond drawing the
     source images more often). ``control_detector``: that detector, already trained (e.g. for
     another generator with the same layouts); ``copies``: the copies' DetectionItems when already
-    written (default: written under ``out``, or to a temporary folder)."""
+    written (default: written under ``out``, or to a temporary folder).
+
+    Test images larger than ``detect_tile`` pixels are detected window by window (overlap a
+    quarter of the window, NMS across the seams; :meth:`~earthgen.detection.BoxNet.detect_tiled`);
+    test images are kept in memory between detectors only up to :data:`CACHE_PIXELS` in all."""
+    from earthgen.data._common import image_size
     from earthgen.detection import evaluate_detections, predict, train_detector
     from earthgen.detection.metrics import check_ap_method
     from earthgen.detection.train import load_rgb
 
     check_ap_method(ap_method)
+    if detect_tile <= 0 or detect_tile % 16:
+        raise UserInputError(f"detection tile must be a positive multiple of 16 pixels, "
+                             f"got {detect_tile}")
     if control not in (None, "copies"):
         raise UserInputError(f"unknown control {control!r}; the one control is 'copies'")
     if control_detector is not None and control is None:
@@ -61,9 +72,11 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
         from earthgen.data._common import is_axis_aligned
 
         rotated = not all(is_axis_aligned(it.boxes.corners) for it in real_items + test_items)
-    test_images = [load_rgb(it.image) for it in test_items]
+    sizes = [it.size if it.size is not None else image_size(it.image) for it in test_items]
+    cache = sum(int(w) * int(h) for w, h in sizes) <= CACHE_PIXELS  # else read one at a time
+    test_images = [load_rgb(it.image) for it in test_items] if cache else None
     result: dict = {"classes": classes, "rotated_detector": bool(rotated), "steps": steps, "seed": seed,
-                    "method": ap_method,
+                    "method": ap_method, "detect_tile": detect_tile,
                     "sizes": {"real": len(real_items), "augmented": len(aug_items), "test": len(test_items)}}
     if real_detector is not None:
         base = _load_detector(real_detector)
@@ -100,7 +113,8 @@ def evaluate_augmentation(real, augmented, test, steps: int = 1500, batch_size: 
                                        rotated=rotated, seed=seed, progress=progress,
                                        out=None if out is None else Path(out) / f"detector-{name}")
             r = {}
-            preds = predict(model, test_items, score_threshold=0.01, images=test_images, progress=progress)
+            preds = predict(model, test_items, score_threshold=0.01, images=test_images,
+                            progress=progress, tile=detect_tile)
             for geo in (("rotated", True), ("horizontal", False)) if rotated else (("horizontal", False),):
                 m = evaluate_detections(preds, [it[2] for it in test_items], model.classes, iou_threshold,
                                         rotated=geo[1], ap_method=ap_method)

@@ -8,10 +8,13 @@ DESCRIPTION = """\
 Start the EarthGen web app (Gradio) on this machine: tabs for text -> image, layout -> image
 (OpenStreetMap, GeoJSON, class-id PNG or a drawing), inpainting/outpainting, detection
 augmentation (with a box-conditioned model) and 3D scenes (a GLB viewer and downloads). It
-listens on 127.0.0.1 only unless --host says otherwise; open the printed URL in a browser.
-Models load once at start: --model and --scene-model take a folder or hub id, "default" for the
-packaged models, or "none" to leave their tabs empty (the 3D tab then shows procedural worlds).
-Model calls run one at a time per model (--concurrency), with at most --queue-size jobs waiting.
+listens on 127.0.0.1 (this machine only) unless --host says otherwise (GRADIO_SERVER_NAME is not
+read); open the printed URL in a browser. Models load once at start: --model and --scene-model
+take a folder or hub id, "default" for the packaged models, or "none" to leave their tabs empty
+(the 3D tab then shows procedural worlds). Serving limits: an upload over --max-upload-mb is
+refused (HTTP 413, a message in the page); model calls run one at a time per model
+(--concurrency), and when --queue-size jobs wait, a new one is refused ("queue is full") until
+one starts; sizes over --max-side are refused with a message, never clamped.
 """
 
 EPILOG = """\
@@ -36,7 +39,9 @@ def register(sub) -> None:
     p.add_argument("--augment-model", default="default",
                    help='box-conditioned image pipeline for the detection augmentation tab; "default" = the '
                         'packaged one (or the --model when it has box conditioning), "none" = no tab')
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                        "interface, reachable from other machines, no authentication)")
     p.add_argument("--port", type=number(1, 65535, integer=True), default=7860, help="port, 1..65535 (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -45,11 +50,11 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=number(1, 1000, integer=True), default=100,
                    help="most denoising steps, 1..1000 (default 100)")
     p.add_argument("--max-upload-mb", type=number(1, 10240, integer=True), default=50,
-                   help="largest upload in MB, 1..10240 (default 50)")
+                   help="largest upload in MB, 1..10240 (default 50); larger ones are refused (HTTP 413)")
     p.add_argument("--concurrency", type=number(1, 64, integer=True), default=1,
                    help="model calls running at once, per model (default 1)")
     p.add_argument("--queue-size", type=number(1, 10000, integer=True), default=16,
-                   help="most jobs waiting, 1..10000 (default 16)")
+                   help="most jobs waiting, all tabs together, 1..10000 (default 16); one more is refused")
     p.set_defaults(func=run)
 
 
@@ -102,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise MissingDependencyError("gradio", "app", "the web app") from None
-    from apps.earthgen_app import AppLimits, create_demo, launch
+    from apps.earthgen_app import LOCAL_HOSTS, AppLimits, create_demo, launch
 
     limits = AppLimits(max_side=args.max_side, max_steps=args.max_steps, max_upload_mb=args.max_upload_mb,
                        concurrency_limit=args.concurrency, queue_size=args.queue_size)
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserInputError(f"--augment-model {args.augment_model} has no box conditioning (box_encoder); "
                                  "train one with `earthgen train image-boxes`")
     demo = create_demo(image, scene, boxes, limits=limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOCAL_HOSTS:
         print(f"earthgen app: warning: listening on {args.host}: anyone who can reach this machine can use "
               "the app (there is no authentication)")
     print(f"earthgen app: serving on http://{args.host}:{args.port} (Ctrl+C to stop)")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -53,6 +54,28 @@ def embedded_osm() -> Path:
     return Path(str(resources.files("earthgen") / "assets" / "monaco-latest.osm.pbf"))
 
 
+def monaco_layout(size: int, gsd: float):
+    """The embedded Monaco extract rasterized around MONACO_CENTER (``size`` px, ``gsd`` m/px), read
+    like any --layout (:func:`earthgen.inputs.read_layout`) -> :class:`earthgen.geo.layout.Layout`."""
+    from earthgen.inputs import read_layout
+
+    return read_layout(embedded_osm(), flag="embedded OSM", center=MONACO_CENTER, size=(size, size),
+                       gsd=gsd).source
+
+
+@contextlib.contextmanager
+def own_folder(path: Path) -> Iterator[Path]:
+    """A step's own output folder, written whole: the previous run's copy is removed, the new one
+    is built in a temporary sibling and renamed into place (:func:`earthgen.io.atomic_dir`)."""
+    import shutil
+
+    from earthgen.io import atomic_dir
+
+    shutil.rmtree(path, ignore_errors=True)
+    with atomic_dir(path, merge=False) as tmp:
+        yield tmp
+
+
 @dataclass
 class DemoContext:
     """What the steps share: the output folder, the seed, the JSON summary, cached models."""
@@ -80,7 +103,8 @@ def step_world(ctx: DemoContext) -> str:
     t0 = time.perf_counter()
     tile = generate_world(ctx.seed, 512, 0.5)
     gen_s = time.perf_counter() - t0
-    files = tile.save(out / "world", voxel_size=1.0)
+    with own_folder(out / "world") as tmp:
+        files = tile.save(tmp, voxel_size=1.0)
     ctx.summary["world"] = {"seconds": round(gen_s, 3), "caption": tile.caption,
                             "objects": len(tile.labels["labels"]),
                             "files": sorted(Path(f).name for f in files.values())}
@@ -96,25 +120,25 @@ def step_world_tiles(ctx: DemoContext) -> str:
     n, px, gsd = 2, 256, 1.0
     x0, y0 = -n * px * gsd / 2, n * px * gsd / 2
     rows = []
-    for r in range(n):
-        row = []
-        for c in range(n):
-            t = generate_world(ctx.seed, px, gsd, (x0 + c * px * gsd, y0 - r * px * gsd))
-            t.save(out / "world_tiles" / f"tile_{r}_{c}", voxel_size=None)
-            row.append(t.rgb)
-        rows.append(np.concatenate(row, axis=1))
-    write_png(out / "world_tiles" / "mosaic.png", np.concatenate(rows, axis=0))
+    with own_folder(out / "world_tiles") as tmp:
+        for r in range(n):
+            row = []
+            for c in range(n):
+                t = generate_world(ctx.seed, px, gsd, (x0 + c * px * gsd, y0 - r * px * gsd))
+                t.save(tmp / f"tile_{r}_{c}", voxel_size=None)
+                row.append(t.rgb)
+            rows.append(np.concatenate(row, axis=1))
+        write_png(tmp / "mosaic.png", np.concatenate(rows, axis=0))
     ctx.summary["world_tiles"] = {"seconds": round(time.perf_counter() - t0, 3), "grid": [n, n], "tile_px": px,
                                   "gsd_m": gsd}
     return f"4 tiles of {px} px at {gsd:g} m/px -> {out}/world_tiles/mosaic.png"
 
 
 def step_osm_layout(ctx: DemoContext) -> str:
-    from earthgen.geo.layout import build_layout
-
     t0 = time.perf_counter()
-    layout = build_layout(embedded_osm(), center=MONACO_CENTER, size=(512, 512), gsd=2.0)
-    layout.save(ctx.out / "monaco_layout")
+    layout = monaco_layout(512, 2.0)
+    with own_folder(ctx.out / "monaco_layout") as tmp:
+        layout.save(tmp)
     fr = layout.class_fractions() if hasattr(layout, "class_fractions") else {}
     ctx.summary["monaco_layout"] = {"seconds": round(time.perf_counter() - t0, 3), "class_fractions": fr}
     top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])[:4])
@@ -136,18 +160,19 @@ def step_text_to_image(ctx: DemoContext) -> str:
     pipe = ctx.image_pipeline()
     load_s = time.perf_counter() - t0
     records, images = [], []
-    for i, (prompt, gsd) in enumerate(TEXT_PROMPTS):
-        seed = ctx.seed + i
-        img = pipe(prompt, gsd=gsd, height=DEMO_IMAGE_PX, width=DEMO_IMAGE_PX, num_inference_steps=DEMO_STEPS,
-                   guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(seed),
-                   output_type="np").images[0]
-        arr = _to_uint8(img)
-        name = f"{i}_{_slug(prompt)}.png"
-        write_png(out / name, arr)
-        images.append(arr)
-        records.append({"file": name, "prompt": prompt, "gsd_m": gsd, "seed": seed})
-    write_png(out / "sheet.png", np.concatenate(images, axis=1))
-    write_json(out / "prompts.json", records)
+    with own_folder(out) as tmp:
+        for i, (prompt, gsd) in enumerate(TEXT_PROMPTS):
+            seed = ctx.seed + i
+            img = pipe(prompt, gsd=gsd, height=DEMO_IMAGE_PX, width=DEMO_IMAGE_PX, num_inference_steps=DEMO_STEPS,
+                       guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(seed),
+                       output_type="np").images[0]
+            arr = _to_uint8(img)
+            name = f"{i}_{_slug(prompt)}.png"
+            write_png(tmp / name, arr)
+            images.append(arr)
+            records.append({"file": name, "prompt": prompt, "gsd_m": gsd, "seed": seed})
+        write_png(tmp / "sheet.png", np.concatenate(images, axis=1))
+        write_json(tmp / "prompts.json", records)
     ctx.summary["text2image"] = {"seconds": round(time.perf_counter() - t0, 3), "model_load_seconds": round(load_s, 3),
                                  "size_px": DEMO_IMAGE_PX, "steps": DEMO_STEPS, "guidance_scale": DEMO_GUIDANCE,
                                  "images": records}
@@ -161,16 +186,14 @@ def step_layout_to_image(ctx: DemoContext) -> str:
 
     from earthgen.classes import colorize
     from earthgen.datasets import caption_from_classes
-    from earthgen.geo.layout import build_layout
+    from earthgen.inputs import write_image
     from earthgen.io import write_png
-    from earthgen.pipelines.image import save_geotiff
     from earthgen.prior import DEFAULT_STRENGTH, layout_prior_inputs
 
     out = ctx.out / "layout2image"
     t0 = time.perf_counter()
     px, gsd = OSM_IMAGE_PX, OSM_GSD
-    layout = build_layout(embedded_osm(), center=MONACO_CENTER, size=(px, px), gsd=gsd)
-    layout.save(out / "layout")
+    layout = monaco_layout(px, gsd)
     pipe = ctx.image_pipeline()
     prompt = caption_from_classes(layout.semantic)
     prior = layout_prior_inputs(layout.semantic, gsd, ctx.seed, DEFAULT_STRENGTH)
@@ -178,11 +201,13 @@ def step_layout_to_image(ctx: DemoContext) -> str:
                guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(ctx.seed),
                output_type="np", **prior).images[0]
     arr = _to_uint8(img)
-    write_png(out / "monaco.png", arr)
-    save_geotiff(out / "monaco.tif", arr, layout.crs, layout.transform)
-    gap = np.full((px, 8, 3), 255, np.uint8)
-    write_png(out / "prior.png", prior["image"])  # DEFAULT_STRENGTH < 1: there is a prior
-    write_png(out / "side_by_side.png", np.concatenate([colorize(layout.semantic), gap, arr], axis=1))
+    with own_folder(out) as tmp:
+        layout.save(tmp / "layout")
+        write_image(tmp / "monaco.png", arr)
+        write_image(tmp / "monaco.tif", arr, crs=layout.crs, transform=layout.transform)
+        gap = np.full((px, 8, 3), 255, np.uint8)
+        write_png(tmp / "prior.png", prior["image"])  # DEFAULT_STRENGTH < 1: there is a prior
+        write_png(tmp / "side_by_side.png", np.concatenate([colorize(layout.semantic), gap, arr], axis=1))
     ctx.summary["layout2image"] = {"seconds": round(time.perf_counter() - t0, 3), "size_px": px, "gsd_m": gsd,
                                    "prompt": prompt, "seed": ctx.seed, "center_lat_lon": list(MONACO_CENTER),
                                    "strength": DEFAULT_STRENGTH,
@@ -239,38 +264,51 @@ def step_augment(ctx: DemoContext) -> str:
 
 
 SCENE_SIZE_M = 64.0    # the 3D step: one 64 m window of the Monaco layout at 1 m voxels
+SCENE_GSD = 0.5        # metres/pixel of its layout and orthophoto
 SCENE_STEPS = 8
 
 
 def step_scene3d(ctx: DemoContext) -> str:
-    """A 3D scene generated by the packaged scene models from the Monaco OSM layout."""
+    """A 3D scene generated by the packaged scene models from the Monaco OSM layout: building
+    heights from the OSM tags, colours from an orthophoto generated from the same layout."""
     import torch
 
-    from earthgen.export3d import save_scene
-    from earthgen.geo.layout import build_layout
+    from earthgen.classes import PALETTE
+    from earthgen.export3d import render_views, save_scene
+    from earthgen.geo.heights import height_caps, height_map
     from earthgen.io import write_png
     from earthgen.pipelines.scene import load_scene_pipeline, save_dem
+    from earthgen.prior import orthophoto
 
     out = ctx.out / "scene3d"
     t0 = time.perf_counter()
     pipe = load_scene_pipeline(None, "cpu")
     pipe.set_progress_bar_config(disable=True)
-    px = int(SCENE_SIZE_M)
-    lay = build_layout(embedded_osm(), center=MONACO_CENTER, size=(px, px), gsd=1.0)
-    res = pipe(semantic=lay.semantic, gsd=lay.gsd, num_inference_steps=SCENE_STEPS,
+    px = int(round(SCENE_SIZE_M / SCENE_GSD))
+    lay = monaco_layout(px, SCENE_GSD)
+    hm = height_map(lay)
+    ortho = orthophoto(lay.semantic, SCENE_GSD, ctx.seed, steps=DEMO_STEPS, guidance=DEMO_GUIDANCE)
+    res = pipe(semantic=lay.semantic, image=ortho, gsd=lay.gsd, heights=hm.top, height_base=np.nan_to_num(hm.base),
+               height_cap=height_caps(lay.semantic), num_inference_steps=SCENE_STEPS,
                generator=torch.Generator().manual_seed(ctx.seed))
-    paths = save_scene(out, res.coords, res.voxel_size, res.origin, res.colors, res.surfels, image_size=384, views=4)
-    save_dem(out / "dem.tif", res.height, res.voxel_size, lay.crs, lay.transform)
-    from earthgen.classes import PALETTE
-
-    write_png(out / "condition_semantic.png", PALETTE[lay.semantic])
+    with own_folder(out) as tmp:
+        paths = save_scene(tmp, res.coords, res.voxel_size, res.origin, res.colors, res.surfels, image_size=384,
+                           views=4)
+        save_dem(tmp / "dem.tif", res.height, res.voxel_size, lay.crs, lay.transform)
+        write_png(tmp / "condition_semantic.png", PALETTE[lay.semantic])
+        write_png(tmp / "orthophoto.png", ortho)
+        c = res.coords
+        ctr = (c.min(0) + c.max(0) + 1) / 2 * res.voxel_size + res.origin
+        write_png(tmp / "oblique.png", render_views(res.surfels, ctr, 0.8 * SCENE_SIZE_M, 384, 1, elevation_deg=45.0)[0])
     ctx.summary["scene3d"] = {"seconds": round(time.perf_counter() - t0, 3), "size_m": SCENE_SIZE_M,
                               "steps": SCENE_STEPS, "seed": ctx.seed, "voxels": int(len(res.coords)),
                               "surfels": int(len(res.surfels["means"])),
-                              "files": sorted([Path(p).name for p in paths.values()] + ["dem.tif"])}
+                              "building_height_sources": hm.source_counts(),
+                              "files": sorted([Path(p).name for p in paths.values()]
+                                              + ["dem.tif", "orthophoto.png", "oblique.png"])}
     return (f"generated from the Monaco layout, {SCENE_SIZE_M:g} m at 1 m voxels ({len(res.coords)} voxels, "
             f"{len(res.surfels['means'])} surfels) in {ctx.summary['scene3d']['seconds']:.1f} s -> {out}/ "
-            f"(scene.glb, gaussians.ply, dem.tif, render.png)")
+            f"(scene.glb, gaussians.ply, dem.tif, render.png, oblique.png, orthophoto.png)")
 
 
 def _slug(text: str) -> str:

@@ -10,9 +10,12 @@ from pathlib import Path
 DESCRIPTION = """\
 Generate satellite images with an EarthImagePipeline checkpoint (a folder written by
 `earthgen train` or `save_pretrained`, or a hub id). Conditions: a text prompt, the ground
-sampling distance, a semantic layout (an OSM/GeoJSON file rasterized on the fly, or a class-id
-PNG), a reference image for image-to-image, a mask for inpainting, or --extend for outpainting
-(the image grown by generated borders). A georeferenced layout also gives a GeoTIFF of the result.
+sampling distance, a semantic layout (an OSM/GeoJSON file rasterized on the fly, or a class map:
+PNG/GeoTIFF of grey ids, palette ids or the class colours), a reference image (PNG, JPEG or
+GeoTIFF) for image-to-image, a mask for inpainting, or --extend for outpainting (the image grown
+by generated borders). The output format follows the extension of --out: .png, .jpg/.jpeg or
+.tif/.tiff (a GeoTIFF, georeferenced when the layout is); a georeferenced layout with a .png or
+.jpg --out also gives a GeoTIFF beside it.
 """
 
 EPILOG = """\
@@ -20,6 +23,8 @@ examples:
   earthgen generate --model runs/ldm/pipeline --prompt "dense residential area" --gsd 0.5 --out a.png
   earthgen generate --model M --layout monaco.osm.pbf --center 43.7384,7.4246 --gsd 1 --size 512 --out m.png
   earthgen generate --model M --layout outputs/world/semantic.png --gsd 0.5 --out w.png
+  earthgen generate --model M --layout outputs/world/semantic.tif --out w.tif       # a GeoTIFF out
+  earthgen generate --model M --prompt "harbour" --gsd 1 --out harbour.jpg         # JPEG, quality 95
   earthgen generate --model M --image a.png --mask hole.png --prompt "a park" --out edited.png
   earthgen generate --image a.png --extend 64,64,0,0 --prompt "farmland" --gsd 2 --out wider.png   # outpaint
   earthgen generate --model M --prompt "farmland" --size 2048 --out big.png     # tiled, seamless
@@ -45,15 +50,19 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="", help="text prompt")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--gsd", type=gsd_float, default=None, help="ground sampling distance, metres/pixel")
-    p.add_argument("--layout", default=None, help="OSM/GeoJSON file, or a class-id PNG (palette or grey)")
+    p.add_argument("--layout", default=None,
+                   help="OSM (.osm, .osm.pbf, .osm.bz2, .osm.gz) or GeoJSON file, or a class map (.png, .tif: "
+                        "grey ids, palette ids or the class colours of docs/classes.md; a GeoTIFF keeps its "
+                        "georeference)")
     p.add_argument("--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
     p.add_argument("--center", type=center_list, default=None, metavar="LAT,LON")
     p.add_argument("--layout-scale", type=number(0.0, 100.0), default=1.0, help="guidance weight of the layout control")
     p.add_argument("--control-end", type=number(0.0, 1.0, lo_open=True), default=None,
                    help="fraction of the sampling steps (the first ones) that run the control branch, in (0, 1] "
                         "(default: the model's own; the packaged model: see docs/models.md)")
-    p.add_argument("--image", default=None, help="reference image (image-to-image, or inpainting with --mask)")
-    p.add_argument("--mask", default=None, help="inpainting mask image: white = repaint")
+    p.add_argument("--image", default=None,
+                   help="reference image, PNG, JPEG or GeoTIFF (image-to-image, or inpainting with --mask)")
+    p.add_argument("--mask", default=None, help="inpainting mask image (PNG, JPEG or TIFF): white = repaint")
     p.add_argument("--extend", type=_extend, default=None, metavar="LEFT,RIGHT,TOP,BOTTOM",
                    help="outpaint: grow --image by these borders (pixels), generated to continue it (the size "
                         "follows; not with --size or --mask)")
@@ -62,7 +71,8 @@ def register(sub) -> None:
                         "render-then-refine strength: the layout is rendered to an RGB prior (earthgen.prior) "
                         "that is noised to this strength and denoised (default 0.7; 1 = pure noise, no prior)")
     p.add_argument("--prior-out", default=None, metavar="PATH",
-                   help="also save the rendered layout prior (PNG) here (a layout without --image)")
+                   help="also save the rendered layout prior here, format by extension like --out (a layout "
+                        "without --image)")
     p.add_argument("--size", type=generate_size, default=None, metavar="N|WxH",
                    help="image size in pixels (at most a limit computed from the memory, docs/limits.md)")
     p.add_argument("--steps", type=steps_int, default=30, help="sampling steps, 1..1000")
@@ -74,7 +84,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", required=True,
-                   help="output .png (a .tif GeoTIFF is written beside it for OSM layouts)")
+                   help="output image: .png, .jpg/.jpeg (quality 95) or .tif/.tiff (GeoTIFF); with a georeferenced "
+                        "layout (OSM/GeoJSON, GeoTIFF class map) a .png/.jpg gets a GeoTIFF beside it (same name, "
+                        ".tif)")
     p.set_defaults(func=run, check=_check_args)
 
 
@@ -101,16 +113,32 @@ def _extend(text: str) -> tuple[float, ...]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Output paths and combinations, before any work (UserInputError: one line)."""
-    from earthgen.commands._args import check_output
+    """Output paths (format by extension), input files and combinations, before any work
+    (UserInputError: one line)."""
+    from earthgen.inputs import IMAGE_SUFFIXES, LAYOUT_SUFFIXES, check_image_output, require_input
 
     if args.strength is not None:
         from earthgen.prior import check_strength
 
         check_strength(args.strength, "--strength")
-    check_output(args.out, "--out", exts=(".png",))
+    check_image_output(args.out, "--out")
     if args.prior_out is not None:
-        check_output(args.prior_out, "--prior-out", exts=(".png",))
+        check_image_output(args.prior_out, "--prior-out")
+    if args.layout:
+        require_input(args.layout, "--layout", LAYOUT_SUFFIXES, "a layout (OSM, GeoJSON or class map)")
+    if args.image:
+        require_input(args.image, "--image", IMAGE_SUFFIXES, "an image (PNG, JPEG or GeoTIFF)")
+    if args.mask:
+        require_input(args.mask, "--mask", IMAGE_SUFFIXES, "a mask image (PNG, JPEG or TIFF)")
+
+
+def _sidecar(out: str) -> str | None:
+    """The GeoTIFF written beside a georeferenced .png/.jpg result (None for a .tif --out)."""
+    from earthgen.inputs import suffix_of
+
+    if suffix_of(out, (".tif", ".tiff")):
+        return None
+    return str(Path(out).with_suffix(".tif"))
 
 
 def _check_extended(image, extend) -> None:
@@ -118,24 +146,11 @@ def _check_extended(image, extend) -> None:
     from earthgen.commands._args import generate_max_pixels
     from earthgen.errors import UserInputError
 
-    w = image.width + int(extend[0]) + int(extend[1])
-    h = image.height + int(extend[2]) + int(extend[3])
+    w = image.shape[1] + int(extend[0]) + int(extend[1])
+    h = image.shape[0] + int(extend[2]) + int(extend[3])
     if w * h > generate_max_pixels():
         raise UserInputError(f"--extend: the grown image {w}x{h} is over the limit of {generate_max_pixels()} "
                              "pixels (docs/limits.md)")
-
-
-def _read_png(path: str, what: str):
-    import numpy as np
-    from PIL import Image
-
-    from earthgen.errors import UserInputError
-
-    try:
-        img = Image.open(path)
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot read {what} {path}: {e}") from None
-    return img, np.asarray(img)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from earthgen.errors import UserInputError
-    from earthgen.io import write_png
-    from earthgen.pipelines.image import load_pipeline, save_geotiff
+    from earthgen.inputs import read_image, read_layout, write_image
+    from earthgen.pipelines.image import load_pipeline
 
     if args.extend is not None and not all(math.isfinite(v) and v >= 0 and v == int(v) for v in args.extend):
         raise UserInputError(f"--extend takes whole pixels >= 0, got {','.join(f'{v:g}' for v in args.extend)}")
@@ -160,30 +175,25 @@ def run(args: argparse.Namespace) -> int:
     layout = None
     geo = None
     if args.layout:
-        suffix = "".join(Path(args.layout).suffixes).lower()
-        if suffix.endswith(".png"):
-            _, layout = _read_png(args.layout, "layout")
-            if layout.ndim != 2:
-                raise UserInputError("a layout PNG must hold class ids (palette or grey), not RGB colours")
-        else:
-            from earthgen.geo.layout import build_layout
+        from earthgen.inputs import VECTOR_SUFFIXES, suffix_of
 
-            if args.size is None:
-                width = height = 512
-            lay = build_layout(args.layout, bbox=args.bbox, center=args.center, size=(width, height),
-                               gsd=args.gsd)
-            layout, geo = lay.semantic, (lay.crs, lay.transform)
-            if args.gsd is None:
-                args.gsd = lay.gsd
+        if args.size is None and suffix_of(args.layout, VECTOR_SUFFIXES):
+            width = height = 512  # vector data has no size of its own
+        lay = read_layout(args.layout, flag="--layout", center=args.center, bbox=args.bbox,
+                          size=(width, height) if width else None, gsd=args.gsd)
+        layout = lay.semantic
+        if lay.crs is not None and lay.transform is not None:
+            geo = (lay.crs, lay.transform, layout.shape)
+        if args.gsd is None:
+            args.gsd = lay.gsd
     if args.metadata_guidance is not None and args.gsd is None:
         raise UserInputError("--metadata-guidance guides the metadata: give --gsd too (or an OSM layout)")
     image = mask = None
     if args.image:
-        img, _ = _read_png(args.image, "image")
-        image = img.convert("RGB")
+        image = read_image(args.image, flag="--image").rgb
     if args.mask:
-        _, m = _read_png(args.mask, "mask")
-        mask = (m.reshape(m.shape[0], m.shape[1], -1).max(-1) > 127).astype(np.float32)
+        m = read_image(args.mask, flag="--mask").rgb
+        mask = (m.max(-1) > 127).astype(np.float32)
     if args.extend is not None:
         if image is None or mask is not None or args.size:
             raise UserInputError("--extend grows the --image (outpainting): give --image, and no --mask or --size")
@@ -203,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             if prior is None:  # strength 1 uses no prior; render it anyway for the file
                 ids = layout if size is None else resize_ids(np.asarray(layout), *size)
                 prior = render_prior(ids, args.gsd or DEFAULT_GSD, seed)
-            write_png(args.prior_out, prior)
+            write_image(args.prior_out, np.asarray(prior))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from earthgen.models import float32_on_cpu, resolve_model
 
@@ -211,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     if args.extend is not None:  # the canvas rounded up to the sizes the model takes
         from earthgen.pipelines.image import outpaint_canvas
 
-        image, mask, _ = outpaint_canvas(np.asarray(image), *(int(v) for v in args.extend),
+        image, mask, _ = outpaint_canvas(image, *(int(v) for v in args.extend),
                                          multiple=pipe.size_multiple)
         height, width = image.shape[:2]
     t0 = time.perf_counter()
@@ -222,11 +232,20 @@ def run(args: argparse.Namespace) -> int:
                metadata_guidance_scale=args.metadata_guidance,
                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
     arr = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
-    write_png(args.out, arr)
+    crs = transform = None
+    if geo is not None:  # the layout's grid, scaled if the image came out at another size
+        from affine import Affine
+
+        crs, transform, (lh, lw) = geo
+        if arr.shape[:2] != (lh, lw):
+            transform = transform @ Affine.scale(lw / arr.shape[1], lh / arr.shape[0])
+    tif = _sidecar(args.out) if crs is not None else None
+    write_image(args.out, arr, crs=crs, transform=transform)
     msg = f"wrote {args.out} ({arr.shape[1]}x{arr.shape[0]}) in {time.perf_counter() - t0:.1f} s, seed {seed}"
-    if geo is not None:
-        tif = str(Path(args.out).with_suffix(".tif"))
-        save_geotiff(tif, arr, *geo)
+    if tif is not None:
+        write_image(tif, arr, crs=crs, transform=transform)
         msg += f"; GeoTIFF {tif}"
+    elif crs is not None:
+        msg += " (GeoTIFF)"
     print(msg)
     return 0

@@ -25,9 +25,11 @@ parking) on a metric UTM grid, plus oriented building boxes.
 Area: --bbox (with --gsd, or with --size: the GSD then follows from the larger side), or
 --center with --size (GSD default 1 m/px), or nothing: the data's whole extent.
 
-Writes into --out: layout.png (palette PNG, pixel value = class id), layout.tif (GeoTIFF with
-CRS, transform and colour map), legend.json (classes, grid, class fractions), features.geojson
-(the features used, WGS84) and buildings.json (oriented boxes in pixels, heights in metres).
+Writes into --out (a new or empty folder, which appears complete or not at all): layout.png
+(palette PNG, pixel value = class id), layout.tif (GeoTIFF with CRS, transform and colour map),
+legend.json (classes, grid, class fractions), features.geojson (the features used, WGS84) and
+buildings.json (oriented boxes in pixels, heights in metres). A killed run leaves only a hidden
+.<name>.partial-* folder beside --out, which can be deleted.
 """
 
 EXAMPLES = """\
@@ -70,40 +72,45 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     area.add_argument("--max-pixels", type=number(1, MAX_PIXELS_CAP, integer=True), default=None, metavar="N",
                       help="refuse layouts larger than N pixels (default 16384x16384, at most 2**30)")
     p.add_argument("--out", type=Path, default=Path("outputs/layout"),
-                   help="output directory (default: outputs/layout)")
+                   help="output folder, new or empty (default: outputs/layout)")
     p.set_defaults(func=run, check=check_args)
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """The output folder and the size, before the source is read (UserInputError: one line)."""
+    """The size, the output folder and the source file, before the source is read
+    (UserInputError: one line)."""
     from earthgen.geo.layout import MAX_PIXELS
+    from earthgen.inputs import VECTOR_SUFFIXES, require_input
 
     limit = args.max_pixels or MAX_PIXELS
     if args.size is not None and args.size[0] * args.size[1] > limit:
         w, h = args.size
         raise UserInputError(f"--size {w}x{h}: {w * h} pixels, more than the limit of {limit} pixels "
                              "(--max-pixels)")
-    check_output(args.out, "--out", folder=True)
+    check_output(args.out, "--out", folder=True, empty=True)
+    require_input(args.source, "source", VECTOR_SUFFIXES, "an OSM or GeoJSON")
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the layout, write it, print a short summary. Returns the exit status."""
     from earthgen.geo.layout import MAX_PIXELS, build_layout
+    from earthgen.inputs import user_errors
 
     out = Path(args.out)
     check_args(args)
-    layout = build_layout(
-        args.source,
-        bbox=args.bbox,
-        center=args.center,
-        size=args.size,
-        gsd=args.gsd,
-        crs=args.crs,
-        source_crs=args.source_crs,
-        max_pixels=args.max_pixels or MAX_PIXELS,
-    )
-    paths = layout.save(out)
+    with user_errors("source", args.source):
+        layout = build_layout(
+            args.source,
+            bbox=args.bbox,
+            center=args.center,
+            size=args.size,
+            gsd=args.gsd,
+            crs=args.crs,
+            source_crs=args.source_crs,
+            max_pixels=args.max_pixels or MAX_PIXELS,
+        )
+    paths = layout.save(out)  # a new or empty folder: renamed into place whole (earthgen.io.atomic_dir)
     fr = sorted(layout.class_fractions().items(), key=lambda kv: -kv[1])
     top = ", ".join(f"{name} {100 * v:.1f}%" for name, v in fr[:6] if v > 0)
     b = layout.bbox

@@ -14,19 +14,28 @@ texture flow -> texture VAE (2D Gaussian surfels). Conditions, any or none:
   --layout FILE    an OSM (.osm/.pbf) or GeoJSON file, rasterized around --center/--bbox
                    (the DEM GeoTIFF is then georeferenced in its UTM frame);
   --semantic PNG   a class-id map (palette or grey PNG of earthgen's class table) at --gsd;
-  --image IMG      an aerial RGB image (PNG/JPEG/GeoTIFF) at --gsd, alone or with a map;
+  --image IMG      an aerial RGB image (PNG/JPEG at --gsd, or a GeoTIFF in any CRS, reprojected
+                   onto a --layout's grid), alone or with a map: it conditions the generators
+                   and colours roofs and ground (the orthophoto);
   --world SEED     a procedural world tile: its semantic map and its image (see --condition);
   nothing          an unconditional scene of --size-m metres.
-Areas larger than one window (64 m for the default models) are generated window by window,
-each conditioned on its neighbours' borders. Writes under --out: scene.glb and scene_mesh.ply
-(voxel surface mesh), gaussians.ply (2DGS surfels for 3DGS viewers), voxels.ply, render.png
-(orbit views), turntable.gif, dem.tif (surface height, metres), the conditions, scene.json.
+With a map and no --image, an orthophoto is first generated from the map by the image model
+(--no-ortho: none). Building heights come from the data (--heights data: OSM height, then
+building:levels x 3 m, then a per-type default; roads, water and open land flat at the ground,
+unmapped land at most 2 m; docs/heights.md), terrain from --dem.
+Areas larger than one window (64 m for the default models) are generated on overlapping
+windows sampled together (no seams). Writes under --out (all at once when complete):
+scene.glb and scene_mesh.ply (voxel surface mesh), gaussians.ply (2DGS surfels for 3DGS
+viewers), voxels.ply, render.png (orbit views), oblique.png (45 degrees, whole scene),
+turntable.gif, dem.tif (surface height, metres), orthophoto.png, the conditions, scene.json.
 """
 
 EPILOG = """\
 examples:
   earthgen scene --world 3 --size-m 128 --seed 0 --out outputs/scene
-  earthgen scene --layout monaco.osm.pbf --center 43.7384,7.4246 --size-m 200 --out outputs/monaco3d
+  earthgen scene --layout monaco.osm.pbf --center 43.7384,7.4246 --size-m 256 --out outputs/monaco3d
+  earthgen scene --layout town.osm.pbf --center 40.15,-105.5 --size-m 256 --dem srtm.tif --out outputs/hill
+  earthgen scene --layout city.osm.pbf --center 60.17,24.94 --image ortho.tif --out outputs/helsinki3d
   earthgen scene --semantic layout.png --gsd 1 --out outputs/s3d
   earthgen scene --size-m 64 --seed 5 --out outputs/unconditional
   earthgen scene --world 3 --condition image --model runs/scene-pipeline --out outputs/from_image
@@ -59,6 +68,16 @@ def register(sub) -> None:
     c.add_argument("--condition", choices=("semantic", "image", "both"), default="semantic",
                    help="with --world: which of the tile's maps to give (default: semantic)")
     c.add_argument("--gsd", type=gsd_float, default=None, help="metres/pixel of --semantic/--image (default 1)")
+    c.add_argument("--dem", default=None, help="ground elevation GeoTIFF (metres, any CRS) under a georeferenced "
+                                               "condition (--layout or a GeoTIFF): columns are raised on it")
+    c.add_argument("--dem-crs", default=None, help="CRS of a --dem file that has none (e.g. EPSG:4326)")
+    c.add_argument("--heights", choices=("data", "model"), default="data",
+                   help="building heights: from the data (OSM tags, per-type defaults; default) or as the "
+                        "model generates them")
+    c.add_argument("--no-ortho", action="store_true",
+                   help="with a map and no --image: do not generate an orthophoto (model colours only)")
+    c.add_argument("--ortho-steps", type=steps_int, default=20, help="image model steps for the orthophoto")
+    c.add_argument("--image-model", default="default", help="image model of the orthophoto (default: embedded)")
     c.add_argument("--size-m", type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True), default=None,
                    help="scene size, metres (unconditional, --world and --layout; default 64; at most "
                         f"{SCENE_MAX_SIZE_M:g}, docs/limits.md)")
@@ -81,51 +100,49 @@ def register(sub) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """The output folder and --overlap-m, before any work (UserInputError: one line); the other
-    numbers are checked by their argparse types."""
+    """The output folder, the input files and --overlap-m, before any work (UserInputError: one
+    line); the other numbers are checked by their argparse types."""
     import math
 
     from earthgen.commands._args import check_output
     from earthgen.errors import UserInputError
+    from earthgen.inputs import IMAGE_SUFFIXES, LAYOUT_SUFFIXES, require_input
 
     if not (math.isfinite(args.overlap_m) and 0.0 <= args.overlap_m <= 1024.0):
         raise UserInputError(f"--overlap-m must be a finite number in [0, 1024] metres, got {args.overlap_m}")
-    check_output(args.out, "--out", folder=True)
+    check_output(args.out, "--out", folder=True, empty=True)
+    if args.layout:
+        require_input(args.layout, "--layout", LAYOUT_SUFFIXES, "layout")
+    if args.semantic:
+        require_input(args.semantic, "--semantic", (".png", ".tif", ".tiff"), "class map")
+    if args.image:
+        require_input(args.image, "--image", IMAGE_SUFFIXES, "image")
+    if args.dem:
+        require_input(args.dem, "--dem", (".tif", ".tiff", ".asc", ".vrt", ".img"), "DEM")
+        if args.world is not None or (args.layout is None and not str(args.semantic or args.image or "")
+                                      .lower().endswith((".tif", ".tiff"))):
+            raise UserInputError("--dem needs a georeferenced condition: --layout, or a GeoTIFF --semantic/--image")
 
 
-def _read_image(path: str, what: str):
-    import numpy as np
-
-    from earthgen.errors import UserInputError
-
-    if path.lower().endswith((".tif", ".tiff")):
-        from earthgen.data.geotiff import read_geotiff
-
-        return read_geotiff(path).rgb, None
-    from PIL import Image
-
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot read {what} {path}: {e}") from None
-    return np.asarray(img), img
-
-
-def conditions(args: argparse.Namespace) -> dict:
+def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
     """The pipeline's condition arguments from the command line, plus ``geo`` (crs, transform of
-    the north-west corner) when the condition is georeferenced."""
+    the north-west corner) when the condition is georeferenced, ``heights`` / ``height_base``
+    (building tops, metres above ground, from the data), ``dem`` (ground elevation, metres) and
+    ``ortho`` (how the orthophoto was made)."""
     import numpy as np
 
     from earthgen.errors import UserInputError
+    from earthgen.inputs import read_image, read_layout
 
     given = [n for n in ("layout", "semantic", "world") if getattr(args, n) is not None]
     if len(given) > 1:
         raise UserInputError(f"give one of --layout, --semantic, --world (got {', '.join('--' + n for n in given)})")
     if args.world is not None and args.image:
         raise UserInputError("--world brings its own image; --image applies to --layout/--semantic or alone")
-    out: dict = {"semantic": None, "image": None, "gsd": args.gsd, "size_m": None, "geo": None}
+    out: dict = {"semantic": None, "image": None, "gsd": args.gsd, "size_m": None, "geo": None, "heights": None,
+                 "height_base": None, "height_cap": None, "dem": None, "ortho": None}
     size = args.size_m or 64.0
+    source = None
     if args.world is not None:
         from earthgen.world.config import preset
         from earthgen.world.tile import generate_world
@@ -139,26 +156,29 @@ def conditions(args: argparse.Namespace) -> dict:
             out["semantic"] = tile.semantic
         if args.condition in ("image", "both"):
             out["image"] = tile.rgb
+            out["ortho"] = "world tile"
         out["gsd"] = gsd
         out["reference"] = tile
     elif args.layout is not None:
-        from earthgen.geo.layout import build_layout
-
         gsd = args.gsd or 1.0
         px = int(round(size / gsd))
-        lay = build_layout(args.layout, bbox=args.bbox, center=args.center,
-                           size=None if args.bbox else (px, px), gsd=gsd)
-        out.update(semantic=lay.semantic, gsd=lay.gsd, geo=(lay.crs, lay.transform))
+        lay = read_layout(args.layout, flag="--layout", bbox=args.bbox, center=args.center,
+                          size=None if args.bbox else (px, px), gsd=gsd)
+        source = lay.source
+        out.update(semantic=lay.semantic, gsd=lay.gsd or gsd,
+                   geo=(lay.crs, lay.transform) if lay.crs is not None else None)
     elif args.semantic is not None:
-        sem, _ = _read_image(args.semantic, "semantic map")
-        if sem.ndim != 2:
-            raise UserInputError("a semantic PNG must hold class ids (palette or grey), not RGB colours")
-        out.update(semantic=sem, gsd=args.gsd or 1.0)
+        lay = read_layout(args.semantic, flag="--semantic", gsd=args.gsd)
+        out.update(semantic=lay.semantic, gsd=lay.gsd or args.gsd or 1.0,
+                   geo=(lay.crs, lay.transform) if lay.crs is not None else None)
     if args.image and args.world is None:
-        img, _ = _read_image(args.image, "image")
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, -1)
-        out.update(image=img, gsd=out["gsd"] or args.gsd or 1.0)
+        img = read_image(args.image, flag="--image")
+        rgb = img.rgb
+        if out["geo"] is not None and img.crs is not None:  # onto the map's grid
+            rgb = _regrid_image(img, out["geo"], out["semantic"].shape, args.image)
+        elif out["semantic"] is None and img.crs is not None:
+            out["geo"] = (img.crs, img.transform)
+        out.update(image=rgb, gsd=out["gsd"] or img.gsd or args.gsd or 1.0, ortho=f"--image {args.image}")
     from earthgen.commands._args import SCENE_MAX_SIZE_M
 
     for key in ("semantic", "image"):
@@ -171,7 +191,59 @@ def conditions(args: argparse.Namespace) -> dict:
         out["size_m"] = size
     elif args.size_m is not None and args.world is None and args.layout is None:
         raise UserInputError("--size-m applies to unconditional scenes, --world and --layout (a map sets its own size)")
+    sem = out["semantic"]
+    if sem is not None and out["image"] is not None and tuple(out["image"].shape[:2]) != tuple(sem.shape):
+        raise UserInputError(f"--image is {out['image'].shape[1]}x{out['image'].shape[0]} px but the map is "
+                             f"{sem.shape[1]}x{sem.shape[0]}: give them on the same grid (or a GeoTIFF --image)")
+    if args.heights == "data" and sem is not None and args.world is None:
+        from earthgen.classes import CLASS_ID
+        from earthgen.geo.heights import default_height, height_caps, height_map
+
+        out["height_cap"] = height_caps(sem)
+
+        if source is not None:
+            hm = height_map(source)
+            out["heights"], out["height_base"] = hm.top, np.nan_to_num(hm.base)
+        elif (np.asarray(sem) == CLASS_ID["building"]).any():  # a class map: the default height
+            out["heights"] = np.where(np.asarray(sem) == CLASS_ID["building"], default_height("yes"),
+                                      np.nan).astype(np.float32)
+    if args.dem:
+        from earthgen.geo.heights import read_dem
+
+        ref = sem if sem is not None else out["image"]
+        crs, transform = out["geo"]
+        out["dem"] = read_dem(args.dem, crs, transform, tuple(ref.shape[:2]), src_crs=args.dem_crs)
+    if sem is not None and out["image"] is None and args.world is None and not args.no_ortho:
+        from earthgen.prior import orthophoto
+
+        out["image"] = orthophoto(sem, out["gsd"], seed, model=args.image_model, steps=args.ortho_steps,
+                                  device=args.device)
+        out["ortho"] = f"generated by the image model ({args.image_model}, {args.ortho_steps} steps)"
     return out
+
+
+def _regrid_image(img, geo, shape, path: str):
+    """A georeferenced RGB image reprojected (bilinear) onto the map's grid ``shape`` = (H, W)."""
+    import numpy as np
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    from earthgen.errors import UserInputError
+
+    crs, transform = geo
+    out = np.zeros((3, *shape), np.float32)
+    valid = np.zeros(shape, np.float32)
+    src = np.moveaxis(img.rgb.astype(np.float32), -1, 0)
+    for b in range(3):
+        reproject(src[b], out[b], src_transform=img.transform, src_crs=img.crs, dst_transform=transform,
+                  dst_crs=crs, resampling=Resampling.bilinear, dst_nodata=np.nan)
+    reproject(np.ones(img.rgb.shape[:2], np.float32), valid, src_transform=img.transform, src_crs=img.crs,
+              dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest, dst_nodata=0)
+    cover = float((valid > 0).mean())
+    if cover < 0.999:
+        raise UserInputError(f"--image {path} covers {100 * cover:.1f}% of the scene's area; give an image "
+                             "that covers it all")
+    return np.clip(np.rint(np.moveaxis(out, 0, -1)), 0, 255).astype(np.uint8)
 
 
 def save_outputs(out_dir: Path, result, cond: dict, args: argparse.Namespace, seed: int, seconds: float) -> dict:
@@ -189,19 +261,23 @@ def save_outputs(out_dir: Path, result, cond: dict, args: argparse.Namespace, se
     paths = save_scene(out_dir, result.coords, result.voxel_size, result.origin, result.colors, result.surfels,
                        image_size=args.render_size, views=args.views)
     crs, transform = cond["geo"] if cond.get("geo") is not None else (None, None)
-    paths["dem"] = str(save_dem(out_dir / "dem.tif", result.height, result.voxel_size, crs, transform))
+    surface = result.height + float(result.origin[2])  # metres above the datum with --dem, else the base
+    paths["dem"] = str(save_dem(out_dir / "dem.tif", surface, result.voxel_size, crs, transform))
     if cond.get("semantic") is not None:
         from earthgen.classes import PALETTE
 
         paths["semantic"] = str(write_png(out_dir / "condition_semantic.png", PALETTE[np.asarray(cond["semantic"])]))
     if cond.get("image") is not None:
-        paths["image"] = str(write_png(out_dir / "condition_image.png", np.asarray(cond["image"])[..., :3]))
+        name = "orthophoto.png" if cond.get("ortho", "").startswith("generated") else "condition_image.png"
+        paths["image"] = str(write_png(out_dir / name, np.asarray(cond["image"])[..., :3]))
+    c = result.coords
+    ctr = (c.min(0) + c.max(0) + 1) / 2 * result.voxel_size + result.origin
+    ext = float(np.max(c.max(0)[:2] - c.min(0)[:2] + 1) * result.voxel_size)
+    oblique = render_views(result.surfels, ctr, 0.8 * ext, args.render_size, 1, elevation_deg=45.0)[0]
+    paths["oblique"] = str(write_png(out_dir / "oblique.png", oblique))
     if args.turntable > 0:
         from PIL import Image
 
-        c = result.coords
-        ctr = (c.min(0) + c.max(0) + 1) / 2 * result.voxel_size + result.origin
-        ext = float(np.max(c.max(0) - c.min(0) + 1) * result.voxel_size)
         frames = render_views(result.surfels, ctr, ext, min(args.render_size, 256), args.turntable,
                               elevation_deg=35.0)
         ims = [Image.fromarray(f) for f in frames]
@@ -211,7 +287,9 @@ def save_outputs(out_dir: Path, result, cond: dict, args: argparse.Namespace, se
     meta.update({"seed": seed, "seconds": round(seconds, 2), "windows": len(result.windows),
                  "size_m": [result.height.shape[1] * result.voxel_size, result.height.shape[0] * result.voxel_size],
                  "condition": [k for k in ("semantic", "image") if cond.get(k) is not None] or ["none"],
-                 "steps": args.steps, "guidance": args.guidance, "model": args.model})
+                 "steps": args.steps, "guidance": args.guidance, "model": args.model,
+                 "orthophoto": cond.get("ortho"), "heights": args.heights if cond.get("heights") is not None
+                 else "model", "dem": args.dem, "coverage_windows": len(result.windows)})
     (out_dir / "scene.json").write_text(json.dumps(meta, indent=2) + "\n")
     return paths
 
@@ -220,21 +298,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from earthgen.errors import UserInputError
+    from earthgen.io import atomic_dir
     from earthgen.pipelines.scene import load_scene_pipeline
 
     if args.turntable < 0:
         raise UserInputError(f"--turntable must be >= 0 frames, got {args.turntable}")
     check_args(args)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    cond = conditions(args)
+    cond = conditions(args, seed)
     pipe = load_scene_pipeline(args.model, args.device)
     t0 = time.perf_counter()
     result = pipe(semantic=cond["semantic"], image=cond["image"], gsd=cond["gsd"], size_m=cond["size_m"],
                   overlap_m=args.overlap_m, num_inference_steps=args.steps, texture_steps=args.texture_steps,
-                  guidance_scale=args.guidance, generator=torch.Generator().manual_seed(seed))
+                  guidance_scale=args.guidance, heights=cond["heights"], height_base=cond["height_base"],
+                  height_cap=cond["height_cap"], dem=cond["dem"], generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - t0
     out = Path(args.out)
-    paths = save_outputs(out, result, cond, args, seed, seconds)
+    with atomic_dir(out, merge=False) as tmp:  # a killed run leaves no --out folder
+        paths = save_outputs(tmp, result, cond, args, seed, seconds)
     ny, nx = result.height.shape
     print(f"scene of {nx * result.voxel_size:g} x {ny * result.voxel_size:g} m ({len(result.windows)} windows, "
           f"{len(result.coords)} voxels, {len(result.surfels['means'])} surfels) in {seconds:.1f} s, seed {seed}")

@@ -32,8 +32,10 @@ examples:
   earthgen world --seed 3 --size 1024x512 --gsd 2 --preset rural --out outputs/rural
   earthgen world --seed 3 --size 512 --gsd 0.5 --tiles 2x2 --out outputs/big   # 4 seamless tiles
 
-outputs (in --out): rgb.png/.tif, semantic.png/.tif, legend.json, height.tif, layout.geojson,
-labels.json, labels_dota.txt, caption.txt, meta.json, voxels.npz/.ply, preview.png
+outputs (in --out, a new or empty folder): rgb.png/.tif, semantic.png/.tif, legend.json,
+height.tif, layout.geojson, labels.json, labels_dota.txt, caption.txt, meta.json, voxels.npz/.ply,
+preview.png. --out appears complete (every tile) or not at all: the files are written into a
+hidden .<name>.partial-* folder beside it, renamed at the end; a killed run leaves only that one.
 """
 
 
@@ -54,7 +56,7 @@ def register(sub) -> None:
                    help="voxel edge in metres for voxels.npz/.ply (default 1.0; at most "
                         f"{MAX_VOXEL_COLUMNS} voxel columns per tile, docs/limits.md)")
     p.add_argument("--no-voxels", action="store_true", help="skip the 3D voxel export")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder, new or empty")
     p.set_defaults(func=run, check=check_args)
 
 
@@ -90,12 +92,15 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserInputError(
                 f"--voxel-size {args.voxel_size:g}: a {w * args.gsd:g} x {h * args.gsd:g} m tile needs {cols} voxel "
                 f"columns, over the cap of {MAX_VOXEL_COLUMNS}; use --voxel-size >= {least:.3g} or --no-voxels")
-    check_output(args.out, "--out", folder=True)
+    check_output(args.out, "--out", folder=True, empty=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tqdm import tqdm
 
+    from earthgen.io import atomic_dir
     from earthgen.world import generate_world, preset
     from earthgen.world.tile import check_tile_args
 
@@ -107,18 +112,20 @@ def run(args: argparse.Namespace) -> int:
     x0, y0 = args.origin if args.origin else (-0.5 * w * cols * args.gsd, 0.5 * h * rows * args.gsd)
     voxel = None if args.no_voxels else args.voxel_size
     jobs = [(r, c) for r in range(rows) for c in range(cols)]
-    for r, c in tqdm(jobs, desc="world tiles", disable=len(jobs) == 1, unit="tile"):
-        t0 = time.perf_counter()
-        tile = generate_world(args.seed, (w, h), args.gsd, (x0 + c * w * args.gsd, y0 - r * h * args.gsd), cfg)
-        dt = time.perf_counter() - t0
-        out = args.out if len(jobs) == 1 else f"{args.out}/tile_{r}_{c}"
-        tile.save(out, voxel_size=voxel)
-        if len(jobs) == 1:
-            n = len(tile.labels["labels"])
-            print(f"world seed {args.seed}: {w}x{h} px at {args.gsd:g} m/px "
-                  f"({w * args.gsd:g} x {h * args.gsd:g} m) in {dt:.2f} s, {n} labelled objects")
-            print(f"caption: {tile.caption}")
-            print(f"wrote {out}/ (rgb.png, semantic.png, height.tif, layout.geojson, labels.json, ...)")
+    with atomic_dir(args.out, merge=False) as tmp:  # all tiles or nothing under --out
+        for r, c in tqdm(jobs, desc="world tiles", disable=len(jobs) == 1, unit="tile"):
+            t0 = time.perf_counter()
+            tile = generate_world(args.seed, (w, h), args.gsd, (x0 + c * w * args.gsd, y0 - r * h * args.gsd),
+                                  cfg)
+            dt = time.perf_counter() - t0
+            tile.save(tmp if len(jobs) == 1 else Path(tmp) / f"tile_{r}_{c}", voxel_size=voxel)
+            if len(jobs) == 1:
+                n = len(tile.labels["labels"])
+                print(f"world seed {args.seed}: {w}x{h} px at {args.gsd:g} m/px "
+                      f"({w * args.gsd:g} x {h * args.gsd:g} m) in {dt:.2f} s, {n} labelled objects")
+                print(f"caption: {tile.caption}")
+    if len(jobs) == 1:
+        print(f"wrote {args.out}/ (rgb.png, semantic.png, height.tif, layout.geojson, labels.json, ...)")
     if len(jobs) > 1:
         print(f"wrote {len(jobs)} tiles to {args.out}/tile_<row>_<col>/")
     return 0

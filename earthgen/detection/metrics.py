@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earthgen.boxes import BoxSet, box_iou, corners_to_hbb, hbb_to_corners
+from earthgen.boxes import BoxSet, corners_to_hbb, hbb_to_corners
 from earthgen.errors import UserInputError
 
 AP_METHODS: tuple[str, ...] = ("voc07", "all")
@@ -55,6 +55,36 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, ap_method: str 
 
 def _geometry(corners: np.ndarray, rotated: bool) -> np.ndarray:
     return corners if rotated else hbb_to_corners(corners_to_hbb(corners))
+
+
+class _GroundTruth:
+    """The ground-truth boxes of one image and class, ready for many IoU queries: exact rotated
+    IoU (as :func:`earthgen.boxes.box_iou`) computed only against the boxes whose enclosing
+    horizontal box overlaps the query's, so a large image with hundreds of boxes stays cheap."""
+
+    def __init__(self, corners: np.ndarray):
+        import shapely
+
+        self.hbb = corners_to_hbb(corners)
+        c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+        self.polys = shapely.make_valid(shapely.polygons(c))
+        self.area = shapely.area(self.polys)
+
+    def iou(self, corners: np.ndarray) -> np.ndarray:
+        """``[G]`` IoU of one box ``[4, 2]`` with each ground-truth box (0: they cannot meet)."""
+        import shapely
+
+        out = np.zeros(len(self.hbb))
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        b = self.hbb
+        cand = np.nonzero((np.minimum(b[:, 2], hi[0]) > np.maximum(b[:, 0], lo[0]))
+                          & (np.minimum(b[:, 3], hi[1]) > np.maximum(b[:, 1], lo[1])))[0]
+        if len(cand):
+            p = shapely.make_valid(shapely.polygons(np.asarray(corners, np.float64).reshape(4, 2)))
+            inter = shapely.area(shapely.intersection(p, self.polys[cand]))
+            union = shapely.area(p) + self.area[cand] - inter
+            out[cand] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        return out
 
 
 def evaluate_detections(
@@ -101,12 +131,15 @@ def evaluate_detections(
         used = [np.zeros(len(g[0]), bool) for g in gts]
         tp = np.zeros(len(recs))
         fp = np.zeros(len(recs))
+        geo: dict[int, _GroundTruth] = {}  # per image, built at its first prediction
         for k, (_, i, c) in enumerate(recs):
             g, diff = gts[i]
             if not len(g):
                 fp[k] = 1
                 continue
-            iou = box_iou(c[None], g)[0]
+            if i not in geo:
+                geo[i] = _GroundTruth(g)
+            iou = geo[i].iou(c)
             j = int(np.argmax(iou))
             if iou[j] >= iou_threshold:
                 if diff[j]:

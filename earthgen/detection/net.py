@@ -10,7 +10,10 @@ sizes). Output maps at ``1 / stride`` of the input:
   ``rotated=False``),
 - ``offset`` ``[B, 2, h, w]``: sub-cell position of the centre.
 
-:meth:`BoxNet.detect` decodes peaks to corners ``[N, 4, 2]`` (pixels) and applies rotated NMS.
+:meth:`BoxNet.detect` decodes peaks to corners ``[N, 4, 2]`` (pixels) and applies rotated NMS;
+:meth:`BoxNet.detect_tiled` runs an image of any size by overlapping windows (bounded memory) and
+merges them with NMS across the seams. NMS compares only boxes whose enclosing horizontal boxes
+overlap (an STR tree), so thousands of boxes cost about linear time and memory.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from earthgen.boxes import BoxSet, corners_to_hbb, corners_to_obb, obb_to_corners
+
+DETECT_TILE = 512  # pixels: BoxNet's window on large images (activations of one: ~0.3 GB)
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -49,42 +54,72 @@ def canonical_obb(corners: np.ndarray, rotated: bool = True) -> np.ndarray:
     return o
 
 
-def sparse_iou(corners: np.ndarray) -> np.ndarray:
-    """Pairwise rotated IoU ``[N, N]`` of ``[N, 4, 2]`` boxes, exact, computing polygon
-    intersections only for pairs whose enclosing horizontal boxes overlap (fast for NMS)."""
+def overlapping_pairs(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` of boxes ``[N, 4, 2]`` whose enclosing horizontal boxes overlap with
+    positive area (an STR tree: memory and time about linear in N for spread-out boxes)."""
     import shapely
 
+    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+    if len(c) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    hb = corners_to_hbb(c)
+    rects = shapely.box(hb[:, 0], hb[:, 1], hb[:, 2], hb[:, 3])
+    i, j = shapely.STRtree(rects).query(rects, predicate="intersects")
+    keep = i < j
+    i, j = i[keep], j[keep]
+    ix = np.minimum(hb[i, 2], hb[j, 2]) - np.maximum(hb[i, 0], hb[j, 0])
+    iy = np.minimum(hb[i, 3], hb[j, 3]) - np.maximum(hb[i, 1], hb[j, 1])
+    pos = (ix > 0) & (iy > 0)
+    order = np.lexsort((j[pos], i[pos]))
+    return i[pos][order].astype(np.int64), j[pos][order].astype(np.int64)
+
+
+def pair_iou(corners: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Exact rotated IoU ``[K]`` of the box pairs ``(i[k], j[k])`` of ``corners`` ``[N, 4, 2]``."""
+    import shapely
+
+    if not len(i):
+        return np.zeros(0)
+    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+    polys = shapely.make_valid(shapely.polygons(c))
+    area = shapely.area(polys)
+    inter = shapely.area(shapely.intersection(polys[i], polys[j]))
+    union = area[i] + area[j] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def sparse_iou(corners: np.ndarray) -> np.ndarray:
+    """Pairwise rotated IoU ``[N, N]`` of ``[N, 4, 2]`` boxes, exact, computing polygon
+    intersections only for pairs whose enclosing horizontal boxes overlap."""
     n = len(corners)
     iou = np.eye(n)
-    hb = corners_to_hbb(corners)
-    ix = np.minimum(hb[:, None, 2], hb[None, :, 2]) - np.maximum(hb[:, None, 0], hb[None, :, 0])
-    iy = np.minimum(hb[:, None, 3], hb[None, :, 3]) - np.maximum(hb[:, None, 1], hb[None, :, 1])
-    i, j = np.nonzero(np.triu((ix > 0) & (iy > 0), 1))
-    if len(i):
-        polys = shapely.make_valid(shapely.polygons(corners))
-        area = shapely.area(polys)
-        inter = shapely.area(shapely.intersection(polys[i], polys[j]))
-        union = area[i] + area[j] - inter
-        v = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        iou[i, j] = v
-        iou[j, i] = v
+    i, j = overlapping_pairs(corners)
+    v = pair_iou(corners, i, j)
+    iou[i, j] = v
+    iou[j, i] = v
     return iou
 
 
 def nms_rotated(corners: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
     """Greedy non-maximum suppression with exact rotated IoU; returns kept indices ``[M]``
-    sorted by descending score."""
-    order = np.argsort(-np.asarray(scores))
+    sorted by descending score. Sparse: only boxes whose enclosing horizontal boxes overlap are
+    compared (no ``N x N`` matrix), so thousands of boxes of a large image stay cheap."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
     if not len(order):
         return order.astype(np.int64)
-    iou = sparse_iou(np.asarray(corners, dtype=np.float64)[order])
+    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)[order]
+    i, j = overlapping_pairs(c)
+    v = pair_iou(c, i, j)
+    hit = v > iou_threshold
+    i, j = i[hit], j[hit]  # i < j: i ranks higher; j is suppressed if i is kept
+    start = np.searchsorted(i, np.arange(len(c) + 1))
+    suppressed = np.zeros(len(c), bool)
     keep = []
-    suppressed = np.zeros(len(order), bool)
-    for a in range(len(order)):
+    for a in range(len(c)):
         if suppressed[a]:
             continue
         keep.append(order[a])
-        suppressed |= iou[a] > iou_threshold
+        suppressed[j[start[a]:start[a + 1]]] = True
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -221,3 +256,61 @@ class BoxNet(ModelMixin, ConfigMixin):
             results.append(BoxSet(corners[keep], [self.config.classes[int(c)] for c in cls[keep]], scores=sc[keep],
                                   rotated=bool(self.config.rotated)))
         return results
+
+    @torch.no_grad()
+    def detect_tiled(self, image: np.ndarray, tile: int = DETECT_TILE, overlap: int | None = None,
+                     score_threshold: float = 0.05, max_detections: int = 100,
+                     nms_iou: float = 0.5) -> BoxSet:
+        """One image ``[H, W, 3]`` uint8 of any size -> its detections (BoxSet, pixel corners, with
+        ``scores``), run window by window: ``tile x tile`` windows overlapping by ``overlap``
+        pixels (default a quarter of ``tile``); each window keeps at most ``max_detections``
+        and only the detections whose centre lies in its core (the half of each overlap on its
+        side, :class:`earthgen.augment.tiles.TileGrid`), then per-class rotated NMS across the
+        seams removes the objects two windows both found. An image no larger than ``tile`` is
+        one window: exactly :meth:`detect`. Memory: one window's activations."""
+        from earthgen.augment.tiles import overlap_pixels, plan_tiles
+
+        a = np.asarray(image)
+        h, w = a.shape[:2]
+        if tile <= 0 or tile % 16:
+            raise ValueError(f"tile must be a positive multiple of 16 pixels, got {tile}")
+        ov = overlap_pixels(tile, 0.25, 16) if overlap is None else int(overlap) // 16 * 16
+        # windows start at multiples of 16 (the network's coarsest stride) over the image padded to
+        # a multiple of 16, so every window sees the grid the whole image would; crops stop at the
+        # image's edge
+        grid = plan_tiles(-(-w // 16) * 16, -(-h // 16) * 16, tile, ov, 16)
+        corners, labels, scores = [], [], []
+        for t in grid:
+            win = np.array(a[t.y0:min(t.y1, h), t.x0:min(t.x1, w), :3], dtype=np.uint8)  # writable
+            x = torch.from_numpy(win).permute(2, 0, 1).float()[None] / 255.0
+            d = self.detect(x, score_threshold=score_threshold, max_detections=max_detections,
+                            nms_iou=nms_iou)[0]
+            if len(grid) == 1:
+                return d
+            if not len(d):
+                continue
+            c = d.corners + t.offset
+            mine = grid.assign(c) == t.index
+            corners.append(c[mine])
+            labels.extend(lab for lab, k in zip(d.labels, mine, strict=True) if k)
+            scores.append(np.asarray(d.scores)[mine])
+        c = np.concatenate(corners) if corners else np.zeros((0, 4, 2))
+        sc = np.concatenate(scores) if scores else np.zeros(0)
+        return merge_detections(c, labels, sc, nms_iou, rotated=bool(self.config.rotated))
+
+
+
+def merge_detections(corners: np.ndarray, labels: list[str], scores: np.ndarray,
+                     nms_iou: float = 0.5, rotated: bool = True) -> BoxSet:
+    """Detections gathered from several windows (image coordinates) -> one BoxSet: per-class
+    rotated NMS across the seams, sorted by descending score."""
+    c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
+    sc = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(labels, dtype=object)
+    keep: list[int] = []
+    for cls in dict.fromkeys(labels):
+        sel = np.nonzero(lab == cls)[0]
+        keep.extend(sel[nms_rotated(c[sel], sc[sel], nms_iou)].tolist())
+    keep_a = np.asarray(sorted(keep, key=lambda i: -sc[i]), dtype=np.int64)
+    return BoxSet(c[keep_a], [str(lab[i]) for i in keep_a], scores=sc[keep_a].astype(np.float32),
+                  rotated=rotated)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from earthgen.boxes import BoxSet
-from earthgen.detection.metrics import evaluate_detections
-from earthgen.detection.net import BoxNet
+from earthgen.detection.metrics import check_ap_method, evaluate_detections
+from earthgen.detection.net import DETECT_TILE, BoxNet
 from earthgen.errors import UserInputError
 
 
@@ -162,24 +162,38 @@ def train_detector(
     return model
 
 
-def predict(model: BoxNet, items: Sequence, score_threshold: float = 0.05, images: list | None = None,
-            progress: bool = False) -> list[BoxSet]:
-    """Detections for every item's image (whole image at once) -> BoxSets with scores."""
+def predict(model: BoxNet, items: Sequence, score_threshold: float = 0.05,
+            images: list | None = None, progress: bool = False, tile: int = DETECT_TILE,
+            overlap: int | None = None) -> list[BoxSet]:
+    """Detections for every item's image -> BoxSets with scores. Images larger than ``tile``
+    pixels run window by window (``overlap`` pixels, default a quarter of ``tile``), merged by
+    NMS across the seams (:meth:`BoxNet.detect_tiled`); memory is one window's. ``images``:
+    the ``[H, W, 3]`` uint8 arrays when already loaded (else read one at a time)."""
     from tqdm import tqdm
 
+    if tile <= 0 or tile % 16:
+        raise UserInputError(f"detection tile must be a positive multiple of 16 pixels, got {tile}")
     out = []
     for k, it in enumerate(tqdm(items, desc="detect", disable=not progress)):
         img = images[k] if images is not None else load_rgb(it[0])
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255.0
-        out.append(model.detect(x, score_threshold=score_threshold)[0])
+        out.append(model.detect_tiled(img, tile=tile, overlap=overlap,
+                                      score_threshold=score_threshold))
     return out
 
 
-def evaluate_detector(model: BoxNet, items: Sequence, iou_threshold: float = 0.5, rotated: bool | None = None,
-                      images: list | None = None, progress: bool = False, predictions: list | None = None) -> dict:
-    """mAP@``iou_threshold`` of ``model`` on ``items`` (see :func:`evaluate_detections`);
-    ``predictions`` (from :func:`predict`) skips running the model again."""
-    preds = predictions if predictions is not None else predict(model, items, score_threshold=0.01, images=images,
-                                                                progress=progress)
+def evaluate_detector(model: BoxNet, items: Sequence, iou_threshold: float = 0.5,
+                      rotated: bool | None = None, images: list | None = None,
+                      progress: bool = False, predictions: list | None = None,
+                      ap_method: str = "voc07", tile: int = DETECT_TILE) -> dict:
+    """mAP@``iou_threshold`` of ``model`` on ``items`` (see :func:`evaluate_detections`), with
+    ``ap_method`` ``"voc07"`` (11-point, DOTA's official; the default) or ``"all"``
+    (all-point), named in the result's ``method``; ``predictions`` (from :func:`predict`) skips
+    running the model again; large images are detected by ``tile`` px windows."""
+    check_ap_method(ap_method)
+    preds = predictions
+    if preds is None:
+        preds = predict(model, items, score_threshold=0.01, images=images, progress=progress,
+                        tile=tile)
     rot = model.config.rotated if rotated is None else rotated
-    return evaluate_detections(preds, [it[2] for it in items], model.classes, iou_threshold, rotated=rot)
+    return evaluate_detections(preds, [it[2] for it in items], model.classes, iou_threshold,
+                               rotated=rot, ap_method=ap_method)

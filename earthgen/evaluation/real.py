@@ -303,12 +303,12 @@ def osm_fixture_layouts(fixtures: str | Path, size: int = 256, gsd: float = LAYO
     """The README's OSM layouts (:data:`OSM_SPOTS`: Monaco, Helsinki, Kotka) from
     ``fixtures/osm`` at ``gsd`` (default 1 m/px, the segmenter's scale); missing files skipped,
     UserInputError when none is there."""
-    from earthgen.geo.layout import build_layout
+    from earthgen.inputs import read_layout
 
     d = Path(fixtures) / "osm"
     found = {n: (d / f, c) for n, (f, c) in OSM_SPOTS.items() if (d / f).is_file()}
     if not found:
         raise UserInputError(f"no OSM fixtures in {d} (expected any of "
                              f"{', '.join(f for f, _ in OSM_SPOTS.values())})")
-    return {n: build_layout(str(p), center=c, size=(size, size), gsd=gsd)
+    return {n: read_layout(p, flag="--osm", center=c, size=(size, size), gsd=gsd).source
             for n, (p, c) in found.items()}

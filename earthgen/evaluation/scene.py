@@ -54,16 +54,16 @@ def seam_ratio(height: np.ndarray, windows: list, window: int, overlap: int) -> 
     h = np.nan_to_num(height[::-1], nan=0.0)  # rows = y
     dx = np.abs(np.diff(h, axis=1))  # between columns x and x + 1
     dy = np.abs(np.diff(h, axis=0))
+    from earthgen.pipelines.scene import core_cuts
+
     bx = np.zeros(dx.shape[1], bool)
     by = np.zeros(dy.shape[0], bool)
-    for x0 in xs[1:]:
-        b = x0 + overlap // 2 - 1
-        if 0 <= b < len(bx):
-            bx[b] = True
-    for y0 in ys[1:]:
-        b = y0 + overlap // 2 - 1
-        if 0 <= b < len(by):
-            by[b] = True
+    for lo, _ in core_cuts(xs, window, h.shape[1])[1:]:  # where the windows' kept columns meet
+        if 0 < lo <= len(bx):
+            bx[lo - 1] = True
+    for lo, _ in core_cuts(ys, window, h.shape[0])[1:]:
+        if 0 < lo <= len(by):
+            by[lo - 1] = True
     # the control: steps at the same place within a coarse (8-voxel) cell, away from window borders
     # (steps between coarse cells are larger than within them, seam or not)
     phase = (overlap // 2) % 8
@@ -73,6 +73,39 @@ def seam_ratio(height: np.ndarray, windows: list, window: int, overlap: int) -> 
     border = np.concatenate([b.ravel() for b, _ in filter(None, parts)])
     rest = np.concatenate([r.ravel() for _, r in filter(None, parts)])
     return float(border.mean() / max(rest.mean(), 1e-6)) if len(border) and len(rest) else None
+
+
+def seam_steps(height: np.ndarray, windows: list, window: int) -> dict:
+    """Height steps (metres) between neighbouring columns of a scene's surface ``height``
+    ``[Y, X]`` (north-up) across the borders where windows' kept columns meet
+    (:func:`earthgen.pipelines.scene.core_cuts`), against the control: the steps across every
+    other column border at the same place in the 8-voxel coarse lattice (steps between coarse
+    cells are larger than within them, seam or not). Mean and 99th percentile of each, their
+    counts, and the same for all other borders (``any_*``). Seamless: seam = control."""
+    from earthgen.pipelines.scene import core_cuts
+
+    h = np.nan_to_num(np.asarray(height, dtype=np.float64)[::-1], nan=0.0)  # rows = y (north)
+    ny, nx = h.shape
+    xs = sorted({w[0] for w in windows})
+    ys = sorted({w[1] for w in windows})
+    dx = np.abs(np.diff(h, axis=1))  # [ny, nx - 1]: between columns x and x + 1
+    dy = np.abs(np.diff(h, axis=0))
+    cut_x = [lo for lo, _ in core_cuts(xs, window, nx)[1:]]
+    cut_y = [lo for lo, _ in core_cuts(ys, window, ny)[1:]]
+    bx = np.isin(np.arange(1, nx), cut_x)  # border between x - 1 and x is at index x - 1
+    by = np.isin(np.arange(1, ny), cut_y)
+    px = np.isin(np.arange(1, nx) % 8, [c % 8 for c in cut_x]) & ~bx
+    py = np.isin(np.arange(1, ny) % 8, [c % 8 for c in cut_y]) & ~by
+    seam = np.concatenate([dx[:, bx].ravel(), dy[by].ravel()])
+    ctrl = np.concatenate([dx[:, px].ravel(), dy[py].ravel()])
+    rest = np.concatenate([dx[:, ~bx].ravel(), dy[~by].ravel()])
+
+    def stats(a: np.ndarray) -> tuple[float | None, float | None]:
+        return (float(a.mean()), float(np.percentile(a, 99))) if len(a) else (None, None)
+
+    (sm, sp), (cm, cp), (am, ap) = stats(seam), stats(ctrl), stats(rest)
+    return {"seam_mean_m": sm, "seam_p99_m": sp, "interior_mean_m": cm, "interior_p99_m": cp,
+            "any_mean_m": am, "any_p99_m": ap, "n_seam": int(len(seam)), "n_interior": int(len(ctrl))}
 
 
 def nadir_render(result, gsd: float, device="cpu") -> np.ndarray:

@@ -9,7 +9,8 @@ Grid rules (all sizes in pixels, ``gsd`` in metres/pixel, square pixels):
   whole box fits; the grid is centred on the box (the other axis covers a little more).
 * ``center`` (lat, lon) + ``size`` [+ ``gsd``, default 1 m/px]: the grid is centred on the point,
   its origin snapped to a multiple of ``gsd``.
-* nothing: the data's extent with ``gsd`` (default 1 m/px).
+* nothing: the data's extent with ``gsd`` (default 1 m/px); ``size`` + ``gsd`` without a bbox or
+  centre: centred on the data's extent.
 
 The CRS is the UTM zone of the area's centre unless ``crs`` names another metric CRS.
 """
@@ -156,6 +157,9 @@ def plan_grid(
     if bbox is None:
         if extent is None:
             raise UserInputError("give a bbox or a center: the data has no known extent")
+        if wh is not None and gsd is not None:  # a size and a GSD: centred on the data
+            mid = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2)
+            return plan_grid(None, mid, size, gsd, crs, max_pixels=max_pixels)
         bbox = extent
     bbox = check_bbox(bbox)
     if wh is not None and gsd is not None:
@@ -232,6 +236,13 @@ class Layout:
         for f in self.features:
             counts[f.cls] += 1
         return counts
+
+    def height_map(self, **kwargs: Any) -> Any:
+        """Building tops/bases in metres above ground on this grid, from the OSM tags with type
+        defaults: :func:`earthgen.geo.heights.height_map` (keyword arguments passed on)."""
+        from earthgen.geo.heights import height_map
+
+        return height_map(self, **kwargs)
 
     def building_boxes(self) -> BoxSet:
         """The buildings' oriented boxes as a :class:`~earthgen.boxes.BoxSet` (label 'building')."""
@@ -392,6 +403,15 @@ def build_layout(
             f"no mapped features (buildings, roads, water, land cover) in the requested area "
             f"({_fmt_bbox(area)}); the data covers {_fmt_bbox(src.extent)}"
         )
+    return layout_from_features(features, grid, source=str(src.path))
+
+
+def layout_from_features(features: list[Feature], grid: Grid, source: str = "") -> Layout:
+    """A :class:`Layout` on ``grid`` from features already in ``grid.crs`` (metres): the class
+    map by :func:`~earthgen.geo.vector.rasterize_features` and the buildings' oriented boxes
+    (heights from ``props['height']``, NaN when absent). Used by :func:`build_layout` and for
+    footprints from other sources (e.g. :func:`earthgen.geo.heights.read_alexandria`)."""
+    grid_box = shapely.box(*grid.bounds)
     semantic = rasterize_features(features, grid.transform, (grid.height, grid.width))
     corners, heights, ids, areas, trunc = _building_boxes(features, grid_box, grid.transform,
                                                           grid.gsd)
@@ -406,9 +426,10 @@ def build_layout(
         building_ids=ids,
         building_areas=areas,
         building_truncated=trunc,
-        bbox=area,
-        source=str(src.path),
+        bbox=grid.bbox,
+        source=source,
     )
 
 
-__all__ = ["DEFAULT_GSD", "MAX_PIXELS", "Grid", "Layout", "build_layout", "plan_grid"]
+__all__ = ["DEFAULT_GSD", "MAX_PIXELS", "Grid", "Layout", "build_layout", "layout_from_features",
+           "plan_grid"]

@@ -18,7 +18,10 @@ Tag rules (see :func:`classify_area` / :func:`classify_line` and docs/classes.md
   :data:`earthgen.classes.ROAD_WIDTH_M` (x 0.6 for ``oneway=yes`` carriageways of motor roads).
   Railways: 4 m per track (``tracks``). Waterways: ``width`` tag, else river 20 m, canal 10 m,
   tidal channel 5 m, stream/brook 3 m, ditch/drain 1.5 m. Tree rows: forest, 5 m.
-* Buildings keep ``height`` (m; ``height`` tag, else ``building:levels`` x 3 m) in ``props``.
+* Buildings keep ``height`` (m; ``height`` tag, else ``building:levels`` x 3 m) and
+  ``height_source`` ('height' / 'levels') in ``props``, plus ``levels``, ``min_height`` (m)
+  and ``min_level``; :mod:`earthgen.geo.heights` turns them into building tops
+  (type defaults where untagged, docs/heights.md).
 """
 
 from __future__ import annotations
@@ -178,11 +181,16 @@ def _building_props(tags: dict[str, str]) -> dict[str, Any]:
         props["levels"] = levels
     if height is not None and 0 < height < 1000:
         props["height"] = height
+        props["height_source"] = "height"
     elif levels is not None and 0 < levels < 300:
         props["height"] = levels * LEVEL_HEIGHT_M
+        props["height_source"] = "levels"
     min_height = parse_length(tags.get("min_height"))
     if min_height is not None and 0 < min_height < 1000:
         props["min_height"] = min_height
+    min_level = _parse_count(tags.get("building:min_level"))
+    if min_level is not None and 0 < min_level < 300:
+        props["min_level"] = min_level
     return props
 
 

@@ -39,6 +39,7 @@ from earthgen.errors import UserInputError
 
 MAX_WINDOWS = 4096
 DECODE_MARGIN = 4  # coarse cells of context around a window's core when decoding the structure
+GROUND_RADIUS = 8  # columns: the ground under a building is the lowest free surface this near
 
 
 @dataclass
@@ -51,7 +52,7 @@ class EarthSceneOutput(BaseOutput):
     ``scales [M, 3]``, ``opacities [M]``, ``colors [M, 3]`` in [0, 1], ``voxel [M]`` (row in
     ``coords``); ``height`` ``[Y, X]`` float32 surface height (metres above the scene's base,
     north-up rows, NaN for empty columns); ``windows`` the south-west corners (voxels) of the
-    windows generated; ``seed`` the seed used (when the pipeline drew it).
+    windows generated; ``seed`` unused by the pipeline (None; callers that draw a seed may set it).
     """
 
     coords: np.ndarray
@@ -64,15 +65,50 @@ class EarthSceneOutput(BaseOutput):
     seed: int | None = None
 
 
-def _starts(n: int, window: int, stride: int) -> list[int]:
-    """Window starts ``0, stride, 2 stride, ...`` covering ``n`` cells (the last may reach past)."""
-    return [i * stride for i in range(math.ceil(max(n - window, 0) / stride) + 1)]
+def window_starts(n: int, window: int, overlap: int, cell: int = 8) -> list[int]:
+    """Starts (multiples of ``cell``) of the fewest windows of ``window`` cells covering
+    ``[0, n)`` with at least ``overlap`` cells shared by neighbours, spread evenly so every
+    overlap is about the same (the last window ends at most ``cell - 1`` past ``n``)."""
+    if n <= window:
+        return [0]
+    last = -(-(n - window) // cell) * cell
+    count = math.ceil((n - overlap) / (window - overlap))
+    while True:
+        starts = [int(round(i * last / (count - 1) / cell)) * cell for i in range(count)]
+        if all(b - a <= window - overlap for a, b in zip(starts, starts[1:], strict=False)):
+            return starts
+        count += 1
 
 
-def _core(i: int, count: int, window: int, overlap: int) -> tuple[int, int]:
-    """Window-local columns ``[lo, hi)`` kept from window ``i`` of ``count`` along one axis: the
-    window less half the overlap on each side shared with a neighbour."""
-    return (overlap // 2 if i > 0 else 0), (window - (overlap + 1) // 2 if i < count - 1 else window)
+def core_cuts(starts: list[int], window: int, n: int) -> list[tuple[int, int]]:
+    """Columns ``[lo, hi)`` (global) each window keeps along one axis: the borders are the
+    middles of the overlaps, so every column ``0 .. n - 1`` is kept by exactly one window."""
+    cuts = [0] + [(b + a + window) // 2 for a, b in zip(starts, starts[1:], strict=False)] + [n]
+    return [(cuts[i], min(cuts[i + 1], n)) for i in range(len(starts))]
+
+
+def coverage_ratio(n: int, window: int, overlap: int) -> float:
+    """Window cells along one axis over the cells needed with exactly ``overlap`` shared:
+    ``count x window / (n + (count - 1) x overlap)`` (1 = no extra work beyond the overlap)."""
+    count = len(window_starts(n, window, overlap))
+    return count * window / (n + (count - 1) * overlap) if count > 1 else window / max(n, 1)
+
+
+def _ramp(starts: list[int], window: int, i: int, cell: int = 8) -> torch.Tensor:
+    """Blend weights ``[window // cell]`` of window ``i``'s coarse cells along one axis: 1 inside,
+    a linear ramp across the cells it shares with a neighbour (none at the scene's edges)."""
+    G = window // cell
+    k = torch.arange(G, dtype=torch.float32) + 0.5
+    w = torch.ones(G)
+    if i > 0:
+        ov = (starts[i - 1] + window - starts[i]) // cell
+        if ov > 0:
+            w = torch.minimum(w, k / ov)
+    if i < len(starts) - 1:
+        ov = (starts[i] + window - starts[i + 1]) // cell
+        if ov > 0:
+            w = torch.minimum(w, (G - k) / ov)
+    return w
 
 
 def surface_height(coords: np.ndarray, nx: int, ny: int, voxel_size: float) -> np.ndarray:
@@ -261,6 +297,11 @@ class EarthScenePipeline(DiffusionPipeline):
         texture_guidance_scale: float | None = None,
         structure_threshold: float = 0.0,
         fill_holes: bool = True,
+        heights: Any = None,
+        height_base: Any = None,
+        height_cap: Any = None,
+        dem: Any = None,
+        ortho_colors: bool = True,
         generator: torch.Generator | None = None,
         output_type: str = "np",
         return_dict: bool = True,
@@ -271,7 +312,9 @@ class EarthScenePipeline(DiffusionPipeline):
         Args:
             semantic: class-id map ``[H, W]`` (north-up; ids of :mod:`earthgen.classes`) or a
                 :class:`earthgen.geo.layout.Layout`.
-            image: aerial image ``[H, W, 3]`` (uint8, or float in [0, 1]) of the same area.
+            image: aerial image ``[H, W, 3]`` (uint8, or float in [0, 1]) of the same area (an
+                orthophoto): it conditions both stages and, with ``ortho_colors``, gives roofs and
+                ground their colour.
             gsd: metres per pixel of the maps (a Layout gives its own).
             size_m: scene size in metres (one number or ``(x, y)``) when no map is given.
             overlap_m: overlap of neighbouring windows, metres.
@@ -280,11 +323,23 @@ class EarthScenePipeline(DiffusionPipeline):
             guidance_scale / texture_guidance_scale: classifier-free guidance of each stage.
             structure_threshold: occupancy logit threshold of the structure VAE's decoder.
             fill_holes: give every empty column a surface voxel (:func:`fill_columns`).
+            heights: building tops ``[H, W]`` metres above the ground (NaN where free), on the
+                maps' grid (e.g. :func:`earthgen.geo.heights.height_map`): those columns are
+                built from the generated ground up to these heights (within one voxel).
+            height_base: ``[H, W]`` metres above ground where those buildings start (0 if None).
+            height_cap: ``[H, W]`` the most metres above the ground the other columns may reach
+                (NaN: no bound), e.g. 0 for roads and water: their lumps are cut to the ground.
+            dem: ground elevation ``[H, W]`` metres on the maps' grid
+                (:func:`earthgen.geo.heights.read_dem`): every column is raised by its elevation
+                above the DEM's lowest point (``origin[2]``), walls close the steps.
+            ortho_colors: with an ``image``, the top faces of columns take its colours (flat
+                surfels at its resolution); the sides keep the texture model's colours.
             generator: a CPU ``torch.Generator`` (all noise comes from it).
             output_type: ``"np"`` (arrays; the only type).
             callback_on_step_end: ``fn(pipeline, step, t, kwargs) -> dict``, called after each solver
-                step with ``kwargs = {"stage", "window", "latents"}``; return ``{"latents": x}`` to
-                replace the state.
+                step with ``kwargs = {"stage", "window", "latents"}`` (``window`` None for the
+                structure stage, which samples the whole extent at once); return
+                ``{"latents": x}`` to replace the state.
         """
         if output_type != "np":
             raise UserInputError(f"output_type must be 'np', got {output_type!r}")
@@ -293,84 +348,159 @@ class EarthScenePipeline(DiffusionPipeline):
         sem, img, nx, ny = self._maps(semantic, image, gsd, size_m)
         vs, W = self.voxel_size, self.window
         ov = int(round(overlap_m / vs / 8)) * 8  # whole coarse cells
-        stride = W - ov
-        xs, ys = _starts(nx, W, stride), _starts(ny, W, stride)
+        xs, ys = window_starts(nx, W, ov), window_starts(ny, W, ov)
         if len(xs) * len(ys) > MAX_WINDOWS:
             raise UserInputError(f"{nx * vs:g} x {ny * vs:g} m needs {len(xs) * len(ys)} windows; the limit is "
                                  f"{MAX_WINDOWS}")
+        ref = sem if sem is not None else img
+        hgrid = self._column_map(heights, "heights", ref, nx, ny)
+        bgrid = self._column_map(height_base, "height_base", ref, nx, ny)
+        cgrid = self._column_map(height_cap, "height_cap", ref, nx, ny)
+        dgrid = self._column_map(dem, "dem", ref, nx, ny)
+        if hgrid is not None and bgrid is None:
+            bgrid = torch.zeros_like(hgrid)
         texture_steps = texture_steps or num_inference_steps
         tg = guidance_scale if texture_guidance_scale is None else texture_guidance_scale
-        G = W // 8
-        C = self.structure_flow.config.latent_channels
-        NX, NY = xs[-1] + W, ys[-1] + W  # generated extent (voxels), cropped to nx x ny at the end
-        canvas = torch.zeros(1 + C, NX // 8, NY // 8, G)  # coarse grid of the whole extent
-        canvas[0] = -1.0
-        done = torch.zeros(NX // 8, NY // 8, dtype=torch.bool)  # coarse columns generated
-        tex_keys = torch.zeros(0, dtype=torch.long)  # sorted global voxel keys already textured
-        tex_lat = torch.zeros(0, self.texture_flow.config.latent_channels)
-        out_coords, out_surf = [], []
+        NY = ys[-1] + W  # generated extent north (voxels), cropped to ny at the end
         windows = [(x0, y0) for y0 in ys for x0 in xs]
+        cx, cy = core_cuts(xs, W, nx), core_cuts(ys, W, ny)
         cores = {}  # window index -> (x0, y0, x1, y1) global columns it keeps
         for wi, (x0, y0) in enumerate(windows):
-            (lx0, lx1), (ly0, ly1) = _core(xs.index(x0), len(xs), W, ov), _core(ys.index(y0), len(ys), W, ov)
-            cores[wi] = (x0 + lx0, y0 + ly0, min(x0 + lx1, nx), min(y0 + ly1, ny))
-        fine: dict[int, torch.Tensor] = {}  # window index -> kept voxels [n, 3] (global)
-        with self.progress_bar(total=3 * len(windows)) as bar:
-            # 1. coarse structure, window by window, pinned to what neighbours generated
+            (ax, bx), (ay, by) = cx[xs.index(x0)], cy[ys.index(y0)]
+            cores[wi] = (ax, ay, bx, by)
+        # the windows whose extent reaches into each core: who needs its voxels and texture latents
+        users: dict[int, list[int]] = {}
+        for j in cores:  # neighbours only: an overlap is less than half a window
+            jx, jy = j % len(xs), j // len(xs)
+            users[j] = [b * len(xs) + a for b in range(max(jy - 2, 0), min(jy + 3, len(ys)))
+                        for a in range(max(jx - 2, 0), min(jx + 3, len(xs)))
+                        if _overlaps(cores[j], (xs[a], ys[b], xs[a] + W, ys[b] + W))]
+        total = num_inference_steps + texture_steps * len(windows)  # solver steps: whole extent, windows
+        ortho = img[0].permute(1, 2, 0) if (img is not None and ortho_colors) else None  # [H, W, 3]
+        with self.progress_bar(total=total) as bar:
+            # 1. coarse structure of the whole extent at once, windows' velocities blended
+            canvas = self._sample_structure(sem, img, nx, ny, xs, ys, num_inference_steps, guidance_scale,
+                                            generator, callback_on_step_end, bar)
+            # 2-3. per window: fine voxels of the cores it touches (decoded once, lazily), then
+            # texture, pinned to the latents of voxels already textured by earlier windows
+            fine: dict[int, torch.Tensor] = {}  # core -> kept voxels [n, 3] (global)
+            tex: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # window -> (sorted keys, latents)
+            out_coords, out_surf = [], []
             for wi, (x0, y0) in enumerate(windows):
-                s_w, i_w = self._crop(sem, nx, ny, x0, y0, W), self._crop(img, nx, ny, x0, y0, W)
-                cx, cy = x0 // 8, y0 // 8
-                known = canvas[:, cx:cx + G, cy:cy + G][None]
-                kmask = done[cx:cx + G, cy:cy + G][None, None, :, :, None]
-                grid = self._sample_structure(s_w, i_w, num_inference_steps, guidance_scale, generator,
-                                              known if bool(kmask.any()) else None, kmask, wi, callback_on_step_end)
-                new = ~done[cx:cx + G, cy:cy + G]
-                canvas[:, cx:cx + G, cy:cy + G] = torch.where(new[None, :, :, None], grid[0].cpu(),
-                                                              canvas[:, cx:cx + G, cy:cy + G])
-                done[cx:cx + G, cy:cy + G] = True
-                bar.update()
-            # 2. fine voxels of each window's core, decoded with a margin of the finished canvas
-            for wi in range(len(windows)):
-                fine[wi] = self._decode_region(canvas, cores[wi], structure_threshold, fill_holes)
-                bar.update()
-            # 3. texture, window by window, pinned to the latents of voxels already textured
-            for wi, (x0, y0) in enumerate(windows):
-                s_w, i_w = self._crop(sem, nx, ny, x0, y0, W), self._crop(img, nx, ny, x0, y0, W)
-                parts = [fine[j] for j in fine if _overlaps(cores[j], (x0, y0, x0 + W, y0 + W))]
+                box = (x0, y0, x0 + W, y0 + W)
+                parts = []
+                for j in cores:
+                    if wi in users[j]:
+                        if j not in fine:
+                            fine[j] = self._decode_region(canvas, cores[j], structure_threshold, fill_holes,
+                                                          hgrid, bgrid, cgrid)
+                        parts.append(fine[j])
                 g = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
                 g = g[(g[:, 0] >= x0) & (g[:, 0] < x0 + W) & (g[:, 1] >= y0) & (g[:, 1] < y0 + W)]
+                if len(g):
+                    lat, keys, keep = self._texture_window(g, wi, box, cores[wi], sem, img, nx, ny, NY,
+                                                           texture_steps, tg, generator,
+                                                           {j: tex[j] for j in tex if wi in users[j]},
+                                                           callback_on_step_end, bar)
+                    vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])], 1)
+                    surf = self._decode_texture(vox.int(), lat, x0, y0, self._zdim(g))
+                    tops = None
+                    if ortho is not None:
+                        surf, tops = self._ortho_surfels(surf, keep, g, ortho, nx, ny)
+                    out_coords.append(g[keep])
+                    out_surf.append((surf, keep, tops))
+                    order = torch.argsort(keys[keep])
+                    tex[wi] = (keys[keep][order], lat[keep][order].cpu())
+                # forget what no later window needs: memory stays that of a few windows
+                for j in [j for j in fine if max(users[j]) <= wi]:
+                    del fine[j]
+                for j in [j for j in tex if max(users[j]) <= wi]:
+                    del tex[j]
                 if not len(g):
-                    bar.update()
-                    continue
-                vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])], 1).int()
-                keys = (g[:, 0] * NY + g[:, 1]) * W + g[:, 2]
-                pos = torch.searchsorted(tex_keys, keys).clamp_max(max(len(tex_keys) - 1, 0))
-                have = (tex_keys[pos] == keys) if len(tex_keys) else torch.zeros(len(keys), dtype=torch.bool)
-                known_t = tex_lat[pos] if len(tex_keys) else None
-                lat = self._sample_texture(vox, s_w, i_w, texture_steps, tg, generator,
-                                           known_t if bool(have.any()) else None, have, wi, callback_on_step_end)
-                c = cores[wi]
-                keep = (g[:, 0] >= c[0]) & (g[:, 0] < c[2]) & (g[:, 1] >= c[1]) & (g[:, 1] < c[3])
-                surf = self._decode_texture(vox, lat, x0, y0)
-                out_coords.append(g[keep])
-                out_surf.append((surf, keep))
-                tex_keys, order = torch.sort(torch.cat([tex_keys, keys[keep]]))
-                tex_lat = torch.cat([tex_lat, lat[keep].cpu()])[order]
-                bar.update()
-        return self._assemble(out_coords, out_surf, nx, ny, windows, return_dict)
+                    bar.update(texture_steps)
+        out = self._assemble(out_coords, out_surf, nx, ny, windows, True)
+        if dgrid is not None:
+            out = self._raise_on_dem(out, dgrid)
+        return out if return_dict else tuple(out.values())
 
-    def _sample_structure(self, sem, img, steps, guidance, generator, known, kmask, wi, cb):
-        from flows.structure import sample_structure
+    def _column_map(self, m: Any, name: str, ref: torch.Tensor | None, nx: int, ny: int) -> torch.Tensor | None:
+        """A north-up map ``[H, W]`` of the maps' grid -> ``[nx, ny]`` per voxel column (x east,
+        y north; nearest pixel at the column's centre)."""
+        if m is None:
+            return None
+        a = torch.as_tensor(np.asarray(m, dtype=np.float32))
+        if a.ndim != 2:
+            raise UserInputError(f"{name} must be a map [H, W] in metres, got shape {tuple(a.shape)}")
+        if ref is None:
+            raise UserInputError(f"{name} needs a semantic map or an image: it lies on their grid")
+        if tuple(a.shape) != tuple(ref.shape[-2:]):
+            raise UserInputError(f"{name} is {a.shape[1]}x{a.shape[0]} px but the maps are "
+                                 f"{ref.shape[-1]}x{ref.shape[-2]}: it must be on their grid")
+        nan_ok = name in ("heights", "height_cap")
+        if bool(torch.isinf(a).any()) or (not nan_ok and bool(torch.isnan(a).any())):
+            raise UserInputError(f"{name} holds non-finite values" + (" (NaN is allowed: free columns)"
+                                                                       if nan_ok else ""))
+        if bool((a[~torch.isnan(a)] < 0).any()) and name != "dem":
+            raise UserInputError(f"{name} must be >= 0 metres above the ground")
+        H, Wd = a.shape
+        r = ((H - (torch.arange(ny) + 0.5) * H / ny).long()).clamp(0, H - 1)  # row of column y (north-up)
+        c = ((torch.arange(nx) + 0.5) * Wd / nx).long().clamp(0, Wd - 1)
+        return a[r][:, c].T.contiguous()  # [nx, ny]
 
-        return sample_structure(self.structure_flow, 1, semantic=sem, image=img, steps=steps, guidance=guidance,
-                                generator=generator, known=known, known_mask=kmask,
-                                callback=self._user_callback(cb, "structure", wi))
+    def _zdim(self, g: torch.Tensor) -> int:
+        """Vertical size of a window's voxel frame: the window, or more for taller buildings."""
+        top = int(g[:, 2].max()) + 1 if len(g) else 0
+        return max(self.window, -(-top // 8) * 8)
+
+    def _sample_structure(self, sem, img, nx, ny, xs, ys, steps, guidance, generator, cb, bar,
+                          batch: int = 8) -> torch.Tensor:
+        """Coarse structure of the whole extent ``[1 + C, X', Y', G]`` (VAE units): one flow
+        sample on the extent's coarse grid whose velocity at every step is the blend of the
+        windows' velocities (linear ramps across overlaps), so neighbouring windows agree
+        everywhere and no border is a seam. Cost: windows x steps, as window by window."""
+        from flows.solver import ODESolver
+        from flows.structure import guided_velocity
+
+        model, W = self.structure_flow, self.window
+        G = W // 8
+        device = self._execution_device
+        shape = (1, model.channels, (xs[-1] + W) // 8, (ys[-1] + W) // 8, G)
+        x0 = torch.randn(shape, generator=generator).to(device)
+        wins = [(i, j) for j in range(len(ys)) for i in range(len(xs))]
+        ws = [(_ramp(xs, W, i)[:, None] * _ramp(ys, W, j)[None, :]).to(device)[None, None, :, :, None]
+              for i, j in wins]  # [1, 1, G, G, 1] each
+        norm = torch.zeros(shape[2:4], device=device)
+        for (i, j), w in zip(wins, ws, strict=True):
+            norm[xs[i] // 8:xs[i] // 8 + G, ys[j] // 8:ys[j] // 8 + G] += w[0, 0, :, :, 0]
+        norm = norm[None, None, :, :, None]
+
+        def crops(m, sel):
+            if m is None:
+                return None
+            return torch.cat([self._crop(m, nx, ny, xs[i], ys[j], W) for i, j in sel]).to(device)
+
+        def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(x)
+            for b in range(0, len(wins), batch):
+                sel = wins[b:b + batch]
+                xb = torch.cat([x[:, :, xs[i] // 8:xs[i] // 8 + G, ys[j] // 8:ys[j] // 8 + G] for i, j in sel])
+                vb = guided_velocity(model, xb, t[:1].expand(len(sel)), crops(sem, sel), crops(img, sel), guidance)
+                for k, (i, j) in enumerate(sel):
+                    out[:, :, xs[i] // 8:xs[i] // 8 + G, ys[j] // 8:ys[j] // 8 + G] += vb[k:k + 1] * ws[b + k]
+            return out / norm
+
+        user = self._user_callback(cb, "structure", None, bar)
+        out = ODESolver("heun").sample(v, x0, steps, callback=user)
+        out[:, 1:] *= float(model.config.latent_scale)
+        return out[0].cpu()
 
     def _decode_region(self, canvas: torch.Tensor, core: tuple[int, int, int, int], threshold: float,
-                       fill_holes: bool) -> torch.Tensor:
+                       fill_holes: bool, heights: torch.Tensor | None = None,
+                       base: torch.Tensor | None = None, caps: torch.Tensor | None = None) -> torch.Tensor:
         """Fine voxels ``[n, 3]`` (global) of the columns ``core = (x0, y0, x1, y1)``, decoded from
         the coarse canvas around them with a margin of ``DECODE_MARGIN`` coarse cells (so the decoder
-        sees across window borders)."""
+        sees across window borders); with ``heights`` (``[X, Y]`` metres, NaN free) those columns
+        are rebuilt from the ground (:func:`build_heights`)."""
         from flows.structure import grid_to_structure
         from vae.sparse import SparseTensor
 
@@ -388,34 +518,129 @@ class EarthScenePipeline(DiffusionPipeline):
         if fill_holes:
             vox = fill_columns(vox, (8 * (cx1 - cx0), 8 * (cy1 - cy0)))
         g = vox[:, 1:].long() + torch.tensor([8 * cx0, 8 * cy0, 0])
+        if heights is not None or caps is not None:
+            ref = heights if heights is not None else caps
+            X, Y = ref.shape
+            region = (8 * cx0, 8 * cy0, min(8 * cx1, X), min(8 * cy1, Y))
+            h = heights if heights is not None else torch.full_like(caps, float("nan"))
+            g = build_heights(g, h, base, region, self.voxel_size, caps)
         return g[(g[:, 0] >= x0) & (g[:, 0] < x1) & (g[:, 1] >= y0) & (g[:, 1] < y1)]
 
-    def _sample_texture(self, vox, sem, img, steps, guidance, generator, known, have, wi, cb):
+    def _texture_window(self, g, wi, box, core, sem, img, nx, ny, NY, steps, guidance, generator, tex, cb,
+                        bar=None):
+        """Texture latents ``[n, C]`` of window ``wi``'s voxels ``g`` ``[n, 3]`` (global), pinned
+        where earlier windows (``tex``: window -> sorted voxel keys, latents) textured them; returns
+        ``(latents, keys, keep)`` with ``keep`` the voxels of the window's own core."""
+        x0, y0 = box[0], box[1]
+        W = self.window
+        s_w, i_w = self._crop(sem, nx, ny, x0, y0, W), self._crop(img, nx, ny, x0, y0, W)
+        Z = 4096  # key = (x * NY + y) * Z + z; no scene is that tall
+        keys = (g[:, 0] * NY + g[:, 1]) * Z + g[:, 2]
+        have = torch.zeros(len(g), dtype=torch.bool)
+        known = torch.zeros(len(g), self.texture_flow.config.latent_channels)
+        for kj, lj in tex.values():
+            if not len(kj):
+                continue
+            pos = torch.searchsorted(kj, keys).clamp_max(len(kj) - 1)
+            hit = (kj[pos] == keys) & ~have
+            known[hit] = lj[pos[hit]]
+            have |= hit
+        vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])], 1).int()
+        lat = self._sample_texture(vox, s_w, i_w, steps, guidance, generator, known if bool(have.any()) else None,
+                                   have, wi, cb, self._zdim(g), bar)
+        c = core
+        keep = (g[:, 0] >= c[0]) & (g[:, 0] < c[2]) & (g[:, 1] >= c[1]) & (g[:, 1] < c[3])
+        return lat, keys, keep
+
+    def _sample_texture(self, vox, sem, img, steps, guidance, generator, known, have, wi, cb, zdim=None,
+                        bar=None):
         from flows.texture import sample_texture
         from vae.sparse import SparseTensor
 
         W = self.window
         device = self._execution_device
-        x = SparseTensor.from_coords(vox.to(device), None, (W, W, W), 1, check=False)
+        x = SparseTensor.from_coords(vox.to(device), None, (W, W, zdim or W), 1, check=False)
         return sample_texture(self.texture_flow, x, semantic=None if sem is None else sem.to(device),
                               image=None if img is None else img.to(device), steps=steps, guidance=guidance,
                               generator=generator, known=known, known_mask=have,
-                              callback=self._user_callback(cb, "texture", wi)).cpu()
+                              callback=self._user_callback(cb, "texture", wi, bar)).cpu()
 
-    def _decode_texture(self, vox: torch.Tensor, lat: torch.Tensor, x0: int, y0: int) -> dict:
+    def _decode_texture(self, vox: torch.Tensor, lat: torch.Tensor, x0: int, y0: int, zdim: int | None = None) -> dict:
         from vae.sparse import SparseTensor
 
         W, vs = self.window, self.voxel_size
         device = self._execution_device
-        x = SparseTensor.from_coords(vox.to(device), lat.to(device), (W, W, W), 1, check=False)
+        x = SparseTensor.from_coords(vox.to(device), lat.to(device), (W, W, zdim or W), 1, check=False)
         g = self.texture_vae.decode(x, vs, (x0 * vs, y0 * vs, 0.0))
         return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in g.items()}
 
-    def _user_callback(self, cb, stage: str, wi: int):
-        if cb is None:
+    def _ortho_surfels(self, surf: dict, keep: torch.Tensor, g: torch.Tensor, ortho: torch.Tensor, nx: int,
+                       ny: int) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+        """Top faces from the orthophoto: the kept column tops get flat surfels on their upper face
+        (``s x s`` per voxel, ``s`` = voxel size / image GSD, 1..4) coloured by the image at their
+        centre, and replace the model's surfels above the middle of those voxels. Returns the
+        surfels with these appended (``voxel`` rows as before) and
+        ``(rows [T], colours [T, 3])``: the top voxels and their mean image colour."""
+        vs = self.voxel_size
+        H, Wd = ortho.shape[:2]
+        s = int(min(4, max(1, round(Wd / nx))))
+        key = g[:, 0] * (int(g[:, 1].max()) + 1) + g[:, 1]
+        top = torch.full((int(key.max()) + 1,), -1, dtype=torch.long).scatter_reduce(0, key, g[:, 2], "amax")
+        is_top = keep & (g[:, 2] == top[key])
+        rows = torch.nonzero(is_top)[:, 0]  # [T] voxel rows with an ortho face
+        sub = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+        oy, ox = torch.meshgrid(sub, sub, indexing="ij")
+        ox, oy = ox.flatten(), oy.flatten()  # [s^2] offsets in a voxel
+        gx = (g[rows, 0, None].float() + ox) * vs  # [T, s^2] metres east
+        gy = (g[rows, 1, None].float() + oy) * vs
+        gz = (g[rows, 2, None].float() + 1.0) * vs + 0.01 * vs
+        # image pixel at each surfel centre (north-up), bilinear
+        px = gx / (nx * vs) * 2 - 1
+        py = 1 - gy / (ny * vs) * 2
+        grid = torch.stack([px, py], -1)[None]  # [1, T, s^2, 2]
+        col = F.grid_sample(ortho.permute(2, 0, 1)[None].float(), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)[0].permute(1, 2, 0).reshape(-1, 3)
+        m = len(col)
+        step = vs / s
+        ortho_s = {
+            "means": torch.stack([gx.flatten(), gy.flatten(), gz.expand_as(gx).flatten()], -1),
+            "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(m, 4).clone(),
+            "scales": torch.tensor([0.5 * step, 0.5 * step, 1e-3 * step]).expand(m, 3).clone(),
+            "opacities": torch.ones(m),
+            "colors": col.clamp(0, 1),
+            "voxel": rows.repeat_interleave(s * s),
+        }
+        # the model's surfels above the middle of their column's top voxel drew its roof: the image
+        # replaces them
+        mid = (top[key[surf["voxel"]]].float() + 0.5) * vs
+        roof = keep[surf["voxel"]] & (surf["means"][:, 2] > mid)
+        surf = {k: v[~roof] for k, v in surf.items()}
+        # under them, one opaque surfel per face in its mean colour: nothing shows through the gaps
+        mean_col = col.reshape(len(rows), s * s, 3).mean(1).clamp(0, 1)
+        t = len(rows)
+        under = {
+            "means": torch.stack([(g[rows, 0].float() + 0.5) * vs, (g[rows, 1].float() + 0.5) * vs,
+                                  (g[rows, 2].float() + 1.0) * vs + 0.005 * vs], -1),
+            "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(t, 4).clone(),
+            "scales": torch.tensor([0.6 * vs, 0.6 * vs, 1e-3 * vs]).expand(t, 3).clone(),
+            "opacities": torch.ones(t),
+            "colors": mean_col,
+            "voxel": rows,
+        }
+        merged = {k: torch.cat([surf[k], ortho_s[k].to(surf[k].dtype), under[k].to(surf[k].dtype)])
+                  for k in surf}
+        return merged, (rows, mean_col)
+
+    def _user_callback(self, cb, stage: str, wi: int | None, bar=None):
+        """The solver's callback: advances the progress bar, then calls the user's ``cb``."""
+        if cb is None and bar is None:
             return None
 
         def fn(step: int, t: float, x: torch.Tensor):
+            if bar is not None:
+                bar.update()
+            if cb is None:
+                return None
             r = cb(self, step, t, {"stage": stage, "window": wi, "latents": x})
             return r.get("latents") if isinstance(r, dict) else None
 
@@ -426,14 +651,17 @@ class EarthScenePipeline(DiffusionPipeline):
         coords = torch.cat(out_coords) if out_coords else torch.zeros(0, 3, dtype=torch.long)
         surf: dict = {k: [] for k in ("means", "quats", "scales", "opacities", "colors", "voxel")}
         base = 0
-        for s, keep in out_surf:
-            K = len(s["voxel"]) // max(len(keep), 1)
+        over_rows, over_cols = [], []
+        for s, keep, tops in out_surf:
             row = torch.full((len(keep),), -1, dtype=torch.long)
             row[keep] = torch.arange(int(keep.sum())) + base
-            m = keep.repeat_interleave(K)
+            m = keep[s["voxel"]]  # surfels of the kept voxels
             for k in ("means", "quats", "scales", "opacities", "colors"):
                 surf[k].append(s[k][m])
             surf["voxel"].append(row[s["voxel"][m]])
+            if tops is not None:
+                over_rows.append(row[tops[0]])
+                over_cols.append(tops[1])
             base += int(keep.sum())
         surf = {k: (torch.cat(v) if v else torch.zeros(0)).numpy() for k, v in surf.items()}
         n = len(coords)
@@ -443,11 +671,196 @@ class EarthScenePipeline(DiffusionPipeline):
         if n:
             np.add.at(num, surf["voxel"], surf["colors"] * w)
             np.add.at(den, surf["voxel"], w)
-        colors = (np.clip(num / np.maximum(den, 1e-6), 0, 1) * 255 + 0.5).astype(np.uint8)
+        rgb = np.clip(num / np.maximum(den, 1e-6), 0, 1)
+        if over_rows:  # column tops: the orthophoto's colour
+            rgb[torch.cat(over_rows).numpy()] = torch.cat(over_cols).numpy()
+        colors = (rgb * 255 + 0.5).astype(np.uint8)
         c = coords.numpy().astype(np.int32).reshape(-1, 3)
         out = EarthSceneOutput(coords=c, colors=colors, surfels=surf, voxel_size=vs, origin=np.zeros(3),
                                height=surface_height(c, nx, ny, vs), windows=windows)
         return out if return_dict else tuple(out.values())
+
+    def _raise_on_dem(self, out: EarthSceneOutput, dem: torch.Tensor) -> EarthSceneOutput:
+        """Raise every column by the DEM's elevation above its lowest point (``dem`` ``[X, Y]``
+        metres); walls close the new steps (each column reaches down to just above its lowest
+        neighbour, the added voxels copy the surfels of the column's lowest voxel). ``origin[2]``
+        becomes the DEM's lowest elevation, so ``origin + local`` is metres above the datum."""
+        vs = self.voxel_size
+        d = dem.numpy().astype(np.float64)
+        lo = float(d.min())
+        dz = np.rint((d - lo) / vs).astype(np.int64)  # [X, Y] voxels
+        c = out.coords.astype(np.int64)
+        X, Y = dz.shape
+        if not len(c):
+            return out
+        shift = dz[c[:, 0], c[:, 1]]
+        c = c.copy()
+        c[:, 2] += shift
+        surf = dict(out.surfels)
+        means = surf["means"].copy()
+        if len(means):
+            means[:, 2] += shift[surf["voxel"]] * vs
+        surf["means"] = means
+        # closure: column tops and bottoms after the shift, each column down to its lowest neighbour
+        col = c[:, 0] * Y + c[:, 1]
+        top = np.full(X * Y, -1, np.int64)
+        np.maximum.at(top, col, c[:, 2])
+        bot = np.full(X * Y, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(bot, col, c[:, 2])
+        t2 = top.reshape(X, Y)
+        filled = np.where(t2 < 0, np.iinfo(np.int64).max // 2, t2)
+        pad = np.pad(filled, 1, mode="edge")
+        low = np.minimum.reduce([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).ravel()
+        need = np.where(top >= 0, np.minimum(low + 1, top), bot)
+        add = np.clip(bot - need, 0, None)  # voxels to add under each column
+        cols = np.nonzero(add > 0)[0]
+        if len(cols):
+            # the lowest voxel of each column: its row in coords
+            lowest = np.full(X * Y, -1, np.int64)
+            is_low = c[:, 2] == bot[col]
+            lowest[col[is_low]] = np.nonzero(is_low)[0]
+            n_add = add[cols]
+            src = np.repeat(lowest[cols], n_add)
+            depth = np.arange(int(n_add.sum())) - np.repeat(np.cumsum(n_add) - n_add, n_add) + 1
+            new = c[src].copy()
+            new[:, 2] -= depth
+            base = len(c)
+            c = np.concatenate([c, new])
+            colors = np.concatenate([out.colors, out.colors[src]])
+            # surfels: copies of the lowest voxel's surfels, moved down
+            order = np.argsort(surf["voxel"], kind="stable")
+            sv = surf["voxel"][order]
+            first = np.searchsorted(sv, src)
+            last = np.searchsorted(sv, src, side="right")
+            cnt = last - first
+            pick = order[np.repeat(first, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))]
+            rows = np.repeat(np.arange(len(src)) + base, cnt)
+            down = np.repeat(depth, cnt) * vs
+            extra = {k: surf[k][pick] for k in ("means", "quats", "scales", "opacities", "colors")}
+            extra["means"] = extra["means"].copy()
+            extra["means"][:, 2] -= down
+            extra["voxel"] = rows
+            surf = {k: np.concatenate([surf[k], extra[k]]) for k in surf}
+        else:
+            colors = out.colors
+        c = c.astype(np.int32)
+        ny, nx = out.height.shape
+        origin = np.asarray(out.origin, dtype=np.float64).copy()
+        origin[2] += lo
+        return EarthSceneOutput(coords=c, colors=colors, surfels=surf, voxel_size=vs, origin=origin,
+                                height=surface_height(c, nx, ny, vs), windows=out.windows, seed=out.seed)
+
+
+def ground_surface(surface: torch.Tensor, free: torch.Tensor, radius: int = GROUND_RADIUS) -> torch.Tensor:
+    """The bare ground ``[X, Y]`` under a surface ``[X, Y]`` (any unit): the lowest ``free``
+    surface within ``radius`` columns (so trees, lumps and walls do not lift it), then filled
+    into the remaining columns by repeated 3x3 averaging of their neighbours (as
+    :func:`fill_columns` does). Like a DTM from a DSM; 0 where nothing is free."""
+    big = torch.finfo(torch.float32).max
+    x = torch.where(free, surface.float(), torch.full_like(surface, big, dtype=torch.float32))[None, None]
+    low = -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
+    valid = (low < big).float()
+    if not bool(valid.any()):
+        return torch.zeros_like(surface, dtype=torch.float32)
+    ground = torch.where(valid > 0, low, torch.zeros_like(low))
+    k = torch.ones(1, 1, 3, 3)
+    while bool((valid == 0).any()):
+        s, c = F.conv2d(ground * valid, k, padding=1), F.conv2d(valid, k, padding=1)
+        grow = (valid == 0) & (c > 0)
+        ground = torch.where(grow, s / c.clamp_min(1), ground)
+        valid = torch.where(grow, torch.ones_like(valid), valid)
+    return ground[0, 0]
+
+
+def build_heights(g: torch.Tensor, heights: torch.Tensor, base: torch.Tensor | None,
+                  region: tuple[int, int, int, int], voxel_size: float,
+                  caps: torch.Tensor | None = None) -> torch.Tensor:
+    """Rebuild building columns of voxels ``g`` ``[n, 3]`` (global x, y, z) at given heights.
+
+    ``heights`` ``[X, Y]`` metres above the ground (NaN: leave the column as generated), ``base``
+    ``[X, Y]`` metres where the building starts (``min_height``); ``region`` ``(x0, y0, x1, y1)``
+    the columns ``g`` covers. The ground under a building is :func:`ground_surface` of the free
+    columns (the lowest surface around: trees and lumps do not lift it); the column keeps its
+    voxels below the ground and gets voxels from ``ground + base`` to ``ground + height - 1``, so
+    its top is ``round(height / voxel_size)`` voxels above the ground. A building's inside
+    columns (lower than none of their 4 neighbours) keep only their roof voxel: nothing else of
+    them can be seen. ``caps`` ``[X, Y]`` (metres above the ground, NaN: none) bound the other
+    columns: their voxels from ``ground + cap`` up are removed and their surface voxel is the
+    ground's (a road, cap 0, is flat at the ground); the ground is then estimated from the
+    columns capped at 0 where there are any."""
+    x0, y0, x1, y1 = region
+    X, Y = x1 - x0, y1 - y0
+    h = heights[x0:x1, y0:y1]
+    b = base[x0:x1, y0:y1] if base is not None else torch.zeros_like(h)
+    bld = ~torch.isnan(h)
+    c = caps[x0:x1, y0:y1] if caps is not None else torch.full_like(h, float("nan"))
+    capped = (~bld) & ~torch.isnan(c)
+    if not (bool(bld.any()) or bool(capped.any())) or not len(g):
+        return g
+
+    def column_tops(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        vx, vy = v[:, 0] - x0, v[:, 1] - y0
+        ins = (vx >= 0) & (vx < X) & (vy >= 0) & (vy < Y)
+        t = torch.full((X * Y,), -1.0)
+        t.scatter_reduce_(0, (vx * Y + vy)[ins], v[ins, 2].float(), "amax")
+        return t.reshape(X, Y), vx, vy, ins
+
+    def ground(t: torch.Tensor) -> torch.Tensor:  # [X, Y] first voxel above the bare ground
+        free = (~bld) & (t >= 0)
+        flat = free & (c == 0)
+        return ground_surface(t + 1, flat if bool(flat.any()) else free).round().long()
+
+    top, lx, ly, inside = column_tops(g)
+    if bool(capped.any()):  # first cut the bounded columns down, so the ground is that of the result
+        g0 = ground(top)
+        cv = torch.where(capped, (torch.nan_to_num(c) / voxel_size).round().clamp_min(0), torch.zeros_like(h)).long()
+        li, lj = lx[inside], ly[inside]
+        over = torch.zeros(len(g), dtype=torch.bool)
+        over[inside] = capped[li, lj] & (g[inside, 2] >= g0[li, lj] + cv[li, lj])
+        cx_, cy_ = torch.nonzero(capped, as_tuple=True)  # their surface voxel: the ground's
+        g = _unique_voxels(torch.cat([g[~over], torch.stack([cx_ + x0, cy_ + y0, (g0[cx_, cy_] - 1).clamp_min(0)],
+                                                            1)]))
+        top, lx, ly, inside = column_tops(g)
+    if not bool(bld.any()):
+        return g
+    gr = ground(top)
+    hv = torch.where(bld, (torch.nan_to_num(h) / voxel_size).round().clamp_min(1), torch.zeros_like(h)).long()
+    bv = torch.where(bld, (torch.nan_to_num(b) / voxel_size).round().clamp_min(0), torch.zeros_like(h)).long()
+    bv = torch.minimum(bv, hv - 1)
+    roof = gr + hv - 1  # [X, Y] top voxel of each building column
+    # keep: voxels outside building columns, and those below the ground in building columns
+    gi = torch.zeros(len(g), dtype=torch.bool)
+    gi[inside] = bld[lx[inside], ly[inside]]
+    below = torch.zeros(len(g), dtype=torch.bool)
+    below[inside] = g[inside, 2] < gr[lx[inside], ly[inside]]
+    kept = g[~gi | below]
+    # walls: a building column is solid from (ground + base) to its roof where a neighbour is lower
+    pad = F.pad(torch.where(bld, roof, gr - 1)[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0].long()
+    low = torch.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).amin(0)
+    start = torch.where(low < roof, gr + bv, roof)  # inside columns: only the roof
+    if base is not None:  # a raised building (min_height) keeps its whole underside
+        start = torch.where(bv > 0, gr + bv, start)
+    n = torch.where(bld, roof - start + 1, torch.zeros_like(roof)).clamp_min(0)
+    xs, ys = torch.meshgrid(torch.arange(X), torch.arange(Y), indexing="ij")
+    nf = n.flatten()
+    cx = (xs.flatten() + x0).repeat_interleave(nf)
+    cy = (ys.flatten() + y0).repeat_interleave(nf)
+    offs = torch.arange(int(nf.sum())) - (torch.cumsum(nf, 0) - nf).repeat_interleave(nf)
+    cz = start.flatten().repeat_interleave(nf) + offs
+    # a raised building needs ground under it
+    need_ground = bld & (bv > 0)
+    gx, gy = torch.nonzero(need_ground, as_tuple=True)
+    ground_vox = torch.stack([gx + x0, gy + y0, (gr[gx, gy] - 1).clamp_min(0)], 1)
+    return _unique_voxels(torch.cat([kept, torch.stack([cx, cy, cz], 1), ground_vox]))
+
+
+def _unique_voxels(v: torch.Tensor) -> torch.Tensor:
+    """Voxels ``[n, 3]`` without repeats, first occurrences in their order."""
+    if not len(v):
+        return v
+    key = (v[:, 0] * (int(v[:, 1].max()) + 1) + v[:, 1]) * (int(v[:, 2].max()) + 1) + v[:, 2]
+    _, first = np.unique(key.numpy(), return_index=True)
+    return v[torch.from_numpy(np.sort(first))]
 
 
 def load_scene_pipeline(spec: str | None = None, device: str | None = None) -> EarthScenePipeline:
