@@ -42,17 +42,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/earthgen demo --out outputs
 
+# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]): packages and
+# earthgen's subpackages import only the layers below them, and no import cycles
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check earthgen vae flows controls renderers apps tests benchmarks
+	$(VENV)/bin/ruff check earthgen earthgen_base vae flows controls renderers apps tests benchmarks experiments
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_world.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .import_linter_cache

@@ -22,7 +22,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 # ControlNet / UNet fields this module passes through (the rest take diffusers' defaults).
 _CN_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block",

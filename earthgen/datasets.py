@@ -29,6 +29,10 @@ Class mapping: Dubai building -> building, land -> bare, road -> road_minor, veg
 grass, water -> water, unlabeled (palette 5, 6) -> IGNORE. SpaceNet: road_minor where the road
 mask is 255, IGNORE elsewhere (only roads are labelled); its bottom 130 rows (burned-in Maxar /
 SpaceNet watermark) are cut off. NAIP keeps R, G, B and drops the NIR band.
+
+Procedural samples (generated world tiles as torch batches, for training and evaluation):
+:func:`world_batch`, :func:`world_box_batch`; :func:`detection_caption` captions box labels.
+This module is below the pipelines, the training and the evaluation that read it.
 """
 
 from __future__ import annotations
@@ -443,3 +447,56 @@ class MixedDataset:
             gsd = None if short >= self.resolution else item.gsd * short / self.resolution
             s = random_crop(item, self.resolution, rng, gsd)
         return flip_rotate(s, rng)
+
+
+# --- procedural samples (training and evaluation on generated world tiles) -------------------
+
+def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
+    """``n`` procedural tiles for sample indices ``index0 ..``: images ``[n, 3, R, R]`` in 0..1,
+    class maps ``[n, R, R]``, captions, GSDs (m/px, log-uniform 0.3..4), scene ids
+    (:data:`earthgen.world.caption.SCENES`)."""
+    import torch
+
+    from earthgen.world import generate_world
+    from earthgen.world.caption import scene_label
+    from earthgen.world.noise import hash_uniform
+
+    imgs, sems, caps, gsds, scenes = [], [], [], [], []
+    for k in range(index0, index0 + n):
+        r = hash_uniform(np.arange(4), seed, k)
+        gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
+        origin = ((r[1] - 0.5) * 6000.0, (r[2] - 0.5) * 6000.0)
+        tile = generate_world(int(r[3] * 50), resolution, gsd, origin)
+        imgs.append(torch.from_numpy(tile.rgb).permute(2, 0, 1).float() / 255.0)
+        sems.append(torch.from_numpy(tile.semantic.astype(np.int64)))
+        caps.append(tile.caption)
+        gsds.append(gsd)
+        scenes.append(scene_label(tile.stats))
+    return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
+            "gsd": torch.tensor(gsds), "scene": torch.tensor(scenes)}
+
+
+def world_box_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
+    """:func:`world_batch` plus the tiles' detection boxes (``boxes``: BoxSets, pixel corners)."""
+    from earthgen.world import generate_world
+    from earthgen.world.noise import hash_uniform
+
+    batch = world_batch(seed, index0, n, resolution)
+    sets = []
+    for k in range(index0, index0 + n):
+        r = hash_uniform(np.arange(4), seed, k)
+        gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
+        origin = ((r[1] - 0.5) * 6000.0, (r[2] - 0.5) * 6000.0)
+        sets.append(generate_world(int(r[3] * 50), resolution, gsd, origin).boxes())
+    batch["boxes"] = sets
+    return batch
+
+
+def detection_caption(labels: list[str]) -> str:
+    """``["building", "building", "small_vehicle"]`` -> "satellite image with 2 building, 1 small vehicle"."""
+    from collections import Counter
+
+    if not labels:
+        return "satellite image"
+    parts = [f"{n} {k.replace('_', ' ')}" for k, n in sorted(Counter(labels).items())]
+    return "satellite image with " + ", ".join(parts)

@@ -270,7 +270,7 @@ def _read_tiff(p: Path, flag: str) -> ImageInput:
 def check_image_output(path: str | os.PathLike, flag: str = "--out") -> None:
     """Refuse an image output path before any work: an extension other than
     :data:`IMAGE_SUFFIXES` (the message names them), a folder, an unwritable place."""
-    from earthgen.commands._args import check_output
+    from earthgen.io import check_output
 
     check_output(path, flag, exts=IMAGE_SUFFIXES)
 

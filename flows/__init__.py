@@ -3,12 +3,13 @@
 ``x_t = (1 - t) x_0 + t x_1``, velocity target ``x_1 - x_0``; solvers integrate from 0 to 1.
 
 - :mod:`flows.path`: :class:`LinearPath`, :class:`AffinePath` with :class:`LinearScheduler` /
-  :class:`CosineScheduler`; ``sample(x0, x1, t) -> PathSample(x_t, dx_t, t)``.
-- :mod:`flows.loss`: :func:`uniform_time`, :func:`logit_normal_time`, :class:`TimeSampler`,
-  :class:`FlowMatchingLoss` (masked, weighted MSE).
+  :class:`CosineScheduler`; ``sample(x0, x1, t) -> PathSample(x_t, dx_t, t)``,
+  ``interpolate(x0, x1, t) -> x_t``.
+- :mod:`flows.loss`: :func:`logit_normal_time`, :class:`FlowMatchingLoss` (masked, weighted MSE).
 - :mod:`flows.solver`: :class:`ODESolver` (euler, midpoint, heun, rk4) with callbacks,
-  :func:`make_time_grid` (SD3 shift), :data:`STOP`.
-- :mod:`flows.guidance`: :func:`cfg_velocity`, :func:`multi_cfg_velocity`.
+  :func:`make_time_grid` (SD3 shift), :data:`STOP`, :func:`inpaint_callback` (pins known entries
+  to a path).
+- :mod:`flows.guidance`: :func:`cfg_velocity`.
 - :mod:`flows.structure`: :class:`StructureFlowDiT`, the velocity network of the coarse
   structure latent (column tokens, semantic / image / no condition), and the dense-grid
   conversions :func:`structure_to_grid` / :func:`grid_to_structure`.
@@ -27,9 +28,7 @@ _EXPORTS = {
     "CosineScheduler": "flows.path",
     "Coefficients": "flows.path",
     "expand_time": "flows.path",
-    "uniform_time": "flows.loss",
     "logit_normal_time": "flows.loss",
-    "TimeSampler": "flows.loss",
     "FlowMatchingLoss": "flows.loss",
     "ODESolver": "flows.solver",
     "STOP": "flows.solver",
@@ -37,7 +36,6 @@ _EXPORTS = {
     "shift_time": "flows.solver",
     "inpaint_callback": "flows.solver",
     "cfg_velocity": "flows.guidance",
-    "multi_cfg_velocity": "flows.guidance",
     "StructureFlowDiT": "flows.structure",
     "structure_to_grid": "flows.structure",
     "grid_to_structure": "flows.structure",

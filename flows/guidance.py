@@ -3,17 +3,13 @@
 ``model_fn(x [B', ...], t [B'], cond) -> v [B', ...]``. Conditions are tensors with the batch
 first (a batch of 1 is expanded to ``B``, handy for null embeddings) or nested dicts, tuples and
 lists of them; any other leaf (a string, a flag) must be equal in every branch and is passed as
-is. All branches go through the model in one call on a ``k B`` batch (``batched=False`` calls it
-once per branch, for memory).
+is. Both branches go through the model in one call on a ``2 B`` batch (``batched=False`` calls
+it once per branch, for memory).
 
 - :func:`cfg_velocity`: ``v = v_u + s (v_c - v_u)``; ``s = 1`` is the conditional model,
-  ``s = 0`` the unconditional one.
-- :func:`multi_cfg_velocity`, one scale per named condition, each condition dropped in its own
-  branch: ``v = v_c + sum_k (s_k - 1) (v_c - v_{c without k})``, i.e. the score of
-  ``p(x | c) prod_k p(c_k | x, c_without_k)^(s_k - 1)``. All ``s_k = 1`` gives the conditional
-  model, ``s_k = 0`` (others 1) removes condition ``k``, and with one condition it is
-  :func:`cfg_velocity`. For conditions acting independently it equals the compositional form
-  ``v_u + sum_k s_k (v_k - v_u)`` (``v_k``: condition ``k`` alone).
+  ``s = 0`` the unconditional one. A model whose null condition is a drop flag (the structure
+  flow's ``drop_semantic`` / ``drop_image``) passes the flag as a ``[B]`` bool tensor in ``cond``
+  (all False) and ``uncond`` (all True).
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from typing import Any
 
 import torch
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (x, t [B], cond) -> v
 
@@ -116,38 +112,3 @@ def cfg_velocity(
             return _branches(model_fn, x, t, [uncond], batched)[0]
     v_c, v_u = _branches(model_fn, x, t, [cond, uncond], batched)
     return v_u + _scale(scale, x) * (v_c - v_u)
-
-
-def multi_cfg_velocity(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    t: float | torch.Tensor,
-    cond: Mapping[str, Any],
-    null: Mapping[str, Any],
-    scales: Mapping[str, float | torch.Tensor],
-    *,
-    batched: bool = True,
-) -> torch.Tensor:
-    """Per-condition guidance ``v_c + sum_k (s_k - 1) (v_c - v_{c without k})`` ``[B, ...]``.
-
-    ``cond`` maps each condition's name to its value (``model_fn`` receives such a dict);
-    ``null[name]`` is what replaces it when it is dropped; ``scales[name]`` its scale (a number
-    or ``[B]``). Conditions without a scale, or with a scale of exactly 1, are not guided and
-    cost no branch; the model runs on ``(1 + number guided) B`` samples in one call.
-    """
-    unknown = sorted(set(scales) - set(cond))
-    if unknown:
-        raise UserInputError(
-            f"scales name conditions that are not given: {unknown}; conditions: {sorted(cond)}"
-        )
-    guided = [k for k, s in scales.items() if isinstance(s, torch.Tensor) or s != 1]
-    missing = [k for k in guided if k not in null]
-    if missing:
-        raise UserInputError(f"no null value for the guided conditions {missing}")
-    full = dict(cond)
-    branches = [full] + [{**full, k: null[k]} for k in guided]
-    vs = _branches(model_fn, x, t, branches, batched)
-    v = vs[0]
-    for k, v_drop in zip(guided, vs[1:], strict=True):
-        v = v + (_scale(scales[k], x) - 1) * (vs[0] - v_drop)
-    return v

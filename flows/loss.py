@@ -1,23 +1,18 @@
-"""Training side of flow matching: time samplers and the velocity-regression loss.
+"""Training side of flow matching: the time sampler and the velocity-regression loss.
 
-Times follow docs/conventions.md (``t = 0`` noise, ``t = 1`` data). Samplers take a
-``torch.Generator`` (reproducible draws) and return values strictly inside (0, 1): they are kept
-in ``[eps, 1 - eps]``.
-
-- :func:`uniform_time`: ``t ~ U(eps, 1 - eps)``.
-- :func:`logit_normal_time`: ``t = sigmoid(mean + std * n)``, ``n ~ N(0, 1)`` (SD3's
-  logit-normal). ``mean = 0`` puts the mass around ``t = 0.5``; a positive ``mean`` moves it
-  towards data, a negative one towards noise (SD3 writes time the other way round, so its
-  ``m`` is our ``-mean``).
+Times follow docs/conventions.md (``t = 0`` noise, ``t = 1`` data).
+:func:`logit_normal_time` draws them from a ``torch.Generator`` (reproducible draws):
+``t = sigmoid(mean + std * n)``, ``n ~ N(0, 1)`` (SD3's logit-normal), kept in ``[eps, 1 - eps]``
+so strictly inside (0, 1). ``mean = 0`` puts the mass around ``t = 0.5``; a positive ``mean``
+moves it towards data, a negative one towards noise (SD3 writes time the other way round, so its
+``m`` is our ``-mean``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from earthgen.errors import UserInputError
-
-TIME_SAMPLERS = ("uniform", "logit_normal")
+from earthgen_base.errors import UserInputError
 
 
 def _check(b: int, eps: float) -> None:
@@ -34,14 +29,6 @@ def _draw(fn, b: int, generator: torch.Generator | None, device) -> torch.Tensor
     return out if device is None else out.to(device)
 
 
-def uniform_time(
-    b: int, generator: torch.Generator | None = None, device=None, eps: float = 1e-5
-) -> torch.Tensor:
-    """``b`` times ``[b]`` float32, uniform on ``[eps, 1 - eps)``."""
-    _check(b, eps)
-    return eps + (1 - 2 * eps) * _draw(torch.rand, b, generator, device)
-
-
 def logit_normal_time(
     b: int,
     mean: float = 0.0,
@@ -56,34 +43,6 @@ def logit_normal_time(
         raise UserInputError(f"logit-normal std must be > 0, got {std}")
     z = mean + std * _draw(torch.randn, b, generator, device)
     return torch.sigmoid(z).clamp(eps, 1 - eps)
-
-
-class TimeSampler:
-    """A time distribution fixed once (e.g. from a training config): ``kind`` is ``"uniform"`` or
-    ``"logit_normal"`` (with ``mean``, ``std``). ``sampler(b, generator, device)`` -> ``[b]``."""
-
-    def __init__(
-        self, kind: str = "logit_normal", mean: float = 0.0, std: float = 1.0, eps: float = 1e-5
-    ):
-        if kind not in TIME_SAMPLERS:
-            raise UserInputError(
-                f"unknown time sampler {kind!r}; choose one of {', '.join(TIME_SAMPLERS)}"
-            )
-        if kind == "logit_normal" and not std > 0:
-            raise UserInputError(f"logit-normal std must be > 0, got {std}")
-        _check(0, eps)
-        self.kind, self.mean, self.std, self.eps = kind, float(mean), float(std), float(eps)
-
-    def __repr__(self) -> str:
-        extra = f", mean={self.mean}, std={self.std}" if self.kind == "logit_normal" else ""
-        return f"TimeSampler({self.kind!r}{extra})"
-
-    def __call__(
-        self, b: int, generator: torch.Generator | None = None, device=None
-    ) -> torch.Tensor:
-        if self.kind == "uniform":
-            return uniform_time(b, generator, device, self.eps)
-        return logit_normal_time(b, self.mean, self.std, generator, device, self.eps)
 
 
 class FlowMatchingLoss:

@@ -9,6 +9,9 @@ velocity (the regression target) is ``dx_t/dt = sigma'_t x_0 + alpha'_t x_1``.
 - :class:`AffinePath`: any :class:`Scheduler`; :class:`CosineScheduler` gives
   ``alpha_t = sin(pi t / 2)``, ``sigma_t = cos(pi t / 2)`` (variance preserving).
 
+``path.sample(x0, x1, t)`` gives ``x_t`` and its velocity (training); ``path.interpolate(x0, x1,
+t)`` gives ``x_t`` alone (what :func:`flows.solver.inpaint_callback` pins known entries to).
+
 Times are a number, a 0-d tensor or ``[B]``; they broadcast over ``x`` ``[B, ...]``.
 """
 
@@ -20,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 
 class Coefficients(NamedTuple):
@@ -107,39 +110,27 @@ class AffinePath:
         dx_t = c.d_sigma * x0 + c.d_alpha * x1
         return PathSample(x_t=x_t, dx_t=dx_t, t=tt.reshape(-1))
 
-    def velocity_to_x1(
-        self, x_t: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor
+    def interpolate(
+        self, x0: torch.Tensor, x1: torch.Tensor, t: float | torch.Tensor
     ) -> torch.Tensor:
-        """The data ``x_1`` the velocity ``v`` at ``(x_t, t)`` points to (exact on the path)."""
-        c = self.coefficients(t, x_t)
-        return (c.sigma * v - c.d_sigma * x_t) / (c.sigma * c.d_alpha - c.d_sigma * c.alpha)
-
-    def velocity_to_x0(
-        self, x_t: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor
-    ) -> torch.Tensor:
-        """The noise ``x_0`` the velocity ``v`` at ``(x_t, t)`` came from (exact on the path)."""
-        c = self.coefficients(t, x_t)
-        return (c.d_alpha * x_t - c.alpha * v) / (c.sigma * c.d_alpha - c.d_sigma * c.alpha)
+        """``x_t = sigma_t x0 + alpha_t x1`` alone (no velocity), for ``x0`` ``[B, ...]`` and
+        ``x1`` broadcastable to it. ``t`` is ``[B]`` (or 0-d), or a number, as solver callbacks
+        get: then the coefficients are computed in float64 and applied as Python numbers, so
+        ``x_t`` is ``sample(x0, x1, t).x_t`` for float64 states and ``t`` loses nothing to the
+        states' precision (the linear path gives ``(1 - t) * x0 + t * x1`` exactly)."""
+        if isinstance(t, torch.Tensor):
+            c = self.coefficients(t, x0)
+            return c.sigma * x0 + c.alpha * x1
+        c = self.scheduler(torch.tensor(float(t), dtype=torch.float64))
+        return float(c.sigma) * x0 + float(c.alpha) * x1
 
 
 class LinearPath(AffinePath):
-    """Rectified flow: ``x_t = (1 - t) x_0 + t x_1``, velocity ``x_1 - x_0`` (docs/conventions.md).
-
-    ``x_1 = x_t + (1 - t) v`` and ``x_0 = x_t - t v``.
-    """
+    """Rectified flow: ``x_t = (1 - t) x_0 + t x_1``, velocity ``x_1 - x_0``
+    (docs/conventions.md)."""
 
     def __init__(self) -> None:
         super().__init__(LinearScheduler())
 
     def __repr__(self) -> str:
         return "LinearPath()"
-
-    def velocity_to_x1(
-        self, x_t: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor
-    ) -> torch.Tensor:
-        return x_t + (1 - expand_time(t, x_t)) * v
-
-    def velocity_to_x0(
-        self, x_t: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor
-    ) -> torch.Tensor:
-        return x_t - expand_time(t, x_t) * v

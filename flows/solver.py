@@ -9,6 +9,9 @@ data (``t = 1``), the time convention of docs/conventions.md.
 
 Time grids: ``steps`` uniform intervals of ``[t0, t1]``, optionally warped towards noise by
 ``shift`` (SD3's timestep shift, see :func:`shift_time`), or any increasing ``time_grid``.
+
+The solver knows no path: it integrates whatever velocity it is given. :func:`inpaint_callback`
+asks the path it is given (``path.interpolate``) where known entries lie at each time.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
+from flows.path import AffinePath, LinearPath
 
 METHODS = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}  # velocity evaluations per step
 
@@ -99,11 +103,6 @@ class ODESolver:
 
     def __repr__(self) -> str:
         return f"ODESolver({self.method!r})"
-
-    @property
-    def nfe_per_step(self) -> int:
-        """Velocity evaluations per step."""
-        return METHODS[self.method]
 
     @staticmethod
     def _velocity(fn: VelocityFn, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -213,21 +212,29 @@ class ODESolver:
         return (x, torch.stack(states)) if states is not None else x
 
 
-def inpaint_callback(x0: torch.Tensor, known: torch.Tensor | None, known_mask: torch.Tensor | None,
-                     user: Callback | None = None) -> Callback | None:
-    """Solver callback that pins known entries to the linear path between their noise ``x0`` and
-    their known value (``x_t = (1 - t) x0 + t x1``, the linear path) after every step: inpainting
-    by replacement. ``known_mask`` is bool, broadcastable to ``x0`` once trailing singleton dims
-    are added (``[N]`` for ``[N, C]`` states, ``[B, 1, X, Y, 1]`` for columns of a grid); ``user`` is called after the replacement and may still replace or STOP. With
-    ``known=None`` this is ``user`` itself."""
+def inpaint_callback(
+    x0: torch.Tensor,
+    known: torch.Tensor | None,
+    known_mask: torch.Tensor | None,
+    user: Callback | None = None,
+    path: AffinePath | None = None,
+) -> Callback | None:
+    """Solver callback that pins known entries to the point of ``path`` (default the linear path,
+    ``x_t = (1 - t) x0 + t x1``) between their noise ``x0`` and their known value after every
+    step, ``path.interpolate(x0, known, t)``: inpainting by replacement. Give the path the model
+    was trained on; the solver itself assumes none. ``known_mask`` is bool, broadcastable to
+    ``x0`` once trailing singleton dims are added (``[N]`` for ``[N, C]`` states,
+    ``[B, 1, X, Y, 1]`` for columns of a grid); ``user`` is called after the replacement and may
+    still replace or STOP. With ``known=None`` this is ``user`` itself."""
     if known is None:
         return user
+    path = LinearPath() if path is None else path
     m = known_mask.to(device=x0.device, dtype=torch.bool)
     while m.ndim < x0.ndim:
         m = m.unsqueeze(-1)
 
     def cb(step: int, t: float, x: torch.Tensor):
-        x = torch.where(m, (1 - t) * x0 + t * known, x)
+        x = torch.where(m, path.interpolate(x0, known, t), x)
         if user is not None:
             r = user(step, t, x)
             if r is not None:

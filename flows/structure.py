@@ -26,7 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 
 def structure_to_grid(coords: torch.Tensor, feats: torch.Tensor, shape: tuple[int, int, int],
@@ -203,20 +203,21 @@ def guided_velocity(model: StructureFlowDiT, x: torch.Tensor, t: torch.Tensor,
                     semantic: torch.Tensor | None, image: torch.Tensor | None,
                     guidance: float) -> torch.Tensor:
     """Velocity of grids ``x`` ``[B, 1 + C, X, Y, Z]`` at times ``t`` ``[B]`` with
-    classifier-free guidance ``guidance`` against the unconditional branch when a condition
-    (``semantic`` ``[B, K, H, W]``, ``image`` ``[B, 3, H, W]``) is given; one batched call."""
+    classifier-free guidance ``guidance`` (:func:`flows.guidance.cfg_velocity`: conditional and
+    unconditional branches in one batched call) against both conditions dropped, when a
+    condition (``semantic`` ``[B, K, H, W]``, ``image`` ``[B, 3, H, W]``) is given."""
+    from flows.guidance import cfg_velocity
+
     if semantic is None and image is None:
         return model(x, t)
-    if guidance == 1.0:
-        return model(x, t, semantic=semantic, image=image)
-    n = len(x)
-    drop = torch.arange(2 * n, device=x.device) >= n
-    both = model(torch.cat([x, x]), torch.cat([t, t]),
-                 semantic=None if semantic is None else torch.cat([semantic, semantic]),
-                 image=None if image is None else torch.cat([image, image]),
-                 drop_semantic=drop, drop_image=drop)
-    vc, vu = both.chunk(2)
-    return vu + guidance * (vc - vu)
+    keep = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    cond = {"semantic": semantic, "image": image, "drop": keep}
+
+    def fn(x: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
+        return model(x, t, semantic=c["semantic"], image=c["image"], drop_semantic=c["drop"],
+                     drop_image=c["drop"])
+
+    return cfg_velocity(fn, x, t, cond, {**cond, "drop": ~keep}, guidance)
 
 
 @torch.no_grad()

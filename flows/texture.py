@@ -29,7 +29,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 from flows.structure import timestep_embedding
 from vae.sparse import SparseTensor, SubMConv3d, set_backend
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 
 def intrinsics_from_fov(width: int, height: int, fov_x_deg: float) -> torch.Tensor:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from earthgen.errors import MissingDependencyError, UserInputError
-from earthgen.io import atomic_path
+from earthgen_base.errors import MissingDependencyError, UserInputError
+from earthgen_base.io import atomic_path
 from renderers.mesh import colors_to_uint8
 
 SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic, 1 / (2 sqrt(pi))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 MeshArrays = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 

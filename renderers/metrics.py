@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03

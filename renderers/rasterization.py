@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from earthgen.errors import MissingDependencyError, UserInputError
+from earthgen_base.errors import MissingDependencyError, UserInputError
 
 __all__ = [
     "RENDER_MODES",

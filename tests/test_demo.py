@@ -10,7 +10,7 @@ from tiny_models import tiny_box_pipeline
 
 
 def test_demo_augment_step_writes_a_merged_dataset_and_a_labelled_sheet(tmp_path, monkeypatch):
-    import earthgen.models
+    import earthgen.pipelines.image
     from earthgen.commands import demo
     from earthgen.data import read_detection_dataset
 
@@ -20,7 +20,7 @@ def test_demo_augment_step_writes_a_merged_dataset_and_a_labelled_sheet(tmp_path
         calls.append(name)
         return tiny_box_pipeline()
 
-    monkeypatch.setattr(earthgen.models, "load_default_image_pipeline", fake_loader)
+    monkeypatch.setattr(earthgen.pipelines.image, "load_default_image_pipeline", fake_loader)
     monkeypatch.setattr(demo, "DEMO_STEPS", 2)
     ctx = demo.DemoContext(out=tmp_path, seed=3)
     msg = demo.step_augment(ctx)

@@ -22,13 +22,11 @@ from flows import (
     LinearPath,
     LinearScheduler,
     ODESolver,
-    TimeSampler,
     cfg_velocity,
+    inpaint_callback,
     logit_normal_time,
     make_time_grid,
-    multi_cfg_velocity,
     shift_time,
-    uniform_time,
 )
 
 PATHS = [LinearPath(), AffinePath(LinearScheduler()), AffinePath(CosineScheduler())]
@@ -57,7 +55,7 @@ def test_import_is_lazy_and_silent():
 
 
 @pytest.mark.parametrize("path", PATHS, ids=repr)
-def test_path_endpoints_velocity_and_inverses(path):
+def test_path_endpoints_velocity_and_interpolate(path):
     g = gen(1)
     x0, x1 = (
         torch.randn(5, 3, 2, generator=g, dtype=torch.float64),
@@ -74,8 +72,9 @@ def test_path_endpoints_velocity_and_inverses(path):
     lo, hi = (t - h).clamp(0, 1), (t + h).clamp(0, 1)
     fd = (path.sample(x0, x1, hi).x_t - path.sample(x0, x1, lo).x_t) / (hi - lo)[:, None, None]
     torch.testing.assert_close(s.dx_t, fd, atol=1e-5, rtol=0)
-    torch.testing.assert_close(path.velocity_to_x1(s.x_t, s.dx_t, t), x1, atol=1e-12, rtol=0)
-    torch.testing.assert_close(path.velocity_to_x0(s.x_t, s.dx_t, t), x0, atol=1e-12, rtol=0)
+    assert torch.equal(path.interpolate(x0, x1, t), s.x_t)  # x_t alone
+    for tn in (0.0, 0.3, 1.0):  # a number, as solver callbacks get: float64 coefficients
+        assert torch.equal(path.interpolate(x0, x1, tn), path.sample(x0, x1, tn).x_t)
 
 
 def test_linear_path_is_the_documented_convention():
@@ -97,14 +96,6 @@ def test_linear_path_is_the_documented_convention():
 # --------------------------------------------------------------------------- time samplers
 
 
-def test_uniform_time():
-    t = uniform_time(10_000, generator=gen(0))
-    assert t.shape == (10_000,) and t.dtype == torch.float32
-    assert bool(((t > 0) & (t < 1)).all()) and abs(float(t.mean()) - 0.5) < 0.02
-    assert torch.equal(t, uniform_time(10_000, generator=gen(0)))
-    assert not torch.equal(t, uniform_time(10_000, generator=gen(1)))
-
-
 def test_logit_normal_time():
     t = logit_normal_time(20_001, generator=gen(0))
     assert bool(((t > 0) & (t < 1)).all())
@@ -114,14 +105,10 @@ def test_logit_normal_time():
     assert abs(float(shifted.median()) - 1 / (1 + math.exp(-1))) < 0.02
     wide = logit_normal_time(1000, std=50.0, generator=gen(3))  # sigmoid saturates: still inside
     assert bool(((wide > 0) & (wide < 1)).all())
-    assert torch.equal(
-        TimeSampler("logit_normal", 1.0)(100, gen(4)), logit_normal_time(100, 1.0, generator=gen(4))
-    )
-    assert torch.equal(TimeSampler("uniform")(100, gen(4)), uniform_time(100, gen(4)))
     for bad in (
-        lambda: TimeSampler("beta"),
         lambda: logit_normal_time(4, std=0.0),
-        lambda: uniform_time(-1),
+        lambda: logit_normal_time(-1),
+        lambda: logit_normal_time(4, eps=0.5),
     ):
         with pytest.raises(UserInputError):
             bad()
@@ -304,6 +291,44 @@ def test_callbacks():
         ODESolver().sample(lambda x, t: x, x0, 2, callback=lambda i, t, x: 1.0)
 
 
+def _pinned_states(path, x0, known, mask, steps=6):
+    """Run the solver with inpaint_callback(path) and record ``(t, x)`` after every step."""
+    seen = []
+    record = lambda i, t, x: seen.append((t, x.clone()))  # noqa: E731
+    field = lambda x, t: torch.sin(3 * x) + t.reshape(-1, *[1] * (x.ndim - 1))  # noqa: E731
+    cb = inpaint_callback(x0, known, mask, record, **({} if path is None else {"path": path}))
+    out = ODESolver("heun").sample(field, x0, steps, shift=2.0, callback=cb)
+    return out, seen
+
+
+def test_inpaint_callback_default_is_the_linear_path():
+    g = gen(11)
+    x0, known = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    mask = torch.tensor([True, False, True, False, False])
+    out, seen = _pinned_states(None, x0, known, mask)
+    for t, x in seen:  # the former hard-coded formula, bit for bit
+        assert torch.equal(x[mask], ((1 - t) * x0 + t * known)[mask])
+    assert torch.equal(out[mask], known[mask]) and not torch.equal(out[~mask], known[~mask])
+    out_lin, _ = _pinned_states(LinearPath(), x0, known, mask)
+    assert torch.equal(out_lin, out)
+    assert inpaint_callback(x0, None, None, user=None) is None
+
+
+def test_inpaint_callback_follows_the_path_it_is_given():
+    g = gen(12)
+    x0 = torch.randn(3, 2, 4, generator=g, dtype=torch.float64)
+    known = torch.randn(3, 2, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, False], [False, False], [True, True]])  # [B, N] of [B, N, C]
+    path = AffinePath(CosineScheduler())
+    out, seen = _pinned_states(path, x0, known, mask)
+    m = mask[..., None].expand_as(x0)
+    for t, x in seen:  # exactly the cosine path's x_t = cos(pi t/2) x0 + sin(pi t/2) known
+        assert torch.equal(x[m], path.sample(x0, known, t).x_t[m])
+        linear = ((1 - t) * x0 + t * known)[m]
+        assert t == 1.0 or not torch.allclose(x[m], linear)
+    assert torch.equal(out[m], known[m])  # t = 1: the known values exactly
+
+
 def test_progress_bar_is_off_by_default(capsys):
     ODESolver().sample(lambda x, t: x, torch.zeros(1, 2), 3)
     assert capsys.readouterr().err == ""
@@ -376,49 +401,6 @@ def test_cfg_velocity():
         cfg_velocity(CountingModel(), x, t, cond, {"emb": torch.zeros(2, 3), "gain": 2.0}, 3.0)
 
 
-def test_multi_cfg_velocity():
-    g = gen(9)
-    x, t = torch.randn(4, 3, generator=g), torch.rand(4, generator=g)
-    cond = {"text": torch.randn(4, 3, generator=g), "layout": torch.randn(4, 3, generator=g)}
-    null = {"text": torch.zeros(1, 3), "layout": torch.zeros(1, 3)}
-    batches = []
-
-    def model(x, t, c):  # conditions act independently (additively)
-        batches.append(x.shape[0])
-        return 0.5 * x + t[:, None] + torch.sin(c["text"]) + c["layout"] ** 2
-
-    def v(**over):
-        return model(x, t, {**cond, **{k: null[k].expand(4, 3) for k in over}})
-
-    v_c, v_u = v(), v(text=1, layout=1)
-    v_text, v_layout = v(layout=1), v(text=1)  # one condition alone
-    batches.clear()
-    torch.testing.assert_close(
-        multi_cfg_velocity(model, x, t, cond, null, {"text": 1.0, "layout": 1.0}), v_c
-    )
-    assert batches == [4]  # scale 1: no extra branch
-    batches.clear()
-    out = multi_cfg_velocity(model, x, t, cond, null, {"text": 2.0, "layout": 3.0})
-    assert batches == [12]  # full + one branch per guided condition, in one call
-    torch.testing.assert_close(out, v_c + 1.0 * (v_c - v(text=1)) + 2.0 * (v_c - v(layout=1)))
-    torch.testing.assert_close(
-        out, v_u + 2.0 * (v_text - v_u) + 3.0 * (v_layout - v_u)
-    )  # independent
-    torch.testing.assert_close(
-        multi_cfg_velocity(model, x, t, cond, null, {"text": 0.0}), v(text=1)
-    )
-    one = {"text": cond["text"]}
-    single = lambda x, t, c: 0.5 * x + t[:, None] + torch.sin(c["text"])  # noqa: E731
-    torch.testing.assert_close(
-        multi_cfg_velocity(single, x, t, one, null, {"text": 4.0}),
-        cfg_velocity(single, x, t, one, {"text": null["text"]}, 4.0),
-    )
-    with pytest.raises(UserInputError):
-        multi_cfg_velocity(model, x, t, cond, null, {"roads": 2.0})
-    with pytest.raises(UserInputError):
-        multi_cfg_velocity(model, x, t, cond, {"text": null["text"]}, {"layout": 2.0})
-
-
 # --------------------------------------------------------------------------- end to end
 
 
@@ -438,13 +420,13 @@ def test_train_and_sample_two_gaussians():
         torch.nn.Linear(64, 1),
     )
     model = lambda x, t: net(torch.cat([x, t[:, None].to(x.dtype)], 1))  # noqa: E731
-    path, loss_fn, times = LinearPath(), FlowMatchingLoss(), TimeSampler("logit_normal")
+    path, loss_fn = LinearPath(), FlowMatchingLoss()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
     for _ in range(200):
         x1 = data(256)
         x0 = torch.randn(x1.shape, generator=g)
-        s = path.sample(x0, x1, times(256, g))
+        s = path.sample(x0, x1, logit_normal_time(256, generator=g))
         loss = loss_fn(model(s.x_t, s.t), s.dx_t)
         opt.zero_grad()
         loss.backward()

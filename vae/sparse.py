@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthgen.errors import MissingDependencyError, UserInputError
+from earthgen_base.errors import MissingDependencyError, UserInputError
 
 BACKENDS = ("auto", "torch", "spconv")
 _SPCONV = None

@@ -22,7 +22,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from earthgen.errors import UserInputError
+from earthgen_base.errors import UserInputError
 from vae.sparse import SparseResBlock, SparseTensor, SubMConv3d, set_backend
 from vae.structure import SparseGaussian
 

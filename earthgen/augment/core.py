@@ -163,7 +163,7 @@ def generate_layout(pipe, lay: Layout, cfg: AugmentConfig,
     ``cfg.inpaint`` the ``source`` image (turned as the layout) is kept outside the repainted
     latent cells of the pasted boxes, and windows with nothing to paint are not generated.
     Returns the image and ``{"tiles", "generated_tiles", "tile", "overlap"}`` (pixels)."""
-    from earthgen.training.image import detection_caption
+    from earthgen.datasets import detection_caption
 
     w, h = lay.size
     m = int(getattr(pipe, "size_multiple", pipe.vae_scale_factor))

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from earthgen.errors import UserInputError
+from earthgen_base.io import check_output  # noqa: F401  (re-exported: commands import it here)
 
 # --- limits (docs/limits.md) -----------------------------------------------------------------
 
@@ -293,52 +293,3 @@ def default_threads() -> int:
         n = os.cpu_count() or 1
     q = cpu_quota()
     return max(1, min(n, q) if q else n)
-
-
-# --- output paths ----------------------------------------------------------------------------
-
-def _existing_parent(p: Path) -> Path:
-    q = p.absolute()
-    while not q.exists() and q != q.parent:
-        q = q.parent
-    return q
-
-
-def _check_writable(folder: Path, flag: str, path: Path) -> None:
-    if not folder.is_dir():
-        raise UserInputError(f"{flag} {path}: {folder} is not a folder")
-    try:  # os.access says yes to root on /proc or a read-only mount: try it
-        with tempfile.TemporaryFile(dir=folder, prefix=".earthgen-write-test-"):
-            pass
-    except OSError as e:
-        raise UserInputError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})") from None
-
-
-def check_output(path: str | os.PathLike, flag: str = "--out", exts: Iterable[str] | None = None,
-                 folder: bool = False, empty: bool = False) -> Path:
-    """Check an output path before any work; UserInputError (one line) when it cannot be used.
-
-    A file (``folder=False``): its extension (lower case) must be one of ``exts`` when given, it
-    must not be a folder, and its nearest existing parent must be a folder we can write in (the
-    missing folders are created later). A folder (``folder=True``): not an existing file, new or
-    empty with ``empty``, in a writable place. Writes nothing but a removed probe file."""
-    p = Path(path)
-    if not str(path).strip():
-        raise UserInputError(f"{flag}: empty path")
-    if folder:
-        if p.exists() and not p.is_dir():
-            raise UserInputError(f"{flag} {p} exists and is not a folder")
-        if empty and p.is_dir() and any(p.iterdir()):
-            raise UserInputError(f"{flag} {p} is not an empty folder; give a new or empty one")
-        _check_writable(_existing_parent(p), flag, p)
-        return p
-    if exts is not None:
-        allowed = tuple(e.lower() for e in exts)
-        if p.suffix.lower() not in allowed:
-            got = f"extension '{p.suffix}'" if p.suffix else "no extension"
-            raise UserInputError(f"{flag} {p}: {got} is not supported; this command writes "
-                                 f"{' or '.join(allowed)}")
-    if p.is_dir():
-        raise UserInputError(f"{flag} {p} is a folder; give a file name")
-    _check_writable(_existing_parent(p.parent), flag, p)
-    return p

@@ -88,7 +88,7 @@ class DemoContext:
     def image_pipeline(self):
         """The packaged default image model (loaded once, float32 on CPU)."""
         if "image" not in self.cache:
-            from earthgen.models import load_default_image_pipeline
+            from earthgen.pipelines.image import load_default_image_pipeline
 
             pipe = load_default_image_pipeline()
             pipe.set_progress_bar_config(disable=True)
@@ -228,7 +228,7 @@ def step_augment(ctx: DemoContext) -> str:
     from earthgen.augment.world import world_items
     from earthgen.data import read_detection_dataset, write_detection_dataset
     from earthgen.io import write_png
-    from earthgen.models import load_default_image_pipeline
+    from earthgen.pipelines.image import load_default_image_pipeline
     from earthgen.world.export import draw_boxes
     from earthgen.world.tile import DETECTION_CLASSES
 

@@ -28,7 +28,7 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     ``control_end``: the pipeline's ``control_guidance_end`` (None: the model's default)."""
     from tqdm import tqdm
 
-    from earthgen.training.image import world_batch
+    from earthgen.datasets import world_batch
 
     res = resolution or int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     dev = pipe._execution_device

@@ -21,22 +21,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from earthgen.classes import NUM_CLASSES
-
-SCENES: tuple[str, ...] = ("dense_urban", "residential", "industrial", "farmland", "forest", "water",
-                           "countryside")
-
-
-# fine scene kinds of the captions -> the classifier's scenes
-_SCENE_OF_KIND = {"town_edge": "residential", "suburban": "residential", "lake": "water",
-                  "open_water": "water", "bare": "countryside"}
-
-
-def scene_label(stats: dict) -> int:
-    """Scene id of a world tile from its statistics (the rules of its caption, coarser)."""
-    from earthgen.world.caption import scene_of
-
-    kind = scene_of(stats)
-    return SCENES.index(_SCENE_OF_KIND.get(kind, kind))
+from earthgen.world.caption import SCENES, scene_label  # noqa: F401  (the classifier's classes)
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -87,7 +72,7 @@ def train_tilenet(out, steps: int = 2000, batch_size: int = 16, resolution: int 
 
     from tqdm import tqdm
 
-    from earthgen.training.image import world_batch
+    from earthgen.datasets import world_batch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)

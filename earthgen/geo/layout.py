@@ -240,7 +240,7 @@ class Layout:
     def height_map(self, **kwargs: Any) -> Any:
         """Building tops/bases in metres above ground on this grid, from the OSM tags with type
         defaults: :func:`earthgen.geo.heights.height_map` (keyword arguments passed on)."""
-        from earthgen.geo.heights import height_map
+        from earthgen.geo.building_heights import height_map
 
         return height_map(self, **kwargs)
 

@@ -52,6 +52,7 @@ import earthgen.models  # noqa: F401  (the packaged model's text-encoder referen
 import vae.taef2  # noqa: F401
 from earthgen.conditioning.dense import one_hot, road_map
 from earthgen.errors import UserInputError
+from earthgen.models import PIPELINE_NAMES, resolve_model
 
 
 @dataclass
@@ -939,6 +940,18 @@ def load_pipeline(name: str) -> EarthImagePipeline:
         return EarthImagePipeline.from_pretrained(s)
     except (OSError, ValueError) as e:  # hub errors (offline, unknown repo) are OSErrors too
         raise UserInputError(f"cannot load the model {s}: {e}") from None
+
+
+def load_default_image_pipeline(dtype=None, name: str = "image") -> EarthImagePipeline:
+    """The packaged image pipeline ``name`` (``image``, or ``boxes``: the box-conditioned one),
+    float32 by default (its fp16 weights are up-cast on load: CPU kernels are float32)."""
+    if name not in PIPELINE_NAMES:
+        raise UserInputError(f"{name!r} is not a packaged image pipeline; choose from {', '.join(PIPELINE_NAMES)}")
+    path = resolve_model(None, name)
+    try:
+        return EarthImagePipeline.from_pretrained(path, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"cannot load the packaged {name} model {path}: {e}") from None
 
 
 def outpaint_canvas(image: np.ndarray, left: int, right: int, top: int, bottom: int,  # [H, W, 3]

@@ -65,19 +65,16 @@ class EarthSceneOutput(BaseOutput):
     seed: int | None = None
 
 
-def window_starts(n: int, window: int, overlap: int, cell: int = 8) -> list[int]:
-    """Starts (multiples of ``cell``) of the fewest windows of ``window`` cells covering
-    ``[0, n)`` with at least ``overlap`` cells shared by neighbours, spread evenly so every
-    overlap is about the same (the last window ends at most ``cell - 1`` past ``n``)."""
+def window_starts(n: int, window: int, overlap: int) -> list[int]:
+    """Starts of the fewest windows of ``window`` cells covering ``[0, n)`` with exactly
+    ``overlap`` cells shared by neighbours: a stride of ``window - overlap`` (whole coarse
+    cells when both are). The last window may reach past ``n``; nothing is generated there but
+    the coarse structure (1/512 of the voxels), so the work per window is that of the area it
+    covers and the windows' total is the area plus the requested overlaps, no more."""
     if n <= window:
         return [0]
-    last = -(-(n - window) // cell) * cell
-    count = math.ceil((n - overlap) / (window - overlap))
-    while True:
-        starts = [int(round(i * last / (count - 1) / cell)) * cell for i in range(count)]
-        if all(b - a <= window - overlap for a, b in zip(starts, starts[1:], strict=False)):
-            return starts
-        count += 1
+    stride = window - overlap
+    return [i * stride for i in range(math.ceil((n - overlap) / stride))]
 
 
 def core_cuts(starts: list[int], window: int, n: int) -> list[tuple[int, int]]:
@@ -88,10 +85,12 @@ def core_cuts(starts: list[int], window: int, n: int) -> list[tuple[int, int]]:
 
 
 def coverage_ratio(n: int, window: int, overlap: int) -> float:
-    """Window cells along one axis over the cells needed with exactly ``overlap`` shared:
-    ``count x window / (n + (count - 1) x overlap)`` (1 = no extra work beyond the overlap)."""
-    count = len(window_starts(n, window, overlap))
-    return count * window / (n + (count - 1) * overlap) if count > 1 else window / max(n, 1)
+    """Cells of the scene that windows cover, counted once per window, over the cells needed
+    with exactly ``overlap`` shared: ``sum |window & [0, n)| / (n + (count - 1) x overlap)``
+    along one axis (1 = no extra work beyond the requested overlap)."""
+    starts = window_starts(n, window, overlap)
+    covered = sum(min(s + window, n) - s for s in starts)
+    return covered / (n + (len(starts) - 1) * overlap)
 
 
 def _ramp(starts: list[int], window: int, i: int, cell: int = 8) -> torch.Tensor:

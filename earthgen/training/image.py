@@ -35,6 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from earthgen.datasets import (  # noqa: F401  (procedural samples; re-exported here)
+    detection_caption,
+    world_batch,
+    world_box_batch,
+)
 from earthgen.errors import UserInputError
 from earthgen.training.loop import (
     check_fresh_out,
@@ -215,29 +220,6 @@ def load_components(cfg: TrainConfig) -> dict:
 
 # --- data -----------------------------------------------------------------------------------------
 
-def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
-    """``n`` procedural tiles for sample indices ``index0 ..``: images ``[n, 3, R, R]`` in 0..1,
-    class maps ``[n, R, R]``, captions, GSDs (m/px, log-uniform 0.3..4), scene ids
-    (:data:`earthgen.evaluation.tilenet.SCENES`)."""
-    from earthgen.evaluation.tilenet import scene_label
-    from earthgen.world import generate_world
-    from earthgen.world.noise import hash_uniform
-
-    imgs, sems, caps, gsds, scenes = [], [], [], [], []
-    for k in range(index0, index0 + n):
-        r = hash_uniform(np.arange(4), seed, k)
-        gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
-        origin = ((r[1] - 0.5) * 6000.0, (r[2] - 0.5) * 6000.0)
-        tile = generate_world(int(r[3] * 50), resolution, gsd, origin)
-        imgs.append(torch.from_numpy(tile.rgb).permute(2, 0, 1).float() / 255.0)
-        sems.append(torch.from_numpy(tile.semantic.astype(np.int64)))
-        caps.append(tile.caption)
-        gsds.append(gsd)
-        scenes.append(scene_label(tile.stats))
-    return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
-            "gsd": torch.tensor(gsds), "scene": torch.tensor(scenes)}
-
-
 class CaptionData:
     """Index-addressable batches from an image-caption dataset (center crop + resize)."""
 
@@ -379,16 +361,6 @@ def is_detection_dataset(path: str) -> bool:
     return True
 
 
-def detection_caption(labels: list[str]) -> str:
-    """``["building", "building", "small_vehicle"]`` -> "satellite image with 2 building, 1 small vehicle"."""
-    from collections import Counter
-
-    if not labels:
-        return "satellite image"
-    parts = [f"{n} {k.replace('_', ' ')}" for k, n in sorted(Counter(labels).items())]
-    return "satellite image with " + ", ".join(parts)
-
-
 class DetectionData:
     """Index-addressable batches from a detection dataset: random ``resolution`` crops (padded
     when smaller) with flips and 90° rotations, their boxes (pixel corners), captions from the
@@ -410,22 +382,6 @@ class DetectionData:
         gsds = [self.gsd[int(i)] for i in idx]
         return {"image": imgs, "semantic": None, "caption": [detection_caption(b.labels) for b in sets],
                 "gsd": torch.tensor(gsds, dtype=torch.float32), "boxes": sets}
-
-
-def world_box_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
-    """:func:`world_batch` plus the tiles' detection boxes (``boxes``: BoxSets, pixel corners)."""
-    from earthgen.world import generate_world
-    from earthgen.world.noise import hash_uniform
-
-    batch = world_batch(seed, index0, n, resolution)
-    sets = []
-    for k in range(index0, index0 + n):
-        r = hash_uniform(np.arange(4), seed, k)
-        gsd = float(10 ** (np.log10(0.3) + r[0] * (np.log10(4.0) - np.log10(0.3))))
-        origin = ((r[1] - 0.5) * 6000.0, (r[2] - 0.5) * 6000.0)
-        sets.append(generate_world(int(r[3] * 50), resolution, gsd, origin).boxes())
-    batch["boxes"] = sets
-    return batch
 
 
 # --- loop -----------------------------------------------------------------------------------------

@@ -70,6 +70,23 @@ def scene_of(stats: dict) -> str:
     return "countryside"
 
 
+# --- coarse scene classes (the tile classifier's, :mod:`earthgen.evaluation.tilenet`) ---------
+
+SCENES: tuple[str, ...] = ("dense_urban", "residential", "industrial", "farmland", "forest", "water",
+                           "countryside")
+
+
+# fine scene kinds of the captions -> the classifier's scenes
+_SCENE_OF_KIND = {"town_edge": "residential", "suburban": "residential", "lake": "water",
+                  "open_water": "water", "bare": "countryside"}
+
+
+def scene_label(stats: dict) -> int:
+    """Scene id of a world tile from its statistics (the rules of its caption, coarser)."""
+    kind = scene_of(stats)
+    return SCENES.index(_SCENE_OF_KIND.get(kind, kind))
+
+
 def caption_for(tile) -> str:
     """One sentence describing the tile, e.g. ``"Aerial image at 0.5 m/px of a residential area
     with many houses, several cars along the streets and trees in the gardens."``."""

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from earthgen.errors import UserInputError
 
+WORLD_CRS = "EPSG:32633"
+FALSE_ORIGIN = (500_000.0, 5_000_000.0)  # metres added to world (x, y) in georeferenced outputs
+
 
 @dataclass(frozen=True)
 class WorldConfig:

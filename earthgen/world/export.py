@@ -34,7 +34,7 @@ def layout_geojson(tile) -> dict:
     from rasterio.features import shapes
 
     from earthgen.geo.vector import Feature, features_geojson
-    from earthgen.world.tile import FALSE_ORIGIN
+    from earthgen.world.config import FALSE_ORIGIN
 
     feats = list(tile.features)
     water = (tile.semantic == CLASS_ID["water"]).astype(np.uint8)

@@ -31,13 +31,11 @@ from earthgen.world.city import (
     compute_blocks,
     generate_objects,
 )
-from earthgen.world.config import WorldConfig
+from earthgen.world.config import FALSE_ORIGIN, WORLD_CRS, WorldConfig
 from earthgen.world.noise import Grid, Sampler, hash_uniform
 from earthgen.world.render import render_rgb, sun_vector
 from earthgen.world.terrain import subseed, terrain_fields
 
-WORLD_CRS = "EPSG:32633"
-FALSE_ORIGIN = (500_000.0, 5_000_000.0)  # metres added to world (x, y) in georeferenced outputs
 DETECTION_CLASSES = ("building", "storage_tank", "small_vehicle", "large_vehicle")
 MAX_PIXELS = 8192 * 8192
 PAD = 3  # pixels computed around the tile so neighbourhood ops agree across tile borders

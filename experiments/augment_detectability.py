@@ -2,7 +2,7 @@
 `earthgen augment --inpaint` outputs, per class: a generator-quality number that needs no
 detector training (docs/augment.md round 8). Usage:
 
-    python benchmarks/augment_detectability.py OUT.json AUG_DIR [AUG_DIR ...] --detectors D0 D1 D2
+    python experiments/augment_detectability.py OUT.json AUG_DIR [AUG_DIR ...] --detectors D0 D1 D2
 
 Found = a detection of the same class with score >= 0.3 and rotated IoU >= 0.5 (the filter's
 defaults). Real-box rows are the same images' unchanged real objects, for reference."""

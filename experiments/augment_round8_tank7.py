@@ -4,7 +4,9 @@ copies` writes. Round 7's augmented runs (runs/tank7-gain.json) are joined with 
 (runs/control7-gain-s<seed>.json: `earthgen eval augment --augmented runs/control7
 --real-detector runs/tank4-det1500[-s1|-s2]`, where runs/control7 = real + the copies that
 `write_copies(runs/tank7-aug, ...)` makes, checked pixel for pixel); detector training is
-deterministic, so this equals a fresh `--control copies` run. Prints the table, writes the JSON."""
+deterministic, so this equals a fresh `--control copies` run. Prints the table, writes the JSON.
+
+    python experiments/augment_round8_tank7.py [OUT.json]   # from the repository root"""
 import json
 import sys
 

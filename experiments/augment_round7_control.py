@@ -1,6 +1,9 @@
 """Control of docs/augment.md round 7: real + the same 96 source images, turned/mirrored as the
 layouts, unchanged (no pasted objects): what oversampling the real source images alone gives.
-Run from the repository root after round 7 (reads runs/tank4/train and runs/tank7-aug)."""
+Run from the repository root after round 7 (reads runs/tank4/train and runs/tank7-aug; writes
+the dataset runs/control7, its images under runs/control7-src):
+
+    python experiments/augment_round7_control.py"""
 import json
 from pathlib import Path
 
