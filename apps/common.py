@@ -79,16 +79,20 @@ def _input_errors(p: Path) -> Iterator[None]:
 # --- checks of typed values -----------------------------------------------------------------
 
 
+def as_number(value: Any, cast: type, message: str) -> Any:
+    """``cast(value)`` (``int`` or ``float``), or ``gr.Error(message)`` when it is not one."""
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise gr.Error(message, print_exception=False) from None
+
+
 def pick_seed(seed: Any, randomize: bool) -> int:
     """The seed to use: a fresh random one when ``randomize``, else ``seed`` checked to be in
     ``0..2**31-1``."""
     if randomize:
         return random.randint(0, MAX_SEED)
-    try:
-        s = int(seed)
-    except (TypeError, ValueError):
-        raise gr.Error(f"seed must be a whole number, got {seed!r}",
-                       print_exception=False) from None
+    s = as_number(seed, int, f"seed must be a whole number, got {seed!r}")
     if not 0 <= s <= MAX_SEED or s != float(seed):
         raise gr.Error(f"seed must be a whole number in 0..{MAX_SEED}, got {seed}",
                        print_exception=False)
@@ -129,11 +133,7 @@ def _check_wh(width: Any, height: Any, f: int, limits: AppLimits) -> tuple[int, 
 
 
 def check_steps(steps: Any, limits: AppLimits) -> int:
-    try:
-        s = int(steps)
-    except (TypeError, ValueError):
-        raise gr.Error(f"steps must be a whole number, got {steps!r}",
-                       print_exception=False) from None
+    s = as_number(steps, int, f"steps must be a whole number, got {steps!r}")
     if not 1 <= s <= limits.max_steps:
         raise gr.Error(f"steps must be in 1..{limits.max_steps}, got {s}", print_exception=False)
     return s

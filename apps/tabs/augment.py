@@ -14,6 +14,7 @@ from PIL import Image
 
 from apps.common import (
     AppLimits,
+    as_number,
     check_steps,
     check_upload,
     file_path,
@@ -89,11 +90,7 @@ def augment_zip(pipe, limits: AppLimits, folder: Path, data: Any, count: Any, st
     if not path:
         raise gr.Error("upload a .zip of a detection dataset (images + labels)",
                        print_exception=False)
-    try:
-        n = int(count)
-    except (TypeError, ValueError):
-        raise gr.Error(f"the number of images must be a whole number, got {count!r}",
-                       print_exception=False) from None
+    n = as_number(count, int, f"the number of images must be a whole number, got {count!r}")
     if not 1 <= n <= limits.max_augment:
         raise gr.Error(f"generate 1..{limits.max_augment} images at a time, got {n}",
                        print_exception=False)

@@ -15,6 +15,7 @@ from apps.common import (
     AppLimits,
     _generator,
     _image_size,
+    as_number,
     check_steps,
     check_upload,
     file_path,
@@ -77,11 +78,7 @@ def generate_scene(scene_pipe, limits: AppLimits, folder: Path, source: str, wor
     semantic map, an uploaded class-id PNG, an aerial image, or nothing; ``size_m`` is the
     scene's side in metres (the map's width covers it). Without a scene model only the procedural
     world is offered, and its exact 3D (:func:`earthgen.world.scene3d.world_scene`) is shown."""
-    try:
-        size = float(size_m)
-    except (TypeError, ValueError):
-        raise gr.Error(f"scene size must be a number of metres, got {size_m!r}",
-                       print_exception=False) from None
+    size = as_number(size_m, float, f"scene size must be a number of metres, got {size_m!r}")
     if not 16 <= size <= limits.max_scene_m:
         raise gr.Error(f"scene size must be in 16..{limits.max_scene_m:g} metres, got {size:g}",
                        print_exception=False)

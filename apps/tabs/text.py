@@ -10,6 +10,7 @@ from PIL import Image
 from apps.common import (
     AppLimits,
     _generator,
+    as_number,
     check_gsd,
     check_size,
     check_steps,
@@ -37,11 +38,8 @@ def text_to_image(pipe, limits: AppLimits, prompt: str, negative_prompt: str, gs
     loc = parse_latlon(location, "location")
     s = pick_seed(seed, randomize)
     meta = {"lat": loc[0], "lon": loc[1]} if loc else None
-    try:
-        mg = float(metadata_guidance or 0.0)
-    except (TypeError, ValueError):
-        raise gr.Error(f"metadata guidance must be a number, got {metadata_guidance!r}",
-                       print_exception=False) from None
+    mg = as_number(metadata_guidance or 0.0, float,
+                   f"metadata guidance must be a number, got {metadata_guidance!r}")
     if not 0.0 <= mg <= 30.0:
         raise gr.Error(f"metadata guidance must be in 0..30, got {mg:g}", print_exception=False)
     g = check_gsd(gsd)

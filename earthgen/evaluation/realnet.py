@@ -379,6 +379,16 @@ def _warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sch
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
+def _step(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, loss: torch.Tensor,
+          run: float, step: int) -> float:
+    """One optimizer and schedule step on ``loss``; returns the running loss (EMA 0.98)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return 0.98 * run + 0.02 * loss.item() if step else loss.item()
+
+
 def _flip_rot(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, dims=(-2, -1))
     return x.flip(-1) if flip else x
@@ -429,11 +439,7 @@ def train_classifier(out: Path, root=None, steps: int = 1000, batch_size: int = 
         x, y = _classifier_batch(imgs, labels, perm[pos:pos + batch_size], size, g)
         pos += batch_size
         loss = F.cross_entropy(clf(x)["logits"], y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        run = 0.98 * run + 0.02 * loss.item() if step else loss.item()
+        run = _step(opt, sched, loss, run, step)
         bar.set_postfix(loss=f"{run:.3f}")
     train_s = time.time() - t0
     clf.eval()
@@ -524,11 +530,7 @@ def train_segmenter(out: Path, root=None, steps: int = 1600, batch_size: int = 1
             ys.append(y)
         x, y = _jitter(torch.cat(xs), g), torch.cat(ys)
         loss = F.cross_entropy(seg(x), y, weight=weights, ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        run = 0.98 * run + 0.02 * loss.item() if step else loss.item()
+        run = _step(opt, sched, loss, run, step)
         bar.set_postfix(loss=f"{run:.3f}")
     train_s = time.time() - t0
     seg.eval()

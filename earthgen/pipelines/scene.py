@@ -126,6 +126,19 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def fill_from_neighbours(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``values`` ``[X, Y]`` where ``valid`` (bool ``[X, Y]``, not all False), the rest filled
+    ring by ring with the mean of their already valid 3x3 neighbours."""
+    h, v = values.float()[None, None], valid.float()[None, None]
+    k = torch.ones(1, 1, 3, 3)
+    while bool((v == 0).any()):
+        s, c = F.conv2d(h * v, k, padding=1), F.conv2d(v, k, padding=1)
+        grow = (v == 0) & (c > 0)
+        h = torch.where(grow, s / c.clamp_min(1), h)
+        v = torch.where(grow, torch.ones_like(v), v)
+    return h[0, 0]
+
+
 def fill_columns(vox: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Terrain closure of a 2.5D scene on an ``X x Y`` grid of columns (``vox`` ``[N, 4]``
     (b, x, y, z) of one scene -> ``[N', 4]``):
@@ -142,13 +155,7 @@ def fill_columns(vox: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     top.scatter_reduce_(0, (vox[:, 1].long() * Y + vox[:, 2].long()), vox[:, 3].float(), "amax")
     top = top.reshape(1, 1, X, Y)
     empty = top < 0
-    h, valid = torch.where(empty, 0.0, top), (~empty).float()
-    k = torch.ones(1, 1, 3, 3)
-    while bool((valid == 0).any()):
-        s, c = F.conv2d(h * valid, k, padding=1), F.conv2d(valid, k, padding=1)
-        grow = (valid == 0) & (c > 0)
-        h = torch.where(grow, s / c.clamp_min(1), h)
-        valid = torch.where(grow, 1.0, valid)
+    h = fill_from_neighbours(torch.where(empty, 0.0, top)[0, 0], ~empty[0, 0])[None, None]
     t = torch.where(empty, h.round().clamp_min(0), top)[0, 0].long()  # [X, Y] top of every column
     pad = F.pad(t[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0].long()
     low = torch.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).amin(0)
@@ -397,12 +404,14 @@ class EarthScenePipeline(DiffusionPipeline):
                 g = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
                 g = g[(g[:, 0] >= x0) & (g[:, 0] < x0 + W) & (g[:, 1] >= y0) & (g[:, 1] < y0 + W)]
                 if len(g):
-                    lat, keys, keep = self._texture_window(g, wi, box, cores[wi], sem, img, nx, ny, NY,
-                                                           texture_steps, tg, generator,
+                    vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])],
+                                    1).int()  # [n, 4] (b, x, y, z) in the window
+                    zdim = self._zdim(g)
+                    lat, keys, keep = self._texture_window(g, vox, zdim, wi, box, cores[wi], sem, img, nx, ny,
+                                                           NY, texture_steps, tg, generator,
                                                            {j: tex[j] for j in tex if wi in users[j]},
                                                            callback_on_step_end, bar)
-                    vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])], 1)
-                    surf = self._decode_texture(vox.int(), lat, x0, y0, self._zdim(g))
+                    surf = self._decode_texture(vox, lat, x0, y0, zdim)
                     tops = None
                     if ortho is not None:
                         surf, tops = self._ortho_surfels(surf, keep, g, ortho, nx, ny)
@@ -525,9 +534,10 @@ class EarthScenePipeline(DiffusionPipeline):
             g = build_heights(g, h, base, region, self.voxel_size, caps)
         return g[(g[:, 0] >= x0) & (g[:, 0] < x1) & (g[:, 1] >= y0) & (g[:, 1] < y1)]
 
-    def _texture_window(self, g, wi, box, core, sem, img, nx, ny, NY, steps, guidance, generator, tex, cb,
+    def _texture_window(self, g, vox, zdim, wi, box, core, sem, img, nx, ny, NY, steps, guidance, generator, tex, cb,
                         bar=None):
-        """Texture latents ``[n, C]`` of window ``wi``'s voxels ``g`` ``[n, 3]`` (global), pinned
+        """Texture latents ``[n, C]`` of window ``wi``'s voxels ``g`` ``[n, 3]`` (global; ``vox``
+        ``[n, 4]`` the same in the window's frame of ``zdim`` voxels up), pinned
         where earlier windows (``tex``: window -> sorted voxel keys, latents) textured them; returns
         ``(latents, keys, keep)`` with ``keep`` the voxels of the window's own core."""
         x0, y0 = box[0], box[1]
@@ -544,9 +554,8 @@ class EarthScenePipeline(DiffusionPipeline):
             hit = (kj[pos] == keys) & ~have
             known[hit] = lj[pos[hit]]
             have |= hit
-        vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])], 1).int()
         lat = self._sample_texture(vox, s_w, i_w, steps, guidance, generator, known if bool(have.any()) else None,
-                                   have, wi, cb, self._zdim(g), bar)
+                                   have, wi, cb, zdim, bar)
         c = core
         keep = (g[:, 0] >= c[0]) & (g[:, 0] < c[2]) & (g[:, 1] >= c[1]) & (g[:, 1] < c[3])
         return lat, keys, keep
@@ -761,14 +770,7 @@ def ground_surface(surface: torch.Tensor, free: torch.Tensor, radius: int = GROU
     valid = (low < big).float()
     if not bool(valid.any()):
         return torch.zeros_like(surface, dtype=torch.float32)
-    ground = torch.where(valid > 0, low, torch.zeros_like(low))
-    k = torch.ones(1, 1, 3, 3)
-    while bool((valid == 0).any()):
-        s, c = F.conv2d(ground * valid, k, padding=1), F.conv2d(valid, k, padding=1)
-        grow = (valid == 0) & (c > 0)
-        ground = torch.where(grow, s / c.clamp_min(1), ground)
-        valid = torch.where(grow, torch.ones_like(valid), valid)
-    return ground[0, 0]
+    return fill_from_neighbours(torch.where(valid > 0, low, torch.zeros_like(low))[0, 0], valid[0, 0] > 0)
 
 
 def build_heights(g: torch.Tensor, heights: torch.Tensor, base: torch.Tensor | None,
