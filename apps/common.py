@@ -94,8 +94,9 @@ def pick_seed(seed: Any, randomize: bool) -> int:
         return random.randint(0, MAX_SEED)
     s = as_number(seed, int, f"seed must be a whole number, got {seed!r}")
     if not 0 <= s <= MAX_SEED or s != float(seed):
-        raise gr.Error(f"seed must be a whole number in 0..{MAX_SEED}, got {seed}",
-                       print_exception=False)
+        raise gr.Error(
+            f"seed must be a whole number in 0..{MAX_SEED}, got {seed}", print_exception=False
+        )
     return s
 
 
@@ -121,14 +122,20 @@ def _check_wh(width: Any, height: Any, f: int, limits: AppLimits) -> tuple[int, 
         if w != float(width) or h != float(height):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise gr.Error(f"width and height must be whole numbers, got {width!r} x {height!r}",
-                       print_exception=False) from None
+        raise gr.Error(
+            f"width and height must be whole numbers, got {width!r} x {height!r}",
+            print_exception=False,
+        ) from None
     if w <= 0 or h <= 0 or w % f or h % f:
-        raise gr.Error(f"width and height must be positive multiples of {f} pixels, got {w}x{h}",
-                       print_exception=False)
+        raise gr.Error(
+            f"width and height must be positive multiples of {f} pixels, got {w}x{h}",
+            print_exception=False,
+        )
     if max(w, h) > limits.max_side:
-        raise gr.Error(f"images are limited to {limits.max_side} pixels a side here, asked {w}x{h}",
-                       print_exception=False)
+        raise gr.Error(
+            f"images are limited to {limits.max_side} pixels a side here, asked {w}x{h}",
+            print_exception=False,
+        )
     return w, h
 
 
@@ -144,8 +151,9 @@ def check_gsd(gsd: Any) -> float | None:
     try:
         g = None if gsd is None or gsd == "" else float(gsd)
     except (TypeError, ValueError):
-        raise gr.Error(f"GSD must be a number of metres/pixel, got {gsd!r}",
-                       print_exception=False) from None
+        raise gr.Error(
+            f"GSD must be a number of metres/pixel, got {gsd!r}", print_exception=False
+        ) from None
     if g is None or g == 0:
         return None
     if not 0 < g <= 1000 or g != g:
@@ -160,11 +168,14 @@ def parse_latlon(text: str | None, what: str = "centre") -> tuple[float, float] 
     try:
         lat, lon = (float(v) for v in str(text).replace(" ", "").split(","))
     except ValueError:
-        raise gr.Error(f"{what} must be 'lat,lon' in degrees, got {text!r}",
-                       print_exception=False) from None
+        raise gr.Error(
+            f"{what} must be 'lat,lon' in degrees, got {text!r}", print_exception=False
+        ) from None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise gr.Error(f"{what} out of range: latitude {lat:g} (-90..90), "
-                       f"longitude {lon:g} (-180..180)", print_exception=False)
+        raise gr.Error(
+            f"{what} out of range: latitude {lat:g} (-90..90), longitude {lon:g} (-180..180)",
+            print_exception=False,
+        )
     return lat, lon
 
 
@@ -238,8 +249,11 @@ def check_upload(path: str | None, limits: AppLimits, what: str = "upload") -> s
         except OSError:
             return path  # the reader names a missing file
         if n > upload_bytes(limits):
-            raise gr.Error(f"the {what} is {n / 2**20:.1f} MB; uploads are limited to "
-                           f"{limits.max_upload_mb:g} MB here", print_exception=False)
+            raise gr.Error(
+                f"the {what} is {n / 2**20:.1f} MB; uploads are limited to "
+                f"{limits.max_upload_mb:g} MB here",
+                print_exception=False,
+            )
     return path
 
 
@@ -272,9 +286,11 @@ def fit_image(rgb: np.ndarray, mask: np.ndarray | None, f: int, max_side: int):
     :class:`gradio.Error` naming the limit (never silently shrunk)."""
     h, w = rgb.shape[:2]
     if max(h, w) > max_side:
-        raise gr.Error(f"the image is {w}x{h} px; images are limited to {max_side} pixels a side "
-                       "here (resize it, or start the app with a larger --max-side)",
-                       print_exception=False)
+        raise gr.Error(
+            f"the image is {w}x{h} px; images are limited to {max_side} pixels a side "
+            "here (resize it, or start the app with a larger --max-side)",
+            print_exception=False,
+        )
     h, w = (rgb.shape[0] // f) * f, (rgb.shape[1] // f) * f
     if h == 0 or w == 0:
         raise gr.Error(f"the image is too small: at least {f}x{f} pixels", print_exception=False)
@@ -313,8 +329,15 @@ def resize_ids(ids: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(im.resize((width, height), Image.NEAREST))
 
 
-def load_layout(file: Any, drawn: Any, center: str, gsd: float | None, width: int, height: int,
-                limits: AppLimits | None = None) -> tuple[np.ndarray, float | None, str]:
+def load_layout(
+    file: Any,
+    drawn: Any,
+    center: str,
+    gsd: float | None,
+    width: int,
+    height: int,
+    limits: AppLimits | None = None,
+) -> tuple[np.ndarray, float | None, str]:
     """The class-id layout ``[height, width]`` from an uploaded file, read by the CLI's loader
     (:func:`earthgen.inputs.read_layout`: OSM ``.osm/.pbf/.osm.bz2/.osm.gz/.o5m`` and GeoJSON
     rasterized on ``center`` at ``gsd`` metres/pixel; class-id, palette or class-colour PNG/TIFF
@@ -326,16 +349,20 @@ def load_layout(file: Any, drawn: Any, center: str, gsd: float | None, width: in
         if suffix_of(path, CLASS_MAP_SUFFIXES):
             shape = _image_size(path)
             if shape is not None and (max(shape) > 4 * max(width, height) or max(shape) > 8192):
-                raise gr.Error(f"the layout is {shape[0]}x{shape[1]} px; give one at most 4x the "
-                               "image size (8192 px at most)", print_exception=False)
+                raise gr.Error(
+                    f"the layout is {shape[0]}x{shape[1]} px; give one at most 4x the "
+                    "image size (8192 px at most)",
+                    print_exception=False,
+                )
             c = None  # a class map is used whole
         with input_errors(path):
             lay = read_layout(path, flag="layout", center=c, size=(width, height), gsd=gsd)
         return lay.semantic, lay.gsd, lay.description
     ids = drawn_layout(drawn)
     if ids is None:
-        raise gr.Error("upload a layout (OSM, GeoJSON or a class-id PNG) or draw one",
-                       print_exception=False)
+        raise gr.Error(
+            "upload a layout (OSM, GeoJSON or a class-id PNG) or draw one", print_exception=False
+        )
     return resize_ids(ids, width, height), gsd, "drawn layout"
 
 
@@ -344,15 +371,23 @@ def load_layout(file: Any, drawn: Any, center: str, gsd: float | None, width: in
 
 def no_model(what: str, flag: str) -> None:
     """The note a tab shows instead of its controls when its model is not loaded."""
-    gr.Markdown(f"**No {what} model is loaded.** Start the app with `{flag} FOLDER` (or the "
-                "packaged default) to use this tab.")
+    gr.Markdown(
+        f"**No {what} model is loaded.** Start the app with `{flag} FOLDER` (or the "
+        "packaged default) to use this tab."
+    )
 
 
 def seed_row(prefix: str):
     """A seed box and a *Randomize seed* tick box (``{prefix}-seed``, ``{prefix}-randomize``)."""
     with gr.Row():
-        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                         elem_id=f"{prefix}-seed")
+        seed = gr.Number(
+            label="Seed",
+            value=0,
+            precision=0,
+            minimum=0,
+            maximum=MAX_SEED,
+            elem_id=f"{prefix}-seed",
+        )
         rand = gr.Checkbox(label="Randomize seed", value=True, elem_id=f"{prefix}-randomize")
     return seed, rand
 
@@ -364,16 +399,25 @@ def size_row(pipe, limits: AppLimits, prefix: str):
     f, d = size_multiple(pipe), default_size(pipe)
     top = max(f, limits.max_side // f * f)
     with gr.Row():
-        w = gr.Number(value=min(d, top), step=f, precision=0,
-                      label=f"Width (px, multiple of {f}, at most {top})",
-                      elem_id=f"{prefix}-width")
-        h = gr.Number(value=min(d, top), step=f, precision=0,
-                      label=f"Height (px, multiple of {f}, at most {top})",
-                      elem_id=f"{prefix}-height")
+        w = gr.Number(
+            value=min(d, top),
+            step=f,
+            precision=0,
+            label=f"Width (px, multiple of {f}, at most {top})",
+            elem_id=f"{prefix}-width",
+        )
+        h = gr.Number(
+            value=min(d, top),
+            step=f,
+            precision=0,
+            label=f"Height (px, multiple of {f}, at most {top})",
+            elem_id=f"{prefix}-height",
+        )
     return w, h
 
 
 def steps_slider(limits: AppLimits, value: int = 30, **kw):
     """The *Steps* slider, ``1..limits.max_steps``."""
-    return gr.Slider(1, limits.max_steps, value=min(value, limits.max_steps), step=1,
-                     label="Steps", **kw)
+    return gr.Slider(
+        1, limits.max_steps, value=min(value, limits.max_steps), step=1, label="Steps", **kw
+    )

@@ -123,14 +123,26 @@ def commit_typed_values(demo: gr.Blocks) -> int:
     n = 0
     for block in list(demo.blocks.values()):
         if isinstance(block, (gr.Number, gr.Slider)) and block.interactive is not False:
-            block.input(None, block, block, js=COMMIT_JS, queue=False, show_progress="hidden",
-                        api_visibility="private")
+            block.input(
+                None,
+                block,
+                block,
+                js=COMMIT_JS,
+                queue=False,
+                show_progress="hidden",
+                api_visibility="private",
+            )
             n += 1
     return n
 
 
-def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
-                limits: AppLimits | None = None, workdir: str | Path | None = None) -> gr.Blocks:
+def create_demo(
+    image_pipeline=None,
+    scene_pipeline=None,
+    augment_pipeline=None,
+    limits: AppLimits | None = None,
+    workdir: str | Path | None = None,
+) -> gr.Blocks:
     """Build the app.
 
     Args:
@@ -154,9 +166,11 @@ def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
     scene_q = {"concurrency_limit": limits.concurrency_limit, "concurrency_id": "scene"}
     aug_q = {"concurrency_limit": limits.concurrency_limit, "concurrency_id": "augment"}
     with gr.Blocks(title="EarthGen", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# EarthGen\nGenerative Earth imagery and 3D scenes. Images are limited to "
-                    f"{limits.max_side} px a side and {limits.max_steps} steps; uploads to "
-                    f"{limits.max_upload_mb:g} MB.")
+        gr.Markdown(
+            "# EarthGen\nGenerative Earth imagery and 3D scenes. Images are limited to "
+            f"{limits.max_side} px a side and {limits.max_steps} steps; uploads to "
+            f"{limits.max_upload_mb:g} MB."
+        )
         with gr.Tabs():
             with gr.Tab("Text → Image", id="text"):
                 text.build(image_pipeline, limits, image_q)
@@ -168,8 +182,9 @@ def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
                 box_pipe = augment_pipeline
                 if box_pipe is None and getattr(image_pipeline, "box_encoder", None) is not None:
                     box_pipe = image_pipeline
-                augment.build(box_pipe, limits, root,
-                              image_q if box_pipe is image_pipeline else aug_q)
+                augment.build(
+                    box_pipe, limits, root, image_q if box_pipe is image_pipeline else aug_q
+                )
             with gr.Tab("3D Scene", id="scene"):
                 scene.build(scene_pipeline, limits, root, scene_q)
 
@@ -184,16 +199,24 @@ def create_demo(image_pipeline=None, scene_pipeline=None, augment_pipeline=None,
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
-           **kwargs):
+def launch(
+    demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs
+):
     """Serve ``demo`` (blocking unless ``prevent_thread_lock=True``) on ``host`` (default
     127.0.0.1: this machine only; Gradio's ``GRADIO_SERVER_NAME`` is not read, only ``host``
     widens it) with the app's upload limit (larger uploads: HTTP 413)."""
     limits: AppLimits = getattr(demo, "earthgen_limits", AppLimits())
-    return demo.launch(server_name=host or "127.0.0.1", server_port=port, share=share,
-                       ssr_mode=False, max_file_size=upload_bytes(limits), show_error=True,
-                       allowed_paths=[str(getattr(demo, "earthgen_root", tempfile.gettempdir()))],
-                       footer_links=["gradio", "settings"], **kwargs)
+    return demo.launch(
+        server_name=host or "127.0.0.1",
+        server_port=port,
+        share=share,
+        ssr_mode=False,
+        max_file_size=upload_bytes(limits),
+        show_error=True,
+        allowed_paths=[str(getattr(demo, "earthgen_root", tempfile.gettempdir()))],
+        footer_links=["gradio", "settings"],
+        **kwargs,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "alexandria_dsm
 
 
 def _r(d: dict) -> dict:
-    return {k: (round(v, 3) if isinstance(v, float) and math.isfinite(v) else v)
-            for k, v in d.items()}
+    return {
+        k: (round(v, 3) if isinstance(v, float) and math.isfinite(v) else v) for k, v in d.items()
+    }
 
 
 def per_building(a: dict) -> dict:
@@ -54,9 +55,17 @@ def per_building(a: dict) -> dict:
     from earthgen.geo.vector import geojson_like
 
     feats = a["features"]
-    ids = rasterize(zip(geojson_like(np.array([f.geometry for f in feats], dtype=object)),
-                        range(1, len(feats) + 1), strict=True),
-                    out_shape=a["ndsm"].shape, transform=a["transform"], fill=0, dtype="int32")
+    ids = rasterize(
+        zip(
+            geojson_like(np.array([f.geometry for f in feats], dtype=object)),
+            range(1, len(feats) + 1),
+            strict=True,
+        ),
+        out_shape=a["ndsm"].shape,
+        transform=a["transform"],
+        fill=0,
+        dtype="int32",
+    )
     diffs = []
     for i, f in enumerate(feats, start=1):
         h = f.props.get("height")
@@ -66,8 +75,12 @@ def per_building(a: dict) -> dict:
             continue
         diffs.append(float(h) - float(np.median(vals)))
     d = np.asarray(diffs)
-    return {"rmse": float(np.sqrt(np.mean(d * d))), "bias": float(d.mean()),
-            "mae": float(np.abs(d).mean()), "buildings": len(d)}
+    return {
+        "rmse": float(np.sqrt(np.mean(d * d))),
+        "bias": float(d.mean()),
+        "mae": float(np.abs(d).mean()),
+        "buildings": len(d),
+    }
 
 
 def main() -> None:
@@ -98,13 +111,21 @@ def main() -> None:
         "buildings_with_height": int(np.isfinite(a["heights"]).sum()),
         "footprint_pixels": int(fp.sum()),
         "tagged_pixels": int((tagged.source == SOURCE_HEIGHT).sum()),
-        "ndsm_in_footprints_m": _r({
-            "median": float(np.nanmedian(nd[fp])), "mean": float(np.nanmean(nd[fp])),
-            "p10": float(np.nanpercentile(nd[fp], 10)), "p90": float(np.nanpercentile(nd[fp], 90)),
-        }),
-        "height_tag_m": _r({"median": float(np.nanmedian(a["heights"])),
-                            "min": float(np.nanmin(a["heights"])),
-                            "max": float(np.nanmax(a["heights"]))}),
+        "ndsm_in_footprints_m": _r(
+            {
+                "median": float(np.nanmedian(nd[fp])),
+                "mean": float(np.nanmean(nd[fp])),
+                "p10": float(np.nanpercentile(nd[fp], 10)),
+                "p90": float(np.nanpercentile(nd[fp], 90)),
+            }
+        ),
+        "height_tag_m": _r(
+            {
+                "median": float(np.nanmedian(a["heights"])),
+                "min": float(np.nanmin(a["heights"])),
+                "max": float(np.nanmax(a["heights"])),
+            }
+        ),
         "type_default_yes_m": DEFAULT_HEIGHTS_M["yes"],
         "best_constant_m": round(best, 3),
         "pixel_scores_m": scores,

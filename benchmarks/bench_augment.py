@@ -35,7 +35,9 @@ def timed(fn, repeat: int = 3) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="benchmarks/results/augment.json")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -47,12 +49,18 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"machine": platform.platform(), "threads": args.threads}
     net = BoxNet(classes=("a", "b", "c", "d"), width=32, stride=2).eval()
     x = torch.rand(1, 3, 128, 128)
-    res["boxnet"] = {"parameters": sum(p.numel() for p in net.parameters()),
-                     "ms_per_128px_image": 1000 * timed(lambda: net.detect(x, score_threshold=0.01))}
+    res["boxnet"] = {
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "ms_per_128px_image": 1000 * timed(lambda: net.detect(x, score_threshold=0.01)),
+    }
     rng = np.random.default_rng(0)
-    c = obb_to_corners(np.c_[rng.uniform(0, 512, (200, 2)), rng.uniform(4, 40, (200, 2)), rng.uniform(0, 3, 200)])
-    res["rotated_iou_200x200_ms"] = {"box_iou": 1000 * timed(lambda: box_iou(c, c)),
-                                     "sparse_iou": 1000 * timed(lambda: sparse_iou(c))}
+    c = obb_to_corners(
+        np.c_[rng.uniform(0, 512, (200, 2)), rng.uniform(4, 40, (200, 2)), rng.uniform(0, 3, 200)]
+    )
+    res["rotated_iou_200x200_ms"] = {
+        "box_iou": 1000 * timed(lambda: box_iou(c, c)),
+        "sparse_iou": 1000 * timed(lambda: sparse_iou(c)),
+    }
     from test_boxes_conditioning import grounded_components
 
     from earthgen.pipelines.image import EarthImagePipeline
@@ -61,9 +69,24 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     per = {}
     for n in (0, 16, 128):
-        b = None if n == 0 else BoxSet(obb_to_corners(np.c_[rng.uniform(0, 64, (n, 2)), rng.uniform(2, 8, (n, 2)),
-                                                          rng.uniform(0, 3, n)]), ["car"] * n)
-        per[str(n)] = timed(lambda b=b: pipe("a town", boxes=b, num_inference_steps=4, output_type="latent"), 2) / 4
+        b = (
+            None
+            if n == 0
+            else BoxSet(
+                obb_to_corners(
+                    np.c_[
+                        rng.uniform(0, 64, (n, 2)), rng.uniform(2, 8, (n, 2)), rng.uniform(0, 3, n)
+                    ]
+                ),
+                ["car"] * n,
+            )
+        )
+        per[str(n)] = (
+            timed(
+                lambda b=b: pipe("a town", boxes=b, num_inference_steps=4, output_type="latent"), 2
+            )
+            / 4
+        )
     res["tiny_sampling_s_per_step_by_boxes"] = per
     write_json(args.out, res)
     print(res)

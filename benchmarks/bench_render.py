@@ -64,8 +64,16 @@ def terrain_surfels(extent_m: float, gsd: float = 1.0, seed: int = 3) -> dict[st
 
 
 def camera(scene: dict, extent_m: float, size: int, device: str):
-    V, K = orbit_rig(scene["center"], radius_m=0.95 * extent_m, elevation_deg=35.0, n=1,
-                     width=size, height=size, fov_x_deg=60.0, start_azimuth_deg=30.0)
+    V, K = orbit_rig(
+        scene["center"],
+        radius_m=0.95 * extent_m,
+        elevation_deg=35.0,
+        n=1,
+        width=size,
+        height=size,
+        fov_x_deg=60.0,
+        start_azimuth_deg=30.0,
+    )
     return V.to(device), K.to(device)
 
 
@@ -96,17 +104,26 @@ def bench_forward(scene, extent, size, backend, device, repeats) -> dict:
     with torch.no_grad():
         med, runs = timed(lambda: render(scene, V, K, size, backend, device), repeats, device)
         out = render(scene, V, K, size, backend, device)
-    return {"backend": backend, "device": device, "image_px": [size, size], "s_per_frame": round(med, 4),
-            "frames_per_s": round(1.0 / med, 3), "runs_s": [round(r, 4) for r in runs],
-            "threads": torch.get_num_threads(), "coverage": round(float((out[1] > 0.5).float().mean()), 4),
-            "meta_backend": out[-1]["backend"]}
+    return {
+        "backend": backend,
+        "device": device,
+        "image_px": [size, size],
+        "s_per_frame": round(med, 4),
+        "frames_per_s": round(1.0 / med, 3),
+        "runs_s": [round(r, 4) for r in runs],
+        "threads": torch.get_num_threads(),
+        "coverage": round(float((out[1] > 0.5).float().mean()), 4),
+        "meta_backend": out[-1]["backend"],
+    }
 
 
 def bench_train_step(scene, extent, size, device, repeats) -> dict:
     """Forward + backward of a photometric-style loss w.r.t. means, colours and opacities."""
     V, K = camera(scene, extent, size, device)
-    params = {k: scene[k].to(device).clone().requires_grad_(k in ("means", "colors", "opacities"))
-              for k in ("means", "quats", "scales", "opacities", "colors")}
+    params = {
+        k: scene[k].to(device).clone().requires_grad_(k in ("means", "colors", "opacities"))
+        for k in ("means", "quats", "scales", "opacities", "colors")
+    }
 
     def step():
         out = rasterization_2dgs(*params.values(), V, K, size, size, backend="torch")
@@ -115,8 +132,14 @@ def bench_train_step(scene, extent, size, device, repeats) -> dict:
             p.grad = None
 
     med, runs = timed(step, repeats, device)
-    return {"backend": "torch", "device": device, "image_px": [size, size], "s_per_step": round(med, 4),
-            "threads": torch.get_num_threads(), "runs_s": [round(r, 4) for r in runs]}
+    return {
+        "backend": "torch",
+        "device": device,
+        "image_px": [size, size],
+        "s_per_step": round(med, 4),
+        "threads": torch.get_num_threads(),
+        "runs_s": [round(r, 4) for r in runs],
+    }
 
 
 def gsplat_vs_torch(scene, extent, size) -> dict:
@@ -124,24 +147,41 @@ def gsplat_vs_torch(scene, extent, size) -> dict:
     with torch.no_grad():
         g = render(scene, V, K, size, "gsplat", "cuda")
         t = render(scene, V, K, size, "torch", "cuda")
-    d = {name: float((g[i][..., sl] - t[i][..., sl]).abs().max())
-         for name, i, sl in (("colors", 0, slice(0, 3)), ("alphas", 1, slice(None)), ("normals", 2, slice(None)))}
+    d = {
+        name: float((g[i][..., sl] - t[i][..., sl]).abs().max())
+        for name, i, sl in (
+            ("colors", 0, slice(0, 3)),
+            ("alphas", 1, slice(None)),
+            ("normals", 2, slice(None)),
+        )
+    }
     cov = t[1][..., 0] > 0.5
-    d["expected_depth_rel"] = float(((g[0][..., 3] - t[0][..., 3]).abs() / t[0][..., 3].clamp_min(1e-6))[cov].max())
+    d["expected_depth_rel"] = float(
+        ((g[0][..., 3] - t[0][..., 3]).abs() / t[0][..., 3].clamp_min(1e-6))[cov].max()
+    )
     d["image_px"] = [size, size]
     return d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="benchmarks/results/render.json")
     ap.add_argument("--small", action="store_true", help="150 m tile at 256 x 256 (quick)")
-    ap.add_argument("--size", type=int, default=None, help="image side (px); default 1024 (256 with --small)")
-    ap.add_argument("--train-size", type=int, default=256, help="image side of the forward+backward step")
+    ap.add_argument(
+        "--size", type=int, default=None, help="image side (px); default 1024 (256 with --small)"
+    )
+    ap.add_argument(
+        "--train-size", type=int, default=256, help="image side of the forward+backward step"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", default=f"1,{torch.get_num_threads()}",
-                    help="comma-separated CPU thread counts to time the torch backend with")
+    ap.add_argument(
+        "--threads",
+        default=f"1,{torch.get_num_threads()}",
+        help="comma-separated CPU thread counts to time the torch backend with",
+    )
     args = ap.parse_args()
     extent = 150.0 if args.small else 600.0
     size = args.size or (256 if args.small else 1024)
@@ -149,19 +189,34 @@ def main() -> None:
     scene = terrain_surfels(extent)
     build_s = time.perf_counter() - t0
     n = int(scene["means"].shape[0])
-    report = {"benchmark": "render_2dgs", "machine": platform.machine(), "processor": platform.processor(),
-              "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "load_average_before": [round(x, 2) for x in os.getloadavg()],
-              "scene": {"source": "earthgen.world seed 3, surface = terrain + objects", "extent_m": extent,
-                        "surfels": n, "surfel_sigma_m": 0.55, "opacity": 0.9, "build_s": round(build_s, 3),
-                        "camera": "orbit_rig: radius 0.95 x extent, elevation 35 deg, fov 60 deg"},
-              "render_mode": "RGB+ED"}
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    report = {
+        "benchmark": "render_2dgs",
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "scene": {
+            "source": "earthgen.world seed 3, surface = terrain + objects",
+            "extent_m": extent,
+            "surfels": n,
+            "surfel_sigma_m": 0.55,
+            "opacity": 0.9,
+            "build_s": round(build_s, 3),
+            "camera": "orbit_rig: radius 0.95 x extent, elevation 35 deg, fov 60 deg",
+        },
+        "render_mode": "RGB+ED",
+    }
+    threads = (
+        [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    )
     rows, train = [], []
     for nt in dict.fromkeys(threads):
         torch.set_num_threads(nt)
         rows.append(bench_forward(scene, extent, size, "torch", args.device, args.repeats))
-        train.append(bench_train_step(scene, extent, args.train_size, args.device, max(1, args.repeats)))
+        train.append(
+            bench_train_step(scene, extent, args.train_size, args.device, max(1, args.repeats))
+        )
     report["train_step"] = train
     gsplat_ok = False
     if args.device == "cuda":
@@ -176,17 +231,25 @@ def main() -> None:
         report["gsplat_vs_torch_max_abs_diff"] = gsplat_vs_torch(scene, extent, 256)
     report["forward"] = rows
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["notes"] = ("forward = one RGB+ED frame without autograd; train_step = forward + backward of "
-                       "mean squared colour w.r.t. means, colours, opacities; gsplat rows only with CUDA + gsplat")
+    report["notes"] = (
+        "forward = one RGB+ED frame without autograd; train_step = forward + backward of "
+        "mean squared colour w.r.t. means, colours, opacities; gsplat rows only with CUDA + gsplat"
+    )
     best = min((r for r in rows if r["backend"] == "torch"), key=lambda r: r["s_per_frame"])
-    report["summary"] = (f"{n} surfels, {size}x{size}, torch on {args.device}: {best['s_per_frame']:.3f} s/frame "
-                         f"({best['threads']} threads)")
+    report["summary"] = (
+        f"{n} surfels, {size}x{size}, torch on {args.device}: {best['s_per_frame']:.3f} s/frame "
+        f"({best['threads']} threads)"
+    )
     for r in rows:
-        print(f"{r['backend']} on {r['device']} ({r['threads']} threads): {n} surfels, {size}x{size}: "
-              f"{r['s_per_frame']:.3f} s/frame ({r['frames_per_s']:.2f} fps), coverage {r['coverage']:.2f}")
+        print(
+            f"{r['backend']} on {r['device']} ({r['threads']} threads): {n} surfels, {size}x{size}: "
+            f"{r['s_per_frame']:.3f} s/frame ({r['frames_per_s']:.2f} fps), coverage {r['coverage']:.2f}"
+        )
     for ts in train:
-        print(f"torch forward+backward {args.train_size}x{args.train_size} ({ts['threads']} threads): "
-              f"{ts['s_per_step']:.3f} s/step")
+        print(
+            f"torch forward+backward {args.train_size}x{args.train_size} ({ts['threads']} threads): "
+            f"{ts['s_per_step']:.3f} s/step"
+        )
     if math.isfinite(rows[0]["s_per_frame"]):
         print(f"wrote {write_json(args.out, report)}")
 

@@ -35,25 +35,41 @@ def one(size_m: float, steps: int, model: str, device: str, seed: int) -> dict:
     torch.set_num_threads(1) if device == "cpu" else None
     pipe = load_scene_pipeline(model, device)
     pipe.set_progress_bar_config(disable=True)
-    tile = generate_world(seed, int(size_m), 1.0, origin=(-size_m / 2, size_m / 2), config=preset("mixed"))
+    tile = generate_world(
+        seed, int(size_m), 1.0, origin=(-size_m / 2, size_m / 2), config=preset("mixed")
+    )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    out = pipe(semantic=tile.semantic, gsd=1.0, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        semantic=tile.semantic,
+        gsd=1.0,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     if device == "cuda":
         torch.cuda.synchronize()
     sec = time.perf_counter() - t0
-    r = {"size_m": size_m, "km2": size_m**2 / 1e6, "windows": len(out.windows), "voxels": int(len(out.coords)),
-         "surfels": int(len(out.surfels["means"])), "seconds": round(sec, 2),
-         "seconds_per_km2": round(sec / (size_m**2 / 1e6), 1), "seconds_per_window": round(sec / len(out.windows), 3),
-         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    r = {
+        "size_m": size_m,
+        "km2": size_m**2 / 1e6,
+        "windows": len(out.windows),
+        "voxels": int(len(out.coords)),
+        "surfels": int(len(out.surfels["means"])),
+        "seconds": round(sec, 2),
+        "seconds_per_km2": round(sec / (size_m**2 / 1e6), 1),
+        "seconds_per_window": round(sec / len(out.windows), 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
     if device == "cuda":
         r["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return r
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", default="64,112,160,208", help="comma list of square sides, metres")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--model", default="default")
@@ -67,20 +83,42 @@ def main() -> int:
         return 0
     rows = []
     for s in (float(x) for x in a.sizes.split(",")):
-        cmd = [sys.executable, __file__, "--child", str(s), "--steps", str(a.steps), "--model", a.model,
-               "--device", a.device, "--seed", str(a.seed)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(s),
+            "--steps",
+            str(a.steps),
+            "--model",
+            a.model,
+            "--device",
+            a.device,
+            "--seed",
+            str(a.seed),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            rows.append({"size_m": s, "error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"})
+            rows.append(
+                {
+                    "size_m": s,
+                    "error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed",
+                }
+            )
         else:
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]))
     ok = [r for r in rows if "seconds_per_km2" in r]
     spk = [r["seconds_per_km2"] for r in ok]
-    out = {"device": a.device, "machine": platform.processor() or platform.machine(), "steps": a.steps,
-           "model": a.model, "rows": rows,
-           "seconds_per_km2_max_over_min": round(max(spk) / min(spk), 3) if spk else None,
-           "note": "one torch thread on CPU; each area in its own process"}
+    out = {
+        "device": a.device,
+        "machine": platform.processor() or platform.machine(),
+        "steps": a.steps,
+        "model": a.model,
+        "rows": rows,
+        "seconds_per_km2_max_over_min": round(max(spk) / min(spk), 3) if spk else None,
+        "note": "one torch thread on CPU; each area in its own process",
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.out}")

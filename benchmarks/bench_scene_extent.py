@@ -28,7 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELSINKI = Path(os.environ.get("EARTHGEN_FIXTURES", ROOT.parent / "shared" / "fixtures")) / "osm" / "Helsinki.osm.pbf"
+HELSINKI = (
+    Path(os.environ.get("EARTHGEN_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+    / "osm"
+    / "Helsinki.osm.pbf"
+)
 CENTER = (60.1699, 24.9384)
 
 
@@ -53,16 +57,28 @@ def one(size_m: int, steps: int, seed: int) -> dict:
     pipe.texture_flow.forward = counting
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    out = pipe(semantic=lay.semantic, gsd=1.0, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+    out = pipe(
+        semantic=lay.semantic,
+        gsd=1.0,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+    )
     sec = time.perf_counter() - t0
     u1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
     km2 = size_m**2 / 1e6
-    r = {"size_m": size_m, "km2": km2, "windows": len(out.windows), "voxels": int(len(out.coords)),
-         "seconds": round(sec, 2), "seconds_per_km2": round(sec / km2, 1), "cpu_seconds": round(cpu, 2),
-         "cpu_seconds_per_km2": round(cpu / km2, 1),
-         "texture_voxel_evals_per_km2": round(counted["voxel_evals"] / km2),
-         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    r = {
+        "size_m": size_m,
+        "km2": km2,
+        "windows": len(out.windows),
+        "voxels": int(len(out.coords)),
+        "seconds": round(sec, 2),
+        "seconds_per_km2": round(sec / km2, 1),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_seconds_per_km2": round(cpu / km2, 1),
+        "texture_voxel_evals_per_km2": round(counted["voxel_evals"] / km2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
     try:
         from earthgen.evaluation.scene import seam_steps
         from earthgen.pipelines.scene import coverage_ratio
@@ -76,11 +92,17 @@ def one(size_m: int, steps: int, seed: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", default="128,256,512", help="comma list of square sides, metres")
-    p.add_argument("--steps", type=int, default=2, help="flow steps of both stages (cost scales with it)")
+    p.add_argument(
+        "--steps", type=int, default=2, help="flow steps of both stages (cost scales with it)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tree", default=None, help="another checkout to measure in the same run (a peer)")
+    p.add_argument(
+        "--tree", default=None, help="another checkout to measure in the same run (a peer)"
+    )
     p.add_argument("--peer-sizes", default=None, help="sizes for the peer (default: --sizes)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scene_extent.json"))
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
@@ -89,17 +111,39 @@ def main() -> int:
         print(json.dumps(one(a.one, a.steps, a.seed)))
         return 0
     sizes = [int(s) for s in a.sizes.split(",")]
-    results: dict = {"settings": {"steps": a.steps, "seed": a.seed, "threads": 1, "layout": "Helsinki OSM fixture",
-                                  "center": CENTER, "voxel_m": 1.0, "overlap_m": 16, "orthophoto": False},
-                     "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()}}
+    results: dict = {
+        "settings": {
+            "steps": a.steps,
+            "seed": a.seed,
+            "threads": 1,
+            "layout": "Helsinki OSM fixture",
+            "center": CENTER,
+            "voxel_m": 1.0,
+            "overlap_m": 16,
+            "orthophoto": False,
+        },
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
+    }
     for name, tree in (("this", ROOT), ("peer", Path(a.tree) if a.tree else None)):
         if tree is None:
             continue
         rows = []
-        for s in (sizes if name == "this" or not a.peer_sizes else [int(v) for v in a.peer_sizes.split(",")]):
+        for s in (
+            sizes
+            if name == "this" or not a.peer_sizes
+            else [int(v) for v in a.peer_sizes.split(",")]
+        ):
             env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(s), "--steps", str(a.steps),
-                   "--seed", str(a.seed)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--one",
+                str(s),
+                "--steps",
+                str(a.steps),
+                "--seed",
+                str(a.seed),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
             if res.returncode != 0:
                 print(res.stderr[-2000:], file=sys.stderr)
@@ -112,8 +156,10 @@ def main() -> int:
             r["cpu_s_per_km2_ratio_to_smallest"] = round(r["cpu_seconds_per_km2"] / cbase, 3)
         results[name] = rows
     if "peer" in results:
-        results["cpu_speedup_vs_peer"] = {str(r["size_m"]): round(q["cpu_seconds"] / r["cpu_seconds"], 3)
-                                          for r, q in zip(results["this"], results["peer"], strict=False)}
+        results["cpu_speedup_vs_peer"] = {
+            str(r["size_m"]): round(q["cpu_seconds"] / r["cpu_seconds"], 3)
+            for r, q in zip(results["this"], results["peer"], strict=False)
+        }
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
     print("wrote", a.out)
     return 0

@@ -37,7 +37,9 @@ def ground_fill(surface: np.ndarray, free: np.ndarray) -> np.ndarray:
 
     from earthgen.pipelines.scene import ground_surface
 
-    return ground_surface(torch.from_numpy(surface.astype(np.float32)), torch.from_numpy(free)).numpy()
+    return ground_surface(
+        torch.from_numpy(surface.astype(np.float32)), torch.from_numpy(free)
+    ).numpy()
 
 
 def main() -> int:
@@ -47,12 +49,16 @@ def main() -> int:
     from earthgen.geo.heights import height_caps, height_map, height_rmse, read_alexandria
     from earthgen.pipelines.scene import load_scene_pipeline
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--root", default=str(DATA))
     p.add_argument("--size-m", type=int, default=256)
     p.add_argument("--steps", type=int, default=20, help="structure flow steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "alexandria_heights.json"))
+    p.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results" / "alexandria_heights.json")
+    )
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     al = read_alexandria(a.root, gsd=1.0)
@@ -66,22 +72,41 @@ def main() -> int:
     ndsm, fp = al["ndsm"][win], al["footprints"][win]
     pipe = load_scene_pipeline("default", "cpu")
     res = {}
-    data = {"heights": tops, "height_base": base, "height_cap": height_caps(sem)}  # as --heights data
+    data = {
+        "heights": tops,
+        "height_base": base,
+        "height_cap": height_caps(sem),
+    }  # as --heights data
     for name, kw in (("today", {}), ("data", data)):
         t0 = time.perf_counter()
-        out = pipe(semantic=sem, gsd=1.0, num_inference_steps=a.steps, texture_steps=1,
-                   generator=torch.Generator().manual_seed(a.seed), **kw)
+        out = pipe(
+            semantic=sem,
+            gsd=1.0,
+            num_inference_steps=a.steps,
+            texture_steps=1,
+            generator=torch.Generator().manual_seed(a.seed),
+            **kw,
+        )
         surf = np.nan_to_num(out.height)
         free = sem != CLASS_ID["building"]
         above = surf - ground_fill(surf, free)
-        res[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in height_rmse(above, ndsm, fp).items()}
+        res[name] = {
+            k: round(v, 3) if isinstance(v, float) else v
+            for k, v in height_rmse(above, ndsm, fp).items()
+        }
         res[name]["median_building_height_m"] = round(float(np.median(above[fp])), 2)
         res[name]["p95_building_height_m"] = round(float(np.percentile(above[fp], 95)), 2)
         res[name]["seconds"] = round(time.perf_counter() - t0, 1)
         print(name, res[name], flush=True)
-    res["settings"] = {"crop_m": n, "voxel_m": 1.0, "structure_steps": a.steps, "texture_steps": 1,
-                       "seed": a.seed, "footprint_pixels": int(fp.sum()),
-                       "reference": "nDSM (dsm - dtm) resampled to 1 m, inside footprints"}
+    res["settings"] = {
+        "crop_m": n,
+        "voxel_m": 1.0,
+        "structure_steps": a.steps,
+        "texture_steps": 1,
+        "seed": a.seed,
+        "footprint_pixels": int(fp.sum()),
+        "reference": "nDSM (dsm - dtm) resampled to 1 m, inside footprints",
+    }
     path = Path(a.out)
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc["generated_scenes"] = res

@@ -31,8 +31,12 @@ def one(size: int, tile: int) -> dict:
     with torch.no_grad():
         y = m.decode(m.encode(x).latents).sample
     assert y.shape == x.shape
-    return {"size_px": size, "tile_px": tile, "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "size_px": size,
+        "tile_px": tile,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -41,13 +45,26 @@ def main() -> None:
         return
     rows = []
     for size, tile in ((512, 4096), (1024, 4096), (1024, 512), (2048, 512)):
-        r = subprocess.run([sys.executable, __file__, str(size), str(tile)], capture_output=True, text=True,
-                           check=True)
+        r = subprocess.run(
+            [sys.executable, __file__, str(size), str(tile)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(rows[-1])
-    OUT.write_text(json.dumps({"threads": int(os.environ.get("BENCH_THREADS", "2")), "cores": os.cpu_count(),
-                               "note": "encode + decode of one random image; 4096 = one pass",
-                               "rows": rows}, indent=2) + "\n")
+    OUT.write_text(
+        json.dumps(
+            {
+                "threads": int(os.environ.get("BENCH_THREADS", "2")),
+                "cores": os.cpu_count(),
+                "note": "encode + decode of one random image; 4096 = one pass",
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,16 @@ def step_times(fns: dict, repeats: int) -> dict[str, list[float]]:
 
 
 @torch.no_grad()
-def plain_loop(unet, scheduler, text: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-               steps: int, guidance: float, tick=None) -> torch.Tensor:
+def plain_loop(
+    unet,
+    scheduler,
+    text: torch.Tensor,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    guidance: float,
+    tick=None,
+) -> torch.Tensor:
     """Plain diffusers sampling: ``text`` ``[2B, L, D]`` and ``labels`` ``[2B, E]`` (null half
     first), ``noise`` ``[B, 4, h, w]`` -> latents ``[B, 4, h, w]``."""
     scheduler.set_timesteps(steps, device=noise.device)
@@ -70,11 +78,17 @@ def plain_loop(unet, scheduler, text: torch.Tensor, labels: torch.Tensor, noise:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="benchmarks/results/text_only_step_time.json")
-    ap.add_argument("--model", default="default", help="pipeline folder (default: the packaged model)")
+    ap.add_argument(
+        "--model", default="default", help="pipeline folder (default: the packaged model)"
+    )
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)")
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--guidance", type=float, default=5.0)
     args = ap.parse_args()
@@ -86,7 +100,12 @@ def main() -> None:
     pipe = float32_on_cpu(load_pipeline(resolve_model(args.model, "image")))
     pipe.set_progress_bar_config(disable=True)
     side = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor  # native size
-    shape = (1, int(pipe.unet.config.out_channels), side // pipe.vae_scale_factor, side // pipe.vae_scale_factor)
+    shape = (
+        1,
+        int(pipe.unet.config.out_channels),
+        side // pipe.vae_scale_factor,
+        side // pipe.vae_scale_factor,
+    )
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     calls = {"controlnet": 0}
     if pipe.controlnet is not None:
@@ -103,23 +122,41 @@ def main() -> None:
         if null_branch:  # the previous text-only path: empty maps at weight 0 on every step
             name = pipe.controlnet.condition_names[0]
             c = pipe.controlnet.condition_channels[0]
-            kw = {"controls": {name: torch.zeros(1, c, side, side)}, "control_scales": {name: 0.0},
-                  "control_guidance_end": 1.0}
+            kw = {
+                "controls": {name: torch.zeros(1, c, side, side)},
+                "control_scales": {name: 0.0},
+                "control_guidance_end": 1.0,
+            }
         cb = None if tick is None else (lambda p, i, t, d: tick() or d)
-        return pipe(PROMPT, gsd=GSD, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                    latents=noise.clone(), output_type=output_type, callback_on_step_end=cb, **kw).images
+        return pipe(
+            PROMPT,
+            gsd=GSD,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            latents=noise.clone(),
+            output_type=output_type,
+            callback_on_step_end=cb,
+            **kw,
+        ).images
 
     # (b) the plain loop's conditions, made like the pipeline's (null half first)
     text = torch.cat([pipe.encode_prompt([""]), pipe.encode_prompt([PROMPT])])
     labels = None
     if pipe.metadata_encoder is not None:
-        labels = torch.cat([pipe.class_labels(GSD, None, 1, torch.ones(1, dtype=torch.bool)),
-                            pipe.class_labels(GSD, None, 1, None)])
+        labels = torch.cat(
+            [
+                pipe.class_labels(GSD, None, 1, torch.ones(1, dtype=torch.bool)),
+                pipe.class_labels(GSD, None, 1, None),
+            ]
+        )
     sched = copy.deepcopy(pipe.scheduler)
 
-    fns = {"pipeline_text_only": lambda tick: run_pipe(tick),
-           "plain_diffusers_loop": lambda tick: plain_loop(pipe.unet, sched, text, labels, noise, args.steps,
-                                                           args.guidance, tick)}
+    fns = {
+        "pipeline_text_only": lambda tick: run_pipe(tick),
+        "plain_diffusers_loop": lambda tick: plain_loop(
+            pipe.unet, sched, text, labels, noise, args.steps, args.guidance, tick
+        ),
+    }
     if pipe.controlnet is not None:
         fns["pipeline_null_branch"] = lambda tick: run_pipe(tick, null_branch=True)
     calls["controlnet"] = 0
@@ -130,32 +167,54 @@ def main() -> None:
     lat_pipe = run_pipe()
     lat_plain = plain_loop(pipe.unet, sched, text, labels, noise, args.steps, args.guidance)
     img_new = run_pipe(output_type="np")[0]
-    img_null = run_pipe(null_branch=True, output_type="np")[0] if pipe.controlnet is not None else img_new
+    img_null = (
+        run_pipe(null_branch=True, output_type="np")[0] if pipe.controlnet is not None else img_new
+    )
     diff = np.abs(img_new.astype(np.float64) - img_null.astype(np.float64)) * 255.0
 
-    med = {k: statistics.median(times[k]) if k in times else None
-           for k in ("pipeline_text_only", "plain_diffusers_loop", "pipeline_null_branch")}
+    med = {
+        k: statistics.median(times[k]) if k in times else None
+        for k in ("pipeline_text_only", "plain_diffusers_loop", "pipeline_null_branch")
+    }
     ratio = med["pipeline_text_only"] / med["plain_diffusers_loop"]
     report = {
-        "benchmark": "text_only_step_time", "model": resolve_model(args.model, "image"),
-        "resolution_px": side, "steps": args.steps, "guidance_scale": args.guidance, "repeats": args.repeats,
-        "device": "cpu", "machine": platform.machine(), "processor": platform.processor(),
-        "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "benchmark": "text_only_step_time",
+        "model": resolve_model(args.model, "image"),
+        "resolution_px": side,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "repeats": args.repeats,
+        "device": "cpu",
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "load_average_1min": os.getloadavg()[0],
         "s_per_step_median": med,
-        "ratio_pipeline_to_plain": ratio, "target_ratio_max": 1.1, "meets_target": ratio <= 1.1,
-        "ratio_null_branch_to_plain": (med["pipeline_null_branch"] / med["plain_diffusers_loop"]
-                                       if med["pipeline_null_branch"] else None),
+        "ratio_pipeline_to_plain": ratio,
+        "target_ratio_max": 1.1,
+        "meets_target": ratio <= 1.1,
+        "ratio_null_branch_to_plain": (
+            med["pipeline_null_branch"] / med["plain_diffusers_loop"]
+            if med["pipeline_null_branch"]
+            else None
+        ),
         "controlnet_calls_text_only": text_only_calls,
         "latents_pipeline_vs_plain_max_abs": float((lat_pipe - lat_plain).abs().max()),
-        "image_text_only_vs_null_branch_255": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())},
+        "image_text_only_vs_null_branch_255": {
+            "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()),
+        },
         "notes": "per-step times exclude prompt encoding and decoding; the null-branch row is the "
-                 "previous text-only behaviour (control branch on every step with empty maps at weight 0); "
-                 "the image difference is of the decoded 0..1 images times 255, same noise",
+        "previous text-only behaviour (control branch on every step with empty maps at weight 0); "
+        "the image difference is of the decoded 0..1 images times 255, same noise",
     }
-    print(f"pipeline {med['pipeline_text_only']:.4f} s/step, plain {med['plain_diffusers_loop']:.4f} s/step "
-          f"-> ratio {ratio:.3f}; null branch {med['pipeline_null_branch']} s/step; "
-          f"image diff vs null branch max {diff.max():.1f} mean {diff.mean():.2f} /255")
+    print(
+        f"pipeline {med['pipeline_text_only']:.4f} s/step, plain {med['plain_diffusers_loop']:.4f} s/step "
+        f"-> ratio {ratio:.3f}; null branch {med['pipeline_null_branch']} s/step; "
+        f"image diff vs null branch max {diff.max():.1f} mean {diff.mean():.2f} /255"
+    )
     print(f"wrote {write_json(args.out, report)}")
 
 

@@ -51,7 +51,9 @@ def unet_forward(latent: int):
 def main() -> None:
     from earthgen.commands._args import default_threads
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/threads.json"))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--latent", type=int, default=32, help="latent side (32: a 256 px image at /8)")
@@ -76,21 +78,29 @@ def main() -> None:
             t0 = time.perf_counter()
             fn()
             runs.append(time.perf_counter() - t0)
-        res[str(n)] = {"median_s": round(statistics.median(runs), 4), "runs_s": [round(r, 4) for r in runs]}
+        res[str(n)] = {
+            "median_s": round(statistics.median(runs), 4),
+            "runs_s": [round(r, 4) for r in runs],
+        }
         print(f"{n} thread(s): {res[str(n)]['median_s']:.3f} s per forward")
     torch.set_num_threads(1)
     base = res["1"]["median_s"]
     out = {
         "what": "one UNet forward (packaged image model architecture, random weights), batch 1",
-        "latent": a.latent, "unet_params": params, "repeats": a.repeats,
-        "default_threads": default, "torch_default_threads_at_start": torch_default,
-        "cpus_affinity": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+        "latent": a.latent,
+        "unet_params": params,
+        "repeats": a.repeats,
+        "default_threads": default,
+        "torch_default_threads_at_start": torch_default,
+        "cpus_affinity": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "results": res,
         "speedup_vs_1": {k: round(base / v["median_s"], 2) for k, v in res.items()},
-        "machine": platform.platform(), "torch": torch.__version__,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
         "note": a.note,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 # --- the dense twin: same levels, widths, blocks and heads as vae.structure.StructureVAE ---------
 
+
 class _Norm(nn.Module):  # per-voxel LayerNorm over channels, as the sparse blocks use
     def __init__(self, c):
         super().__init__()
@@ -46,7 +47,12 @@ class _Norm(nn.Module):  # per-voxel LayerNorm over channels, as the sparse bloc
 class _Res(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.n1, self.c1, self.n2, self.c2 = _Norm(c), nn.Conv3d(c, c, 3, padding=1), _Norm(c), nn.Conv3d(c, c, 3, padding=1)
+        self.n1, self.c1, self.n2, self.c2 = (
+            _Norm(c),
+            nn.Conv3d(c, c, 3, padding=1),
+            _Norm(c),
+            nn.Conv3d(c, c, 3, padding=1),
+        )
 
     def forward(self, x):
         return x + self.c2(F.silu(self.n2(self.c1(F.silu(self.n1(x))))))
@@ -57,11 +63,19 @@ class DenseStructureVAE(nn.Module):
         super().__init__()
         c = channels
         self.stem = nn.Conv3d(1, c[0], 3, padding=1)
-        self.enc = nn.ModuleList([nn.Sequential(*[_Res(c[i]) for _ in range(blocks)], nn.Conv3d(c[i], c[i + 1], 2, 2))
-                                  for i in range(3)])
-        self.enc_out = nn.Sequential(*[_Res(c[3]) for _ in range(blocks)], nn.Conv3d(c[3], 2 * latent, 1))
+        self.enc = nn.ModuleList(
+            [
+                nn.Sequential(*[_Res(c[i]) for _ in range(blocks)], nn.Conv3d(c[i], c[i + 1], 2, 2))
+                for i in range(3)
+            ]
+        )
+        self.enc_out = nn.Sequential(
+            *[_Res(c[3]) for _ in range(blocks)], nn.Conv3d(c[3], 2 * latent, 1)
+        )
         self.inp = nn.Conv3d(latent, c[3], 1)
-        self.dec = nn.ModuleList([nn.Sequential(*[_Res(c[i]) for _ in range(blocks)]) for i in (3, 2, 1)])
+        self.dec = nn.ModuleList(
+            [nn.Sequential(*[_Res(c[i]) for _ in range(blocks)]) for i in (3, 2, 1)]
+        )
         self.heads = nn.ModuleList([nn.Conv3d(c[i], 8, 1) for i in (3, 2, 1)])
         self.up = nn.ModuleList([nn.ConvTranspose3d(c[i], c[i - 1], 2, 2) for i in (3, 2)])
 
@@ -86,10 +100,15 @@ class DenseStructureVAE(nn.Module):
 
 def _shuffle(x):  # [B, 8, X, Y, Z] -> [B, 1, 2X, 2Y, 2Z] (octant order x, y, z as the sparse model)
     B, _, X, Y, Z = x.shape
-    return x.reshape(B, 2, 2, 2, X, Y, Z).permute(0, 4, 1, 5, 2, 6, 3).reshape(B, 1, 2 * X, 2 * Y, 2 * Z)
+    return (
+        x.reshape(B, 2, 2, 2, X, Y, Z)
+        .permute(0, 4, 1, 5, 2, 6, 3)
+        .reshape(B, 1, 2 * X, 2 * Y, 2 * Z)
+    )
 
 
 # --- one measurement (runs in a subprocess) -----------------------------------------------------
+
 
 def scene_coords(L: int, seed: int = 11) -> np.ndarray:
     from earthgen.training.vae3d import tile_voxels, world_tile
@@ -129,8 +148,16 @@ def measure(kind: str, L: int, steps: int, device: str = "cpu") -> dict:
         times.append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    r = {"kind": kind, "L": L, "device": device, "voxels": int(len(c)), "step_s": float(np.median(times)),
-         "peak_rss_gb": peak / 2**20, "peak_over_setup_gb": (peak - before) / 2**20, "baseline_gb": base / 2**20}
+    r = {
+        "kind": kind,
+        "L": L,
+        "device": device,
+        "voxels": int(len(c)),
+        "step_s": float(np.median(times)),
+        "peak_rss_gb": peak / 2**20,
+        "peak_over_setup_gb": (peak - before) / 2**20,
+        "baseline_gb": base / 2**20,
+    }
     if cuda:
         r["peak_cuda_gb"] = (torch.cuda.max_memory_allocated() - alloc0) / 2**30
     return r
@@ -146,8 +173,14 @@ def _hwm_gb(pid: int) -> float | None:
     return None
 
 
-def run_one(kind: str, L: int, steps: int, limit_gb: float | None, device: str = "cpu",
-            time_limit_s: float | None = None) -> dict:
+def run_one(
+    kind: str,
+    L: int,
+    steps: int,
+    limit_gb: float | None,
+    device: str = "cpu",
+    time_limit_s: float | None = None,
+) -> dict:
     """One configuration in a subprocess; its peak resident memory is watched from here too, so
     a run stopped at ``time_limit_s`` still reports how much memory it had reached."""
     cmd = [sys.executable, __file__, "--_one", kind, str(L), str(steps), device]
@@ -161,19 +194,30 @@ def run_one(kind: str, L: int, steps: int, limit_gb: float | None, device: str =
         if time_limit_s and time.perf_counter() - t0 > time_limit_s:
             p.kill()
             p.wait()
-            return {"kind": kind, "L": L, "device": device, "error": f"stopped after {time_limit_s:.0f} s "
-                    "(no training step finished)", "peak_rss_gb_when_stopped": round(peak, 3)}
+            return {
+                "kind": kind,
+                "L": L,
+                "device": device,
+                "error": f"stopped after {time_limit_s:.0f} s (no training step finished)",
+                "peak_rss_gb_when_stopped": round(peak, 3),
+            }
         time.sleep(0.2)
     out, err = p.communicate()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         oom = "MemoryError" in err or "alloc" in err or p.returncode < 0
-        return {"kind": kind, "L": L, "device": device, "error": "out of memory" if oom else err[-400:],
-                "limit_gb": limit_gb}
+        return {
+            "kind": kind,
+            "L": L,
+            "device": device,
+            "error": "out of memory" if oom else err[-400:],
+            "limit_gb": limit_gb,
+        }
     return json.loads(lines[-1])
 
 
 # --- quality of trained models -------------------------------------------------------------------
+
 
 def structure_quality(model_dir: str, L: int = 256, seed: int = 101) -> dict:
     """Voxel IoU of reconstructions (no teacher forcing) of one 256^3 scene per world preset
@@ -188,7 +232,11 @@ def structure_quality(model_dir: str, L: int = 256, seed: int = 101) -> dict:
         x = batch_of([c], L, "cpu")
         t = time.perf_counter()
         rec = model.reconstruct(x)
-        rows.append({"preset": preset} | voxel_metrics(rec.coords, x.coords) | {"seconds": time.perf_counter() - t})
+        rows.append(
+            {"preset": preset}
+            | voxel_metrics(rec.coords, x.coords)
+            | {"seconds": time.perf_counter() - t}
+        )
     return {"L": L, "scenes": rows, "mean_iou": float(np.mean([r["iou"] for r in rows]))}
 
 
@@ -198,7 +246,10 @@ def texture_quality(model_dir: str, scenes: int = 4, views: int = 4, size: int =
 
     model = TextureVAE.from_pretrained(model_dir).eval()
     held = texture_pool(424242, scenes, 32.0, 1.0, 0.5)
-    return evaluate_texture(model, held, views, size, 424242, "cpu") | {"scenes": scenes, "image_size": size}
+    return evaluate_texture(model, held, views, size, 424242, "cpu") | {
+        "scenes": scenes,
+        "image_size": size,
+    }
 
 
 def main() -> None:
@@ -208,26 +259,54 @@ def main() -> None:
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
         print(json.dumps(measure(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="64,128,256", help="grid sizes L (voxels per side)")
-    ap.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (median)")
-    ap.add_argument("--dense-limit-gb", type=float, default=20.0, help="address-space cap for the dense model")
-    ap.add_argument("--structure-model", default=None, help="a trained StructureVAE folder: IoU on 256^3 scenes")
-    ap.add_argument("--texture-model", default=None, help="a trained TextureVAE folder: PSNR/SSIM on held-out views")
+    ap.add_argument(
+        "--steps", type=int, default=3, help="timed training steps per configuration (median)"
+    )
+    ap.add_argument(
+        "--dense-limit-gb", type=float, default=20.0, help="address-space cap for the dense model"
+    )
+    ap.add_argument(
+        "--structure-model", default=None, help="a trained StructureVAE folder: IoU on 256^3 scenes"
+    )
+    ap.add_argument(
+        "--texture-model",
+        default=None,
+        help="a trained TextureVAE folder: PSNR/SSIM on held-out views",
+    )
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--time-limit", type=float, default=600.0, help="seconds per configuration before it is stopped")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU memory from torch.cuda peak stats)")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=600.0,
+        help="seconds per configuration before it is stopped",
+    )
+    ap.add_argument(
+        "--device", default="cpu", help="cpu or cuda (GPU memory from torch.cuda peak stats)"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vae3d.json"))
     args = ap.parse_args()
     from earthgen.io import write_json
 
-    res = {"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                       "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-           "model": "StructureVAE channels (16, 32, 48, 64), 1 res block per level; dense twin: same levels, "
-                    "widths, blocks and heads with Conv3d / ConvTranspose3d", "speed": []}
+    res = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "model": "StructureVAE channels (16, 32, 48, 64), 1 res block per level; dense twin: same levels, "
+        "widths, blocks and heads with Conv3d / ConvTranspose3d",
+        "speed": [],
+    }
     if Path(args.out).exists():  # keep the other half of an earlier run
         old = json.loads(Path(args.out).read_text())
-        res.update({k: v for k, v in old.items() if k in ("structure_quality", "texture_quality", "speed")})
+        res.update(
+            {k: v for k, v in old.items() if k in ("structure_quality", "texture_quality", "speed")}
+        )
     if not args.skip_speed:
         res["speed"] = []
         for L in (int(s) for s in args.sizes.split(",")):
@@ -236,9 +315,13 @@ def main() -> None:
                 r = run_one(kind, L, args.steps, cap, args.device, args.time_limit)
                 res["speed"].append(r)
                 print(json.dumps(r), flush=True)
-                write_json(args.out, res)  # after every configuration: a long run keeps what it measured
+                write_json(
+                    args.out, res
+                )  # after every configuration: a long run keeps what it measured
     if args.structure_model:
-        res["structure_quality"] = structure_quality(args.structure_model) | {"model": args.structure_model}
+        res["structure_quality"] = structure_quality(args.structure_model) | {
+            "model": args.structure_model
+        }
         print("structure", json.dumps(res["structure_quality"]), flush=True)
         write_json(args.out, res)
     if args.texture_model:

@@ -34,35 +34,56 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="benchmarks/results/world.json")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     cases = [
-        ("mixed", 3, 256, 0.5), ("mixed", 3, 512, 0.5), ("mixed", 3, 1024, 0.5),
-        ("urban", 3, 512, 0.5), ("rural", 3, 512, 2.0), ("mixed", 3, 512, 8.0),
+        ("mixed", 3, 256, 0.5),
+        ("mixed", 3, 512, 0.5),
+        ("mixed", 3, 1024, 0.5),
+        ("urban", 3, 512, 0.5),
+        ("rural", 3, 512, 2.0),
+        ("mixed", 3, 512, 8.0),
     ]
     results = []
     for name, seed, size, gsd in cases:
         cfg = preset(name)
-        med, runs = timed(lambda s=seed, n=size, g=gsd, c=cfg: generate_world(s, n, g, config=c), args.repeats)
+        med, runs = timed(
+            lambda s=seed, n=size, g=gsd, c=cfg: generate_world(s, n, g, config=c), args.repeats
+        )
         tile = generate_world(seed, size, gsd, config=cfg)
         with tempfile.TemporaryDirectory() as d:
-            save_med, _ = timed(lambda t=tile, v=max(1.0, gsd): t.save(Path(d) / "t", voxel_size=v),
-                                max(1, args.repeats // 2))
+            save_med, _ = timed(
+                lambda t=tile, v=max(1.0, gsd): t.save(Path(d) / "t", voxel_size=v),
+                max(1, args.repeats // 2),
+            )
         row = {
-            "preset": name, "seed": seed, "size_px": size, "gsd_m": gsd,
-            "extent_m": size * gsd, "generate_s": round(med, 4),
+            "preset": name,
+            "seed": seed,
+            "size_px": size,
+            "gsd_m": gsd,
+            "extent_m": size * gsd,
+            "generate_s": round(med, 4),
             "generate_runs_s": [round(r, 4) for r in runs],
             "s_per_megapixel": round(med / (size * size / 1e6), 4),
-            "save_s": round(save_med, 4), "objects": len(tile.labels["labels"]),
+            "save_s": round(save_med, 4),
+            "objects": len(tile.labels["labels"]),
         }
         results.append(row)
-        print(f"{name:6s} {size:5d}px @ {gsd:4.1f} m/px: generate {med:.3f} s "
-              f"({row['s_per_megapixel']:.3f} s/MP), save {save_med:.3f} s, {row['objects']} objects")
+        print(
+            f"{name:6s} {size:5d}px @ {gsd:4.1f} m/px: generate {med:.3f} s "
+            f"({row['s_per_megapixel']:.3f} s/MP), save {save_med:.3f} s, {row['objects']} objects"
+        )
     report = {
-        "benchmark": "world", "machine": platform.machine(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+        "benchmark": "world",
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
         "results": results,
     }
     print(f"wrote {write_json(args.out, report)}")

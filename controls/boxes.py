@@ -36,7 +36,9 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
 
     def _set_pos_net_if_use_gligen(self, attention_type: str, cross_attention_dim: int):
         if attention_type != "gated":
-            raise ValueError(f"GroundedUNet2DConditionModel needs attention_type='gated', got {attention_type!r}")
+            raise ValueError(
+                f"GroundedUNet2DConditionModel needs attention_type='gated', got {attention_type!r}"
+            )
         self.position_net = GroundingTokens()
 
     @property
@@ -45,8 +47,9 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
         return int(self.config.in_channels) - int(self.config.out_channels)
 
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, raster_channels: int = 0,
-                  insert_at: int | None = None) -> GroundedUNet2DConditionModel:
+    def from_unet(
+        cls, unet: UNet2DConditionModel, raster_channels: int = 0, insert_at: int | None = None
+    ) -> GroundedUNet2DConditionModel:
         """A grounded copy of ``unet``: same weights, new gated fusers (gates at 0) and, with
         ``raster_channels``, that many zero-initialised input channels for the box map; its output
         is unchanged until the new weights are trained. ``insert_at``: the input channel where the
@@ -55,7 +58,9 @@ class GroundedUNet2DConditionModel(UNet2DConditionModel):
         if raster_channels < 0:
             raise ValueError(f"raster_channels must be >= 0, got {raster_channels}")
         if insert_at is not None and not 0 <= insert_at <= int(unet.config.in_channels):
-            raise ValueError(f"insert_at must be in [0, {unet.config.in_channels}], got {insert_at}")
+            raise ValueError(
+                f"insert_at must be in [0, {unet.config.in_channels}], got {insert_at}"
+            )
         cfg = {k: v for k, v in unet.config.items() if not k.startswith("_")}
         cfg["attention_type"] = "gated"
         cfg["in_channels"] = int(unet.config.in_channels) + raster_channels

@@ -25,10 +25,22 @@ from torch import nn
 from earthgen_base.errors import UserInputError
 
 # ControlNet / UNet fields this module passes through (the rest take diffusers' defaults).
-_CN_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block",
-            "cross_attention_dim", "attention_head_dim", "norm_num_groups", "class_embed_type",
-            "projection_class_embeddings_input_dim", "num_class_embeds", "use_linear_projection",
-            "transformer_layers_per_block", "only_cross_attention", "upcast_attention")
+_CN_KEYS = (
+    "in_channels",
+    "down_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "norm_num_groups",
+    "class_embed_type",
+    "projection_class_embeddings_input_dim",
+    "num_class_embeds",
+    "use_linear_projection",
+    "transformer_layers_per_block",
+    "only_cross_attention",
+    "upcast_attention",
+)
 
 
 class MultiScaleFusion(nn.Module):
@@ -39,12 +51,19 @@ class MultiScaleFusion(nn.Module):
     shared bottom-up path. Only the thin stems are paid per condition.
     """
 
-    def __init__(self, channels: tuple[int, ...], widths: tuple[int, ...], out_channels: int,
-                 stem_widths: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        channels: tuple[int, ...],
+        widths: tuple[int, ...],
+        out_channels: int,
+        stem_widths: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         stem_widths = tuple(stem_widths or widths)
         if len(stem_widths) != len(widths):
-            raise UserInputError(f"stem_widths {stem_widths} and fusion_widths {widths} need the same length")
+            raise UserInputError(
+                f"stem_widths {stem_widths} and fusion_widths {widths} need the same length"
+            )
         self.channels = tuple(channels)
         self.stems = nn.ModuleList()
         for c in self.channels:
@@ -52,13 +71,25 @@ class MultiScaleFusion(nn.Module):
             prev = c
             for i, w in enumerate(stem_widths):
                 stride = 1 if i == 0 else 2
-                levels.append(nn.Sequential(nn.Conv2d(prev, w, 3, stride=stride, padding=1), nn.SiLU(),
-                                            nn.Conv2d(w, w, 3, padding=1), nn.SiLU()))
+                levels.append(
+                    nn.Sequential(
+                        nn.Conv2d(prev, w, 3, stride=stride, padding=1),
+                        nn.SiLU(),
+                        nn.Conv2d(w, w, 3, padding=1),
+                        nn.SiLU(),
+                    )
+                )
                 prev = w
             self.stems.append(levels)
-        self.proj = nn.ModuleList([nn.Conv2d(sw, w, 1) for sw, w in zip(stem_widths, widths, strict=True)])
-        self.down = nn.ModuleList([nn.Conv2d(widths[i - 1], widths[i], 3, stride=2, padding=1)
-                                   for i in range(1, len(widths))])
+        self.proj = nn.ModuleList(
+            [nn.Conv2d(sw, w, 1) for sw, w in zip(stem_widths, widths, strict=True)]
+        )
+        self.down = nn.ModuleList(
+            [
+                nn.Conv2d(widths[i - 1], widths[i], 3, stride=2, padding=1)
+                for i in range(1, len(widths))
+            ]
+        )
         self.out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)  # an untrained branch changes nothing
         nn.init.zeros_(self.out.bias)
@@ -94,13 +125,19 @@ class FusedControlNet(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, conditions: dict[str, int] | None = None,
-                 fusion_widths: tuple[int, ...] = (16, 32, 96, 256), controlnet_kwargs: dict | None = None,
-                 stem_widths: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        conditions: dict[str, int] | None = None,
+        fusion_widths: tuple[int, ...] = (16, 32, 96, 256),
+        controlnet_kwargs: dict | None = None,
+        stem_widths: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         conditions = dict(conditions or {"layout": 13})
         if not conditions or any(int(c) <= 0 for c in conditions.values()):
-            raise UserInputError(f"conditions must map names to positive channel counts, got {conditions}")
+            raise UserInputError(
+                f"conditions must map names to positive channel counts, got {conditions}"
+            )
         # sorted: the order is part of the weights and config files store dicts with sorted keys
         self.condition_names = tuple(sorted(conditions))
         self.condition_channels = tuple(int(conditions[k]) for k in self.condition_names)
@@ -110,36 +147,60 @@ class FusedControlNet(ModelMixin, ConfigMixin):
         width = self.controlnet.config.block_out_channels[0]
         self.downscale = 2 ** (len(fusion_widths) - 1)  # image pixels per latent pixel
         self.controlnet.controlnet_cond_embedding = MultiScaleFusion(
-            self.condition_channels, tuple(fusion_widths), width,
-            tuple(stem_widths) if stem_widths else tuple(max(4, w // 4) for w in fusion_widths))
+            self.condition_channels,
+            tuple(fusion_widths),
+            width,
+            tuple(stem_widths) if stem_widths else tuple(max(4, w // 4) for w in fusion_widths),
+        )
 
     @classmethod
-    def from_unet(cls, unet, conditions: dict[str, int], fusion_widths: tuple[int, ...] = (16, 32, 96, 256),
-                  copy_weights: bool = True, stem_widths: tuple[int, ...] | None = None) -> FusedControlNet:
+    def from_unet(
+        cls,
+        unet,
+        conditions: dict[str, int],
+        fusion_widths: tuple[int, ...] = (16, 32, 96, 256),
+        copy_weights: bool = True,
+        stem_widths: tuple[int, ...] | None = None,
+    ) -> FusedControlNet:
         """A branch shaped like ``unet`` (a ``UNet2DConditionModel``), its encoder initialised
         from the UNet's weights (the ControlNet recipe)."""
         kw = {k: unet.config[k] for k in _CN_KEYS if k in unet.config}
-        model = cls(conditions=conditions, fusion_widths=fusion_widths, controlnet_kwargs=kw,
-                    stem_widths=stem_widths)
+        model = cls(
+            conditions=conditions,
+            fusion_widths=fusion_widths,
+            controlnet_kwargs=kw,
+            stem_widths=stem_widths,
+        )
         if copy_weights:
             own = model.controlnet.state_dict()
-            src = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
+            src = {
+                k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape
+            }
             model.controlnet.load_state_dict(src, strict=False)
         return model
 
-    def pack(self, conditions: dict[str, torch.Tensor | None], scales: dict[str, float] | None = None,
-             drop: dict[str, torch.Tensor] | torch.Tensor | None = None, batch_size: int | None = None,
-             size: tuple[int, int] | None = None) -> torch.Tensor:
+    def pack(
+        self,
+        conditions: dict[str, torch.Tensor | None],
+        scales: dict[str, float] | None = None,
+        drop: dict[str, torch.Tensor] | torch.Tensor | None = None,
+        batch_size: int | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Pack dense conditions (name -> ``[B, C, H, W]`` or None) into the ControlNet input.
 
         ``scales``: per-condition weights (default 1). ``drop``: ``[B]`` bool dropping every
         condition of those samples, or name -> ``[B]`` bool. Missing conditions are zeros with
         weight 0. ``batch_size``/``size`` are needed only when no condition is given.
         """
-        unknown = [k for k, v in conditions.items() if v is not None and k not in self.condition_names]
+        unknown = [
+            k for k, v in conditions.items() if v is not None and k not in self.condition_names
+        ]
         if unknown:
-            raise UserInputError(f"unknown control condition(s) {unknown}; this model takes "
-                                 f"{', '.join(self.condition_names)}")
+            raise UserInputError(
+                f"unknown control condition(s) {unknown}; this model takes "
+                f"{', '.join(self.condition_names)}"
+            )
         given = {k: v for k, v in conditions.items() if v is not None}
         ref = next(iter(given.values()), None)
         b = ref.shape[0] if ref is not None else batch_size
@@ -148,7 +209,9 @@ class FusedControlNet(ModelMixin, ConfigMixin):
             raise UserInputError("no control condition given: pass batch_size and size")
         f = self.downscale
         if hw[0] % f or hw[1] % f:
-            raise UserInputError(f"control maps must have sides divisible by {f}, got {hw[1]}x{hw[0]}")
+            raise UserInputError(
+                f"control maps must have sides divisible by {f}, got {hw[1]}x{hw[0]}"
+            )
         device = self.device
         maps, weights = [], []
         for name, c in zip(self.condition_names, self.condition_channels, strict=True):
@@ -158,7 +221,9 @@ class FusedControlNet(ModelMixin, ConfigMixin):
                 weights.append(torch.zeros(b, device=device))
                 continue
             if x.dim() != 4 or x.shape[0] != b or x.shape[1] != c or tuple(x.shape[-2:]) != hw:
-                raise UserInputError(f"control {name!r}: expected [{b}, {c}, {hw[0]}, {hw[1]}], got {list(x.shape)}")
+                raise UserInputError(
+                    f"control {name!r}: expected [{b}, {c}, {hw[0]}, {hw[1]}], got {list(x.shape)}"
+                )
             w = torch.full((b,), float((scales or {}).get(name, 1.0)), device=device)
             if isinstance(drop, torch.Tensor):
                 w = torch.where(drop.to(device).bool(), torch.zeros_like(w), w)
@@ -170,11 +235,24 @@ class FusedControlNet(ModelMixin, ConfigMixin):
         wmap = torch.stack(weights, 1).to(self.dtype)[:, :, None, None].expand(-1, -1, *hw)
         return torch.cat([*maps, wmap], dim=1)
 
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
-                packed: torch.Tensor, class_labels: torch.Tensor | None = None,
-                conditioning_scale: float = 1.0, encoder_attention_mask: torch.Tensor | None = None):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep,
+        encoder_hidden_states: torch.Tensor,
+        packed: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        conditioning_scale: float = 1.0,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ):
         """Residuals for the UNet: ``(down_block_res_samples, mid_block_res_sample)``."""
-        out = self.controlnet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                              controlnet_cond=packed, conditioning_scale=conditioning_scale,
-                              class_labels=class_labels, return_dict=False)
+        out = self.controlnet(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=packed,
+            conditioning_scale=conditioning_scale,
+            class_labels=class_labels,
+            return_dict=False,
+        )
         return out[0], out[1]

@@ -25,7 +25,9 @@ def widen_input(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
     w = state.pop("conv_in.weight")  # [C_out, C_in, k, k]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing != ["conv_in.weight"] or unexpected:
-        raise ValueError(f"cannot widen this UNet's input: mismatched weights {(missing + unexpected)[:5]}")
+        raise ValueError(
+            f"cannot widen this UNet's input: mismatched weights {(missing + unexpected)[:5]}"
+        )
     place_input_weights(model.conv_in.weight, w)
     model.to(unet.device)
     return model if unet.dtype == model.dtype else model.to(unet.dtype)
@@ -40,4 +42,4 @@ def place_input_weights(dst: torch.Tensor, src: torch.Tensor, insert_at: int | N
     with torch.no_grad():
         dst.zero_()
         dst[:, :k] = src[:, :k]
-        dst[:, k + extra:] = src[:, k:]
+        dst[:, k + extra :] = src[:, k:]

@@ -18,8 +18,15 @@ def hbb_to_corners(xyxy: np.ndarray) -> np.ndarray:
     """``[N, 4]`` (x_min, y_min, x_max, y_max) -> ``[N, 4, 2]`` corners (TL, TR, BR, BL)."""
     b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     x0, y0, x1, y1 = b.T
-    return np.stack([np.stack([x0, y0], -1), np.stack([x1, y0], -1),
-                     np.stack([x1, y1], -1), np.stack([x0, y1], -1)], axis=1)
+    return np.stack(
+        [
+            np.stack([x0, y0], -1),
+            np.stack([x1, y0], -1),
+            np.stack([x1, y1], -1),
+            np.stack([x0, y1], -1),
+        ],
+        axis=1,
+    )
 
 
 def corners_to_hbb(corners: np.ndarray) -> np.ndarray:
@@ -34,10 +41,12 @@ def obb_to_corners(obb: np.ndarray) -> np.ndarray:
     b = np.asarray(obb, dtype=np.float64).reshape(-1, 5)
     cx, cy, w, h, a = b.T
     ca, sa = np.cos(a), np.sin(a)
-    ux, uy = ca * w / 2, sa * w / 2          # half width axis
-    vx, vy = -sa * h / 2, ca * h / 2         # half height axis
+    ux, uy = ca * w / 2, sa * w / 2  # half width axis
+    vx, vy = -sa * h / 2, ca * h / 2  # half height axis
     pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-    return np.stack([np.stack([cx + i * ux + j * vx, cy + i * uy + j * vy], -1) for i, j in pts], axis=1)
+    return np.stack(
+        [np.stack([cx + i * ux + j * vx, cy + i * uy + j * vy], -1) for i, j in pts], axis=1
+    )
 
 
 def corners_to_obb(corners: np.ndarray) -> np.ndarray:
@@ -95,9 +104,9 @@ class BoxSet:
 
     corners: np.ndarray
     labels: list[str]
-    scores: np.ndarray | None = None        # [N] detector confidences, if any
-    difficult: np.ndarray | None = None     # [N] bool (DOTA's difficult flag)
-    rotated: bool = True                    # False when every box is axis-aligned by construction
+    scores: np.ndarray | None = None  # [N] detector confidences, if any
+    difficult: np.ndarray | None = None  # [N] bool (DOTA's difficult flag)
+    rotated: bool = True  # False when every box is axis-aligned by construction
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

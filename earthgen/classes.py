@@ -25,14 +25,27 @@ CLASSES: tuple[SemanticClass, ...] = (
     SemanticClass(1, "building", (220, 20, 60), "building footprints (building=*)"),
     SemanticClass(2, "road_major", (255, 160, 0), "motorway, trunk, primary (+ links); ~14 m wide"),
     SemanticClass(3, "road_secondary", (255, 220, 80), "secondary, tertiary (+ links); ~10 m wide"),
-    SemanticClass(4, "road_minor", (250, 250, 250), "residential, unclassified, service, living street; ~6 m wide"),
-    SemanticClass(5, "path", (190, 170, 150), "footway, cycleway, path, track, pedestrian, steps; ~2-3 m wide"),
-    SemanticClass(6, "railway", (120, 60, 160), "rail, light rail, tram, subway at surface; ~4 m per track"),
+    SemanticClass(
+        4,
+        "road_minor",
+        (250, 250, 250),
+        "residential, unclassified, service, living street; ~6 m wide",
+    ),
+    SemanticClass(
+        5, "path", (190, 170, 150), "footway, cycleway, path, track, pedestrian, steps; ~2-3 m wide"
+    ),
+    SemanticClass(
+        6, "railway", (120, 60, 160), "rail, light rail, tram, subway at surface; ~4 m per track"
+    ),
     SemanticClass(7, "water", (30, 110, 220), "sea, lakes, rivers, canals, reservoirs, basins"),
     SemanticClass(8, "forest", (20, 110, 40), "forest, wood, tree rows, scrub"),
-    SemanticClass(9, "grass", (130, 210, 100), "park, grass, meadow, garden, pitch, golf course, cemetery"),
+    SemanticClass(
+        9, "grass", (130, 210, 100), "park, grass, meadow, garden, pitch, golf course, cemetery"
+    ),
     SemanticClass(10, "farmland", (210, 200, 120), "farmland, orchard, vineyard, allotments"),
-    SemanticClass(11, "bare", (200, 180, 150), "sand, beach, bare rock, scree, quarry, construction"),
+    SemanticClass(
+        11, "bare", (200, 180, 150), "sand, beach, bare rock, scree, quarry, construction"
+    ),
     SemanticClass(12, "parking", (140, 140, 150), "parking lots (amenity=parking)"),
 )
 
@@ -52,8 +65,18 @@ ROAD_WIDTH_M: dict[str, float] = {
 
 # Paint order when rasterizing vector layers: later classes overwrite earlier ones.
 PAINT_ORDER: tuple[str, ...] = (
-    "farmland", "grass", "forest", "bare", "water", "parking",
-    "path", "road_minor", "road_secondary", "road_major", "railway", "building",
+    "farmland",
+    "grass",
+    "forest",
+    "bare",
+    "water",
+    "parking",
+    "path",
+    "road_minor",
+    "road_secondary",
+    "road_major",
+    "railway",
+    "building",
 )
 
 

@@ -61,9 +61,14 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
     for p in _leaf_parsers(parser):
         if p is parser or "--threads" in p._option_string_actions:
             continue
-        p.add_argument("--threads", type=threads_int, default=None, metavar="N",
-                       help="CPU threads of torch (default: $OMP_NUM_THREADS, else the CPUs this "
-                            "process may use; docs/limits.md)")
+        p.add_argument(
+            "--threads",
+            type=threads_int,
+            default=None,
+            metavar="N",
+            help="CPU threads of torch (default: $OMP_NUM_THREADS, else the CPUs this "
+            "process may use; docs/limits.md)",
+        )
 
 
 def set_threads(args: argparse.Namespace) -> int:

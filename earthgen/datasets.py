@@ -60,29 +60,62 @@ SET_DIRS: dict[str, str] = {
 }
 GSD: dict[str, float] = {"ucmerced": 0.3, "dubai": 1.0, "naip": 5.0, "neon": 0.1, "spacenet": 0.3}
 UCM_CLASSES: tuple[str, ...] = (
-    "agricultural", "beach", "buildings", "chaparral", "denseresidential", "forest", "freeway",
-    "golfcourse", "harbor", "intersection", "mediumresidential", "mobilehomepark", "parkinglot",
-    "river", "runway", "sparseresidential",
+    "agricultural",
+    "beach",
+    "buildings",
+    "chaparral",
+    "denseresidential",
+    "forest",
+    "freeway",
+    "golfcourse",
+    "harbor",
+    "intersection",
+    "mediumresidential",
+    "mobilehomepark",
+    "parkinglot",
+    "river",
+    "runway",
+    "sparseresidential",
 )
 UCM_TRAIN_PER_CLASS = 48  # first 48 sorted names of a class are train, the rest test
 DUBAI_TEST_TILES: tuple[str, ...] = ("tile_8",)
 # Dubai palette index -> earthgen class id (5 = unlabeled grey, 6 = stray black: ignored).
 DUBAI_TO_CLASS: dict[int, int] = {
-    0: CLASS_ID["building"], 1: CLASS_ID["bare"], 2: CLASS_ID["road_minor"],
-    3: CLASS_ID["grass"], 4: CLASS_ID["water"], 5: IGNORE, 6: IGNORE,
+    0: CLASS_ID["building"],
+    1: CLASS_ID["bare"],
+    2: CLASS_ID["road_minor"],
+    3: CLASS_ID["grass"],
+    4: CLASS_ID["water"],
+    5: IGNORE,
+    6: IGNORE,
 }
 # RGB colour of each Dubai palette index in the mask files (SOURCES.md table).
 DUBAI_COLORS: dict[int, tuple[int, int, int]] = {
-    0: (60, 16, 152), 1: (132, 41, 246), 2: (110, 193, 228), 3: (254, 221, 58),
-    4: (226, 169, 41), 5: (155, 155, 155), 6: (0, 0, 0),
+    0: (60, 16, 152),
+    1: (132, 41, 246),
+    2: (110, 193, 228),
+    3: (254, 221, 58),
+    4: (226, 169, 41),
+    5: (155, 155, 155),
+    6: (0, 0, 0),
 }
 SPACENET_WATERMARK_ROWS = 130  # bottom rows with the burned-in Maxar text and SpaceNet logo
 CAPTION_MIN_FRACTION = 0.05  # classes under this share of labelled pixels are not named
 
 # Phrase of each class in mask-derived captions (None: never named).
 _PHRASE: dict[int, str | None] = {
-    0: None, 1: "buildings", 2: "roads", 3: "roads", 4: "roads", 5: "paths", 6: "railways",
-    7: "water", 8: "forest", 9: "vegetation", 10: "farmland", 11: "bare land",
+    0: None,
+    1: "buildings",
+    2: "roads",
+    3: "roads",
+    4: "roads",
+    5: "paths",
+    6: "railways",
+    7: "water",
+    8: "forest",
+    9: "vegetation",
+    10: "farmland",
+    11: "bare land",
     12: "parking lots",
 }
 
@@ -131,8 +164,9 @@ def caption_from_classes(semantic: np.ndarray, prefix: str = "a satellite image 
         phrase = _PHRASE.get(cid)
         if phrase is not None and n > 0:
             shares[phrase] = shares.get(phrase, 0.0) + n / total
-    names = [p for p, f in sorted(shares.items(), key=lambda kv: -kv[1])
-             if f >= CAPTION_MIN_FRACTION][:3]
+    names = [
+        p for p, f in sorted(shares.items(), key=lambda kv: -kv[1]) if f >= CAPTION_MIN_FRACTION
+    ][:3]
     base = prefix.rsplit(" of", 1)[0] if prefix.endswith(" of") else prefix
     if not names:
         return base
@@ -173,8 +207,9 @@ def _raster_rgb(path: Path) -> np.ndarray:
     try:
         with rasterio.open(path) as ds:
             if ds.count < 3 or ds.dtypes[0] != "uint8":
-                raise UserInputError(f"{path}: expected >= 3 uint8 bands, got {ds.count} "
-                                     f"{ds.dtypes[0]}")
+                raise UserInputError(
+                    f"{path}: expected >= 3 uint8 bands, got {ds.count} {ds.dtypes[0]}"
+                )
             return np.ascontiguousarray(np.moveaxis(ds.read([1, 2, 3]), 0, -1))
     except rasterio.errors.RasterioIOError as e:
         raise UserInputError(f"{path}: cannot read raster: {e}") from None
@@ -193,8 +228,9 @@ def _dubai_ids(path: Path) -> np.ndarray:
     for idx, (r, g, b) in DUBAI_COLORS.items():
         out[code == ((r << 16) | (g << 8) | b)] = idx
     if (out == 255).any():
-        raise UserInputError(f"{path}: {(out == 255).sum()} pixels with colours outside the "
-                             "Dubai class table")
+        raise UserInputError(
+            f"{path}: {(out == 255).sum()} pixels with colours outside the Dubai class table"
+        )
     return out
 
 
@@ -220,17 +256,30 @@ def _read_ucmerced(d: Path, split: str) -> list[Sample]:
                     rec = json.loads(line)
                     captions[rec["file"]] = rec["caption"]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserInputError(f"{cap_file}:{no}: expected JSON with 'file' and "
-                                         "'caption'") from None
+                    raise UserInputError(
+                        f"{cap_file}:{no}: expected JSON with 'file' and 'caption'"
+                    ) from None
     out = []
     for cls in sorted(p.name for p in d.iterdir() if p.is_dir()):
         files = sorted(p for p in (d / cls).iterdir() if p.suffix.lower() in (".jpg", ".png"))
-        chosen = {"train": files[:UCM_TRAIN_PER_CLASS], "test": files[UCM_TRAIN_PER_CLASS:],
-                  "all": files}[split]
+        chosen = {
+            "train": files[:UCM_TRAIN_PER_CLASS],
+            "test": files[UCM_TRAIN_PER_CLASS:],
+            "all": files,
+        }[split]
         for f in chosen:
             rel = f"{cls}/{f.name}"
-            out.append(Sample(_rgb(f), captions.get(rel, f"a satellite image of {cls}"), None,
-                              GSD["ucmerced"], "ucmerced", f"ucmerced/{cls}/{f.stem}", cls))
+            out.append(
+                Sample(
+                    _rgb(f),
+                    captions.get(rel, f"a satellite image of {cls}"),
+                    None,
+                    GSD["ucmerced"],
+                    "ucmerced",
+                    f"ucmerced/{cls}/{f.stem}",
+                    cls,
+                )
+            )
     return out
 
 
@@ -246,10 +295,19 @@ def _read_dubai(d: Path, split: str) -> list[Sample]:
                 raise UserInputError(f"{img}: mask {mask} is missing")
             image, sem = _rgb(img), dubai_semantic(mask)
             if sem.shape != image.shape[:2]:
-                raise UserInputError(f"{mask}: size {sem.shape} differs from image "
-                                     f"{image.shape[:2]}")
-            out.append(Sample(image, caption_from_classes(sem), sem, GSD["dubai"], "dubai",
-                              f"dubai/{tile.name}/{img.stem}"))
+                raise UserInputError(
+                    f"{mask}: size {sem.shape} differs from image {image.shape[:2]}"
+                )
+            out.append(
+                Sample(
+                    image,
+                    caption_from_classes(sem),
+                    sem,
+                    GSD["dubai"],
+                    "dubai",
+                    f"dubai/{tile.name}/{img.stem}",
+                )
+            )
     return out
 
 
@@ -268,8 +326,12 @@ def _read_naip(d: Path, split: str) -> list[Sample]:
 def _read_neon(d: Path, split: str) -> list[Sample]:
     if split == "test":
         return []
-    return [Sample(_rgb(f), "an aerial image of a tree canopy", None, GSD["neon"], "neon",
-                   f"neon/{f.stem}") for f in sorted((d / "images").glob("*.png"))]
+    return [
+        Sample(
+            _rgb(f), "an aerial image of a tree canopy", None, GSD["neon"], "neon", f"neon/{f.stem}"
+        )
+        for f in sorted((d / "images").glob("*.png"))
+    ]
 
 
 def _read_spacenet(d: Path, split: str) -> list[Sample]:
@@ -287,21 +349,36 @@ def _read_spacenet(d: Path, split: str) -> list[Sample]:
         with Image.open(mask_path) as im:
             mask = np.asarray(im.convert("L"))
         if mask.shape != image.shape[:2]:
-            raise UserInputError(f"{mask_path}: size {mask.shape} differs from image "
-                                 f"{image.shape[:2]}")
+            raise UserInputError(
+                f"{mask_path}: size {mask.shape} differs from image {image.shape[:2]}"
+            )
         keep = image.shape[0] - SPACENET_WATERMARK_ROWS
         if keep <= 0:
-            raise UserInputError(f"{f}: image has no rows left after cutting the "
-                                 f"{SPACENET_WATERMARK_ROWS}-row watermark strip")
+            raise UserInputError(
+                f"{f}: image has no rows left after cutting the "
+                f"{SPACENET_WATERMARK_ROWS}-row watermark strip"
+            )
         sem = np.where(mask[:keep] == 255, np.uint8(CLASS_ID["road_minor"]), np.uint8(IGNORE))
-        out.append(Sample(np.ascontiguousarray(image[:keep]),
-                          "a satellite image of a city with roads", sem.astype(np.uint8),
-                          GSD["spacenet"], "spacenet", f"spacenet/{stem}"))
+        out.append(
+            Sample(
+                np.ascontiguousarray(image[:keep]),
+                "a satellite image of a city with roads",
+                sem.astype(np.uint8),
+                GSD["spacenet"],
+                "spacenet",
+                f"spacenet/{stem}",
+            )
+        )
     return out
 
 
-_READERS = {"ucmerced": _read_ucmerced, "dubai": _read_dubai, "naip": _read_naip,
-            "neon": _read_neon, "spacenet": _read_spacenet}
+_READERS = {
+    "ucmerced": _read_ucmerced,
+    "dubai": _read_dubai,
+    "naip": _read_naip,
+    "neon": _read_neon,
+    "spacenet": _read_spacenet,
+}
 
 
 def read_set(name: str, root: str | Path | None = None, split: str = "train") -> list[Sample]:
@@ -325,13 +402,15 @@ def resample(sample: Sample, gsd: float) -> Sample:
     h, w = sample.image.shape[:2]
     nh, nw = _max_side(h, scale), _max_side(w, scale)
     if nh < 1 or nw < 1:
-        raise UserInputError(f"{sample.name}: {w}x{h} px at {sample.gsd} m/px is under one pixel "
-                             f"at {gsd} m/px")
+        raise UserInputError(
+            f"{sample.name}: {w}x{h} px at {sample.gsd} m/px is under one pixel at {gsd} m/px"
+        )
     return _window(sample, (0.0, 0.0, w, h), (nw, nh), gsd)
 
 
-def _window(sample: Sample, box: tuple[float, float, float, float], out: tuple[int, int],
-            gsd: float) -> Sample:
+def _window(
+    sample: Sample, box: tuple[float, float, float, float], out: tuple[int, int], gsd: float
+) -> Sample:
     """Source window ``box`` (x0, y0, x1, y1, pixels) resampled to ``out`` (w, h) pixels."""
     from PIL import Image
 
@@ -340,13 +419,15 @@ def _window(sample: Sample, box: tuple[float, float, float, float], out: tuple[i
     img = np.asarray(Image.fromarray(sample.image).resize(out, filt, box=box))
     sem = None
     if sample.semantic is not None:
-        sem = np.asarray(Image.fromarray(sample.semantic).resize(
-            out, Image.Resampling.NEAREST, box=box))
+        sem = np.asarray(
+            Image.fromarray(sample.semantic).resize(out, Image.Resampling.NEAREST, box=box)
+        )
     return replace(sample, image=img, semantic=sem, gsd=float(gsd))
 
 
-def random_crop(sample: Sample, size: int, rng: np.random.Generator,
-                gsd: float | None = None) -> Sample:
+def random_crop(
+    sample: Sample, size: int, rng: np.random.Generator, gsd: float | None = None
+) -> Sample:
     """A random ``size`` x ``size`` crop; when ``gsd`` (metres/pixel) differs from
     ``sample.gsd`` the crop is taken from the image resampled to ``gsd`` (only the window is
     resampled: image bilinear / area, semantic nearest). Image and semantic get the same crop.
@@ -362,13 +443,16 @@ def random_crop(sample: Sample, size: int, rng: np.random.Generator,
     nh, nw = (h, w) if same else (_max_side(h, scale), _max_side(w, scale))
     if size > nh or size > nw:
         at = "" if same else f" after resampling to {gsd} m/px"
-        raise UserInputError(f"{sample.name}: crop of {size} px is larger than the image "
-                             f"({nw}x{nh} px{at})")
+        raise UserInputError(
+            f"{sample.name}: crop of {size} px is larger than the image ({nw}x{nh} px{at})"
+        )
     y = int(rng.integers(0, nh - size + 1))
     x = int(rng.integers(0, nw - size + 1))
     if same:
-        sem = None if sample.semantic is None else sample.semantic[y:y + size, x:x + size].copy()
-        return replace(sample, image=sample.image[y:y + size, x:x + size].copy(), semantic=sem)
+        sem = (
+            None if sample.semantic is None else sample.semantic[y : y + size, x : x + size].copy()
+        )
+        return replace(sample, image=sample.image[y : y + size, x : x + size].copy(), semantic=sem)
     box = (x / scale, y / scale, min(w, (x + size) / scale), min(h, (y + size) / scale))
     return _window(sample, box, (size, size), float(gsd))  # type: ignore[arg-type]
 
@@ -394,9 +478,14 @@ class MixedDataset:
     tiles, drawn uniformly. ``len()`` counts the loaded real items (world tiles are unbounded
     and not counted)."""
 
-    def __init__(self, weights: dict[str, float], root: str | Path | None = None,
-                 split: str = "train", resolution: int = 256,
-                 world_gsd: tuple[float, float] = (0.3, 2.0)) -> None:
+    def __init__(
+        self,
+        weights: dict[str, float],
+        root: str | Path | None = None,
+        split: str = "train",
+        resolution: int = 256,
+        world_gsd: tuple[float, float] = (0.3, 2.0),
+    ) -> None:
         _check_split(split)
         known = (*REAL_SETS, "world")
         for k, v in weights.items():
@@ -414,16 +503,19 @@ class MixedDataset:
             raise UserInputError(f"resolution must be >= 1 pixel, got {resolution}")
         lo, hi = (float(v) for v in world_gsd)
         if not (0.05 <= lo <= hi <= 100):
-            raise UserInputError(f"world_gsd must be (min, max) with 0.05 <= min <= max <= 100 "
-                                 f"metres/pixel, got {world_gsd}")
+            raise UserInputError(
+                f"world_gsd must be (min, max) with 0.05 <= min <= max <= 100 "
+                f"metres/pixel, got {world_gsd}"
+            )
         self.world_gsd = (lo, hi)
         self.items: dict[str, list[Sample]] = {}
         for k in self.names:
             if k != "world":
                 self.items[k] = read_set(k, root, split)
                 if not self.items[k]:
-                    raise UserInputError(f"data set {k!r} has no items in split {split!r}; "
-                                         "give it weight 0")
+                    raise UserInputError(
+                        f"data set {k!r} has no items in split {split!r}; give it weight 0"
+                    )
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.items.values())
@@ -438,8 +530,14 @@ class MixedDataset:
             seed = int(rng.integers(2**31 - 1))
             gsd = float(rng.uniform(*self.world_gsd))
             tile = generate_world(seed=seed, size=self.resolution, gsd=gsd)
-            s = Sample(tile.rgb, tile.caption, tile.semantic, gsd, "world",
-                       f"world/seed{seed}_gsd{gsd:.3f}")
+            s = Sample(
+                tile.rgb,
+                tile.caption,
+                tile.semantic,
+                gsd,
+                "world",
+                f"world/seed{seed}_gsd{gsd:.3f}",
+            )
         else:
             items = self.items[name]
             item = items[int(rng.integers(len(items)))]
@@ -450,6 +548,7 @@ class MixedDataset:
 
 
 # --- procedural samples (training and evaluation on generated world tiles) -------------------
+
 
 def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
     """``n`` procedural tiles for sample indices ``index0 ..``: images ``[n, 3, R, R]`` in 0..1,
@@ -472,8 +571,13 @@ def world_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
         caps.append(tile.caption)
         gsds.append(gsd)
         scenes.append(scene_label(tile.stats))
-    return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
-            "gsd": torch.tensor(gsds), "scene": torch.tensor(scenes)}
+    return {
+        "image": torch.stack(imgs),
+        "semantic": torch.stack(sems),
+        "caption": caps,
+        "gsd": torch.tensor(gsds),
+        "scene": torch.tensor(scenes),
+    }
 
 
 def world_box_batch(seed: int, index0: int, n: int, resolution: int) -> dict:

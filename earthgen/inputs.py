@@ -28,8 +28,16 @@ import numpy as np
 from earthgen.errors import UserInputError
 
 #: OSM and GeoJSON files, rasterized on the fly (earthgen.geo.osm.OSM_SUFFIXES + GEOJSON_SUFFIXES).
-VECTOR_SUFFIXES: tuple[str, ...] = (".osm", ".osm.pbf", ".pbf", ".osm.bz2", ".osm.gz", ".o5m",
-                                    ".geojson", ".json")
+VECTOR_SUFFIXES: tuple[str, ...] = (
+    ".osm",
+    ".osm.pbf",
+    ".pbf",
+    ".osm.bz2",
+    ".osm.gz",
+    ".o5m",
+    ".geojson",
+    ".json",
+)
 #: Class-id maps (grey ids, palette or class colours); a GeoTIFF keeps its georeference.
 CLASS_MAP_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
 LAYOUT_SUFFIXES: tuple[str, ...] = VECTOR_SUFFIXES + CLASS_MAP_SUFFIXES
@@ -67,6 +75,7 @@ class ImageInput:
 
 # --- shared checks and error wording --------------------------------------------------------------
 
+
 def suffix_of(path: str | os.PathLike, known: tuple[str, ...]) -> str | None:
     """The longest of ``known`` that the (lower-case) file name ends with, else None."""
     name = Path(path).name.lower()
@@ -79,7 +88,7 @@ def _strip_path(msg: str, path: Path) -> str:
     for prefix in (str(path), path.name):
         for sep in (": ", ":"):
             if msg.startswith(prefix + sep):
-                return msg[len(prefix) + len(sep):]
+                return msg[len(prefix) + len(sep) :]
     return msg
 
 
@@ -104,8 +113,9 @@ def require_input(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...],
     p = Path(path).expanduser()
     if suffix_of(p, suffixes) is None:
         got = f"'{''.join(p.suffixes)}'" if p.suffixes else "no extension"
-        raise UserInputError(f"{flag} {p}: unknown file type {got}; {what} is one of "
-                             f"{', '.join(suffixes)}")
+        raise UserInputError(
+            f"{flag} {p}: unknown file type {got}; {what} is one of {', '.join(suffixes)}"
+        )
     if not p.exists():
         raise UserInputError(f"{flag} {p}: file not found")
     if p.is_dir():
@@ -168,20 +178,27 @@ def _check_size(size: Any, flag: str) -> tuple[int, int] | None:
     vals = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
     if len(vals) == 2 and vals[0] is None and vals[1] is None:
         return None
-    if len(vals) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                 and v > 0 for v in vals):
-        raise UserInputError(f"{flag}: size must be N or (width, height) in pixels > 0, "
-                             f"got {size!r}")
+    if len(vals) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in vals
+    ):
+        raise UserInputError(
+            f"{flag}: size must be N or (width, height) in pixels > 0, got {size!r}"
+        )
     return int(vals[0]), int(vals[1])
 
 
 # --- layouts -------------------------------------------------------------------------------------
 
-def read_layout(path: str | os.PathLike, *, flag: str = "--layout",
-                center: tuple[float, float] | None = None,
-                bbox: tuple[float, float, float, float] | None = None,
-                size: int | tuple[int, int] | None = None,
-                gsd: float | None = None) -> LayoutInput:
+
+def read_layout(
+    path: str | os.PathLike,
+    *,
+    flag: str = "--layout",
+    center: tuple[float, float] | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    size: int | tuple[int, int] | None = None,
+    gsd: float | None = None,
+) -> LayoutInput:
     """Read any layout file -> :class:`LayoutInput`.
 
     Vector files are rasterized (:func:`earthgen.geo.layout.build_layout`) on the area of
@@ -196,13 +213,20 @@ def read_layout(path: str | os.PathLike, *, flag: str = "--layout",
 
         with user_errors(flag, p):
             lay = build_layout(p, bbox=bbox, center=center, size=wh, gsd=gsd)
-        return LayoutInput(np.ascontiguousarray(lay.semantic, dtype=np.uint8), float(lay.gsd),
-                           lay.crs, lay.transform, f"{p.name} rasterized", source=lay)
+        return LayoutInput(
+            np.ascontiguousarray(lay.semantic, dtype=np.uint8),
+            float(lay.gsd),
+            lay.crs,
+            lay.transform,
+            f"{p.name} rasterized",
+            source=lay,
+        )
     return _read_class_map(p, flag, wh, gsd)
 
 
-def _read_class_map(p: Path, flag: str, wh: tuple[int, int] | None,
-                    gsd: float | None) -> LayoutInput:
+def _read_class_map(
+    p: Path, flag: str, wh: tuple[int, int] | None, gsd: float | None
+) -> LayoutInput:
     from earthgen.data.masks import read_mask
 
     _probe(p, flag)
@@ -223,11 +247,17 @@ def _read_class_map(p: Path, flag: str, wh: tuple[int, int] | None,
             transform = transform @ Affine.scale(w0 / wh[0], h0 / wh[1])
             own_gsd = None if own_gsd is None else own_gsd * 0.5 * (w0 / wh[0] + h0 / wh[1])
     g = float(gsd) if gsd is not None else own_gsd
-    return LayoutInput(np.ascontiguousarray(ids, dtype=np.uint8), g, crs, transform,
-                       f"class-id map {p.name} ({w0}x{h0})")
+    return LayoutInput(
+        np.ascontiguousarray(ids, dtype=np.uint8),
+        g,
+        crs,
+        transform,
+        f"class-id map {p.name} ({w0}x{h0})",
+    )
 
 
 # --- images --------------------------------------------------------------------------------------
+
 
 def read_image(path: str | os.PathLike, *, flag: str = "--image") -> ImageInput:
     """Read a PNG / JPEG (grey, palette or RGBA -> RGB) or a GeoTIFF -> :class:`ImageInput`.
@@ -267,6 +297,7 @@ def _read_tiff(p: Path, flag: str) -> ImageInput:
 
 # --- outputs -------------------------------------------------------------------------------------
 
+
 def check_image_output(path: str | os.PathLike, flag: str = "--out") -> None:
     """Refuse an image output path before any work: an extension other than
     :data:`IMAGE_SUFFIXES` (the message names them), a folder, an unwritable place."""
@@ -275,8 +306,9 @@ def check_image_output(path: str | os.PathLike, flag: str = "--out") -> None:
     check_output(path, flag, exts=IMAGE_SUFFIXES)
 
 
-def write_image(path: str | os.PathLike, rgb: np.ndarray, *, crs: Any = None,
-                transform: Any = None) -> Path:
+def write_image(
+    path: str | os.PathLike, rgb: np.ndarray, *, crs: Any = None, transform: Any = None
+) -> Path:
     """Write ``rgb`` ([H, W, 3] or [H, W] uint8) in the format of the extension of ``path``:
     .png, .jpg/.jpeg (quality 95), .tif/.tiff (a GeoTIFF with ``crs`` and ``transform`` when
     given, a plain TIFF otherwise). Atomic: a killed run leaves no half-written file."""
@@ -285,12 +317,14 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, *, crs: Any = None,
     p = Path(path)
     arr = np.ascontiguousarray(rgb)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ValueError(f"write_image expects [H, W, 3] or [H, W] uint8, got {arr.dtype} "
-                         f"{arr.shape}")
+        raise ValueError(
+            f"write_image expects [H, W, 3] or [H, W] uint8, got {arr.dtype} {arr.shape}"
+        )
     ext = suffix_of(p, IMAGE_SUFFIXES)
     if ext is None:
-        raise UserInputError(f"{p}: extension '{p.suffix}' is not supported; give one of "
-                             f"{', '.join(IMAGE_SUFFIXES)}")
+        raise UserInputError(
+            f"{p}: extension '{p.suffix}' is not supported; give one of {', '.join(IMAGE_SUFFIXES)}"
+        )
     if ext in _TIFF and crs is not None and transform is not None:
         bands = np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
         desc = ["red", "green", "blue"] if arr.ndim == 3 else ["grey"]
@@ -307,6 +341,18 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, *, crs: Any = None,
     return p
 
 
-__all__ = ["CLASS_MAP_SUFFIXES", "IMAGE_SUFFIXES", "LAYOUT_SUFFIXES", "VECTOR_SUFFIXES",
-           "ImageInput", "LayoutInput", "check_image_output", "read_image", "read_layout",
-           "require_input", "suffix_of", "user_errors", "write_image"]
+__all__ = [
+    "CLASS_MAP_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "LAYOUT_SUFFIXES",
+    "VECTOR_SUFFIXES",
+    "ImageInput",
+    "LayoutInput",
+    "check_image_output",
+    "read_image",
+    "read_layout",
+    "require_input",
+    "suffix_of",
+    "user_errors",
+    "write_image",
+]

@@ -69,8 +69,10 @@ def atomic_dir(path: str | os.PathLike, *, merge: bool | None = None) -> Iterato
         except OSError as e:
             from earthgen.errors import UserInputError
 
-            raise UserInputError(f"{path}: cannot move the finished output into place "
-                                 f"({e.strerror or e}); was the folder filled meanwhile?") from None
+            raise UserInputError(
+                f"{path}: cannot move the finished output into place "
+                f"({e.strerror or e}); was the folder filled meanwhile?"
+            ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -108,7 +110,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray, palette: np.ndarray | None = None) -> Path:
+def write_png(
+    path: str | os.PathLike, image: np.ndarray, palette: np.ndarray | None = None
+) -> Path:
     """Write ``image`` ([H, W] uint8, or [H, W, 3] uint8) as PNG; with ``palette`` ([K, 3] uint8)
     a [H, W] class map is written as a palette ('P' mode) PNG whose pixel values are the ids."""
     from PIL import Image
@@ -173,7 +177,9 @@ def write_geotiff(
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(arr)
             if colormap is not None and arr.dtype == np.uint8:
-                dst.write_colormap(1, {i: tuple(int(v) for v in c) + (255,) for i, c in enumerate(colormap)})
+                dst.write_colormap(
+                    1, {i: tuple(int(v) for v in c) + (255,) for i, c in enumerate(colormap)}
+                )
             if band_descriptions:
                 for i, desc in enumerate(band_descriptions, start=1):
                     dst.set_band_description(i, desc)

@@ -73,6 +73,7 @@ SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
 
 # --- measuring -----------------------------------------------------------------------------------
 
+
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """``[..., 3]`` RGB -> ``[...]`` float luminance (Rec. 601)."""
     return rgb.astype(np.float64) @ _LUMA
@@ -91,13 +92,15 @@ def patch_psd(lum: np.ndarray, gsd: float) -> tuple[np.ndarray, np.ndarray]:
     kr = np.hypot(f[:, None], f[None, :])
     r = np.rint(kr * n).astype(int)  # radial bin, cycles per patch
     nb = n // 2
-    sums = np.bincount(r.ravel(), p.ravel(), minlength=nb + 1)[1:nb + 1]
-    cnt = np.bincount(r.ravel(), minlength=nb + 1)[1:nb + 1]
+    sums = np.bincount(r.ravel(), p.ravel(), minlength=nb + 1)[1 : nb + 1]
+    cnt = np.bincount(r.ravel(), minlength=nb + 1)[1 : nb + 1]
     k = np.arange(1, nb + 1) / (n * gsd)
     return k, sums / np.maximum(cnt, 1)
 
 
-def _windows(sem: np.ndarray, cls: int, n: int, min_frac: float, stride: int) -> list[tuple[int, int]]:
+def _windows(
+    sem: np.ndarray, cls: int, n: int, min_frac: float, stride: int
+) -> list[tuple[int, int]]:
     """Top-left corners of ``n`` x ``n`` windows (on a ``stride`` grid) with >= ``min_frac`` of
     their pixels of class ``cls``."""
     m = (sem == cls).astype(np.int64)
@@ -106,8 +109,12 @@ def _windows(sem: np.ndarray, cls: int, n: int, min_frac: float, stride: int) ->
     if h < n or w < n:
         return []
     ys, xs = np.arange(0, h - n + 1, stride), np.arange(0, w - n + 1, stride)
-    s = (ii[ys[:, None] + n, xs[None, :] + n] - ii[ys[:, None], xs[None, :] + n]
-         - ii[ys[:, None] + n, xs[None, :]] + ii[ys[:, None], xs[None, :]])
+    s = (
+        ii[ys[:, None] + n, xs[None, :] + n]
+        - ii[ys[:, None], xs[None, :] + n]
+        - ii[ys[:, None] + n, xs[None, :]]
+        + ii[ys[:, None], xs[None, :]]
+    )
     yy, xx = np.nonzero(s >= min_frac * n * n)
     return list(zip(ys[yy].tolist(), xs[xx].tolist(), strict=True))
 
@@ -147,13 +154,22 @@ class _Acc:
         self.patches += 1
 
 
-def _measure_source(samples: list, what: str, rng: np.random.Generator,
-                    root: str | Path | None = None, max_images: int = 48, max_patches: int = 400) -> _Acc:
+def _measure_source(
+    samples: list,
+    what: str,
+    rng: np.random.Generator,
+    root: str | Path | None = None,
+    max_images: int = 48,
+    max_patches: int = 400,
+) -> _Acc:
     acc = _Acc()
     if what.startswith("ucm:"):
         samples = [s for s in samples if s.label == what[4:]]
-    samples = samples[:max_images] if len(samples) <= max_images else [
-        samples[i] for i in sorted(rng.choice(len(samples), max_images, replace=False))]
+    samples = (
+        samples[:max_images]
+        if len(samples) <= max_images
+        else [samples[i] for i in sorted(rng.choice(len(samples), max_images, replace=False))]
+    )
     for s in samples:
         img = s.image
         if what in ("image",) or what.startswith("ucm:"):
@@ -163,7 +179,7 @@ def _measure_source(samples: list, what: str, rng: np.random.Generator,
             h, w = img.shape[:2]
             for y in range(0, h - n + 1, n):
                 for x in range(0, w - n + 1, n):
-                    acc.patch(img[y:y + n, x:x + n], s.gsd)
+                    acc.patch(img[y : y + n, x : x + n], s.gsd)
             continue
         if what == "dubai_unlabeled":
             from earthgen.datasets import SET_DIRS, _dubai_ids, data_root
@@ -183,7 +199,7 @@ def _measure_source(samples: list, what: str, rng: np.random.Generator,
             if wins:
                 break
         for y, x in wins:
-            acc.patch(img[y:y + n, x:x + n], s.gsd)
+            acc.patch(img[y : y + n, x : x + n], s.gsd)
     if acc.patches > max_patches:  # keep a random subset so no source dominates in count
         keep = sorted(rng.choice(acc.patches, max_patches, replace=False))
         acc.k = [acc.k[i] for i in keep]
@@ -230,8 +246,11 @@ def _fit_class(accs: list[_Acc]) -> dict[str, Any]:
     # reference patch of the colour covariance: geometric mean GSD and mean size of the patches
     ref_gsd = math.exp(np.mean([np.log(a.gsd).mean() for a in accs if a.gsd]))
     ref_size = int(round(np.mean([np.mean(a.size) for a in accs if a.size])))
-    bands = {f"{1 / hi:.3g}-{1 / lo:.3g} m": float(np.exp(ly[(kc >= lo) & (kc < hi)]).mean())
-             for lo, hi in zip(kc[::4], kc[4::4], strict=False) if ((kc >= lo) & (kc < hi)).any()}
+    bands = {
+        f"{1 / hi:.3g}-{1 / lo:.3g} m": float(np.exp(ly[(kc >= lo) & (kc < hi)]).mean())
+        for lo, hi in zip(kc[::4], kc[4::4], strict=False)
+        if ((kc >= lo) & (kc < hi)).any()
+    }
     return {
         "mean_rgb": [round(float(v), 3) for v in mean],
         "cov_rgb": [[round(float(v), 3) for v in row] for row in tex],  # within patches
@@ -247,8 +266,12 @@ def _fit_class(accs: list[_Acc]) -> dict[str, Any]:
     }
 
 
-def measure_prior_stats(root: str | Path | None = None, seed: int = 0, verbose: bool = False,
-                        classes: list[str] | None = None) -> dict:
+def measure_prior_stats(
+    root: str | Path | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+    classes: list[str] | None = None,
+) -> dict:
     """Measure per-class colour and texture statistics from the real sets' "train" splits.
 
     Returns ``{"classes": {name: {mean_rgb [3] (DN 0..255), cov_rgb [3x3] (DN^2, within the texture patches,
@@ -275,14 +298,16 @@ def measure_prior_stats(root: str | Path | None = None, seed: int = 0, verbose: 
                 cache[key] = _measure_source(sets[key[0]], key[1], rng, root)
             accs.append(cache[key])
         st = _fit_class(accs)
-        st["sources"] = [f"{s}:{w} ({a.images} images, {a.patches} patches)"
-                         for (s, w), a in zip(SOURCES[cname], accs, strict=True)]
+        st["sources"] = [
+            f"{s}:{w} ({a.images} images, {a.patches} patches)"
+            for (s, w), a in zip(SOURCES[cname], accs, strict=True)
+        ]
         out[cname] = st
         if verbose:
             print(f"{cname}: mean {st['mean_rgb']} beta {st['psd_beta']:.2f}", flush=True)
     return {
         "description": "per-class colour / texture statistics for earthgen.prior.render_prior, "
-                       "measured by earthgen.prior.measure_prior_stats on the train splits",
+        "measured by earthgen.prior.measure_prior_stats on the train splits",
         "k0": K0,
         "luma": _LUMA.tolist(),
         "classes": out,
@@ -295,13 +320,14 @@ def dump_stats(stats: dict) -> str:
     lines = [json.dumps(head)[:-1] + ', "classes": {']
     names = list(stats["classes"])
     for i, name in enumerate(names):
-        fields = [f'  {json.dumps(k)}: {json.dumps(v)}' for k, v in stats["classes"][name].items()]
+        fields = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in stats["classes"][name].items()]
         end = "}," if i < len(names) - 1 else "}"
         lines.append(f" {json.dumps(name)}: {{\n" + ",\n".join(fields) + f"\n {end}")
     return "\n".join(lines) + "\n}}\n"
 
 
 # --- rendering -----------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def _default_stats() -> dict:
@@ -351,9 +377,14 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.apply_along_axis(lambda v: np.convolve(v, g, mode="valid"), 1, y)
 
 
-def render_prior(semantic: np.ndarray, gsd: float, seed: int | None = None,
-                 stats: dict | None = None, blend_sigma: float = BLEND_SIGMA,
-                 texture: float = TEXTURE) -> np.ndarray:
+def render_prior(
+    semantic: np.ndarray,
+    gsd: float,
+    seed: int | None = None,
+    stats: dict | None = None,
+    blend_sigma: float = BLEND_SIGMA,
+    texture: float = TEXTURE,
+) -> np.ndarray:
     """Render a class-id layout ``[H, W]`` (uint8 ids of :mod:`earthgen.classes`) at ``gsd``
     metres/pixel to an RGB prior ``[H, W, 3]`` uint8: per class the measured mean colour plus
     correlated colour noise with the class's luminance spectrum, blended over ``blend_sigma``
@@ -361,7 +392,9 @@ def render_prior(semantic: np.ndarray, gsd: float, seed: int | None = None,
     0 = flat class colours). Deterministic given ``seed``."""
     sem = np.asarray(semantic)
     if sem.ndim != 2 or sem.size == 0:
-        raise UserInputError(f"layout must be a non-empty [H, W] class-id map, got shape {sem.shape}")
+        raise UserInputError(
+            f"layout must be a non-empty [H, W] class-id map, got shape {sem.shape}"
+        )
     if int(sem.max()) >= NUM_CLASSES:
         raise UserInputError(f"class id {int(sem.max())} outside the table (0..{NUM_CLASSES - 1})")
     gsd = float(gsd)
@@ -378,8 +411,11 @@ def render_prior(semantic: np.ndarray, gsd: float, seed: int | None = None,
     wsum = np.zeros((h, w))
     for c in present:
         st = stats["classes"][CLASS_NAMES[int(c)]]
-        weight = _blur((sem == c).astype(np.float64), blend_sigma) if blend_sigma > 0 else (
-            (sem == c).astype(np.float64))
+        weight = (
+            _blur((sem == c).astype(np.float64), blend_sigma)
+            if blend_sigma > 0
+            else ((sem == c).astype(np.float64))
+        )
         amp = np.sqrt(class_psd(st, kgrid, k0)) / gsd
         amp[0, 0] = 0.0
         ref = _field_variance(st, st["ref_size"], st["ref_size"], st["ref_gsd"], k0)
@@ -394,6 +430,7 @@ def render_prior(semantic: np.ndarray, gsd: float, seed: int | None = None,
 
 
 # --- pipeline inputs -----------------------------------------------------------------------------
+
 
 def check_strength(strength: Any, what: str = "strength") -> float:
     """``strength`` as a float in (0, 1]; UserInputError otherwise (nan included)."""
@@ -412,13 +449,19 @@ def resize_ids(sem: np.ndarray, width: int, height: int) -> np.ndarray:
         return sem
     from PIL import Image
 
-    return np.asarray(Image.fromarray(sem.astype(np.uint8)).resize(
-        (width, height), Image.Resampling.NEAREST))
+    return np.asarray(
+        Image.fromarray(sem.astype(np.uint8)).resize((width, height), Image.Resampling.NEAREST)
+    )
 
 
-def layout_prior_inputs(semantic: np.ndarray, gsd: float | None, seed: int | None,
-                        strength: float = DEFAULT_STRENGTH, size: tuple[int, int] | None = None,
-                        stats: dict | None = None) -> dict[str, Any]:
+def layout_prior_inputs(
+    semantic: np.ndarray,
+    gsd: float | None,
+    seed: int | None,
+    strength: float = DEFAULT_STRENGTH,
+    size: tuple[int, int] | None = None,
+    stats: dict | None = None,
+) -> dict[str, Any]:
     """Pipeline keyword arguments for render-then-refine of a layout ``[H, W]`` class ids at
     ``gsd`` metres/pixel (None: DEFAULT_GSD): ``{"image": prior [h, w, 3] uint8, "strength": s}``
     for ``strength`` < 1, ``{"strength": 1.0}`` (pure noise, no prior) for 1. ``size``: the
@@ -433,9 +476,18 @@ def layout_prior_inputs(semantic: np.ndarray, gsd: float | None, seed: int | Non
     return {"image": render_prior(sem, g, seed, stats), "strength": s}
 
 
-def orthophoto(semantic: np.ndarray, gsd: float, seed: int, *, model: str = "default", steps: int = 20,
-               guidance: float = 4.0, prompt: str | None = None, device: str | None = None,
-               strength: float = DEFAULT_STRENGTH) -> np.ndarray:
+def orthophoto(
+    semantic: np.ndarray,
+    gsd: float,
+    seed: int,
+    *,
+    model: str = "default",
+    steps: int = 20,
+    guidance: float = 4.0,
+    prompt: str | None = None,
+    device: str | None = None,
+    strength: float = DEFAULT_STRENGTH,
+) -> np.ndarray:
     """An orthophoto ``[H, W, 3]`` uint8 of a layout ``[H, W]`` (class ids, ``gsd`` metres/pixel)
     generated by the image pipeline ``model`` (render-then-refine, :func:`layout_prior_inputs`;
     the prompt defaults to the layout's class caption). Used as the 3D scene's colours."""
@@ -453,13 +505,23 @@ def orthophoto(semantic: np.ndarray, gsd: float, seed: int, *, model: str = "def
     H, W = -(-h // m) * m, -(-w // m) * m  # the model's sizes; cropped back after
     big = np.pad(sem, ((0, H - h), (0, W - w)), mode="edge")
     kw = layout_prior_inputs(big, gsd, seed, strength)
-    img = pipe(prompt if prompt is not None else caption_from_classes(sem), gsd=gsd, layout=big, height=H, width=W,
-               num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
-               output_type="np", **kw).images[0]
+    img = pipe(
+        prompt if prompt is not None else caption_from_classes(sem),
+        gsd=gsd,
+        layout=big,
+        height=H,
+        width=W,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **kw,
+    ).images[0]
     return np.clip(np.rint(np.asarray(img)[:h, :w] * 255), 0, 255).astype(np.uint8)
 
 
 # --- command line --------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m earthgen.prior measure --out PATH [--root DIR]`` /
@@ -467,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m earthgen.prior", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure", help="measure the per-class statistics from the real data")
-    m.add_argument("--root", default=None, help="data root (default: $EARTHGEN_DATA or ../shared/data)")
+    m.add_argument(
+        "--root", default=None, help="data root (default: $EARTHGEN_DATA or ../shared/data)"
+    )
     m.add_argument("--out", default=str(STATS_PATH))
     m.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("render", help="render a class-id PNG layout to a prior")

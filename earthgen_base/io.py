@@ -20,7 +20,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -34,8 +36,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-
 # --- output paths (checked before any work: earthgen.commands, earthgen.inputs) ----------------------------------------------------------------------------
+
 
 def _existing_parent(p: Path) -> Path:
     q = p.absolute()
@@ -51,11 +53,18 @@ def _check_writable(folder: Path, flag: str, path: Path) -> None:
         with tempfile.TemporaryFile(dir=folder, prefix=".earthgen-write-test-"):
             pass
     except OSError as e:
-        raise UserInputError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})") from None
+        raise UserInputError(
+            f"{flag} {path}: cannot write in {folder} ({e.strerror or e})"
+        ) from None
 
 
-def check_output(path: str | os.PathLike, flag: str = "--out", exts: Iterable[str] | None = None,
-                 folder: bool = False, empty: bool = False) -> Path:
+def check_output(
+    path: str | os.PathLike,
+    flag: str = "--out",
+    exts: Iterable[str] | None = None,
+    folder: bool = False,
+    empty: bool = False,
+) -> Path:
     """Check an output path before any work; UserInputError (one line) when it cannot be used.
 
     A file (``folder=False``): its extension (lower case) must be one of ``exts`` when given, it
@@ -76,8 +85,9 @@ def check_output(path: str | os.PathLike, flag: str = "--out", exts: Iterable[st
         allowed = tuple(e.lower() for e in exts)
         if p.suffix.lower() not in allowed:
             got = f"extension '{p.suffix}'" if p.suffix else "no extension"
-            raise UserInputError(f"{flag} {p}: {got} is not supported; this command writes "
-                                 f"{' or '.join(allowed)}")
+            raise UserInputError(
+                f"{flag} {p}: {got} is not supported; this command writes {' or '.join(allowed)}"
+            )
     if p.is_dir():
         raise UserInputError(f"{flag} {p} is a folder; give a file name")
     _check_writable(_existing_parent(p.parent), flag, p)

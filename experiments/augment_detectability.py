@@ -6,6 +6,7 @@ detector training (docs/augment.md round 8). Usage:
 
 Found = a detection of the same class with score >= 0.3 and rotated IoU >= 0.5 (the filter's
 defaults). Real-box rows are the same images' unchanged real objects, for reference."""
+
 import argparse
 import json
 from collections import defaultdict
@@ -43,11 +44,19 @@ for aug in args.augmented:
                 hit[(part, lab)][1] += 1
         for k, (a, b) in hit.items():
             rows[k].append((a / b, b))
-    res[aug] = {f"{part}/{lab}": {"found_mean": float(np.mean([v for v, _ in vs])),
-                                  "found_std": float(np.std([v for v, _ in vs])), "boxes": vs[0][1]}
-                for (part, lab), vs in sorted(rows.items())}
+    res[aug] = {
+        f"{part}/{lab}": {
+            "found_mean": float(np.mean([v for v, _ in vs])),
+            "found_std": float(np.std([v for v, _ in vs])),
+            "boxes": vs[0][1],
+        }
+        for (part, lab), vs in sorted(rows.items())
+    }
     print(aug)
     for k, v in res[aug].items():
         print(f"  {k:<28} {v['found_mean']:.3f} +- {v['found_std']:.3f}  ({v['boxes']} boxes)")
-json.dump({"detectors": args.detectors, "score_threshold": 0.3, "iou_threshold": 0.5, "results": res},
-          open(args.out, "w"), indent=1)
+json.dump(
+    {"detectors": args.detectors, "score_threshold": 0.3, "iou_threshold": 0.5, "results": res},
+    open(args.out, "w"),
+    indent=1,
+)

@@ -4,6 +4,7 @@ Run from the repository root after round 7 (reads runs/tank4/train and runs/tank
 the dataset runs/control7, its images under runs/control7-src):
 
     python experiments/augment_round7_control.py"""
+
 import json
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from earthgen.data import DetectionItem, read_detection_dataset, write_detection
 real = read_detection_dataset("runs/tank4/train")
 m = json.load(open("runs/tank7-aug/augment/manifest.json"))
 classes = m["summary"]["classes"]
-lays = sample_layouts(real, 96, 0, LayoutConfig(jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0), classes)
+lays = sample_layouts(
+    real, 96, 0, LayoutConfig(jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0), classes
+)
 tmp = Path("runs/control7-src")
 tmp.mkdir(exist_ok=True)
 items = list(real)
@@ -28,7 +31,14 @@ for k, (lay, rec) in enumerate(zip(lays, m["synthetic"], strict=True)):
     p = tmp / f"copy_{k:05d}.png"
     Image.fromarray(_turned_source(real[lay.source].image, lay.turn, lay.mirror)).save(p)
     b = lay.boxes
-    items.append(DetectionItem(p, lay.size, BoxSet(np.asarray(b.corners).reshape(-1, 4, 2)[:n], list(b.labels)[:n],
-                                                   rotated=b.rotated)))
+    items.append(
+        DetectionItem(
+            p,
+            lay.size,
+            BoxSet(
+                np.asarray(b.corners).reshape(-1, 4, 2)[:n], list(b.labels)[:n], rotated=b.rotated
+            ),
+        )
+    )
 write_detection_dataset(items, "runs/control7", "dota", classes=classes, images="copy")
 print(len(items))

@@ -7,6 +7,7 @@ copies` writes. Round 7's augmented runs (runs/tank7-gain.json) are joined with 
 deterministic, so this equals a fresh `--control copies` run. Prints the table, writes the JSON.
 
     python experiments/augment_round8_tank7.py [OUT.json]   # from the repository root"""
+
 import json
 import sys
 
@@ -16,8 +17,15 @@ aug = json.load(open("runs/tank7-gain.json"))
 runs = []
 for r in aug["runs"]:
     c = json.load(open(f"runs/control7-gain-s{r['seed']}.json"))
-    assert c["seed"] == r["seed"] and abs(c["real"]["rotated"]["mAP"] - r["real"]["rotated"]["mAP"]) < 1e-6  # same baseline
-    r = dict(r, copies=c["augmented"], gain_over_copies=_difference(r["augmented"], c["augmented"], r["classes"]))
+    assert (
+        c["seed"] == r["seed"]
+        and abs(c["real"]["rotated"]["mAP"] - r["real"]["rotated"]["mAP"]) < 1e-6
+    )  # same baseline
+    r = dict(
+        r,
+        copies=c["augmented"],
+        gain_over_copies=_difference(r["augmented"], c["augmented"], r["classes"]),
+    )
     r["sizes"] = dict(r["sizes"], copies=c["sizes"]["augmented"])
     runs.append(r)
 agg = aggregate_runs(runs)

@@ -29,8 +29,9 @@ from torch import nn
 from earthgen_base.errors import UserInputError
 
 
-def structure_to_grid(coords: torch.Tensor, feats: torch.Tensor, shape: tuple[int, int, int],
-                      batch_size: int) -> torch.Tensor:
+def structure_to_grid(
+    coords: torch.Tensor, feats: torch.Tensor, shape: tuple[int, int, int], batch_size: int
+) -> torch.Tensor:
     """Sparse latent (``coords`` ``[N, 4]`` (b, x, y, z), ``feats`` ``[N, C]``) on a grid of
     ``shape`` -> dense ``[B, 1 + C, X, Y, Z]``: channel 0 is +1 at active cells and -1 elsewhere."""
     C = feats.shape[1]
@@ -42,7 +43,9 @@ def structure_to_grid(coords: torch.Tensor, feats: torch.Tensor, shape: tuple[in
     return out
 
 
-def grid_to_structure(grid: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_to_structure(
+    grid: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`structure_to_grid`: cells whose occupancy channel exceeds ``threshold``
     -> ``(coords [N, 4] int32, feats [N, C])``."""
     occ = grid[:, 0] > threshold
@@ -82,7 +85,9 @@ class _Block(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         nn.init.zeros_(self.ada[-1].weight)
         nn.init.zeros_(self.ada[-1].bias)
@@ -111,23 +116,41 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, grid_size: tuple[int, int, int] = (8, 8, 8), latent_channels: int = 8, patch_size: int = 2,
-                 num_classes: int = 16, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
-                 latent_scale: float = 1.0):
+    def __init__(
+        self,
+        grid_size: tuple[int, int, int] = (8, 8, 8),
+        latent_channels: int = 8,
+        patch_size: int = 2,
+        num_classes: int = 16,
+        hidden_size: int = 256,
+        depth: int = 6,
+        num_heads: int = 4,
+        latent_scale: float = 1.0,
+    ):
         super().__init__()
         X, Y, Z = grid_size
         if X % patch_size or Y % patch_size:
-            raise UserInputError(f"grid {grid_size} is not divisible by the patch size {patch_size}")
+            raise UserInputError(
+                f"grid {grid_size} is not divisible by the patch size {patch_size}"
+            )
         if hidden_size % num_heads or hidden_size % 4:
             raise UserInputError("hidden_size must be divisible by num_heads and by 4")
         self.channels = 1 + latent_channels
         token_in = self.channels * Z * patch_size * patch_size
         self.embed = nn.Linear(token_in, hidden_size)
-        self.t_embed = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-        self.sem_embed = nn.Sequential(nn.Linear(num_classes * patch_size * patch_size, hidden_size), nn.SiLU(),
-                                       nn.Linear(hidden_size, hidden_size))
-        self.img_embed = nn.Sequential(nn.Linear(3 * 4 * patch_size * patch_size, hidden_size), nn.SiLU(),
-                                       nn.Linear(hidden_size, hidden_size))
+        self.t_embed = nn.Sequential(
+            nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.sem_embed = nn.Sequential(
+            nn.Linear(num_classes * patch_size * patch_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+        self.img_embed = nn.Sequential(
+            nn.Linear(3 * 4 * patch_size * patch_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
         self.null_sem = nn.Parameter(torch.zeros(hidden_size))
         self.null_img = nn.Parameter(torch.zeros(hidden_size))
         self.blocks = nn.ModuleList([_Block(hidden_size, num_heads) for _ in range(depth)])
@@ -157,37 +180,55 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
         X, Y, _ = self.config.grid_size
         p = self.config.patch_size
         side = int(math.isqrt(factor))
-        m = F.adaptive_avg_pool2d(m.float(), (Y * side, X * side))  # rows = y (north first), cols = x
+        m = F.adaptive_avg_pool2d(
+            m.float(), (Y * side, X * side)
+        )  # rows = y (north first), cols = x
         m = m.flip(2).transpose(2, 3)  # -> [B, Ch, X*side, Y*side] in grid order (y grows north)
         B, Ch = m.shape[:2]
         m = m.reshape(B, Ch, X // p, p * side, Y // p, p * side).permute(0, 2, 4, 1, 3, 5)
         return m.reshape(B, (X // p) * (Y // p), Ch * (p * side) ** 2)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, semantic: torch.Tensor | None = None,
-                image: torch.Tensor | None = None, drop_semantic: torch.Tensor | None = None,
-                drop_image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        semantic: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        drop_semantic: torch.Tensor | None = None,
+        drop_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x`` ``[B, 1 + C, X, Y, Z]`` at flow time ``t`` ``[B]`` -> velocity, same shape.
         ``semantic`` ``[B, K, H, W]`` and ``image`` ``[B, 3, H, W]`` (north-up, covering the
         grid) are optional; ``drop_*`` ``[B]`` bool replace a sample's condition by the null."""
         if x.shape[1:] != (self.channels, *self.config.grid_size):
-            raise UserInputError(f"expected a grid [B, {self.channels}, {', '.join(map(str, self.config.grid_size))}], "
-                                 f"got {tuple(x.shape)}")
+            raise UserInputError(
+                f"expected a grid [B, {self.channels}, {', '.join(map(str, self.config.grid_size))}], "
+                f"got {tuple(x.shape)}"
+            )
         B = x.shape[0]
         h = self.embed(self._tokens(x))
         T = h.shape[1]
         X, Y, _ = self.config.grid_size
         p, D = self.config.patch_size, self.config.hidden_size
-        pos = torch.cat([_sincos(X // p, D // 2, x.device)[:, None].expand(-1, Y // p, -1),
-                         _sincos(Y // p, D // 2, x.device)[None].expand(X // p, -1, -1)], -1).reshape(T, D)
+        pos = torch.cat(
+            [
+                _sincos(X // p, D // 2, x.device)[:, None].expand(-1, Y // p, -1),
+                _sincos(Y // p, D // 2, x.device)[None].expand(X // p, -1, -1),
+            ],
+            -1,
+        ).reshape(T, D)
         h = h + pos.to(h.dtype)
         for cond, drop, embed, null, factor, name in (
-                (semantic, drop_semantic, self.sem_embed, self.null_sem, 1, "semantic"),
-                (image, drop_image, self.img_embed, self.null_img, 4, "image")):
+            (semantic, drop_semantic, self.sem_embed, self.null_sem, 1, "semantic"),
+            (image, drop_image, self.img_embed, self.null_img, 4, "image"),
+        ):
             if cond is None:
                 h = h + null
                 continue
             if cond.ndim != 4 or cond.shape[0] != B:
-                raise UserInputError(f"the {name} condition must be [B, channels, H, W] with B = {B}, got {tuple(cond.shape)}")
+                raise UserInputError(
+                    f"the {name} condition must be [B, channels, H, W] with B = {B}, got {tuple(cond.shape)}"
+                )
             e = embed(self._map_tokens(cond, factor).to(h.dtype))
             if drop is not None:
                 e = torch.where(drop.to(x.device)[:, None, None], null.expand_as(e), e)
@@ -199,9 +240,14 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
         return self._untokens(self.out(self.norm_out(h) * (1 + scale) + shift))
 
 
-def guided_velocity(model: StructureFlowDiT, x: torch.Tensor, t: torch.Tensor,
-                    semantic: torch.Tensor | None, image: torch.Tensor | None,
-                    guidance: float) -> torch.Tensor:
+def guided_velocity(
+    model: StructureFlowDiT,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    semantic: torch.Tensor | None,
+    image: torch.Tensor | None,
+    guidance: float,
+) -> torch.Tensor:
     """Velocity of grids ``x`` ``[B, 1 + C, X, Y, Z]`` at times ``t`` ``[B]`` with
     classifier-free guidance ``guidance`` (:func:`flows.guidance.cfg_velocity`: conditional and
     unconditional branches in one batched call) against both conditions dropped, when a
@@ -214,17 +260,33 @@ def guided_velocity(model: StructureFlowDiT, x: torch.Tensor, t: torch.Tensor,
     cond = {"semantic": semantic, "image": image, "drop": keep}
 
     def fn(x: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
-        return model(x, t, semantic=c["semantic"], image=c["image"], drop_semantic=c["drop"],
-                     drop_image=c["drop"])
+        return model(
+            x,
+            t,
+            semantic=c["semantic"],
+            image=c["image"],
+            drop_semantic=c["drop"],
+            drop_image=c["drop"],
+        )
 
     return cfg_velocity(fn, x, t, cond, {**cond, "drop": ~keep}, guidance)
 
 
 @torch.no_grad()
-def sample_structure(model: StructureFlowDiT, batch_size: int = 1, semantic: torch.Tensor | None = None,
-                     image: torch.Tensor | None = None, steps: int = 20, guidance: float = 2.0, method: str = "heun",
-                     generator: torch.Generator | None = None, known: torch.Tensor | None = None,
-                     known_mask: torch.Tensor | None = None, callback=None, progress: bool = False) -> torch.Tensor:
+def sample_structure(
+    model: StructureFlowDiT,
+    batch_size: int = 1,
+    semantic: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+    steps: int = 20,
+    guidance: float = 2.0,
+    method: str = "heun",
+    generator: torch.Generator | None = None,
+    known: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    callback=None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Generate coarse-structure grids ``[B, 1 + C, X, Y, Z]`` (channel 0 occupancy > 0 where
     active; latents in the structure VAE's units, multiplied back by ``latent_scale``).
 
@@ -248,7 +310,8 @@ def sample_structure(model: StructureFlowDiT, batch_size: int = 1, semantic: tor
     if known is not None:
         k = known.to(device).clone()
         k[:, 1:] /= scale
-    out = ODESolver(method).sample(v, x0, steps, callback=inpaint_callback(x0, k, known_mask, callback),
-                                   progress=progress)
+    out = ODESolver(method).sample(
+        v, x0, steps, callback=inpaint_callback(x0, k, known_mask, callback), progress=progress
+    )
     out[:, 1:] *= scale
     return out

@@ -34,8 +34,13 @@ from flows.structure import timestep_embedding
 from vae.sparse import SparseTensor, SubMConv3d, set_backend
 
 
-def column_sample(maps: torch.Tensor, coords: torch.Tensor, shape: tuple[int, int], patch: int = 1,
-                  mode: str = "bilinear") -> torch.Tensor:
+def column_sample(
+    maps: torch.Tensor,
+    coords: torch.Tensor,
+    shape: tuple[int, int],
+    patch: int = 1,
+    mode: str = "bilinear",
+) -> torch.Tensor:
     """Read north-up maps ``[B, Ch, H, W]`` covering ``shape = (X, Y)`` columns at the voxels
     ``coords`` ``[N, 4]`` (b, x, y, z): ``patch x patch`` points across each column ->
     ``[N, Ch * patch^2]``."""
@@ -52,17 +57,22 @@ def column_sample(maps: torch.Tensor, coords: torch.Tensor, shape: tuple[int, in
         sel = b == i
         if bool(sel.any()):
             g = grid[sel].reshape(1, -1, patch * patch, 2)
-            s = F.grid_sample(maps[i:i + 1], g, mode=mode, padding_mode="border", align_corners=False)
+            s = F.grid_sample(
+                maps[i : i + 1], g, mode=mode, padding_mode="border", align_corners=False
+            )
             out[sel] = s[0].permute(1, 0, 2).reshape(-1, maps.shape[1], patch, patch)
     return out.reshape(len(coords), -1)
 
 
-def column_pool(feats: torch.Tensor, coords: torch.Tensor, batch_size: int, shape: tuple[int, int],
-                stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+def column_pool(
+    feats: torch.Tensor, coords: torch.Tensor, batch_size: int, shape: tuple[int, int], stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of voxel features ``[N, C]`` per ``stride x stride`` block of columns ->
     ``([B, C, X', Y'] map, [N] flat cell index of each voxel)`` with ``X' = ceil(X / stride)``."""
     X, Y = (math.ceil(s / stride) for s in shape)
-    cell = (coords[:, 0].long() * X + coords[:, 1].long() // stride) * Y + coords[:, 2].long() // stride
+    cell = (coords[:, 0].long() * X + coords[:, 1].long() // stride) * Y + coords[
+        :, 2
+    ].long() // stride
     C = feats.shape[1]
     total = feats.new_zeros(batch_size * X * Y, C).index_add_(0, cell, feats)
     count = feats.new_zeros(batch_size * X * Y).index_add_(0, cell, torch.ones_like(feats[:, 0]))
@@ -90,12 +100,16 @@ class _Block(nn.Module):
         nn.init.zeros_(self.ctx_out.weight)
         nn.init.zeros_(self.ctx_out.bias)
 
-    def forward(self, x: SparseTensor, c: torch.Tensor) -> SparseTensor:  # c [N, channels]: time per voxel
+    def forward(
+        self, x: SparseTensor, c: torch.Tensor
+    ) -> SparseTensor:  # c [N, channels]: time per voxel
         s1, b1, s2, b2 = self.ada(F.silu(c)).chunk(4, dim=1)
         h = self.conv1(x.replace(F.silu(self.norm1(x.feats) * (1 + s1) + b1)))
         h = self.conv2(h.replace(F.silu(self.norm2(h.feats) * (1 + s2) + b2)))
         f = x.feats + h.feats
-        m, cell = column_pool(self.ctx_norm(f), x.coords, x.batch_size, x.spatial_shape[:2], self.stride)
+        m, cell = column_pool(
+            self.ctx_norm(f), x.coords, x.batch_size, x.spatial_shape[:2], self.stride
+        )
         m = F.silu(self.ctx_conv(m))
         f = f + self.ctx_out(m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])[cell])
         return x.replace(f)
@@ -117,17 +131,35 @@ class TextureFlowNet(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, latent_channels: int = 8, channels: int = 64, num_blocks: int = 4, num_classes: int = 16,
-                 image_patch: int = 2, context_stride: int = 4, latent_scale: float = 1.0, backend: str = "auto"):
+    def __init__(
+        self,
+        latent_channels: int = 8,
+        channels: int = 64,
+        num_blocks: int = 4,
+        num_classes: int = 16,
+        image_patch: int = 2,
+        context_stride: int = 4,
+        latent_scale: float = 1.0,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.stem = nn.Linear(latent_channels + 16, channels)
-        self.t_embed = nn.Sequential(nn.Linear(256, channels), nn.SiLU(), nn.Linear(channels, channels))
-        self.sem_embed = nn.Sequential(nn.Linear(num_classes, channels), nn.SiLU(), nn.Linear(channels, channels))
-        self.img_embed = nn.Sequential(nn.Linear(3 * image_patch * image_patch, channels), nn.SiLU(),
-                                       nn.Linear(channels, channels))
+        self.t_embed = nn.Sequential(
+            nn.Linear(256, channels), nn.SiLU(), nn.Linear(channels, channels)
+        )
+        self.sem_embed = nn.Sequential(
+            nn.Linear(num_classes, channels), nn.SiLU(), nn.Linear(channels, channels)
+        )
+        self.img_embed = nn.Sequential(
+            nn.Linear(3 * image_patch * image_patch, channels),
+            nn.SiLU(),
+            nn.Linear(channels, channels),
+        )
         self.null_sem = nn.Parameter(torch.zeros(channels))
         self.null_img = nn.Parameter(torch.zeros(channels))
-        self.blocks = nn.ModuleList([_Block(channels, context_stride, backend) for _ in range(num_blocks)])
+        self.blocks = nn.ModuleList(
+            [_Block(channels, context_stride, backend) for _ in range(num_blocks)]
+        )
         self.norm_out = nn.LayerNorm(channels, elementwise_affine=False)
         self.ada_out = nn.Linear(channels, 2 * channels)
         self.out = nn.Linear(channels, latent_channels)
@@ -145,38 +177,76 @@ class TextureFlowNet(ModelMixin, ConfigMixin):
         a = z.float()[:, None] * freq
         return torch.cat([torch.sin(a), torch.cos(a)], 1)
 
-    def _condition(self, cond: torch.Tensor | None, drop: torch.Tensor | None, x: SparseTensor, embed: nn.Module,
-                   null: torch.Tensor, patch: int, channels: int, name: str) -> torch.Tensor:
+    def _condition(
+        self,
+        cond: torch.Tensor | None,
+        drop: torch.Tensor | None,
+        x: SparseTensor,
+        embed: nn.Module,
+        null: torch.Tensor,
+        patch: int,
+        channels: int,
+        name: str,
+    ) -> torch.Tensor:
         if cond is None:
             return null.expand(len(x), -1)
         if cond.ndim != 4 or cond.shape[0] != x.batch_size or cond.shape[1] != channels:
-            raise UserInputError(f"the {name} condition must be [B, {channels}, H, W] with B = {x.batch_size}, "
-                                 f"got {tuple(cond.shape)}")
-        e = embed(column_sample(cond.to(null.dtype), x.coords, x.spatial_shape[:2], patch,
-                                "nearest" if name == "semantic" else "bilinear"))
+            raise UserInputError(
+                f"the {name} condition must be [B, {channels}, H, W] with B = {x.batch_size}, "
+                f"got {tuple(cond.shape)}"
+            )
+        e = embed(
+            column_sample(
+                cond.to(null.dtype),
+                x.coords,
+                x.spatial_shape[:2],
+                patch,
+                "nearest" if name == "semantic" else "bilinear",
+            )
+        )
         if drop is not None:
             e = torch.where(drop.to(e.device)[x.coords[:, 0].long()][:, None], null.expand_as(e), e)
         return e
 
-    def forward(self, x: SparseTensor, t: torch.Tensor, semantic: torch.Tensor | None = None,
-                image: torch.Tensor | None = None, drop_semantic: torch.Tensor | None = None,
-                drop_image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: SparseTensor,
+        t: torch.Tensor,
+        semantic: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        drop_semantic: torch.Tensor | None = None,
+        drop_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x``: noisy latents ``[N, C]`` on the voxels at flow time ``t`` (``[B]``, one per scene,
         or a scalar) -> velocity ``[N, C]``. ``semantic`` ``[B, K, H, W]`` and ``image``
         ``[B, 3, H, W]`` are north-up maps over the scene's columns; ``drop_*`` ``[B]`` bool
         replace a scene's condition by the null."""
         if x.feats.ndim != 2 or x.feats.shape[1] != self.config.latent_channels:
-            raise UserInputError(f"expected texture latents [N, {self.config.latent_channels}], got {tuple(x.feats.shape)}")
+            raise UserInputError(
+                f"expected texture latents [N, {self.config.latent_channels}], got {tuple(x.feats.shape)}"
+            )
         B = x.batch_size
         t = torch.as_tensor(t, device=x.device).float()
         t = t.expand(B) if t.ndim == 0 else t
         if t.shape != (B,):
-            raise UserInputError(f"t must be a scalar or [B] with B = {B} scenes, got {tuple(t.shape)}")
+            raise UserInputError(
+                f"t must be a scalar or [B] with B = {B} scenes, got {tuple(t.shape)}"
+            )
         w = self.stem.weight.dtype
         h = self.stem(torch.cat([x.feats.to(w), self.height_features(x.coords[:, 3]).to(w)], 1))
-        h = h + self._condition(semantic, drop_semantic, x, self.sem_embed, self.null_sem, 1,
-                                self.config.num_classes, "semantic")
-        h = h + self._condition(image, drop_image, x, self.img_embed, self.null_img, self.config.image_patch, 3, "image")
+        h = h + self._condition(
+            semantic,
+            drop_semantic,
+            x,
+            self.sem_embed,
+            self.null_sem,
+            1,
+            self.config.num_classes,
+            "semantic",
+        )
+        h = h + self._condition(
+            image, drop_image, x, self.img_embed, self.null_img, self.config.image_patch, 3, "image"
+        )
         c = self.t_embed(timestep_embedding(t, 256).to(w))[x.coords[:, 0].long()]  # [N, C]
         s = x.replace(h)
         for block in self.blocks:
@@ -186,10 +256,20 @@ class TextureFlowNet(ModelMixin, ConfigMixin):
 
 
 @torch.no_grad()
-def sample_texture(model: TextureFlowNet, structure: SparseTensor, semantic: torch.Tensor | None = None,
-                   image: torch.Tensor | None = None, steps: int = 20, guidance: float = 2.0, method: str = "heun",
-                   generator: torch.Generator | None = None, known: torch.Tensor | None = None,
-                   known_mask: torch.Tensor | None = None, callback=None, progress: bool = False) -> torch.Tensor:
+def sample_texture(
+    model: TextureFlowNet,
+    structure: SparseTensor,
+    semantic: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+    steps: int = 20,
+    guidance: float = 2.0,
+    method: str = "heun",
+    generator: torch.Generator | None = None,
+    known: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    callback=None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Generate texture latents ``[N, C]`` (in the texture VAE's units: multiplied back by
     ``latent_scale``) on the voxels of ``structure`` (features ignored).
 

@@ -27,13 +27,33 @@ OPACITY_EPS = 1e-7  # opacities are clipped to [eps, 1 - eps] before the logit
 _SURFEL_COMMENT = "earthgen 2dgs surfels: scale_2 is a thin thickness, not a fitted scale"
 
 _PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
-_NP_TO_PLY = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int",
-              "u4": "uint", "f4": "float", "f8": "double"}
+_NP_TO_PLY = {
+    "i1": "char",
+    "u1": "uchar",
+    "i2": "short",
+    "u2": "ushort",
+    "i4": "int",
+    "u4": "uint",
+    "f4": "float",
+    "f8": "double",
+}
 
 
 def _np(x: Any, name: str) -> np.ndarray:
@@ -64,9 +84,16 @@ def _float_array(x: Any, name: str, shape: tuple[int | None, ...]) -> np.ndarray
 # Gaussian splats
 
 
-def save_gaussians_ply(path: str | os.PathLike, means: Any, quats: Any, scales: Any,
-                       opacities: Any, colors: Any = None, sh: Any = None,
-                       surfel_thickness: float = SURFEL_THICKNESS) -> Path:
+def save_gaussians_ply(
+    path: str | os.PathLike,
+    means: Any,
+    quats: Any,
+    scales: Any,
+    opacities: Any,
+    colors: Any = None,
+    sh: Any = None,
+    surfel_thickness: float = SURFEL_THICKNESS,
+) -> Path:
     """Write Gaussians (or 2D surfels) as the binary PLY that 3DGS viewers read.
 
     ``means`` ``[N, 3]`` metres; ``quats`` ``[N, 4]`` rotations as (w, x, y, z), any non-zero
@@ -105,8 +132,9 @@ def save_gaussians_ply(path: str | os.PathLike, means: Any, quats: Any, scales: 
     o = _np(opacities, "opacities")
     o = _float_array(o.reshape(n) if o.shape == (n, 1) else o, "opacities", (n,))
     if n and (o.min() < 0 or o.max() > 1):
-        raise UserInputError(f"opacities must be in [0, 1] (activated), "
-                             f"got {o.min():g}..{o.max():g}")
+        raise UserInputError(
+            f"opacities must be in [0, 1] (activated), got {o.min():g}..{o.max():g}"
+        )
     o = np.clip(o, OPACITY_EPS, 1 - OPACITY_EPS)
 
     if (colors is None) == (sh is None):
@@ -120,16 +148,24 @@ def save_gaussians_ply(path: str | os.PathLike, means: Any, quats: Any, scales: 
         else:
             rgb = _float_array(c, "colors", (n, 3))
             if n and (rgb.min() < 0 or rgb.max() > 1):
-                raise UserInputError("float colors must be RGB in [0, 1]; "
-                                     "pass sh= for SH coefficients")
+                raise UserInputError(
+                    "float colors must be RGB in [0, 1]; pass sh= for SH coefficients"
+                )
         coef = ((rgb - 0.5) / SH_C0)[:, None, :]  # [N, 1, 3]
     else:
         sh_arr = _np(sh, "sh")
         k = sh_arr.shape[1] if sh_arr.ndim == 3 else 0
-        if sh_arr.ndim != 3 or sh_arr.shape[0] != n or sh_arr.shape[2] != 3 or \
-                k < 1 or math.isqrt(k) ** 2 != k:
-            raise UserInputError(f"sh must be [{n}, K, 3] with K = (degree + 1)^2 (1, 4, 9, 16), "
-                                 f"got {tuple(sh_arr.shape)}")
+        if (
+            sh_arr.ndim != 3
+            or sh_arr.shape[0] != n
+            or sh_arr.shape[2] != 3
+            or k < 1
+            or math.isqrt(k) ** 2 != k
+        ):
+            raise UserInputError(
+                f"sh must be [{n}, K, 3] with K = (degree + 1)^2 (1, 4, 9, 16), "
+                f"got {tuple(sh_arr.shape)}"
+            )
         coef = _float_array(sh_arr, "sh", (n, k, 3))
     K = coef.shape[1]
     normals = np.zeros((n, 3))
@@ -139,11 +175,15 @@ def save_gaussians_ply(path: str | os.PathLike, means: Any, quats: Any, scales: 
     rest = coef[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (K - 1))  # channel-major
     cols = [mu, normals, coef[:, 0, :], rest, np.log(o / (1 - o))[:, None], np.log(s), q]
     data = np.ascontiguousarray(np.concatenate(cols, axis=1).astype("<f4"))
-    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-             + [f"f_rest_{i}" for i in range(3 * (K - 1))]
-             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
-    comments = ["earthgen gaussian splats (3DGS layout): opacity logit, scale log metres, "
-                "rot quaternion wxyz"]
+    names = (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(3 * (K - 1))]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
+    comments = [
+        "earthgen gaussian splats (3DGS layout): opacity logit, scale log metres, "
+        "rot quaternion wxyz"
+    ]
     if surfels:
         comments.append(_SURFEL_COMMENT)
     _write_ply(path, n, [(nm, "f4") for nm in names], data.tobytes(), comments)
@@ -168,10 +208,15 @@ def load_gaussians_ply(path: str | os.PathLike) -> dict[str, Any]:
     def cols(prefix_names: list[str]) -> np.ndarray:
         missing = [nm for nm in prefix_names if nm not in names]
         if missing:
-            raise UserInputError(f"{path}: not a Gaussian-splat PLY, vertex properties "
-                                 f"{', '.join(missing)} are missing")
-        return np.stack([vertex[nm].astype(np.float64) for nm in prefix_names], axis=1) \
-            if prefix_names else np.zeros((len(vertex), 0))
+            raise UserInputError(
+                f"{path}: not a Gaussian-splat PLY, vertex properties "
+                f"{', '.join(missing)} are missing"
+            )
+        return (
+            np.stack([vertex[nm].astype(np.float64) for nm in prefix_names], axis=1)
+            if prefix_names
+            else np.zeros((len(vertex), 0))
+        )
 
     n = len(vertex)
     means = cols(["x", "y", "z"])
@@ -192,10 +237,18 @@ def load_gaussians_ply(path: str | os.PathLike) -> dict[str, Any]:
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     opac = 1.0 / (1.0 + np.exp(-cols(["opacity"])[:, 0]))
     normals = cols(["nx", "ny", "nz"]) if {"nx", "ny", "nz"} <= set(names) else np.zeros((n, 3))
-    out = {"means": means, "quats": q, "scales": scales, "opacities": opac, "sh": sh,
-           "colors": np.clip(0.5 + SH_C0 * dc, 0.0, 1.0), "normals": normals}
-    return {key: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-            for key, v in out.items()}
+    out = {
+        "means": means,
+        "quats": q,
+        "scales": scales,
+        "opacities": opac,
+        "sh": sh,
+        "colors": np.clip(0.5 + SH_C0 * dc, 0.0, 1.0),
+        "normals": normals,
+    }
+    return {
+        key: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for key, v in out.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,8 +262,13 @@ def to_y_up(points: Any) -> np.ndarray:
     return np.stack([p[..., 0], p[..., 2], -p[..., 1]], axis=-1)
 
 
-def save_mesh(path: str | os.PathLike, vertices: Any, faces: Any, vertex_colors: Any = None,
-              y_up: bool | None = None) -> Path:
+def save_mesh(
+    path: str | os.PathLike,
+    vertices: Any,
+    faces: Any,
+    vertex_colors: Any = None,
+    y_up: bool | None = None,
+) -> Path:
     """Write a triangle mesh; the format follows the extension: ``.glb``, ``.ply`` or ``.obj``.
 
     ``vertices`` ``[V, 3]`` metres (z up), ``faces`` ``[F, 3]`` vertex indices (counter-clockwise
@@ -238,8 +296,13 @@ def save_mesh(path: str | os.PathLike, vertices: Any, faces: Any, vertex_colors:
         import trimesh
     except ImportError as e:
         raise MissingDependencyError("trimesh", purpose="mesh export") from e
-    mesh = trimesh.Trimesh(vertices=v.astype(np.float32), faces=f.astype(np.int64),
-                           vertex_colors=col, process=False, validate=False)
+    mesh = trimesh.Trimesh(
+        vertices=v.astype(np.float32),
+        faces=f.astype(np.int64),
+        vertex_colors=col,
+        process=False,
+        validate=False,
+    )
     with atomic_path(path) as tmp:
         mesh.export(str(tmp), file_type=fmt)
     return path
@@ -249,8 +312,13 @@ def save_mesh(path: str | os.PathLike, vertices: Any, faces: Any, vertex_colors:
 # Point clouds
 
 
-def save_point_cloud(path: str | os.PathLike, points: Any, colors: Any = None,
-                     fields: dict[str, Any] | None = None, double: bool = False) -> Path:
+def save_point_cloud(
+    path: str | os.PathLike,
+    points: Any,
+    colors: Any = None,
+    fields: dict[str, Any] | None = None,
+    double: bool = False,
+) -> Path:
     """Write points ``[N, 3]`` (metres) as a binary little-endian PLY: properties ``x y z``
     (float32, or float64 with ``double=True`` for large map coordinates), then ``red green blue``
     (uchar; from ``colors`` ``[N, 3]`` uint8 or float in [0, 1]), then each of ``fields``
@@ -269,8 +337,9 @@ def save_point_cloud(path: str | os.PathLike, points: Any, colors: Any = None,
         arrays += [c[:, 0], c[:, 1], c[:, 2]]
     for name, value in (fields or {}).items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in {nm for nm, _ in props}:
-            raise UserInputError(f"field name {name!r} must be a new identifier "
-                                 "(not x, y, z, red, ...)")
+            raise UserInputError(
+                f"field name {name!r} must be a new identifier (not x, y, z, red, ...)"
+            )
         a = _np(value, f"field {name!r}")
         if a.shape != (n,):
             raise UserInputError(f"field {name!r} must have shape [{n}], got {tuple(a.shape)}")
@@ -282,8 +351,9 @@ def save_point_cloud(path: str | os.PathLike, points: Any, colors: Any = None,
             a = a.astype(np.int32)
         code = a.dtype.str.lstrip("<>|=")
         if code not in _NP_TO_PLY:
-            raise UserInputError(f"field {name!r} has dtype {a.dtype}; "
-                                 "use (u)int8/16/32 or float32/64")
+            raise UserInputError(
+                f"field {name!r} has dtype {a.dtype}; use (u)int8/16/32 or float32/64"
+            )
         props.append((name, code))
         arrays.append(a)
     rec = np.empty(n, dtype=[(nm, "<" + code) for nm, code in props])
@@ -297,12 +367,18 @@ def save_point_cloud(path: str | os.PathLike, points: Any, colors: Any = None,
 # PLY plumbing
 
 
-def _write_ply(path: str | os.PathLike, n: int, props: list[tuple[str, str]], body: bytes,
-               comments: list[str]) -> None:
+def _write_ply(
+    path: str | os.PathLike, n: int, props: list[tuple[str, str]], body: bytes, comments: list[str]
+) -> None:
     """Binary little-endian PLY with one ``vertex`` element of ``n`` records ``body``."""
-    lines = ["ply", "format binary_little_endian 1.0", *[f"comment {c}" for c in comments],
-             f"element vertex {n}", *[f"property {_NP_TO_PLY[code]} {nm}" for nm, code in props],
-             "end_header"]
+    lines = [
+        "ply",
+        "format binary_little_endian 1.0",
+        *[f"comment {c}" for c in comments],
+        f"element vertex {n}",
+        *[f"property {_NP_TO_PLY[code]} {nm}" for nm, code in props],
+        "end_header",
+    ]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(("\n".join(lines) + "\n").encode("ascii"))
@@ -343,8 +419,9 @@ def _read_ply_vertices(path: str | os.PathLike) -> tuple[str, np.ndarray]:
     for name, count, props in elements:
         if any(code is None for _, code in props):
             if name == "vertex":
-                raise UserInputError(f"{path}: list properties in the vertex element "
-                                     "are not supported")
+                raise UserInputError(
+                    f"{path}: list properties in the vertex element are not supported"
+                )
             break  # variable-size element: the vertex element must come before it
         dt = np.dtype([(nm, order + code) for nm, code in props])
         if name == "vertex":

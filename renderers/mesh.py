@@ -58,8 +58,10 @@ def colors_to_uint8(colors: Any, n: int, name: str = "colors") -> np.ndarray:
     if not np.isfinite(c).all():
         raise UserInputError(f"{name} contain NaN or infinite values")
     if c.size and (c.min() < 0.0 or c.max() > 1.0):
-        raise UserInputError(f"float {name} must be in [0, 1] (got {c.min():g}..{c.max():g}); "
-                             "pass uint8 for 0..255 values")
+        raise UserInputError(
+            f"float {name} must be in [0, 1] (got {c.min():g}..{c.max():g}); "
+            "pass uint8 for 0..255 values"
+        )
     return np.rint(c * 255.0).astype(np.uint8)
 
 
@@ -70,8 +72,9 @@ def _origin3(origin: Any, dims: int = 3) -> np.ndarray:
     return o
 
 
-def voxels_to_mesh(coords: Any, voxel_size: float, colors: Any = None, origin: Any = None,
-                   flat: bool = True) -> MeshArrays:
+def voxels_to_mesh(
+    coords: Any, voxel_size: float, colors: Any = None, origin: Any = None, flat: bool = True
+) -> MeshArrays:
     """Exact boundary surface of the union of voxel cubes.
 
     ``coords`` ``[N, 3]`` integer voxel indices; voxel ``(i, j, k)`` spans
@@ -98,8 +101,11 @@ def voxels_to_mesh(coords: Any, voxel_size: float, colors: Any = None, origin: A
     col = None if colors is None else colors_to_uint8(colors, n)
     if n == 0:
         nc = 0 if col is None else col.shape[1]
-        return (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64),
-                None if col is None else np.zeros((0, nc), np.uint8))
+        return (
+            np.zeros((0, 3), np.float32),
+            np.zeros((0, 3), np.int64),
+            None if col is None else np.zeros((0, nc), np.uint8),
+        )
 
     # pack indices (shifted so that every neighbour is inside the box) into int64 keys
     c = c.astype(np.int64)
@@ -127,7 +133,7 @@ def voxels_to_mesh(coords: Any, voxel_size: float, colors: Any = None, origin: A
     start = 0
     for quad, idx in exposed:
         for ax in range(3):
-            lat[ax, start:start + len(idx)] = rel[idx, ax][:, None] + quad[None, :, ax]
+            lat[ax, start : start + len(idx)] = rel[idx, ax][:, None] + quad[None, :, ax]
         start += len(idx)
 
     if flat:
@@ -144,16 +150,23 @@ def voxels_to_mesh(coords: Any, voxel_size: float, colors: Any = None, origin: A
         ck = lat[0].astype(np.int64) * cstride[0] + lat[1].astype(np.int64) * cstride[1] + lat[2]
         ukeys, inv = np.unique(ck.ravel(), return_inverse=True)
         inv = inv.reshape(nq, 4)
-        verts = np.stack([ukeys // cstride[0], (ukeys // cstride[1]) % (ext[1] + 1),
-                          ukeys % (ext[2] + 1)], axis=1)
+        verts = np.stack(
+            [ukeys // cstride[0], (ukeys // cstride[1]) % (ext[1] + 1), ukeys % (ext[2] + 1)],
+            axis=1,
+        )
         vertices = ((verts + lo) * float(voxel_size) + o).astype(np.float32)
         faces = inv[:, _QUAD_TRIS]
         vcol = None
         if col is not None:
             w = np.repeat(col[own].astype(np.float64), 4, axis=0)  # [4Q, C]
             cnt = np.bincount(inv.ravel(), minlength=len(ukeys))
-            sums = np.stack([np.bincount(inv.ravel(), weights=w[:, k], minlength=len(ukeys))
-                             for k in range(col.shape[1])], axis=1)
+            sums = np.stack(
+                [
+                    np.bincount(inv.ravel(), weights=w[:, k], minlength=len(ukeys))
+                    for k in range(col.shape[1])
+                ],
+                axis=1,
+            )
             vcol = np.clip(np.rint(sums / cnt[:, None]), 0, 255).astype(np.uint8)
     return vertices, faces.reshape(-1, 3).astype(np.int64), vcol
 
@@ -164,8 +177,9 @@ def voxel_grid_to_mesh(grid, flat: bool = True, origin: Any = None) -> MeshArray
     return voxels_to_mesh(grid.coords, grid.voxel_size, grid.color, origin=origin, flat=flat)
 
 
-def heightfield_to_mesh(height: Any, gsd: float, colors: Any = None, origin: Any = None,
-                        decimate: int = 1) -> MeshArrays:
+def heightfield_to_mesh(
+    height: Any, gsd: float, colors: Any = None, origin: Any = None, decimate: int = 1
+) -> MeshArrays:
     """Grid triangulation of a raster DEM ``height`` ``[H, W]`` (metres; NaN = no data).
 
     One vertex per pixel centre: pixel ``(row, col)`` -> ``x = x0 + (col + 0.5) * gsd``,
@@ -179,8 +193,9 @@ def heightfield_to_mesh(height: Any, gsd: float, colors: Any = None, origin: Any
     """
     h = _as_numpy(height)
     if h.ndim != 2 or h.shape[0] < 2 or h.shape[1] < 2 or h.dtype.kind not in "fiu":
-        raise UserInputError(f"height must be a numeric [H, W] raster with H, W >= 2, "
-                             f"got {h.dtype} {tuple(h.shape)}")
+        raise UserInputError(
+            f"height must be a numeric [H, W] raster with H, W >= 2, got {h.dtype} {tuple(h.shape)}"
+        )
     if not (np.isfinite(gsd) and gsd > 0):
         raise UserInputError(f"gsd must be a finite number > 0 metres per pixel, got {gsd}")
     if int(decimate) != decimate or decimate < 1:
@@ -212,8 +227,9 @@ def heightfield_to_mesh(height: Any, gsd: float, colors: Any = None, origin: Any
     if bad.any():
         faces = faces[~bad[faces].any(axis=1)]
         if len(faces) == 0:
-            raise UserInputError("no triangle of the height field has valid heights "
-                                 "at all 3 corners")
+            raise UserInputError(
+                "no triangle of the height field has valid heights at all 3 corners"
+            )
         used = np.zeros(len(vertices), dtype=bool)
         used[faces.ravel()] = True
         remap = np.cumsum(used) - 1

@@ -21,16 +21,19 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
-def _as_channels_first(pred: torch.Tensor, target: torch.Tensor,
-                       channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_channels_first(
+    pred: torch.Tensor, target: torch.Tensor, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Both images as floating ``[..., C, H, W]`` (``[H, W]`` -> ``[1, H, W]``)."""
     pred, target = torch.as_tensor(pred), torch.as_tensor(target)
     if pred.shape != target.shape:
-        raise UserInputError(f"pred and target shapes differ: {tuple(pred.shape)} vs "
-                             f"{tuple(target.shape)}")
+        raise UserInputError(
+            f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
+        )
     if pred.ndim < 2:
-        raise UserInputError(f"images must be [H, W] or [..., C, H, W], "
-                             f"got shape {tuple(pred.shape)}")
+        raise UserInputError(
+            f"images must be [H, W] or [..., C, H, W], got shape {tuple(pred.shape)}"
+        )
     if not pred.is_floating_point():
         pred = pred.float()
     if not target.is_floating_point():
@@ -43,8 +46,9 @@ def _as_channels_first(pred: torch.Tensor, target: torch.Tensor,
     return pred, target
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0,
-         channels_last: bool = False) -> torch.Tensor:
+def psnr(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, channels_last: bool = False
+) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``, the MSE taken over
     each image's ``C, H, W``. ``pred``, ``target``: ``[..., C, H, W]`` (``[..., H, W, C]`` with
     ``channels_last``) or ``[H, W]``; returns ``[...]``. Identical images give ``+inf`` (no cap)."""
@@ -55,16 +59,26 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0,
     return 10.0 * torch.log10(data_range**2 / mse)
 
 
-def gaussian_window(window: int, sigma: float, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str | None = None) -> torch.Tensor:
+def gaussian_window(
+    window: int,
+    sigma: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Normalised 1D Gaussian ``[window]`` centred on ``(window - 1) / 2``."""
     t = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
     g = torch.exp(-0.5 * (t / sigma) ** 2)
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, window: int = 11,
-         sigma: float = 1.5, channels_last: bool = False) -> torch.Tensor:
+def ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window: int = 11,
+    sigma: float = 1.5,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004): Gaussian-weighted local means, variances and
     covariance (``window`` x ``window`` taps, std ``sigma`` pixels), constants
     ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with ``L = data_range``, per channel; the SSIM map
@@ -75,13 +89,17 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, wind
     ``[H, W]``; returns ``[...]``, 1 for identical images. Differentiable in both arguments.
     """
     if window < 1 or sigma <= 0 or not data_range > 0:
-        raise UserInputError(f"ssim needs window >= 1, sigma > 0, data_range > 0; got "
-                             f"{window}, {sigma}, {data_range}")
+        raise UserInputError(
+            f"ssim needs window >= 1, sigma > 0, data_range > 0; got "
+            f"{window}, {sigma}, {data_range}"
+        )
     x, y = _as_channels_first(pred, target, channels_last)
     *lead, C, H, W = x.shape
     if H < window or W < window:
-        raise UserInputError(f"images of {H}x{W} pixels are smaller than the {window}-pixel SSIM "
-                             "window; pass a smaller window (or channels_last=True for [H, W, C])")
+        raise UserInputError(
+            f"images of {H}x{W} pixels are smaller than the {window}-pixel SSIM "
+            "window; pass a smaller window (or channels_last=True for [H, W, C])"
+        )
     x, y = x.reshape(-1, C, H, W), y.reshape(-1, C, H, W)
     g = gaussian_window(window, sigma, x.dtype, x.device)
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [B, 5C, H, W]

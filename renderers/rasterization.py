@@ -54,9 +54,22 @@ _LOG_HALF = math.log(0.5)
 # Real spherical harmonics (the 3DGS basis and sign conventions), degrees 0 to 3.
 _SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
-_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+_SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
+_SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +97,10 @@ def spherical_harmonics(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -
         raise UserInputError(f"SH coefficients must be [..., K, 3], got {tuple(coeffs.shape)}")
     need = (degree + 1) ** 2
     if coeffs.shape[-2] < need:
-        raise UserInputError(f"sh_degree={degree} needs at least {need} coefficients per colour, "
-                             f"got K={coeffs.shape[-2]}")
+        raise UserInputError(
+            f"sh_degree={degree} needs at least {need} coefficients per colour, "
+            f"got K={coeffs.shape[-2]}"
+        )
     c = coeffs
     out = _SH_C0 * c[..., 0, :]
     if degree == 0:
@@ -96,16 +111,26 @@ def spherical_harmonics(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -
     if degree == 1:
         return out
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    out = (out + _SH_C2[0] * xy * c[..., 4, :] + _SH_C2[1] * yz * c[..., 5, :]
-           + _SH_C2[2] * (2 * zz - xx - yy) * c[..., 6, :] + _SH_C2[3] * xz * c[..., 7, :]
-           + _SH_C2[4] * (xx - yy) * c[..., 8, :])
+    out = (
+        out
+        + _SH_C2[0] * xy * c[..., 4, :]
+        + _SH_C2[1] * yz * c[..., 5, :]
+        + _SH_C2[2] * (2 * zz - xx - yy) * c[..., 6, :]
+        + _SH_C2[3] * xz * c[..., 7, :]
+        + _SH_C2[4] * (xx - yy) * c[..., 8, :]
+    )
     if degree == 2:
         return out
-    return (out + _SH_C3[0] * y * (3 * xx - yy) * c[..., 9, :] + _SH_C3[1] * xy * z * c[..., 10, :]
-            + _SH_C3[2] * y * (4 * zz - xx - yy) * c[..., 11, :]
-            + _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * c[..., 12, :]
-            + _SH_C3[4] * x * (4 * zz - xx - yy) * c[..., 13, :]
-            + _SH_C3[5] * z * (xx - yy) * c[..., 14, :] + _SH_C3[6] * x * (xx - 3 * yy) * c[..., 15, :])
+    return (
+        out
+        + _SH_C3[0] * y * (3 * xx - yy) * c[..., 9, :]
+        + _SH_C3[1] * xy * z * c[..., 10, :]
+        + _SH_C3[2] * y * (4 * zz - xx - yy) * c[..., 11, :]
+        + _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * c[..., 12, :]
+        + _SH_C3[4] * x * (4 * zz - xx - yy) * c[..., 13, :]
+        + _SH_C3[5] * z * (xx - yy) * c[..., 14, :]
+        + _SH_C3[6] * x * (xx - 3 * yy) * c[..., 15, :]
+    )
 
 
 def depth_to_normal(depths: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
@@ -127,12 +152,17 @@ def depth_to_normal(depths: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tens
         raise UserInputError(f"depths must be [C, H, W, 1], got {tuple(depths.shape)}")
     C, H, W, _ = depths.shape
     if tuple(viewmats.shape) != (C, 4, 4) or tuple(Ks.shape) != (C, 3, 3):
-        raise UserInputError(f"depth_to_normal needs viewmats [{C}, 4, 4] and Ks [{C}, 3, 3], got "
-                             f"{tuple(viewmats.shape)} and {tuple(Ks.shape)}")
+        raise UserInputError(
+            f"depth_to_normal needs viewmats [{C}, 4, 4] and Ks [{C}, 3, 3], got "
+            f"{tuple(viewmats.shape)} and {tuple(Ks.shape)}"
+        )
     dt, dev = depths.dtype, depths.device
     viewmats, Ks = viewmats.to(dt), Ks.to(dt)
-    ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=dt) + 0.5,
-                            torch.arange(W, device=dev, dtype=dt) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(H, device=dev, dtype=dt) + 0.5,
+        torch.arange(W, device=dev, dtype=dt) + 0.5,
+        indexing="ij",
+    )
     pix = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # [H, W, 3]
     rays = torch.einsum("cij,hwj->chwi", torch.linalg.inv(Ks), pix)  # [C, H, W, 3], z = 1
     cam = rays * depths  # [C, H, W, 3] camera-frame points
@@ -155,11 +185,20 @@ def depth_to_normal(depths: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tens
 def _quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``[..., 3, 3]`` from quaternions ``[..., 4]`` (wxyz, normalised here)."""
     w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*q.shape[:-1], 3, 3)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).reshape(*q.shape[:-1], 3, 3)
 
 
 def _project(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, radius_clip):
@@ -195,13 +234,26 @@ def _project(means, quats, scales, viewmats, Ks, width, height, near_plane, far_
         rad = torch.ceil(BOX_SIGMAS * ext).clamp_max(float(1 << 30))
         z = p_c[..., 2]
         m2 = means2d.detach()
-        valid = (ok_d & (z >= near_plane) & (z <= far_plane) & torch.isfinite(rad).all(-1)
-                 & (rad.amax(-1) > radius_clip)
-                 & (m2[..., 0] + rad[..., 0] > 0) & (m2[..., 0] - rad[..., 0] < width)
-                 & (m2[..., 1] + rad[..., 1] > 0) & (m2[..., 1] - rad[..., 1] < height))
+        valid = (
+            ok_d
+            & (z >= near_plane)
+            & (z <= far_plane)
+            & torch.isfinite(rad).all(-1)
+            & (rad.amax(-1) > radius_clip)
+            & (m2[..., 0] + rad[..., 0] > 0)
+            & (m2[..., 0] - rad[..., 0] < width)
+            & (m2[..., 1] + rad[..., 1] > 0)
+            & (m2[..., 1] - rad[..., 1] < height)
+        )
         radii = torch.where(valid[..., None], rad, torch.zeros_like(rad)).to(torch.int32)
-    return {"p_c": p_c, "ray_transforms": T, "means2d": means2d, "radii": radii,
-            "depths": p_c[..., 2], "normals": normals}
+    return {
+        "p_c": p_c,
+        "ray_transforms": T,
+        "means2d": means2d,
+        "radii": radii,
+        "depths": p_c[..., 2],
+        "normals": normals,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +262,9 @@ def _project(means, quats, scales, viewmats, Ks, width, height, near_plane, far_
 
 
 @torch.no_grad()
-def _footprints(T: torch.Tensor, means2d: torch.Tensor, opacities: torch.Tensor, width: int,
-                height: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _footprints(
+    T: torch.Tensor, means2d: torch.Tensor, opacities: torch.Tensor, width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel boxes outside which a surfel's alpha is below 1/255.
 
     alpha >= 1/255 needs ``rho <= k2 = 2 ln(255 opacity)``: either inside the surfel ellipse
@@ -263,11 +316,21 @@ def _surfel_coeffs(T: torch.Tensor, means2d: torch.Tensor, opacities: torch.Tens
     """
     t0, t1, t2 = T[:, 0], T[:, 1], T[:, 2]  # [M, 3]
     cross = torch.linalg.cross
-    return torch.cat([cross(t0, t1, dim=-1), cross(t1, t2, dim=-1), cross(t2, t0, dim=-1),
-                      means2d, opacities[:, None]], -1).T.contiguous()
+    return torch.cat(
+        [
+            cross(t0, t1, dim=-1),
+            cross(t1, t2, dim=-1),
+            cross(t2, t0, dim=-1),
+            means2d,
+            opacities[:, None],
+        ],
+        -1,
+    ).T.contiguous()
 
 
-def _pair_alpha(cols: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_alpha(
+    cols: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha of (surfel, pixel) pairs.
 
     ``cols``: the 12 per-pair coefficient columns ``[P]`` (from :func:`_surfel_coeffs`); ``x, y``
@@ -310,8 +373,12 @@ def _free_counts(notdone: torch.Tensor, x0, y0, bw, bh, width, height) -> torch.
     S = S.view(-1)
     W1 = width + 1
     xa, xb, ya, yb = x0, x0 + bw, y0 * W1, (y0 + bh) * W1
-    return (S.index_select(0, yb + xb) - S.index_select(0, ya + xb)
-            - S.index_select(0, yb + xa) + S.index_select(0, ya + xa))
+    return (
+        S.index_select(0, yb + xb)
+        - S.index_select(0, ya + xb)
+        - S.index_select(0, yb + xa)
+        + S.index_select(0, ya + xa)
+    )
 
 
 def _composite_view(coef, feat, x0, y0, bw, bh, width, height, chunk_size, need_grad, want_median):
@@ -425,20 +492,49 @@ def _check_int(name: str, v: Any, lo: int = 1) -> int:
     return v
 
 
-def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
-              far_plane, radius_clip, eps2d, sh_degree, tile_size, backgrounds, render_mode,
-              distloss, depth_mode) -> dict:
+def _validate(
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    near_plane,
+    far_plane,
+    radius_clip,
+    eps2d,
+    sh_degree,
+    tile_size,
+    backgrounds,
+    render_mode,
+    distloss,
+    depth_mode,
+) -> dict:
     """Check shapes and scalar arguments (no device synchronisation). Returns sizes."""
-    named = {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
-             "colors": colors, "viewmats": viewmats, "Ks": Ks}
+    named = {
+        "means": means,
+        "quats": quats,
+        "scales": scales,
+        "opacities": opacities,
+        "colors": colors,
+        "viewmats": viewmats,
+        "Ks": Ks,
+    }
     for k, v in named.items():
         if not isinstance(v, torch.Tensor):
             raise UserInputError(f"{k} must be a torch.Tensor, got {type(v).__name__}")
         if not v.is_floating_point():
             raise UserInputError(f"{k} must be a floating-point tensor, got {v.dtype}")
     if backgrounds is not None and not isinstance(backgrounds, torch.Tensor):
-        raise UserInputError(f"backgrounds must be a torch.Tensor or None, got {type(backgrounds).__name__}")
-    devices = {v.device for v in named.values()} | ({backgrounds.device} if backgrounds is not None else set())
+        raise UserInputError(
+            f"backgrounds must be a torch.Tensor or None, got {type(backgrounds).__name__}"
+        )
+    devices = {v.device for v in named.values()} | (
+        {backgrounds.device} if backgrounds is not None else set()
+    )
     if len(devices) > 1:
         raise UserInputError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     if means.dim() != 2 or means.shape[1] != 3:
@@ -465,13 +561,21 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     if depth_mode not in DEPTH_MODES:
         raise UserInputError(f"depth_mode must be one of {DEPTH_MODES}, got {depth_mode!r}")
     if distloss and render_mode == "RGB":
-        raise UserInputError("distloss needs a depth channel: use render_mode D, ED, RGB+D or RGB+ED")
-    for k, v in (("near_plane", near_plane), ("far_plane", far_plane), ("radius_clip", radius_clip),
-                 ("eps2d", eps2d)):
+        raise UserInputError(
+            "distloss needs a depth channel: use render_mode D, ED, RGB+D or RGB+ED"
+        )
+    for k, v in (
+        ("near_plane", near_plane),
+        ("far_plane", far_plane),
+        ("radius_clip", radius_clip),
+        ("eps2d", eps2d),
+    ):
         if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
             raise UserInputError(f"{k} must be a number, got {v!r}")
     if not far_plane > near_plane:
-        raise UserInputError(f"far_plane must be greater than near_plane, got {near_plane} and {far_plane}")
+        raise UserInputError(
+            f"far_plane must be greater than near_plane, got {near_plane} and {far_plane}"
+        )
     if radius_clip < 0 or eps2d < 0:
         raise UserInputError(f"radius_clip and eps2d must be >= 0, got {radius_clip} and {eps2d}")
     if sh_degree is None:
@@ -480,8 +584,10 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         elif colors.dim() == 3 and colors.shape[:2] == (C, N):
             per_view = True
         else:
-            raise UserInputError(f"colors must be [N, D] or per view [C, N, D] with N={N}, C={C}, "
-                                 f"got {_shape(colors)} (SH coefficients need sh_degree)")
+            raise UserInputError(
+                f"colors must be [N, D] or per view [C, N, D] with N={N}, C={C}, "
+                f"got {_shape(colors)} (SH coefficients need sh_degree)"
+            )
         D = colors.shape[-1]
     else:
         if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
@@ -491,19 +597,25 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         elif colors.dim() == 4 and colors.shape[:2] == (C, N) and colors.shape[3] == 3:
             per_view = True
         else:
-            raise UserInputError(f"with sh_degree set, colors must be SH coefficients [N, K, 3] or "
-                                 f"[C, N, K, 3] with N={N}, C={C}, got {_shape(colors)}")
+            raise UserInputError(
+                f"with sh_degree set, colors must be SH coefficients [N, K, 3] or "
+                f"[C, N, K, 3] with N={N}, C={C}, got {_shape(colors)}"
+            )
         if colors.shape[-2] < (sh_degree + 1) ** 2:
-            raise UserInputError(f"sh_degree={sh_degree} needs K >= {(sh_degree + 1) ** 2} coefficients, "
-                                 f"got K={colors.shape[-2]}")
+            raise UserInputError(
+                f"sh_degree={sh_degree} needs K >= {(sh_degree + 1) ** 2} coefficients, "
+                f"got K={colors.shape[-2]}"
+            )
         D = 3
     if D == 0:
         raise UserInputError("colors must have at least one channel")
     if backgrounds is not None:
         want = D if render_mode in ("RGB", "RGB+D", "RGB+ED") else 1
         if tuple(backgrounds.shape) != (C, want):
-            raise UserInputError(f"backgrounds must be [C, {want}] = [{C}, {want}] for render_mode "
-                                 f"{render_mode!r}, got {_shape(backgrounds)}")
+            raise UserInputError(
+                f"backgrounds must be [C, {want}] = [{C}, {want}] for render_mode "
+                f"{render_mode!r}, got {_shape(backgrounds)}"
+            )
         if not backgrounds.is_floating_point():
             raise UserInputError(f"backgrounds must be floating point, got {backgrounds.dtype}")
     return {"N": N, "C": C, "D": D, "per_view": per_view}
@@ -539,7 +651,9 @@ def rasterization_2dgs_torch(
     depth_mode: str = "expected",
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, dict]:
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, dict
+]:
     """Rasterize N surfels into C images, in plain (differentiable) torch, on any device.
 
     Same arguments and outputs as ``gsplat.rasterization_2dgs`` (gsplat 1.5.x). Units: means,
@@ -576,13 +690,33 @@ def rasterization_2dgs_torch(
         ``ray_transforms [C, N, 3, 3]`` (K [a | b | p_c]), ``normals [C, N, 3]`` (camera frame),
         ``opacities [C, N]``, ``width``, ``height``, ``tile_size``, ``n_cameras`` and a few more.
     """
-    info = _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                     near_plane, far_plane, radius_clip, eps2d, sh_degree, tile_size, backgrounds,
-                     render_mode, distloss, depth_mode)
+    info = _validate(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        radius_clip,
+        eps2d,
+        sh_degree,
+        tile_size,
+        backgrounds,
+        render_mode,
+        distloss,
+        depth_mode,
+    )
     _check_int("chunk_size", chunk_size)
     if absgrad:
-        raise UserInputError("absgrad=True is not supported by the torch backend; call "
-                             "meta['means2d'].retain_grad() and take abs of the gradient yourself")
+        raise UserInputError(
+            "absgrad=True is not supported by the torch backend; call "
+            "meta['means2d'].retain_grad() and take abs of the gradient yourself"
+        )
     with torch.no_grad():
         bad = ~((opacities >= 0) & (opacities <= 1))
         if bool(bad.any()):
@@ -594,7 +728,9 @@ def rasterization_2dgs_torch(
     if backgrounds is not None:
         backgrounds = backgrounds.to(dt)
 
-    proj = _project(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, radius_clip)
+    proj = _project(
+        means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, radius_clip
+    )
     depths, normals, radii = proj["depths"], proj["normals"], proj["radii"]
 
     if sh_degree is not None:
@@ -627,11 +763,29 @@ def rasterization_2dgs_torch(
             zs = z - shift  # distortion is shift-invariant; centring keeps float32 accurate
             feats += [zs[:, None], (zs * zs)[:, None]]
         feat = torch.cat(feats, -1)
-        coef = _surfel_coeffs(proj["ray_transforms"][c, sel], proj["means2d"][c, sel], opacities[sel])
-        lo, size = _footprints(proj["ray_transforms"][c, sel].detach(), proj["means2d"][c, sel].detach(),
-                               opacities[sel].detach(), width, height)
-        acc, med = _composite_view(coef, feat, lo[:, 0], lo[:, 1], size[:, 0], size[:, 1], width, height,
-                                   chunk_size, need_grad, want_median)
+        coef = _surfel_coeffs(
+            proj["ray_transforms"][c, sel], proj["means2d"][c, sel], opacities[sel]
+        )
+        lo, size = _footprints(
+            proj["ray_transforms"][c, sel].detach(),
+            proj["means2d"][c, sel].detach(),
+            opacities[sel].detach(),
+            width,
+            height,
+        )
+        acc, med = _composite_view(
+            coef,
+            feat,
+            lo[:, 0],
+            lo[:, 1],
+            size[:, 0],
+            size[:, 1],
+            width,
+            height,
+            chunk_size,
+            need_grad,
+            want_median,
+        )
         outs.append(acc.reshape(height, width, -1))
         zpad = torch.cat([z, z.new_zeros(1)])
         meds.append(zpad[torch.where(med >= 0, med, z.numel())].reshape(height, width, 1))
@@ -652,8 +806,9 @@ def rasterization_2dgs_torch(
             bg = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], -1)
         render_colors = render_colors + bg[:, None, None, :] * (1.0 - render_alphas)
     if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat([render_colors[..., :-1],
-                                   render_colors[..., -1:] / render_alphas.clamp_min(1e-10)], -1)
+        render_colors = torch.cat(
+            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp_min(1e-10)], -1
+        )
     surf_normals = None
     if render_mode in ("RGB+D", "RGB+ED"):
         dmap = render_colors[..., -1:] if depth_mode == "expected" else render_median
@@ -661,15 +816,32 @@ def rasterization_2dgs_torch(
     render_normals = torch.einsum("cji,chwj->chwi", viewmats[:, :3, :3], render_normals_c)  # R^T n
 
     meta = {
-        "camera_ids": None, "gaussian_ids": None,
-        "radii": radii, "means2d": proj["means2d"], "depths": depths,
-        "ray_transforms": proj["ray_transforms"], "normals": normals,
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": radii,
+        "means2d": proj["means2d"],
+        "depths": depths,
+        "ray_transforms": proj["ray_transforms"],
+        "normals": normals,
         "opacities": opacities[None].expand(C, N),
-        "tile_width": math.ceil(width / tile_size), "tile_height": math.ceil(height / tile_size),
-        "width": width, "height": height, "tile_size": tile_size, "n_cameras": C,
-        "render_distort": render_distort, "backend": "torch",
+        "tile_width": math.ceil(width / tile_size),
+        "tile_height": math.ceil(height / tile_size),
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_cameras": C,
+        "render_distort": render_distort,
+        "backend": "torch",
     }
-    return render_colors, render_alphas, render_normals, surf_normals, render_distort, render_median, meta
+    return (
+        render_colors,
+        render_alphas,
+        render_normals,
+        surf_normals,
+        render_distort,
+        render_median,
+        meta,
+    )
 
 
 def _gsplat_importable() -> bool:
@@ -722,13 +894,42 @@ def rasterization_2dgs(
     if backend not in BACKENDS:
         raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     args = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
-    kwargs = {"near_plane": near_plane, "far_plane": far_plane, "radius_clip": radius_clip,
-              "eps2d": eps2d, "sh_degree": sh_degree, "packed": packed, "tile_size": tile_size,
-              "backgrounds": backgrounds, "render_mode": render_mode, "sparse_grad": sparse_grad,
-              "absgrad": absgrad, "distloss": distloss, "depth_mode": depth_mode}
-    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
-              far_plane, radius_clip, eps2d, sh_degree, tile_size, backgrounds, render_mode,
-              distloss, depth_mode)
+    kwargs = {
+        "near_plane": near_plane,
+        "far_plane": far_plane,
+        "radius_clip": radius_clip,
+        "eps2d": eps2d,
+        "sh_degree": sh_degree,
+        "packed": packed,
+        "tile_size": tile_size,
+        "backgrounds": backgrounds,
+        "render_mode": render_mode,
+        "sparse_grad": sparse_grad,
+        "absgrad": absgrad,
+        "distloss": distloss,
+        "depth_mode": depth_mode,
+    }
+    _validate(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        radius_clip,
+        eps2d,
+        sh_degree,
+        tile_size,
+        backgrounds,
+        render_mode,
+        distloss,
+        depth_mode,
+    )
     on_cuda = means.device.type == "cuda"
     if backend == "gsplat":
         try:
@@ -736,8 +937,10 @@ def rasterization_2dgs(
         except ImportError:
             raise MissingDependencyError("gsplat", "gpu", "the CUDA 2DGS rasterizer") from None
         if not on_cuda:
-            raise UserInputError(f"backend='gsplat' needs CUDA tensors, got tensors on {means.device}; "
-                                 "use backend='torch' (or 'auto') on the CPU")
+            raise UserInputError(
+                f"backend='gsplat' needs CUDA tensors, got tensors on {means.device}; "
+                "use backend='torch' (or 'auto') on the CPU"
+            )
         use_gsplat = True
     elif backend == "auto":
         use_gsplat = on_cuda and _gsplat_importable()
@@ -752,8 +955,9 @@ def rasterization_2dgs(
     return out
 
 
-def render_surfels(surfels: dict, viewmats: torch.Tensor, Ks: torch.Tensor, size: int,
-                   background=(0.0, 0.0, 0.0)) -> torch.Tensor:
+def render_surfels(
+    surfels: dict, viewmats: torch.Tensor, Ks: torch.Tensor, size: int, background=(0.0, 0.0, 0.0)
+) -> torch.Tensor:
     """Render a surfel dict (``means [M, 3]``, ``quats [M, 4]``, ``scales [M, 2|3]``,
     ``opacities [M]``, ``colors [M, 3]``) with :func:`rasterization_2dgs` from cameras
     ``viewmats [C, 4, 4]``, ``Ks [C, 3, 3]`` into ``[C, size, size, 3]`` over a ``background``
@@ -763,5 +967,15 @@ def render_surfels(surfels: dict, viewmats: torch.Tensor, Ks: torch.Tensor, size
         scales = torch.cat([scales, 1e-3 * scales.min(1, keepdim=True).values], 1)
     colors = surfels["colors"]
     bg = torch.tensor(background, dtype=colors.dtype, device=colors.device).expand(len(viewmats), 3)
-    return rasterization_2dgs(surfels["means"], surfels["quats"], scales, surfels["opacities"], colors, viewmats,
-                              Ks, size, size, backgrounds=bg)[0]
+    return rasterization_2dgs(
+        surfels["means"],
+        surfels["quats"],
+        scales,
+        surfels["opacities"],
+        colors,
+        viewmats,
+        Ks,
+        size,
+        size,
+        backgrounds=bg,
+    )[0]

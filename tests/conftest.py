@@ -14,7 +14,11 @@ FIXTURE_DIRS = [
     HERE.parents[1] / "shared" / "fixtures",
     HERE / "data" / "fixtures",
 ]
-EMBEDDED = {"osm/monaco-latest.osm.pbf": Path(str(resources.files("earthgen") / "assets" / "monaco-latest.osm.pbf"))}
+EMBEDDED = {
+    "osm/monaco-latest.osm.pbf": Path(
+        str(resources.files("earthgen") / "assets" / "monaco-latest.osm.pbf")
+    )
+}
 
 
 def find_fixture(rel: str) -> Path | None:

@@ -58,8 +58,17 @@ def pipe():
 
 
 def t2i(pipe, **kw):
-    args = {"prompt": "dense city", "negative_prompt": "", "gsd": 0.5, "width": 64, "height": 48, "steps": 2,
-            "guidance": 3.0, "seed": 7, "randomize": False}
+    args = {
+        "prompt": "dense city",
+        "negative_prompt": "",
+        "gsd": 0.5,
+        "width": 64,
+        "height": 48,
+        "steps": 2,
+        "guidance": 3.0,
+        "seed": 7,
+        "randomize": False,
+    }
     args.update(kw)
     return text_to_image(pipe, LIMITS, **args)
 
@@ -84,9 +93,14 @@ def test_create_demo_wires_every_tab(pipe, tmp_path):
     assert demo._queue.max_size == LIMITS.queue_size
     assert demo._queue.default_concurrency_limit == LIMITS.concurrency_limit
     empty = create_demo(None, None, None, workdir=tmp_path / "empty")
-    assert {d.get("api_name") for d in empty.config["dependencies"]} & {"text_to_image", "edit"} == set()
+    assert {d.get("api_name") for d in empty.config["dependencies"]} & {
+        "text_to_image",
+        "edit",
+    } == set()
     # the 3D viewer opens on an oblique view (45 degrees from the vertical), framing the scene
-    viewer = [c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "scene-model"]
+    viewer = [
+        c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "scene-model"
+    ]
     assert len(viewer) == 1 and list(viewer[0]["props"]["camera_position"])[1:] == [45.0, None]
 
 
@@ -111,19 +125,22 @@ def test_text_to_image_size_and_seed(pipe):
     assert np.abs(np.asarray(t2i(pipe, metadata_guidance=10.0)[0], dtype=np.int16) - a).mean() > 0.5
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"width": 60}, "multiples of 8"),
-    ({"width": 256}, "limited to 128"),
-    ({"steps": 0}, "steps must be in 1..10"),
-    ({"steps": 11}, "steps must be in 1..10"),
-    ({"seed": -1}, "seed must be"),
-    ({"seed": 1.5}, "seed must be"),
-    ({"gsd": -2}, "GSD must be"),
-    ({"location": "north"}, "location must be 'lat,lon'"),
-    ({"location": "95,10"}, "location out of range"),
-    ({"metadata_guidance": 40}, "metadata guidance must be in"),
-    ({"metadata_guidance": 3, "gsd": 0}, "needs a GSD or a location"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"width": 60}, "multiples of 8"),
+        ({"width": 256}, "limited to 128"),
+        ({"steps": 0}, "steps must be in 1..10"),
+        ({"steps": 11}, "steps must be in 1..10"),
+        ({"seed": -1}, "seed must be"),
+        ({"seed": 1.5}, "seed must be"),
+        ({"gsd": -2}, "GSD must be"),
+        ({"location": "north"}, "location must be 'lat,lon'"),
+        ({"location": "95,10"}, "location out of range"),
+        ({"metadata_guidance": 40}, "metadata guidance must be in"),
+        ({"metadata_guidance": 3, "gsd": 0}, "needs a GSD or a location"),
+    ],
+)
 def test_text_to_image_bad_input(pipe, kw, match):
     with pytest.raises(gr.Error, match=match):
         t2i(pipe, **kw)
@@ -136,8 +153,9 @@ def test_pick_seed():
 
 def test_layout_from_png(pipe, tmp_path):
     path, ids = layout_png(tmp_path)
-    prev, img, seed, info = layout_to_image(pipe, LIMITS, str(path), None, "", "harbour", 1.0, 64, 48, 1.0, 1.0,
-                                            2, 3.0, 3, False)
+    prev, img, seed, info = layout_to_image(
+        pipe, LIMITS, str(path), None, "", "harbour", 1.0, 64, 48, 1.0, 1.0, 2, 3.0, 3, False
+    )
     assert np.array_equal(prev, colorize(ids))
     assert img.size == (64, 48) and seed == 3
     assert "building" in info and "64x48" in info
@@ -146,8 +164,23 @@ def test_layout_from_png(pipe, tmp_path):
     from PIL import Image
 
     Image.fromarray(ids2).save(tmp_path / "forest.png")
-    _, img2, _, _ = layout_to_image(pipe, LIMITS, str(tmp_path / "forest.png"), None, "", "harbour", 1.0, 64, 48,
-                                    1.0, 1.0, 2, 3.0, 3, False)
+    _, img2, _, _ = layout_to_image(
+        pipe,
+        LIMITS,
+        str(tmp_path / "forest.png"),
+        None,
+        "",
+        "harbour",
+        1.0,
+        64,
+        48,
+        1.0,
+        1.0,
+        2,
+        3.0,
+        3,
+        False,
+    )
     assert not np.array_equal(np.asarray(img), np.asarray(img2))
     # a larger PNG is resized (nearest) to the asked size, keeping its classes
     layout_png(tmp_path, 96, 128)
@@ -159,12 +192,31 @@ def test_layout_drawn_and_errors(pipe, tmp_path):
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[10:20, 10:40, :3] = PALETTE[CLASS_ID["building"]]
     rgba[10:20, 10:40, 3] = 255
-    rgba[40:50, :, :3] = PALETTE[CLASS_ID["water"]] + 3  # anti-aliased brush colours snap to the palette
+    rgba[40:50, :, :3] = (
+        PALETTE[CLASS_ID["water"]] + 3
+    )  # anti-aliased brush colours snap to the palette
     rgba[40:50, :, 3] = 255
     ids = drawn_layout({"background": None, "layers": [rgba], "composite": rgba})
-    assert ids[15, 20] == CLASS_ID["building"] and ids[45, 5] == CLASS_ID["water"] and ids[30, 30] == 0
-    prev, img, _, _ = layout_to_image(pipe, LIMITS, None, {"layers": [rgba], "composite": rgba}, "", "", 0, 64, 64,
-                                      1.0, 0.5, 2, 3.0, 0, False)
+    assert (
+        ids[15, 20] == CLASS_ID["building"] and ids[45, 5] == CLASS_ID["water"] and ids[30, 30] == 0
+    )
+    prev, img, _, _ = layout_to_image(
+        pipe,
+        LIMITS,
+        None,
+        {"layers": [rgba], "composite": rgba},
+        "",
+        "",
+        0,
+        64,
+        64,
+        1.0,
+        0.5,
+        2,
+        3.0,
+        0,
+        False,
+    )
     assert np.array_equal(prev, colorize(ids)) and img.size == (64, 64)
     assert drawn_layout({"layers": [], "composite": np.zeros((64, 64, 4), np.uint8)}) is None
     with pytest.raises(gr.Error, match="upload a layout"):
@@ -198,23 +250,97 @@ def editor_value(h=70, w=60, paint=True):
 
 
 def test_edit_inpaint_and_outpaint(pipe):
-    img, seed = edit_image(pipe, LIMITS, editor_value(), "Inpaint (painted area)", 0, 0, 0, 0, "park", 0.5, 2, 3.0,
-                           5, False)
+    img, seed = edit_image(
+        pipe,
+        LIMITS,
+        editor_value(),
+        "Inpaint (painted area)",
+        0,
+        0,
+        0,
+        0,
+        "park",
+        0.5,
+        2,
+        3.0,
+        5,
+        False,
+    )
     assert img.size == (56, 64) and seed == 5  # cropped to multiples of 8: 60x70 -> 56x64
-    again, _ = edit_image(pipe, LIMITS, editor_value(), "Inpaint (painted area)", 0, 0, 0, 0, "park", 0.5, 2, 3.0,
-                          5, False)
+    again, _ = edit_image(
+        pipe,
+        LIMITS,
+        editor_value(),
+        "Inpaint (painted area)",
+        0,
+        0,
+        0,
+        0,
+        "park",
+        0.5,
+        2,
+        3.0,
+        5,
+        False,
+    )
     assert np.array_equal(np.asarray(img), np.asarray(again))
-    out, _ = edit_image(pipe, LIMITS, editor_value(), "Outpaint (extend borders)", 8, 16, 0, 4, "park", 0.5, 2, 3.0,
-                        5, False)
+    out, _ = edit_image(
+        pipe,
+        LIMITS,
+        editor_value(),
+        "Outpaint (extend borders)",
+        8,
+        16,
+        0,
+        4,
+        "park",
+        0.5,
+        2,
+        3.0,
+        5,
+        False,
+    )
     assert out.size == (56 + 8 + 16, 72)  # height 64 + 4 rounded up to a multiple of 8
     with pytest.raises(gr.Error, match="paint the area"):
-        edit_image(pipe, LIMITS, editor_value(paint=False), "Inpaint", 0, 0, 0, 0, "", 0.5, 2, 3.0, 5, False)
+        edit_image(
+            pipe,
+            LIMITS,
+            editor_value(paint=False),
+            "Inpaint",
+            0,
+            0,
+            0,
+            0,
+            "",
+            0.5,
+            2,
+            3.0,
+            5,
+            False,
+        )
     with pytest.raises(gr.Error, match="border > 0"):
         edit_image(pipe, LIMITS, editor_value(), "Outpaint", 0, 0, 0, 0, "", 0.5, 2, 3.0, 5, False)
     with pytest.raises(gr.Error, match="limit is 128"):
-        edit_image(pipe, LIMITS, editor_value(), "Outpaint", 64, 64, 0, 0, "", 0.5, 2, 3.0, 5, False)
+        edit_image(
+            pipe, LIMITS, editor_value(), "Outpaint", 64, 64, 0, 0, "", 0.5, 2, 3.0, 5, False
+        )
     with pytest.raises(gr.Error, match="upload an image"):
-        edit_image(pipe, LIMITS, {"background": None, "layers": []}, "Inpaint", 0, 0, 0, 0, "", 0.5, 2, 3.0, 5, False)
+        edit_image(
+            pipe,
+            LIMITS,
+            {"background": None, "layers": []},
+            "Inpaint",
+            0,
+            0,
+            0,
+            0,
+            "",
+            0.5,
+            2,
+            3.0,
+            5,
+            False,
+        )
 
 
 def _load_glb(path):
@@ -226,8 +352,9 @@ def _load_glb(path):
 
 
 def test_scene_procedural_without_model(tmp_path):
-    glb, render, files, seed, info = generate_scene(None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 32, None, None,
-                                                    2, 3.0, 4, False)
+    glb, render, files, seed, info = generate_scene(
+        None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 32, None, None, 2, 3.0, 4, False
+    )
     mesh = _load_glb(glb)
     assert mesh.extents.max() > 10  # metres: a 32 m scene
     from PIL import Image
@@ -236,10 +363,24 @@ def test_scene_procedural_without_model(tmp_path):
     assert {p.rsplit("/", 1)[-1] for p in files} >= {"scene.glb", "gaussians.ply", "voxels.ply"}
     assert seed == 4 and "voxels" in info
     with pytest.raises(gr.Error, match="no 3D model"):
-        generate_scene(None, LIMITS, tmp_path, SCENE_SOURCES[2], 3, 32, None, np.zeros((8, 8, 3), np.uint8),
-                       2, 3.0, 4, False)
+        generate_scene(
+            None,
+            LIMITS,
+            tmp_path,
+            SCENE_SOURCES[2],
+            3,
+            32,
+            None,
+            np.zeros((8, 8, 3), np.uint8),
+            2,
+            3.0,
+            4,
+            False,
+        )
     with pytest.raises(gr.Error, match="scene size"):
-        generate_scene(None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 4096, None, None, 2, 3.0, 4, False)
+        generate_scene(
+            None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 4096, None, None, 2, 3.0, 4, False
+        )
 
 
 @pytest.fixture(scope="module")
@@ -262,20 +403,42 @@ def test_scene_with_model(scene_pipe, tmp_path):
     assert open(voxels, "rb").read() == open(again, "rb").read()  # the seed reproduces the scene
     assert open(voxels, "rb").read() != open(other, "rb").read()
     aerial = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    _load_glb(generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[2], 0, 32, None, aerial, 2, 2.0, 1,
-                             False)[0])
-    _load_glb(generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[3], 0, 32, None, None, 2, 2.0, 1,
-                             False)[0])
+    _load_glb(
+        generate_scene(
+            scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[2], 0, 32, None, aerial, 2, 2.0, 1, False
+        )[0]
+    )
+    _load_glb(
+        generate_scene(
+            scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[3], 0, 32, None, None, 2, 2.0, 1, False
+        )[0]
+    )
     with pytest.raises(gr.Error, match="steps"):
-        generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, str(path), None, 99, 2.0, 1, False)
+        generate_scene(
+            scene_pipe,
+            LIMITS,
+            tmp_path,
+            SCENE_SOURCES[1],
+            0,
+            32,
+            str(path),
+            None,
+            99,
+            2.0,
+            1,
+            False,
+        )
     with pytest.raises(gr.Error, match="upload a semantic"):
-        generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, None, None, 2, 2.0, 1, False)
+        generate_scene(
+            scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, None, None, 2, 2.0, 1, False
+        )
     # an OSM file is rasterized around the data's centre over the scene's size (the CLI's loader)
     from tests.conftest import fixture_path
 
     bz2 = fixture_path("osm/West-Oakland.osm.bz2")
-    glb, _, _, _, info = generate_scene(scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, str(bz2), None, 2,
-                                        2.0, 1, False)
+    glb, _, _, _, info = generate_scene(
+        scene_pipe, LIMITS, tmp_path, SCENE_SOURCES[1], 0, 32, str(bz2), None, 2, 2.0, 1, False
+    )
     assert "West-Oakland.osm.bz2, 32 m" in info and 16 < _load_glb(glb).extents[0] <= 33
 
 
@@ -310,7 +473,9 @@ def test_augment_tab(box_pipe, dataset_zip, tmp_path):
 
     demo = create_demo(box_pipe, None, workdir=tmp_path / "demo")
     assert "augment" in {d.get("api_name") for d in demo.config["dependencies"]}
-    previews, archive, seed, text = augment_zip(box_pipe, LIMITS, tmp_path, dataset_zip, 2, 2, 3.0, False, 5, False)
+    previews, archive, seed, text = augment_zip(
+        box_pipe, LIMITS, tmp_path, dataset_zip, 2, 2, 3.0, False, 5, False
+    )
     assert seed == 5 and "3 real images (dota)" in text and "2 generated" in text
     names = zipfile.ZipFile(archive).namelist()
     assert sum(n.startswith("images/w0_") for n in names) == 3  # the real images are kept
@@ -319,12 +484,25 @@ def test_augment_tab(box_pipe, dataset_zip, tmp_path):
     assert "augment/manifest.json" in names
     assert len(previews) == 2
     drawn, caption = previews[0]
-    raw = np.asarray(Image.open(zipfile.ZipFile(archive).open(f"images/{caption.split(':')[0]}")).convert("RGB"))
+    raw = np.asarray(
+        Image.open(zipfile.ZipFile(archive).open(f"images/{caption.split(':')[0]}")).convert("RGB")
+    )
     assert drawn.shape == raw.shape and not np.array_equal(drawn, raw)  # the boxes are drawn on it
     with pytest.raises(gr.Error, match="1..32"):
         augment_zip(box_pipe, LIMITS, tmp_path, dataset_zip, 33, 2, 3.0, False, 5, False)
     with pytest.raises(gr.Error, match="no box conditioning"):
-        augment_zip(SimpleNamespace(box_encoder=None), LIMITS, tmp_path, dataset_zip, 2, 2, 3.0, False, 5, False)
+        augment_zip(
+            SimpleNamespace(box_encoder=None),
+            LIMITS,
+            tmp_path,
+            dataset_zip,
+            2,
+            2,
+            3.0,
+            False,
+            5,
+            False,
+        )
 
 
 def test_extract_zip_is_safe(tmp_path):
@@ -366,7 +544,20 @@ def test_cli_loads_models_and_reports_bad_ones(pipe, tmp_path, capsys):
     assert load_models("none", "none", "cpu") == (None, None)
     assert main(["app", "--model", str(tmp_path / "missing"), "--scene-model", "none"]) == 2
     assert "model not found" in capsys.readouterr().err
-    assert main(["app", "--model", "none", "--scene-model", "none", "--augment-model", str(tmp_path / "tiny")]) == 2
+    assert (
+        main(
+            [
+                "app",
+                "--model",
+                "none",
+                "--scene-model",
+                "none",
+                "--augment-model",
+                str(tmp_path / "tiny"),
+            ]
+        )
+        == 2
+    )
     assert "no box conditioning" in capsys.readouterr().err
 
 
@@ -397,8 +588,12 @@ def test_upload_over_the_limit_is_refused(pipe, tmp_path):
 
     limits = AppLimits(max_side=128, max_steps=10, max_upload_mb=0.01)  # 10 KiB
     with served(create_demo(None, None, None, limits=limits, workdir=tmp_path / "w")) as url:
-        small = httpx.post(url + "gradio_api/upload", files={"files": ("a.png", b"x" * 5000)}, timeout=30)
-        big = httpx.post(url + "gradio_api/upload", files={"files": ("b.png", b"x" * 20000)}, timeout=30)
+        small = httpx.post(
+            url + "gradio_api/upload", files={"files": ("a.png", b"x" * 5000)}, timeout=30
+        )
+        big = httpx.post(
+            url + "gradio_api/upload", files={"files": ("b.png", b"x" * 20000)}, timeout=30
+        )
     assert small.status_code == 200 and len(small.json()) == 1
     assert big.status_code == 413 and "maximum allowed size" in big.text
     # a file that reaches a handler another way is refused there, with the limit in the message
@@ -410,7 +605,9 @@ def test_upload_over_the_limit_is_refused(pipe, tmp_path):
     with pytest.raises(gr.Error, match=r"layout file is 0\.\d MB; uploads are limited to 0\.01 MB"):
         preview_layout(limits, str(path), None, "", 1.0, 64, 64)
     with pytest.raises(gr.Error, match="uploads are limited"):
-        generate_scene(None, limits, tmp_path, SCENE_SOURCES[1], 0, 32, str(path), None, 2, 2.0, 1, False)
+        generate_scene(
+            None, limits, tmp_path, SCENE_SOURCES[1], 0, 32, str(path), None, 2, 2.0, 1, False
+        )
 
 
 class BlockingScene:
@@ -443,9 +640,17 @@ def test_full_queue_refuses_new_jobs(tmp_path):
     data = [SCENE_SOURCES[3], 0, 32, None, None, 2, 2.0, 0, False]
 
     def join(session: str):
-        return httpx.post(url + "gradio_api/queue/join", timeout=30,
-                          json={"data": data, "fn_index": fn, "session_hash": session, "event_data": None,
-                                "trigger_id": None})
+        return httpx.post(
+            url + "gradio_api/queue/join",
+            timeout=30,
+            json={
+                "data": data,
+                "fn_index": fn,
+                "session_hash": session,
+                "event_data": None,
+                "trigger_id": None,
+            },
+        )
 
     try:
         with served(demo) as url:
@@ -470,7 +675,9 @@ def test_binds_to_localhost_unless_told(tmp_path, monkeypatch, capsys):
     from earthgen.cli import main
 
     hosts = []
-    monkeypatch.setattr(app_module, "launch", lambda demo, host, port, share: hosts.append((host, port, share)))
+    monkeypatch.setattr(
+        app_module, "launch", lambda demo, host, port, share: hosts.append((host, port, share))
+    )
     none = ["--model", "none", "--scene-model", "none", "--augment-model", "none"]
     assert main(["app", *none]) == 0
     assert hosts[-1] == ("127.0.0.1", 7860, False) and "warning" not in capsys.readouterr().out
@@ -492,11 +699,15 @@ def test_layout_uploads_take_every_cli_format(tmp_path):
     assert set(LAYOUT_SUFFIXES) <= set(LAYOUT_FILE_TYPES)
     demo = create_demo(None, None, None, workdir=tmp_path / "w")
     # the 3D tab's layout upload (the image tabs need a model; checked in test_create_demo_wires_every_tab)
-    files = [c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")]
+    files = [
+        c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")
+    ]
     assert all(set(LAYOUT_SUFFIXES) <= set(c["props"]["file_types"]) for c in files)
     bz2 = fixture_path("osm/West-Oakland.osm.bz2")
     prev, info = preview_layout(LIMITS, str(bz2), None, "", 2.0, 64, 64)
-    assert prev.shape == (64, 64, 3) and "West-Oakland.osm.bz2 rasterized" in info and "2 m/px" in info
+    assert (
+        prev.shape == (64, 64, 3) and "West-Oakland.osm.bz2 rasterized" in info and "2 m/px" in info
+    )
     osm = fixture_path("osm/winthrop.osm")
     gz = tmp_path / "winthrop.osm.gz"
     with open(osm, "rb") as src, gzip.open(gz, "wb") as dst:
@@ -509,8 +720,10 @@ def test_layout_uploads_take_every_cli_format(tmp_path):
 
     grey, ids = layout_png(tmp_path)
     Image.fromarray(colorize(ids)).save(tmp_path / "colours.png")
-    assert np.array_equal(preview_layout(LIMITS, str(tmp_path / "colours.png"), None, "", 1.0, 64, 48)[0],
-                          colorize(ids))
+    assert np.array_equal(
+        preview_layout(LIMITS, str(tmp_path / "colours.png"), None, "", 1.0, 64, 48)[0],
+        colorize(ids),
+    )
     # the loader's one-line errors, naming the upload by its name
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(gr.Error, match=r"layout notes.txt: unknown file type"):
@@ -521,8 +734,12 @@ def test_sizes_over_the_limit_are_errors_not_clamps(pipe, tmp_path):
     demo = create_demo(pipe, None, None, limits=LIMITS, workdir=tmp_path)
     comps = {c["props"].get("elem_id"): c for c in demo.config["components"]}
     for key in ("t2i-width", "t2i-height", "l2i-width", "l2i-height", "scene-size"):
-        assert comps[key]["type"] == "number" and comps[key]["props"].get("maximum") is None  # no slider clamp
-    files = [c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")]
+        assert (
+            comps[key]["type"] == "number" and comps[key]["props"].get("maximum") is None
+        )  # no slider clamp
+    files = [
+        c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")
+    ]
     assert any(".osm.bz2" in c["props"]["file_types"] for c in files)  # the layout tab's upload
     with pytest.raises(gr.Error, match="limited to 128 pixels a side here, asked 4096x48"):
         t2i(pipe, width=4096)
@@ -531,9 +748,13 @@ def test_sizes_over_the_limit_are_errors_not_clamps(pipe, tmp_path):
     with pytest.raises(gr.Error, match="whole numbers"):
         preview_layout(LIMITS, None, None, "", 1.0, None, 64)
     with pytest.raises(gr.Error, match=r"the image is 200x140 px; images are limited to 128"):
-        edit_image(pipe, LIMITS, editor_value(140, 200), "Inpaint", 0, 0, 0, 0, "", 0.5, 2, 3.0, 5, False)
+        edit_image(
+            pipe, LIMITS, editor_value(140, 200), "Inpaint", 0, 0, 0, 0, "", 0.5, 2, 3.0, 5, False
+        )
     with pytest.raises(gr.Error, match=r"scene size must be in 16..256 metres, got 4096"):
-        generate_scene(None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 4096, None, None, 2, 3.0, 4, False)
+        generate_scene(
+            None, LIMITS, tmp_path, SCENE_SOURCES[0], 3, 4096, None, None, 2, 3.0, 4, False
+        )
 
 
 def test_typed_numbers_are_committed_as_typed(pipe, tmp_path):
@@ -541,7 +762,13 @@ def test_typed_numbers_are_committed_as_typed(pipe, tmp_path):
     event), so the deferred initialization of a freshly shown tab cannot bring back the old value."""
     demo = create_demo(pipe, None, None, limits=LIMITS, workdir=tmp_path)
     numeric = {c["id"] for c in demo.config["components"] if c["type"] in ("number", "slider")}
-    committed = {d["inputs"][0] for d in demo.config["dependencies"]
-                 if d.get("js") == COMMIT_JS and d["targets"] == [(d["inputs"][0], "input")]
-                 and d["outputs"] == d["inputs"] and not d["backend_fn"] and d["queue"] is False}
+    committed = {
+        d["inputs"][0]
+        for d in demo.config["dependencies"]
+        if d.get("js") == COMMIT_JS
+        and d["targets"] == [(d["inputs"][0], "input")]
+        and d["outputs"] == d["inputs"]
+        and not d["backend_fn"]
+        and d["queue"] is False
+    }
     assert numeric and numeric <= committed

@@ -19,18 +19,30 @@ from types import SimpleNamespace
 import pytest
 
 CHROMIUM = os.environ.get("EARTHGEN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 gr = pytest.importorskip("gradio", reason='the app needs gradio: pip install "earthgen[app]"')
-sync_api = pytest.importorskip("playwright.sync_api", reason='needs playwright: pip install "earthgen[browser]"')
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason='needs playwright: pip install "earthgen[browser]"'
+)
 expect = sync_api.expect
 # gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword)")
 
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set EARTHGEN_CHROMIUM)",
-                allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set EARTHGEN_CHROMIUM)",
+        allow_module_level=True,
+    )
 
 
 def free_port() -> int:
@@ -51,7 +63,9 @@ def app(tmp_path_factory):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     pipe = tiny_box_pipeline()  # with box conditioning: the augmentation tab is on too
     limits = AppLimits(max_side=128, max_steps=10, scene_render_size=64, max_upload_mb=1)
-    demo = create_demo(pipe, tiny_scene_pipeline(), None, limits=limits, workdir=tmp_path_factory.mktemp("app"))
+    demo = create_demo(
+        pipe, tiny_scene_pipeline(), None, limits=limits, workdir=tmp_path_factory.mktemp("app")
+    )
     port = free_port()
     launch(demo, port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -99,8 +113,11 @@ def upload(page, selector: str, path) -> None:
 
 def next_frames(page, n: int = 2) -> None:
     """Let the page draw ``n`` frames (its deferred work of the previous ones has run)."""
-    page.evaluate("n => new Promise(done => { const f = k => k ? requestAnimationFrame(() => f(k - 1)) : "
-                  "setTimeout(done, 0); f(n); })", n)
+    page.evaluate(
+        "n => new Promise(done => { const f = k => k ? requestAnimationFrame(() => f(k - 1)) : "
+        "setTimeout(done, 0); f(n); })",
+        n,
+    )
 
 
 TYPE_WHEN_SHOWN = """([selector, value]) => {
@@ -180,8 +197,10 @@ def test_scene_in_browser(page):
     page.locator("#scene-model canvas").first.wait_for(state="visible")
     links = page.locator("#scene-files a[download]")
     links.first.wait_for(state="visible")
-    files = {links.nth(i).get_attribute("download"): links.nth(i).get_attribute("href")
-             for i in range(links.count())}
+    files = {
+        links.nth(i).get_attribute("download"): links.nth(i).get_attribute("href")
+        for i in range(links.count())
+    }
     assert {"scene.glb", "gaussians.ply", "voxels.ply"} <= set(files), files
     glb = page.request.get(files["scene.glb"])
     assert glb.ok and glb.body()[:4] == b"glTF"  # the download serves the binary glTF

@@ -22,7 +22,9 @@ from earthgen.errors import UserInputError
 
 def _random_obb(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.c_[rng.uniform(0, 100, (n, 2)), rng.uniform(1, 30, (n, 2)), rng.uniform(-np.pi, np.pi, n)]
+    return np.c_[
+        rng.uniform(0, 100, (n, 2)), rng.uniform(1, 30, (n, 2)), rng.uniform(-np.pi, np.pi, n)
+    ]
 
 
 def test_rotated_area_and_iou_agree_with_shapely():
@@ -55,7 +57,9 @@ def test_box_tokens_null_padding_and_many_boxes():
         enc.null_text.normal_()
     sets = [BoxSet(obb_to_corners(_random_obb(70)), ["car"] * 70), BoxSet(np.zeros((0, 4, 2)), [])]
     corners, names, mask = pack_boxes(sets, 100, 100)
-    assert corners.shape == (2, 70, 8) and mask.sum() == 70 and names[1] == [""] * 70   # no cap at 15
+    assert (
+        corners.shape == (2, 70, 8) and mask.sum() == 70 and names[1] == [""] * 70
+    )  # no cap at 15
     cls = torch.randn(2, 70, 16)
     tok = enc(corners, cls, mask)
     assert tok.shape == (2, 70, 24)
@@ -90,13 +94,22 @@ def box_pipe():
     return p
 
 
-BOXES = BoxSet(np.concatenate([hbb_to_corners(np.array([[4, 4, 30, 20]])),
-                               obb_to_corners(np.array([[40, 40, 20, 8, 0.7]]))]), ["car", "storage_tank"])
+BOXES = BoxSet(
+    np.concatenate(
+        [
+            hbb_to_corners(np.array([[4, 4, 30, 20]])),
+            obb_to_corners(np.array([[40, 40, 20, 8, 0.7]])),
+        ]
+    ),
+    ["car", "storage_tank"],
+)
 
 
 def _run(pipe, **kw):
     kw.setdefault("num_inference_steps", 2)
-    return pipe("a town", gsd=0.5, generator=torch.Generator().manual_seed(0), output_type="np", **kw).images
+    return pipe(
+        "a town", gsd=0.5, generator=torch.Generator().manual_seed(0), output_type="np", **kw
+    ).images
 
 
 def test_grounded_unet_starts_as_the_plain_unet():
@@ -109,7 +122,7 @@ def test_grounded_unet_starts_as_the_plain_unet():
     with torch.no_grad():
         a = c["unet"](x, t, e).sample
         b = g(x, t, e, cross_attention_kwargs={"gligen": {"objs": objs}}).sample
-    assert torch.allclose(a, b, atol=1e-5)   # gates at 0: no effect until trained
+    assert torch.allclose(a, b, atol=1e-5)  # gates at 0: no effect until trained
 
 
 def test_boxes_change_the_image_and_are_deterministic(box_pipe):
@@ -120,8 +133,18 @@ def test_boxes_change_the_image_and_are_deterministic(box_pipe):
     moved = BoxSet(BOXES.corners + 10, BOXES.labels)
     assert np.abs(a - _run(box_pipe, boxes=moved)).max() > 1e-3
     # one set per image, and the tiled path with boxes
-    assert _run(box_pipe, boxes=[BOXES, moved], num_images_per_prompt=2, num_inference_steps=1).shape == (2, 64, 64, 3)
-    tiled = _run(box_pipe, boxes=BOXES, height=80, width=64, tile_size=8, tile_overlap=6, num_inference_steps=1)
+    assert _run(
+        box_pipe, boxes=[BOXES, moved], num_images_per_prompt=2, num_inference_steps=1
+    ).shape == (2, 64, 64, 3)
+    tiled = _run(
+        box_pipe,
+        boxes=BOXES,
+        height=80,
+        width=64,
+        tile_size=8,
+        tile_overlap=6,
+        num_inference_steps=1,
+    )
     assert tiled.shape == (1, 80, 64, 3)
 
 
@@ -150,8 +173,14 @@ def test_save_load_round_trip_with_boxes(tmp_path, box_pipe):
         _run(plain, boxes=BOXES)
 
 
-@pytest.mark.parametrize("boxes, msg", [("car", "BoxSet"), ([BOXES, BOXES, BOXES], "3 box sets for 1"),
-                                        (BoxSet(np.full((1, 4, 2), np.nan), ["car"]), "finite")])
+@pytest.mark.parametrize(
+    "boxes, msg",
+    [
+        ("car", "BoxSet"),
+        ([BOXES, BOXES, BOXES], "3 box sets for 1"),
+        (BoxSet(np.full((1, 4, 2), np.nan), ["car"]), "finite"),
+    ],
+)
 def test_bad_boxes(box_pipe, boxes, msg):
     with pytest.raises(UserInputError, match=msg):
         _run(box_pipe, boxes=boxes)
@@ -159,11 +188,14 @@ def test_bad_boxes(box_pipe, boxes, msg):
 
 # --- the dense box map (BoxTokenEncoder(raster_dim=k) + UNet input channels) ----------------------
 
+
 def test_box_coverage_agrees_with_shapely():
     from earthgen.conditioning.boxes import box_coverage
 
     c = obb_to_corners(_random_obb(12, seed=3)) / 100.0  # normalised, some boxes cross the border
-    cover = box_coverage(torch.from_numpy(c.reshape(1, 12, 8)).float(), 16, 16, supersample=8)[0]  # [12, 16, 16]
+    cover = box_coverage(torch.from_numpy(c.reshape(1, 12, 8)).float(), 16, 16, supersample=8)[
+        0
+    ]  # [12, 16, 16]
     unit = shapely.box(0, 0, 1, 1)
     for k in range(12):
         poly = shapely.Polygon(c[k])
@@ -171,7 +203,9 @@ def test_box_coverage_agrees_with_shapely():
         assert float(cover[k].sum()) / 256 == pytest.approx(poly.intersection(unit).area, abs=0.004)
         for i, j in [(4, 4), (8, 3), (12, 12)]:  # single cells against exact intersections
             cell = shapely.box(j / 16, i / 16, (j + 1) / 16, (i + 1) / 16)
-            assert float(cover[k, i, j]) == pytest.approx(poly.intersection(cell).area * 256, abs=0.13)
+            assert float(cover[k, i, j]) == pytest.approx(
+                poly.intersection(cell).area * 256, abs=0.13
+            )
     # winding does not matter; a degenerate box covers nothing
     rev = torch.from_numpy(c[:, ::-1].copy().reshape(1, 12, 8)).float()
     assert torch.allclose(box_coverage(rev, 16, 16, supersample=8)[0], cover)
@@ -180,7 +214,9 @@ def test_box_coverage_agrees_with_shapely():
 
 def test_box_raster_channels_and_null():
     enc = BoxTokenEncoder(text_dim=16, out_dim=24, hidden_dim=32, raster_dim=3)
-    assert enc.raster_channels == 4 and BoxTokenEncoder(text_dim=16, out_dim=24).raster_channels == 0
+    assert (
+        enc.raster_channels == 4 and BoxTokenEncoder(text_dim=16, out_dim=24).raster_channels == 0
+    )
     corners, _, mask = pack_boxes([BOXES], 64, 64)
     cls = torch.randn(1, 2, 16)
     tokens, r = enc(corners, cls, mask, raster_size=(8, 8))
@@ -192,7 +228,9 @@ def test_box_raster_channels_and_null():
     assert torch.allclose(r[0, 0], cover.sum(0))
     proj = enc.raster_proj(enc.text_norm(cls))[0]  # [2, 3]
     assert torch.allclose(r[0, 1:], torch.einsum("nhw,nc->chw", cover, proj), atol=1e-6)
-    assert enc.raster(corners, cls, torch.zeros_like(mask), 8, 8).abs().max() == 0   # null boxes paint nothing
+    assert (
+        enc.raster(corners, cls, torch.zeros_like(mask), 8, 8).abs().max() == 0
+    )  # null boxes paint nothing
 
 
 def test_grounded_unet_with_box_map_channels_starts_as_the_plain_unet():
@@ -204,8 +242,12 @@ def test_grounded_unet_with_box_map_channels_starts_as_the_plain_unet():
     x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 5, 16)
     with torch.no_grad():
         a = c["unet"](x, t, e).sample
-        b = g(torch.cat([x, torch.randn(1, 3, 8, 8)], 1), t, e,
-              cross_attention_kwargs={"gligen": {"objs": torch.randn(1, 2, 16)}}).sample
+        b = g(
+            torch.cat([x, torch.randn(1, 3, 8, 8)], 1),
+            t,
+            e,
+            cross_attention_kwargs={"gligen": {"objs": torch.randn(1, 2, 16)}},
+        ).sample
     assert torch.allclose(a, b, atol=1e-5)  # new input channels start at zero
     with pytest.raises(ValueError, match="raster_channels"):
         GroundedUNet2DConditionModel.from_unet(c["unet"], raster_channels=-1)
@@ -215,7 +257,9 @@ def test_pipeline_with_box_map(tmp_path):
     from earthgen.pipelines.image import EarthImagePipeline, load_pipeline
     from earthgen.training.image import add_box_conditioning
 
-    c = add_box_conditioning(get_dummy_components(control=False, metadata=True), hidden_dim=32, raster_dim=2)
+    c = add_box_conditioning(
+        get_dummy_components(control=False, metadata=True), hidden_dim=32, raster_dim=2
+    )
     assert c["unet"].raster_channels == 3 and c["box_encoder"].raster_channels == 3
     torch.manual_seed(2)
     with torch.no_grad():  # as if trained: the map reaches the output
@@ -229,15 +273,28 @@ def test_pipeline_with_box_map(tmp_path):
     # the unconditional half of CFG and a call without boxes get an empty map
     r = pipe.box_raster(pipe.prepare_boxes(BOXES, 1, 1), True, 1, 64, 64)
     assert r.shape == (2, 3, 8, 8) and r[0].abs().max() == 0 and r[1, 0].max() > 0.99
-    assert pipe.box_raster(None, False, 2, 64, 64).abs().max() == 0 and _run(pipe).shape == (1, 64, 64, 3)
-    tiled = _run(pipe, boxes=BOXES, height=80, width=64, tile_size=8, tile_overlap=6, num_inference_steps=1)
+    assert pipe.box_raster(None, False, 2, 64, 64).abs().max() == 0 and _run(pipe).shape == (
+        1,
+        64,
+        64,
+        3,
+    )
+    tiled = _run(
+        pipe, boxes=BOXES, height=80, width=64, tile_size=8, tile_overlap=6, num_inference_steps=1
+    )
     assert tiled.shape == (1, 80, 64, 3)
     # a separate metadata guidance (three branches: tokens and map of the null boxes in the first
     # two) equal to the guidance scale gives the two-branch images, untiled and tiled
-    for kw in ({}, {"height": 80, "width": 64, "tile_size": 8, "tile_overlap": 6, "num_inference_steps": 1}):
+    for kw in (
+        {},
+        {"height": 80, "width": 64, "tile_size": 8, "tile_overlap": 6, "num_inference_steps": 1},
+    ):
         two = _run(pipe, boxes=BOXES, guidance_scale=3.0, **kw)
-        np.testing.assert_allclose(_run(pipe, boxes=BOXES, guidance_scale=3.0, metadata_guidance_scale=3.0, **kw),
-                                   two, atol=1e-5)
+        np.testing.assert_allclose(
+            _run(pipe, boxes=BOXES, guidance_scale=3.0, metadata_guidance_scale=3.0, **kw),
+            two,
+            atol=1e-5,
+        )
     pipe.save_pretrained(tmp_path / "p")
     p2 = load_pipeline(str(tmp_path / "p"))
     p2.set_progress_bar_config(disable=True)

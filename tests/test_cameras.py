@@ -24,7 +24,9 @@ def test_look_at_is_a_rigid_transform_and_centres_the_target():
     target = torch.tensor([1.0, 2.0, 3.0])
     V = look_at(eye, target)
     R = V[:, :3, :3]
-    torch.testing.assert_close(R @ R.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        R @ R.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6, rtol=0
+    )
     assert torch.allclose(torch.linalg.det(R), torch.ones(2))
     K = intrinsics_from_fov(100, 80, 60.0)
     for i in range(2):
@@ -35,7 +37,11 @@ def test_look_at_is_a_rigid_transform_and_centres_the_target():
 
 def test_nadir_view_has_north_up_and_east_right():
     V, K = nadir_rig([0.0, 0.0, 0.0], altitude_m=100.0, ground_width_m=200.0, width=200, height=200)
-    uv, z = project(torch.tensor([[0.0, 0.0, 0.0], [50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [100.0, 0.0, 0.0]]), V[0], K[0])
+    uv, z = project(
+        torch.tensor([[0.0, 0.0, 0.0], [50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [100.0, 0.0, 0.0]]),
+        V[0],
+        K[0],
+    )
     torch.testing.assert_close(uv[0], torch.tensor([100.0, 100.0]), atol=1e-4, rtol=0)
     assert uv[1, 0] > 100 and abs(uv[1, 1] - 100) < 1e-3  # east -> right
     assert uv[2, 1] < 100 and abs(uv[2, 0] - 100) < 1e-3  # north -> up

@@ -19,8 +19,12 @@ from earthgen.pipelines.image import EarthImagePipeline, load_pipeline, text2ear
 
 torch.set_num_threads(1)
 
-SPECIALS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-            "unk_token": "<|endoftext|>"}
+SPECIALS = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+}
 
 
 def sd_components(class_embed_type: str | None = None, scheduler: str = "DDIMScheduler") -> dict:
@@ -28,23 +32,44 @@ def sd_components(class_embed_type: str | None = None, scheduler: str = "DDIMSch
     import diffusers
 
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8),
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                                  norm_num_groups=4, sample_size=16)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8, class_embed_type=class_embed_type)
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        class_embed_type=class_embed_type,
+    )
     if class_embed_type is not None:  # a class embedding that matters (diffusers may init it small)
         with torch.no_grad():
             for p in unet.class_embedding.parameters():
                 p.normal_(0.0, 0.5)
     tok, text = tiny_clip(hidden=16)
-    extra = {"skip_prk_steps": True, "steps_offset": 1} if scheduler == "PNDMScheduler" else {}  # SD v1's
-    sched = getattr(diffusers, scheduler)(num_train_timesteps=100, beta_schedule="scaled_linear",
-                                          beta_start=0.00085, beta_end=0.012, **extra)
+    extra = (
+        {"skip_prk_steps": True, "steps_offset": 1} if scheduler == "PNDMScheduler" else {}
+    )  # SD v1's
+    sched = getattr(diffusers, scheduler)(
+        num_train_timesteps=100,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        **extra,
+    )
     return {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text, "tokenizer": tok}
 
 
@@ -53,10 +78,18 @@ def tiny_safety_parts():
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
 
-    small = {"hidden_size": 16, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 1}
+    small = {
+        "hidden_size": 16,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 1,
+    }
     ids = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
-    cfg = CLIPConfig(text_config={**small, **ids, "vocab_size": 54},
-                     vision_config={**small, "image_size": 32, "patch_size": 4}, projection_dim=16)
+    cfg = CLIPConfig(
+        text_config={**small, **ids, "vocab_size": 54},
+        vision_config={**small, "image_size": 32, "patch_size": 4},
+        projection_dim=16,
+    )
     return StableDiffusionSafetyChecker(cfg).eval(), CLIPImageProcessor(crop_size=32, size=32)
 
 
@@ -67,8 +100,9 @@ def write_sd_folder(root: Path, comps: dict, class_name: str = "StableDiffusionP
     from diffusers import StableDiffusionPipeline
 
     checker, extractor = tiny_safety_parts()
-    StableDiffusionPipeline(**comps, safety_checker=checker, feature_extractor=extractor,
-                            requires_safety_checker=True).save_pretrained(root)
+    StableDiffusionPipeline(
+        **comps, safety_checker=checker, feature_extractor=extractor, requires_safety_checker=True
+    ).save_pretrained(root)
     tok = root / "tokenizer"
     for f in tok.iterdir():
         f.unlink()
@@ -79,9 +113,16 @@ def write_sd_folder(root: Path, comps: dict, class_name: str = "StableDiffusionP
     (tok / "vocab.json").write_text(json.dumps(vocab))
     (tok / "merges.txt").write_text("#version: 0.2\n")
     (tok / "special_tokens_map.json").write_text(json.dumps(SPECIALS))
-    (tok / "tokenizer_config.json").write_text(json.dumps(
-        {**SPECIALS, "model_max_length": comps["tokenizer"].model_max_length, "do_lower_case": True,
-         "tokenizer_class": "CLIPTokenizer"}))
+    (tok / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                **SPECIALS,
+                "model_max_length": comps["tokenizer"].model_max_length,
+                "do_lower_case": True,
+                "tokenizer_class": "CLIPTokenizer",
+            }
+        )
+    )
     index = json.loads((root / "model_index.json").read_text())
     index["_class_name"] = class_name
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
@@ -117,10 +158,26 @@ def inject_class_labels(unet, labels: torch.Tensor) -> None:
 # --- 1. Text2Earth ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("gsd", "level"), [
-    (0.5, 18), (1.0, 17), (2.0, 16), (4.0, 15), (8.0, 14), (16.0, 13), (32.0, 12), (64.0, 11),
-    (128.0, 10), (1.3, 17), (1.5, 16), (2.0 ** 0.5, 17), (0.6, 18), (100.0, 10), (float("nan"), 0),
-])
+@pytest.mark.parametrize(
+    ("gsd", "level"),
+    [
+        (0.5, 18),
+        (1.0, 17),
+        (2.0, 16),
+        (4.0, 15),
+        (8.0, 14),
+        (16.0, 13),
+        (32.0, 12),
+        (64.0, 11),
+        (128.0, 10),
+        (1.3, 17),
+        (1.5, 16),
+        (2.0**0.5, 17),
+        (0.6, 18),
+        (100.0, 10),
+        (float("nan"), 0),
+    ],
+)
 def test_text2earth_level_mapping(gsd, level):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in range: no warning
@@ -142,8 +199,11 @@ def test_text2earth_level_out_of_range_and_bad_values():
 @pytest.fixture(scope="module")
 def text2earth_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("text2earth")
-    return write_sd_folder(root, sd_components("timestep", "EulerDiscreteScheduler"),
-                           class_name="Text2EarthDiffusionPipeline")
+    return write_sd_folder(
+        root,
+        sd_components("timestep", "EulerDiscreteScheduler"),
+        class_name="Text2EarthDiffusionPipeline",
+    )
 
 
 def test_text2earth_folder_loads_and_passes_zoom_levels(text2earth_folder):
@@ -153,7 +213,11 @@ def test_text2earth_folder_loads_and_passes_zoom_levels(text2earth_folder):
     assert isinstance(pipe, EarthImagePipeline) and pipe.unet.config.class_embed_type == "timestep"
     pipe.set_progress_bar_config(disable=True)
     seen = spy_class_labels(pipe.unet)
-    kw = {"num_inference_steps": 2, "output_type": "np", "generator": torch.Generator().manual_seed(0)}
+    kw = {
+        "num_inference_steps": 2,
+        "output_type": "np",
+        "generator": torch.Generator().manual_seed(0),
+    }
 
     with_gsd = pipe("dense city", gsd=1.0, guidance_scale=4.0, **kw).images
     assert [s.tolist() for s in seen] == [[0, 17]] * 2  # CFG: null branch 0, then level 17 (1 m/px)
@@ -179,8 +243,9 @@ def test_text2earth_matches_its_reference_loop(text2earth_folder):
     from diffusers import StableDiffusionPipeline
 
     ours = load_pipeline(str(text2earth_folder))
-    ref = StableDiffusionPipeline.from_pretrained(text2earth_folder, safety_checker=None,
-                                                  requires_safety_checker=False)
+    ref = StableDiffusionPipeline.from_pretrained(
+        text2earth_folder, safety_checker=None, requires_safety_checker=False
+    )
     for p in (ours, ref):
         p.set_progress_bar_config(disable=True)
     inject_class_labels(ref.unet, torch.tensor([0, 16]))
@@ -194,16 +259,22 @@ def test_text2earth_matches_its_reference_loop(text2earth_folder):
 # --- 2. SD folders: the same tensors as diffusers --------------------------------------------
 
 
-@pytest.mark.parametrize("scheduler", [
-    "DDIMScheduler", "EulerDiscreteScheduler",
-    "PNDMScheduler",
-])
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        "DDIMScheduler",
+        "EulerDiscreteScheduler",
+        "PNDMScheduler",
+    ],
+)
 def test_sd_folder_matches_diffusers(tmp_path, scheduler):
     from diffusers import StableDiffusionPipeline
 
     root = write_sd_folder(tmp_path / "sd", sd_components(None, scheduler))
     ours = load_pipeline(str(root))
-    ref = StableDiffusionPipeline.from_pretrained(root, safety_checker=None, requires_safety_checker=False)
+    ref = StableDiffusionPipeline.from_pretrained(
+        root, safety_checker=None, requires_safety_checker=False
+    )
     for p in (ours, ref):
         p.set_progress_bar_config(disable=True)
     prompts = ["dense city", "a river"]
@@ -212,7 +283,9 @@ def test_sd_folder_matches_diffusers(tmp_path, scheduler):
     emb, _ = ref.encode_prompt(prompts, "cpu", 1, False)
     torch.testing.assert_close(ours.encode_prompt(prompts), emb, rtol=0, atol=0)
     tok = ours.tokenizer(prompts, padding="max_length", max_length=16, return_tensors="pt")
-    masked = ours.text_encoder(tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+    masked = ours.text_encoder(
+        tok["input_ids"], attention_mask=tok["attention_mask"]
+    ).last_hidden_state
     assert (masked - emb).abs().max() > 1e-3  # the mask matters: this test would catch it
 
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -234,16 +307,30 @@ def test_minilm_embeddings_keep_the_attention_mask():
     tok = BertTokenizer.from_pretrained(Path(resolve_model(None, "image")) / "tokenizer")
     comps = sd_components()
     comps["unet"] = type(comps["unet"])(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-        cross_attention_dim=384, attention_head_dim=4, norm_num_groups=8)
-    pipe = EarthImagePipeline(vae=comps["vae"], unet=comps["unet"], scheduler=DDIMScheduler(),
-                              text_encoder=text, tokenizer=tok)
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=384,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    pipe = EarthImagePipeline(
+        vae=comps["vae"],
+        unet=comps["unet"],
+        scheduler=DDIMScheduler(),
+        text_encoder=text,
+        tokenizer=tok,
+    )
     prompts = ["dense residential area with a river", "forest"]
     ids = tok(prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
     with torch.no_grad():
-        before = text(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+        before = text(
+            input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]
+        ).last_hidden_state
         unmasked = text(input_ids=ids["input_ids"]).last_hidden_state
     got = pipe.encode_prompt(prompts)
     assert torch.equal(got, before)
@@ -262,7 +349,9 @@ def test_encoder_config_use_attention_mask_is_honoured():
         del pipe.text_encoder.config.use_attention_mask
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=16, return_tensors="pt")
     with torch.no_grad():
-        want = pipe.text_encoder(tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        want = pipe.text_encoder(
+            tok["input_ids"], attention_mask=tok["attention_mask"]
+        ).last_hidden_state
     assert torch.equal(masked, want) and not torch.equal(masked, plain)
 
 
@@ -275,14 +364,19 @@ def test_saved_pipeline_loads_with_plain_diffusers(tmp_path):
     pipe = EarthImagePipeline(**get_dummy_components())
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path / "p")
-    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p", custom_pipeline=image_module.__file__,
-                                               trust_remote_code=True)
+    loaded = DiffusionPipeline.from_pretrained(
+        tmp_path / "p", custom_pipeline=image_module.__file__, trust_remote_code=True
+    )
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded).__name__ == "EarthImagePipeline"
     assert type(loaded.controlnet) is type(pipe.controlnet)
     assert type(loaded.metadata_encoder) is type(pipe.metadata_encoder)
-    kw = {"num_inference_steps": 2, "output_type": "np", "gsd": 1.0,
-          "generator": torch.Generator().manual_seed(0)}
+    kw = {
+        "num_inference_steps": 2,
+        "output_type": "np",
+        "gsd": 1.0,
+        "generator": torch.Generator().manual_seed(0),
+    }
     a = loaded("dense city", **kw).images
     kw["generator"] = torch.Generator().manual_seed(0)
     b = pipe("dense city", **kw).images

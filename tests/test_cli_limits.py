@@ -68,46 +68,104 @@ def _base(command: str, tmp_path: Path) -> list[str]:
         "train": ["train", "image-ldm", "--out", str(tmp_path / "t")],
         "eval image": ["eval", "image"],
         "eval scene": ["eval", "scene"],
-        "eval augment": ["eval", "augment", "--real", str(data), "--augmented", str(data), "--test", str(data)],
+        "eval augment": [
+            "eval",
+            "augment",
+            "--real",
+            str(data),
+            "--augmented",
+            str(data),
+            "--test",
+            str(data),
+        ],
     }[command]
 
 
 # (command, flag, bad values)
 CASES = [
-    ("generate", "--gsd", ALL), ("generate", "--layout-scale", NONZERO),
-    ("generate", "--control-end", ALL), ("generate", "--strength", ALL), ("generate", "--size", ALL),
-    ("generate", "--steps", ALL), ("generate", "--guidance", NONZERO),
-    ("generate", "--metadata-guidance", NONZERO), ("generate", "--seed", NONZERO),
+    ("generate", "--gsd", ALL),
+    ("generate", "--layout-scale", NONZERO),
+    ("generate", "--control-end", ALL),
+    ("generate", "--strength", ALL),
+    ("generate", "--size", ALL),
+    ("generate", "--steps", ALL),
+    ("generate", "--guidance", NONZERO),
+    ("generate", "--metadata-guidance", NONZERO),
+    ("generate", "--seed", NONZERO),
     ("generate", "--threads", ALL),
-    ("world", "--seed", NONZERO), ("world", "--size", ALL), ("world", "--gsd", ALL),
-    ("world", "--tiles", ALL), ("world", "--voxel-size", ALL), ("world", "--threads", ALL),
-    ("layout", "--size", ALL), ("layout", "--gsd", ALL), ("layout", "--max-pixels", ALL),
-    ("scene", "--world", NONZERO), ("scene", "--gsd", ALL), ("scene", "--size-m", ALL),
-    ("scene", "--steps", ALL), ("scene", "--texture-steps", ALL), ("scene", "--guidance", NONZERO),
-    ("scene", "--overlap-m", NONZERO), ("scene", "--seed", NONZERO), ("scene", "--render-size", ALL),
-    ("scene", "--views", ALL), ("scene", "--turntable", NONZERO),
-    ("augment", "--n", ALL), ("augment", "--seed", NONZERO), ("augment", "--steps", ALL),
-    ("augment", "--guidance", NONZERO), ("augment", "--inpaint-margin", NONZERO),
-    ("augment", "--jitter", NONZERO), ("augment", "--angle-jitter", NONZERO),
-    ("augment", "--copy-paste", NONZERO), ("augment", "--rebalance", NONZERO),
-    ("augment", "--detector-steps", ALL), ("augment", "--iou", NONZERO + ("2",)),
-    ("augment", "--tile", ALL), ("augment", "--tile-overlap", NONZERO + ("0.5",)),
-    ("augment", "--detect-tile", ALL + ("100",)), ("eval augment", "--detect-tile", ALL),
-    ("augment", "--score", NONZERO), ("augment", "--min-recall", NONZERO),
-    ("train", "--resolution", ALL), ("train", "--batch-size", ALL), ("train", "--steps", ALL),
-    ("train", "--lr", ALL), ("train", "--grad-accum", ALL), ("train", "--ema-decay", NONZERO),
-    ("train", "--cond-dropout", NONZERO), ("train", "--save-every", ALL), ("train", "--log-every", ALL),
-    ("train", "--seed", NONZERO), ("train", "--box-raster-dim", NONZERO),
-    ("train", "--box-loss-weight", NONZERO), ("train", "--balance", NONZERO),
-    ("train", "--layout-dropout", NONZERO), ("train", "--voxel-size", ALL), ("train", "--gsd", ALL),
-    ("train", "--scene-size", ALL), ("train", "--views", ALL), ("train", "--image-size", ALL),
-    ("train", "--pool", ALL), ("train", "--kl-weight", NONZERO), ("train", "--threads", ALL),
-    ("eval image", "--steps", ALL), ("eval image", "--guidance", NONZERO),
-    ("eval image", "--batch-size", ALL), ("eval image", "--control-end", NONZERO),
-    ("eval image", "--seed", NONZERO), ("eval image", "--n-per-class", ALL),
-    ("eval image", "--strength", ALL), ("eval image", "--n", ALL), ("eval image", "--threads", ALL),
-    ("eval scene", "--n", ALL), ("eval scene", "--size-m", ALL), ("eval scene", "--steps", ALL),
-    ("eval scene", "--guidance", NONZERO), ("eval scene", "--seed", NONZERO),
+    ("world", "--seed", NONZERO),
+    ("world", "--size", ALL),
+    ("world", "--gsd", ALL),
+    ("world", "--tiles", ALL),
+    ("world", "--voxel-size", ALL),
+    ("world", "--threads", ALL),
+    ("layout", "--size", ALL),
+    ("layout", "--gsd", ALL),
+    ("layout", "--max-pixels", ALL),
+    ("scene", "--world", NONZERO),
+    ("scene", "--gsd", ALL),
+    ("scene", "--size-m", ALL),
+    ("scene", "--steps", ALL),
+    ("scene", "--texture-steps", ALL),
+    ("scene", "--guidance", NONZERO),
+    ("scene", "--overlap-m", NONZERO),
+    ("scene", "--seed", NONZERO),
+    ("scene", "--render-size", ALL),
+    ("scene", "--views", ALL),
+    ("scene", "--turntable", NONZERO),
+    ("augment", "--n", ALL),
+    ("augment", "--seed", NONZERO),
+    ("augment", "--steps", ALL),
+    ("augment", "--guidance", NONZERO),
+    ("augment", "--inpaint-margin", NONZERO),
+    ("augment", "--jitter", NONZERO),
+    ("augment", "--angle-jitter", NONZERO),
+    ("augment", "--copy-paste", NONZERO),
+    ("augment", "--rebalance", NONZERO),
+    ("augment", "--detector-steps", ALL),
+    ("augment", "--iou", NONZERO + ("2",)),
+    ("augment", "--tile", ALL),
+    ("augment", "--tile-overlap", NONZERO + ("0.5",)),
+    ("augment", "--detect-tile", ALL + ("100",)),
+    ("eval augment", "--detect-tile", ALL),
+    ("augment", "--score", NONZERO),
+    ("augment", "--min-recall", NONZERO),
+    ("train", "--resolution", ALL),
+    ("train", "--batch-size", ALL),
+    ("train", "--steps", ALL),
+    ("train", "--lr", ALL),
+    ("train", "--grad-accum", ALL),
+    ("train", "--ema-decay", NONZERO),
+    ("train", "--cond-dropout", NONZERO),
+    ("train", "--save-every", ALL),
+    ("train", "--log-every", ALL),
+    ("train", "--seed", NONZERO),
+    ("train", "--box-raster-dim", NONZERO),
+    ("train", "--box-loss-weight", NONZERO),
+    ("train", "--balance", NONZERO),
+    ("train", "--layout-dropout", NONZERO),
+    ("train", "--voxel-size", ALL),
+    ("train", "--gsd", ALL),
+    ("train", "--scene-size", ALL),
+    ("train", "--views", ALL),
+    ("train", "--image-size", ALL),
+    ("train", "--pool", ALL),
+    ("train", "--kl-weight", NONZERO),
+    ("train", "--threads", ALL),
+    ("eval image", "--steps", ALL),
+    ("eval image", "--guidance", NONZERO),
+    ("eval image", "--batch-size", ALL),
+    ("eval image", "--control-end", NONZERO),
+    ("eval image", "--seed", NONZERO),
+    ("eval image", "--n-per-class", ALL),
+    ("eval image", "--strength", ALL),
+    ("eval image", "--n", ALL),
+    ("eval image", "--threads", ALL),
+    ("eval scene", "--n", ALL),
+    ("eval scene", "--size-m", ALL),
+    ("eval scene", "--steps", ALL),
+    ("eval scene", "--guidance", NONZERO),
+    ("eval scene", "--seed", NONZERO),
 ]
 
 
@@ -121,8 +179,11 @@ def test_bad_number_exits_2_with_one_line(tmp_path, capsys, command, flag, value
 LISTS = [
     ("generate", "--center", ["nan,0", "0,inf", "91,0", "0,181", "a,b", "1"]),
     ("generate", "--bbox", ["nan,0,1,1", "0,0,1,inf", "1,0,0,1", "0,0,200,1", "a,b,c,d"]),
-    ("generate", "--extend", ["nan,0,0,0", "inf,0,0,0", "-1,0,0,0", f"{HUGE},0,0,0", "0.5,0,0,0",
-                              "abc", "8,0,0"]),
+    (
+        "generate",
+        "--extend",
+        ["nan,0,0,0", "inf,0,0,0", "-1,0,0,0", f"{HUGE},0,0,0", "0.5,0,0,0", "abc", "8,0,0"],
+    ),
     ("world", "--origin", ["nan,0", "0,inf", "-1e300,0", "abc", "1"]),
     ("layout", "--center", ["nan,0", "0,inf", "abc"]),  # ranges: build_layout's own messages
     ("layout", "--bbox", ["nan,0,1,1", "0,0,1,inf", "abc"]),
@@ -140,20 +201,32 @@ def test_sizes_against_memory_and_voxel_caps(tmp_path, capsys):
     from earthgen.commands._args import MAX_VOXEL_COLUMNS, generate_max_pixels
 
     # the issue's 520 GB allocation: refused at parse time, the limit named
-    line = assert_user_error(["generate", "--size", "100000", "--out", str(tmp_path / "g.png")], capsys, "--size")
+    line = assert_user_error(
+        ["generate", "--size", "100000", "--out", str(tmp_path / "g.png")], capsys, "--size"
+    )
     assert "too large" in line
     side = int(generate_max_pixels() ** 0.5) + 8
-    line = assert_user_error(["generate", "--size", str(side), "--out", str(tmp_path / "g.png")], capsys, "--size")
+    line = assert_user_error(
+        ["generate", "--size", str(side), "--out", str(tmp_path / "g.png")], capsys, "--size"
+    )
     assert str(generate_max_pixels()) in line
     # the issue's `world --voxel-size 0.001`: the voxel columns are counted before any tile
-    line = assert_user_error(["world", "--voxel-size", "0.001", "--out", str(tmp_path / "w")], capsys,
-                             "--voxel-size")
+    line = assert_user_error(
+        ["world", "--voxel-size", "0.001", "--out", str(tmp_path / "w")], capsys, "--voxel-size"
+    )
     assert str(MAX_VOXEL_COLUMNS) in line and not (tmp_path / "w").exists()
     assert_user_error(["world", "--size", "9000", "--out", str(tmp_path / "w")], capsys, "--size")
-    assert_user_error(["scene", "--size-m", "100000", "--out", str(tmp_path / "s")], capsys, "--size-m")
-    assert_user_error(["train", "structure-vae", "--resolution", "1024", "--out", str(tmp_path / "t")], capsys,
-                      "--resolution")
-    assert_user_error(["layout", "x.osm", "--size", "40000", "--out", str(tmp_path / "l")], capsys, "--size")
+    assert_user_error(
+        ["scene", "--size-m", "100000", "--out", str(tmp_path / "s")], capsys, "--size-m"
+    )
+    assert_user_error(
+        ["train", "structure-vae", "--resolution", "1024", "--out", str(tmp_path / "t")],
+        capsys,
+        "--resolution",
+    )
+    assert_user_error(
+        ["layout", "x.osm", "--size", "40000", "--out", str(tmp_path / "l")], capsys, "--size"
+    )
 
 
 def test_generate_max_pixels_formula():
@@ -163,7 +236,9 @@ def test_generate_max_pixels_formula():
         generate_max_pixels,
     )
 
-    assert generate_max_pixels(64 * 2**30) == int(MEMORY_FRACTION * 64 * 2**30 / GENERATE_BYTES_PER_PIXEL)
+    assert generate_max_pixels(64 * 2**30) == int(
+        MEMORY_FRACTION * 64 * 2**30 / GENERATE_BYTES_PER_PIXEL
+    )
     assert generate_max_pixels() >= 4096 * 4096 // 4  # any machine that runs the tests
 
 
@@ -182,7 +257,10 @@ def test_output_paths_checked_before_work(tmp_path, capsys):
         (["generate", "--out", str(tmp_path / "g.xyz")], ".png or .jpg or .jpeg or .tif or .tiff"),
         (["generate", "--out", str(tmp_path / "g")], "no extension"),
         (["generate", "--out", str(tmp_path)], ".png"),  # a folder: no extension either
-        (["generate", "--out", png, "--layout", "x.osm", "--prior-out", str(tmp_path / "p.gif")], "--prior-out"),
+        (
+            ["generate", "--out", png, "--layout", "x.osm", "--prior-out", str(tmp_path / "p.gif")],
+            "--prior-out",
+        ),
         (["world", "--out", "/proc/earthgen-w"], "cannot write"),
         (["world", "--out", str(a_file)], "not a folder"),
         (["world", "--out", str(a_file / "sub")], "not a folder"),
@@ -199,7 +277,11 @@ def test_output_paths_checked_before_work(tmp_path, capsys):
     for argv, msg in cases:
         line = assert_user_error(argv, capsys, msg)
         assert "--out" in line or "--prior-out" in line, line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "file.txt", "full"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dataset",
+        "file.txt",
+        "full",
+    ]  # nothing written
 
 
 def test_train_refuses_an_earlier_runs_checkpoints_without_resume(tmp_path, capsys):
@@ -212,13 +294,17 @@ def test_subprocess_one_line_no_traceback(tmp_path):
     """The issue's cases through `python -m earthgen`: one stderr line, exit 2, quickly."""
     data = tmp_path / "d"
     data.mkdir()
-    for argv, flag in ((["generate", "--size", "100000", "--out", str(tmp_path / "g.png")], "--size"),
-                       (["generate", "--guidance", "nan", "--out", str(tmp_path / "g.png")], "--guidance"),
-                       (["world", "--origin=nan,0", "--out", str(tmp_path / "w")], "--origin"),
-                       (["augment", str(data), "--iou", "2", "--out", str(tmp_path / "a")], "--iou"),
-                       (["generate", "--out", "/proc/earthgen/x.png"], "--out")):
+    for argv, flag in (
+        (["generate", "--size", "100000", "--out", str(tmp_path / "g.png")], "--size"),
+        (["generate", "--guidance", "nan", "--out", str(tmp_path / "g.png")], "--guidance"),
+        (["world", "--origin=nan,0", "--out", str(tmp_path / "w")], "--origin"),
+        (["augment", str(data), "--iou", "2", "--out", str(tmp_path / "a")], "--iou"),
+        (["generate", "--out", "/proc/earthgen/x.png"], "--out"),
+    ):
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "earthgen", *argv], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "earthgen", *argv], capture_output=True, text=True, timeout=60
+        )
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and flag in lines[0], r.stderr
         assert "Traceback" not in r.stderr and r.stdout == ""

@@ -33,8 +33,16 @@ def test_metadata_missing_fields_use_the_null_and_any_subset_runs():
     m = MetadataEncoder(out_dim=32)
     with torch.no_grad():
         m.null.normal_()
-    full = m({"gsd": [0.5, 2.0], "lat": [45.0, -10.0], "lon": [7.0, 120.0], "day_of_year": [10, 200],
-              "year": [2020, 2021], "cloud_cover": [0.0, 0.5]})
+    full = m(
+        {
+            "gsd": [0.5, 2.0],
+            "lat": [45.0, -10.0],
+            "lon": [7.0, 120.0],
+            "day_of_year": [10, 200],
+            "year": [2020, 2021],
+            "cloud_cover": [0.0, 0.5],
+        }
+    )
     assert full.shape == (2, 32)
     none = m(None, batch_size=2)
     torch.testing.assert_close(none, m.null.sum(0).expand(2, -1))
@@ -123,9 +131,13 @@ def test_offline_sentence_encoder_ranks_captions():
     from earthgen.conditioning.text import SentenceTextEncoder
 
     enc = SentenceTextEncoder()
-    a = enc.encode(["many buildings and green trees are in a dense residential area",
-                    "lots of houses with trees around them in a residential area",
-                    "a large airport with several planes parked near the terminal"])
+    a = enc.encode(
+        [
+            "many buildings and green trees are in a dense residential area",
+            "lots of houses with trees around them in a residential area",
+            "a large airport with several planes parked near the terminal",
+        ]
+    )
     assert a.tokens.shape[:2] == (3, 77) and a.tokens.shape[2] == enc.dim == 384
     sim = a.pooled @ a.pooled.T
     assert sim[0, 1] > sim[0, 2] + 0.2

@@ -15,10 +15,17 @@ CONDS = {"layout": 13, "roads": 1, "height": 1}
 def tiny_unet() -> UNet2DConditionModel:
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8)
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
 
 
 def randomize(model: torch.nn.Module) -> None:
@@ -38,19 +45,34 @@ def parts():
 
 def inputs(b: int = 2):
     g = torch.Generator().manual_seed(3)
-    return (torch.randn(b, 4, 8, 8, generator=g), torch.randn(b, 5, 16, generator=g),
-            {"layout": torch.rand(b, 13, 64, 64, generator=g), "roads": torch.rand(b, 1, 64, 64, generator=g),
-             "height": torch.rand(b, 1, 64, 64, generator=g)})
+    return (
+        torch.randn(b, 4, 8, 8, generator=g),
+        torch.randn(b, 5, 16, generator=g),
+        {
+            "layout": torch.rand(b, 13, 64, 64, generator=g),
+            "roads": torch.rand(b, 1, 64, 64, generator=g),
+            "height": torch.rand(b, 1, 64, 64, generator=g),
+        },
+    )
 
 
 def test_residuals_fit_the_unet_and_start_at_zero(parts):
     unet, cn = parts
     lat, txt, conds = inputs()
     down, mid = cn(lat, 10, txt, cn.pack(conds))
-    assert all(float(d.detach().abs().max()) == 0 for d in down) and float(mid.detach().abs().max()) == 0
-    out = unet(lat, 10, txt, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-    torch.testing.assert_close(out, unet(lat, 10, txt).sample)  # an untrained branch changes nothing
-    assert torch.equal(cn.controlnet.conv_in.weight, unet.conv_in.weight)  # initialised from the UNet
+    assert (
+        all(float(d.detach().abs().max()) == 0 for d in down)
+        and float(mid.detach().abs().max()) == 0
+    )
+    out = unet(
+        lat, 10, txt, down_block_additional_residuals=down, mid_block_additional_residual=mid
+    ).sample
+    torch.testing.assert_close(
+        out, unet(lat, 10, txt).sample
+    )  # an untrained branch changes nothing
+    assert torch.equal(
+        cn.controlnet.conv_in.weight, unet.conv_in.weight
+    )  # initialised from the UNet
 
 
 def test_dropped_or_missing_condition_contributes_nothing():
@@ -60,7 +82,11 @@ def test_dropped_or_missing_condition_contributes_nothing():
     lat, txt, conds = inputs()
     run = lambda packed: cn(lat, 10, txt, packed)[1]  # noqa: E731
     only_roads = run(cn.pack({"roads": conds["roads"]}))
-    dropped = run(cn.pack(conds, drop={"layout": torch.tensor([True, True]), "height": torch.tensor([True, True])}))
+    dropped = run(
+        cn.pack(
+            conds, drop={"layout": torch.tensor([True, True]), "height": torch.tensor([True, True])}
+        )
+    )
     zero_scale = run(cn.pack(conds, scales={"layout": 0.0, "height": 0.0}))
     torch.testing.assert_close(dropped, only_roads)
     torch.testing.assert_close(zero_scale, only_roads)
@@ -82,7 +108,9 @@ def test_save_load_round_trip(tmp_path, parts):
     cn2 = FusedControlNet.from_pretrained(tmp_path / "cn")
     assert cn2.condition_names == tuple(sorted(CONDS))
     lat, txt, conds = inputs()
-    for a, b in zip(cn(lat, 5, txt, cn.pack(conds))[0], cn2(lat, 5, txt, cn2.pack(conds))[0], strict=True):
+    for a, b in zip(
+        cn(lat, 5, txt, cn.pack(conds))[0], cn2(lat, 5, txt, cn2.pack(conds))[0], strict=True
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -112,11 +140,15 @@ def test_training_the_branch_lowers_the_loss():
     for _ in range(30):
         ids = torch.randint(0, 13, (4, 64, 64), generator=g)
         layout = torch.nn.functional.one_hot(ids, 13).permute(0, 3, 1, 2).float()
-        target = torch.nn.functional.avg_pool2d((ids == 1).float()[:, None], 8).expand(-1, 4, -1, -1)
+        target = torch.nn.functional.avg_pool2d((ids == 1).float()[:, None], 8).expand(
+            -1, 4, -1, -1
+        )
         lat = torch.randn(4, 4, 8, 8, generator=g)
         txt = torch.zeros(4, 3, 16)
         down, mid = cn(lat, 500, txt, cn.pack({"layout": layout}))
-        pred = unet(lat, 500, txt, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        pred = unet(
+            lat, 500, txt, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        ).sample
         loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad()
         loss.backward()

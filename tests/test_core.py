@@ -16,8 +16,15 @@ from earthgen.io import atomic_dir, atomic_path, write_geotiff
 
 def test_obb_corners_round_trip_and_area():
     rng = np.random.default_rng(0)
-    obb = np.column_stack([rng.uniform(0, 500, 50), rng.uniform(0, 500, 50), rng.uniform(2, 80, 50),
-                           rng.uniform(2, 80, 50), rng.uniform(-np.pi, np.pi - 1e-9, 50)])
+    obb = np.column_stack(
+        [
+            rng.uniform(0, 500, 50),
+            rng.uniform(0, 500, 50),
+            rng.uniform(2, 80, 50),
+            rng.uniform(2, 80, 50),
+            rng.uniform(-np.pi, np.pi - 1e-9, 50),
+        ]
+    )
     c = B.obb_to_corners(obb)
     back = B.corners_to_obb(c)
     np.testing.assert_allclose(back[:, :4], obb[:, :4], atol=1e-9)
@@ -34,8 +41,17 @@ def test_rotated_iou_against_shapely():
     import shapely
 
     rng = np.random.default_rng(1)
-    a = B.obb_to_corners(np.column_stack([rng.uniform(0, 40, 20), rng.uniform(0, 40, 20),
-                                          rng.uniform(5, 30, 20), rng.uniform(5, 30, 20), rng.uniform(-3, 3, 20)]))
+    a = B.obb_to_corners(
+        np.column_stack(
+            [
+                rng.uniform(0, 40, 20),
+                rng.uniform(0, 40, 20),
+                rng.uniform(5, 30, 20),
+                rng.uniform(5, 30, 20),
+                rng.uniform(-3, 3, 20),
+            ]
+        )
+    )
     iou = B.box_iou(a, a[::-1])
     for i in range(0, 20, 3):
         for j in range(0, 20, 4):
@@ -103,7 +119,9 @@ def test_geotiff_round_trip(tmp_path):
     write_geotiff(tmp_path / "x.tif", data, "EPSG:32616", tr, band_descriptions=["a", "b", "c"])
     with rasterio.open(tmp_path / "x.tif") as ds:
         np.testing.assert_array_equal(ds.read(), data)
-        assert ds.crs.to_epsg() == 32616 and ds.transform == tr and ds.descriptions == ("a", "b", "c")
+        assert (
+            ds.crs.to_epsg() == 32616 and ds.transform == tr and ds.descriptions == ("a", "b", "c")
+        )
 
 
 def test_cli_help_lists_commands(capsys):
@@ -119,14 +137,17 @@ def test_cli_help_lists_commands(capsys):
         assert e.value.code == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["world", "--gsd", "0", "--out", "X"], "must be a finite number > 0"),
-    (["world", "--gsd", "-1", "--out", "X"], "must be a finite number > 0"),
-    (["world", "--size", "100000", "--out", "X"], "too large"),
-    (["world", "--size", "12x", "--out", "X"], "not an integer"),
-    (["world", "--preset", "moon", "--out", "X"], "unknown world preset"),
-    (["world", "--origin", "1", "--out", "X"], "expected 2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["world", "--gsd", "0", "--out", "X"], "must be a finite number > 0"),
+        (["world", "--gsd", "-1", "--out", "X"], "must be a finite number > 0"),
+        (["world", "--size", "100000", "--out", "X"], "too large"),
+        (["world", "--size", "12x", "--out", "X"], "not an integer"),
+        (["world", "--preset", "moon", "--out", "X"], "unknown world preset"),
+        (["world", "--origin", "1", "--out", "X"], "expected 2"),
+    ],
+)
 def test_cli_bad_input_clear_message_no_traceback(tmp_path, argv, message):
     argv = [a if a != "X" else str(tmp_path / "out") for a in argv]
     r = subprocess.run([sys.executable, "-m", "earthgen", *argv], capture_output=True, text=True)
@@ -137,9 +158,42 @@ def test_cli_bad_input_clear_message_no_traceback(tmp_path, argv, message):
 
 
 def test_cli_world_writes_outputs(tmp_path):
-    assert main(["world", "--seed", "2", "--size", "96", "--gsd", "1", "--out", str(tmp_path / "w"),
-                 "--voxel-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "world",
+                "--seed",
+                "2",
+                "--size",
+                "96",
+                "--gsd",
+                "1",
+                "--out",
+                str(tmp_path / "w"),
+                "--voxel-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "w" / "rgb.png").exists() and (tmp_path / "w" / "voxels.ply").exists()
-    assert main(["world", "--seed", "2", "--size", "48", "--gsd", "1", "--tiles", "2x1", "--no-voxels",
-                 "--out", str(tmp_path / "t")]) == 0
+    assert (
+        main(
+            [
+                "world",
+                "--seed",
+                "2",
+                "--size",
+                "48",
+                "--gsd",
+                "1",
+                "--tiles",
+                "2x1",
+                "--no-voxels",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["tile_0_0", "tile_0_1"]

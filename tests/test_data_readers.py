@@ -47,13 +47,19 @@ def fixture(rel: str) -> Path:
 
 def rotated_boxes() -> BoxSet:
     """Three rotated boxes (corner order starting anywhere) and one axis-aligned box, px."""
-    obb = np.array([[200.0, 150.0, 80.0, 30.0, 0.4], [60.5, 300.25, 40.0, 12.0, -1.1],
-                    [500.0, 400.0, 33.3, 70.0, 2.5]])
+    obb = np.array(
+        [
+            [200.0, 150.0, 80.0, 30.0, 0.4],
+            [60.5, 300.25, 40.0, 12.0, -1.1],
+            [500.0, 400.0, 33.3, 70.0, 2.5],
+        ]
+    )
     c = obb_to_corners(obb)
     c[1] = np.roll(c[1], 2, axis=0)  # start at another corner: order must survive
     c = np.concatenate([c, [[[10, 20], [90, 20], [90, 60], [10, 60]]]])
-    return BoxSet(c, ["plane", "ship", "plane", "harbor"],
-                  difficult=np.array([False, True, False, False]))
+    return BoxSet(
+        c, ["plane", "ship", "plane", "harbor"], difficult=np.array([False, True, False, False])
+    )
 
 
 def assert_same_boxes(a: BoxSet, b: BoxSet, rtol: float = 0.0, atol: float = 0.0) -> None:
@@ -83,10 +89,19 @@ def test_rsicd_jsonl_excerpt():
 
 def test_caption_field_variants_and_units(tmp_path):
     lines = [
-        {"image": "a.png", "text": "a harbour", "resolution": "50 cm", "latitude": 48.1,
-         "lng": 11.5, "source": "x"},
-        {"image_path": "b.png", "sentences": [{"raw": "a field ", "tokens": ["a"]}, {"raw": "  "},
-                                              {"raw": "farmland"}], "gsd": 0.3},
+        {
+            "image": "a.png",
+            "text": "a harbour",
+            "resolution": "50 cm",
+            "latitude": 48.1,
+            "lng": 11.5,
+            "source": "x",
+        },
+        {
+            "image_path": "b.png",
+            "sentences": [{"raw": "a field ", "tokens": ["a"]}, {"raw": "  "}, {"raw": "farmland"}],
+            "gsd": 0.3,
+        },
         {"filename": "c.png", "caption": "roads", "gsd": "2m/px"},
     ]
     p = tmp_path / "caps.jsonl"
@@ -114,19 +129,38 @@ def test_caption_folder_json_csv_parquet(tmp_path):
     assert recs[1].load_image().shape == (4, 4, 3)
 
     kp = tmp_path / "dataset_rsicd.json"  # Karpathy split file
-    kp.write_text(json.dumps({"images": [{"filename": "airport_1.jpg", "imgid": 0, "split": "val",
-                                          "sentences": [{"raw": "many planes ."}]}]}))
+    kp.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {
+                        "filename": "airport_1.jpg",
+                        "imgid": 0,
+                        "split": "val",
+                        "sentences": [{"raw": "many planes ."}],
+                    }
+                ]
+            }
+        )
+    )
     (rec,) = read_caption_json(kp)
     assert rec.captions == ["many planes ."] and rec.metadata["split"] == "val"
 
     cp = tmp_path / "caps.csv"
-    cp.write_text("file_name,caption,gsd\nx.png,a port,0.6\ny.png,\"a, b\",\n")
+    cp.write_text('file_name,caption,gsd\nx.png,a port,0.6\ny.png,"a, b",\n')
     recs = read_caption_csv(cp)
     assert [r.captions for r in recs] == [["a port"], ["a, b"]] and recs[1].gsd is None
 
     png = (folder / "t2.png").read_bytes()
-    table = pa.table({"image": [{"bytes": png, "path": "t2.png"}],
-                      "text": ["dense houses"], "resolution": [0.8], "lat": [1.0], "lon": [2.0]})
+    table = pa.table(
+        {
+            "image": [{"bytes": png, "path": "t2.png"}],
+            "text": ["dense houses"],
+            "resolution": [0.8],
+            "lat": [1.0],
+            "lon": [2.0],
+        }
+    )
     pq.write_table(table, tmp_path / "git.parquet")
     (rec,) = read_caption_parquet(tmp_path / "git.parquet")
     assert rec.caption == "dense houses" and rec.gsd == 0.8 and (rec.lat, rec.lon) == (1.0, 2.0)
@@ -165,8 +199,9 @@ def test_dota_sample_and_round_trip(tmp_path):
     assert len(b) == 4 and b.labels[:2] == ["plane", "small-vehicle"]
     assert b.extra == {"imagesource": "GoogleEarth", "gsd": 0.146343590398}
     np.testing.assert_array_equal(b.difficult, [False, True, False, False])
-    np.testing.assert_array_equal(b.corners[1], [[120.5, 40], [160.5, 60], [140.5, 100],
-                                                 [100.5, 80]])
+    np.testing.assert_array_equal(
+        b.corners[1], [[120.5, 40], [160.5, 60], [140.5, 100], [100.5, 80]]
+    )
     out = write_dota_file(tmp_path / "P0001.txt", b)
     assert out.read_text() == src.read_text()  # byte-identical for this canonical file
     b2 = read_dota_file(out)
@@ -183,11 +218,14 @@ def test_dota_sample_and_round_trip(tmp_path):
     assert_same_boxes(r2, r3)
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("1 2 3 4 5 6", "expected 10 fields (8 coordinates, class, difficult), got 6"),
-    ("1 2 3 4 x 6 7 8 car 0", "coordinate 5 is not a number: 'x'"),
-    ("1 2 3 4 5 6 7 8 car yes", "difficult flag must be 0 or 1, got 'yes'"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("1 2 3 4 5 6", "expected 10 fields (8 coordinates, class, difficult), got 6"),
+        ("1 2 3 4 x 6 7 8 car 0", "coordinate 5 is not a number: 'x'"),
+        ("1 2 3 4 5 6 7 8 car yes", "difficult flag must be 0 or 1, got 'yes'"),
+    ],
+)
 def test_dota_malformed_names_file_and_line(tmp_path, line, reason):
     lines = (SAMPLES / "dota" / "labelTxt" / "P0001.txt").read_text().splitlines()
     lines.insert(6, line)
@@ -211,9 +249,14 @@ def test_dota_label_with_space_refused(tmp_path):
 
 def test_yolo_hbb_and_obb_round_trip(tmp_path):
     size = (640, 512)
-    hbb = BoxSet([[[10, 20], [90, 20], [90, 60], [10, 60]],
-                  [[100.5, 200.25], [300, 200.25], [300, 260], [100.5, 260]]], ["car", "ship"],
-                 rotated=False)
+    hbb = BoxSet(
+        [
+            [[10, 20], [90, 20], [90, 60], [10, 60]],
+            [[100.5, 200.25], [300, 200.25], [300, 260], [100.5, 260]],
+        ],
+        ["car", "ship"],
+        rotated=False,
+    )
     names = write_yolo_file(tmp_path / "h.txt", hbb, size)
     assert names == ["car", "ship"]
     assert (tmp_path / "h.txt").read_text().splitlines()[0].split()[0] == "0"
@@ -231,8 +274,9 @@ def test_yolo_hbb_and_obb_round_trip(tmp_path):
 
     with pytest.warns(UserWarning, match="enclosing horizontal"):
         write_yolo_file(tmp_path / "lossy.txt", r, size, names)
-    np.testing.assert_allclose(read_yolo_file(tmp_path / "lossy.txt", size, names).hbb, r.hbb,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        read_yolo_file(tmp_path / "lossy.txt", size, names).hbb, r.hbb, atol=1e-9
+    )
 
 
 def test_yolo_real_solaris_labels():
@@ -241,8 +285,9 @@ def test_yolo_real_solaris_labels():
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     assert len(b) == len(rows) == 43 and set(b.labels) == {"0"}
     cx, cy, w, h = np.array([[float(v) for v in r[1:]] for r in rows]).T * 900
-    np.testing.assert_allclose(b.hbb, np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        b.hbb, np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), atol=1e-9
+    )
     assert (b.hbb >= -1e-6).all() and (b.hbb <= 900 + 1e-6).all()
 
 
@@ -267,16 +312,34 @@ def test_yolo_malformed(tmp_path):
 
 def coco_dict() -> dict:
     return {
-        "images": [{"id": 7, "file_name": "a.png", "width": 640, "height": 480},
-                   {"id": 9, "file_name": "b.png", "width": 300, "height": 200},
-                   {"id": 11, "file_name": "empty.png", "width": 64, "height": 64}],
+        "images": [
+            {"id": 7, "file_name": "a.png", "width": 640, "height": 480},
+            {"id": 9, "file_name": "b.png", "width": 300, "height": 200},
+            {"id": 11, "file_name": "empty.png", "width": 64, "height": 64},
+        ],
         "annotations": [
-            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [10.5, 20.25, 30.125, 40.0],
-             "area": 1205.0, "iscrowd": 0},
-            {"id": 2, "image_id": 7, "category_id": 5, "bbox": [100, 50, 0.333, 17.7],
-             "iscrowd": 1},
-            {"id": 3, "image_id": 9, "category_id": 3, "bbox": [1e-3, 2.5, 299.999, 197.5],
-             "segmentation": {"counts": "xyz", "size": [200, 300]}},
+            {
+                "id": 1,
+                "image_id": 7,
+                "category_id": 3,
+                "bbox": [10.5, 20.25, 30.125, 40.0],
+                "area": 1205.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 7,
+                "category_id": 5,
+                "bbox": [100, 50, 0.333, 17.7],
+                "iscrowd": 1,
+            },
+            {
+                "id": 3,
+                "image_id": 9,
+                "category_id": 3,
+                "bbox": [1e-3, 2.5, 299.999, 197.5],
+                "segmentation": {"counts": "xyz", "size": [200, 300]},
+            },
         ],
         "categories": [{"id": 3, "name": "car"}, {"id": 5, "name": "storage-tank"}],
     }
@@ -331,15 +394,19 @@ def test_coco_to_yolo_to_coco_agree(tmp_path):
     for it in items:
         lab = tmp_path / "yolo" / "labels" / f"{it.image.stem}.txt"
         classes = (tmp_path / "yolo" / "classes.txt").read_text().split()
-        back_items.append(DetectionItem(it.image, sizes[it.image.stem],
-                                        read_yolo_file(lab, sizes[it.image.stem], classes)))
+        back_items.append(
+            DetectionItem(
+                it.image, sizes[it.image.stem], read_yolo_file(lab, sizes[it.image.stem], classes)
+            )
+        )
     write_coco(tmp_path / "again.json", back_items)
     orig = json.loads(src.read_text())["annotations"]
     again = json.loads((tmp_path / "again.json").read_text())["annotations"]
     assert len(orig) == len(again)
     names = {3: "car", 5: "storage-tank"}
-    cats = {c["id"]: c["name"] for c in json.loads((tmp_path / "again.json").read_text())
-            ["categories"]}
+    cats = {
+        c["id"]: c["name"] for c in json.loads((tmp_path / "again.json").read_text())["categories"]
+    }
     for o, g in zip(orig, again, strict=True):
         np.testing.assert_allclose(g["bbox"], o["bbox"], rtol=1e-6, atol=1e-9)
         assert cats[g["category_id"]] == names[o["category_id"]]
@@ -460,8 +527,10 @@ def test_detection_dataset_errors(tmp_path):
         read_detection_dataset(tmp_path / "y")
     (b,) = read_detection_dataset(tmp_path / "y", image_size=(200, 100))
     np.testing.assert_allclose(b.boxes.hbb, [[90, 45, 110, 55]])
-    items = [DetectionItem(tmp_path / "a" / "x.png", (10, 10), BoxSet(np.zeros((0, 4, 2)), [])),
-             DetectionItem(tmp_path / "b" / "x.png", (10, 10), BoxSet(np.zeros((0, 4, 2)), []))]
+    items = [
+        DetectionItem(tmp_path / "a" / "x.png", (10, 10), BoxSet(np.zeros((0, 4, 2)), [])),
+        DetectionItem(tmp_path / "b" / "x.png", (10, 10), BoxSet(np.zeros((0, 4, 2)), [])),
+    ]
     with pytest.raises(UserInputError, match="share the name"):
         write_detection_dataset(items, tmp_path / "o", "dota")
 
@@ -504,8 +573,10 @@ def test_voc_and_csv_malformed(tmp_path):
     p.write_text("<annotation>\n<object><name>x</name>\n</annotation>\n")
     with pytest.raises(UserInputError, match=r"a\.xml:3: invalid XML"):
         read_voc_file(p)
-    p.write_text("<annotation><object><name>x</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
-                 "<xmax>5</xmax></bndbox></object></annotation>")
+    p.write_text(
+        "<annotation><object><name>x</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
+        "<xmax>5</xmax></bndbox></object></annotation>"
+    )
     with pytest.raises(UserInputError, match=r"object 1 \('x'\): missing <bndbox>/<ymax>"):
         read_voc_file(p)
     c = tmp_path / "b.csv"
@@ -522,8 +593,7 @@ def test_voc_and_csv_malformed(tmp_path):
 
 def test_mask_folder_palette_vs_rgb(tmp_path):
     rng = np.random.default_rng(0)
-    ids = {f"t{i}": rng.integers(0, len(PALETTE), size=(24, 32)).astype(np.uint8)
-           for i in range(3)}
+    ids = {f"t{i}": rng.integers(0, len(PALETTE), size=(24, 32)).astype(np.uint8) for i in range(3)}
     for kind in ("pal", "rgb", "grey"):
         make_images(tmp_path / kind / "images", {k: (32, 24) for k in ids})
         for k, m in ids.items():
@@ -534,8 +604,10 @@ def test_mask_folder_palette_vs_rgb(tmp_path):
                 write_png(dest, PALETTE[m])
             else:
                 write_png(dest, m)
-    maps = {kind: [s.read() for s in read_mask_folder(tmp_path / kind)]
-            for kind in ("pal", "rgb", "grey")}
+    maps = {
+        kind: [s.read() for s in read_mask_folder(tmp_path / kind)]
+        for kind in ("pal", "rgb", "grey")
+    }
     for kind in ("rgb", "grey"):
         for a, b in zip(maps["pal"], maps[kind], strict=True):
             np.testing.assert_array_equal(a, b)
@@ -548,8 +620,11 @@ def test_mask_errors(tmp_path):
     rgb = PALETTE[np.zeros((8, 8), np.uint8)].copy()
     rgb[3, 5] = (1, 2, 3)
     write_png(tmp_path / "m.png", rgb)
-    with pytest.raises(UserInputError, match=r"m\.png: 1 pixels have colours not in the palette.*"
-                                             r"\(1, 2, 3\) x1 \(first at row 3, col 5\)"):
+    with pytest.raises(
+        UserInputError,
+        match=r"m\.png: 1 pixels have colours not in the palette.*"
+        r"\(1, 2, 3\) x1 \(first at row 3, col 5\)",
+    ):
         read_mask(tmp_path / "m.png")
     ids = np.zeros((8, 8), np.uint8)
     ids[2, 2] = 255
@@ -602,8 +677,10 @@ def test_geotiff_uint16_pan_and_neon():
     assert (img.rgb[..., 0] == img.rgb[..., 1]).all() and (img.rgb[..., 1] == img.rgb[..., 2]).all()
     assert img.rgb.std() > 30 and valid_percentiles(img)[2, 0] == 255
     assert img.crs.to_epsg() == 32616
-    for name, gsd in (("detection/OSBS_029.tif", 0.1),
-                      ("detection/2018_SJER_3_252000_4107000_image_477.tif", 0.1)):
+    for name, gsd in (
+        ("detection/OSBS_029.tif", 0.1),
+        ("detection/2018_SJER_3_252000_4107000_image_477.tif", 0.1),
+    ):
         img = read_geotiff(fixture(name))
         assert img.rgb.shape == (400, 400, 3) and img.gsd == pytest.approx(gsd, rel=2e-3)
         assert img.valid.mean() > 0.99 and img.rgb.mean() > 50
@@ -616,8 +693,9 @@ def test_geotiff_multispectral_and_nodata(tmp_path):
     data[:, 20, :3] = 65000  # 3 hot pixels (< 2 %): clipped to 255, not stretching the rest
     from affine import Affine
 
-    path = write_geotiff(tmp_path / "ms.tif", data, 32633, Affine(10, 0, 500000, 0, -10, 6e6),
-                         nodata=0)
+    path = write_geotiff(
+        tmp_path / "ms.tif", data, 32633, Affine(10, 0, 500000, 0, -10, 6e6), nodata=0
+    )
     with pytest.raises(UserInputError, match=r"6 bands.*bands=\(4, 3, 2\)"):
         read_geotiff(path)
     with pytest.raises(UserInputError, match=r"band\(s\) \[7\] out of range"):

@@ -35,9 +35,13 @@ FULL = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Dubai mask colours (SOURCES.md table) -> expected earthgen class.
 DUBAI_RGB_TO_CLASS = {
-    (60, 16, 152): CLASS_ID["building"], (132, 41, 246): CLASS_ID["bare"],
-    (110, 193, 228): CLASS_ID["road_minor"], (254, 221, 58): CLASS_ID["grass"],
-    (226, 169, 41): CLASS_ID["water"], (155, 155, 155): IGNORE, (0, 0, 0): IGNORE,
+    (60, 16, 152): CLASS_ID["building"],
+    (132, 41, 246): CLASS_ID["bare"],
+    (110, 193, 228): CLASS_ID["road_minor"],
+    (254, 221, 58): CLASS_ID["grass"],
+    (226, 169, 41): CLASS_ID["water"],
+    (155, 155, 155): IGNORE,
+    (0, 0, 0): IGNORE,
 }
 
 
@@ -105,8 +109,9 @@ def test_excerpt_sets():
     (sn,) = read_set("spacenet", root=EXCERPT)
     keep = 300 - SPACENET_WATERMARK_ROWS
     assert sn.image.shape == (keep, 192, 3) and sn.semantic.shape == (keep, 192)
-    mask = np.asarray(Image.open(EXCERPT / "spacenet_vegas_road_sample"
-                                 / "AOI_2_Vegas_img0_road_mask.png"))[:keep]
+    mask = np.asarray(
+        Image.open(EXCERPT / "spacenet_vegas_road_sample" / "AOI_2_Vegas_img0_road_mask.png")
+    )[:keep]
     expect = np.where(mask == 255, CLASS_ID["road_minor"], IGNORE)
     assert np.array_equal(sn.semantic, expect) and (mask == 255).any()
     assert sn.caption == "a satellite image of a city with roads" and sn.gsd == 0.3
@@ -120,8 +125,11 @@ def test_excerpt_sets():
 def test_dubai_mask_pixel_exact_against_colour_table():
     (s,) = read_set("dubai", root=EXCERPT)
     assert s.name == "dubai/tile_3/image_part_006" and s.source == "dubai" and s.label is None
-    rgb = np.asarray(Image.open(EXCERPT / "dubai_aerial_seg" / "tile_3" / "masks"
-                                / "image_part_006.png").convert("RGB"))
+    rgb = np.asarray(
+        Image.open(
+            EXCERPT / "dubai_aerial_seg" / "tile_3" / "masks" / "image_part_006.png"
+        ).convert("RGB")
+    )
     expect = np.full(rgb.shape[:2], 77, np.uint8)
     for colour, cid in DUBAI_RGB_TO_CLASS.items():
         expect[np.all(rgb == colour, axis=-1)] = cid
@@ -180,11 +188,12 @@ def test_gsd_resampling_scales_size():
         a = random_crop(s, 16, np.random.default_rng(seed), gsd=0.6)
         r = np.random.default_rng(seed)
         y, x = int(r.integers(0, 32 - 16 + 1)), int(r.integers(0, 48 - 16 + 1))
-        assert np.array_equal(a.image, half.image[y:y + 16, x:x + 16])
-        assert np.array_equal(a.semantic, half.semantic[y:y + 16, x:x + 16])
+        assert np.array_equal(a.image, half.image[y : y + 16, x : x + 16])
+        assert np.array_equal(a.semantic, half.semantic[y : y + 16, x : x + 16])
     # a uniform field stays uniform and labels are carried by nearest neighbour
-    flat = Sample(np.full((40, 40, 3), 90, np.uint8), "", np.full((40, 40), 8, np.uint8), 1.0,
-                  "world", "flat")
+    flat = Sample(
+        np.full((40, 40, 3), 90, np.uint8), "", np.full((40, 40), 8, np.uint8), 1.0, "world", "flat"
+    )
     up = random_crop(flat, 100, np.random.default_rng(0), gsd=0.25)
     assert (up.image == 90).all() and (up.semantic == 8).all()
 
@@ -212,8 +221,12 @@ def test_mixed_upsamples_small_images():
 
 
 def test_mixed_is_deterministic_with_seeded_rng():
-    mix = MixedDataset({"ucmerced": 1, "spacenet": 1, "dubai": 1, "world": 1}, root=EXCERPT,
-                       resolution=64, world_gsd=(0.5, 1.0))
+    mix = MixedDataset(
+        {"ucmerced": 1, "spacenet": 1, "dubai": 1, "world": 1},
+        root=EXCERPT,
+        resolution=64,
+        world_gsd=(0.5, 1.0),
+    )
     a = [mix.sample(np.random.default_rng(7)) for _ in range(2)]
     r1, r2 = np.random.default_rng(11), np.random.default_rng(11)
     seq1 = [mix.sample(r1) for _ in range(12)]

@@ -47,6 +47,29 @@ def test_eval_image_end_to_end(tmp_path, evaluator):
     # the evaluator reads real tiles much better than an untrained generator's noise
     assert m["real_miou"] > 0.3 and m["real_miou"] > m["control_miou"]
     pipe.save_pretrained(tmp_path / "pipe")
-    assert main(["eval", "image", "--model", str(tmp_path / "pipe"), "--evaluator", str(evaluator[0]),
-                 "--n", "2", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "m.json")]) == 0
-    assert set(json.loads((tmp_path / "m.json").read_text())) >= {"control_miou", "cls_oa", "fid_tilenet"}
+    assert (
+        main(
+            [
+                "eval",
+                "image",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--evaluator",
+                str(evaluator[0]),
+                "--n",
+                "2",
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    assert set(json.loads((tmp_path / "m.json").read_text())) >= {
+        "control_miou",
+        "cls_oa",
+        "fid_tilenet",
+    }

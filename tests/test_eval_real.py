@@ -47,9 +47,21 @@ def osm(tmp_path_factory):
 
 
 def _run(pipe, osm, seed=0):
-    return evaluate_real(pipe, n_per_class=1, steps=2, size=64, classes=("beach", "forest"),
-                         dubai_per_image=1, seed=seed, root=REAL, test_split="all",
-                         train_split="all", osm_layouts=osm, progress=False, batch_size=1)
+    return evaluate_real(
+        pipe,
+        n_per_class=1,
+        steps=2,
+        size=64,
+        classes=("beach", "forest"),
+        dubai_per_image=1,
+        seed=seed,
+        root=REAL,
+        test_split="all",
+        train_split="all",
+        osm_layouts=osm,
+        progress=False,
+        batch_size=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +71,27 @@ def result(pipe, osm):
 
 def test_evaluate_real_keys_ranges_and_ceilings(result, osm):
     r = result
-    assert {"model", "realnet", "settings", "counts", "class_accuracy", "class_accuracy_ceiling",
-            "class_target", "class_target_met", "per_class_accuracy", "fid_realnet",
-            "fid_realnet_ceiling", "kid_realnet", "kid_realnet_ceiling", "layout_dubai",
-            "layout_miou", "layout_miou_ceiling", "layout_target", "layout_target_met",
-            "ceiling"} <= set(r)
+    assert {
+        "model",
+        "realnet",
+        "settings",
+        "counts",
+        "class_accuracy",
+        "class_accuracy_ceiling",
+        "class_target",
+        "class_target_met",
+        "per_class_accuracy",
+        "fid_realnet",
+        "fid_realnet_ceiling",
+        "kid_realnet",
+        "kid_realnet_ceiling",
+        "layout_dubai",
+        "layout_miou",
+        "layout_miou_ceiling",
+        "layout_target",
+        "layout_target_met",
+        "ceiling",
+    } <= set(r)
     assert r["counts"]["class_images"] == 2 and r["counts"]["dubai_layouts"] == 1
     assert r["settings"]["size"] == 64 and r["settings"]["steps"] == 2
     assert 0 <= r["class_accuracy"] <= 1 and 0 <= r["class_accuracy_ceiling"] <= 1
@@ -86,8 +114,9 @@ def test_evaluate_real_keys_ranges_and_ceilings(result, osm):
 def test_evaluate_real_is_deterministic(pipe, osm, result):
     again = _run(pipe, osm)
     strip = ("seconds",)
-    assert {k: v for k, v in again.items() if k not in strip} == \
-        {k: v for k, v in result.items() if k not in strip}
+    assert {k: v for k, v in again.items() if k not in strip} == {
+        k: v for k, v in result.items() if k not in strip
+    }
 
 
 def test_layout_target():
@@ -95,9 +124,16 @@ def test_layout_target():
     assert layout_target(0.5) == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("flags", [["--n-per-class", "0"], ["--strength", "2"],
-                                   ["--guidance", "nan"], ["--steps", "-1"],
-                                   ["--osm", "/nonexistent"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--n-per-class", "0"],
+        ["--strength", "2"],
+        ["--guidance", "nan"],
+        ["--steps", "-1"],
+        ["--osm", "/nonexistent"],
+    ],
+)
 def test_cli_bad_args_fail_before_loading(flags, capsys, monkeypatch):
     import earthgen.commands.eval_image as ev
 

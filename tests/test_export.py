@@ -241,9 +241,13 @@ def test_heightfield_on_real_dems():
 
 def _splats(n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, generator=g) * 10, torch.randn(n, 4, generator=g),
-            torch.exp(torch.randn(n, 2, generator=g) - 1), torch.rand(n, generator=g) * 0.98 + 0.01,
-            torch.rand(n, 3, generator=g))
+    return (
+        torch.randn(n, 3, generator=g) * 10,
+        torch.randn(n, 4, generator=g),
+        torch.exp(torch.randn(n, 2, generator=g) - 1),
+        torch.rand(n, generator=g) * 0.98 + 0.01,
+        torch.rand(n, 3, generator=g),
+    )
 
 
 def test_gaussian_ply_surfels_round_trip(tmp_path):
@@ -254,8 +258,25 @@ def test_gaussian_ply_surfels_round_trip(tmp_path):
     assert lines[:2] == ["ply", "format binary_little_endian 1.0"]
     assert f"element vertex {len(means)}" in lines
     assert all(ln.startswith("property float ") for ln in lines if ln.startswith("property"))
-    assert names == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
-                     "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert names == [
+        "x",
+        "y",
+        "z",
+        "nx",
+        "ny",
+        "nz",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     assert body.shape == (257, 17)
     # stored values: pre-activation
     q = torch.nn.functional.normalize(quats, dim=1)
@@ -281,9 +302,17 @@ def test_gaussian_ply_surfels_round_trip(tmp_path):
 
 def _quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     w, x, y, z = q.unbind(-1)
-    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
+    rows = [
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    ]
     return torch.stack(rows, -1).view(-1, 3, 3)
 
 
@@ -292,8 +321,9 @@ def test_gaussian_ply_sh_round_trip_numpy(tmp_path):
     rng = np.random.default_rng(0)
     scales = np.exp(rng.normal(size=(64, 3)) - 2)
     sh = rng.normal(size=(64, 16, 3)).astype(np.float32)
-    path = save_gaussians_ply(tmp_path / "g.ply", means.numpy(), quats.numpy(), scales,
-                              opac.numpy(), sh=sh)
+    path = save_gaussians_ply(
+        tmp_path / "g.ply", means.numpy(), quats.numpy(), scales, opac.numpy(), sh=sh
+    )
     lines, body = _read_ply(path)
     names = [ln.split()[2] for ln in lines if ln.startswith("property")]
     assert names[9:54] == [f"f_rest_{i}" for i in range(45)] and names[54] == "opacity"
@@ -309,13 +339,29 @@ def test_gaussian_ply_sh_round_trip_numpy(tmp_path):
 
 def test_gaussian_ply_reads_two_scale_2dgs_files(tmp_path):
     n = 5
-    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
-             "rot_0", "rot_1", "rot_2", "rot_3"]
+    names = [
+        "x",
+        "y",
+        "z",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     body = np.zeros((n, len(names)), dtype="<f4")
     body[:, 7:9] = np.log(0.5)
     body[:, 9] = 2.0  # unnormalised quaternion, as trainers store it
-    header = "ply\nformat binary_little_endian 1.0\nelement vertex 5\n" + \
-        "".join(f"property float {nm}\n" for nm in names) + "end_header\n"
+    header = (
+        "ply\nformat binary_little_endian 1.0\nelement vertex 5\n"
+        + "".join(f"property float {nm}\n" for nm in names)
+        + "end_header\n"
+    )
     (tmp_path / "t.ply").write_bytes(header.encode() + body.tobytes())
     out = load_gaussians_ply(tmp_path / "t.ply")
     torch.testing.assert_close(out["scales"], torch.full((n, 2), 0.5))
@@ -441,16 +487,23 @@ def test_point_cloud_readable_by_trimesh(tmp_path):
     pc = trimesh.load(save_point_cloud(tmp_path / "d.ply", utm, double=True))
     np.testing.assert_array_equal(pc.vertices, utm)
 
-    for bad in (dict(points=np.full((2, 3), np.nan)), dict(fields={"x": np.zeros(100)}),
-                dict(fields={"semantic": np.zeros(7)}), dict(colors=np.zeros((100, 4)))):
+    for bad in (
+        dict(points=np.full((2, 3), np.nan)),
+        dict(fields={"x": np.zeros(100)}),
+        dict(fields={"semantic": np.zeros(7)}),
+        dict(colors=np.zeros((100, 4))),
+    ):
         with pytest.raises(UserInputError):
             save_point_cloud(tmp_path / "bad.ply", **{"points": pts, **bad})
 
 
 def test_voxel_grid_mesh_and_exports_end_to_end(tmp_path):
-    grid = VoxelGrid(np.array([[0, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=np.int32),
-                     np.array([1, 2, 3], dtype=np.uint8),
-                     np.array([[10, 20, 30]] * 3, dtype=np.uint8), 2.0)
+    grid = VoxelGrid(
+        np.array([[0, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=np.int32),
+        np.array([1, 2, 3], dtype=np.uint8),
+        np.array([[10, 20, 30]] * 3, dtype=np.uint8),
+        2.0,
+    )
     v, f, c = voxel_grid_to_mesh(grid)
     m = _load_single(save_mesh(tmp_path / "g.glb", v, f, c))
     assert m.volume == pytest.approx(3 * 8.0)
@@ -462,9 +515,12 @@ def test_voxel_grid_mesh_and_exports_end_to_end(tmp_path):
 
 
 def test_import_is_quiet_and_lazy():
-    code = ("import sys, renderers.export, renderers.mesh, renderers.metrics; "
-            "assert 'trimesh' not in sys.modules and 'open3d' not in sys.modules")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import sys, renderers.export, renderers.mesh, renderers.metrics; "
+        "assert 'trimesh' not in sys.modules and 'open3d' not in sys.modules"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and r.stderr == ""

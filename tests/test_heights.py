@@ -45,20 +45,27 @@ def alexandria_root() -> Path:
 
 def test_height_tag_wins_over_levels_and_default():
     assert H.building_height({"building": "house", "height": "12", "building:levels": "2"}) == (
-        12.0, 0.0, "height")
+        12.0,
+        0.0,
+        "height",
+    )
     assert H.building_height({"building": "house", "building:levels": "4"}) == (12.0, 0.0, "levels")
     top, base, src = H.building_height({"building": "apartments"})
     assert (top, base, src) == (H.DEFAULT_HEIGHTS_M["apartments"], 0.0, "default")
     # units and unparsable values
     assert H.building_height({"building": "yes", "height": "40 ft"})[0] == pytest.approx(12.192)
     assert H.building_height({"building": "yes", "height": "tall", "building:levels": "3"})[2] == (
-        "levels")
+        "levels"
+    )
     # unknown types and a missing type use the 'yes' default
     assert H.building_height({"building": "spaceport"})[0] == H.DEFAULT_HEIGHTS_M["yes"]
     assert H.building_height({})[0] == H.DEFAULT_HEIGHTS_M["yes"]
     # ignore_tags: the untagged baseline
     assert H.building_height({"building": "house", "height": "30"}, ignore_tags=True) == (
-        H.DEFAULT_HEIGHTS_M["house"], 0.0, "default")
+        H.DEFAULT_HEIGHTS_M["house"],
+        0.0,
+        "default",
+    )
 
 
 def test_parsed_osm_props_keep_the_source():
@@ -72,22 +79,48 @@ def test_parsed_osm_props_keep_the_source():
 
 def test_min_height_and_min_level():
     assert H.building_height({"building": "yes", "height": "20", "min_height": "8"}) == (
-        20.0, 8.0, "height")
-    assert H.building_height({"building": "yes", "building:levels": "6",
-                              "building:min_level": "2"}) == (18.0, 6.0, "levels")
+        20.0,
+        8.0,
+        "height",
+    )
+    assert H.building_height(
+        {"building": "yes", "building:levels": "6", "building:min_level": "2"}
+    ) == (18.0, 6.0, "levels")
     _, p = classify_area({"building": "roof", "min_height": "4.5"})
     top, base, src = H.building_height(p)
     assert base == 4.5 and top > base and src == "default"  # default raised above the base
     # a base at or above a tagged top is dropped: the height tag is trusted
     assert H.building_height({"building": "yes", "height": "5", "min_height": "9"}) == (
-        5.0, 0.0, "height")
+        5.0,
+        0.0,
+        "height",
+    )
 
 
 def test_default_table_is_sane():
-    for kind in ("house", "detached", "semidetached_house", "terrace", "residential", "apartments",
-                 "commercial", "retail", "office", "industrial", "warehouse", "church",
-                 "cathedral", "school", "hospital", "garage", "garages", "shed", "hut", "roof",
-                 "yes"):
+    for kind in (
+        "house",
+        "detached",
+        "semidetached_house",
+        "terrace",
+        "residential",
+        "apartments",
+        "commercial",
+        "retail",
+        "office",
+        "industrial",
+        "warehouse",
+        "church",
+        "cathedral",
+        "school",
+        "hospital",
+        "garage",
+        "garages",
+        "shed",
+        "hut",
+        "roof",
+        "yes",
+    ):
         assert 2.0 <= H.DEFAULT_HEIGHTS_M[kind] <= 40.0, kind
     d = H.DEFAULT_HEIGHTS_M
     assert d["shed"] < d["house"] < d["apartments"] < d["cathedral"]
@@ -104,10 +137,16 @@ def _grid(w: int = 40, h: int = 30, gsd: float = 1.0) -> Grid:
 def test_overlap_taller_wins_and_untagged_class_pixels():
     g = _grid()
     x0, y0 = 500000.0, 6700000.0
-    low = Feature(shapely.box(x0 + 2, y0 + 2, x0 + 20, y0 + 20), "building",
-                  {"kind": "yes", "height": 9.0, "height_source": "height"})
-    tall = Feature(shapely.box(x0 + 10, y0 + 10, x0 + 30, y0 + 28), "building",
-                   {"kind": "yes", "levels": 8.0, "height": 24.0, "height_source": "levels"})
+    low = Feature(
+        shapely.box(x0 + 2, y0 + 2, x0 + 20, y0 + 20),
+        "building",
+        {"kind": "yes", "height": 9.0, "height_source": "height"},
+    )
+    tall = Feature(
+        shapely.box(x0 + 10, y0 + 10, x0 + 30, y0 + 28),
+        "building",
+        {"kind": "yes", "levels": 8.0, "height": 24.0, "height_source": "levels"},
+    )
     road = Feature(shapely.LineString([(x0, y0 + 25), (x0 + 40, y0 + 25)]), "road_minor", {})
     lay = layout_from_features([low, tall, road], g)
     hm = H.height_map(lay)
@@ -202,7 +241,7 @@ def test_read_dem_reprojects_srtm_ascii_grid():
     c0 = np.floor(fc - 0.5).astype(int)
     r0 = np.floor(fr - 0.5).astype(int)
     for i in range(len(rows)):
-        cell = a[r0[i]:r0[i] + 2, c0[i]:c0[i] + 2]
+        cell = a[r0[i] : r0[i] + 2, c0[i] : c0[i] + 2]
         assert cell.min() - 0.01 <= z[rows[i], cols[i]] <= cell.max() + 0.01
 
 
@@ -250,16 +289,36 @@ def test_read_dem_voids(tmp_path):
     tif = tmp_path / "hole.tif"
     dcrs = CRS.from_epsg(32633)
     dt = Affine(10.0, 0, 400000.0, 0, -10.0, 5000400.0)
-    with rasterio.open(tif, "w", driver="GTiff", width=40, height=40, count=1, dtype="float32",
-                       crs=dcrs, transform=dt, nodata=-9999.0) as ds:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=40,
+        count=1,
+        dtype="float32",
+        crs=dcrs,
+        transform=dt,
+        nodata=-9999.0,
+    ) as ds:
         ds.write(dem, 1)
     z = H.read_dem(tif, dcrs, dt, (40, 40), resampling="nearest")
     assert np.isfinite(z).all()
     ref = 100.0 + 0.5 * xx + 0.25 * yy
     assert np.abs(z - ref)[18:21, 18:21].max() < 2.0 and np.array_equal(z[:10], ref[:10])
     dem[5:35, 5:35] = -9999.0  # 30 x 30: too large
-    with rasterio.open(tif, "w", driver="GTiff", width=40, height=40, count=1, dtype="float32",
-                       crs=dcrs, transform=dt, nodata=-9999.0) as ds:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=40,
+        count=1,
+        dtype="float32",
+        crs=dcrs,
+        transform=dt,
+        nodata=-9999.0,
+    ) as ds:
         ds.write(dem, 1)
     with pytest.raises(UserInputError, match=r"hole.tif: the DEM has voids .* over 56\.2%"):
         H.read_dem(tif, dcrs, dt, (40, 40))
@@ -293,7 +352,9 @@ def test_read_alexandria_excerpt_and_regrid():
     a = H.read_alexandria(ALEX_EXCERPT)
     assert a["dsm"].shape == (64, 64) and a["gsd"] == 2.0 and len(a["features"]) == 30
     fp = a["footprints"]
-    assert 0.1 < fp.mean() < 0.5 and np.nanmedian(a["ndsm"][fp]) > 4.0 > np.nanmedian(a["ndsm"][~fp])
+    assert 0.1 < fp.mean() < 0.5 and np.nanmedian(a["ndsm"][fp]) > 4.0 > np.nanmedian(
+        a["ndsm"][~fp]
+    )
     r = H.height_rmse(a["building_height"], a["ndsm"], fp)
     assert r["n"] > 500 and r["rmse"] < H.height_rmse(np.zeros((64, 64)), a["ndsm"], fp)["rmse"]
     b = H.read_alexandria(ALEX_EXCERPT, gsd=1.0)  # same extent at 1 m

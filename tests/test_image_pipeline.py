@@ -22,15 +22,19 @@ def pipe():
 
 def layout_map(h: int = 64, w: int = 64) -> np.ndarray:
     ids = np.zeros((h, w), dtype=np.uint8)
-    ids[:, w // 3: w // 3 + 6] = 4  # a road
+    ids[:, w // 3 : w // 3 + 6] = 4  # a road
     ids[8:24, 8:20] = 1  # a building
     ids[40:, 40:] = 7  # water
     return ids
 
 
 def run(pipe, **kw):
-    base = {"prompt": "dense city", "num_inference_steps": 3, "output_type": "np",
-            "generator": torch.Generator().manual_seed(0)}
+    base = {
+        "prompt": "dense city",
+        "num_inference_steps": 3,
+        "output_type": "np",
+        "generator": torch.Generator().manual_seed(0),
+    }
     return pipe(**{**base, **kw}).images
 
 
@@ -43,16 +47,23 @@ def test_text_to_image_shape_range_and_determinism(pipe):
     assert np.abs(a - c).mean() > 1e-4
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"gsd": 0.5},
-    {"gsd": 2.0, "metadata": {"lat": 43.7, "lon": 7.4}},
-    {"layout": layout_map()},
-    {"controls": {"height": torch.rand(1, 1, 64, 64)}},
-    {"layout": layout_map(), "gsd": 1.0, "controls": {"height": torch.rand(1, 1, 64, 64)},
-     "control_scales": {"layout": 1.5, "height": 0.5}},
-    {"guidance_scale": 1.0, "layout": layout_map()},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"gsd": 0.5},
+        {"gsd": 2.0, "metadata": {"lat": 43.7, "lon": 7.4}},
+        {"layout": layout_map()},
+        {"controls": {"height": torch.rand(1, 1, 64, 64)}},
+        {
+            "layout": layout_map(),
+            "gsd": 1.0,
+            "controls": {"height": torch.rand(1, 1, 64, 64)},
+            "control_scales": {"layout": 1.5, "height": 0.5},
+        },
+        {"guidance_scale": 1.0, "layout": layout_map()},
+    ],
+)
 def test_every_condition_subset_runs(pipe, kw):
     out = run(pipe, **kw)
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
@@ -97,7 +108,12 @@ def test_metadata_guidance_scale(pipe):
     """A separate guidance weight for the metadata: three branches (null, metadata only, all) per
     step; equal to the text's scale it reproduces the two-branch default, another value changes
     the image, and the metadata-only branch sees the null text and no maps."""
-    kw = {"layout": layout_map(), "gsd": 0.5, "guidance_scale": 4.0, "metadata": {"lat": 43.7, "lon": 7.4}}
+    kw = {
+        "layout": layout_map(),
+        "gsd": 0.5,
+        "guidance_scale": 4.0,
+        "metadata": {"lat": 43.7, "lon": 7.4},
+    }
     base = run(pipe, **kw)
     np.testing.assert_allclose(run(pipe, metadata_guidance_scale=4.0, **kw), base, atol=1e-5)
     assert np.abs(run(pipe, metadata_guidance_scale=9.0, **kw) - base).mean() > 1e-4
@@ -124,11 +140,15 @@ def test_metadata_guidance_scale(pipe):
     assert (meta - null).abs().sum() > 0
     torch.testing.assert_close(meta, full)
     # works with tiled sampling and with text guidance off
-    out = run(pipe, height=96, width=96, tile_size=8, tile_overlap=4, gsd=1.0, metadata_guidance_scale=3.0)
+    out = run(
+        pipe, height=96, width=96, tile_size=8, tile_overlap=4, gsd=1.0, metadata_guidance_scale=3.0
+    )
     assert out.shape == (1, 96, 96, 3) and np.isfinite(out).all()
     # text guidance <= 1 means none (the conditional step on top of the metadata branch), as with two branches
     weak = run(pipe, gsd=1.0, guidance_scale=1.0, metadata_guidance_scale=3.0)
-    np.testing.assert_allclose(run(pipe, gsd=1.0, guidance_scale=0.0, metadata_guidance_scale=3.0), weak, atol=1e-6)
+    np.testing.assert_allclose(
+        run(pipe, gsd=1.0, guidance_scale=0.0, metadata_guidance_scale=3.0), weak, atol=1e-6
+    )
     assert np.isfinite(weak).all()
     with pytest.raises(UserInputError, match="give gsd= or metadata="):
         run(pipe, metadata_guidance_scale=3.0)
@@ -143,7 +163,9 @@ def test_metadata_guidance_scale(pipe):
 def _count_control_calls(pipe, **kw):
     steps = []
     cn_forward = pipe.controlnet.forward
-    pipe.controlnet.forward = lambda sample, t, *a, **k: steps.append(float(t)) or cn_forward(sample, t, *a, **k)
+    pipe.controlnet.forward = lambda sample, t, *a, **k: (
+        steps.append(float(t)) or cn_forward(sample, t, *a, **k)
+    )
     try:
         out = run(pipe, layout=layout_map(), num_inference_steps=4, **kw)
     finally:
@@ -175,15 +197,20 @@ def test_control_guidance_window(pipe, tmp_path):
     # the window is for control maps: without any the branch does not run at all, window or not
     calls = []
     fwd = re.controlnet.forward
-    re.controlnet.forward = lambda sample, t, *a, **k: calls.append(float(t)) or fwd(sample, t, *a, **k)
+    re.controlnet.forward = lambda sample, t, *a, **k: (
+        calls.append(float(t)) or fwd(sample, t, *a, **k)
+    )
     try:
         run(re, num_inference_steps=4)
         run(re, num_inference_steps=4, control_guidance_end=0.5)
         assert calls == []
     finally:
         re.controlnet.forward = fwd
-    for bad in ({"control_guidance_end": 0.0}, {"control_guidance_end": 1.5},
-                {"control_guidance_start": 0.6, "control_guidance_end": 0.5}):
+    for bad in (
+        {"control_guidance_end": 0.0},
+        {"control_guidance_end": 1.5},
+        {"control_guidance_start": 0.6, "control_guidance_end": 0.5},
+    ):
         with pytest.raises(UserInputError, match="control_guidance"):
             run(pipe, layout=layout_map(), **bad)
     # a step runs the branch when it starts in the window: a short window from 0 keeps the first step
@@ -191,7 +218,9 @@ def test_control_guidance_window(pipe, tmp_path):
     assert one == every[:1]
     three_quarters, _ = _count_control_calls(pipe, control_guidance_end=0.6)
     assert three_quarters == every[:3]  # steps starting at 0, 0.25, 0.5
-    with pytest.raises(UserInputError, match="none of the 3 sampling steps"):  # the layout would be ignored
+    with pytest.raises(
+        UserInputError, match="none of the 3 sampling steps"
+    ):  # the layout would be ignored
         run(pipe, layout=layout_map(), control_guidance_start=0.9)
     run(pipe, control_guidance_start=0.9)  # no control maps given: nothing is ignored
 
@@ -203,8 +232,13 @@ def test_text_only_skips_the_control_branch(pipe):
     fwd = pipe.controlnet.forward
     pipe.controlnet.forward = lambda *a, **k: calls.append(1) or fwd(*a, **k)
     try:
-        for kw in ({}, {"gsd": 0.5}, {"guidance_scale": 1.0}, {"control_guidance_end": 1.0},
-                   {"height": 96, "width": 96, "tile_size": 8, "tile_overlap": 4}):
+        for kw in (
+            {},
+            {"gsd": 0.5},
+            {"guidance_scale": 1.0},
+            {"control_guidance_end": 1.0},
+            {"height": 96, "width": 96, "tile_size": 8, "tile_overlap": 4},
+        ):
             run(pipe, **kw)
         assert len(calls) == 0
         run(pipe, layout=layout_map())
@@ -222,8 +256,14 @@ def test_inpainting_keeps_unmasked_latents(pipe):
     img = run(pipe, generator=torch.Generator().manual_seed(5))[0]
     mask = np.zeros((64, 64), dtype=np.float32)
     mask[16:48, 8:40] = 1.0
-    lat = pipe(prompt="dense city", image=img, mask=mask, num_inference_steps=4, output_type="latent",
-               generator=torch.Generator().manual_seed(2)).images
+    lat = pipe(
+        prompt="dense city",
+        image=img,
+        mask=mask,
+        num_inference_steps=4,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(2),
+    ).images
     init = pipe.encode_image(torch.from_numpy(img).permute(2, 0, 1)[None])
     keep = torch.ones(1, 1, 8, 8)
     keep[..., 2:6, 1:5] = 0
@@ -243,9 +283,13 @@ def test_tiled_generation_has_no_seams(pipe):
     gradient across window borders is like the gradient elsewhere."""
     from earthgen.pipelines.image import _windows
 
-    out = run(pipe, height=192, width=192, tile_size=8, tile_overlap=4, layout=layout_map(192, 192))[0]
+    out = run(
+        pipe, height=192, width=192, tile_size=8, tile_overlap=4, layout=layout_map(192, 192)
+    )[0]
     assert out.shape == (192, 192, 3)
-    gx = np.abs(np.diff(out.mean(-1), axis=1)).mean(axis=0)  # [W-1] mean horizontal gradient per column
+    gx = np.abs(np.diff(out.mean(-1), axis=1)).mean(
+        axis=0
+    )  # [W-1] mean horizontal gradient per column
     wins = _windows(24, 8, 4, 2)  # window starts and ends (latents) -> pixel columns
     borders = sorted({s * 8 - 1 for s, _ in wins[1:]} | {(s + n) * 8 - 1 for s, n in wins[:-1]})
     ratio = gx[borders].mean() / gx.mean()
@@ -275,8 +319,12 @@ def test_save_load_round_trip(tmp_path, pipe):
     pipe.save_pretrained(tmp_path / "model")
     re = EarthImagePipeline.from_pretrained(tmp_path / "model")
     re.set_progress_bar_config(disable=True)
-    assert isinstance(re.controlnet, FusedControlNet) and isinstance(re.metadata_encoder, MetadataEncoder)
-    np.testing.assert_allclose(run(re, layout=layout_map(), gsd=0.5), run(pipe, layout=layout_map(), gsd=0.5), atol=1e-5)
+    assert isinstance(re.controlnet, FusedControlNet) and isinstance(
+        re.metadata_encoder, MetadataEncoder
+    )
+    np.testing.assert_allclose(
+        run(re, layout=layout_map(), gsd=0.5), run(pipe, layout=layout_map(), gsd=0.5), atol=1e-5
+    )
 
 
 def test_minimal_model_without_optional_parts():
@@ -308,17 +356,23 @@ def test_callback_and_geotiff(tmp_path, pipe):
         np.testing.assert_array_equal(np.moveaxis(ds.read(), 0, -1), np.asarray(img))
 
 
-@pytest.mark.parametrize("kw, msg", [
-    ({"height": 60}, "multiples of 8"),
-    ({"num_inference_steps": 0}, "num_inference_steps"),
-    ({"strength": 0.0}, "strength"),
-    ({"mask": np.ones((64, 64))}, "needs the image"),
-    ({"prompt": 3}, "prompt must be"),
-    ({"gsd": -1.0}, "outside"),
-    ({"layout": layout_map(32, 32), "height": 64, "width": 64}, "rasterize it at the image size"),
-    ({"controls": {"depth": torch.rand(1, 1, 64, 64)}}, "unknown control"),
-    ({"output_type": "jpeg"}, "output_type"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"height": 60}, "multiples of 8"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"strength": 0.0}, "strength"),
+        ({"mask": np.ones((64, 64))}, "needs the image"),
+        ({"prompt": 3}, "prompt must be"),
+        ({"gsd": -1.0}, "outside"),
+        (
+            {"layout": layout_map(32, 32), "height": 64, "width": 64},
+            "rasterize it at the image size",
+        ),
+        ({"controls": {"depth": torch.rand(1, 1, 64, 64)}}, "unknown control"),
+        ({"output_type": "jpeg"}, "output_type"),
+    ],
+)
 def test_bad_inputs(pipe, kw, msg):
     with pytest.raises(UserInputError, match=msg):
         run(pipe, **kw)

@@ -45,7 +45,7 @@ def real_rgb(size: int = 64) -> np.ndarray:
             arr = np.asarray(Image.open(p).convert("RGB"))
         h, w = arr.shape[:2]
         y, x = (h - size) // 2, (w - size) // 2
-        crop = np.ascontiguousarray(arr[y:y + size, x:x + size]).astype(np.uint8)
+        crop = np.ascontiguousarray(arr[y : y + size, x : x + size]).astype(np.uint8)
         if crop.shape == (size, size, 3) and crop.std() > 5:
             return crop
     pytest.skip("no real RGB test image available")
@@ -54,7 +54,7 @@ def real_rgb(size: int = 64) -> np.ndarray:
 def distance_to_mask(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance ``[H, W]`` of every pixel to the nearest masked (> 0) pixel."""
     ys, xs = np.nonzero(mask > 0)
-    yy, xx = np.mgrid[:mask.shape[0], :mask.shape[1]]
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]]
     d2 = (yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2
     return np.sqrt(d2.min(-1))
 
@@ -67,11 +67,20 @@ def pipe():
 
 
 def edit(pipe, image, mask, output_type: str, **kw):
-    return pipe(prompt="forest", image=image, mask=mask, num_inference_steps=3, output_type=output_type,
-                generator=torch.Generator().manual_seed(3), **kw).images
+    return pipe(
+        prompt="forest",
+        image=image,
+        mask=mask,
+        num_inference_steps=3,
+        output_type=output_type,
+        generator=torch.Generator().manual_seed(3),
+        **kw,
+    ).images
 
 
-def check_kept(out_u8: np.ndarray, out_f: np.ndarray, rgb: np.ndarray, mask: np.ndarray, band: int) -> None:
+def check_kept(
+    out_u8: np.ndarray, out_f: np.ndarray, rgb: np.ndarray, mask: np.ndarray, band: int
+) -> None:
     """Outside mask + ``band`` px: the uint8 output is the input bit for bit and the float output
     is the input / 255 exactly; inside the mask the image was repainted."""
     far = distance_to_mask(mask) > band
@@ -128,7 +137,7 @@ def test_outpainting_keeps_the_original(pipe):
     np.testing.assert_array_equal(out_pil[inner], rgb[8:40, 8:48])
     # with no band, the whole original is kept
     whole = np.asarray(edit(pipe, canvas, mask, "pil", mask_feather=0)[0])
-    np.testing.assert_array_equal(whole[row:row + 48, col:col + 48], rgb)
+    np.testing.assert_array_equal(whole[row : row + 48, col : col + 48], rgb)
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True])

@@ -29,8 +29,8 @@ from earthgen.io import write_geotiff, write_png
 
 BAVARIA = "osm/planet_10.068_48.135_10.071_48.137.osm"  # plain XML, 34 buildings
 OAKLAND = "osm/West-Oakland.osm.bz2"
-SOLARIS = "imagery/solaris_sample_geotiff.tif"           # 900x900 uint16, EPSG:32616, 0.5 m
-LANDSAT = "imagery/rasterio_RGB.byte.tif"                # 791x718x3 uint8, EPSG:32618, 300 m
+SOLARIS = "imagery/solaris_sample_geotiff.tif"  # 900x900 uint16, EPSG:32616, 0.5 m
+LANDSAT = "imagery/rasterio_RGB.byte.tif"  # 791x718x3 uint8, EPSG:32618, 300 m
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,18 @@ def bavaria():
 
 
 def test_suffix_lists():
-    for s in (".osm", ".osm.pbf", ".pbf", ".osm.bz2", ".osm.gz", ".geojson", ".json", ".png",
-              ".tif", ".tiff"):
+    for s in (
+        ".osm",
+        ".osm.pbf",
+        ".pbf",
+        ".osm.bz2",
+        ".osm.gz",
+        ".geojson",
+        ".json",
+        ".png",
+        ".tif",
+        ".tiff",
+    ):
         assert s in LAYOUT_SUFFIXES
     assert IMAGE_SUFFIXES == (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -86,7 +96,9 @@ def test_class_maps_grey_palette_colour_and_geotiff(tmp_path, bavaria):
         assert lay.description == f"class-id map {name} (227x227)"
     assert read_layout(tmp_path / "grey.png").gsd is None  # no gsd given, none in a PNG
     small = read_layout(tmp_path / "colour.png", size=(100, 50))
-    assert small.semantic.shape == (50, 100) and set(np.unique(small.semantic)) <= set(np.unique(ids))
+    assert small.semantic.shape == (50, 100) and set(np.unique(small.semantic)) <= set(
+        np.unique(ids)
+    )
     write_geotiff(tmp_path / "cls.tif", ids, bavaria.crs, bavaria.transform, colormap=PALETTE)
     geo = read_layout(tmp_path / "cls.tif")
     np.testing.assert_array_equal(geo.semantic, ids)
@@ -139,8 +151,13 @@ def test_images_png_jpeg_geotiff(tmp_path):
 
 def test_write_image_formats_round_trip(tmp_path, bavaria):
     rgb = np.random.default_rng(1).integers(0, 255, (30, 20, 3), dtype=np.uint8)
-    for ext, fmt in ((".png", "PNG"), (".jpg", "JPEG"), (".jpeg", "JPEG"), (".tif", "TIFF"),
-                     (".TIFF", "TIFF")):
+    for ext, fmt in (
+        (".png", "PNG"),
+        (".jpg", "JPEG"),
+        (".jpeg", "JPEG"),
+        (".tif", "TIFF"),
+        (".TIFF", "TIFF"),
+    ):
         p = write_image(tmp_path / f"x{ext}", rgb)
         with Image.open(p) as im:
             assert im.format == fmt and im.size == (20, 30)
@@ -162,11 +179,17 @@ def test_write_image_formats_round_trip(tmp_path, bavaria):
 def test_check_image_output(tmp_path):
     for name in ("a.png", "a.JPG", "a.jpeg", "a.tif", "a.tiff"):
         check_image_output(tmp_path / name)
-    for name, msg in (("a.bmp", "extension '.bmp'"), ("a.xyz", "extension '.xyz'"),
-                      ("a", "no extension"), ("a.png.bak", "'.bak'")):
+    for name, msg in (
+        ("a.bmp", "extension '.bmp'"),
+        ("a.xyz", "extension '.xyz'"),
+        ("a", "no extension"),
+        ("a.png.bak", "'.bak'"),
+    ):
         with pytest.raises(UserInputError, match=msg) as e:
             check_image_output(tmp_path / name, "--prior-out")
-        assert str(e.value).startswith("--prior-out") and ".png or .jpg or .jpeg or .tif" in str(e.value)
+        assert str(e.value).startswith("--prior-out") and ".png or .jpg or .jpeg or .tif" in str(
+            e.value
+        )
     (tmp_path / "d.png").mkdir()
     with pytest.raises(UserInputError, match="is a folder"):
         check_image_output(tmp_path / "d.png")
@@ -181,13 +204,30 @@ def test_errors_name_the_flag_and_the_file(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"II*\x00junk")
     (tmp_path / "dir.png").mkdir()
     cases = [
-        (lambda: read_layout(tmp_path / "junk.png"), f"--layout {tmp_path / 'junk.png'}: {UNREADABLE}"),
-        (lambda: read_layout(tmp_path / "junk.tif"), f"--layout {tmp_path / 'junk.tif'}: {UNREADABLE}"),
-        (lambda: read_image(tmp_path / "junk.png"), f"--image {tmp_path / 'junk.png'}: {UNREADABLE}"),
-        (lambda: read_image(tmp_path / "junk.tif", flag="--mask"),
-         f"--mask {tmp_path / 'junk.tif'}: {UNREADABLE}"),
-        (lambda: read_layout(tmp_path / "none.osm.gz"), f"--layout {tmp_path / 'none.osm.gz'}: file not found"),
-        (lambda: read_image(tmp_path / "dir.png"), f"--image {tmp_path / 'dir.png'}: is a folder, not a file"),
+        (
+            lambda: read_layout(tmp_path / "junk.png"),
+            f"--layout {tmp_path / 'junk.png'}: {UNREADABLE}",
+        ),
+        (
+            lambda: read_layout(tmp_path / "junk.tif"),
+            f"--layout {tmp_path / 'junk.tif'}: {UNREADABLE}",
+        ),
+        (
+            lambda: read_image(tmp_path / "junk.png"),
+            f"--image {tmp_path / 'junk.png'}: {UNREADABLE}",
+        ),
+        (
+            lambda: read_image(tmp_path / "junk.tif", flag="--mask"),
+            f"--mask {tmp_path / 'junk.tif'}: {UNREADABLE}",
+        ),
+        (
+            lambda: read_layout(tmp_path / "none.osm.gz"),
+            f"--layout {tmp_path / 'none.osm.gz'}: file not found",
+        ),
+        (
+            lambda: read_image(tmp_path / "dir.png"),
+            f"--image {tmp_path / 'dir.png'}: is a folder, not a file",
+        ),
         (lambda: read_layout(tmp_path / "x.bmp"), "--layout"),
         (lambda: read_image(tmp_path / "x.gif"), "unknown file type '.gif'"),
     ]
@@ -209,12 +249,23 @@ def test_the_same_error_from_every_cli_caller(tmp_path):
     junk.write_bytes(b"not an image at all")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ok.png")
     for flag in ("--layout", "--image", "--mask"):
-        argv = ["generate", "--prompt", "x", flag, str(junk), "--steps", "1", "--out", str(tmp_path / "o.png")]
+        argv = [
+            "generate",
+            "--prompt",
+            "x",
+            flag,
+            str(junk),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o.png"),
+        ]
         if flag == "--mask":
             argv += ["--image", str(tmp_path / "ok.png")]
         want = f"{flag} {junk}: {UNREADABLE}"
-        r = subprocess.run([sys.executable, "-m", "earthgen", *argv], capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "earthgen", *argv], capture_output=True, text=True, timeout=300
+        )
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
         assert lines[0].endswith(want), (lines[0], want)

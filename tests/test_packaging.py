@@ -27,8 +27,18 @@ from packaging.version import Version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-SOURCE_DIRS = ("earthgen", "earthgen_base", "vae", "flows", "controls", "renderers", "apps", "tests",
-               "benchmarks", "experiments")
+SOURCE_DIRS = (
+    "earthgen",
+    "earthgen_base",
+    "vae",
+    "flows",
+    "controls",
+    "renderers",
+    "apps",
+    "tests",
+    "benchmarks",
+    "experiments",
+)
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 # distribution name -> top-level import name, where it is not the name with '-' -> '_'
@@ -50,10 +60,17 @@ NUMPY_LAST_PY310 = Version("2.2.6")
 
 def environment(python: str, extra: str = "", machine: str = "x86_64") -> dict[str, str]:
     """A marker environment: CPython ``python`` on Linux ``machine``, installing ``extra``."""
-    return {"python_version": python, "python_full_version": f"{python}.0",
-            "implementation_name": "cpython", "platform_python_implementation": "CPython",
-            "platform_machine": machine, "platform_system": "Linux", "sys_platform": "linux",
-            "os_name": "posix", "extra": extra}
+    return {
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "platform_machine": machine,
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "os_name": "posix",
+        "extra": extra,
+    }
 
 
 def declared() -> dict[str, list[Requirement]]:
@@ -104,11 +121,14 @@ def source_imports() -> set[str]:
                     names.update(a.name.split(".")[0] for a in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names.add(node.module.split(".")[0])
-                elif (isinstance(node, ast.Call) and node.args
-                      and isinstance(node.args[0], ast.Constant)
-                      and isinstance(node.args[0].value, str)
-                      and getattr(node.func, "attr", getattr(node.func, "id", None))
-                      in ("import_module", "importorskip", "find_spec")):
+                elif (
+                    isinstance(node, ast.Call)
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                    and getattr(node.func, "attr", getattr(node.func, "id", None))
+                    in ("import_module", "importorskip", "find_spec")
+                ):
                     names.add(node.args[0].value.split(".")[0])
     return names
 
@@ -166,8 +186,11 @@ def test_one_spconv_build_per_python(extra):
         assert len(spconv) == 1, (python, [str(r) for r in spconv])
         (req,) = spconv
         # a release with wheels for this Python satisfies the requirement
-        builds = [v for (dist, v), pys in WHEEL_PYTHONS.items()
-                  if canonicalize_name(req.name) == dist and python in pys]
+        builds = [
+            v
+            for (dist, v), pys in WHEEL_PYTHONS.items()
+            if canonicalize_name(req.name) == dist and python in pys
+        ]
         assert any(req.specifier.contains(v) for v in builds), (python, str(req))
     # no spconv wheels for 3.14 or aarch64: the extra installs none there (the torch twin runs)
     assert not spconv_builds(reqs, environment("3.14", extra))
@@ -203,17 +226,20 @@ def test_constraints_pin_each_declared_dependency_once_within_its_range(python):
 
 def test_makefile_torch_matches_constraints_and_uses_the_index_variable():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    version = next(line.split("?=")[1].strip() for line in makefile.splitlines()
-                   if line.startswith("TORCH_VERSION"))
+    version = next(
+        line.split("?=")[1].strip()
+        for line in makefile.splitlines()
+        if line.startswith("TORCH_VERSION")
+    )
     assert constraint_pins(environment("3.11"))["torch"] == [Version(version)]
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     cmd = ["make", "-n", "-B", "venv", "VENV=/nonexistent/venv", "PYTHON=python3"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert (f"--index-url https://download.pytorch.org/whl/cpu torch=={version}"
-            in out), out
-    out = subprocess.run([*cmd, "TORCH_INDEX="], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    assert f"--index-url https://download.pytorch.org/whl/cpu torch=={version}" in out, out
+    out = subprocess.run(
+        [*cmd, "TORCH_INDEX="], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert f"torch=={version}" in out and "--index-url" not in out, out
 
 
@@ -223,9 +249,17 @@ def test_gpu_check_lists_exactly_the_gpu_extra(python):
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
     env = {**os.environ, "PYTHON": sys.executable}
-    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--list", python], cwd=ROOT,
-                         env=env, capture_output=True, text=True, check=True).stdout
-    want = [str(Requirement(f"{r.name}{r.specifier}"))
-            for r in active(declared()["gpu"], environment(python, "gpu"))]
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--list", python],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    want = [
+        str(Requirement(f"{r.name}{r.specifier}"))
+        for r in active(declared()["gpu"], environment(python, "gpu"))
+    ]
     assert out.split() == want
     assert {Requirement(r).name for r in want} == {"gsplat", "spconv-cu126"}

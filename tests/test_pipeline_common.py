@@ -144,9 +144,14 @@ class PipelineTesterMixin:
         pipe.save_pretrained(tmp_path / "pipe")
         loaded = self.pipeline_class.from_pretrained(tmp_path / "pipe")
         loaded.set_progress_bar_config(disable=True)
-        assert {k: type(v) for k, v in loaded.components.items()} == \
-            {k: type(v) for k, v in pipe.components.items()}
-        own = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}
+        assert {k: type(v) for k, v in loaded.components.items()} == {
+            k: type(v) for k, v in pipe.components.items()
+        }
+        own = {
+            k: v
+            for k, v in pipe.config.items()
+            if not k.startswith("_") and k not in pipe.components
+        }
         assert {k: loaded.config[k] for k in own} == own
         assert_outputs_close(loaded(**self.get_dummy_inputs()), out, self.save_load_atol)
 
@@ -155,8 +160,11 @@ class PipelineTesterMixin:
         pipeline from it gives the same output."""
         pipe = self.get_pipeline()
         params = inspect.signature(self.pipeline_class.__init__).parameters
-        takes = {k for k, v in params.items()
-                 if k != "self" and (v.default is inspect.Parameter.empty or v.default is None)}
+        takes = {
+            k
+            for k, v in params.items()
+            if k != "self" and (v.default is inspect.Parameter.empty or v.default is None)
+        }
         assert set(pipe.components) == takes
         again = self.pipeline_class(**pipe.components)
         again.set_progress_bar_config(disable=True)
@@ -168,8 +176,9 @@ class PipelineTesterMixin:
         for batch_inputs, singles in self.get_batch_cases():
             out = pipe(**batch_inputs)
             for i, single in enumerate(singles):
-                assert_outputs_close(self.batch_item(out, i), self.batch_item(pipe(**single), 0),
-                                     self.batch_atol)
+                assert_outputs_close(
+                    self.batch_item(out, i), self.batch_item(pipe(**single), 0), self.batch_atol
+                )
             assert_outputs_differ(self.batch_item(out, 0), self.batch_item(out, 1))
 
     def test_seeded_determinism(self) -> None:
@@ -201,8 +210,9 @@ class PipelineTesterMixin:
         np.testing.assert_allclose([t for _, t, _ in calls], [t for _, t, _ in expected], atol=1e-6)
         assert_outputs_close(out, base)
         for ret in (None, {}):
-            assert_outputs_close(pipe(**self.get_dummy_inputs(), callback_on_step_end=lambda *a, r=ret: r),
-                                 base)
+            assert_outputs_close(
+                pipe(**self.get_dummy_inputs(), callback_on_step_end=lambda *a, r=ret: r), base
+            )
 
     def test_callback_replaces_latents(self) -> None:
         """Latents returned by the callback replace the sampler's state: zeroing them at the
@@ -215,7 +225,9 @@ class PipelineTesterMixin:
             seen.append(step)
             return {"latents": torch.zeros_like(kwargs["latents"])} if len(seen) == 1 else {}
 
-        assert_outputs_differ(pipe(**self.get_dummy_inputs(), callback_on_step_end=zero_first), base)
+        assert_outputs_differ(
+            pipe(**self.get_dummy_inputs(), callback_on_step_end=zero_first), base
+        )
         assert len(seen) > 1
 
     def test_output_types(self) -> None:
@@ -265,9 +277,9 @@ class PipelineTesterMixin:
 def layout_map(h: int = 64, w: int = 64, shift: int = 0) -> np.ndarray:
     """A small class map: a road, a building and water (``shift`` moves them)."""
     ids = np.zeros((h, w), dtype=np.uint8)
-    ids[:, w // 3 + shift: w // 3 + shift + 6] = 4  # a road
-    ids[8 + shift:24 + shift, 8:20] = 1  # a building
-    ids[40 - shift:, 40:] = 7  # water
+    ids[:, w // 3 + shift : w // 3 + shift + 6] = 4  # a road
+    ids[8 + shift : 24 + shift, 8:20] = 1  # a building
+    ids[40 - shift :, 40:] = 7  # water
     return ids
 
 
@@ -290,11 +302,20 @@ class TestEarthImagePipeline(PipelineTesterMixin):
 
     def batch_conditions(self, n: int) -> dict:
         """The conditions of samples ``0 .. n - 1`` for one batched call."""
-        return {"gsd": [0.5, 2.0][:n], "layout": np.stack([layout_map(shift=4 * i) for i in range(n)])}
+        return {
+            "gsd": [0.5, 2.0][:n],
+            "layout": np.stack([layout_map(shift=4 * i) for i in range(n)]),
+        }
 
     def get_dummy_inputs(self, seed: int = 0) -> dict:
-        return {"prompt": "dense city", **self.conditions(0), "num_inference_steps": self.steps,
-                "guidance_scale": 4.0, "output_type": "np", "generator": torch.Generator().manual_seed(seed)}
+        return {
+            "prompt": "dense city",
+            **self.conditions(0),
+            "num_inference_steps": self.steps,
+            "guidance_scale": 4.0,
+            "output_type": "np",
+            "generator": torch.Generator().manual_seed(seed),
+        }
 
     def get_batch_cases(self, seed: int = 0) -> list[tuple[dict, list[dict]]]:
         """Two prompts (each with its own conditions), and one prompt with
@@ -302,17 +323,30 @@ class TestEarthImagePipeline(PipelineTesterMixin):
         noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
         prompts = ["dense city", "a forest"]
         common = {"num_inference_steps": self.steps, "guidance_scale": 4.0, "output_type": "np"}
-        two_prompts = ({**common, "prompt": prompts, **self.batch_conditions(2), "latents": noise},
-                       [{**common, "prompt": prompts[i], **self.conditions(i), "latents": noise[i:i + 1]}
-                        for i in range(2)])
-        per_prompt = ({**common, "prompt": prompts[0], **self.conditions(0), "num_images_per_prompt": 2,
-                       "latents": noise},
-                      [{**common, "prompt": prompts[0], **self.conditions(0), "latents": noise[i:i + 1]}
-                       for i in range(2)])
+        two_prompts = (
+            {**common, "prompt": prompts, **self.batch_conditions(2), "latents": noise},
+            [
+                {**common, "prompt": prompts[i], **self.conditions(i), "latents": noise[i : i + 1]}
+                for i in range(2)
+            ],
+        )
+        per_prompt = (
+            {
+                **common,
+                "prompt": prompts[0],
+                **self.conditions(0),
+                "num_images_per_prompt": 2,
+                "latents": noise,
+            },
+            [
+                {**common, "prompt": prompts[0], **self.conditions(0), "latents": noise[i : i + 1]}
+                for i in range(2)
+            ],
+        )
         return [two_prompts, per_prompt]
 
     def batch_item(self, output: Any, i: int) -> Any:
-        return output.images[i:i + 1]
+        return output.images[i : i + 1]
 
     def expected_progress_total(self, pipe: Any, inputs: dict) -> int:
         return inputs["num_inference_steps"]
@@ -327,8 +361,12 @@ class TestEarthImagePipeline(PipelineTesterMixin):
         tensor, the same values; latent: ``[B, 4, H/8, W/8]``; pil is np rounded to uint8."""
         pil, arr, pt, lat = (outputs[k].images for k in ("pil", "np", "pt", "latent"))
         assert isinstance(pil, list) and len(pil) == 1
-        assert all(isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (64, 64) for im in pil)
-        assert isinstance(arr, np.ndarray) and arr.shape == (1, 64, 64, 3) and arr.dtype == np.float32
+        assert all(
+            isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (64, 64) for im in pil
+        )
+        assert (
+            isinstance(arr, np.ndarray) and arr.shape == (1, 64, 64, 3) and arr.dtype == np.float32
+        )
         assert arr.min() >= 0.0 and arr.max() <= 1.0 and arr.std() > 0
         assert isinstance(pt, torch.Tensor) and tuple(pt.shape) == (1, 3, 64, 64)
         assert isinstance(lat, torch.Tensor) and tuple(lat.shape) == (1, 4, 8, 8)
@@ -343,7 +381,9 @@ class TestEarthImagePipeline(PipelineTesterMixin):
         def last(p: Any, step: int, t: Any, kwargs: dict) -> dict:
             return {"latents": target.clone()} if step == self.steps - 1 else {}
 
-        out = pipe(**{**self.get_dummy_inputs(), "output_type": "latent"}, callback_on_step_end=last)
+        out = pipe(
+            **{**self.get_dummy_inputs(), "output_type": "latent"}, callback_on_step_end=last
+        )
         torch.testing.assert_close(out.images, target, rtol=0, atol=0)
 
 
@@ -368,8 +408,12 @@ def box_set(shift: float = 0.0):
     """A horizontal car and a rotated storage tank (pixel corners), moved by ``shift``."""
     from earthgen.boxes import BoxSet, hbb_to_corners, obb_to_corners
 
-    corners = np.concatenate([hbb_to_corners(np.array([[4, 4, 30, 20]])),
-                              obb_to_corners(np.array([[40, 40, 20, 8, 0.7]]))])
+    corners = np.concatenate(
+        [
+            hbb_to_corners(np.array([[4, 4, 30, 20]])),
+            obb_to_corners(np.array([[40, 40, 20, 8, 0.7]])),
+        ]
+    )
     return BoxSet(corners + shift, ["car", "storage_tank"])
 
 
@@ -401,7 +445,9 @@ def scene_semantic(h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
     from earthgen.classes import NUM_CLASSES
 
     rng = np.random.default_rng(seed)
-    return np.kron(rng.integers(0, NUM_CLASSES, (h // 8, w // 8)), np.ones((8, 8), int)).astype(np.uint8)
+    return np.kron(rng.integers(0, NUM_CLASSES, (h // 8, w // 8)), np.ones((8, 8), int)).astype(
+        np.uint8
+    )
 
 
 class TestEarthScenePipeline(PipelineTesterMixin):
@@ -420,8 +466,14 @@ class TestEarthScenePipeline(PipelineTesterMixin):
         return get_scene_components()
 
     def get_dummy_inputs(self, seed: int = 0) -> dict:
-        return {"semantic": scene_semantic(), "gsd": 1.0, "overlap_m": 16.0, "num_inference_steps": 2,
-                "output_type": "np", "generator": torch.Generator().manual_seed(seed)}
+        return {
+            "semantic": scene_semantic(),
+            "gsd": 1.0,
+            "overlap_m": 16.0,
+            "num_inference_steps": 2,
+            "output_type": "np",
+            "generator": torch.Generator().manual_seed(seed),
+        }
 
     def n_windows(self, pipe: Any, inputs: dict) -> int:
         """Windows of the inputs' extent (from the pipeline's own window plan)."""
@@ -431,8 +483,10 @@ class TestEarthScenePipeline(PipelineTesterMixin):
         ov = int(round(inputs["overlap_m"] / vs / 8)) * 8
         return len(window_starts(nx, pipe.window, ov)) * len(window_starts(ny, pipe.window, ov))
 
-    @pytest.mark.skip(reason="EarthScenePipeline generates one scene per call (no prompt list, no "
-                             "num_images_per_prompt); same-seed calls agreeing is test_seeded_determinism")
+    @pytest.mark.skip(
+        reason="EarthScenePipeline generates one scene per call (no prompt list, no "
+        "num_images_per_prompt); same-seed calls agreeing is test_seeded_determinism"
+    )
     def test_inference_batch_single_identical(self) -> None:
         """Not applicable: no batch."""
 
@@ -448,12 +502,16 @@ class TestEarthScenePipeline(PipelineTesterMixin):
 
         steps = inputs["num_inference_steps"]
         tex = inputs.get("texture_steps") or steps
-        calls = [(i, float(t), {"stage": "structure", "window": None})
-                 for i, t in enumerate(make_time_grid(steps)[1:])]
+        calls = [
+            (i, float(t), {"stage": "structure", "window": None})
+            for i, t in enumerate(make_time_grid(steps)[1:])
+        ]
         assert self.n_windows(pipe, inputs) == 2
         for wi in range(self.n_windows(pipe, inputs)):
-            calls += [(i, float(t), {"stage": "texture", "window": wi})
-                      for i, t in enumerate(make_time_grid(tex)[1:])]
+            calls += [
+                (i, float(t), {"stage": "texture", "window": wi})
+                for i, t in enumerate(make_time_grid(tex)[1:])
+            ]
         return calls
 
     def check_outputs(self, outputs: dict[str, Any], inputs: dict) -> None:
@@ -465,11 +523,21 @@ class TestEarthScenePipeline(PipelineTesterMixin):
         assert out.colors.shape == (n, 3) and out.colors.dtype == np.uint8
         m = len(out.surfels["voxel"])
         assert m >= n
-        shapes = {"means": (m, 3), "quats": (m, 4), "scales": (m, 3), "opacities": (m,), "colors": (m, 3)}
+        shapes = {
+            "means": (m, 3),
+            "quats": (m, 4),
+            "scales": (m, 3),
+            "opacities": (m,),
+            "colors": (m, 3),
+        }
         assert {k: out.surfels[k].shape for k in shapes} == shapes
         assert out.surfels["voxel"].min() == 0 and out.surfels["voxel"].max() == n - 1
         assert out.surfels["colors"].min() >= 0 and out.surfels["colors"].max() <= 1
-        assert out.height.shape == (32, 48) and out.height.dtype == np.float32 and not np.isnan(out.height).any()
+        assert (
+            out.height.shape == (32, 48)
+            and out.height.dtype == np.float32
+            and not np.isnan(out.height).any()
+        )
         assert out.coords[:, 0].max() < 48 and out.coords[:, 1].max() < 32 and out.coords.min() >= 0
         assert out.voxel_size == 1.0 and out.origin.shape == (3,)
         assert out.windows == [(0, 0), (16, 0)]

@@ -26,7 +26,7 @@ def _stripes(size: int = 96) -> np.ndarray:
     ids = np.zeros((size, size), np.uint8)
     edges = np.linspace(0, size, NUM_CLASSES + 1).astype(int)
     for c in range(NUM_CLASSES):
-        ids[:, edges[c]:edges[c + 1]] = c
+        ids[:, edges[c] : edges[c + 1]] = c
     return ids
 
 
@@ -65,8 +65,9 @@ def test_rendered_class_means_match_the_stats():
         inner[:, 1:-1] = (ids[:, 1:-1] == c) & (ids[:, :-2] == c) & (ids[:, 2:] == c)
         inner = inner & np.roll(inner, 3, 1) & np.roll(inner, -3, 1)  # away from the borders
         got = img[inner].reshape(-1, 3).mean(0)
-        np.testing.assert_allclose(got, stats[CLASS_NAMES[c]]["mean_rgb"], atol=14,
-                                   err_msg=CLASS_NAMES[c])
+        np.testing.assert_allclose(
+            got, stats[CLASS_NAMES[c]]["mean_rgb"], atol=14, err_msg=CLASS_NAMES[c]
+        )
     # flat colours without texture: the means exactly (rounded), and no noise
     flat = render_prior(np.full((32, 32), CLASS_ID["water"], np.uint8), 1.0, seed=0, texture=0.0)
     np.testing.assert_allclose(flat.reshape(-1, 3).mean(0), stats["water"]["mean_rgb"], atol=0.6)
@@ -120,10 +121,20 @@ def test_cli_bad_strength_exits_2_before_loading_a_model(tmp_path, capsys):
     from earthgen.cli import main
 
     def argv(value: str) -> list[str]:  # a missing model: the strength is checked first
-        return ["generate", "--model", "/nonexistent/model", "--prompt", "x", f"--strength={value}",
-                "--out", str(tmp_path / "x.png")]
+        return [
+            "generate",
+            "--model",
+            "/nonexistent/model",
+            "--prompt",
+            "x",
+            f"--strength={value}",
+            "--out",
+            str(tmp_path / "x.png"),
+        ]
 
-    r = subprocess.run([sys.executable, "-m", "earthgen", *argv("nan")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "earthgen", *argv("nan")], capture_output=True, text=True
+    )
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "--strength" in lines[0], r.stderr
     for value in ("0", "1.5", "-0.2", "inf"):
@@ -148,17 +159,42 @@ def test_cli_layout_renders_then_refines(tmp_path):
     ids[:, 20:26] = CLASS_ID["road_minor"]
     ids[40:] = CLASS_ID["water"]
     write_png(tmp_path / "lay.png", ids, palette=PALETTE)
-    base = ["generate", "--model", str(model), "--layout", str(tmp_path / "lay.png"), "--gsd", "2",
-            "--steps", "2", "--seed", "1"]
-    assert main([*base, "--prior-out", str(tmp_path / "p.png"), "--out", str(tmp_path / "a.png")]) == 0
+    base = [
+        "generate",
+        "--model",
+        str(model),
+        "--layout",
+        str(tmp_path / "lay.png"),
+        "--gsd",
+        "2",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+    ]
+    assert (
+        main([*base, "--prior-out", str(tmp_path / "p.png"), "--out", str(tmp_path / "a.png")]) == 0
+    )
     prior = np.asarray(Image.open(tmp_path / "p.png"))
     np.testing.assert_array_equal(prior, render_prior(ids, 2.0, seed=1))
     assert np.asarray(Image.open(tmp_path / "a.png")).shape == (64, 64, 3)
     assert main([*base, "--strength", "1", "--out", str(tmp_path / "b.png")]) == 0
     a, b = (np.asarray(Image.open(tmp_path / f"{k}.png")).astype(int) for k in "ab")
     assert np.abs(a - b).mean() > 0.5  # the prior changes the result
-    assert main([*base, "--image", str(tmp_path / "a.png"), "--prior-out", str(tmp_path / "q.png"),
-                 "--out", str(tmp_path / "c.png")]) == 2  # the prior is for layouts without --image
+    assert (
+        main(
+            [
+                *base,
+                "--image",
+                str(tmp_path / "a.png"),
+                "--prior-out",
+                str(tmp_path / "q.png"),
+                "--out",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 2
+    )  # the prior is for layouts without --image
 
 
 def test_measured_stats_on_real_data():

@@ -30,15 +30,20 @@ SH_C0 = 0.28209479177387814
 
 def _np_rotmat(q):
     w, x, y, z = q / np.linalg.norm(q)
-    return np.array([[w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z]])
+    return np.array(
+        [
+            [w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z],
+        ]
+    )
 
 
 def reference_render(means, quats, scales, opacities, colors, viewmats, Ks, width, height):
     """Per camera: colour [H,W,D], alpha [H,W], world normal [H,W,3], sum w z, median z."""
-    means, quats, scales, opacities, colors = (np.asarray(a, dtype=np.float64) for a in
-                                               (means, quats, scales, opacities, colors))
+    means, quats, scales, opacities, colors = (
+        np.asarray(a, dtype=np.float64) for a in (means, quats, scales, opacities, colors)
+    )
     out = []
     xs, ys = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     for V, K in zip(np.asarray(viewmats, np.float64), np.asarray(Ks, np.float64), strict=True):
@@ -81,8 +86,9 @@ def reference_render(means, quats, scales, opacities, colors, viewmats, Ks, widt
             dep += w * z
             med = np.where(use & (T > 0.5), z, med)
             T = np.where(use, T * (1 - alpha), T)
-        out.append({"colors": col, "alphas": 1 - T, "normals": nrm, "D": dep, "median": med,
-                    "done": done})
+        out.append(
+            {"colors": col, "alphas": 1 - T, "normals": nrm, "D": dep, "median": med, "done": done}
+        )
     return out
 
 
@@ -95,7 +101,9 @@ def random_scene(n=20, seed=0, n_cams=3, width=32, height=24, dtype=torch.float6
     colors = torch.rand(n, 3, generator=g)
     # A stack of nearly opaque surfels facing camera 0, so pixels hit the 1e-4 stop rule.
     k = 4
-    means[:k] = torch.tensor([[0.0, 0.0, 0.0]]) + torch.arange(k)[:, None] * torch.tensor([0.04, 0.02, 0.2])
+    means[:k] = torch.tensor([[0.0, 0.0, 0.0]]) + torch.arange(k)[:, None] * torch.tensor(
+        [0.04, 0.02, 0.2]
+    )
     quats[:k] = torch.tensor([1.0, 0.0, 0.0, 0.0])
     scales[:k, :2] = 0.4
     opacities[:k] = torch.tensor([0.99, 0.97, 0.99, 0.95])
@@ -124,7 +132,9 @@ def test_matches_bruteforce_reference(chunk_size):
     ref = _reference_for_random_scene()
     assert any(r["done"].any() for r in ref), "the scene should exercise the transmittance stop"
     kw = {"chunk_size": chunk_size}
-    col, alpha, nrm, surf, dist, med, meta = rasterization_2dgs_torch(*scene, W, H, render_mode="RGB+D", **kw)
+    col, alpha, nrm, surf, dist, med, meta = rasterization_2dgs_torch(
+        *scene, W, H, render_mode="RGB+D", **kw
+    )
     ed = rasterization_2dgs_torch(*scene, W, H, render_mode="ED", **kw)[0]
     assert col.shape == (3, H, W, 4) and alpha.shape == (3, H, W, 1) and nrm.shape == (3, H, W, 3)
     assert surf.shape == (3, H, W, 3) and dist.shape == (3, H, W, 1) and med.shape == (3, H, W, 1)
@@ -137,7 +147,9 @@ def test_matches_bruteforce_reference(chunk_size):
         np.testing.assert_allclose(med[c, ..., 0].numpy(), r["median"], atol=1e-5, rtol=0)
         expected = r["D"] / np.maximum(r["alphas"], 1e-10)
         covered = r["alphas"] > 1e-3
-        np.testing.assert_allclose(ed[c, ..., 0].numpy()[covered], expected[covered], atol=1e-5, rtol=1e-6)
+        np.testing.assert_allclose(
+            ed[c, ..., 0].numpy()[covered], expected[covered], atol=1e-5, rtol=1e-6
+        )
     assert (dist == 0).all()
 
 
@@ -157,9 +169,15 @@ def test_float32_close_to_float64():
 
 
 def test_gradcheck():
-    means = torch.tensor([[0.05, -0.02, 0.0], [-0.2, 0.15, 0.6], [0.25, 0.1, -0.4]], dtype=torch.float64)
-    quats = torch.tensor([[0.9, 0.2, 0.1, 0.0], [0.8, -0.3, 0.2, 0.1], [1.0, 0.1, -0.3, 0.2]], dtype=torch.float64)
-    scales = torch.tensor([[0.35, 0.25, 0.1], [0.3, 0.4, 0.1], [0.45, 0.3, 0.1]], dtype=torch.float64)
+    means = torch.tensor(
+        [[0.05, -0.02, 0.0], [-0.2, 0.15, 0.6], [0.25, 0.1, -0.4]], dtype=torch.float64
+    )
+    quats = torch.tensor(
+        [[0.9, 0.2, 0.1, 0.0], [0.8, -0.3, 0.2, 0.1], [1.0, 0.1, -0.3, 0.2]], dtype=torch.float64
+    )
+    scales = torch.tensor(
+        [[0.35, 0.25, 0.1], [0.3, 0.4, 0.1], [0.45, 0.3, 0.1]], dtype=torch.float64
+    )
     opacities = torch.tensor([0.6, 0.45, 0.7], dtype=torch.float64)
     colors = torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.8, 0.3], [0.2, 0.3, 0.9]], dtype=torch.float64)
     V = look_at(torch.tensor([[0.3, -0.5, 4.0]]), torch.zeros(3)).double()
@@ -171,14 +189,18 @@ def test_gradcheck():
     proj = [torch.randn(1, 10, 12, k, generator=gen, dtype=torch.float64) for k in (4, 1, 3)]
 
     def render(m, q, s, o, c):
-        out = rasterization_2dgs_torch(m, q, s, o, c, V, K, 12, 10, render_mode="RGB+ED", chunk_size=50)
+        out = rasterization_2dgs_torch(
+            m, q, s, o, c, V, K, 12, 10, render_mode="RGB+ED", chunk_size=50
+        )
         return tuple((out[i] * w).sum() for i, w in enumerate(proj))
 
     # No pixel sits on a threshold (alpha = 1/255, the 1e-4 stop, the 0.999 clamp).
     with torch.no_grad():
         a = rasterization_2dgs_torch(means, quats, scales, opacities, colors, V, K, 12, 10)[1]
     assert a.max() < 0.99
-    inputs = tuple(t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, colors))
+    inputs = tuple(
+        t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, colors)
+    )
     assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
     grads = torch.autograd.grad(sum(render(*inputs)), inputs)
     assert all(g.abs().sum() > 1e-3 for g in grads)  # the check above is not vacuous
@@ -210,17 +232,28 @@ def fronto(zs, opacities, colors, scale=1e4, width=16, height=12):
     quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(n, 4).clone()
     scales = torch.full((n, 3), scale)
     K = torch.tensor([[[20.0, 0.0, width / 2], [0.0, 20.0, height / 2], [0.0, 0.0, 1.0]]])
-    return means, quats, scales, torch.tensor(opacities), torch.tensor(colors), torch.eye(4)[None], K
+    return (
+        means,
+        quats,
+        scales,
+        torch.tensor(opacities),
+        torch.tensor(colors),
+        torch.eye(4)[None],
+        K,
+    )
 
 
 def test_single_opaque_surfel_fills_the_image():
     scene = fronto([5.0], [1.0], [[0.2, 0.4, 0.6]])
     col, alpha, nrm, _, _, med, meta = rasterization_2dgs(*scene, 16, 12, render_mode="RGB+ED")
     torch.testing.assert_close(alpha, torch.full_like(alpha, 0.999), atol=1e-6, rtol=0)
-    torch.testing.assert_close(col[..., :3], 0.999 * torch.tensor([0.2, 0.4, 0.6]).expand(1, 12, 16, 3),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        col[..., :3], 0.999 * torch.tensor([0.2, 0.4, 0.6]).expand(1, 12, 16, 3), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(col[..., 3], torch.full((1, 12, 16), 5.0), atol=1e-4, rtol=0)
-    torch.testing.assert_close(nrm, 0.999 * torch.tensor([0.0, 0.0, -1.0]).expand(1, 12, 16, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        nrm, 0.999 * torch.tensor([0.0, 0.0, -1.0]).expand(1, 12, 16, 3), atol=1e-6, rtol=0
+    )
     assert (med == 5.0).all() and meta["backend"] == "torch"
     assert meta["radii"].shape == (1, 1, 2) and meta["radii"].dtype == torch.int32
 
@@ -232,8 +265,9 @@ def test_backgrounds_fill_what_is_not_covered():
     torch.testing.assert_close(col, torch.tensor([1.0, 0.0, 0.0]) * alpha + bg * (1 - alpha))
     # Nothing visible: the background everywhere; its depth channel is 0.
     means, quats, scales, op, c, V, K = scene
-    col, alpha = rasterization_2dgs(means * -1, quats, scales, op, c, V, K, 16, 12, backgrounds=bg,
-                                    render_mode="RGB+D")[:2]
+    col, alpha = rasterization_2dgs(
+        means * -1, quats, scales, op, c, V, K, 16, 12, backgrounds=bg, render_mode="RGB+D"
+    )[:2]
     assert (alpha == 0).all()
     torch.testing.assert_close(col, torch.tensor([0.0, 0.0, 1.0, 0.0]).expand(1, 12, 16, 4))
 
@@ -241,9 +275,13 @@ def test_backgrounds_fill_what_is_not_covered():
 def test_occlusion_and_median_and_distortion():
     # Listed back first: compositing sorts by depth.
     scene = fronto([6.0, 4.0], [0.5, 0.55], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    col, alpha, _, _, dist, med, _ = rasterization_2dgs(*scene, 16, 12, render_mode="RGB+ED", distloss=True)
+    col, alpha, _, _, dist, med, _ = rasterization_2dgs(
+        *scene, 16, 12, render_mode="RGB+ED", distloss=True
+    )
     c = col[0, 6, 8]
-    torch.testing.assert_close(c[:3], torch.tensor([0.55, 0.0, 0.225]), atol=1e-5, rtol=0)  # w = .55, .225
+    torch.testing.assert_close(
+        c[:3], torch.tensor([0.55, 0.0, 0.225]), atol=1e-5, rtol=0
+    )  # w = .55, .225
     assert float(c[3]) == pytest.approx((0.55 * 4 + 0.225 * 6) / 0.775, abs=1e-4)
     assert float(med[0, 6, 8]) == 4.0  # T in front of the far one is 0.45: not > 0.5
     assert float(dist[0, 6, 8]) == pytest.approx(2 * 0.55 * 0.225 * (6 - 4) ** 2, abs=1e-4)
@@ -259,10 +297,14 @@ def test_occlusion_and_median_and_distortion():
 
 def test_transmittance_stop_is_exclusive():
     # Alpha 0.98 layers: T = 0.02, then 4e-4 (> 1e-4, drawn), then 8e-6 (<= 1e-4: stop, not drawn).
-    scene = fronto([4.0, 5.0, 6.0], [0.98, 0.98, 0.98], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    scene = fronto(
+        [4.0, 5.0, 6.0], [0.98, 0.98, 0.98], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    )
     for chunk_size in (1 << 20, 1):
         col, alpha = rasterization_2dgs(*scene, 16, 12, chunk_size=chunk_size)[:2]
-        torch.testing.assert_close(col[0, 6, 8], torch.tensor([0.98, 0.0196, 0.0]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            col[0, 6, 8], torch.tensor([0.98, 0.0196, 0.0]), atol=1e-6, rtol=0
+        )
         assert float(alpha[0, 6, 8]) == pytest.approx(1 - 4e-4, abs=1e-6)
 
 
@@ -283,7 +325,9 @@ def test_sh_degree_zero_is_constant_colour_and_sh_bands():
         torch.testing.assert_close(v, SH_C0 * c[0] + sign * C1 * c[k])
     # degree 3 on +z: only m = 0 terms survive.
     v = spherical_harmonics(3, torch.tensor([0.0, 0.0, 1.0]), c)
-    expect = SH_C0 * c[0] + C1 * c[2] + 0.31539156525252005 * 2 * c[6] + 0.3731763325901154 * 2 * c[12]
+    expect = (
+        SH_C0 * c[0] + C1 * c[2] + 0.31539156525252005 * 2 * c[6] + 0.3731763325901154 * 2 * c[12]
+    )
     torch.testing.assert_close(v, expect)
     with pytest.raises(UserInputError):
         spherical_harmonics(2, torch.zeros(3), torch.zeros(4, 3))
@@ -296,7 +340,9 @@ def test_per_view_colours():
     out = rasterization_2dgs(means, quats, scales, op, per_view, V, K, 32, 24)[0]
     assert out.shape == (3, 24, 32, 5)
     for c in range(3):
-        one = rasterization_2dgs(means, quats, scales, op, per_view[c], V[c : c + 1], K[c : c + 1], 32, 24)[0]
+        one = rasterization_2dgs(
+            means, quats, scales, op, per_view[c], V[c : c + 1], K[c : c + 1], 32, 24
+        )[0]
         torch.testing.assert_close(out[c], one[0])
 
 
@@ -312,8 +358,14 @@ def plane_surfels(slope=(0.3, 0.1), extent=6.0, step=0.15, scale=0.12):
     axis = axis / axis.norm().clamp_min(1e-12)
     q = torch.cat([torch.tensor([math.cos(ang / 2)]), axis * math.sin(ang / 2)])
     N = len(means)
-    return (means, q.expand(N, 4).clone(), torch.full((N, 3), scale), torch.full((N,), 0.9),
-            torch.rand(N, 3, generator=torch.Generator().manual_seed(1)), n)
+    return (
+        means,
+        q.expand(N, 4).clone(),
+        torch.full((N, 3), scale),
+        torch.full((N,), 0.9),
+        torch.rand(N, 3, generator=torch.Generator().manual_seed(1)),
+        n,
+    )
 
 
 def test_depth_to_normal_on_a_tilted_plane():
@@ -321,10 +373,11 @@ def test_depth_to_normal_on_a_tilted_plane():
     V = look_at(torch.tensor([[1.0, -2.0, 8.0]]), torch.zeros(3))
     K = intrinsics_from_fov(48, 40, 50.0)[None]
     for mode in ("expected", "median"):
-        out = rasterization_2dgs(means, quats, scales, op, cols, V, K, 48, 40, render_mode="RGB+ED",
-                                 depth_mode=mode)
+        out = rasterization_2dgs(
+            means, quats, scales, op, cols, V, K, 48, 40, render_mode="RGB+ED", depth_mode=mode
+        )
         alpha, nrm, surf = out[1], out[2], out[3]
-        inner = (alpha[0, 1:-1, 1:-1, 0] > 0.99)
+        inner = alpha[0, 1:-1, 1:-1, 0] > 0.99
         assert inner.float().mean() > 0.9
         dots = (surf[0, 1:-1, 1:-1] @ n)[inner]
         assert dots.min() > 0.98, mode
@@ -336,7 +389,9 @@ def test_depth_to_normal_on_a_tilted_plane():
 
 
 def test_cameras_from_rigs():
-    means, quats, scales, op, cols, _ = plane_surfels(slope=(0.0, 0.0), extent=4.0, step=0.25, scale=0.2)
+    means, quats, scales, op, cols, _ = plane_surfels(
+        slope=(0.0, 0.0), extent=4.0, step=0.25, scale=0.2
+    )
     V, K = nadir_rig([0.0, 0.0, 0.0], altitude_m=10.0, ground_width_m=6.0, width=40, height=40)
     col, alpha, nrm = rasterization_2dgs(means, quats, scales, op, cols, V, K, 40, 40)[:3]
     assert alpha.min() > 0.99
@@ -368,37 +423,59 @@ def test_culling_and_meta():
 
 def test_no_gaussians():
     e = torch.zeros(0, 3)
-    col, alpha = rasterization_2dgs(e, torch.zeros(0, 4), e, torch.zeros(0), e, torch.eye(4)[None],
-                                    intrinsics_from_fov(8, 6, 60.0)[None], 8, 6,
-                                    backgrounds=torch.tensor([[0.1, 0.2, 0.3]]))[:2]
-    assert (alpha == 0).all() and torch.allclose(col, torch.tensor([0.1, 0.2, 0.3]).expand(1, 6, 8, 3))
+    col, alpha = rasterization_2dgs(
+        e,
+        torch.zeros(0, 4),
+        e,
+        torch.zeros(0),
+        e,
+        torch.eye(4)[None],
+        intrinsics_from_fov(8, 6, 60.0)[None],
+        8,
+        6,
+        backgrounds=torch.tensor([[0.1, 0.2, 0.3]]),
+    )[:2]
+    assert (alpha == 0).all() and torch.allclose(
+        col, torch.tensor([0.1, 0.2, 0.3]).expand(1, 6, 8, 3)
+    )
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"means": torch.zeros(3, 2)}, "means"),
-    ({"quats": torch.zeros(2, 4)}, "quats"),
-    ({"scales": torch.zeros(3)}, "scales"),
-    ({"opacities": torch.full((3,), 1.5)}, "opacities"),
-    ({"colors": torch.zeros(4, 3)}, "colors"),
-    ({"viewmats": torch.eye(3)[None]}, "viewmats"),
-    ({"Ks": torch.eye(3)}, "Ks"),
-    ({"width": 0}, "width"),
-    ({"height": 2.5}, "height"),
-    ({"render_mode": "RGBD"}, "render_mode"),
-    ({"depth_mode": "mean"}, "depth_mode"),
-    ({"distloss": True}, "distloss"),
-    ({"sh_degree": 1}, "sh_degree"),
-    ({"sh_degree": 4, "colors": torch.zeros(3, 25, 3)}, "sh_degree"),
-    ({"backgrounds": torch.zeros(2, 3)}, "backgrounds"),
-    ({"near_plane": 5.0, "far_plane": 1.0}, "far_plane"),
-    ({"backend": "cuda"}, "backend"),
-    ({"absgrad": True}, "absgrad"),
-    ({"means": torch.zeros(3, 3, dtype=torch.int64)}, "floating"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"means": torch.zeros(3, 2)}, "means"),
+        ({"quats": torch.zeros(2, 4)}, "quats"),
+        ({"scales": torch.zeros(3)}, "scales"),
+        ({"opacities": torch.full((3,), 1.5)}, "opacities"),
+        ({"colors": torch.zeros(4, 3)}, "colors"),
+        ({"viewmats": torch.eye(3)[None]}, "viewmats"),
+        ({"Ks": torch.eye(3)}, "Ks"),
+        ({"width": 0}, "width"),
+        ({"height": 2.5}, "height"),
+        ({"render_mode": "RGBD"}, "render_mode"),
+        ({"depth_mode": "mean"}, "depth_mode"),
+        ({"distloss": True}, "distloss"),
+        ({"sh_degree": 1}, "sh_degree"),
+        ({"sh_degree": 4, "colors": torch.zeros(3, 25, 3)}, "sh_degree"),
+        ({"backgrounds": torch.zeros(2, 3)}, "backgrounds"),
+        ({"near_plane": 5.0, "far_plane": 1.0}, "far_plane"),
+        ({"backend": "cuda"}, "backend"),
+        ({"absgrad": True}, "absgrad"),
+        ({"means": torch.zeros(3, 3, dtype=torch.int64)}, "floating"),
+    ],
+)
 def test_bad_inputs_raise_user_input_error(change, match):
-    args = {"means": torch.zeros(3, 3), "quats": torch.ones(3, 4), "scales": torch.ones(3, 3),
-            "opacities": torch.full((3,), 0.5), "colors": torch.zeros(3, 3), "viewmats": torch.eye(4)[None],
-            "Ks": intrinsics_from_fov(8, 6, 60.0)[None], "width": 8, "height": 6}
+    args = {
+        "means": torch.zeros(3, 3),
+        "quats": torch.ones(3, 4),
+        "scales": torch.ones(3, 3),
+        "opacities": torch.full((3,), 0.5),
+        "colors": torch.zeros(3, 3),
+        "viewmats": torch.eye(4)[None],
+        "Ks": intrinsics_from_fov(8, 6, 60.0)[None],
+        "width": 8,
+        "height": 6,
+    }
     args.update(change)
     with pytest.raises(UserInputError, match=match):
         rasterization_2dgs(**args)
@@ -419,10 +496,14 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, renderers.rasterization as r; assert 'gsplat' not in sys.modules; "
-            "print(r.rasterization_2dgs.__name__)")
+    code = (
+        "import sys, renderers.rasterization as r; assert 'gsplat' not in sys.modules; "
+        "print(r.rasterization_2dgs.__name__)"
+    )
     root = str(Path(__file__).resolve().parents[1])
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "rasterization_2dgs"
 
@@ -462,7 +543,9 @@ def test_matches_gsplat_on_cuda(seed):
 
     def run(backend):
         m, c, o = params
-        out = rasterization_2dgs(m, quats, scales, o, c, V, K, 96, 80, render_mode="RGB+ED", backend=backend)
+        out = rasterization_2dgs(
+            m, quats, scales, o, c, V, K, 96, 80, render_mode="RGB+ED", backend=backend
+        )
         loss = out[0][..., :3].square().sum() + out[1].sum() + out[2].square().sum()
         grads = torch.autograd.grad(loss, params)
         return [t.detach() for t in out[:3]], grads, out[-1]
@@ -470,7 +553,10 @@ def test_matches_gsplat_on_cuda(seed):
     (gc, ga, gn), ggrads, gmeta = run("gsplat")
     (tc, ta, tn), tgrads, tmeta = run("torch")
     assert gmeta["backend"] == "gsplat" and tmeta["backend"] == "torch"
-    assert rasterization_2dgs(means, quats, scales, opacities, colors, V, K, 96, 80)[-1]["backend"] == "gsplat"
+    assert (
+        rasterization_2dgs(means, quats, scales, opacities, colors, V, K, 96, 80)[-1]["backend"]
+        == "gsplat"
+    )
     for a, b in ((gc[..., :3], tc[..., :3]), (ga, ta), (gn, tn)):
         diff = (a - b).abs()
         assert diff.max() < 1e-3 and diff.mean() < 1e-4, (diff.max(), diff.mean())
@@ -479,7 +565,9 @@ def test_matches_gsplat_on_cuda(seed):
     assert ed.max() < 1e-3 * float(tc[..., 3].max()), ed.max()
     ok = (gmeta["radii"] > 0).all(-1) & (tmeta["radii"] > 0).all(-1)
     torch.testing.assert_close(gmeta["means2d"][ok], tmeta["means2d"][ok], atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(gmeta["ray_transforms"][ok], tmeta["ray_transforms"][ok], atol=1e-2, rtol=1e-4)
+    torch.testing.assert_close(
+        gmeta["ray_transforms"][ok], tmeta["ray_transforms"][ok], atol=1e-2, rtol=1e-4
+    )
     for a, b in zip(ggrads, tgrads, strict=True):
         rel = (a - b).norm() / b.norm().clamp_min(1e-12)
         assert rel < 2e-2, rel

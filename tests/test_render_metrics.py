@@ -14,15 +14,19 @@ from renderers.metrics import psnr, ssim
 
 def _smooth_image(c: int, h: int, w: int) -> torch.Tensor:
     """``[c, h, w]`` float64 in [0, 1] with structure at several scales."""
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64),
-                          torch.arange(w, dtype=torch.float64), indexing="ij")
-    chans = [0.5 + 0.25 * torch.sin(x / (2 + k)) * torch.cos(y / (3 + k))
-             + 0.2 * torch.sin((x + y) / 7) for k in range(c)]
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    chans = [
+        0.5 + 0.25 * torch.sin(x / (2 + k)) * torch.cos(y / (3 + k)) + 0.2 * torch.sin((x + y) / 7)
+        for k in range(c)
+    ]
     return torch.stack(chans).clamp(0, 1)
 
 
-def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range: float, window: int,
-                    sigma: float) -> float:
+def _ssim_reference(
+    a: np.ndarray, b: np.ndarray, data_range: float, window: int, sigma: float
+) -> float:
     """SSIM of ``[C, H, W]`` images: loop over every valid window, weighted moments in float64."""
     t = np.arange(window) - (window - 1) / 2
     g = np.exp(-(t**2) / (2 * sigma**2))
@@ -34,8 +38,8 @@ def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range: float, window: int
     for ch in range(C):
         for i in range(H - window + 1):
             for j in range(W - window + 1):
-                pa = a[ch, i:i + window, j:j + window]
-                pb = b[ch, i:i + window, j:j + window]
+                pa = a[ch, i : i + window, j : j + window]
+                pb = b[ch, i : i + window, j : j + window]
                 ma, mb = (w2 * pa).sum(), (w2 * pb).sum()
                 va, vb = (w2 * (pa - ma) ** 2).sum(), (w2 * (pb - mb) ** 2).sum()
                 cov = (w2 * (pa - ma) * (pb - mb)).sum()
@@ -61,8 +65,9 @@ def test_psnr_known_mse():
     assert psnr(a, b, data_range=255, channels_last=True).item() == pytest.approx(expect, rel=1e-6)
 
 
-@pytest.mark.parametrize(("window", "sigma", "data_range"),
-                         [(11, 1.5, 1.0), (7, 1.0, 1.0), (5, 2.0, 255.0)])
+@pytest.mark.parametrize(
+    ("window", "sigma", "data_range"), [(11, 1.5, 1.0), (7, 1.0, 1.0), (5, 2.0, 255.0)]
+)
 def test_ssim_matches_numpy_reference(window, sigma, data_range):
     gen = torch.Generator().manual_seed(window)
     a = _smooth_image(3, 17, 19) * data_range

@@ -31,10 +31,19 @@ def get_scene_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     comps = {
         "structure_vae": StructureVAE(channels=(8, 8, 8, 8), latent_channels=4),
-        "structure_flow": StructureFlowDiT(grid_size=(4, 4, 4), latent_channels=4, patch_size=2,
-                                           num_classes=NUM_CLASSES, hidden_size=16, depth=1, num_heads=2),
+        "structure_flow": StructureFlowDiT(
+            grid_size=(4, 4, 4),
+            latent_channels=4,
+            patch_size=2,
+            num_classes=NUM_CLASSES,
+            hidden_size=16,
+            depth=1,
+            num_heads=2,
+        ),
         "texture_vae": TextureVAE(channels=8, latent_channels=4, num_res_blocks=1),
-        "texture_flow": TextureFlowNet(latent_channels=4, channels=8, num_blocks=1, num_classes=NUM_CLASSES),
+        "texture_flow": TextureFlowNet(
+            latent_channels=4, channels=8, num_blocks=1, num_classes=NUM_CLASSES
+        ),
     }
     with torch.no_grad():
         for m in comps.values():
@@ -53,12 +62,22 @@ def pipe():
 
 def semantic_map(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.kron(rng.integers(0, NUM_CLASSES, (n // 8, n // 8)), np.ones((8, 8), int)).astype(np.uint8)
+    return np.kron(rng.integers(0, NUM_CLASSES, (n // 8, n // 8)), np.ones((8, 8), int)).astype(
+        np.uint8
+    )
 
 
 def test_windows_partition_the_scene():
-    for n, W, ov in ((32, 32, 16), (33, 32, 16), (80, 32, 16), (100, 64, 8), (10, 32, 0), (128, 64, 16),
-                     (512, 64, 16), (1000, 64, 16)):
+    for n, W, ov in (
+        (32, 32, 16),
+        (33, 32, 16),
+        (80, 32, 16),
+        (100, 64, 8),
+        (10, 32, 0),
+        (128, 64, 16),
+        (512, 64, 16),
+        (1000, 64, 16),
+    ):
         starts = window_starts(n, W, ov)
         assert starts[0] == 0 and n <= starts[-1] + W and all(s % 8 == 0 for s in starts)
         assert len(starts) == 1 or starts[-1] < n - ov  # the last window adds columns of its own
@@ -75,8 +94,10 @@ def test_windows_partition_the_scene():
 
 
 def test_fill_columns_closes_holes_and_builds_walls():
-    vox = torch.tensor([[0, x, y, 3] for x in range(6) for y in range(6) if (x, y) not in {(2, 2), (5, 5)}],
-                       dtype=torch.int32)
+    vox = torch.tensor(
+        [[0, x, y, 3] for x in range(6) for y in range(6) if (x, y) not in {(2, 2), (5, 5)}],
+        dtype=torch.int32,
+    )
     out = fill_columns(vox, (6, 6))
     assert len(out) == 36 and len({(int(a), int(b)) for a, b in out[:, 1:3]}) == 36
     assert (out[:, 3] == 3).all() and torch.equal(out[:34], vox)  # flat: nothing but the two holes
@@ -91,30 +112,56 @@ def test_fill_columns_closes_holes_and_builds_walls():
 def test_every_condition_mode_runs(pipe):
     sem = semantic_map(32)
     img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    for kw in ({"semantic": sem, "gsd": 1.0}, {"image": img, "gsd": 1.0},
-               {"semantic": sem, "image": img, "gsd": 1.0}, {"size_m": 32}):
+    for kw in (
+        {"semantic": sem, "gsd": 1.0},
+        {"image": img, "gsd": 1.0},
+        {"semantic": sem, "image": img, "gsd": 1.0},
+        {"size_m": 32},
+    ):
         out = pipe(**kw, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
         n = len(out.coords)
-        assert n > 0 and out.coords.shape == (n, 3) and out.colors.shape == (n, 3) and out.colors.dtype == np.uint8
-        assert out.coords[:, :2].min() >= 0 and out.coords[:, 0].max() < 32 and out.coords[:, 1].max() < 32
+        assert (
+            n > 0
+            and out.coords.shape == (n, 3)
+            and out.colors.shape == (n, 3)
+            and out.colors.dtype == np.uint8
+        )
+        assert (
+            out.coords[:, :2].min() >= 0
+            and out.coords[:, 0].max() < 32
+            and out.coords[:, 1].max() < 32
+        )
         K = pipe.texture_vae.config.gaussians_per_voxel
         assert out.surfels["voxel"].max() == n - 1 and out.surfels["voxel"].min() == 0
         if "image" not in kw:
             assert out.surfels["means"].shape == (K * n, 3)
         else:  # the orthophoto's flat surfels on every column top (1 m voxels, 1 m/px: one + one under)
-            level = (out.surfels["quats"] == [1, 0, 0, 0]).all(1) & (out.surfels["opacities"] == 1.0)
+            level = (out.surfels["quats"] == [1, 0, 0, 0]).all(1) & (
+                out.surfels["opacities"] == 1.0
+            )
             assert level.sum() >= 2 * len(np.unique(out.coords[:, :2], axis=0))
         assert out.height.shape == (32, 32) and not np.isnan(out.height).any()  # holes filled
 
 
 def test_seeded_generation_is_deterministic(pipe):
     sem = semantic_map(32)
-    a = pipe(semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(3))
-    b = pipe(semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(3))
-    c = pipe(semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(4))
-    assert np.array_equal(a.coords, b.coords) and np.array_equal(a.surfels["means"], b.surfels["means"])
-    assert not (len(a.coords) == len(c.coords) and np.array_equal(a.coords, c.coords)
-                and np.allclose(a.surfels["colors"], c.surfels["colors"]))
+    a = pipe(
+        semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(3)
+    )
+    b = pipe(
+        semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(3)
+    )
+    c = pipe(
+        semantic=sem, gsd=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(4)
+    )
+    assert np.array_equal(a.coords, b.coords) and np.array_equal(
+        a.surfels["means"], b.surfels["means"]
+    )
+    assert not (
+        len(a.coords) == len(c.coords)
+        and np.array_equal(a.coords, c.coords)
+        and np.allclose(a.surfels["colors"], c.surfels["colors"])
+    )
 
 
 def test_large_extent_is_stitched_from_windows_with_shared_structure(pipe):
@@ -139,8 +186,14 @@ def test_large_extent_is_stitched_from_windows_with_shared_structure(pipe):
 
     pipe._crop = spy
     try:
-        out = pipe(semantic=sem, gsd=1.0, overlap_m=16, num_inference_steps=1, callback_on_step_end=cb,
-                   generator=torch.Generator().manual_seed(0))
+        out = pipe(
+            semantic=sem,
+            gsd=1.0,
+            overlap_m=16,
+            num_inference_steps=1,
+            callback_on_step_end=cb,
+            generator=torch.Generator().manual_seed(0),
+        )
     finally:
         pipe._crop = orig
     assert out.windows == [(x, y) for y in (0, 16) for x in (0, 16)]
@@ -149,7 +202,7 @@ def test_large_extent_is_stitched_from_windows_with_shared_structure(pipe):
     # map crops: window (x0, y0) sees rows north-up from the map's top
     assert {c[0] for c in crops} == set(out.windows)
     for (x0, y0), crop in crops:
-        assert np.array_equal(crop, sem[48 - y0 - 32:48 - y0, x0:x0 + 32])
+        assert np.array_equal(crop, sem[48 - y0 - 32 : 48 - y0, x0 : x0 + 32])
     # one structure state for the whole extent: 48 voxels = 6 coarse cells a side
     window, lat = seen[0]
     assert window is None and lat.shape[2:4] == (6, 6)
@@ -172,8 +225,13 @@ def test_windows_decode_like_one_piece(pipe):
 
     pipe._decode_region = spy
     try:
-        out = pipe(semantic=sem, gsd=1.0, overlap_m=16, num_inference_steps=2,
-                   generator=torch.Generator().manual_seed(1))
+        out = pipe(
+            semantic=sem,
+            gsd=1.0,
+            overlap_m=16,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(1),
+        )
     finally:
         pipe._decode_region = orig
     assert len(out.windows) == 5 * 2 and all(c is canvases[0] for c in canvases)
@@ -204,16 +262,48 @@ def test_save_load_and_cli(tmp_path, pipe):
     back.set_progress_bar_config(disable=True)
     a = pipe(size_m=32, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
     b = back(size_m=32, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
-    assert np.array_equal(a.coords, b.coords) and np.allclose(a.surfels["means"], b.surfels["means"])
+    assert np.array_equal(a.coords, b.coords) and np.allclose(
+        a.surfels["means"], b.surfels["means"]
+    )
 
     from earthgen.cli import main
 
     out = tmp_path / "out"
-    rc = main(["scene", "--model", str(tmp_path / "pipe"), "--world", "3", "--size-m", "48", "--steps", "1",
-               "--seed", "5", "--render-size", "64", "--views", "2", "--turntable", "3", "--out", str(out)])
+    rc = main(
+        [
+            "scene",
+            "--model",
+            str(tmp_path / "pipe"),
+            "--world",
+            "3",
+            "--size-m",
+            "48",
+            "--steps",
+            "1",
+            "--seed",
+            "5",
+            "--render-size",
+            "64",
+            "--views",
+            "2",
+            "--turntable",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
-    for f in ("scene.glb", "scene_mesh.ply", "gaussians.ply", "voxels.ply", "render.png", "turntable.gif", "dem.tif",
-              "condition_semantic.png", "scene.json"):
+    for f in (
+        "scene.glb",
+        "scene_mesh.ply",
+        "gaussians.ply",
+        "voxels.ply",
+        "render.png",
+        "turntable.gif",
+        "dem.tif",
+        "condition_semantic.png",
+        "scene.json",
+    ):
         assert (out / f).stat().st_size > 0, f
     meta = json.loads((out / "scene.json").read_text())
     assert meta["seed"] == 5 and meta["windows"] == 4 and meta["condition"] == ["semantic"]
@@ -224,11 +314,39 @@ def test_save_load_and_cli(tmp_path, pipe):
         assert dem.shape == (48, 48) and ds.res == (1.0, 1.0)
         assert np.nanmax(dem) > 0
     # user mistakes: exit 2, no traceback
-    assert main(["scene", "--model", str(tmp_path / "pipe"), "--world", "1", "--semantic", "x.png",
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "scene",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--world",
+                "1",
+                "--semantic",
+                "x.png",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert main(["scene", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "bad")]) == 2
-    assert main(["scene", "--model", str(tmp_path / "pipe"), "--size-m", "32", "--overlap-m", "-1",
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "scene",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--size-m",
+                "32",
+                "--overlap-m",
+                "-1",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_eval_scene_metrics(pipe):
@@ -244,7 +362,9 @@ def test_eval_scene_metrics(pipe):
     from earthgen.evaluation.tilenet import TileNet
 
     torch.manual_seed(0)
-    m = evaluate_scene(pipe, n=2, size_m=32, steps=1, modes=("none",), evaluator=TileNet(width=8), progress=False)
+    m = evaluate_scene(
+        pipe, n=2, size_m=32, steps=1, modes=("none",), evaluator=TileNet(width=8), progress=False
+    )
     assert 0 <= m["none"]["semantic_miou"] <= 1 and 0 <= m["reference"]["semantic_miou"] <= 1
     assert np.isfinite(m["none"]["kid_tilenet"])
     # the seam metric: a step at a window border shows, a smooth ramp does not
@@ -262,10 +382,14 @@ def test_dem_keeps_the_maps_north_west_corner(tmp_path):
 
     from earthgen.pipelines.scene import save_dem, surface_height
 
-    coords = np.array([[0, 0, 2], [3, 1, 0], [3, 1, 4]])  # columns (0, 0) and (3, 1) of a 4 x 2 scene
+    coords = np.array(
+        [[0, 0, 2], [3, 1, 0], [3, 1, 4]]
+    )  # columns (0, 0) and (3, 1) of a 4 x 2 scene
     h = surface_height(coords, 4, 2, 0.5)
     assert h.shape == (2, 4) and h[1, 0] == 1.5 and h[0, 3] == 2.5 and np.isnan(h).sum() == 6
     save_dem(tmp_path / "d.tif", h, 0.5, 32632, Affine(2.0, 0, 373107.0, 0, -2.0, 4844056.0))
     with rasterio.open(tmp_path / "d.tif") as ds:
-        assert ds.crs.to_epsg() == 32632 and ds.transform == Affine(0.5, 0, 373107.0, 0, -0.5, 4844056.0)
+        assert ds.crs.to_epsg() == 32632 and ds.transform == Affine(
+            0.5, 0, 373107.0, 0, -0.5, 4844056.0
+        )
         assert np.array_equal(ds.read(1), h, equal_nan=True)

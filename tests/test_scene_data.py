@@ -45,9 +45,17 @@ def test_build_heights_is_exact_on_flat_ground():
     tops = _tops(out.numpy())
     for x in range(X):
         for y in range(Y):
-            want = 3 + 10 if 4 <= x < 10 and 4 <= y < 10 else 3 + 7 if 12 <= x < 14 and 2 <= y < 4 else 3
+            want = (
+                3 + 10
+                if 4 <= x < 10 and 4 <= y < 10
+                else 3 + 7
+                if 12 <= x < 14 and 2 <= y < 4
+                else 3
+            )
             assert tops[(x, y)] == want, (x, y)
-    col = sorted(z for x, y, z in out.tolist() if (x, y) == (4, 4))  # a corner: wall from the ground
+    col = sorted(
+        z for x, y, z in out.tolist() if (x, y) == (4, 4)
+    )  # a corner: wall from the ground
     assert col == list(range(0, 14))
     inner = sorted(z for x, y, z in out.tolist() if (x, y) == (6, 6))  # inside: ground below, roof
     assert inner == [0, 1, 2, 3, 13]
@@ -63,8 +71,17 @@ def test_pipeline_building_tops_follow_the_height_map(pipe):
     sem[30:40, 30:44] = 1
     h = np.where(sem == 1, 9.0, np.nan).astype(np.float32)
     h[30:40, 30:44] = 21.0
-    runs = [pipe(semantic=sem, gsd=1.0, heights=hh, num_inference_steps=1, texture_steps=1,
-                 generator=torch.Generator().manual_seed(2)) for hh in (h, h + 5)]
+    runs = [
+        pipe(
+            semantic=sem,
+            gsd=1.0,
+            heights=hh,
+            num_inference_steps=1,
+            texture_steps=1,
+            generator=torch.Generator().manual_seed(2),
+        )
+        for hh in (h, h + 5)
+    ]
     a, b = _tops(runs[0].coords), _tops(runs[1].coords)
     bld = {(x, 47 - r) for r, x in zip(*np.nonzero(sem == 1), strict=True)}
     assert set(a) == set(b) == {(x, y) for x in range(48) for y in range(48)}
@@ -75,8 +92,16 @@ def test_pipeline_building_tops_follow_the_height_map(pipe):
 def test_dem_raises_columns_and_closes_walls(pipe):
     sem = np.full((32, 48), 9, np.uint8)
     dem = np.tile(np.linspace(100.0, 112.0, 48, dtype=np.float32), (32, 1))  # rises 12 m eastwards
-    flat = pipe(semantic=sem, gsd=1.0, num_inference_steps=1, generator=torch.Generator().manual_seed(3))
-    hill = pipe(semantic=sem, gsd=1.0, dem=dem, num_inference_steps=1, generator=torch.Generator().manual_seed(3))
+    flat = pipe(
+        semantic=sem, gsd=1.0, num_inference_steps=1, generator=torch.Generator().manual_seed(3)
+    )
+    hill = pipe(
+        semantic=sem,
+        gsd=1.0,
+        dem=dem,
+        num_inference_steps=1,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert hill.origin[2] == pytest.approx(100.0)
     a, b = _tops(flat.coords), _tops(hill.coords)
     for (x, y), z in a.items():
@@ -87,7 +112,11 @@ def test_dem_raises_columns_and_closes_walls(pipe):
         cols.setdefault((x, y), []).append(z)
     for (x, y), zs in cols.items():
         zs = sorted(zs)
-        nb = [b[(x + dx, y + dy)] for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)) if (x + dx, y + dy) in b]
+        nb = [
+            b[(x + dx, y + dy)]
+            for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
+            if (x + dx, y + dy) in b
+        ]
         assert zs[0] <= max(min(nb) + 1, 0) or zs[0] <= min(nb), (x, y)
     assert len(hill.surfels["voxel"]) and hill.surfels["voxel"].max() == len(hill.coords) - 1
     h = surface_height(hill.coords, 48, 32, 1.0)
@@ -110,8 +139,13 @@ def test_orthophoto_colours_the_top_view():
     ref = torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None]
     scores = {}
     for ortho in (True, False):
-        out = pipe(image=img, gsd=0.5, ortho_colors=ortho, num_inference_steps=1,
-                   generator=torch.Generator().manual_seed(0))
+        out = pipe(
+            image=img,
+            gsd=0.5,
+            ortho_colors=ortho,
+            num_inference_steps=1,
+            generator=torch.Generator().manual_seed(0),
+        )
         r = nadir_render(out, 0.5)
         assert r.shape == (96, 96, 3)
         scores[ortho] = float(psnr(torch.from_numpy(r).permute(2, 0, 1)[None], ref))
@@ -133,9 +167,13 @@ def test_height_caps_flatten_roads_to_the_ground(pipe):
     free = _tops(pipe(**kw, generator=torch.Generator().manual_seed(5)).coords)
     flat = _tops(pipe(**kw, height_cap=caps, generator=torch.Generator().manual_seed(5)).coords)
     road = {(x, 47 - r) for r, x in zip(*np.nonzero(sem == CLASS_ID["road_minor"]), strict=True)}
-    for (x, y) in road:
-        near = [free[(a, b)] for a in range(max(x - 8, 0), min(x + 9, 48))
-                for b in range(max(y - 8, 0), min(y + 9, 48)) if (a, b) in road]
+    for x, y in road:
+        near = [
+            free[(a, b)]
+            for a in range(max(x - 8, 0), min(x + 9, 48))
+            for b in range(max(y - 8, 0), min(y + 9, 48))
+            if (a, b) in road
+        ]
         assert flat[(x, y)] == min(near), (x, y)
     assert all(flat[k] == free[k] for k in free if k not in road)
 
@@ -155,31 +193,77 @@ def test_cli_scene_from_geojson_with_heights_dem_and_atomic_folder(tmp_path, pip
         pytest.skip("needs ../shared/fixtures/dem/osmnx_elevation1.tif")
     lon, lat = -122.4075, 37.7950
     d = 0.00008  # ~7 m
-    gj = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"building": "yes", "height": "12"},
-         "geometry": {"type": "Polygon", "coordinates": [[[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d],
-                                                           [lon - d, lat + d], [lon - d, lat - d]]]}},
-        {"type": "Feature", "properties": {"highway": "residential"},
-         "geometry": {"type": "LineString", "coordinates": [[lon - 0.0005, lat - 0.0002], [lon + 0.0005, lat - 0.0002]]}},
-    ]}
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"building": "yes", "height": "12"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [
+                            [lon - d, lat - d],
+                            [lon + d, lat - d],
+                            [lon + d, lat + d],
+                            [lon - d, lat + d],
+                            [lon - d, lat - d],
+                        ]
+                    ],
+                },
+            },
+            {
+                "type": "Feature",
+                "properties": {"highway": "residential"},
+                "geometry": {
+                    "type": "LineString",
+                    "coordinates": [[lon - 0.0005, lat - 0.0002], [lon + 0.0005, lat - 0.0002]],
+                },
+            },
+        ],
+    }
     src = tmp_path / "sf.geojson"
     src.write_text(json.dumps(gj))
     pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "scene"
-    args = ["scene", "--model", str(tmp_path / "pipe"), "--layout", str(src), "--center", f"{lat},{lon}",
-            "--size-m", "48", "--steps", "1", "--seed", "0", "--no-ortho", "--render-size", "64", "--views", "1",
-            "--turntable", "2"]
+    args = [
+        "scene",
+        "--model",
+        str(tmp_path / "pipe"),
+        "--layout",
+        str(src),
+        "--center",
+        f"{lat},{lon}",
+        "--size-m",
+        "48",
+        "--steps",
+        "1",
+        "--seed",
+        "0",
+        "--no-ortho",
+        "--render-size",
+        "64",
+        "--views",
+        "1",
+        "--turntable",
+        "2",
+    ]
     assert main(args + ["--dem", str(dem), "--out", str(out)]) == 0
     meta = json.loads((out / "scene.json").read_text())
     assert meta["heights"] == "data" and meta["dem"] == str(dem)
     assert (out / "oblique.png").stat().st_size > 0 and not list(tmp_path.glob(".scene.partial-*"))
     with rasterio.open(out / "dem.tif") as ds:
         surf = ds.read(1)
-    assert 10 < np.nanmin(surf) and np.nanmax(surf) < 200  # metres above the datum (SF hills, not the base)
+    assert (
+        10 < np.nanmin(surf) and np.nanmax(surf) < 200
+    )  # metres above the datum (SF hills, not the base)
     # mistakes: a DEM under a non-georeferenced map; an existing non-empty --out
     png = tmp_path / "ids.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(png)
-    assert main(["scene", "--semantic", str(png), "--dem", str(dem), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["scene", "--semantic", str(png), "--dem", str(dem), "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert main(args + ["--out", str(out)]) == 2  # not empty

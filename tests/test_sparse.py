@@ -74,8 +74,11 @@ def test_upsample_matches_dense_transpose_conv():
 
 def test_torch_backend_gradients_by_finite_differences():
     x = random_sparse(shape=(4, 4, 4), batch=1, channels=2, density=0.4, dtype=torch.float64)
-    for layer in (SubMConv3d(2, 2, 3, backend="torch"), SparseDownsample(2, 2, backend="torch"),
-                  SparseUpsample(2, 2, backend="torch")):
+    for layer in (
+        SubMConv3d(2, 2, 3, backend="torch"),
+        SparseDownsample(2, 2, backend="torch"),
+        SparseUpsample(2, 2, backend="torch"),
+    ):
         layer = layer.double()
         w0 = layer.weight.detach().clone()
 
@@ -89,7 +92,9 @@ def test_torch_backend_gradients_by_finite_differences():
                 layer.weight = saved
 
         feats = x.feats.clone().requires_grad_()
-        assert torch.autograd.gradcheck(f, (feats, w0.clone().requires_grad_()), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(
+            f, (feats, w0.clone().requires_grad_()), eps=1e-6, atol=1e-6
+        )
 
 
 def test_resblock_is_identity_at_init_and_batch_independent():
@@ -113,7 +118,9 @@ def test_bad_inputs_raise_user_errors():
         SubMConv3d(1, 1, 3, backend="cuda-magic")
 
 
-needs_spconv = pytest.mark.skipif(not spconv_available(), reason="spconv not installed (pip install 'earthgen[sparse]')")
+needs_spconv = pytest.mark.skipif(
+    not spconv_available(), reason="spconv not installed (pip install 'earthgen[sparse]')"
+)
 
 
 @needs_spconv
@@ -122,8 +129,11 @@ def test_spconv_backend_matches_torch_twin(layer):
     # big enough that spconv's CPU kernels go wrong with two threads (measured): the layer's
     # one-thread guard must cover forward and backward
     x = random_sparse(shape=(32, 32, 24), channels=8, seed=7, density=0.2)
-    make = {"subm": lambda: SubMConv3d(8, 8, 3), "down": lambda: SparseDownsample(8, 8),
-            "up": lambda: SparseUpsample(8, 8)}[layer]
+    make = {
+        "subm": lambda: SubMConv3d(8, 8, 3),
+        "down": lambda: SparseDownsample(8, 8),
+        "up": lambda: SparseUpsample(8, 8),
+    }[layer]
     torch.manual_seed(0)
     ref_layer = make()
     ref_layer.backend = "torch"
@@ -157,8 +167,11 @@ def test_cuda_spconv_matches_torch_twin(layer):
         pytest.skip("spconv not installed")
     x = random_sparse(shape=(32, 32, 24), channels=8, seed=7, density=0.2)
     x = SparseTensor(x.coords.cuda(), x.feats.cuda(), x.spatial_shape, x.batch_size)
-    make = {"subm": lambda: SubMConv3d(8, 8, 3), "down": lambda: SparseDownsample(8, 8),
-            "up": lambda: SparseUpsample(8, 8)}[layer]
+    make = {
+        "subm": lambda: SubMConv3d(8, 8, 3),
+        "down": lambda: SparseDownsample(8, 8),
+        "up": lambda: SparseUpsample(8, 8),
+    }[layer]
     torch.manual_seed(0)
     ref_layer = make().cuda()
     ref_layer.backend = "torch"
@@ -186,7 +199,9 @@ def test_spconv_neighbour_pairs_are_built_once_per_voxel_set(monkeypatch):
             f = getattr(ops, name)
             monkeypatch.setattr(ops, name, lambda *a, _f=f, **k: calls.append(1) or _f(*a, **k))
     x = random_sparse(shape=(8, 8, 8), channels=4, seed=2)
-    blocks = torch.nn.Sequential(SparseResBlock(4, backend="spconv"), SparseResBlock(4, backend="spconv"))
+    blocks = torch.nn.Sequential(
+        SparseResBlock(4, backend="spconv"), SparseResBlock(4, backend="spconv")
+    )
     h = x
     for b in blocks:
         h = b(h)

@@ -11,8 +11,15 @@ from flows.path import LinearPath
 from flows.solver import ODESolver
 from flows.structure import StructureFlowDiT, grid_to_structure, structure_to_grid
 
-TINY = {"grid_size": (8, 8, 4), "latent_channels": 3, "patch_size": 2, "num_classes": 5, "hidden_size": 32,
-        "depth": 2, "num_heads": 2}
+TINY = {
+    "grid_size": (8, 8, 4),
+    "latent_channels": 3,
+    "patch_size": 2,
+    "num_classes": 5,
+    "hidden_size": 32,
+    "depth": 2,
+    "num_heads": 2,
+}
 
 
 def test_grid_round_trip():
@@ -48,8 +55,14 @@ def test_zero_init_and_condition_dropping():
     img = torch.rand(2, 3, 32, 32)
     full = m(x, t, semantic=sem, image=img)
     none = m(x, t)
-    dropped = m(x, t, semantic=sem, image=img, drop_semantic=torch.tensor([True, True]),
-                drop_image=torch.tensor([True, True]))
+    dropped = m(
+        x,
+        t,
+        semantic=sem,
+        image=img,
+        drop_semantic=torch.tensor([True, True]),
+        drop_image=torch.tensor([True, True]),
+    )
     torch.testing.assert_close(dropped, none)
     assert (full - none).abs().max() > 1e-4
     mixed = m(x, t, semantic=sem, drop_semantic=torch.tensor([False, True]))
@@ -101,9 +114,14 @@ def test_flow_matching_fit_and_conditional_sampling(tmp_path):
     x0 = torch.randn(2, 4, 8, 8, 4, generator=torch.Generator().manual_seed(3))
 
     def v(x, t):
-        return cfg_velocity(lambda xx, tt, c: m2(xx, tt, semantic=c["s"], drop_semantic=c["d"]), x, t,
-                            {"s": sem, "d": torch.zeros(2, dtype=torch.bool)},
-                            {"s": sem, "d": torch.ones(2, dtype=torch.bool)}, 2.0)
+        return cfg_velocity(
+            lambda xx, tt, c: m2(xx, tt, semantic=c["s"], drop_semantic=c["d"]),
+            x,
+            t,
+            {"s": sem, "d": torch.zeros(2, dtype=torch.bool)},
+            {"s": sem, "d": torch.ones(2, dtype=torch.bool)},
+            2.0,
+        )
 
     with torch.no_grad():
         out = ODESolver("heun").sample(v, x0, 16)
@@ -135,14 +153,24 @@ def test_train_structure_flow_command(tmp_path):
 
     StructureVAE(channels=(8, 8, 8, 8), latent_channels=4).save_pretrained(tmp_path / "svae")
     out = tmp_path / "sflow"
-    args = ["train", "structure-flow", "--test-run", "--vae", str(tmp_path / "svae"), "--save-every", "3"]
+    args = [
+        "train",
+        "structure-flow",
+        "--test-run",
+        "--vae",
+        str(tmp_path / "svae"),
+        "--save-every",
+        "3",
+    ]
     assert main(args + ["--steps", "3", "--out", str(out)]) == 0
     assert main(args + ["--steps", "5", "--out", str(out), "--resume"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["started_at"] == 3 and s["steps"] == 5 and s["latent_scale"] > 0
     m = StructureFlowDiT.from_pretrained(out / "model")
     assert m.config.latent_channels == 4 and tuple(m.config.grid_size) == (4, 4, 4)
-    assert main(["train", "structure-flow", "--test-run", "--out", str(tmp_path / "x")]) == 2  # no --vae
+    assert (
+        main(["train", "structure-flow", "--test-run", "--out", str(tmp_path / "x")]) == 2
+    )  # no --vae
 
 
 def test_evaluate_structure_flow_reports_every_condition_mode():

@@ -45,8 +45,12 @@ def test_shapes_and_value_range():
 
 
 def test_latent_normalisation_round_trip():
-    m = TAEF2(block_out_channels=(16,) * 4, latent_channels=4, latents_mean=[0.1, -0.2, 0.3, 0.0],
-              latents_std=[0.5, 2.0, 1.0, 0.8])
+    m = TAEF2(
+        block_out_channels=(16,) * 4,
+        latent_channels=4,
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[0.5, 2.0, 1.0, 0.8],
+    )
     z = torch.randn(3, 4, 5, 5)
     n = m.normalize_latents(z)
     assert torch.allclose(m.denormalize_latents(n), z, atol=1e-6)
@@ -61,7 +65,9 @@ def test_save_load_round_trip(tmp_path):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(m(x).sample, r(x).sample)
-    assert torch.allclose(r.normalize_latents(torch.ones(1, 8, 1, 1)), torch.full((1, 8, 1, 1), 0.25))
+    assert torch.allclose(
+        r.normalize_latents(torch.ones(1, 8, 1, 1)), torch.full((1, 8, 1, 1), 0.25)
+    )
 
 
 @pytest.mark.skipif(not (PACKAGED / "config.json").is_file(), reason="packaged TAEF2 absent")
@@ -71,8 +77,14 @@ def test_tiled_round_trip_is_as_good_as_one_pass():
     the whole input, so a tile sees slightly different statistics.)"""
     from PIL import Image
 
-    arr = np.asarray(Image.open(ROOT / "tests/data/real/neon_tree_crowns_det/images/OSBS_029.png")
-                     .convert("RGB")).astype(np.float32) / 255.0
+    arr = (
+        np.asarray(
+            Image.open(ROOT / "tests/data/real/neon_tree_crowns_det/images/OSBS_029.png").convert(
+                "RGB"
+            )
+        ).astype(np.float32)
+        / 255.0
+    )
     h, w = (arr.shape[0] // 8) * 8, (arr.shape[1] // 8) * 8
     arr = arr[:h, :w]
     m = TAEF2.from_pretrained(str(PACKAGED)).float().eval()
@@ -91,7 +103,9 @@ def test_tiled_round_trip_is_as_good_as_one_pass():
     assert tiled >= whole - 0.2
 
 
-@pytest.mark.skipif(not (UPSTREAM / "taef2_encoder.pth").is_file(), reason="upstream TAEF2 weights absent")
+@pytest.mark.skipif(
+    not (UPSTREAM / "taef2_encoder.pth").is_file(), reason="upstream TAEF2 weights absent"
+)
 def test_upstream_weights_load_key_for_key():
     ref = {}
     for part in ("encoder", "decoder"):
@@ -120,8 +134,10 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir() or not (PACKAGED / "config.json").is_file(),
-                    reason="real fixtures or packaged TAEF2 absent")
+@pytest.mark.skipif(
+    not FIXTURES.is_dir() or not (PACKAGED / "config.json").is_file(),
+    reason="real fixtures or packaged TAEF2 absent",
+)
 @pytest.mark.parametrize("name", sorted(REFERENCE_PSNR))
 def test_packaged_reconstruction_psnr_on_real_fixtures(name):
     import rasterio

@@ -32,8 +32,15 @@ def scene(batch: int = 2, X: int = 8, Y: int = 8, seed: int = 0) -> SparseTensor
 
 def tiny(**kw) -> TextureFlowNet:
     torch.manual_seed(0)
-    net = TextureFlowNet(latent_channels=8, channels=16, num_blocks=2, num_classes=K, context_stride=2,
-                         backend="torch", **kw)
+    net = TextureFlowNet(
+        latent_channels=8,
+        channels=16,
+        num_blocks=2,
+        num_classes=K,
+        context_stride=2,
+        backend="torch",
+        **kw,
+    )
     with torch.no_grad():  # non-trivial zero-initialised heads
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -54,7 +61,7 @@ def test_column_sample_reads_the_north_up_pixel_of_each_column():
     s = column_sample(big, c, (X, Y), 2, "nearest").reshape(-1, 2, 2)
     for i, (_, x, y, _) in enumerate(c.tolist()):
         r0 = 2 * (Y - 1 - y)
-        assert torch.equal(s[i], big[0, 0, r0:r0 + 2, 2 * x:2 * x + 2])
+        assert torch.equal(s[i], big[0, 0, r0 : r0 + 2, 2 * x : 2 * x + 2])
 
 
 def test_column_pool_is_the_mean_per_cell():
@@ -64,13 +71,18 @@ def test_column_pool_is_the_mean_per_cell():
     c = x.coords.long()
     sel = (c[:, 0] == 1) & (c[:, 1] // 4 == 1) & (c[:, 2] // 4 == 0)
     assert torch.allclose(m[1, :, 1, 0], x.feats[sel].mean(0), atol=1e-6)
-    assert torch.allclose(m.permute(0, 2, 3, 1).reshape(-1, 8)[cell][sel], x.feats[sel].mean(0).expand(int(sel.sum()), -1))
+    assert torch.allclose(
+        m.permute(0, 2, 3, 1).reshape(-1, 8)[cell][sel],
+        x.feats[sel].mean(0).expand(int(sel.sum()), -1),
+    )
 
 
 def test_forward_shapes_conditions_and_batch_independence():
     net = tiny()
     x = scene(2)
-    sem = torch.nn.functional.one_hot(torch.randint(0, K, (2, 16, 16)), K).permute(0, 3, 1, 2).float()
+    sem = (
+        torch.nn.functional.one_hot(torch.randint(0, K, (2, 16, 16)), K).permute(0, 3, 1, 2).float()
+    )
     img = torch.rand(2, 3, 16, 16)
     t = torch.tensor([0.2, 0.8])
     v = net(x, t, semantic=sem, image=img)
@@ -120,23 +132,40 @@ def test_sampling_is_deterministic_and_inpainting_pins_known_voxels():
     assert torch.equal(a, b) and not torch.allclose(a, c)
     known = torch.randn(len(x), 8) * 2.0
     mask = x.coords[:, 1] < 4
-    out = sample_texture(net, x, image=img, steps=2, generator=torch.Generator().manual_seed(1), known=known,
-                         known_mask=mask)
+    out = sample_texture(
+        net,
+        x,
+        image=img,
+        steps=2,
+        generator=torch.Generator().manual_seed(1),
+        known=known,
+        known_mask=mask,
+    )
     assert torch.allclose(out[mask], known[mask], atol=1e-5)
     assert not torch.allclose(out[~mask], known[~mask], atol=1e-2)
 
 
 def test_structure_inpainting_pins_known_columns():
     torch.manual_seed(0)
-    model = StructureFlowDiT(grid_size=(4, 4, 4), latent_channels=4, patch_size=2, num_classes=K, hidden_size=16,
-                             depth=1, num_heads=2, latent_scale=1.5).eval()
+    model = StructureFlowDiT(
+        grid_size=(4, 4, 4),
+        latent_channels=4,
+        patch_size=2,
+        num_classes=K,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        latent_scale=1.5,
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     known = torch.randn(1, 5, 4, 4, 4)
     mask = torch.zeros(1, 1, 4, 4, 1, dtype=torch.bool)
     mask[:, :, :2] = True
-    out = sample_structure(model, 1, steps=2, generator=torch.Generator().manual_seed(0), known=known, known_mask=mask)
+    out = sample_structure(
+        model, 1, steps=2, generator=torch.Generator().manual_seed(0), known=known, known_mask=mask
+    )
     assert torch.allclose(out[:, :, :2], known[:, :, :2], atol=1e-5)
     assert not torch.allclose(out[:, :, 2:], known[:, :, 2:], atol=1e-2)
 
@@ -146,7 +175,9 @@ def test_training_lowers_the_flow_matching_loss():
     from flows.path import LinearPath
 
     torch.manual_seed(0)
-    net = TextureFlowNet(latent_channels=8, channels=16, num_blocks=1, num_classes=K, backend="torch")
+    net = TextureFlowNet(
+        latent_channels=8, channels=16, num_blocks=1, num_classes=K, backend="torch"
+    )
     x1 = scene(1)
     img = torch.rand(1, 3, 16, 16)
     target = x1.feats.clone()
@@ -170,12 +201,27 @@ def test_train_texture_flow_command(tmp_path):
     from earthgen.cli import main
     from vae.texture import TextureVAE
 
-    TextureVAE(channels=8, latent_channels=8, num_res_blocks=1, backend="torch").save_pretrained(tmp_path / "tvae")
-    rc = main(["train", "texture-flow", "--vae", str(tmp_path / "tvae"), "--test-run", "--steps", "4",
-               "--out", str(tmp_path / "run")])
+    TextureVAE(channels=8, latent_channels=8, num_res_blocks=1, backend="torch").save_pretrained(
+        tmp_path / "tvae"
+    )
+    rc = main(
+        [
+            "train",
+            "texture-flow",
+            "--vae",
+            str(tmp_path / "tvae"),
+            "--test-run",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["steps"] == 4 and set(s["eval"]) >= {"vae", "image", "semantic", "both", "none"}
     net = TextureFlowNet.from_pretrained(tmp_path / "run" / "model")
     assert net.config.latent_scale == pytest.approx(s["latent_scale"])
-    assert main(["train", "texture-flow", "--test-run", "--out", str(tmp_path / "r2")]) == 2  # no --vae
+    assert (
+        main(["train", "texture-flow", "--test-run", "--out", str(tmp_path / "r2")]) == 2
+    )  # no --vae

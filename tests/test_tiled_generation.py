@@ -82,8 +82,10 @@ def test_redundant_work_is_bounded_and_flat():
     assert min(old) > 2.2 and max(old) > 3.4  # what the old rule cost: 2.25 .. 3.5
 
 
-@pytest.mark.parametrize("tile, multiple, overlap", [(32, 4, 4), (8, 2, 2), (8, 2, 4), (8, 2, 6),
-                                                     (8, 2, 7), (10, 4, 3), (32, 4, 0)])
+@pytest.mark.parametrize(
+    "tile, multiple, overlap",
+    [(32, 4, 4), (8, 2, 2), (8, 2, 4), (8, 2, 6), (8, 2, 7), (10, 4, 3), (32, 4, 0)],
+)
 def test_blend_weights_partition_unity(tile, multiple, overlap):
     """Along one axis and in 2-D the weights of all windows sum to one everywhere (also for
     overlaps of more than half a window, where three windows meet, and for no overlap), are
@@ -94,14 +96,14 @@ def test_blend_weights_partition_unity(tile, multiple, overlap):
         total = torch.zeros(size)
         for (s, n), w in zip(wins, ws, strict=True):
             assert w.shape == (n,) and (w > 0).all() and (w <= 1 + 1e-6).all()
-            total[s:s + n] += w
+            total[s : s + n] += w
         torch.testing.assert_close(total, torch.ones(size), atol=1e-6, rtol=0)
         if overlap * 2 < tile:
             covered = torch.zeros(size, dtype=torch.int64)
             for s, n in wins:
-                covered[s:s + n] += 1
+                covered[s : s + n] += 1
             for (s, n), w in zip(wins, ws, strict=True):
-                alone = covered[s:s + n] == 1
+                alone = covered[s : s + n] == 1
                 assert torch.equal(w[alone], torch.ones(int(alone.sum())))
         rows = _windows(size + 5, tile, overlap, multiple)
         total2 = torch.zeros(size + 5, size)
@@ -109,7 +111,7 @@ def test_blend_weights_partition_unity(tile, multiple, overlap):
             for (x0, tw), wx in zip(wins, ws, strict=True):
                 weight = _window_weight(wy, wx)
                 assert weight.shape == (1, 1, th, tw)
-                total2[y0:y0 + th, x0:x0 + tw] += weight[0, 0]
+                total2[y0 : y0 + th, x0 : x0 + tw] += weight[0, 0]
         torch.testing.assert_close(total2, torch.ones_like(total2), atol=2e-6, rtol=0)
 
 
@@ -121,8 +123,12 @@ def pipe():
 
 
 def _run(pipe, **kw):
-    base = {"prompt": "dense city", "num_inference_steps": 2, "output_type": "np",
-            "generator": torch.Generator().manual_seed(0)}
+    base = {
+        "prompt": "dense city",
+        "num_inference_steps": 2,
+        "output_type": "np",
+        "generator": torch.Generator().manual_seed(0),
+    }
     return pipe(**{**base, **kw}).images
 
 
@@ -131,8 +137,10 @@ def test_position_consistent_predictions_blend_to_themselves(pipe, monkeypatch, 
     """A window prediction that is a function of the latent alone (constant, or affine in the
     input) comes out of the tiled blend unchanged: the crops, the placement and the weights
     (sum one) are right, whatever the batch of windows per call."""
-    def fake_eps(x, t, text, labels, packed, cfg, guidance_scale, objs=None, raster=None,
-                 metadata_scale=None):
+
+    def fake_eps(
+        x, t, text, labels, packed, cfg, guidance_scale, objs=None, raster=None, metadata_scale=None
+    ):
         assert x.shape[0] == text.shape[0] // 2 and x.shape[0] <= batch  # CFG blocks per window
         return 2.0 * x + 1.0
 
@@ -228,8 +236,13 @@ def test_two_window_image_has_no_seam(pipe):
     assert wins == [(0, 8), (6, 8)]
     grads = []
     for seed in range(3):
-        out = _run(pipe, height=64, width=112, num_inference_steps=4,
-                   generator=torch.Generator().manual_seed(seed))[0]
+        out = _run(
+            pipe,
+            height=64,
+            width=112,
+            num_inference_steps=4,
+            generator=torch.Generator().manual_seed(seed),
+        )[0]
         grads.append(np.abs(np.diff(out.mean(-1), axis=1)).mean(axis=0))  # [W - 1]
     gx = np.mean(grads, axis=0)
     edges = [6 * 8 - 1, 8 * 8 - 1]  # pixel columns 47|48 and 63|64
@@ -245,6 +258,7 @@ def test_blend_spreads_window_disagreement_over_the_overlap(pipe, monkeypatch, o
     can): with the default eighth-of-a-window overlap the blended field changes by at most 0.39
     of the disagreement between neighbouring columns (raised-cosine ramp over 4 latents), where
     a hard cut (no overlap) jumps by all of it."""
+
     def own_mean(x, *a, **k):
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
 

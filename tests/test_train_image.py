@@ -29,7 +29,10 @@ def test_test_run_writes_a_loadable_pipeline_and_the_loss_falls(ldm_run):
     from earthgen.pipelines.image import EarthImagePipeline
 
     s = json.loads((ldm_run / "summary.json").read_text())
-    assert s["steps"] == 20 and sorted(p.name for p in (ldm_run / "checkpoints").iterdir()) == ["step_10", "step_20"]
+    assert s["steps"] == 20 and sorted(p.name for p in (ldm_run / "checkpoints").iterdir()) == [
+        "step_10",
+        "step_20",
+    ]
     assert (ldm_run / "loss.png").stat().st_size > 1000
     lv = losses(ldm_run)
     assert len(lv) == 20 and all(np.isfinite(list(lv.values())))
@@ -63,7 +66,11 @@ def test_trained_pipeline_samples_with_dpm_solver_on_the_training_schedule(ldm_r
     pipe.scheduler = ddpm  # an older trained pipeline: few DDPM steps are warned about
     with pytest.warns(UserWarning, match="sampling_scheduler"):
         pipe("forest", num_inference_steps=2, output_type="np")
-    s = train(TrainConfig(model=str(ldm_run / "pipeline"), out=str(tmp_path / "c"), test_run=True, steps=2))
+    s = train(
+        TrainConfig(
+            model=str(ldm_run / "pipeline"), out=str(tmp_path / "c"), test_run=True, steps=2
+        )
+    )
     assert s["steps"] == 2
 
 
@@ -83,12 +90,15 @@ def test_vae_task_runs(tmp_path):
     assert s["steps"] == 8 and (tmp_path / "v" / "pipeline" / "vae").is_dir()
 
 
-@pytest.mark.parametrize("kw, msg", [
-    ({"task": "image-gan"}, "unknown task"),
-    ({"resolution": 100}, "multiple of 64"),
-    ({"data": "/nonexistent/captions.jsonl"}, "not found"),
-    ({"cond_dropout": 1.5}, "cond-dropout"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"task": "image-gan"}, "unknown task"),
+        ({"resolution": 100}, "multiple of 64"),
+        ({"data": "/nonexistent/captions.jsonl"}, "not found"),
+        ({"cond_dropout": 1.5}, "cond-dropout"),
+    ],
+)
 def test_bad_config(tmp_path, kw, msg):
     with pytest.raises(UserInputError, match=msg):
         TrainConfig(out=str(tmp_path), **kw).validate()
@@ -108,7 +118,9 @@ def _mask_folder(root, n: int = 3, index: bool = False, colour_images: bool = Fa
         write_png(root / "images" / f"t{k}.png", colorize(ids) if colour_images else t.rgb[:64])
         write_png(root / "masks" / f"t{k}.png", ids, palette=PALETTE)
     if index:
-        rows = [{"file_name": f"t{k}.png", "caption": f"tile number {k}", "gsd": 1.0} for k in range(n)]
+        rows = [
+            {"file_name": f"t{k}.png", "caption": f"tile number {k}", "gsd": 1.0} for k in range(n)
+        ]
         (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -126,8 +138,10 @@ def test_mask_folder_batches_keep_image_and_mask_aligned(tmp_path):
     b = d.batch(0, 0, 6)
     assert b["image"].shape == (6, 3, 64, 64) and b["semantic"].shape == (6, 64, 64)
     for img, ids in zip(b["image"], b["semantic"], strict=True):
-        np.testing.assert_array_equal(colorize(ids.numpy().astype(np.uint8)),
-                                      np.rint(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+        np.testing.assert_array_equal(
+            colorize(ids.numpy().astype(np.uint8)),
+            np.rint(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+        )
     assert all(c.startswith("Satellite image of ") for c in b["caption"]) and b["gsd"].isnan().all()
     assert not torch_equal(d.batch(0, 0, 6)["image"], d.batch(1, 0, 6)["image"])  # seeds differ
     assert torch_equal(d.batch(0, 0, 6)["image"], b["image"])  # and repeat
@@ -161,11 +175,16 @@ def spacenet_mask_folder(root, fixture_path):
     for i in range(2):
         for j in range(2):
             name = f"chip_{i}{j}.png"
-            sl = np.s_[i * 450:i * 450 + 448, j * 450:j * 450 + 448]
+            sl = np.s_[i * 450 : i * 450 + 448, j * 450 : j * 450 + 448]
             write_png(root / "images" / name, img.rgb[sl])
             write_png(root / "masks" / name, ids[sl], palette=PALETTE)
-            rows.append({"file_name": name, "caption": "Satellite image of a residential neighbourhood.",
-                         "gsd": img.gsd})
+            rows.append(
+                {
+                    "file_name": name,
+                    "caption": "Satellite image of a residential neighbourhood.",
+                    "gsd": img.gsd,
+                }
+            )
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -183,8 +202,22 @@ def test_control_trains_on_a_real_mask_folder(tmp_path):
     assert 0.01 < frac < 0.1 and set(b["semantic"].unique().tolist()) == {0, 1}  # 4.2 % of the chip
     np.testing.assert_allclose(b["gsd"].numpy(), 0.5 * 448 / 64, rtol=1e-5)
     out = tmp_path / "run"
-    assert main(["train", "image-control", "--test-run", "--data", str(root), "--steps", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "image-control",
+                "--test-run",
+                "--data",
+                str(root),
+                "--steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(losses(out)) == 3 and all(np.isfinite(list(losses(out).values())))
 
 
@@ -193,12 +226,36 @@ def test_control_trains_on_a_mask_folder(tmp_path):
 
     root = _mask_folder(tmp_path / "seg", index=True)
     out = tmp_path / "run"
-    assert main(["train", "image-control", "--test-run", "--data", str(root), "--steps", "4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "image-control",
+                "--test-run",
+                "--data",
+                str(root),
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lv = losses(out)
     assert len(lv) == 4 and all(np.isfinite(list(lv.values())))
     assert (out / "pipeline" / "controlnet").is_dir()
-    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "masks" / "t0.png")  # a wrong-size mask
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(
+        root / "masks" / "t0.png"
+    )  # a wrong-size mask
     with pytest.raises(UserInputError, match="t0.png: .*mask is 12x10"):
-        train(TrainConfig(task="image-control", data=str(root), out=str(tmp_path / "bad"), test_run=True,
-                          steps=40, seed=3))
+        train(
+            TrainConfig(
+                task="image-control",
+                data=str(root),
+                out=str(tmp_path / "bad"),
+                test_run=True,
+                steps=40,
+                seed=3,
+            )
+        )

@@ -46,8 +46,17 @@ def model_and_cache(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _cfg(model: Path, cache: Path, out: Path, steps: int = 4, **kw) -> LatentTrainConfig:
-    return LatentTrainConfig(cache=str(cache), model=str(model), out=str(out), steps=steps,
-                             batch_size=2, save_every=2, log_every=1, threads=1, **kw)
+    return LatentTrainConfig(
+        cache=str(cache),
+        model=str(model),
+        out=str(out),
+        steps=steps,
+        batch_size=2,
+        save_every=2,
+        log_every=1,
+        threads=1,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +124,20 @@ def test_cache_cli_with_own_data_root_and_mix(tmp_path, capsys):
     from earthgen.training.latent import main as latent_main
 
     _tiny_taef2().save_pretrained(tmp_path / "taef2")
-    model = init_latent_model(tmp_path / "init", vae=tmp_path / "taef2", channels=(32, 32),
-                              sample_size=8)
-    args = ["cache", "--model", str(model), "--n", "3", "--data-root", str(REAL),
-            "--resolution", "64"]
+    model = init_latent_model(
+        tmp_path / "init", vae=tmp_path / "taef2", channels=(32, 32), sample_size=8
+    )
+    args = [
+        "cache",
+        "--model",
+        str(model),
+        "--n",
+        "3",
+        "--data-root",
+        str(REAL),
+        "--resolution",
+        "64",
+    ]
     assert latent_main([*args, "--out", str(tmp_path / "c.pt"), "--mix", "ucmerced=1"]) == 0
     data = torch.load(tmp_path / "c.pt", weights_only=False)
     assert data["source"] == ["ucmerced"] * 3 and data["latents"].shape == (3, 8, 8, 8)
@@ -141,8 +160,12 @@ def test_training_writes_logs_checkpoints_and_a_working_pipeline(run4):
     assert json.loads((out / "train_config.json").read_text())["steps"] == 4
     pipe = load_pipeline(str(out / "pipeline"))
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    kw = {"prompt": "a satellite image of buildings", "gsd": 1.0, "num_inference_steps": 2,
-          "output_type": "np"}
+    kw = {
+        "prompt": "a satellite image of buildings",
+        "gsd": 1.0,
+        "num_inference_steps": 2,
+        "output_type": "np",
+    }
     plain = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
     ids = np.zeros((64, 64), np.uint8)
     ids[:, 24:40] = 7  # a water band
@@ -185,8 +208,17 @@ def test_user_errors(model_and_cache, tmp_path, capsys):
     with pytest.raises(UserInputError, match="no pipeline folder"):
         train_latent(_cfg(tmp_path, cache, tmp_path / "d"))
     capsys.readouterr()
-    rc = latent_main(["train", "--cache", str(tmp_path / "missing.pt"), "--model", str(model),
-                      "--out", str(tmp_path / "e")])
+    rc = latent_main(
+        [
+            "train",
+            "--cache",
+            str(tmp_path / "missing.pt"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "latent cache not found" in err
 
@@ -198,8 +230,10 @@ def test_cli_train_image_latent(model_and_cache, tmp_path, capsys):
     base = ["train", "image-latent", "--model", str(model), "--cache", str(cache)]
     # user errors: one line on stderr, exit 2
     missing = str(tmp_path / "nope.pt")
-    for extra, msg in ((["--out", str(tmp_path / "a"), "--data", "x"], "--data"),
-                       (["--out", str(tmp_path / "b"), "--cache", missing], "not found")):
+    for extra, msg in (
+        (["--out", str(tmp_path / "a"), "--data", "x"], "--data"),
+        (["--out", str(tmp_path / "b"), "--cache", missing], "not found"),
+    ):
         capsys.readouterr()
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err

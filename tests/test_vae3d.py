@@ -18,7 +18,12 @@ from vae.sparse import SparseTensor
 from vae.structure import StructureVAE, downsample_coords, voxel_metrics
 from vae.texture import TextureVAE
 
-TINY_S = {"channels": (8, 16, 16, 16), "latent_channels": 4, "num_res_blocks": 1, "backend": "torch"}
+TINY_S = {
+    "channels": (8, 16, 16, 16),
+    "latent_channels": 4,
+    "num_res_blocks": 1,
+    "backend": "torch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,9 @@ def test_structure_vae_shapes_and_teacher_forcing(crop):
     out = vae.decode(post.mode(), target=x)
     # kept by the truth at every level: the fine output is exactly the input voxels
     assert torch.equal(out["occupancy"].sorted().coords, x.sorted().coords)
-    assert [len(lg) for lg in out["logits"]] == [8 * len(downsample_coords(x.coords, k)) for k in (3, 2, 1)]
+    assert [len(lg) for lg in out["logits"]] == [
+        8 * len(downsample_coords(x.coords, k)) for k in (3, 2, 1)
+    ]
     loss = vae(x)["loss"]
     assert torch.isfinite(loss) and loss.item() > 0
 
@@ -78,7 +85,10 @@ def test_structure_vae_round_trip_and_determinism(tmp_path, crop):
     again = StructureVAE.from_pretrained(tmp_path / "svae")
     r1, r2 = vae.reconstruct(x), again.reconstruct(x)
     assert torch.equal(r1.sorted().coords, r2.sorted().coords)
-    assert again.config.channels == list(TINY_S["channels"]) or tuple(again.config.channels) == TINY_S["channels"]
+    assert (
+        again.config.channels == list(TINY_S["channels"])
+        or tuple(again.config.channels) == TINY_S["channels"]
+    )
 
 
 def test_structure_vae_learns_a_scene(crop):
@@ -105,7 +115,9 @@ def test_world_scene_features_and_reference(scene):
     assert scene.appearance.shape == (len(scene), appearance_channels(p))
     tops = scene.appearance[:, 7] > 0
     assert tops.sum() >= 16 * 16  # one top voxel per column at least
-    np.testing.assert_allclose(scene.appearance[tops, 8:8 + 3 * p * p].max(), 1.0, atol=0.9)  # colours in [0, 1]
+    np.testing.assert_allclose(
+        scene.appearance[tops, 8 : 8 + 3 * p * p].max(), 1.0, atol=0.9
+    )  # colours in [0, 1]
     ref = scene.reference
     n = len(ref["means"])
     assert n >= 32 * 32 and ref["quats"].shape == (n, 4) and ref["scales"].shape == (n, 2)
@@ -117,7 +129,9 @@ def test_reference_scene_renders_the_tile_from_above():
     """A nadir render of the reference surfels at the tile's GSD reproduces the tile image."""
     tile = generate_world(8, 48, 0.5, origin=(1200.0, 900.0))
     sc = world_scene(tile, 1.0)
-    ctr = torch.tensor([1200.0 + 12, 900.0 - 12, float(tile.height.max() + tile.object_height.max())])
+    ctr = torch.tensor(
+        [1200.0 + 12, 900.0 - 12, float(tile.height.max() + tile.object_height.max())]
+    )
     alt = 600.0
     W = 48
     f = alt / 0.5  # focal length (px) so a pixel covers 0.5 m on the ground
@@ -131,12 +145,16 @@ def test_reference_scene_renders_the_tile_from_above():
 
 def test_texture_vae_decodes_surfels_inside_their_voxels(scene, tmp_path):
     torch.manual_seed(0)
-    vae = TextureVAE(in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch")
+    vae = TextureVAE(
+        in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch"
+    )
     x = texture_input([scene], "cpu")
     g, post = vae(x, scene.voxel_size, tuple(scene.origin), sample=False)
     K = vae.config.gaussians_per_voxel
     assert g["means"].shape == (len(scene) * K, 3) and g["scales"].shape == (len(scene) * K, 3)
-    centre = (x.coords[g["voxel"], 1:].float() + 0.5) * scene.voxel_size + torch.tensor(scene.origin).float()
+    centre = (x.coords[g["voxel"], 1:].float() + 0.5) * scene.voxel_size + torch.tensor(
+        scene.origin
+    ).float()
     assert ((g["means"] - centre).abs() <= vae.config.offset_range * scene.voxel_size + 1e-5).all()
     assert ((g["opacities"] > 0) & (g["opacities"] < 1)).all()
     torch.testing.assert_close(g["quats"].norm(dim=1), torch.ones(len(g["quats"])))
@@ -151,7 +169,9 @@ def test_texture_vae_decodes_surfels_inside_their_voxels(scene, tmp_path):
 def test_texture_vae_rendering_loss_falls(scene):
     """Gradients flow from renders through the surfels into the VAE: 60 steps cut the L1 by a third."""
     torch.manual_seed(0)
-    vae = TextureVAE(in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch")
+    vae = TextureVAE(
+        in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch"
+    )
     x = texture_input([scene], "cpu")
     ctr = torch.tensor(scene.center, dtype=torch.float32)
     eye = ctr[None] + torch.tensor([[0.0, -20.0, 40.0], [15.0, 10.0, 45.0]])
@@ -175,12 +195,32 @@ def test_train_command_test_run_and_resume(tmp_path, task):
     from earthgen.cli import main
 
     out = tmp_path / task
-    assert main(["train", task, "--test-run", "--steps", "4", "--save-every", "2", "--out", str(out)]) == 0
+    assert (
+        main(["train", task, "--test-run", "--steps", "4", "--save-every", "2", "--out", str(out)])
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert (out / "model" / "config.json").exists() and (out / "loss.png").exists()
-    assert set(s["eval"]) >= ({"iou", "precision", "recall"} if task == "structure-vae" else {"psnr_db", "ssim"})
-    assert main(["train", task, "--test-run", "--steps", "6", "--save-every", "2", "--out", str(out),
-                 "--resume"]) == 0
+    assert set(s["eval"]) >= (
+        {"iou", "precision", "recall"} if task == "structure-vae" else {"psnr_db", "ssim"}
+    )
+    assert (
+        main(
+            [
+                "train",
+                task,
+                "--test-run",
+                "--steps",
+                "6",
+                "--save-every",
+                "2",
+                "--out",
+                str(out),
+                "--resume",
+            ]
+        )
+        == 0
+    )
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["started_at"] == 4 and s2["steps"] == 6
     rows = (out / "loss.csv").read_text().splitlines()
@@ -197,12 +237,16 @@ def test_torch_backend_under_bf16_autocast(crop, scene):
         loss = vae(x)["loss"]
     loss.backward()
     assert torch.isfinite(loss)
-    tex = TextureVAE(in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch")
+    tex = TextureVAE(
+        in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch"
+    )
     origin = (123456.0, 987654.0, 10.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         g, _ = tex(texture_input([scene], "cpu"), scene.voxel_size, origin, sample=False)
     assert g["means"].dtype == torch.float32
-    centre = (texture_input([scene], "cpu").coords[g["voxel"], 1:].float() + 0.5) + torch.tensor(origin)
+    centre = (texture_input([scene], "cpu").coords[g["voxel"], 1:].float() + 0.5) + torch.tensor(
+        origin
+    )
     assert (g["means"] - centre).abs().max() <= 0.76
 
 
@@ -212,8 +256,22 @@ def test_fresh_run_refuses_an_out_folder_with_checkpoints(tmp_path):
     out = tmp_path / "svae"
     assert main(["train", "structure-vae", "--test-run", "--steps", "2", "--out", str(out)]) == 0
     assert main(["train", "structure-vae", "--test-run", "--steps", "2", "--out", str(out)]) == 2
-    assert main(["train", "structure-vae", "--test-run", "--steps", "2", "--grad-accum", "2",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "structure-vae",
+                "--test-run",
+                "--steps",
+                "2",
+                "--grad-accum",
+                "2",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_save_scene_writes_viewable_files(tmp_path, scene):
@@ -222,8 +280,17 @@ def test_save_scene_writes_viewable_files(tmp_path, scene):
     from earthgen.export3d import save_scene
     from renderers.export import load_gaussians_ply
 
-    paths = save_scene(tmp_path / "s", scene.coords, scene.voxel_size, scene.origin, scene.color, scene.reference,
-                       semantic=scene.semantic, image_size=64, views=2)
+    paths = save_scene(
+        tmp_path / "s",
+        scene.coords,
+        scene.voxel_size,
+        scene.origin,
+        scene.color,
+        scene.reference,
+        semantic=scene.semantic,
+        image_size=64,
+        views=2,
+    )
     mesh = trimesh.load(paths["glb"], force="mesh")
     assert len(mesh.faces) > 2 * len(scene)  # at least the top faces
     g = load_gaussians_ply(paths["gaussians"])

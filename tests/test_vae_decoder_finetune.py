@@ -20,7 +20,9 @@ def test_decoder_finetune_on_a_dataset_keeps_the_encoder_and_lowers_the_error(tm
     from earthgen.training.build import finetune_vae_decoder
     from earthgen.training.image import DetectionData
 
-    items = world_items(4, seed=1, size=64, folder=tmp_path / "img", gsd=(0.5, 0.6), extent_m=900.0, progress=False)
+    items = world_items(
+        4, seed=1, size=64, folder=tmp_path / "img", gsd=(0.5, 0.6), extent_m=900.0, progress=False
+    )
     write_detection_dataset(items, tmp_path / "data", "dota", images="copy")
     torch.manual_seed(0)
     EarthImagePipeline(**get_dummy_components(control=False)).save_pretrained(tmp_path / "p")
@@ -31,8 +33,15 @@ def test_decoder_finetune_on_a_dataset_keeps_the_encoder_and_lowers_the_error(tm
         with torch.no_grad():
             return float((vae.decode(vae.encode(x).latent_dist.mean).sample - x).abs().mean())
 
-    s = finetune_vae_decoder(tmp_path / "p", tmp_path / "v", steps=40, batch_size=4, resolution=64, lr=3e-3,
-                             data=str(tmp_path / "data"))
+    s = finetune_vae_decoder(
+        tmp_path / "p",
+        tmp_path / "v",
+        steps=40,
+        batch_size=4,
+        resolution=64,
+        lr=3e-3,
+        data=str(tmp_path / "data"),
+    )
     after = AutoencoderKL.from_pretrained(tmp_path / "v")
     assert s["steps"] == 40 and s["data"] == str(tmp_path / "data")
     assert json.loads((tmp_path / "v" / "decoder_finetune.json").read_text())["steps"] == 40

@@ -20,6 +20,7 @@ def tile():
 
 # --- noise -------------------------------------------------------------------------------------
 
+
 def test_noise_unit_variance_and_zero_mean():
     g = Grid(0.0, 0.0, 1.0, (512, 512))
     v = np.stack([value_noise_grid(g, 4.0, s) for s in range(4)])
@@ -35,8 +36,12 @@ def test_noise_points_equal_grid_and_derivatives_match_finite_differences():
     np.testing.assert_allclose(pv, val, atol=1e-12)
     np.testing.assert_allclose(pdx, dx, atol=1e-12)
     eps = 1e-4
-    fd_x = (value_noise_points(X + eps, Y, 9.0, 5) - value_noise_points(X - eps, Y, 9.0, 5)) / (2 * eps)
-    fd_y = (value_noise_points(X, Y + eps, 9.0, 5) - value_noise_points(X, Y - eps, 9.0, 5)) / (2 * eps)
+    fd_x = (value_noise_points(X + eps, Y, 9.0, 5) - value_noise_points(X - eps, Y, 9.0, 5)) / (
+        2 * eps
+    )
+    fd_y = (value_noise_points(X, Y + eps, 9.0, 5) - value_noise_points(X, Y - eps, 9.0, 5)) / (
+        2 * eps
+    )
     np.testing.assert_allclose(fd_x, dx, atol=1e-6)
     np.testing.assert_allclose(fd_y, dy, atol=1e-6)
 
@@ -58,13 +63,16 @@ def test_eroded_fbm_same_on_grid_and_points():
 
 # --- tiles -------------------------------------------------------------------------------------
 
+
 def test_layers_shapes_dtypes_and_class_range(tile):
     assert tile.rgb.shape == (256, 256, 3) and tile.rgb.dtype == np.uint8
     assert tile.semantic.shape == (256, 256) and tile.semantic.dtype == np.uint8
     assert tile.height.shape == (256, 256) and np.isfinite(tile.height).all()
     assert int(tile.semantic.max()) < NUM_CLASSES
     assert tile.rgb.std() > 15  # a textured image, not a flat fill
-    assert tile.caption.startswith(("Aerial", "Satellite", "Overhead")) and "0.5 m/px" in tile.caption
+    assert (
+        tile.caption.startswith(("Aerial", "Satellite", "Overhead")) and "0.5 m/px" in tile.caption
+    )
 
 
 def test_deterministic_and_seed_dependent():
@@ -95,10 +103,14 @@ def test_tiles_are_seamless(gsd):
 
 def test_presets_give_plausible_land_cover():
     urban = generate_world(seed=1, size=256, gsd=1.0, config=preset("urban"))
-    rural = generate_world(seed=1, size=256, gsd=1.0, origin=(20000.0, 20000.0), config=preset("rural"))
+    rural = generate_world(
+        seed=1, size=256, gsd=1.0, origin=(20000.0, 20000.0), config=preset("rural")
+    )
     fu = urban.stats["class_fractions"]
     fr = rural.stats["class_fractions"]
-    assert fu["building"] > 0.08 and fu["road_minor"] + fu["road_secondary"] + fu["road_major"] > 0.08
+    assert (
+        fu["building"] > 0.08 and fu["road_minor"] + fu["road_secondary"] + fu["road_major"] > 0.08
+    )
     assert fr["building"] < 0.01
     assert fr["farmland"] + fr["forest"] + fr["grass"] + fr["water"] + fr["bare"] > 0.9
 
@@ -111,15 +123,26 @@ def test_detection_labels_match_rendered_objects(tile):
     assert set(lab["labels"]) <= set(lab["classes"])
     centre = lab["corners"].mean(axis=1)
     assert ((centre >= 0) & (centre < [w, h])).all()
-    assert (lab["hbb"][:, 2] >= lab["hbb"][:, 0]).all() and (lab["hbb"][:, 3] >= lab["hbb"][:, 1]).all()
+    assert (lab["hbb"][:, 2] >= lab["hbb"][:, 0]).all() and (
+        lab["hbb"][:, 3] >= lab["hbb"][:, 1]
+    ).all()
     # pixels inside each untruncated building box are (almost all) building pixels
     import shapely
     from rasterio.features import rasterize
 
-    sel = [i for i, (name, t) in enumerate(zip(lab["labels"], lab["truncated"], strict=False)) if name == "building" and not t]
+    sel = [
+        i
+        for i, (name, t) in enumerate(zip(lab["labels"], lab["truncated"], strict=False))
+        if name == "building" and not t
+    ]
     assert sel
     for i in sel:
-        m = rasterize([(shapely.Polygon(lab["corners"][i]), 1)], out_shape=(h, w), fill=0, dtype="uint8") > 0
+        m = (
+            rasterize(
+                [(shapely.Polygon(lab["corners"][i]), 1)], out_shape=(h, w), fill=0, dtype="uint8"
+            )
+            > 0
+        )
         if m.sum() >= 20:
             assert (tile.semantic[m] == CLASS_ID["building"]).mean() > 0.9
 
@@ -145,6 +168,7 @@ def test_bad_arguments_raise_user_errors():
 
 # --- voxels and exports ------------------------------------------------------------------------
 
+
 def test_voxels_closed_surface_matching_height(tile):
     vox = tile.voxels(1.0)
     assert len(vox) > 0
@@ -157,8 +181,13 @@ def test_voxels_closed_surface_matching_height(tile):
     tops = vox.coords[order][last]
     assert len(tops) == 128 * 128  # one column per 1 m cell of a 128 m tile
     top_m = (tops[:, 2] + 1) * 1.0
-    centres_px = ((tops[:, 0] + 0.5 - tile.grid.x0) / tile.gsd).astype(int), ((tile.grid.y0 - tops[:, 1] - 0.5) / tile.gsd).astype(int)
-    surf = tile.height[centres_px[1], centres_px[0]] + tile.object_height[centres_px[1], centres_px[0]]
+    centres_px = (
+        ((tops[:, 0] + 0.5 - tile.grid.x0) / tile.gsd).astype(int),
+        ((tile.grid.y0 - tops[:, 1] - 0.5) / tile.gsd).astype(int),
+    )
+    surf = (
+        tile.height[centres_px[1], centres_px[0]] + tile.object_height[centres_px[1], centres_px[0]]
+    )
     water = tile.semantic[centres_px[1], centres_px[0]] == CLASS_ID["water"]
     err = np.abs(top_m - surf)[~water]
     assert np.median(err) < 1.0
@@ -179,9 +208,22 @@ def test_save_writes_all_layers_georeferenced(tmp_path, tile):
 
     files = tile.save(tmp_path / "w", voxel_size=2.0)
     names = {p.name for p in (tmp_path / "w").iterdir()}
-    for f in ["rgb.png", "rgb.tif", "semantic.png", "semantic.tif", "height.tif", "legend.json",
-              "layout.geojson", "labels.json", "labels_dota.txt", "caption.txt", "meta.json",
-              "voxels.npz", "voxels.ply", "preview.png"]:
+    for f in [
+        "rgb.png",
+        "rgb.tif",
+        "semantic.png",
+        "semantic.tif",
+        "height.tif",
+        "legend.json",
+        "layout.geojson",
+        "labels.json",
+        "labels_dota.txt",
+        "caption.txt",
+        "meta.json",
+        "voxels.npz",
+        "voxels.ply",
+        "preview.png",
+    ]:
         assert f in names, f
     assert not [n for n in names if n.startswith(".")]  # no temporaries left
     with rasterio.open(files["rgb.tif"]) as ds:

@@ -23,11 +23,21 @@ def tiny_clip(hidden: int = 16, max_length: int = 16):
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "vocab.json").write_text(json.dumps(vocab))
         (Path(d) / "merges.txt").write_text("#version: 0.2\n")
-        tok = CLIPTokenizer(str(Path(d) / "vocab.json"), str(Path(d) / "merges.txt"), model_max_length=max_length)
+        tok = CLIPTokenizer(
+            str(Path(d) / "vocab.json"), str(Path(d) / "merges.txt"), model_max_length=max_length
+        )
     torch.manual_seed(0)
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden + 5,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_length,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 5,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=max_length,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     return tok, CLIPTextModel(cfg)
 
 
@@ -47,22 +57,45 @@ def get_dummy_components(control: bool = True, metadata: bool = True) -> dict:
     from earthgen.conditioning import MetadataEncoder
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        latent_channels=4, norm_num_groups=4, sample_size=64)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
-        class_embed_type="identity" if metadata else None)
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        class_embed_type="identity" if metadata else None,
+    )
     tok, text = tiny_clip(hidden=16)
-    comps = {"vae": vae, "unet": unet, "scheduler": DDIMScheduler(num_train_timesteps=100),
-             "text_encoder": text, "tokenizer": tok, "metadata_encoder": None, "controlnet": None}
+    comps = {
+        "vae": vae,
+        "unet": unet,
+        "scheduler": DDIMScheduler(num_train_timesteps=100),
+        "text_encoder": text,
+        "tokenizer": tok,
+        "metadata_encoder": None,
+        "controlnet": None,
+    }
     if metadata:
         comps["metadata_encoder"] = MetadataEncoder(out_dim=64, freq_dim=16)
     if control:
-        comps["controlnet"] = FusedControlNet.from_unet(unet, {"layout": 13, "roads": 1, "height": 1},
-                                                        fusion_widths=(8, 8, 8, 8))
+        comps["controlnet"] = FusedControlNet.from_unet(
+            unet, {"layout": 13, "roads": 1, "height": 1}, fusion_widths=(8, 8, 8, 8)
+        )
     for m in (comps["controlnet"], comps["metadata_encoder"]):  # non-trivial branches
         if m is not None:
             with torch.no_grad():
@@ -83,12 +116,28 @@ def tiny_scene_pipeline():
     from vae.texture import TextureVAE
 
     torch.manual_seed(0)
-    svae = StructureVAE(channels=(8, 16, 16, 16), latent_channels=4, num_res_blocks=1, backend="torch")
-    sflow = StructureFlowDiT(grid_size=(4, 4, 4), latent_channels=4, patch_size=2, num_classes=NUM_CLASSES,
-                             hidden_size=32, depth=2, num_heads=2)
-    tvae = TextureVAE(in_channels=appearance_channels(2), channels=16, num_res_blocks=1, backend="torch")
-    tflow = TextureFlowNet(latent_channels=tvae.config.latent_channels, channels=16, num_blocks=2,
-                           num_classes=NUM_CLASSES, backend="torch")
+    svae = StructureVAE(
+        channels=(8, 16, 16, 16), latent_channels=4, num_res_blocks=1, backend="torch"
+    )
+    sflow = StructureFlowDiT(
+        grid_size=(4, 4, 4),
+        latent_channels=4,
+        patch_size=2,
+        num_classes=NUM_CLASSES,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+    )
+    tvae = TextureVAE(
+        in_channels=appearance_channels(2), channels=16, num_res_blocks=1, backend="torch"
+    )
+    tflow = TextureFlowNet(
+        latent_channels=tvae.config.latent_channels,
+        channels=16,
+        num_blocks=2,
+        num_classes=NUM_CLASSES,
+        backend="torch",
+    )
     for m in (sflow, tflow):
         with torch.no_grad():
             for p in m.parameters():

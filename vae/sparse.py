@@ -87,7 +87,9 @@ def single_thread() -> Iterator[None]:
 
 def _resolve(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
-        raise UserInputError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise UserInputError(
+            f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
     if backend == "auto":
         return "spconv" if spconv_available() else "torch"
     return backend
@@ -113,15 +115,25 @@ class SparseTensor:
 
     def __post_init__(self) -> None:
         if self.coords.ndim != 2 or self.coords.shape[1] != 4:
-            raise UserInputError(f"sparse coords must be [N, 4] (batch, x, y, z), got {tuple(self.coords.shape)}")
+            raise UserInputError(
+                f"sparse coords must be [N, 4] (batch, x, y, z), got {tuple(self.coords.shape)}"
+            )
         if self.feats.ndim != 2 or self.feats.shape[0] != self.coords.shape[0]:
-            raise UserInputError(f"sparse feats must be [N, C] with N = {self.coords.shape[0]}, got {tuple(self.feats.shape)}")
+            raise UserInputError(
+                f"sparse feats must be [N, C] with N = {self.coords.shape[0]}, got {tuple(self.feats.shape)}"
+            )
         self.spatial_shape = tuple(int(s) for s in self.spatial_shape)
         self.coords = self.coords.to(torch.int32).contiguous()  # spconv reads raw memory
 
     @classmethod
-    def from_coords(cls, coords: torch.Tensor, feats: torch.Tensor | None, spatial_shape, batch_size: int | None = None,
-                    check: bool = True) -> SparseTensor:
+    def from_coords(
+        cls,
+        coords: torch.Tensor,
+        feats: torch.Tensor | None,
+        spatial_shape,
+        batch_size: int | None = None,
+        check: bool = True,
+    ) -> SparseTensor:
         """Build from ``coords`` ``[N, 4]``; ``feats`` default to ones ``[N, 1]``. With ``check``,
         coords must be inside the grid and unique (a clear error otherwise)."""
         coords = torch.as_tensor(coords).to(torch.int32)
@@ -133,7 +145,9 @@ class SparseTensor:
         if check and len(coords):
             hi = torch.tensor([batch_size, *st.spatial_shape], device=coords.device)
             if bool((coords < 0).any()) or bool((coords >= hi).any()):
-                raise UserInputError(f"voxel coordinates outside the grid {st.spatial_shape} (batch {batch_size})")
+                raise UserInputError(
+                    f"voxel coordinates outside the grid {st.spatial_shape} (batch {batch_size})"
+                )
             if len(torch.unique(st.keys())) != len(coords):
                 raise UserInputError("duplicate voxel coordinates")
         return st
@@ -151,7 +165,9 @@ class SparseTensor:
 
     def select(self, keep: torch.Tensor) -> SparseTensor:
         """The voxels where ``keep`` ``[N]`` bool is true (a new cache)."""
-        return SparseTensor(self.coords[keep], self.feats[keep], self.spatial_shape, self.batch_size)
+        return SparseTensor(
+            self.coords[keep], self.feats[keep], self.spatial_shape, self.batch_size
+        )
 
     def keys(self, coords: torch.Tensor | None = None) -> torch.Tensor:
         """Packed int64 keys ``[N]`` of ``coords`` (default: own) in this grid; row-major."""
@@ -184,14 +200,21 @@ class SparseTensor:
     def sorted(self) -> SparseTensor:
         """Rows in key order (a canonical order for comparisons)."""
         order = torch.argsort(self.keys())
-        return SparseTensor(self.coords[order], self.feats[order], self.spatial_shape, self.batch_size)
+        return SparseTensor(
+            self.coords[order], self.feats[order], self.spatial_shape, self.batch_size
+        )
 
 
 def batch_coords(coords: list) -> torch.Tensor:
     """Per-scene voxel coords (``[N_b, 3]`` tensors or arrays) -> one batch ``[sum N_b, 4]``
     int32 rows ``(b, x, y, z)``, scene ``b`` being the ``b``-th list entry."""
     parts = [torch.as_tensor(c).to(torch.int32).reshape(-1, 3) for c in coords]
-    return torch.cat([torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), c], 1) for b, c in enumerate(parts)])
+    return torch.cat(
+        [
+            torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), c], 1)
+            for b, c in enumerate(parts)
+        ]
+    )
 
 
 def _offsets(k: int, device) -> torch.Tensor:
@@ -215,7 +238,9 @@ def _to_spconv(x: SparseTensor):
     sp = load_spconv()
     base = x.cache.get("spconv")
     if base is None:
-        base = sp.SparseConvTensor(x.feats.detach().contiguous(), x.coords, list(x.spatial_shape), x.batch_size)
+        base = sp.SparseConvTensor(
+            x.feats.detach().contiguous(), x.coords, list(x.spatial_shape), x.batch_size
+        )
         x.cache["spconv"] = base
     return base.replace_feature(x.feats.contiguous())
 
@@ -235,7 +260,11 @@ class _SingleThreadSpconv(torch.autograd.Function):
     def forward(ctx, module, x, feats, weight, bias=None):
         # build the inner graph only when a gradient will be asked for
         with torch.set_grad_enabled(any(ctx.needs_input_grad[2:])), single_thread():
-            leaves = [t.detach().requires_grad_(t.requires_grad) for t in (feats, weight, bias) if t is not None]
+            leaves = [
+                t.detach().requires_grad_(t.requires_grad)
+                for t in (feats, weight, bias)
+                if t is not None
+            ]
             module.weight = leaves[1]
             if bias is not None:
                 module.bias = leaves[2]
@@ -260,27 +289,39 @@ class _SingleThreadSpconv(torch.autograd.Function):
 
 
 class _SparseConvBase(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool, backend: str):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, bias: bool, backend: str
+    ):
         super().__init__()
         if backend not in BACKENDS:
-            raise UserInputError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+            raise UserInputError(
+                f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        self.in_channels, self.out_channels, self.kernel_size = (
+            in_channels,
+            out_channels,
+            kernel_size,
+        )
         self.backend = backend
         k = kernel_size
         # spconv's layout: [C_out, kx, ky, kz, C_in]
         self.weight = nn.Parameter(torch.empty(out_channels, k, k, k, in_channels))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        fan_in = in_channels * k ** 3
+        fan_in = in_channels * k**3
         nn.init.uniform_(self.weight, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def _kernel(self) -> torch.Tensor:
         """``[k^3, C_in, C_out]`` in :func:`_offsets` order."""
         k = self.kernel_size
-        return self.weight.reshape(self.out_channels, k ** 3, self.in_channels).permute(1, 2, 0)
+        return self.weight.reshape(self.out_channels, k**3, self.in_channels).permute(1, 2, 0)
 
     def _spconv_call(self, module_cls, x: SparseTensor, **kw) -> SparseTensor:
-        m = module_cls(self.in_channels, self.out_channels, self.kernel_size, bias=self.bias is not None, **kw)
-        del m.weight  # the spconv module is transient, outside the module tree: it uses our parameters
+        m = module_cls(
+            self.in_channels, self.out_channels, self.kernel_size, bias=self.bias is not None, **kw
+        )
+        del (
+            m.weight
+        )  # the spconv module is transient, outside the module tree: it uses our parameters
         if self.bias is not None:
             del m.bias
         if x.device.type != "cpu":
@@ -301,8 +342,14 @@ class SubMConv3d(_SparseConvBase):
     """Submanifold convolution, odd kernel, stride 1: ``out[p] = b + sum_d W[d] x[p + d]`` over
     active ``p`` and active neighbours ``p + d`` (``d`` in the centred k^3 window)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        bias: bool = True,
+        backend: str = "auto",
+    ):
         if kernel_size % 2 != 1:
             raise UserInputError("submanifold convolutions need an odd kernel size")
         super().__init__(in_channels, out_channels, kernel_size, bias, backend)
@@ -336,13 +383,17 @@ class SparseDownsample(_SparseConvBase):
     """2 x 2 x 2 convolution, stride 2: ``out[q] = b + sum_o W[o] x[2q + o]`` over active
     children; the coarse grid is ``ceil(shape / 2)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, backend: str = "auto"):
+    def __init__(
+        self, in_channels: int, out_channels: int, bias: bool = True, backend: str = "auto"
+    ):
         super().__init__(in_channels, out_channels, 2, bias, backend)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         if _resolve(self.backend, x.device) == "spconv":
             if any(s % 2 for s in x.spatial_shape):
-                raise UserInputError(f"the spconv backend downsamples even grids only, got {x.spatial_shape}")
+                raise UserInputError(
+                    f"the spconv backend downsamples even grids only, got {x.spatial_shape}"
+                )
             sp = load_spconv()
             return self._spconv_call(sp.SparseConv3d, x, stride=2)
         shape = tuple((s + 1) // 2 for s in x.spatial_shape)
@@ -355,7 +406,9 @@ class SparseDownsample(_SparseConvBase):
         c = torch.stack([uniq // (X * Y * Z), uniq // (Y * Z) % X, uniq // Z % Y, uniq % Z], 1)
         W = self._kernel()  # [8, C_in, C_out]
         contrib = torch.bmm(x.feats[:, None, :], W[octant])[:, 0]  # [N, C_out]
-        out = x.feats.new_zeros(len(uniq), self.out_channels).index_add(0, inv, contrib.to(x.feats.dtype))
+        out = x.feats.new_zeros(len(uniq), self.out_channels).index_add(
+            0, inv, contrib.to(x.feats.dtype)
+        )
         if self.bias is not None:
             out = out + self.bias
         return SparseTensor(c, out, shape, x.batch_size)
@@ -366,7 +419,9 @@ class SparseUpsample(_SparseConvBase):
     children ``2q + o`` with features ``b + W[o] x[q]``. Children are ordered parent-major, octant
     minor (``child = 8 * parent_row + octant``), so ``parent_index = row // 8``."""
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, backend: str = "auto"):
+    def __init__(
+        self, in_channels: int, out_channels: int, bias: bool = True, backend: str = "auto"
+    ):
         super().__init__(in_channels, out_channels, 2, bias, backend)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
@@ -406,7 +461,10 @@ class SparseResBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int | None = None, backend: str = "auto"):
         super().__init__()
         out = out_channels or channels
-        self.norm1, self.conv1 = nn.LayerNorm(channels), SubMConv3d(channels, out, 3, backend=backend)
+        self.norm1, self.conv1 = (
+            nn.LayerNorm(channels),
+            SubMConv3d(channels, out, 3, backend=backend),
+        )
         self.norm2, self.conv2 = nn.LayerNorm(out), SubMConv3d(out, out, 3, backend=backend)
         nn.init.zeros_(self.conv2.weight)
         self.skip = nn.Linear(channels, out) if out != channels else nn.Identity()
@@ -420,7 +478,9 @@ class SparseResBlock(nn.Module):
 def set_backend(module: nn.Module, backend: str) -> nn.Module:
     """Set the backend of every sparse convolution inside ``module``; returns it."""
     if backend not in BACKENDS:
-        raise UserInputError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise UserInputError(
+            f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
     for m in module.modules():
         if isinstance(m, _SparseConvBase):
             m.backend = backend

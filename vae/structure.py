@@ -48,8 +48,11 @@ class SparseGaussian:
     logvar: torch.Tensor  # [N, C]
 
     def sample(self, generator: torch.Generator | None = None) -> SparseTensor:
-        eps = torch.randn(self.logvar.shape, generator=generator, device=self.logvar.device if generator is None
-                          else generator.device).to(self.logvar.device)
+        eps = torch.randn(
+            self.logvar.shape,
+            generator=generator,
+            device=self.logvar.device if generator is None else generator.device,
+        ).to(self.logvar.device)
         return self.mean.replace(self.mean.feats + torch.exp(0.5 * self.logvar) * eps)
 
     def mode(self) -> SparseTensor:
@@ -64,14 +67,19 @@ class SparseGaussian:
 def _children(x: SparseTensor) -> SparseTensor:
     """The 8 children of every voxel (parent-major, octant minor, as :class:`SparseUpsample`)."""
     coords = child_coords(x.coords)
-    return SparseTensor(coords, x.feats.new_zeros(len(coords), 0), tuple(2 * s for s in x.spatial_shape), x.batch_size)
+    return SparseTensor(
+        coords,
+        x.feats.new_zeros(len(coords), 0),
+        tuple(2 * s for s in x.spatial_shape),
+        x.batch_size,
+    )
 
 
 def downsample_coords(coords: torch.Tensor, times: int = 1) -> torch.Tensor:
     """Unique parent voxels ``[M, 4]`` of ``coords`` ``[N, 4]`` (batch, x, y, z) after ``times``
     halvings."""
     c = coords.clone()
-    c[:, 1:] = torch.div(c[:, 1:], 2 ** times, rounding_mode="floor")
+    c[:, 1:] = torch.div(c[:, 1:], 2**times, rounding_mode="floor")
     return torch.unique(c, dim=0)
 
 
@@ -86,8 +94,13 @@ class StructureVAE(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 96, 128), latent_channels: int = 8,
-                 num_res_blocks: int = 1, backend: str = "auto"):
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 96, 128),
+        latent_channels: int = 8,
+        num_res_blocks: int = 1,
+        backend: str = "auto",
+    ):
         super().__init__()
         if len(channels) != 4:
             raise UserInputError("StructureVAE needs 4 channel widths (levels L, L/2, L/4, L/8)")
@@ -95,9 +108,17 @@ class StructureVAE(ModelMixin, ConfigMixin):
         self.stem = SubMConv3d(1, c[0], 3, backend=backend)
         self.enc = nn.ModuleList()
         for i in range(3):
-            self.enc.append(nn.ModuleList([*(SparseResBlock(c[i], backend=backend) for _ in range(num_res_blocks)),
-                                           SparseDownsample(c[i], c[i + 1], backend=backend)]))
-        self.enc_out = nn.ModuleList([SparseResBlock(c[3], backend=backend) for _ in range(num_res_blocks)])
+            self.enc.append(
+                nn.ModuleList(
+                    [
+                        *(SparseResBlock(c[i], backend=backend) for _ in range(num_res_blocks)),
+                        SparseDownsample(c[i], c[i + 1], backend=backend),
+                    ]
+                )
+            )
+        self.enc_out = nn.ModuleList(
+            [SparseResBlock(c[3], backend=backend) for _ in range(num_res_blocks)]
+        )
         self.enc_norm = nn.LayerNorm(c[3])
         self.to_moments = nn.Linear(c[3], 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, c[3])
@@ -108,7 +129,11 @@ class StructureVAE(ModelMixin, ConfigMixin):
         self.heads = nn.ModuleList()
         self.up = nn.ModuleList()
         for i in (3, 2, 1):
-            self.dec.append(nn.ModuleList([SparseResBlock(c[i], backend=backend) for _ in range(num_res_blocks)]))
+            self.dec.append(
+                nn.ModuleList(
+                    [SparseResBlock(c[i], backend=backend) for _ in range(num_res_blocks)]
+                )
+            )
             self.heads.append(nn.Sequential(nn.LayerNorm(c[i]), nn.SiLU(), nn.Linear(c[i], 8)))
             if i > 1:
                 self.up.append(SparseUpsample(c[i], c[i - 1], backend=backend))
@@ -123,7 +148,9 @@ class StructureVAE(ModelMixin, ConfigMixin):
     @staticmethod
     def _check(x: SparseTensor) -> None:
         if any(s % 8 for s in x.spatial_shape):
-            raise UserInputError(f"the structure VAE needs grid sizes divisible by 8, got {x.spatial_shape}")
+            raise UserInputError(
+                f"the structure VAE needs grid sizes divisible by 8, got {x.spatial_shape}"
+            )
         if len(x) == 0:
             raise UserInputError("the voxel grid is empty")
 
@@ -131,8 +158,13 @@ class StructureVAE(ModelMixin, ConfigMixin):
         """``occupancy``: active voxels ``[N, 4]`` (features ignored) on an ``L^3`` grid ->
         posterior on the active ``(L/8)^3`` cells."""
         self._check(occupancy)
-        h = self.stem(occupancy.replace(torch.ones(len(occupancy), 1, device=occupancy.device,
-                                                   dtype=self.to_moments.weight.dtype)))
+        h = self.stem(
+            occupancy.replace(
+                torch.ones(
+                    len(occupancy), 1, device=occupancy.device, dtype=self.to_moments.weight.dtype
+                )
+            )
+        )
         for stage in self.enc:
             for block in stage:
                 h = block(h)
@@ -142,8 +174,9 @@ class StructureVAE(ModelMixin, ConfigMixin):
         mean, logvar = mom.chunk(2, dim=1)
         return SparseGaussian(h.replace(mean), logvar.clamp(-20.0, 10.0))
 
-    def decode(self, latent: SparseTensor, target: SparseTensor | None = None,
-               threshold: float = 0.0) -> dict:
+    def decode(
+        self, latent: SparseTensor, target: SparseTensor | None = None, threshold: float = 0.0
+    ) -> dict:
         """Decode a coarse latent. With ``target`` (the true ``L^3`` occupancy) children are kept
         by the truth (training); otherwise by ``logit > threshold``.
 
@@ -165,8 +198,15 @@ class StructureVAE(ModelMixin, ConfigMixin):
             logit = head(h.feats).reshape(-1)  # [8 N]: children parent-major, octant minor
             children = _children(h)
             if truth is not None:
-                lab = SparseTensor(truth[level], truth[level][:, :1].float(), children.spatial_shape,
-                                   h.batch_size).lookup(children.coords) >= 0
+                lab = (
+                    SparseTensor(
+                        truth[level],
+                        truth[level][:, :1].float(),
+                        children.spatial_shape,
+                        h.batch_size,
+                    ).lookup(children.coords)
+                    >= 0
+                )
                 labels_all.append(lab.float())
                 keep = lab
             else:
@@ -176,15 +216,27 @@ class StructureVAE(ModelMixin, ConfigMixin):
                 h = self.up[level](h).select(keep)
             else:
                 h = children.replace(logit[:, None]).select(keep)
-        return {"occupancy": h, "logits": logits_all, "labels": labels_all if truth is not None else None}
+        return {
+            "occupancy": h,
+            "logits": logits_all,
+            "labels": labels_all if truth is not None else None,
+        }
 
-    def forward(self, occupancy: SparseTensor, sample: bool = True, kl_weight: float = 1e-3,
-                generator: torch.Generator | None = None) -> dict:
+    def forward(
+        self,
+        occupancy: SparseTensor,
+        sample: bool = True,
+        kl_weight: float = 1e-3,
+        generator: torch.Generator | None = None,
+    ) -> dict:
         """Training step: encode, sample, decode with teacher forcing; returns the losses."""
         post = self.encode(occupancy)
         z = post.sample(generator) if sample else post.mode()
         out = self.decode(z, target=occupancy)
-        bce = [F.binary_cross_entropy_with_logits(lg, lb) for lg, lb in zip(out["logits"], out["labels"], strict=True)]
+        bce = [
+            F.binary_cross_entropy_with_logits(lg, lb)
+            for lg, lb in zip(out["logits"], out["labels"], strict=True)
+        ]
         kl = post.kl()
         loss = sum(bce) + kl_weight * kl
         return {"loss": loss, "bce": torch.stack([b.detach() for b in bce]), "kl": kl.detach()}
@@ -209,5 +261,10 @@ def voxel_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
     inter = int(torch.isin(key(pred), key(target)).sum())
     union = len(pred) + len(target) - inter
-    return {"iou": inter / max(union, 1), "precision": inter / max(len(pred), 1),
-            "recall": inter / max(len(target), 1), "pred": len(pred), "target": len(target)}
+    return {
+        "iou": inter / max(union, 1),
+        "precision": inter / max(len(pred), 1),
+        "recall": inter / max(len(target), 1),
+        "pred": len(pred),
+        "target": len(target),
+    }

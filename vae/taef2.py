@@ -64,8 +64,12 @@ class _Block(nn.Module):
         self.conv = nn.Sequential(_conv(c, c), nn.ReLU(), _conv(c, c), nn.ReLU(), _conv(c, c))
         self.pool = None
         if pool:
-            self.pool = nn.Sequential(nn.Conv2d(c, 4 * c, 1, bias=False), nn.GroupNorm(pool_groups, 4 * c),
-                                      nn.ReLU(), nn.Conv2d(4 * c, c, 1, bias=False))
+            self.pool = nn.Sequential(
+                nn.Conv2d(c, 4 * c, 1, bias=False),
+                nn.GroupNorm(pool_groups, 4 * c),
+                nn.ReLU(),
+                nn.Conv2d(4 * c, c, 1, bias=False),
+            )
         self.fuse = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,9 +119,15 @@ class TAEF2(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = False
 
     @register_to_config
-    def __init__(self, block_out_channels: tuple[int, ...] = (64, 64, 64, 64), latent_channels: int = 32,
-                 latents_mean: list[float] | None = None, latents_std: list[float] | None = None,
-                 tile_size: int = 512, tile_margin: int = 64):
+    def __init__(
+        self,
+        block_out_channels: tuple[int, ...] = (64, 64, 64, 64),
+        latent_channels: int = 32,
+        latents_mean: list[float] | None = None,
+        latents_std: list[float] | None = None,
+        tile_size: int = 512,
+        tile_margin: int = 64,
+    ):
         super().__init__()
         if len(set(block_out_channels)) != 1:
             raise ValueError(f"TAEF2 uses one width at every level, got {block_out_channels}")
@@ -134,7 +144,9 @@ class TAEF2(ModelMixin, ConfigMixin):
     # --- conversion from the upstream state dicts ----------------------------------------------
 
     @classmethod
-    def from_taesd_weights(cls, encoder_path: str | Path, decoder_path: str | Path, **config) -> TAEF2:
+    def from_taesd_weights(
+        cls, encoder_path: str | Path, decoder_path: str | Path, **config
+    ) -> TAEF2:
         """Build from upstream ``taef2_encoder.pth`` / ``taef2_decoder.pth`` (``nn.Sequential``
         state dicts), loaded strictly: every key must match, none may be left over."""
         model = cls(**config)
@@ -165,7 +177,9 @@ class TAEF2(ModelMixin, ConfigMixin):
 
     # --- encode / decode -------------------------------------------------------------------------
 
-    def _run_tiled(self, net: nn.Sequential, x: torch.Tensor, scale: float, tile: int, margin: int) -> torch.Tensor:
+    def _run_tiled(
+        self, net: nn.Sequential, x: torch.Tensor, scale: float, tile: int, margin: int
+    ) -> torch.Tensor:
         """Apply ``net`` (output size = input size x ``scale``) by tiles of ``tile`` input pixels
         with ``margin`` pixels of context each side, cut away from the output."""
         b, _, h, w = x.shape
@@ -180,15 +194,21 @@ class TAEF2(ModelMixin, ConfigMixin):
                     out = piece.new_zeros(b, piece.shape[1], round(h * scale), round(w * scale))
                 cy, cx = round((y0 - ya) * scale), round((x0 - xa) * scale)
                 hh, ww = round((y1 - y0) * scale), round((x1 - x0) * scale)
-                out[:, :, round(y0 * scale):round(y0 * scale) + hh, round(x0 * scale):round(x0 * scale) + ww] = \
-                    piece[:, :, cy:cy + hh, cx:cx + ww]
+                out[
+                    :,
+                    :,
+                    round(y0 * scale) : round(y0 * scale) + hh,
+                    round(x0 * scale) : round(x0 * scale) + ww,
+                ] = piece[:, :, cy : cy + hh, cx : cx + ww]
         return out
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """Images ``[B, 3, H, W]`` in [-1, 1] (H, W multiples of 8) -> raw latents ``[B, 32, H/8, W/8]``."""
         f = self.downscale
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"TAEF2.encode takes [B, 3, H, W] with H, W multiples of {f}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"TAEF2.encode takes [B, 3, H, W] with H, W multiples of {f}, got {tuple(x.shape)}"
+            )
         x = (x.to(self.dtype) + 1.0) / 2.0  # TAEF2 works in [0, 1]
         tile, margin = int(self.config.tile_size), int(self.config.tile_margin)
         if max(x.shape[-2:]) <= tile:

@@ -43,22 +43,42 @@ class TextureVAE(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, in_channels: int = 24, channels: int = 64, latent_channels: int = 8,
-                 num_res_blocks: int = 2, gaussians_per_voxel: int = 4, offset_range: float = 0.75,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        in_channels: int = 24,
+        channels: int = 64,
+        latent_channels: int = 8,
+        num_res_blocks: int = 2,
+        gaussians_per_voxel: int = 4,
+        offset_range: float = 0.75,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.enc_in = SubMConv3d(in_channels, channels, 3, backend=backend)
-        self.enc = nn.ModuleList([SparseResBlock(channels, backend=backend) for _ in range(num_res_blocks)])
-        self.enc_out = nn.Sequential(nn.LayerNorm(channels), nn.SiLU(), nn.Linear(channels, 2 * latent_channels))
+        self.enc = nn.ModuleList(
+            [SparseResBlock(channels, backend=backend) for _ in range(num_res_blocks)]
+        )
+        self.enc_out = nn.Sequential(
+            nn.LayerNorm(channels), nn.SiLU(), nn.Linear(channels, 2 * latent_channels)
+        )
         self.dec_in = nn.Linear(latent_channels, channels)
-        self.dec = nn.ModuleList([SparseResBlock(channels, backend=backend) for _ in range(num_res_blocks)])
+        self.dec = nn.ModuleList(
+            [SparseResBlock(channels, backend=backend) for _ in range(num_res_blocks)]
+        )
         K = gaussians_per_voxel
-        self.dec_out = nn.Sequential(nn.LayerNorm(channels), nn.SiLU(), nn.Linear(channels, K * PARAMS_PER_SURFEL))
+        self.dec_out = nn.Sequential(
+            nn.LayerNorm(channels), nn.SiLU(), nn.Linear(channels, K * PARAMS_PER_SURFEL)
+        )
         nn.init.zeros_(self.dec_out[-1].weight)
         # initial surfels: a horizontal K-point grid across the voxel, half a voxel wide each
         side = math.ceil(math.sqrt(K))
-        grid = (torch.arange(K, dtype=torch.float32) % side, torch.div(torch.arange(K), side, rounding_mode="floor"))
-        off = torch.stack([(grid[0] + 0.5) / side - 0.5, (grid[1] + 0.5) / side - 0.5, torch.zeros(K)], 1)
+        grid = (
+            torch.arange(K, dtype=torch.float32) % side,
+            torch.div(torch.arange(K), side, rounding_mode="floor"),
+        )
+        off = torch.stack(
+            [(grid[0] + 0.5) / side - 0.5, (grid[1] + 0.5) / side - 0.5, torch.zeros(K)], 1
+        )
         bias = torch.zeros(K, PARAMS_PER_SURFEL)
         bias[:, 0:3] = torch.atanh(off / offset_range)
         bias[:, 3:5] = _logit((0.5 / side - 0.02) / 0.98)
@@ -73,15 +93,19 @@ class TextureVAE(ModelMixin, ConfigMixin):
     def encode(self, x: SparseTensor) -> SparseGaussian:
         """``x``: appearance features ``[N, D]`` on the active voxels -> posterior ``[N, C]``."""
         if x.feats.shape[1] != self.config.in_channels:
-            raise UserInputError(f"the texture VAE expects {self.config.in_channels} appearance channels, "
-                                 f"got {x.feats.shape[1]}")
+            raise UserInputError(
+                f"the texture VAE expects {self.config.in_channels} appearance channels, "
+                f"got {x.feats.shape[1]}"
+            )
         h = self.enc_in(x.replace(x.feats.to(self.dec_in.weight.dtype)))
         for block in self.enc:
             h = block(h)
         mean, logvar = self.enc_out(h.feats).chunk(2, dim=1)
         return SparseGaussian(h.replace(mean), logvar.clamp(-20.0, 10.0))
 
-    def decode(self, latent: SparseTensor, voxel_size: float, origin=(0.0, 0.0, 0.0)) -> dict[str, torch.Tensor]:
+    def decode(
+        self, latent: SparseTensor, voxel_size: float, origin=(0.0, 0.0, 0.0)
+    ) -> dict[str, torch.Tensor]:
         """Latent ``[N, C]`` on voxels -> surfels in world metres (``M = N K``):
         ``means [M, 3]``, ``quats [M, 4]`` (wxyz, unit), ``scales [M, 3]`` (third = 1e-3 of the
         smaller), ``opacities [M]``, ``colors [M, 3]`` in [0, 1], ``voxel [M]`` (source row)."""
@@ -107,8 +131,14 @@ class TextureVAE(ModelMixin, ConfigMixin):
             "voxel": torch.arange(len(h), device=p.device).repeat_interleave(K),
         }
 
-    def forward(self, x: SparseTensor, voxel_size: float, origin=(0.0, 0.0, 0.0), sample: bool = True,
-                generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], SparseGaussian]:
+    def forward(
+        self,
+        x: SparseTensor,
+        voxel_size: float,
+        origin=(0.0, 0.0, 0.0),
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[dict[str, torch.Tensor], SparseGaussian]:
         """Encode, sample (or take the mean) and decode: ``(surfels, posterior)``."""
         post = self.encode(x)
         z = post.sample(generator) if sample else post.mode()

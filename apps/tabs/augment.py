@@ -39,17 +39,23 @@ def extract_zip(path: Any, dest: Path, max_bytes: int, max_files: int = 20000) -
     except (OSError, zipfile.BadZipFile) as e:
         raise gr.Error(f"not a readable .zip file: {e}", print_exception=False) from None
     with zf:
-        infos = [i for i in zf.infolist()
-                 if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+        infos = [
+            i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")
+        ]
         if not infos:
             raise gr.Error("the .zip file is empty", print_exception=False)
         if len(infos) > max_files:
-            raise gr.Error(f"the .zip holds {len(infos)} files; the limit is {max_files}",
-                           print_exception=False)
+            raise gr.Error(
+                f"the .zip holds {len(infos)} files; the limit is {max_files}",
+                print_exception=False,
+            )
         total = sum(i.file_size for i in infos)
         if total > max_bytes:
-            raise gr.Error(f"the .zip unpacks to {total / 2**20:.0f} MB; the limit is "
-                           f"{max_bytes / 2**20:.0f} MB", print_exception=False)
+            raise gr.Error(
+                f"the .zip unpacks to {total / 2**20:.0f} MB; the limit is "
+                f"{max_bytes / 2**20:.0f} MB",
+                print_exception=False,
+            )
         root = dest.resolve()
         for info in infos:
             target = (dest / info.filename).resolve()
@@ -76,24 +82,38 @@ def draw_boxes(image_path: Path, boxes: Any) -> np.ndarray:
     return np.asarray(im)
 
 
-def augment_zip(pipe, limits: AppLimits, folder: Path, data: Any, count: Any, steps: Any,
-                guidance: Any, use_filter: bool, seed: Any, randomize: bool):
+def augment_zip(
+    pipe,
+    limits: AppLimits,
+    folder: Path,
+    data: Any,
+    count: Any,
+    steps: Any,
+    guidance: Any,
+    use_filter: bool,
+    seed: Any,
+    randomize: bool,
+):
     """A detection dataset (``.zip`` of images + DOTA/YOLO/COCO/VOC/CSV labels) -> the dataset
     plus ``count`` box-conditioned synthetic images (:func:`earthgen.augment.augment_dataset`).
 
     Returns ``(previews [(image [H, W, 3], caption)], zip path, seed used, summary)``; previews
     are the synthetic images kept, their boxes drawn."""
     if getattr(pipe, "box_encoder", None) is None:
-        raise gr.Error("this image model has no box conditioning; start the app with "
-                       "--augment-model", print_exception=False)
+        raise gr.Error(
+            "this image model has no box conditioning; start the app with --augment-model",
+            print_exception=False,
+        )
     path = check_upload(file_path(data), limits, "dataset .zip")
     if not path:
-        raise gr.Error("upload a .zip of a detection dataset (images + labels)",
-                       print_exception=False)
+        raise gr.Error(
+            "upload a .zip of a detection dataset (images + labels)", print_exception=False
+        )
     n = as_number(count, int, f"the number of images must be a whole number, got {count!r}")
     if not 1 <= n <= limits.max_augment:
-        raise gr.Error(f"generate 1..{limits.max_augment} images at a time, got {n}",
-                       print_exception=False)
+        raise gr.Error(
+            f"generate 1..{limits.max_augment} images at a time, got {n}", print_exception=False
+        )
     k = check_steps(steps, limits)
     s = pick_seed(seed, randomize)
     from earthgen.augment import AugmentConfig, augment_dataset
@@ -102,21 +122,26 @@ def augment_zip(pipe, limits: AppLimits, folder: Path, data: Any, count: Any, st
     work = folder / f"augment_{s}_{random.randint(0, 10**9)}"
     src = extract_zip(path, work / "input", 10 * upload_bytes(limits))
     out = work / "augmented"
-    cfg = AugmentConfig(n=n, seed=s, steps=k, guidance_scale=float(guidance),
-                        filter=bool(use_filter))
+    cfg = AugmentConfig(
+        n=n, seed=s, steps=k, guidance_scale=float(guidance), filter=bool(use_filter)
+    )
     with user_errors():
         summary = augment_dataset(src, out, pipe, cfg, progress=True)
         items = read_detection_dataset(out, summary["format"])
     synthetic = [it for it in items if it.image.name.startswith("synthetic_")]
-    previews = [(draw_boxes(it.image, it.boxes), f"{it.image.name}: {len(it.boxes)} boxes")
-                for it in synthetic]
+    previews = [
+        (draw_boxes(it.image, it.boxes), f"{it.image.name}: {len(it.boxes)} boxes")
+        for it in synthetic
+    ]
     archive = shutil.make_archive(str(work / f"augmented_{s}"), "zip", out)
     if cfg.filter:
         kept = f"{summary['kept']} of {summary['generated']} kept by the detector filter"
     else:
         kept = f"{summary['generated']} generated (no filter)"
-    text = (f"{summary['real_images']} real images ({summary['source_format']}), {kept}; "
-            f"classes: {', '.join(summary['classes'])}; written as {summary['format']}")
+    text = (
+        f"{summary['real_images']} real images ({summary['source_format']}), {kept}; "
+        f"classes: {', '.join(summary['classes'])}; written as {summary['format']}"
+    )
     return previews, archive, s, text
 
 
@@ -124,35 +149,72 @@ def build(pipe, limits: AppLimits, root: Path, queue: dict) -> None:
     """The tab's components and its ``augment`` event; ``pipe`` must have box conditioning
     (``box_encoder``), else the tab shows a note. ``root``: the session folders' root."""
     if pipe is None or getattr(pipe, "box_encoder", None) is None:
-        gr.Markdown("**No box-conditioned image model is loaded** (start the app with "
-                    "`--augment-model FOLDER`, a model trained with `earthgen train "
-                    "image-boxes`).")
+        gr.Markdown(
+            "**No box-conditioned image model is loaded** (start the app with "
+            "`--augment-model FOLDER`, a model trained with `earthgen train "
+            "image-boxes`)."
+        )
         return
     with gr.Row():
         with gr.Column():
-            data = gr.File(label="Small detection dataset (.zip: images + DOTA/YOLO/COCO/VOC "
-                                 "labels)",
-                           file_types=[".zip"], type="filepath", elem_id="aug-data")
-            count = gr.Slider(1, limits.max_augment, value=min(8, limits.max_augment), step=1,
-                              label="Images to generate", elem_id="aug-count")
+            data = gr.File(
+                label="Small detection dataset (.zip: images + DOTA/YOLO/COCO/VOC labels)",
+                file_types=[".zip"],
+                type="filepath",
+                elem_id="aug-data",
+            )
+            count = gr.Slider(
+                1,
+                limits.max_augment,
+                value=min(8, limits.max_augment),
+                step=1,
+                label="Images to generate",
+                elem_id="aug-count",
+            )
             with gr.Row():
                 steps = steps_slider(limits, elem_id="aug-steps")
                 guidance = gr.Slider(0.0, 15.0, value=3.0, step=0.5, label="Guidance scale")
             use_filter = gr.Checkbox(
                 label="Keep only images a detector trained on the data confirms (slower)",
-                value=False)
+                value=False,
+            )
             seed, rand = seed_row("aug")
             run = gr.Button("Augment", variant="primary", elem_id="aug-run")
         with gr.Column():
-            gallery = gr.Gallery(label="Synthetic images with their boxes", columns=4,
-                                 elem_id="aug-gallery")
+            gallery = gr.Gallery(
+                label="Synthetic images with their boxes", columns=4, elem_id="aug-gallery"
+            )
             out = gr.File(label="Augmented dataset (.zip)", elem_id="aug-zip")
             info = gr.Markdown(elem_id="aug-info")
 
-    def fn(data, count, steps, guidance, use_filter, seed, rand, request: gr.Request,
-           progress=gr.Progress(track_tqdm=True)):
-        return augment_zip(pipe, limits, session_dir(root, request), data, count, steps,
-                           guidance, use_filter, seed, rand)
+    def fn(
+        data,
+        count,
+        steps,
+        guidance,
+        use_filter,
+        seed,
+        rand,
+        request: gr.Request,
+        progress=gr.Progress(track_tqdm=True),
+    ):
+        return augment_zip(
+            pipe,
+            limits,
+            session_dir(root, request),
+            data,
+            count,
+            steps,
+            guidance,
+            use_filter,
+            seed,
+            rand,
+        )
 
-    run.click(fn, [data, count, steps, guidance, use_filter, seed, rand],
-              [gallery, out, seed, info], api_name="augment", **queue)
+    run.click(
+        fn,
+        [data, count, steps, guidance, use_filter, seed, rand],
+        [gallery, out, seed, info],
+        api_name="augment",
+        **queue,
+    )

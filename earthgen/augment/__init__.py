@@ -6,5 +6,16 @@ from earthgen.augment.core import AugmentConfig, augment_dataset, read_manifest,
 from earthgen.augment.filter import FilterResult, filter_generated, match_requested
 from earthgen.augment.layouts import Layout, LayoutConfig, class_weights, sample_layouts
 
-__all__ = ["AugmentConfig", "FilterResult", "Layout", "LayoutConfig", "augment_dataset", "class_weights",
-           "filter_generated", "match_requested", "read_manifest", "sample_layouts", "write_copies"]
+__all__ = [
+    "AugmentConfig",
+    "FilterResult",
+    "Layout",
+    "LayoutConfig",
+    "augment_dataset",
+    "class_weights",
+    "filter_generated",
+    "match_requested",
+    "read_manifest",
+    "sample_layouts",
+    "write_copies",
+]

@@ -47,24 +47,26 @@ MANIFEST = "augment/manifest.json"
 class AugmentConfig:
     """Options of :func:`augment_dataset` (see ``earthgen augment --help``)."""
 
-    n: int = 100                      # layouts to generate
+    n: int = 100  # layouts to generate
     seed: int = 0
-    steps: int = 30                   # sampler steps
+    steps: int = 30  # sampler steps
     guidance_scale: float = 3.0
     batch_size: int = 4
     iou_threshold: float = 0.5
     score_threshold: float = 0.3
     min_recall: float = 0.5
     filter: bool = True
-    out_format: str | None = None     # default: the input format
-    detector: str | None = None       # a trained BoxNet folder; None = train one on the real data
+    out_format: str | None = None  # default: the input format
+    detector: str | None = None  # a trained BoxNet folder; None = train one on the real data
     detector_steps: int = 1500
     detector_crop: int = 128
-    inpaint: bool = False             # keep the real source image; paint only the pasted objects
-    inpaint_margin: float = 0.4       # repainted area around a pasted box, fraction of its size (shadows)
-    tile: int | None = None           # generation window, px; None = the model's (its sample size)
-    tile_overlap: float = 0.25        # overlap of neighbouring windows, fraction of one, [0, 0.5)
-    detect_tile: int = DETECT_TILE    # the filter detector's window on large images, pixels
+    inpaint: bool = False  # keep the real source image; paint only the pasted objects
+    inpaint_margin: float = (
+        0.4  # repainted area around a pasted box, fraction of its size (shadows)
+    )
+    tile: int | None = None  # generation window, px; None = the model's (its sample size)
+    tile_overlap: float = 0.25  # overlap of neighbouring windows, fraction of one, [0, 0.5)
+    detect_tile: int = DETECT_TILE  # the filter detector's window on large images, pixels
     layout: LayoutConfig = field(default_factory=LayoutConfig)
 
     def validate(self) -> None:
@@ -77,11 +79,13 @@ class AugmentConfig:
         if self.tile is not None and self.tile <= 0:
             raise UserInputError(f"--tile must be > 0 pixels, got {self.tile}")
         if not 0 <= self.tile_overlap < 0.5:
-            raise UserInputError(f"--tile-overlap must be a fraction in [0, 0.5), "
-                                 f"got {self.tile_overlap}")
+            raise UserInputError(
+                f"--tile-overlap must be a fraction in [0, 0.5), got {self.tile_overlap}"
+            )
         if self.detect_tile <= 0 or self.detect_tile % 16:
-            raise UserInputError(f"--detect-tile must be a positive multiple of 16 pixels, "
-                                 f"got {self.detect_tile}")
+            raise UserInputError(
+                f"--detect-tile must be a positive multiple of 16 pixels, got {self.detect_tile}"
+            )
         self.layout.validate()
 
 
@@ -154,8 +158,9 @@ def _tile_seed(seed: int, index: int, n_tiles: int) -> int:
     return seed if n_tiles == 1 else int(np.random.default_rng([seed, index]).integers(2**62))
 
 
-def generate_layout(pipe, lay: Layout, cfg: AugmentConfig,
-                    source: Path | None = None) -> tuple[np.ndarray, dict]:
+def generate_layout(
+    pipe, lay: Layout, cfg: AugmentConfig, source: Path | None = None
+) -> tuple[np.ndarray, dict]:
     """The image ``[h, w, 3]`` uint8 of one layout, generated window by window
     (:func:`generation_grid`): each window is prompted with the class counts of the boxes it
     touches and conditioned on them (in its own coordinates), windows are blended across their
@@ -193,14 +198,24 @@ def generate_layout(pipe, lay: Layout, cfg: AugmentConfig,
         sub = BoxSet(corners[touch] - t.offset, names, rotated=lay.boxes.rotated)
         edit = {}
         if paint is not None:
-            edit = {"image": ref[win].astype(np.float32) / 255.0,
-                    "mask": paint[win].astype(np.float32)}
+            edit = {
+                "image": ref[win].astype(np.float32) / 255.0,
+                "mask": paint[win].astype(np.float32),
+            }
         seed = _tile_seed(lay.seed, t.index, len(grid))
-        img = pipe(detection_caption(sub.labels), boxes=sub, gsd=gsd, height=t.height,
-                   width=t.width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                   tile_size=max(t.width, t.height) // pipe.vae_scale_factor,  # the window at once
-                   generator=torch.Generator().manual_seed(seed), output_type="np",
-                   **edit).images[0]
+        img = pipe(
+            detection_caption(sub.labels),
+            boxes=sub,
+            gsd=gsd,
+            height=t.height,
+            width=t.width,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            tile_size=max(t.width, t.height) // pipe.vae_scale_factor,  # the window at once
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            **edit,
+        ).images[0]
         arr = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
         keep = None
         if len(grid) > 1:  # the owned boxes' pixels: this window's
@@ -212,13 +227,23 @@ def generate_layout(pipe, lay: Layout, cfg: AugmentConfig,
         cells = _cells(paint.astype(np.float32), pipe.vae_scale_factor)[:h, :w]
         out = np.where(cells[..., None], out, ref[:h, :w])
     one = len(grid) == 1
-    info = {"tiles": len(grid), "generated_tiles": made,
-            "tile": max(gw, gh) if one else grid.tile_w, "overlap": 0 if one else grid.overlap}
+    info = {
+        "tiles": len(grid),
+        "generated_tiles": made,
+        "tile": max(gw, gh) if one else grid.tile_w,
+        "overlap": 0 if one else grid.overlap,
+    }
     return np.ascontiguousarray(out), info
 
 
-def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_format: str | None = None,
-                    progress: bool = True) -> dict:
+def augment_dataset(
+    src,
+    out,
+    pipe,
+    config: AugmentConfig | None = None,
+    src_format: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Augment the dataset at ``src`` into the folder ``out`` (see the module docstring) with the
     box-conditioned pipeline ``pipe``; returns the manifest's summary. Large layouts are
     generated by windows (:func:`generate_layout`) and filtered by windows (the detector's
@@ -237,29 +262,49 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
     out_fmt = cfg.out_format or fmt
     _check_out(out, src)
     if getattr(pipe, "box_encoder", None) is None:
-        raise UserInputError("the model has no box conditioning (box_encoder); train one with "
-                             "`earthgen train image-boxes`")
+        raise UserInputError(
+            "the model has no box conditioning (box_encoder); train one with "
+            "`earthgen train image-boxes`"
+        )
     items = read_detection_dataset(src, fmt)
     missing = [str(it.image) for it in items if not it.image.is_file()]
     if missing:
-        raise UserInputError(f"{len(missing)} images of {src} are missing (e.g. {missing[0]}); augmentation needs them")
+        raise UserInputError(
+            f"{len(missing)} images of {src} are missing (e.g. {missing[0]}); augmentation needs them"
+        )
     from earthgen.data._common import image_size
 
-    items = [it if it.size is not None else DetectionItem(it.image, image_size(it.image), it.boxes) for it in items]
+    items = [
+        it if it.size is not None else DetectionItem(it.image, image_size(it.image), it.boxes)
+        for it in items
+    ]
     classes = list(dict.fromkeys(c for it in items for c in (it.boxes.extra.get("classes") or [])))
-    classes = [c for c in classes if any(c in it.boxes.labels for it in items)] or \
-        sorted({lab for it in items for lab in it.boxes.labels})
+    classes = [c for c in classes if any(c in it.boxes.labels for it in items)] or sorted(
+        {lab for it in items for lab in it.boxes.labels}
+    )
     if cfg.inpaint:  # the real objects stay where they are: their boxes must not move
-        cfg = replace(cfg, layout=replace(cfg.layout, jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0))
-    rotated, upright = rotation_rules(items, cfg.layout)  # resolved once: for the layouts and the manifest
-    layouts = sample_layouts(items, cfg.n, cfg.seed, replace(cfg.layout, rotated=rotated, upright=sorted(upright)),
-                             classes)
+        cfg = replace(
+            cfg, layout=replace(cfg.layout, jitter=0.0, scale_jitter=0.0, angle_jitter_deg=0.0)
+        )
+    rotated, upright = rotation_rules(
+        items, cfg.layout
+    )  # resolved once: for the layouts and the manifest
+    layouts = sample_layouts(
+        items,
+        cfg.n,
+        cfg.seed,
+        replace(cfg.layout, rotated=rotated, upright=sorted(upright)),
+        classes,
+    )
     if cfg.tile is not None and cfg.tile < pipe.size_multiple:
-        raise UserInputError(f"--tile must be at least {pipe.size_multiple} pixels for this model, "
-                             f"got {cfg.tile}")
+        raise UserInputError(
+            f"--tile must be at least {pipe.size_multiple} pixels for this model, got {cfg.tile}"
+        )
 
     if cfg.filter and cfg.detector and not (Path(cfg.detector) / "config.json").is_file():
-        raise UserInputError(f"detector not found: {cfg.detector} (a folder written by BoxNet.save_pretrained)")
+        raise UserInputError(
+            f"detector not found: {cfg.detector} (a folder written by BoxNet.save_pretrained)"
+        )
 
     timings: dict[str, float] = {}
     with atomic_dir(out) as tmp:
@@ -289,29 +334,51 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
                 if unknown:
                     raise UserInputError(f"the detector does not know the classes {unknown}")
             else:
-                detector = train_detector(items, classes, steps=cfg.detector_steps, crop=cfg.detector_crop,
-                                          rotated=any(lay.boxes.rotated for lay in layouts), seed=cfg.seed,
-                                          progress=progress)
+                detector = train_detector(
+                    items,
+                    classes,
+                    steps=cfg.detector_steps,
+                    crop=cfg.detector_crop,
+                    rotated=any(lay.boxes.rotated for lay in layouts),
+                    seed=cfg.seed,
+                    progress=progress,
+                )
         timings["detector_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if detector is not None:
-            syn_items = [DetectionItem(gen_dir / nm, lay.size, lay.boxes)
-                         for nm, lay in zip(names, layouts, strict=True)]
+            syn_items = [
+                DetectionItem(gen_dir / nm, lay.size, lay.boxes)
+                for nm, lay in zip(names, layouts, strict=True)
+            ]
             # images read back one at a time; large ones detected by windows, merged by NMS
-            detected = predict(detector, syn_items, score_threshold=min(cfg.score_threshold, 0.05),
-                               progress=progress, tile=cfg.detect_tile)
+            detected = predict(
+                detector,
+                syn_items,
+                score_threshold=min(cfg.score_threshold, 0.05),
+                progress=progress,
+                tile=cfg.detect_tile,
+            )
             # with --inpaint the real boxes are real pixels: only the painted ones test the generator
-            res = filter_generated([lay.boxes for lay in layouts], detected, cfg.iou_threshold, cfg.score_threshold,
-                                   cfg.min_recall, rotated=bool(detector.config.rotated),
-                                   count_last=[lay.pasted for lay in layouts] if cfg.inpaint else None)
+            res = filter_generated(
+                [lay.boxes for lay in layouts],
+                detected,
+                cfg.iou_threshold,
+                cfg.score_threshold,
+                cfg.min_recall,
+                rotated=bool(detector.config.rotated),
+                count_last=[lay.pasted for lay in layouts] if cfg.inpaint else None,
+            )
             keep, recall, found = res.keep, res.recall, res.found
         else:
             keep, recall = np.ones(len(layouts), bool), np.full(len(layouts), np.nan)
             found = [None] * len(layouts)
         timings["filter_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        kept_items = [DetectionItem(gen_dir / nm, lay.size, lay.boxes)
-                      for nm, lay, k in zip(names, layouts, keep, strict=True) if k]
+        kept_items = [
+            DetectionItem(gen_dir / nm, lay.size, lay.boxes)
+            for nm, lay, k in zip(names, layouts, keep, strict=True)
+            if k
+        ]
         ids = classes if out_fmt in ("yolo", "yolo-obb", "coco") else None
         write_detection_dataset(items + kept_items, tmp, out_fmt, classes=ids, images="copy")
         shutil.rmtree(gen_dir)
@@ -321,33 +388,56 @@ def augment_dataset(src, out, pipe, config: AugmentConfig | None = None, src_for
             detector.save_pretrained(tmp / "augment" / "detector")
         timings["write_s"] = time.perf_counter() - t0
         summary = {
-            "source": str(src), "source_format": fmt, "format": out_fmt, "real_images": len(items),
-            "generated": len(layouts), "kept": int(keep.sum()),
+            "source": str(src),
+            "source_format": fmt,
+            "format": out_fmt,
+            "real_images": len(items),
+            "generated": len(layouts),
+            "kept": int(keep.sum()),
             "kept_fraction": float(keep.mean()) if detector is not None else None,
-            "filter": {"enabled": detector is not None, "iou_threshold": cfg.iou_threshold,
-                       "score_threshold": cfg.score_threshold, "min_recall": cfg.min_recall,
-                       "detector": str(det_dir) if det_dir else None,
-                       "detect_tile": cfg.detect_tile},
-            "classes": classes, "config": {k: v for k, v in asdict(cfg).items() if k != "layout"},
+            "filter": {
+                "enabled": detector is not None,
+                "iou_threshold": cfg.iou_threshold,
+                "score_threshold": cfg.score_threshold,
+                "min_recall": cfg.min_recall,
+                "detector": str(det_dir) if det_dir else None,
+                "detect_tile": cfg.detect_tile,
+            },
+            "classes": classes,
+            "config": {k: v for k, v in asdict(cfg).items() if k != "layout"},
             "layout_config": asdict(cfg.layout),
             "upright_classes": sorted(upright),
-            "tiling": {"tile": cfg.tile if cfg.tile is not None else model_window(pipe),
-                       "overlap_fraction": cfg.tile_overlap,
-                       "tiled_images": sum(t["tiles"] > 1 for t in tiling),
-                       "windows": sum(t["generated_tiles"] for t in tiling)},
+            "tiling": {
+                "tile": cfg.tile if cfg.tile is not None else model_window(pipe),
+                "overlap_fraction": cfg.tile_overlap,
+                "tiled_images": sum(t["tiles"] > 1 for t in tiling),
+                "windows": sum(t["generated_tiles"] for t in tiling),
+            },
             "seconds": {k: round(v, 3) for k, v in timings.items()},
         }
         manifest = {
             "summary": summary,
             "real": [it.image.name for it in items],
-            "synthetic": [{"image": nm, "seed": lay.seed,
-                           "source_image": items[lay.source].image.name, "ops": lay.ops,
-                           "turn": lay.turn, "mirror": lay.mirror, "pasted": lay.pasted,
-                           "boxes": len(lay.boxes), "labels": list(lay.boxes.labels),
-                           "tiles": tl["tiles"], "recall": None if np.isnan(r) else float(r),
-                           "found": None if fd is None else [bool(v) for v in fd], "kept": bool(k)}
-                          for nm, lay, tl, r, fd, k in zip(names, layouts, tiling, recall, found,
-                                                           keep, strict=True)],
+            "synthetic": [
+                {
+                    "image": nm,
+                    "seed": lay.seed,
+                    "source_image": items[lay.source].image.name,
+                    "ops": lay.ops,
+                    "turn": lay.turn,
+                    "mirror": lay.mirror,
+                    "pasted": lay.pasted,
+                    "boxes": len(lay.boxes),
+                    "labels": list(lay.boxes.labels),
+                    "tiles": tl["tiles"],
+                    "recall": None if np.isnan(r) else float(r),
+                    "found": None if fd is None else [bool(v) for v in fd],
+                    "kept": bool(k),
+                }
+                for nm, lay, tl, r, fd, k in zip(
+                    names, layouts, tiling, recall, found, keep, strict=True
+                )
+            ],
         }
         (tmp / "augment").mkdir(parents=True, exist_ok=True)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -380,12 +470,16 @@ def write_copies(augmented, real_items, out) -> list[DetectionItem]:
     if not recs:
         raise UserInputError(f"{augmented} holds no kept synthetic image: no copies to make")
     if "turn" not in recs[0]:
-        raise UserInputError(f"the manifest of {augmented} records no turn/mirror per image (written by an older "
-                             "earthgen); run `earthgen augment` again to use the copies control")
+        raise UserInputError(
+            f"the manifest of {augmented} records no turn/mirror per image (written by an older "
+            "earthgen); run `earthgen augment` again to use the copies control"
+        )
     by_name: dict[str, DetectionItem] = {}
     for it in real_items:
         if it.image.name in by_name:
-            raise UserInputError(f"two real images are named {it.image.name}: the manifest cannot tell them apart")
+            raise UserInputError(
+                f"two real images are named {it.image.name}: the manifest cannot tell them apart"
+            )
         by_name[it.image.name] = it
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,14 +487,26 @@ def write_copies(augmented, real_items, out) -> list[DetectionItem]:
     for r in recs:
         it = by_name.get(r["source_image"])
         if it is None:
-            raise UserInputError(f"source image {r['source_image']} of {r['image']} is not in the real dataset")
+            raise UserInputError(
+                f"source image {r['source_image']} of {r['image']} is not in the real dataset"
+            )
         w, h = it.size if it.size is not None else image_size(it.image)
-        arr = _turned_source(it.image, int(r["turn"]), bool(r["mirror"]))    # [h, w, 3] uint8
+        arr = _turned_source(it.image, int(r["turn"]), bool(r["mirror"]))  # [h, w, 3] uint8
         p = out / f"copy_{Path(r['image']).stem}.png"
         Image.fromarray(arr).save(p)
         b = it.boxes
         corners = turn_corners(b.corners, w, h, int(r["turn"]), bool(r["mirror"]))
-        copies.append(DetectionItem(p, (arr.shape[1], arr.shape[0]),
-                                    BoxSet(corners, list(b.labels), difficult=b.difficult, rotated=b.rotated,
-                                           extra=dict(b.extra))))
+        copies.append(
+            DetectionItem(
+                p,
+                (arr.shape[1], arr.shape[0]),
+                BoxSet(
+                    corners,
+                    list(b.labels),
+                    difficult=b.difficult,
+                    rotated=b.rotated,
+                    extra=dict(b.extra),
+                ),
+            )
+        )
     return copies

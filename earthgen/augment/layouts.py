@@ -37,20 +37,22 @@ from earthgen.errors import UserInputError
 class LayoutConfig:
     """Knobs of :func:`sample_layouts` (fractions are of a box's own size)."""
 
-    jitter: float = 0.15            # centre shift, fraction of the box size (std)
-    scale_jitter: float = 0.1       # log-scale std
+    jitter: float = 0.15  # centre shift, fraction of the box size (std)
+    scale_jitter: float = 0.1  # log-scale std
     angle_jitter_deg: float = 10.0  # rotated datasets only
-    rotate: bool = True             # whole-layout 90° turns and mirrors (square images)
-    copy_paste: int = 3             # boxes pasted per layout (at most; 0 = off)
-    rebalance: float = 1.0          # class weights count ** -rebalance (0 = natural frequencies)
-    rotated: bool | None = None     # None: True when the dataset has rotated boxes
+    rotate: bool = True  # whole-layout 90° turns and mirrors (square images)
+    copy_paste: int = 3  # boxes pasted per layout (at most; 0 = off)
+    rebalance: float = 1.0  # class weights count ** -rebalance (0 = natural frequencies)
+    rotated: bool | None = None  # None: True when the dataset has rotated boxes
     upright: Sequence[str] | None = None  # classes never turned; None: those always axis-aligned
 
     def validate(self) -> None:
         for name in ("jitter", "scale_jitter", "angle_jitter_deg", "rebalance"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
-                raise UserInputError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+                raise UserInputError(
+                    f"{name.replace('_', '-')} must be a finite number >= 0, got {v}"
+                )
         if self.copy_paste < 0:
             raise UserInputError(f"copy-paste must be >= 0, got {self.copy_paste}")
 
@@ -89,7 +91,12 @@ def image_weights(label_lists: Sequence[Sequence[str]], cw: dict[str, float]) ->
 
 def _inside(corners: np.ndarray, w: int, h: int) -> np.ndarray:
     c = corners.reshape(-1, 4, 2)
-    return (c[..., 0] >= 0).all(1) & (c[..., 0] <= w).all(1) & (c[..., 1] >= 0).all(1) & (c[..., 1] <= h).all(1)
+    return (
+        (c[..., 0] >= 0).all(1)
+        & (c[..., 0] <= w).all(1)
+        & (c[..., 1] >= 0).all(1)
+        & (c[..., 1] <= h).all(1)
+    )
 
 
 def turn_corners(corners: np.ndarray, w: int, h: int, k: int, mirror: bool) -> np.ndarray:
@@ -104,8 +111,13 @@ def turn_corners(corners: np.ndarray, w: int, h: int, k: int, mirror: bool) -> n
     return c
 
 
-def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig | None = None,
-                   classes: Sequence[str] | None = None) -> list[Layout]:
+def sample_layouts(
+    items: Sequence,
+    n: int,
+    seed: int = 0,
+    config: LayoutConfig | None = None,
+    classes: Sequence[str] | None = None,
+) -> list[Layout]:
     """``n`` new layouts from the boxes of ``items`` (DetectionItems with sizes)."""
     cfg = config or LayoutConfig()
     cfg.validate()
@@ -120,10 +132,14 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
     rotated, upright = rotation_rules(items, cfg)
     unknown = sorted(upright - set(counts))
     if unknown:
-        raise UserInputError(f"upright classes not in the dataset: {', '.join(unknown)}; "
-                             f"classes: {', '.join(sorted(counts))}")
+        raise UserInputError(
+            f"upright classes not in the dataset: {', '.join(unknown)}; "
+            f"classes: {', '.join(sorted(counts))}"
+        )
     cw = class_weights(counts, cfg.rebalance)
-    src_w = image_weights([it[2].labels for it in items], cw)  # source images: by their rarest class
+    src_w = image_weights(
+        [it[2].labels for it in items], cw
+    )  # source images: by their rarest class
     # the pool of instances to paste: (item index, box index) by class
     pool: dict[str, list[tuple[int, int]]] = {}
     for i, it in enumerate(items):
@@ -169,7 +185,7 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
                 break
             c = pool_classes[int(rng.choice(len(pool_classes), p=pool_p))]
             i, j = pool[c][int(rng.integers(len(pool[c])))]
-            src_c = np.asarray(items[i][2].corners[j:j + 1], dtype=np.float64).reshape(1, 4, 2)
+            src_c = np.asarray(items[i][2].corners[j : j + 1], dtype=np.float64).reshape(1, 4, 2)
             o = corners_to_obb(src_c)[0]
             if rotated and c not in upright:
                 o[4] = rng.uniform(-math.pi, math.pi)
@@ -188,18 +204,42 @@ def sample_layouts(items: Sequence, n: int, seed: int = 0, config: LayoutConfig 
             pasted += 1
         if pasted:
             ops.append(f"paste{pasted}")
-        out.append(Layout((w, h), BoxSet(corners, labels, rotated=rotated,
-                                         extra={k: v for k, v in bs.extra.items() if k in ("gsd",)}),
-                          src, s, ops, t, mirror, pasted))
+        out.append(
+            Layout(
+                (w, h),
+                BoxSet(
+                    corners,
+                    labels,
+                    rotated=rotated,
+                    extra={k: v for k, v in bs.extra.items() if k in ("gsd",)},
+                ),
+                src,
+                s,
+                ops,
+                t,
+                mirror,
+                pasted,
+            )
+        )
     return out
 
 
 def rotation_rules(items: Sequence, config: LayoutConfig | None = None) -> tuple[bool, set[str]]:
     """Whether layouts from ``items`` get rotated boxes, and the upright classes (never turned)."""
     cfg = config or LayoutConfig()
-    rotated = cfg.rotated if cfg.rotated is not None else any(getattr(it[2], "rotated", True) and len(it[2])
-                                                              and not is_axis_aligned(it[2].corners) for it in items)
-    upright = set(cfg.upright) if cfg.upright is not None else (upright_classes(items) if rotated else set())
+    rotated = (
+        cfg.rotated
+        if cfg.rotated is not None
+        else any(
+            getattr(it[2], "rotated", True) and len(it[2]) and not is_axis_aligned(it[2].corners)
+            for it in items
+        )
+    )
+    upright = (
+        set(cfg.upright)
+        if cfg.upright is not None
+        else (upright_classes(items) if rotated else set())
+    )
     return rotated, upright
 
 
@@ -222,5 +262,7 @@ def _upright_corners(moved: np.ndarray, obb: np.ndarray, corners: np.ndarray) ->
     if not len(moved):
         return corners
     centre = obb[:, None, :2]
-    scale = np.sqrt(np.maximum(moved[:, 2] * moved[:, 3], 1e-12) / np.maximum(obb[:, 2] * obb[:, 3], 1e-12))
+    scale = np.sqrt(
+        np.maximum(moved[:, 2] * moved[:, 3], 1e-12) / np.maximum(obb[:, 2] * obb[:, 3], 1e-12)
+    )
     return (corners - centre) * scale[:, None, None] + moved[:, None, :2]

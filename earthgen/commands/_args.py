@@ -58,8 +58,14 @@ def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> 
     return f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
 
 
-def number(lo: float | None = None, hi: float | None = None, *, integer: bool = False,
-           lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float | int]:
+def number(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Callable[[str], float | int]:
     """An argparse ``type=`` that takes a finite number (an integer with ``integer``) in the range
     ``lo..hi`` (ends excluded with ``lo_open`` / ``hi_open``; ``None``: unbounded)."""
     rng = _range(lo, hi, lo_open, hi_open)
@@ -70,8 +76,11 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
             v: float | int = int(text) if integer else float(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"must be {kind} in {rng}, got {text!r}") from None
-        ok = math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo)) \
+        ok = (
+            math.isfinite(v)
+            and (lo is None or (v > lo if lo_open else v >= lo))
             and (hi is None or (v < hi if hi_open else v <= hi))
+        )
         if not ok:
             raise argparse.ArgumentTypeError(f"must be {kind} in {rng}, got {text}")
         return v
@@ -80,8 +89,16 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
     return parse
 
 
-def check_number(flag: str, value: float | int | None, lo: float | None = None, hi: float | None = None,
-                 *, integer: bool = False, lo_open: bool = False, hi_open: bool = False) -> None:
+def check_number(
+    flag: str,
+    value: float | int | None,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     """The range check of :func:`number` on a parsed value, as a UserInputError naming ``flag``
     (for commands that check ranges after parsing; None passes)."""
     if value is None:
@@ -147,32 +164,39 @@ def threads_int(text: str) -> int:
     return number(1, MAX_THREADS, integer=True)(text)
 
 
-def size_pair(text: str, max_pixels: int | None = None, max_side: int = MAX_SIDE,
-              unit: str = "pixels") -> tuple[int, int]:
+def size_pair(
+    text: str, max_pixels: int | None = None, max_side: int = MAX_SIDE, unit: str = "pixels"
+) -> tuple[int, int]:
     """``512`` or ``640x480`` (width x height) in pixels -> (width, height); each side in
     [1, max_side], and at most ``max_pixels`` pixels in all when given."""
     parts = text.lower().split("x")
     if len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"size must be N or WxH with integers in [1, {max_side}], "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"size must be N or WxH with integers in [1, {max_side}], got {text!r}"
+        )
     vals: list[int] = []
     for p in parts:
         try:
             v = int(p)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"size must be N or WxH with integers in [1, {max_side}]: "
-                                             f"{p!r} is not an integer") from None
+            raise argparse.ArgumentTypeError(
+                f"size must be N or WxH with integers in [1, {max_side}]: {p!r} is not an integer"
+            ) from None
         if v < 1:
-            raise argparse.ArgumentTypeError(f"size must be N or WxH with integers in [1, {max_side}], "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"size must be N or WxH with integers in [1, {max_side}], got {text!r}"
+            )
         if v > max_side:
-            raise argparse.ArgumentTypeError(f"size {text!r} is too large: each side must be in "
-                                             f"[1, {max_side}] {unit}")
+            raise argparse.ArgumentTypeError(
+                f"size {text!r} is too large: each side must be in [1, {max_side}] {unit}"
+            )
         vals.append(v)
     w, h = (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
     if max_pixels is not None and w * h > max_pixels:
-        raise argparse.ArgumentTypeError(f"{w}x{h} = {w * h} pixels is too large: the limit is "
-                                         f"{max_pixels} pixels (docs/limits.md)")
+        raise argparse.ArgumentTypeError(
+            f"{w}x{h} = {w * h} pixels is too large: the limit is "
+            f"{max_pixels} pixels (docs/limits.md)"
+        )
     return w, h
 
 
@@ -190,8 +214,9 @@ def sized(max_pixels: int | Callable[[], int], what: str = "") -> Callable[[str]
     return parse
 
 
-def float_list(n: int, what: str, bounds: Iterable[tuple[float, float]] | None = None
-               ) -> Callable[[str], tuple[float, ...]]:
+def float_list(
+    n: int, what: str, bounds: Iterable[tuple[float, float]] | None = None
+) -> Callable[[str], tuple[float, ...]]:
     """``n`` comma-separated finite numbers; ``bounds``: an inclusive (lo, hi) per number.
     ``what`` (the flag) is kept for callers; argparse names the flag in its message."""
     lims = list(bounds) if bounds is not None else None
@@ -203,12 +228,16 @@ def float_list(n: int, what: str, bounds: Iterable[tuple[float, float]] | None =
         try:
             vals = tuple(float(p) for p in parts)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers, not numbers: {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {n} comma-separated numbers, not numbers: {text!r}"
+            ) from None
         for i, v in enumerate(vals):
             lo, hi = lims[i] if lims else (-math.inf, math.inf)
             if not (math.isfinite(v) and lo <= v <= hi):
                 rng = "finite" if lims is None else f"in [{lo:g}, {hi:g}]"
-                raise argparse.ArgumentTypeError(f"number {i + 1} of {n} must be {rng}, got {text!r}")
+                raise argparse.ArgumentTypeError(
+                    f"number {i + 1} of {n} must be {rng}, got {text!r}"
+                )
         return vals
 
     return parse
@@ -218,7 +247,9 @@ def bbox_list(text: str) -> tuple[float, ...]:
     """``MIN_LON,MIN_LAT,MAX_LON,MAX_LAT`` in degrees, min < max."""
     v = float_list(4, "--bbox", [(-180, 180), (-90, 90), (-180, 180), (-90, 90)])(text)
     if not (v[0] < v[2] and v[1] < v[3]):
-        raise argparse.ArgumentTypeError(f"needs MIN_LON < MAX_LON and MIN_LAT < MAX_LAT, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"needs MIN_LON < MAX_LON and MIN_LAT < MAX_LAT, got {text!r}"
+        )
     return v
 
 
@@ -227,6 +258,7 @@ center_list = float_list(2, "--center", [(-90, 90), (-180, 180)])
 
 
 # --- memory and threads ----------------------------------------------------------------------
+
 
 def _read(path: str) -> str | None:
     try:
@@ -261,9 +293,11 @@ def generate_max_pixels(memory: int | None = None) -> int:
 def generate_size(text: str) -> tuple[int, int]:
     """``earthgen generate --size``: :func:`size_pair` under :func:`generate_max_pixels`."""
     mem = available_memory()
-    return sized(lambda: generate_max_pixels(mem),
-                 f" (half of this machine's {mem / 2**30:.0f} GiB at "
-                 f"{GENERATE_BYTES_PER_PIXEL} B/pixel); generate adjacent tiles instead")(text)
+    return sized(
+        lambda: generate_max_pixels(mem),
+        f" (half of this machine's {mem / 2**30:.0f} GiB at "
+        f"{GENERATE_BYTES_PER_PIXEL} B/pixel); generate adjacent tiles instead",
+    )(text)
 
 
 def cpu_quota() -> int | None:
@@ -275,7 +309,10 @@ def cpu_quota() -> int | None:
         if q.isdigit() and period.isdigit() and int(period) > 0:
             return max(1, math.ceil(int(q) / int(period)))
         return None
-    q, period = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    q, period = (
+        _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    )
     if q and period and q.isdigit() and period.isdigit() and int(period) > 0:
         return max(1, math.ceil(int(q) / int(period)))
     return None

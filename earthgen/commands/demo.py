@@ -31,19 +31,23 @@ TEXT_PROMPTS = (  # (prompt, GSD in metres/pixel) for the text -> image step, in
     ("a satellite image of a forest", 0.3),
     ("a satellite image of a harbor", 0.3),
 )
-DEMO_IMAGE_PX = 256     # text -> image size, pixels (the packaged model's native size)
-OSM_IMAGE_PX = 256      # layout -> image size, pixels
-OSM_GSD = 2.0           # metres/pixel of the Monaco layout -> image step
+DEMO_IMAGE_PX = 256  # text -> image size, pixels (the packaged model's native size)
+OSM_IMAGE_PX = 256  # layout -> image size, pixels
+OSM_GSD = 2.0  # metres/pixel of the Monaco layout -> image step
 # The layout -> image step renders the layout with per-class colour and texture statistics
 # measured on real imagery (earthgen.prior) and refines that prior at this strength, the same
 # default as `earthgen generate --layout` (1.0 = from pure noise).
-DEMO_STEPS = 15        # DPM-Solver++ steps
+DEMO_STEPS = 15  # DPM-Solver++ steps
 DEMO_GUIDANCE = 4.0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo on embedded data", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo on embedded data",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     p.add_argument("--seed", type=int, default=3, help="world seed (default 3)")
     p.set_defaults(func=run)
@@ -59,8 +63,9 @@ def monaco_layout(size: int, gsd: float):
     like any --layout (:func:`earthgen.inputs.read_layout`) -> :class:`earthgen.geo.layout.Layout`."""
     from earthgen.inputs import read_layout
 
-    return read_layout(embedded_osm(), flag="embedded OSM", center=MONACO_CENTER, size=(size, size),
-                       gsd=gsd).source
+    return read_layout(
+        embedded_osm(), flag="embedded OSM", center=MONACO_CENTER, size=(size, size), gsd=gsd
+    ).source
 
 
 @contextlib.contextmanager
@@ -105,9 +110,12 @@ def step_world(ctx: DemoContext) -> str:
     gen_s = time.perf_counter() - t0
     with own_folder(out / "world") as tmp:
         files = tile.save(tmp, voxel_size=1.0)
-    ctx.summary["world"] = {"seconds": round(gen_s, 3), "caption": tile.caption,
-                            "objects": len(tile.labels["labels"]),
-                            "files": sorted(Path(f).name for f in files.values())}
+    ctx.summary["world"] = {
+        "seconds": round(gen_s, 3),
+        "caption": tile.caption,
+        "objects": len(tile.labels["labels"]),
+        "files": sorted(Path(f).name for f in files.values()),
+    }
     return f"512x512 at 0.5 m/px in {gen_s:.2f} s -> {out}/world/\n      caption: {tile.caption}"
 
 
@@ -129,8 +137,12 @@ def step_world_tiles(ctx: DemoContext) -> str:
                 row.append(t.rgb)
             rows.append(np.concatenate(row, axis=1))
         write_png(tmp / "mosaic.png", np.concatenate(rows, axis=0))
-    ctx.summary["world_tiles"] = {"seconds": round(time.perf_counter() - t0, 3), "grid": [n, n], "tile_px": px,
-                                  "gsd_m": gsd}
+    ctx.summary["world_tiles"] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "grid": [n, n],
+        "tile_px": px,
+        "gsd_m": gsd,
+    }
     return f"4 tiles of {px} px at {gsd:g} m/px -> {out}/world_tiles/mosaic.png"
 
 
@@ -140,7 +152,10 @@ def step_osm_layout(ctx: DemoContext) -> str:
     with own_folder(ctx.out / "monaco_layout") as tmp:
         layout.save(tmp)
     fr = layout.class_fractions() if hasattr(layout, "class_fractions") else {}
-    ctx.summary["monaco_layout"] = {"seconds": round(time.perf_counter() - t0, 3), "class_fractions": fr}
+    ctx.summary["monaco_layout"] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "class_fractions": fr,
+    }
     top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1])[:4])
     return f"512x512 at 2 m/px ({top}) -> {ctx.out}/monaco_layout/"
 
@@ -163,9 +178,16 @@ def step_text_to_image(ctx: DemoContext) -> str:
     with own_folder(out) as tmp:
         for i, (prompt, gsd) in enumerate(TEXT_PROMPTS):
             seed = ctx.seed + i
-            img = pipe(prompt, gsd=gsd, height=DEMO_IMAGE_PX, width=DEMO_IMAGE_PX, num_inference_steps=DEMO_STEPS,
-                       guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(seed),
-                       output_type="np").images[0]
+            img = pipe(
+                prompt,
+                gsd=gsd,
+                height=DEMO_IMAGE_PX,
+                width=DEMO_IMAGE_PX,
+                num_inference_steps=DEMO_STEPS,
+                guidance_scale=DEMO_GUIDANCE,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="np",
+            ).images[0]
             arr = _to_uint8(img)
             name = f"{i}_{_slug(prompt)}.png"
             write_png(tmp / name, arr)
@@ -173,10 +195,17 @@ def step_text_to_image(ctx: DemoContext) -> str:
             records.append({"file": name, "prompt": prompt, "gsd_m": gsd, "seed": seed})
         write_png(tmp / "sheet.png", np.concatenate(images, axis=1))
         write_json(tmp / "prompts.json", records)
-    ctx.summary["text2image"] = {"seconds": round(time.perf_counter() - t0, 3), "model_load_seconds": round(load_s, 3),
-                                 "size_px": DEMO_IMAGE_PX, "steps": DEMO_STEPS, "guidance_scale": DEMO_GUIDANCE,
-                                 "images": records}
-    return f"{len(records)} prompts at {DEMO_IMAGE_PX} px with the packaged model -> {out}/sheet.png"
+    ctx.summary["text2image"] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "model_load_seconds": round(load_s, 3),
+        "size_px": DEMO_IMAGE_PX,
+        "steps": DEMO_STEPS,
+        "guidance_scale": DEMO_GUIDANCE,
+        "images": records,
+    }
+    return (
+        f"{len(records)} prompts at {DEMO_IMAGE_PX} px with the packaged model -> {out}/sheet.png"
+    )
 
 
 def step_layout_to_image(ctx: DemoContext) -> str:
@@ -197,9 +226,16 @@ def step_layout_to_image(ctx: DemoContext) -> str:
     pipe = ctx.image_pipeline()
     prompt = caption_from_classes(layout.semantic)
     prior = layout_prior_inputs(layout.semantic, gsd, ctx.seed, DEFAULT_STRENGTH)
-    img = pipe(prompt, gsd=gsd, layout=layout.semantic, num_inference_steps=DEMO_STEPS,
-               guidance_scale=DEMO_GUIDANCE, generator=torch.Generator().manual_seed(ctx.seed),
-               output_type="np", **prior).images[0]
+    img = pipe(
+        prompt,
+        gsd=gsd,
+        layout=layout.semantic,
+        num_inference_steps=DEMO_STEPS,
+        guidance_scale=DEMO_GUIDANCE,
+        generator=torch.Generator().manual_seed(ctx.seed),
+        output_type="np",
+        **prior,
+    ).images[0]
     arr = _to_uint8(img)
     with own_folder(out) as tmp:
         layout.save(tmp / "layout")
@@ -207,15 +243,23 @@ def step_layout_to_image(ctx: DemoContext) -> str:
         write_image(tmp / "monaco.tif", arr, crs=layout.crs, transform=layout.transform)
         gap = np.full((px, 8, 3), 255, np.uint8)
         write_png(tmp / "prior.png", prior["image"])  # DEFAULT_STRENGTH < 1: there is a prior
-        write_png(tmp / "side_by_side.png", np.concatenate([colorize(layout.semantic), gap, arr], axis=1))
-    ctx.summary["layout2image"] = {"seconds": round(time.perf_counter() - t0, 3), "size_px": px, "gsd_m": gsd,
-                                   "prompt": prompt, "seed": ctx.seed, "center_lat_lon": list(MONACO_CENTER),
-                                   "strength": DEFAULT_STRENGTH,
-                                   "files": ["monaco.png", "monaco.tif", "prior.png", "side_by_side.png", "layout/"]}
+        write_png(
+            tmp / "side_by_side.png", np.concatenate([colorize(layout.semantic), gap, arr], axis=1)
+        )
+    ctx.summary["layout2image"] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "size_px": px,
+        "gsd_m": gsd,
+        "prompt": prompt,
+        "seed": ctx.seed,
+        "center_lat_lon": list(MONACO_CENTER),
+        "strength": DEFAULT_STRENGTH,
+        "files": ["monaco.png", "monaco.tif", "prior.png", "side_by_side.png", "layout/"],
+    }
     return f"Monaco, {px}x{px} at {gsd:g} m/px ({px * gsd:.0f} m) -> {out}/side_by_side.png, monaco.tif"
 
 
-AUGMENT_IMAGES = 4     # detection augmentation step: real world tiles in, as many synthetic images out
+AUGMENT_IMAGES = 4  # detection augmentation step: real world tiles in, as many synthetic images out
 AUGMENT_PX = 128
 
 
@@ -235,12 +279,22 @@ def step_augment(ctx: DemoContext) -> str:
     out = ctx.out / "augment"
     shutil.rmtree(out, ignore_errors=True)  # the demo's own folder: augment_dataset wants it new
     t0 = time.perf_counter()
-    items = world_items(AUGMENT_IMAGES, ctx.seed, AUGMENT_PX, out / "_tiles", progress=False, min_boxes=3)
-    write_detection_dataset(items, out / "real", "dota", classes=list(DETECTION_CLASSES), images="copy")
+    items = world_items(
+        AUGMENT_IMAGES, ctx.seed, AUGMENT_PX, out / "_tiles", progress=False, min_boxes=3
+    )
+    write_detection_dataset(
+        items, out / "real", "dota", classes=list(DETECTION_CLASSES), images="copy"
+    )
     shutil.rmtree(out / "_tiles")
     pipe = load_default_image_pipeline(name="boxes")
     pipe.set_progress_bar_config(disable=True)
-    cfg = AugmentConfig(n=AUGMENT_IMAGES, seed=ctx.seed, steps=DEMO_STEPS, guidance_scale=DEMO_GUIDANCE, filter=False)
+    cfg = AugmentConfig(
+        n=AUGMENT_IMAGES,
+        seed=ctx.seed,
+        steps=DEMO_STEPS,
+        guidance_scale=DEMO_GUIDANCE,
+        filter=False,
+    )
     s = augment_dataset(out / "real", out / "augmented", pipe, cfg, progress=False)
     merged = read_detection_dataset(out / "augmented")
     real = [it for it in merged if not it.image.name.startswith("synthetic_")]
@@ -249,22 +303,36 @@ def step_augment(ctx: DemoContext) -> str:
     def row(its) -> np.ndarray:
         from PIL import Image
 
-        tiles = [draw_boxes(np.asarray(Image.open(it.image).convert("RGB").resize((2 * AUGMENT_PX,) * 2, 0)),
-                            it.boxes.corners * 2, list(it.boxes.labels)) for it in its]
+        tiles = [
+            draw_boxes(
+                np.asarray(Image.open(it.image).convert("RGB").resize((2 * AUGMENT_PX,) * 2, 0)),
+                it.boxes.corners * 2,
+                list(it.boxes.labels),
+            )
+            for it in its
+        ]
         return np.concatenate(tiles, axis=1)
 
     write_png(out / "sample.png", np.concatenate([row(real), row(syn)], axis=0))
     n_boxes = sum(len(it.boxes) for it in syn)
-    ctx.summary["augment"] = {"seconds": round(time.perf_counter() - t0, 3), "real_images": s["real_images"],
-                              "synthetic_images": len(syn), "synthetic_boxes": n_boxes, "format": s["format"],
-                              "steps": DEMO_STEPS, "seed": ctx.seed}
-    return (f"{s['real_images']} real + {len(syn)} synthetic images ({n_boxes} boxes) in "
-            f"{ctx.summary['augment']['seconds']:.1f} s -> {out}/augmented/ (DOTA + manifest), "
-            f"{out}/sample.png (top: real, bottom: generated, labels drawn)")
+    ctx.summary["augment"] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "real_images": s["real_images"],
+        "synthetic_images": len(syn),
+        "synthetic_boxes": n_boxes,
+        "format": s["format"],
+        "steps": DEMO_STEPS,
+        "seed": ctx.seed,
+    }
+    return (
+        f"{s['real_images']} real + {len(syn)} synthetic images ({n_boxes} boxes) in "
+        f"{ctx.summary['augment']['seconds']:.1f} s -> {out}/augmented/ (DOTA + manifest), "
+        f"{out}/sample.png (top: real, bottom: generated, labels drawn)"
+    )
 
 
-SCENE_SIZE_M = 64.0    # the 3D step: one 64 m window of the Monaco layout at 1 m voxels
-SCENE_GSD = 0.5        # metres/pixel of its layout and orthophoto
+SCENE_SIZE_M = 64.0  # the 3D step: one 64 m window of the Monaco layout at 1 m voxels
+SCENE_GSD = 0.5  # metres/pixel of its layout and orthophoto
 SCENE_STEPS = 8
 
 
@@ -288,27 +356,53 @@ def step_scene3d(ctx: DemoContext) -> str:
     lay = monaco_layout(px, SCENE_GSD)
     hm = height_map(lay)
     ortho = orthophoto(lay.semantic, SCENE_GSD, ctx.seed, steps=DEMO_STEPS, guidance=DEMO_GUIDANCE)
-    res = pipe(semantic=lay.semantic, image=ortho, gsd=lay.gsd, heights=hm.top, height_base=np.nan_to_num(hm.base),
-               height_cap=height_caps(lay.semantic), num_inference_steps=SCENE_STEPS,
-               generator=torch.Generator().manual_seed(ctx.seed))
+    res = pipe(
+        semantic=lay.semantic,
+        image=ortho,
+        gsd=lay.gsd,
+        heights=hm.top,
+        height_base=np.nan_to_num(hm.base),
+        height_cap=height_caps(lay.semantic),
+        num_inference_steps=SCENE_STEPS,
+        generator=torch.Generator().manual_seed(ctx.seed),
+    )
     with own_folder(out) as tmp:
-        paths = save_scene(tmp, res.coords, res.voxel_size, res.origin, res.colors, res.surfels, image_size=384,
-                           views=4)
+        paths = save_scene(
+            tmp,
+            res.coords,
+            res.voxel_size,
+            res.origin,
+            res.colors,
+            res.surfels,
+            image_size=384,
+            views=4,
+        )
         save_dem(tmp / "dem.tif", res.height, res.voxel_size, lay.crs, lay.transform)
         write_png(tmp / "condition_semantic.png", PALETTE[lay.semantic])
         write_png(tmp / "orthophoto.png", ortho)
         c = res.coords
         ctr = (c.min(0) + c.max(0) + 1) / 2 * res.voxel_size + res.origin
-        write_png(tmp / "oblique.png", render_views(res.surfels, ctr, 0.8 * SCENE_SIZE_M, 384, 1, elevation_deg=45.0)[0])
-    ctx.summary["scene3d"] = {"seconds": round(time.perf_counter() - t0, 3), "size_m": SCENE_SIZE_M,
-                              "steps": SCENE_STEPS, "seed": ctx.seed, "voxels": int(len(res.coords)),
-                              "surfels": int(len(res.surfels["means"])),
-                              "building_height_sources": hm.source_counts(),
-                              "files": sorted([Path(p).name for p in paths.values()]
-                                              + ["dem.tif", "orthophoto.png", "oblique.png"])}
-    return (f"generated from the Monaco layout, {SCENE_SIZE_M:g} m at 1 m voxels ({len(res.coords)} voxels, "
-            f"{len(res.surfels['means'])} surfels) in {ctx.summary['scene3d']['seconds']:.1f} s -> {out}/ "
-            f"(scene.glb, gaussians.ply, dem.tif, render.png, oblique.png, orthophoto.png)")
+        write_png(
+            tmp / "oblique.png",
+            render_views(res.surfels, ctr, 0.8 * SCENE_SIZE_M, 384, 1, elevation_deg=45.0)[0],
+        )
+    ctx.summary["scene3d"] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "size_m": SCENE_SIZE_M,
+        "steps": SCENE_STEPS,
+        "seed": ctx.seed,
+        "voxels": int(len(res.coords)),
+        "surfels": int(len(res.surfels["means"])),
+        "building_height_sources": hm.source_counts(),
+        "files": sorted(
+            [Path(p).name for p in paths.values()] + ["dem.tif", "orthophoto.png", "oblique.png"]
+        ),
+    }
+    return (
+        f"generated from the Monaco layout, {SCENE_SIZE_M:g} m at 1 m voxels ({len(res.coords)} voxels, "
+        f"{len(res.surfels['means'])} surfels) in {ctx.summary['scene3d']['seconds']:.1f} s -> {out}/ "
+        f"(scene.glb, gaussians.ply, dem.tif, render.png, oblique.png, orthophoto.png)"
+    )
 
 
 def _slug(text: str) -> str:

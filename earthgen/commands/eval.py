@@ -18,8 +18,12 @@ Evaluate generated data against the conditions it was generated from. Run
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate generated data", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval",
+        help="evaluate generated data",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tasks = p.add_subparsers(dest="task", metavar="TASK")
     for name in TASKS:
         importlib.import_module(f"earthgen.commands.eval_{name}").register(tasks)

@@ -40,39 +40,74 @@ examples:
 def register(sub) -> None:
     from earthgen.commands._args import parse_float, parse_int
 
-    p = sub.add_parser("image", help="evaluate an image model (real data by default)",
-                       description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default",
-                   help="pipeline folder or hub id (default: the packaged model)")
-    p.add_argument("--steps", type=parse_int, default=None,
-                   help="sampling steps (default: 20 real-data mode, 30 with --evaluator)")
-    p.add_argument("--guidance", type=parse_float, default=None,
-                   help="guidance scale (default: 4 real-data mode, 5 with --evaluator)")
-    p.add_argument("--batch-size", type=parse_int, default=4,
-                   help="images per pipeline call, 1..1024")
-    p.add_argument("--control-end", type=parse_float, default=None,
-                   help="fraction of the sampling steps that run the control branch (default: the "
-                        "model's own)")
+    p = sub.add_parser(
+        "image",
+        help="evaluate an image model (real data by default)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", default="default", help="pipeline folder or hub id (default: the packaged model)"
+    )
+    p.add_argument(
+        "--steps",
+        type=parse_int,
+        default=None,
+        help="sampling steps (default: 20 real-data mode, 30 with --evaluator)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=parse_float,
+        default=None,
+        help="guidance scale (default: 4 real-data mode, 5 with --evaluator)",
+    )
+    p.add_argument(
+        "--batch-size", type=parse_int, default=4, help="images per pipeline call, 1..1024"
+    )
+    p.add_argument(
+        "--control-end",
+        type=parse_float,
+        default=None,
+        help="fraction of the sampling steps that run the control branch (default: the "
+        "model's own)",
+    )
     p.add_argument("--seed", type=parse_int, default=0, help="seed of the real-data evaluation")
     p.add_argument("--out", default=None, help="write the metrics as JSON here (.json)")
     r = p.add_argument_group("real-data evaluation (default)")
-    r.add_argument("--n-per-class", type=parse_int, default=4,
-                   help="images per UC Merced class (16 classes; default 4)")
-    r.add_argument("--strength", type=parse_float, default=None,
-                   help="render-then-refine strength for layouts, in (0, 1] (default: "
-                        "earthgen.prior.DEFAULT_STRENGTH, 0.7; 1 = pure noise, no prior)")
-    r.add_argument("--osm", metavar="FIXTURES_DIR", default=None,
-                   help="also score the Monaco / Helsinki / Kotka OSM layouts from "
-                        "FIXTURES_DIR/osm/ (e.g. ../shared/fixtures)")
-    r.add_argument("--data-root", default=None,
-                   help="real data folder (default: $EARTHGEN_DATA, else ../shared/data)")
+    r.add_argument(
+        "--n-per-class",
+        type=parse_int,
+        default=4,
+        help="images per UC Merced class (16 classes; default 4)",
+    )
+    r.add_argument(
+        "--strength",
+        type=parse_float,
+        default=None,
+        help="render-then-refine strength for layouts, in (0, 1] (default: "
+        "earthgen.prior.DEFAULT_STRENGTH, 0.7; 1 = pure noise, no prior)",
+    )
+    r.add_argument(
+        "--osm",
+        metavar="FIXTURES_DIR",
+        default=None,
+        help="also score the Monaco / Helsinki / Kotka OSM layouts from "
+        "FIXTURES_DIR/osm/ (e.g. ../shared/fixtures)",
+    )
+    r.add_argument(
+        "--data-root",
+        default=None,
+        help="real data folder (default: $EARTHGEN_DATA, else ../shared/data)",
+    )
     r.add_argument("--realnet", default=None, help="RealNet folder (default: the packaged one)")
     t = p.add_argument_group("procedural-tile evaluation (--evaluator)")
-    t.add_argument("--evaluator", default=None,
-                   help="TileNet folder (earthgen train evaluator): evaluate on procedural tiles")
-    t.add_argument("--n", type=parse_int, default=32,
-                   help="number of generated images, 1..100000")
+    t.add_argument(
+        "--evaluator",
+        default=None,
+        help="TileNet folder (earthgen train evaluator): evaluate on procedural tiles",
+    )
+    t.add_argument("--n", type=parse_int, default=32, help="number of generated images, 1..100000")
     t.add_argument("--no-layout", action="store_true", help="do not give the layout to the model")
     p.set_defaults(func=run, check=_check)
 
@@ -102,11 +137,20 @@ def _check(args: argparse.Namespace) -> None:
     if args.control_end is not None and not (0.0 <= args.control_end <= 1.0):
         raise UserInputError(f"--control-end must be in [0, 1], got {args.control_end}")
     if args.evaluator:
-        extra = [f for f, v in (("--strength", args.strength), ("--osm", args.osm),
-                                ("--data-root", args.data_root), ("--realnet", args.realnet))
-                 if v is not None]
+        extra = [
+            f
+            for f, v in (
+                ("--strength", args.strength),
+                ("--osm", args.osm),
+                ("--data-root", args.data_root),
+                ("--realnet", args.realnet),
+            )
+            if v is not None
+        ]
         if extra:
-            raise UserInputError(f"{', '.join(extra)}: real-data options, not used with --evaluator")
+            raise UserInputError(
+                f"{', '.join(extra)}: real-data options, not used with --evaluator"
+            )
         return
     if args.no_layout:
         raise UserInputError("--no-layout applies to --evaluator mode only")
@@ -119,8 +163,10 @@ def _check(args: argparse.Namespace) -> None:
 
         d = Path(args.osm) / "osm"
         if not any((d / f).is_file() for f, _ in OSM_SPOTS.values()):
-            raise UserInputError(f"--osm: no OSM fixtures in {d} (expected any of "
-                                 f"{', '.join(f for f, _ in OSM_SPOTS.values())})")
+            raise UserInputError(
+                f"--osm: no OSM fixtures in {d} (expected any of "
+                f"{', '.join(f for f, _ in OSM_SPOTS.values())})"
+            )
     from earthgen.datasets import data_root
 
     data_root(args.data_root)
@@ -154,20 +200,35 @@ def run(args: argparse.Namespace) -> int:
             evaluator = TileNet.from_pretrained(args.evaluator)
         except (OSError, ValueError) as e:
             raise UserInputError(f"cannot load the evaluator {args.evaluator}: {e}") from None
-        m = evaluate_image(pipe, evaluator, n=args.n, steps=args.steps or 30,
-                           guidance_scale=5.0 if args.guidance is None else args.guidance,
-                           batch_size=args.batch_size, use_layout=not args.no_layout,
-                           control_end=args.control_end)
+        m = evaluate_image(
+            pipe,
+            evaluator,
+            n=args.n,
+            steps=args.steps or 30,
+            guidance_scale=5.0 if args.guidance is None else args.guidance,
+            batch_size=args.batch_size,
+            use_layout=not args.no_layout,
+            control_end=args.control_end,
+        )
     else:
         from earthgen.evaluation.real import evaluate_real, osm_fixture_layouts
 
         osm = osm_fixture_layouts(args.osm) if args.osm else None
         pipe, path = _load(args)
-        m = evaluate_real(pipe, n_per_class=args.n_per_class, steps=args.steps or 20,
-                          guidance_scale=4.0 if args.guidance is None else args.guidance,
-                          strength=args.strength, osm_layouts=osm, seed=args.seed,
-                          root=args.data_root, realnet=args.realnet, batch_size=args.batch_size,
-                          control_end=args.control_end, model=path)
+        m = evaluate_real(
+            pipe,
+            n_per_class=args.n_per_class,
+            steps=args.steps or 20,
+            guidance_scale=4.0 if args.guidance is None else args.guidance,
+            strength=args.strength,
+            osm_layouts=osm,
+            seed=args.seed,
+            root=args.data_root,
+            realnet=args.realnet,
+            batch_size=args.batch_size,
+            control_end=args.control_end,
+            model=path,
+        )
     print(json.dumps(m, indent=2))
     if args.out:
         write_json(args.out, m)

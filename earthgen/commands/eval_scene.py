@@ -28,7 +28,9 @@ def _modes(text: str) -> tuple[str, ...]:
     m = tuple(x.strip() for x in text.split(",") if x.strip())
     bad = [x for x in m if x not in MODES]
     if not m or bad:
-        raise argparse.ArgumentTypeError(f"modes must be a comma list of {', '.join(MODES)}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"modes must be a comma list of {', '.join(MODES)}, got {text!r}"
+        )
     return m
 
 
@@ -41,16 +43,41 @@ def register(sub) -> None:
         steps_int,
     )
 
-    p = sub.add_parser("scene", help="evaluate a 3D scene pipeline", description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="scene pipeline folder or hub id (default: embedded models)")
-    p.add_argument("--evaluator", default=None, help="TileNet folder for semantic mIoU and FID/KID (optional)")
-    p.add_argument("--n", type=number(1, 1000, integer=True), default=4, help="held-out tiles per mode, 1..1000")
-    p.add_argument("--size-m", type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True), default=112.0,
-                   help=f"scene size, metres, at most {SCENE_MAX_SIZE_M:g} (112: 2 x 2 windows)")
+    p = sub.add_parser(
+        "scene",
+        help="evaluate a 3D scene pipeline",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="scene pipeline folder or hub id (default: embedded models)",
+    )
+    p.add_argument(
+        "--evaluator", default=None, help="TileNet folder for semantic mIoU and FID/KID (optional)"
+    )
+    p.add_argument(
+        "--n",
+        type=number(1, 1000, integer=True),
+        default=4,
+        help="held-out tiles per mode, 1..1000",
+    )
+    p.add_argument(
+        "--size-m",
+        type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True),
+        default=112.0,
+        help=f"scene size, metres, at most {SCENE_MAX_SIZE_M:g} (112: 2 x 2 windows)",
+    )
     p.add_argument("--steps", type=steps_int, default=20, help="sampling steps, 1..1000")
     p.add_argument("--guidance", type=guidance_float, default=2.0, help="guidance scale, 0..100")
-    p.add_argument("--modes", type=_modes, default=("semantic", "image", "none"), help="comma list of " + ", ".join(MODES))
+    p.add_argument(
+        "--modes",
+        type=_modes,
+        default=("semantic", "image", "none"),
+        help="comma list of " + ", ".join(MODES),
+    )
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write the metrics as JSON here (.json)")
@@ -82,8 +109,16 @@ def run(args: argparse.Namespace) -> int:
             evaluator = TileNet.from_pretrained(args.evaluator).to(pipe.device)
         except (OSError, ValueError) as e:
             raise UserInputError(f"cannot load the evaluator {args.evaluator}: {e}") from None
-    m = evaluate_scene(pipe, n=args.n, size_m=args.size_m, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                       evaluator=evaluator, modes=args.modes)
+    m = evaluate_scene(
+        pipe,
+        n=args.n,
+        size_m=args.size_m,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        evaluator=evaluator,
+        modes=args.modes,
+    )
     print(json.dumps(m, indent=2))
     if args.out:
         write_json(args.out, m)

@@ -43,50 +43,112 @@ def register(sub) -> None:
         steps_int,
     )
 
-    p = sub.add_parser("generate", help="generate satellite images", description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default",
-                   help="pipeline folder or hub id (default: the small model packaged with EarthGen, docs/models.md)")
+    p = sub.add_parser(
+        "generate",
+        help="generate satellite images",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="pipeline folder or hub id (default: the small model packaged with EarthGen, docs/models.md)",
+    )
     p.add_argument("--prompt", default="", help="text prompt")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--gsd", type=gsd_float, default=None, help="ground sampling distance, metres/pixel")
-    p.add_argument("--layout", default=None,
-                   help="OSM (.osm, .osm.pbf, .osm.bz2, .osm.gz) or GeoJSON file, or a class map (.png, .tif: "
-                        "grey ids, palette ids or the class colours of docs/classes.md; a GeoTIFF keeps its "
-                        "georeference)")
-    p.add_argument("--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
+    p.add_argument(
+        "--gsd", type=gsd_float, default=None, help="ground sampling distance, metres/pixel"
+    )
+    p.add_argument(
+        "--layout",
+        default=None,
+        help="OSM (.osm, .osm.pbf, .osm.bz2, .osm.gz) or GeoJSON file, or a class map (.png, .tif: "
+        "grey ids, palette ids or the class colours of docs/classes.md; a GeoTIFF keeps its "
+        "georeference)",
+    )
+    p.add_argument(
+        "--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT"
+    )
     p.add_argument("--center", type=center_list, default=None, metavar="LAT,LON")
-    p.add_argument("--layout-scale", type=number(0.0, 100.0), default=1.0, help="guidance weight of the layout control")
-    p.add_argument("--control-end", type=number(0.0, 1.0, lo_open=True), default=None,
-                   help="fraction of the sampling steps (the first ones) that run the control branch, in (0, 1] "
-                        "(default: the model's own; the packaged model: see docs/models.md)")
-    p.add_argument("--image", default=None,
-                   help="reference image, PNG, JPEG or GeoTIFF (image-to-image, or inpainting with --mask)")
-    p.add_argument("--mask", default=None, help="inpainting mask image (PNG, JPEG or TIFF): white = repaint")
-    p.add_argument("--extend", type=_extend, default=None, metavar="LEFT,RIGHT,TOP,BOTTOM",
-                   help="outpaint: grow --image by these borders (pixels), generated to continue it (the size "
-                        "follows; not with --size or --mask)")
-    p.add_argument("--strength", type=_float, default=None,
-                   help="in (0, 1]: with --image the image-to-image strength (default 0.75); with a layout the "
-                        "render-then-refine strength: the layout is rendered to an RGB prior (earthgen.prior) "
-                        "that is noised to this strength and denoised (default 0.7; 1 = pure noise, no prior)")
-    p.add_argument("--prior-out", default=None, metavar="PATH",
-                   help="also save the rendered layout prior here, format by extension like --out (a layout "
-                        "without --image)")
-    p.add_argument("--size", type=generate_size, default=None, metavar="N|WxH",
-                   help="image size in pixels (at most a limit computed from the memory, docs/limits.md)")
+    p.add_argument(
+        "--layout-scale",
+        type=number(0.0, 100.0),
+        default=1.0,
+        help="guidance weight of the layout control",
+    )
+    p.add_argument(
+        "--control-end",
+        type=number(0.0, 1.0, lo_open=True),
+        default=None,
+        help="fraction of the sampling steps (the first ones) that run the control branch, in (0, 1] "
+        "(default: the model's own; the packaged model: see docs/models.md)",
+    )
+    p.add_argument(
+        "--image",
+        default=None,
+        help="reference image, PNG, JPEG or GeoTIFF (image-to-image, or inpainting with --mask)",
+    )
+    p.add_argument(
+        "--mask", default=None, help="inpainting mask image (PNG, JPEG or TIFF): white = repaint"
+    )
+    p.add_argument(
+        "--extend",
+        type=_extend,
+        default=None,
+        metavar="LEFT,RIGHT,TOP,BOTTOM",
+        help="outpaint: grow --image by these borders (pixels), generated to continue it (the size "
+        "follows; not with --size or --mask)",
+    )
+    p.add_argument(
+        "--strength",
+        type=_float,
+        default=None,
+        help="in (0, 1]: with --image the image-to-image strength (default 0.75); with a layout the "
+        "render-then-refine strength: the layout is rendered to an RGB prior (earthgen.prior) "
+        "that is noised to this strength and denoised (default 0.7; 1 = pure noise, no prior)",
+    )
+    p.add_argument(
+        "--prior-out",
+        default=None,
+        metavar="PATH",
+        help="also save the rendered layout prior here, format by extension like --out (a layout "
+        "without --image)",
+    )
+    p.add_argument(
+        "--size",
+        type=generate_size,
+        default=None,
+        metavar="N|WxH",
+        help="image size in pixels (at most a limit computed from the memory, docs/limits.md)",
+    )
     p.add_argument("--steps", type=steps_int, default=30, help="sampling steps, 1..1000")
-    p.add_argument("--guidance", type=guidance_float, default=5.0, help="classifier-free guidance scale, 0..100")
-    p.add_argument("--metadata-guidance", type=guidance_float, default=None, metavar="S",
-                   help="a separate guidance scale for the metadata (--gsd) alone; --guidance then weights text "
-                        "and layout on top of it (one more model pass per step; 0: the metadata unguided; "
-                        "default: guided with the text)")
-    p.add_argument("--seed", type=seed_int, default=None, help="random seed (default: random, printed)")
+    p.add_argument(
+        "--guidance",
+        type=guidance_float,
+        default=5.0,
+        help="classifier-free guidance scale, 0..100",
+    )
+    p.add_argument(
+        "--metadata-guidance",
+        type=guidance_float,
+        default=None,
+        metavar="S",
+        help="a separate guidance scale for the metadata (--gsd) alone; --guidance then weights text "
+        "and layout on top of it (one more model pass per step; 0: the metadata unguided; "
+        "default: guided with the text)",
+    )
+    p.add_argument(
+        "--seed", type=seed_int, default=None, help="random seed (default: random, printed)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--out", required=True,
-                   help="output image: .png, .jpg/.jpeg (quality 95) or .tif/.tiff (GeoTIFF); with a georeferenced "
-                        "layout (OSM/GeoJSON, GeoTIFF class map) a .png/.jpg gets a GeoTIFF beside it (same name, "
-                        ".tif)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output image: .png, .jpg/.jpeg (quality 95) or .tif/.tiff (GeoTIFF); with a georeferenced "
+        "layout (OSM/GeoJSON, GeoTIFF class map) a .png/.jpg gets a GeoTIFF beside it (same name, "
+        ".tif)",
+    )
     p.set_defaults(func=run, check=_check_args)
 
 
@@ -108,7 +170,9 @@ def _extend(text: str) -> tuple[float, ...]:
     except ValueError:
         v = ()
     if len(v) != 4 or not all(math.isfinite(x) and 0 <= x <= MAX_SIDE and x == int(x) for x in v):
-        raise argparse.ArgumentTypeError(f"--extend takes whole pixels in [0, {MAX_SIDE}], got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--extend takes whole pixels in [0, {MAX_SIDE}], got {text!r}"
+        )
     return v
 
 
@@ -125,7 +189,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.prior_out is not None:
         check_image_output(args.prior_out, "--prior-out")
     if args.layout:
-        require_input(args.layout, "--layout", LAYOUT_SUFFIXES, "a layout (OSM, GeoJSON or class map)")
+        require_input(
+            args.layout, "--layout", LAYOUT_SUFFIXES, "a layout (OSM, GeoJSON or class map)"
+        )
     if args.image:
         require_input(args.image, "--image", IMAGE_SUFFIXES, "an image (PNG, JPEG or GeoTIFF)")
     if args.mask:
@@ -149,8 +215,10 @@ def _check_extended(image, extend) -> None:
     w = image.shape[1] + int(extend[0]) + int(extend[1])
     h = image.shape[0] + int(extend[2]) + int(extend[3])
     if w * h > generate_max_pixels():
-        raise UserInputError(f"--extend: the grown image {w}x{h} is over the limit of {generate_max_pixels()} "
-                             "pixels (docs/limits.md)")
+        raise UserInputError(
+            f"--extend: the grown image {w}x{h} is over the limit of {generate_max_pixels()} "
+            "pixels (docs/limits.md)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,14 +230,20 @@ def run(args: argparse.Namespace) -> int:
     from earthgen.inputs import read_image, read_layout, write_image
     from earthgen.pipelines.image import load_pipeline
 
-    if args.extend is not None and not all(math.isfinite(v) and v >= 0 and v == int(v) for v in args.extend):
-        raise UserInputError(f"--extend takes whole pixels >= 0, got {','.join(f'{v:g}' for v in args.extend)}")
+    if args.extend is not None and not all(
+        math.isfinite(v) and v >= 0 and v == int(v) for v in args.extend
+    ):
+        raise UserInputError(
+            f"--extend takes whole pixels >= 0, got {','.join(f'{v:g}' for v in args.extend)}"
+        )
     from earthgen.prior import DEFAULT_STRENGTH, check_strength
 
     if args.strength is not None:
         check_strength(args.strength, "--strength")
     if args.prior_out is not None and (not args.layout or args.image):
-        raise UserInputError("--prior-out saves the rendered layout prior: give --layout (and no --image)")
+        raise UserInputError(
+            "--prior-out saves the rendered layout prior: give --layout (and no --image)"
+        )
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     width, height = args.size if args.size else (None, None)
     layout = None
@@ -179,15 +253,23 @@ def run(args: argparse.Namespace) -> int:
 
         if args.size is None and suffix_of(args.layout, VECTOR_SUFFIXES):
             width = height = 512  # vector data has no size of its own
-        lay = read_layout(args.layout, flag="--layout", center=args.center, bbox=args.bbox,
-                          size=(width, height) if width else None, gsd=args.gsd)
+        lay = read_layout(
+            args.layout,
+            flag="--layout",
+            center=args.center,
+            bbox=args.bbox,
+            size=(width, height) if width else None,
+            gsd=args.gsd,
+        )
         layout = lay.semantic
         if lay.crs is not None and lay.transform is not None:
             geo = (lay.crs, lay.transform, layout.shape)
         if args.gsd is None:
             args.gsd = lay.gsd
     if args.metadata_guidance is not None and args.gsd is None:
-        raise UserInputError("--metadata-guidance guides the metadata: give --gsd too (or an OSM layout)")
+        raise UserInputError(
+            "--metadata-guidance guides the metadata: give --gsd too (or an OSM layout)"
+        )
     image = mask = None
     if args.image:
         image = read_image(args.image, flag="--image").rgb
@@ -196,7 +278,9 @@ def run(args: argparse.Namespace) -> int:
         mask = (m.max(-1) > 127).astype(np.float32)
     if args.extend is not None:
         if image is None or mask is not None or args.size:
-            raise UserInputError("--extend grows the --image (outpainting): give --image, and no --mask or --size")
+            raise UserInputError(
+                "--extend grows the --image (outpainting): give --image, and no --mask or --size"
+            )
         _check_extended(image, args.extend)
     strength = args.strength if args.strength is not None else 0.75
     if layout is not None and image is None:  # render, then refine (strength 1: pure noise)
@@ -221,16 +305,29 @@ def run(args: argparse.Namespace) -> int:
     if args.extend is not None:  # the canvas rounded up to the sizes the model takes
         from earthgen.pipelines.image import outpaint_canvas
 
-        image, mask, _ = outpaint_canvas(image, *(int(v) for v in args.extend),
-                                         multiple=pipe.size_multiple)
+        image, mask, _ = outpaint_canvas(
+            image, *(int(v) for v in args.extend), multiple=pipe.size_multiple
+        )
         height, width = image.shape[:2]
     t0 = time.perf_counter()
-    out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, gsd=args.gsd, layout=layout,
-               control_scales={"layout": args.layout_scale, "roads": args.layout_scale}, image=image, mask=mask,
-               strength=strength if mask is None else 1.0, height=height, width=width,
-               num_inference_steps=args.steps, guidance_scale=args.guidance, control_guidance_end=args.control_end,
-               metadata_guidance_scale=args.metadata_guidance,
-               generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    out = pipe(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        gsd=args.gsd,
+        layout=layout,
+        control_scales={"layout": args.layout_scale, "roads": args.layout_scale},
+        image=image,
+        mask=mask,
+        strength=strength if mask is None else 1.0,
+        height=height,
+        width=width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        control_guidance_end=args.control_end,
+        metadata_guidance_scale=args.metadata_guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images[0]
     arr = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
     crs = transform = None
     if geo is not None:  # the layout's grid, scaled if the image came out at another size

@@ -57,22 +57,53 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("source", type=Path, help="OSM file (.osm/.osm.pbf/.osm.bz2/.osm.gz) or GeoJSON")
     area = p.add_argument_group("area and resolution")
-    area.add_argument("--bbox", type=float_list(4, "--bbox"), metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT",
-                      help="area in degrees (WGS84)")
-    area.add_argument("--center", type=float_list(2, "--center"), metavar="LAT,LON",
-                      help="centre of the layout in degrees; needs --size")
-    area.add_argument("--size", type=size_pair, metavar="N|WxH",
-                      help="layout size in pixels (square N, or width x height)")
-    area.add_argument("--gsd", type=gsd_float, metavar="M",
-                      help="ground sampling distance in metres/pixel (default 1 unless derived)")
-    area.add_argument("--crs", metavar="CRS",
-                      help="metric CRS of the layout, e.g. EPSG:32632 (default: the area's UTM zone)")
-    area.add_argument("--source-crs", metavar="CRS",
-                      help="CRS of GeoJSON coordinates when not lon/lat and the file has no 'crs' member")
-    area.add_argument("--max-pixels", type=number(1, MAX_PIXELS_CAP, integer=True), default=None, metavar="N",
-                      help="refuse layouts larger than N pixels (default 16384x16384, at most 2**30)")
-    p.add_argument("--out", type=Path, default=Path("outputs/layout"),
-                   help="output folder, new or empty (default: outputs/layout)")
+    area.add_argument(
+        "--bbox",
+        type=float_list(4, "--bbox"),
+        metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT",
+        help="area in degrees (WGS84)",
+    )
+    area.add_argument(
+        "--center",
+        type=float_list(2, "--center"),
+        metavar="LAT,LON",
+        help="centre of the layout in degrees; needs --size",
+    )
+    area.add_argument(
+        "--size",
+        type=size_pair,
+        metavar="N|WxH",
+        help="layout size in pixels (square N, or width x height)",
+    )
+    area.add_argument(
+        "--gsd",
+        type=gsd_float,
+        metavar="M",
+        help="ground sampling distance in metres/pixel (default 1 unless derived)",
+    )
+    area.add_argument(
+        "--crs",
+        metavar="CRS",
+        help="metric CRS of the layout, e.g. EPSG:32632 (default: the area's UTM zone)",
+    )
+    area.add_argument(
+        "--source-crs",
+        metavar="CRS",
+        help="CRS of GeoJSON coordinates when not lon/lat and the file has no 'crs' member",
+    )
+    area.add_argument(
+        "--max-pixels",
+        type=number(1, MAX_PIXELS_CAP, integer=True),
+        default=None,
+        metavar="N",
+        help="refuse layouts larger than N pixels (default 16384x16384, at most 2**30)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/layout"),
+        help="output folder, new or empty (default: outputs/layout)",
+    )
     p.set_defaults(func=run, check=check_args)
     return p
 
@@ -86,8 +117,9 @@ def check_args(args: argparse.Namespace) -> None:
     limit = args.max_pixels or MAX_PIXELS
     if args.size is not None and args.size[0] * args.size[1] > limit:
         w, h = args.size
-        raise UserInputError(f"--size {w}x{h}: {w * h} pixels, more than the limit of {limit} pixels "
-                             "(--max-pixels)")
+        raise UserInputError(
+            f"--size {w}x{h}: {w * h} pixels, more than the limit of {limit} pixels (--max-pixels)"
+        )
     check_output(args.out, "--out", folder=True, empty=True)
     require_input(args.source, "source", VECTOR_SUFFIXES, "an OSM or GeoJSON")
 
@@ -110,12 +142,16 @@ def run(args: argparse.Namespace) -> int:
             source_crs=args.source_crs,
             max_pixels=args.max_pixels or MAX_PIXELS,
         )
-    paths = layout.save(out)  # a new or empty folder: renamed into place whole (earthgen.io.atomic_dir)
+    paths = layout.save(
+        out
+    )  # a new or empty folder: renamed into place whole (earthgen.io.atomic_dir)
     fr = sorted(layout.class_fractions().items(), key=lambda kv: -kv[1])
     top = ", ".join(f"{name} {100 * v:.1f}%" for name, v in fr[:6] if v > 0)
     b = layout.bbox
-    print(f"layout {layout.width}x{layout.height} px at {layout.gsd:.3g} m/px, "
-          f"{layout.crs.to_string()}, lon {b[0]:.5f}..{b[2]:.5f} lat {b[1]:.5f}..{b[3]:.5f}")
+    print(
+        f"layout {layout.width}x{layout.height} px at {layout.gsd:.3g} m/px, "
+        f"{layout.crs.to_string()}, lon {b[0]:.5f}..{b[2]:.5f} lat {b[1]:.5f}..{b[3]:.5f}"
+    )
     print(f"classes: {top}")
     print(f"{len(layout.features)} features, {len(layout.building_corners)} building boxes")
     for path in paths.values():

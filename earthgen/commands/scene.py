@@ -54,47 +54,121 @@ def register(sub) -> None:
         steps_int,
     )
 
-    p = sub.add_parser("scene", help="generate a 3D scene (voxels + 2D Gaussian surfels)", description=DESCRIPTION,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="scene pipeline folder or hub id (default: embedded models)")
+    p = sub.add_parser(
+        "scene",
+        help="generate a 3D scene (voxels + 2D Gaussian surfels)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="scene pipeline folder or hub id (default: embedded models)",
+    )
     c = p.add_argument_group("conditions")
     c.add_argument("--layout", default=None, help="OSM (.osm/.pbf/.bz2) or GeoJSON file")
     c.add_argument("--center", type=center_list, default=None, metavar="LAT,LON")
-    c.add_argument("--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT")
+    c.add_argument(
+        "--bbox", type=bbox_list, default=None, metavar="MIN_LON,MIN_LAT,MAX_LON,MAX_LAT"
+    )
     c.add_argument("--semantic", default=None, help="class-id PNG (palette or grey)")
     c.add_argument("--image", default=None, help="aerial RGB image of the same area")
-    c.add_argument("--world", type=seed_int, default=None, metavar="SEED", help="a procedural world tile as condition")
-    c.add_argument("--preset", default="mixed", help="world preset with --world (mixed, urban, suburban, rural, mountain)")
-    c.add_argument("--condition", choices=("semantic", "image", "both"), default="semantic",
-                   help="with --world: which of the tile's maps to give (default: semantic)")
-    c.add_argument("--gsd", type=gsd_float, default=None, help="metres/pixel of --semantic/--image (default 1)")
-    c.add_argument("--dem", default=None, help="ground elevation GeoTIFF (metres, any CRS) under a georeferenced "
-                                               "condition (--layout or a GeoTIFF): columns are raised on it")
-    c.add_argument("--dem-crs", default=None, help="CRS of a --dem file that has none (e.g. EPSG:4326)")
-    c.add_argument("--heights", choices=("data", "model"), default="data",
-                   help="building heights: from the data (OSM tags, per-type defaults; default) or as the "
-                        "model generates them")
-    c.add_argument("--no-ortho", action="store_true",
-                   help="with a map and no --image: do not generate an orthophoto (model colours only)")
-    c.add_argument("--ortho-steps", type=steps_int, default=20, help="image model steps for the orthophoto")
-    c.add_argument("--image-model", default="default", help="image model of the orthophoto (default: embedded)")
-    c.add_argument("--size-m", type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True), default=None,
-                   help="scene size, metres (unconditional, --world and --layout; default 64; at most "
-                        f"{SCENE_MAX_SIZE_M:g}, docs/limits.md)")
+    c.add_argument(
+        "--world",
+        type=seed_int,
+        default=None,
+        metavar="SEED",
+        help="a procedural world tile as condition",
+    )
+    c.add_argument(
+        "--preset",
+        default="mixed",
+        help="world preset with --world (mixed, urban, suburban, rural, mountain)",
+    )
+    c.add_argument(
+        "--condition",
+        choices=("semantic", "image", "both"),
+        default="semantic",
+        help="with --world: which of the tile's maps to give (default: semantic)",
+    )
+    c.add_argument(
+        "--gsd", type=gsd_float, default=None, help="metres/pixel of --semantic/--image (default 1)"
+    )
+    c.add_argument(
+        "--dem",
+        default=None,
+        help="ground elevation GeoTIFF (metres, any CRS) under a georeferenced "
+        "condition (--layout or a GeoTIFF): columns are raised on it",
+    )
+    c.add_argument(
+        "--dem-crs", default=None, help="CRS of a --dem file that has none (e.g. EPSG:4326)"
+    )
+    c.add_argument(
+        "--heights",
+        choices=("data", "model"),
+        default="data",
+        help="building heights: from the data (OSM tags, per-type defaults; default) or as the "
+        "model generates them",
+    )
+    c.add_argument(
+        "--no-ortho",
+        action="store_true",
+        help="with a map and no --image: do not generate an orthophoto (model colours only)",
+    )
+    c.add_argument(
+        "--ortho-steps", type=steps_int, default=20, help="image model steps for the orthophoto"
+    )
+    c.add_argument(
+        "--image-model", default="default", help="image model of the orthophoto (default: embedded)"
+    )
+    c.add_argument(
+        "--size-m",
+        type=number(0.0, SCENE_MAX_SIZE_M, lo_open=True),
+        default=None,
+        help="scene size, metres (unconditional, --world and --layout; default 64; at most "
+        f"{SCENE_MAX_SIZE_M:g}, docs/limits.md)",
+    )
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=steps_int, default=20, help="structure flow steps (Heun)")
-    g.add_argument("--texture-steps", type=steps_int, default=None, help="texture flow steps (default: --steps)")
-    g.add_argument("--guidance", type=guidance_float, default=2.0, help="classifier-free guidance scale")
-    g.add_argument("--overlap-m", type=float, default=16.0,
-                   help="overlap of neighbouring windows, metres (0 to 1024)")
-    g.add_argument("--seed", type=seed_int, default=None, help="random seed (default: random, printed)")
+    g.add_argument(
+        "--texture-steps",
+        type=steps_int,
+        default=None,
+        help="texture flow steps (default: --steps)",
+    )
+    g.add_argument(
+        "--guidance", type=guidance_float, default=2.0, help="classifier-free guidance scale"
+    )
+    g.add_argument(
+        "--overlap-m",
+        type=float,
+        default=16.0,
+        help="overlap of neighbouring windows, metres (0 to 1024)",
+    )
+    g.add_argument(
+        "--seed", type=seed_int, default=None, help="random seed (default: random, printed)"
+    )
     g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     o = p.add_argument_group("outputs")
-    o.add_argument("--render-size", type=number(16, 8192, integer=True), default=512,
-                   help="pixels per rendered view, 16..8192")
-    o.add_argument("--views", type=number(1, 64, integer=True), default=4, help="orbit views in render.png, 1..64")
-    o.add_argument("--turntable", type=number(0, 720, integer=True), default=24,
-                   help="frames of turntable.gif, 0..720 (0: none)")
+    o.add_argument(
+        "--render-size",
+        type=number(16, 8192, integer=True),
+        default=512,
+        help="pixels per rendered view, 16..8192",
+    )
+    o.add_argument(
+        "--views",
+        type=number(1, 64, integer=True),
+        default=4,
+        help="orbit views in render.png, 1..64",
+    )
+    o.add_argument(
+        "--turntable",
+        type=number(0, 720, integer=True),
+        default=24,
+        help="frames of turntable.gif, 0..720 (0: none)",
+    )
     o.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run, check=check_args)
 
@@ -109,7 +183,9 @@ def check_args(args: argparse.Namespace) -> None:
     from earthgen.inputs import IMAGE_SUFFIXES, LAYOUT_SUFFIXES, require_input
 
     if not (math.isfinite(args.overlap_m) and 0.0 <= args.overlap_m <= 1024.0):
-        raise UserInputError(f"--overlap-m must be a finite number in [0, 1024] metres, got {args.overlap_m}")
+        raise UserInputError(
+            f"--overlap-m must be a finite number in [0, 1024] metres, got {args.overlap_m}"
+        )
     check_output(args.out, "--out", folder=True, empty=True)
     if args.layout:
         require_input(args.layout, "--layout", LAYOUT_SUFFIXES, "layout")
@@ -119,9 +195,13 @@ def check_args(args: argparse.Namespace) -> None:
         require_input(args.image, "--image", IMAGE_SUFFIXES, "image")
     if args.dem:
         require_input(args.dem, "--dem", (".tif", ".tiff", ".asc", ".vrt", ".img"), "DEM")
-        if args.world is not None or (args.layout is None and not str(args.semantic or args.image or "")
-                                      .lower().endswith((".tif", ".tiff"))):
-            raise UserInputError("--dem needs a georeferenced condition: --layout, or a GeoTIFF --semantic/--image")
+        if args.world is not None or (
+            args.layout is None
+            and not str(args.semantic or args.image or "").lower().endswith((".tif", ".tiff"))
+        ):
+            raise UserInputError(
+                "--dem needs a georeferenced condition: --layout, or a GeoTIFF --semantic/--image"
+            )
 
 
 def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
@@ -136,11 +216,25 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
 
     given = [n for n in ("layout", "semantic", "world") if getattr(args, n) is not None]
     if len(given) > 1:
-        raise UserInputError(f"give one of --layout, --semantic, --world (got {', '.join('--' + n for n in given)})")
+        raise UserInputError(
+            f"give one of --layout, --semantic, --world (got {', '.join('--' + n for n in given)})"
+        )
     if args.world is not None and args.image:
-        raise UserInputError("--world brings its own image; --image applies to --layout/--semantic or alone")
-    out: dict = {"semantic": None, "image": None, "gsd": args.gsd, "size_m": None, "geo": None, "heights": None,
-                 "height_base": None, "height_cap": None, "dem": None, "ortho": None}
+        raise UserInputError(
+            "--world brings its own image; --image applies to --layout/--semantic or alone"
+        )
+    out: dict = {
+        "semantic": None,
+        "image": None,
+        "gsd": args.gsd,
+        "size_m": None,
+        "geo": None,
+        "heights": None,
+        "height_base": None,
+        "height_cap": None,
+        "dem": None,
+        "ortho": None,
+    }
     size = args.size_m or 64.0
     source = None
     if args.world is not None:
@@ -150,8 +244,12 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
         gsd = args.gsd or 0.5
         px = int(round(size / gsd))
         if px > 4096:
-            raise UserInputError(f"--size-m {size:g} at {gsd:g} m/px is over 4096 px; use a coarser --gsd")
-        tile = generate_world(args.world, px, gsd, origin=(-size / 2, size / 2), config=preset(args.preset))
+            raise UserInputError(
+                f"--size-m {size:g} at {gsd:g} m/px is over 4096 px; use a coarser --gsd"
+            )
+        tile = generate_world(
+            args.world, px, gsd, origin=(-size / 2, size / 2), config=preset(args.preset)
+        )
         if args.condition in ("semantic", "both"):
             out["semantic"] = tile.semantic
         if args.condition in ("image", "both"):
@@ -162,15 +260,27 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
     elif args.layout is not None:
         gsd = args.gsd or 1.0
         px = int(round(size / gsd))
-        lay = read_layout(args.layout, flag="--layout", bbox=args.bbox, center=args.center,
-                          size=None if args.bbox else (px, px), gsd=gsd)
+        lay = read_layout(
+            args.layout,
+            flag="--layout",
+            bbox=args.bbox,
+            center=args.center,
+            size=None if args.bbox else (px, px),
+            gsd=gsd,
+        )
         source = lay.source
-        out.update(semantic=lay.semantic, gsd=lay.gsd or gsd,
-                   geo=(lay.crs, lay.transform) if lay.crs is not None else None)
+        out.update(
+            semantic=lay.semantic,
+            gsd=lay.gsd or gsd,
+            geo=(lay.crs, lay.transform) if lay.crs is not None else None,
+        )
     elif args.semantic is not None:
         lay = read_layout(args.semantic, flag="--semantic", gsd=args.gsd)
-        out.update(semantic=lay.semantic, gsd=lay.gsd or args.gsd or 1.0,
-                   geo=(lay.crs, lay.transform) if lay.crs is not None else None)
+        out.update(
+            semantic=lay.semantic,
+            gsd=lay.gsd or args.gsd or 1.0,
+            geo=(lay.crs, lay.transform) if lay.crs is not None else None,
+        )
     if args.image and args.world is None:
         img = read_image(args.image, flag="--image")
         rgb = img.rgb
@@ -178,23 +288,39 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
             rgb = _regrid_image(img, out["geo"], out["semantic"].shape, args.image)
         elif out["semantic"] is None and img.crs is not None:
             out["geo"] = (img.crs, img.transform)
-        out.update(image=rgb, gsd=out["gsd"] or img.gsd or args.gsd or 1.0, ortho=f"--image {args.image}")
+        out.update(
+            image=rgb, gsd=out["gsd"] or img.gsd or args.gsd or 1.0, ortho=f"--image {args.image}"
+        )
     from earthgen.commands._args import SCENE_MAX_SIZE_M
 
     for key in ("semantic", "image"):
         m = out[key]
-        if m is not None and args.world is None and max(m.shape[:2]) * (out["gsd"] or 1.0) > SCENE_MAX_SIZE_M:
+        if (
+            m is not None
+            and args.world is None
+            and max(m.shape[:2]) * (out["gsd"] or 1.0) > SCENE_MAX_SIZE_M
+        ):
             flag = "--image" if key == "image" else ("--layout" if args.layout else "--semantic")
-            raise UserInputError(f"{flag}: {m.shape[1]}x{m.shape[0]} px at {out['gsd'] or 1.0:g} m/px is over "
-                                 f"the scene limit of {SCENE_MAX_SIZE_M:g} m a side (docs/limits.md)")
+            raise UserInputError(
+                f"{flag}: {m.shape[1]}x{m.shape[0]} px at {out['gsd'] or 1.0:g} m/px is over "
+                f"the scene limit of {SCENE_MAX_SIZE_M:g} m a side (docs/limits.md)"
+            )
     if out["semantic"] is None and out["image"] is None:
         out["size_m"] = size
     elif args.size_m is not None and args.world is None and args.layout is None:
-        raise UserInputError("--size-m applies to unconditional scenes, --world and --layout (a map sets its own size)")
+        raise UserInputError(
+            "--size-m applies to unconditional scenes, --world and --layout (a map sets its own size)"
+        )
     sem = out["semantic"]
-    if sem is not None and out["image"] is not None and tuple(out["image"].shape[:2]) != tuple(sem.shape):
-        raise UserInputError(f"--image is {out['image'].shape[1]}x{out['image'].shape[0]} px but the map is "
-                             f"{sem.shape[1]}x{sem.shape[0]}: give them on the same grid (or a GeoTIFF --image)")
+    if (
+        sem is not None
+        and out["image"] is not None
+        and tuple(out["image"].shape[:2]) != tuple(sem.shape)
+    ):
+        raise UserInputError(
+            f"--image is {out['image'].shape[1]}x{out['image'].shape[0]} px but the map is "
+            f"{sem.shape[1]}x{sem.shape[0]}: give them on the same grid (or a GeoTIFF --image)"
+        )
     if args.heights == "data" and sem is not None and args.world is None:
         from earthgen.classes import CLASS_ID
         from earthgen.geo.heights import default_height, height_caps, height_map
@@ -205,8 +331,9 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
             hm = height_map(source)
             out["heights"], out["height_base"] = hm.top, np.nan_to_num(hm.base)
         elif (np.asarray(sem) == CLASS_ID["building"]).any():  # a class map: the default height
-            out["heights"] = np.where(np.asarray(sem) == CLASS_ID["building"], default_height("yes"),
-                                      np.nan).astype(np.float32)
+            out["heights"] = np.where(
+                np.asarray(sem) == CLASS_ID["building"], default_height("yes"), np.nan
+            ).astype(np.float32)
     if args.dem:
         from earthgen.geo.heights import read_dem
 
@@ -216,9 +343,17 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
     if sem is not None and out["image"] is None and args.world is None and not args.no_ortho:
         from earthgen.prior import orthophoto
 
-        out["image"] = orthophoto(sem, out["gsd"], seed, model=args.image_model, steps=args.ortho_steps,
-                                  device=args.device)
-        out["ortho"] = f"generated by the image model ({args.image_model}, {args.ortho_steps} steps)"
+        out["image"] = orthophoto(
+            sem,
+            out["gsd"],
+            seed,
+            model=args.image_model,
+            steps=args.ortho_steps,
+            device=args.device,
+        )
+        out["ortho"] = (
+            f"generated by the image model ({args.image_model}, {args.ortho_steps} steps)"
+        )
     return out
 
 
@@ -235,18 +370,38 @@ def _regrid_image(img, geo, shape, path: str):
     valid = np.zeros(shape, np.float32)
     src = np.moveaxis(img.rgb.astype(np.float32), -1, 0)
     for b in range(3):
-        reproject(src[b], out[b], src_transform=img.transform, src_crs=img.crs, dst_transform=transform,
-                  dst_crs=crs, resampling=Resampling.bilinear, dst_nodata=np.nan)
-    reproject(np.ones(img.rgb.shape[:2], np.float32), valid, src_transform=img.transform, src_crs=img.crs,
-              dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest, dst_nodata=0)
+        reproject(
+            src[b],
+            out[b],
+            src_transform=img.transform,
+            src_crs=img.crs,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=Resampling.bilinear,
+            dst_nodata=np.nan,
+        )
+    reproject(
+        np.ones(img.rgb.shape[:2], np.float32),
+        valid,
+        src_transform=img.transform,
+        src_crs=img.crs,
+        dst_transform=transform,
+        dst_crs=crs,
+        resampling=Resampling.nearest,
+        dst_nodata=0,
+    )
     cover = float((valid > 0).mean())
     if cover < 0.999:
-        raise UserInputError(f"--image {path} covers {100 * cover:.1f}% of the scene's area; give an image "
-                             "that covers it all")
+        raise UserInputError(
+            f"--image {path} covers {100 * cover:.1f}% of the scene's area; give an image "
+            "that covers it all"
+        )
     return np.clip(np.rint(np.moveaxis(out, 0, -1)), 0, 255).astype(np.uint8)
 
 
-def save_outputs(out_dir: Path, result, cond: dict, args: argparse.Namespace, seed: int, seconds: float) -> dict:
+def save_outputs(
+    out_dir: Path, result, cond: dict, args: argparse.Namespace, seed: int, seconds: float
+) -> dict:
     """Write the scene's files (see the command's description); returns their paths."""
     import numpy as np
 
@@ -257,39 +412,75 @@ def save_outputs(out_dir: Path, result, cond: dict, args: argparse.Namespace, se
     if not len(result.coords):
         from earthgen.errors import EarthGenError
 
-        raise EarthGenError("the model generated an empty scene (no voxels); try another --seed or more --steps")
-    paths = save_scene(out_dir, result.coords, result.voxel_size, result.origin, result.colors, result.surfels,
-                       image_size=args.render_size, views=args.views)
+        raise EarthGenError(
+            "the model generated an empty scene (no voxels); try another --seed or more --steps"
+        )
+    paths = save_scene(
+        out_dir,
+        result.coords,
+        result.voxel_size,
+        result.origin,
+        result.colors,
+        result.surfels,
+        image_size=args.render_size,
+        views=args.views,
+    )
     crs, transform = cond["geo"] if cond.get("geo") is not None else (None, None)
-    surface = result.height + float(result.origin[2])  # metres above the datum with --dem, else the base
+    surface = result.height + float(
+        result.origin[2]
+    )  # metres above the datum with --dem, else the base
     paths["dem"] = str(save_dem(out_dir / "dem.tif", surface, result.voxel_size, crs, transform))
     if cond.get("semantic") is not None:
         from earthgen.classes import PALETTE
 
-        paths["semantic"] = str(write_png(out_dir / "condition_semantic.png", PALETTE[np.asarray(cond["semantic"])]))
+        paths["semantic"] = str(
+            write_png(out_dir / "condition_semantic.png", PALETTE[np.asarray(cond["semantic"])])
+        )
     if cond.get("image") is not None:
-        name = "orthophoto.png" if cond.get("ortho", "").startswith("generated") else "condition_image.png"
+        name = (
+            "orthophoto.png"
+            if cond.get("ortho", "").startswith("generated")
+            else "condition_image.png"
+        )
         paths["image"] = str(write_png(out_dir / name, np.asarray(cond["image"])[..., :3]))
     c = result.coords
     ctr = (c.min(0) + c.max(0) + 1) / 2 * result.voxel_size + result.origin
     ext = float(np.max(c.max(0)[:2] - c.min(0)[:2] + 1) * result.voxel_size)
-    oblique = render_views(result.surfels, ctr, 0.8 * ext, args.render_size, 1, elevation_deg=45.0)[0]
+    oblique = render_views(result.surfels, ctr, 0.8 * ext, args.render_size, 1, elevation_deg=45.0)[
+        0
+    ]
     paths["oblique"] = str(write_png(out_dir / "oblique.png", oblique))
     if args.turntable > 0:
         from PIL import Image
 
-        frames = render_views(result.surfels, ctr, ext, min(args.render_size, 256), args.turntable,
-                              elevation_deg=35.0)
+        frames = render_views(
+            result.surfels, ctr, ext, min(args.render_size, 256), args.turntable, elevation_deg=35.0
+        )
         ims = [Image.fromarray(f) for f in frames]
-        ims[0].save(out_dir / "turntable.gif", save_all=True, append_images=ims[1:], duration=120, loop=0)
+        ims[0].save(
+            out_dir / "turntable.gif", save_all=True, append_images=ims[1:], duration=120, loop=0
+        )
         paths["turntable"] = str(out_dir / "turntable.gif")
     meta = json.loads((out_dir / "scene.json").read_text())
-    meta.update({"seed": seed, "seconds": round(seconds, 2), "windows": len(result.windows),
-                 "size_m": [result.height.shape[1] * result.voxel_size, result.height.shape[0] * result.voxel_size],
-                 "condition": [k for k in ("semantic", "image") if cond.get(k) is not None] or ["none"],
-                 "steps": args.steps, "guidance": args.guidance, "model": args.model,
-                 "orthophoto": cond.get("ortho"), "heights": args.heights if cond.get("heights") is not None
-                 else "model", "dem": args.dem, "coverage_windows": len(result.windows)})
+    meta.update(
+        {
+            "seed": seed,
+            "seconds": round(seconds, 2),
+            "windows": len(result.windows),
+            "size_m": [
+                result.height.shape[1] * result.voxel_size,
+                result.height.shape[0] * result.voxel_size,
+            ],
+            "condition": [k for k in ("semantic", "image") if cond.get(k) is not None] or ["none"],
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "model": args.model,
+            "orthophoto": cond.get("ortho"),
+            "heights": args.heights if cond.get("heights") is not None else "model",
+            "dem": args.dem,
+            "coverage_windows": len(result.windows),
+        }
+    )
     (out_dir / "scene.json").write_text(json.dumps(meta, indent=2) + "\n")
     return paths
 
@@ -308,16 +499,29 @@ def run(args: argparse.Namespace) -> int:
     cond = conditions(args, seed)
     pipe = load_scene_pipeline(args.model, args.device)
     t0 = time.perf_counter()
-    result = pipe(semantic=cond["semantic"], image=cond["image"], gsd=cond["gsd"], size_m=cond["size_m"],
-                  overlap_m=args.overlap_m, num_inference_steps=args.steps, texture_steps=args.texture_steps,
-                  guidance_scale=args.guidance, heights=cond["heights"], height_base=cond["height_base"],
-                  height_cap=cond["height_cap"], dem=cond["dem"], generator=torch.Generator().manual_seed(seed))
+    result = pipe(
+        semantic=cond["semantic"],
+        image=cond["image"],
+        gsd=cond["gsd"],
+        size_m=cond["size_m"],
+        overlap_m=args.overlap_m,
+        num_inference_steps=args.steps,
+        texture_steps=args.texture_steps,
+        guidance_scale=args.guidance,
+        heights=cond["heights"],
+        height_base=cond["height_base"],
+        height_cap=cond["height_cap"],
+        dem=cond["dem"],
+        generator=torch.Generator().manual_seed(seed),
+    )
     seconds = time.perf_counter() - t0
     out = Path(args.out)
     with atomic_dir(out, merge=False) as tmp:  # a killed run leaves no --out folder
         paths = save_outputs(tmp, result, cond, args, seed, seconds)
     ny, nx = result.height.shape
-    print(f"scene of {nx * result.voxel_size:g} x {ny * result.voxel_size:g} m ({len(result.windows)} windows, "
-          f"{len(result.coords)} voxels, {len(result.surfels['means'])} surfels) in {seconds:.1f} s, seed {seed}")
+    print(
+        f"scene of {nx * result.voxel_size:g} x {ny * result.voxel_size:g} m ({len(result.windows)} windows, "
+        f"{len(result.coords)} voxels, {len(result.surfels['means'])} surfels) in {seconds:.1f} s, seed {seed}"
+    )
     print(f"wrote {out}/: " + ", ".join(sorted(Path(p).name for p in paths.values())))
     return 0

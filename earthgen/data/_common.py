@@ -16,7 +16,15 @@ from earthgen.boxes import BoxSet, polygon_area
 from earthgen.errors import UserInputError
 
 IMAGE_EXTS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".jp2", ".gif",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".webp",
+    ".jp2",
+    ".gif",
 )
 PathLike = str | os.PathLike
 
@@ -155,8 +163,8 @@ def boxes_axis_aligned(corners: np.ndarray, tol: float = 0.0) -> np.ndarray:
     (each edge's smaller coordinate step at most ``tol`` times the box's largest step; ``tol=0``:
     exactly)."""
     c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
-    e = np.abs(np.roll(c, -1, axis=1) - c)                      # [N, 4, 2] edge vectors
-    scale = e.max(axis=(1, 2), initial=0.0)[:, None]            # [N, 1]
+    e = np.abs(np.roll(c, -1, axis=1) - c)  # [N, 4, 2] edge vectors
+    scale = e.max(axis=(1, 2), initial=0.0)[:, None]  # [N, 1]
     return (np.minimum(e[..., 0], e[..., 1]) <= tol * scale).all(1)
 
 
@@ -165,8 +173,9 @@ def is_axis_aligned(corners: np.ndarray) -> bool:
     return bool(boxes_axis_aligned(corners).all())
 
 
-def clip_to_image(corners: np.ndarray, size: tuple[float, float]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def clip_to_image(
+    corners: np.ndarray, size: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Box corners ``[N, 4, 2]`` clipped coordinate-wise to the image ``[0, W] x [0, H]``.
 
     Returns ``(clipped, outside, keep)``: ``outside`` [N] marks boxes with a corner outside the
@@ -185,17 +194,27 @@ def keep_boxes(boxes: BoxSet, corners: np.ndarray, keep: np.ndarray) -> BoxSet:
     difficult flags and per-box arrays of ``extra`` such as ``iscrowd`` follow)."""
     keep = np.asarray(keep, dtype=bool)
     n = len(boxes)
-    extra = {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v)
-             for k, v in boxes.extra.items()}
-    return BoxSet(np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)[keep],
-                  [lab for lab, k in zip(boxes.labels, keep, strict=True) if k],
-                  scores=None if boxes.scores is None else np.asarray(boxes.scores)[keep],
-                  difficult=None if boxes.difficult is None else np.asarray(boxes.difficult)[keep],
-                  rotated=boxes.rotated, extra=extra)
+    extra = {
+        k: (v[keep] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v)
+        for k, v in boxes.extra.items()
+    }
+    return BoxSet(
+        np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)[keep],
+        [lab for lab, k in zip(boxes.labels, keep, strict=True) if k],
+        scores=None if boxes.scores is None else np.asarray(boxes.scores)[keep],
+        difficult=None if boxes.difficult is None else np.asarray(boxes.difficult)[keep],
+        rotated=boxes.rotated,
+        extra=extra,
+    )
 
 
-def warn_clipped(where_: PathLike, size: tuple[float, float], outside: np.ndarray,
-                 keep: np.ndarray, stacklevel: int = 3) -> None:
+def warn_clipped(
+    where_: PathLike,
+    size: tuple[float, float],
+    outside: np.ndarray,
+    keep: np.ndarray,
+    stacklevel: int = 3,
+) -> None:
     """One warning for a file: how many boxes were clipped to the image and how many dropped for
     having no area inside it (nothing when every box is inside and kept)."""
     n_out, n_drop = int(np.sum(outside & keep)), int(np.sum(~np.asarray(keep, dtype=bool)))
@@ -203,11 +222,14 @@ def warn_clipped(where_: PathLike, size: tuple[float, float], outside: np.ndarra
         return
     parts = []
     if n_out:
-        parts.append(f"{n_out} box{'es' if n_out > 1 else ''} partly outside the image "
-                     f"({fmt_num(size[0])}x{fmt_num(size[1])} px) clipped to it")
+        parts.append(
+            f"{n_out} box{'es' if n_out > 1 else ''} partly outside the image "
+            f"({fmt_num(size[0])}x{fmt_num(size[1])} px) clipped to it"
+        )
     if n_drop:
-        parts.append(f"{n_drop} box{'es' if n_drop > 1 else ''} with no area inside the image "
-                     "dropped")
+        parts.append(
+            f"{n_drop} box{'es' if n_drop > 1 else ''} with no area inside the image dropped"
+        )
     warnings.warn(f"{where_}: " + "; ".join(parts), stacklevel=stacklevel)
 
 

@@ -50,23 +50,71 @@ from earthgen.data._common import (
 )
 from earthgen.errors import UserInputError
 
-IMAGE_KEYS: tuple[str, ...] = ("image", "image_path", "img_path", "file_name", "filename",
-                               "file_path", "image_file", "image_name", "img", "file", "path",
-                               "filepath")
-CAPTION_KEYS: tuple[str, ...] = ("captions", "caption", "text", "texts", "sentences", "sentence",
-                                 "raw", "description", "descriptions", "prompt", "title")
-GSD_KEYS: tuple[str, ...] = ("gsd", "resolution", "spatial_resolution", "ground_sample_distance",
-                             "ground_sampling_distance", "meters_per_pixel", "m_per_px",
-                             "pixel_size", "res")
+IMAGE_KEYS: tuple[str, ...] = (
+    "image",
+    "image_path",
+    "img_path",
+    "file_name",
+    "filename",
+    "file_path",
+    "image_file",
+    "image_name",
+    "img",
+    "file",
+    "path",
+    "filepath",
+)
+CAPTION_KEYS: tuple[str, ...] = (
+    "captions",
+    "caption",
+    "text",
+    "texts",
+    "sentences",
+    "sentence",
+    "raw",
+    "description",
+    "descriptions",
+    "prompt",
+    "title",
+)
+GSD_KEYS: tuple[str, ...] = (
+    "gsd",
+    "resolution",
+    "spatial_resolution",
+    "ground_sample_distance",
+    "ground_sampling_distance",
+    "meters_per_pixel",
+    "m_per_px",
+    "pixel_size",
+    "res",
+)
 LAT_KEYS: tuple[str, ...] = ("lat", "latitude", "center_lat", "centre_lat")
 LON_KEYS: tuple[str, ...] = ("lon", "lng", "long", "longitude", "center_lon", "centre_lon")
 SENTENCE_KEYS: tuple[str, ...] = ("raw", "sentence", "caption", "text")
-INDEX_FILES: tuple[str, ...] = ("metadata.jsonl", "captions.jsonl", "captions.json",
-                                "metadata.json", "captions.csv", "metadata.csv",
-                                "captions.parquet", "metadata.parquet")
-_UNIT = {"": 1.0, "m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0,
-         "cm": 0.01, "mm": 0.001, "km": 1000.0}
-_GSD_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*(?:/\s*(?:px|pixel|pix))?\s*$")
+INDEX_FILES: tuple[str, ...] = (
+    "metadata.jsonl",
+    "captions.jsonl",
+    "captions.json",
+    "metadata.json",
+    "captions.csv",
+    "metadata.csv",
+    "captions.parquet",
+    "metadata.parquet",
+)
+_UNIT = {
+    "": 1.0,
+    "m": 1.0,
+    "meter": 1.0,
+    "meters": 1.0,
+    "metre": 1.0,
+    "metres": 1.0,
+    "cm": 0.01,
+    "mm": 0.001,
+    "km": 1000.0,
+}
+_GSD_RE = re.compile(
+    r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*(?:/\s*(?:px|pixel|pix))?\s*$"
+)
 
 
 @dataclass
@@ -101,7 +149,9 @@ class CaptionRecord:
                 return np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError, ValueError):
             if self.image_bytes is not None:
-                raise UserInputError(f"{self.image}: embedded image bytes are not an image") from None
+                raise UserInputError(
+                    f"{self.image}: embedded image bytes are not an image"
+                ) from None
             from earthgen.data.geotiff import read_geotiff
 
             return read_geotiff(self.image).rgb
@@ -121,8 +171,10 @@ def parse_gsd(value: Any, at: str) -> float | None:
         m = _GSD_RE.match(str(value))
         unit = m.group(2).lower() if m else None
         if not m or unit not in _UNIT:
-            raise UserInputError(f"{at}: cannot read gsd {value!r}; expected metres per pixel "
-                                 "such as 0.5, '0.5 m' or '50 cm'")
+            raise UserInputError(
+                f"{at}: cannot read gsd {value!r}; expected metres per pixel "
+                "such as 0.5, '0.5 m' or '50 cm'"
+            )
         v = float(m.group(1)) * _UNIT[unit]
     if not (v > 0 and math.isfinite(v)):
         raise UserInputError(f"{at}: gsd must be > 0 metres per pixel, got {value!r}")
@@ -192,13 +244,18 @@ def make_record(rec: dict[str, Any], at: str, base: Path) -> CaptionRecord:
     image_bytes = None
     low = {str(k).lower(): k for k in rec}
     if "filepath" in low and "filename" in low:  # Karpathy split files (COCO-style folders)
-        ikey, ival = low["filename"], str(Path(str(rec[low["filepath"]])) / str(rec[low["filename"]]))
+        ikey, ival = (
+            low["filename"],
+            str(Path(str(rec[low["filepath"]])) / str(rec[low["filename"]])),
+        )
         used.add(low["filepath"])
     else:
         ikey, ival = _pick(rec, IMAGE_KEYS)
     if ikey is None:
-        raise UserInputError(f"{at}: no image field (looked for {', '.join(IMAGE_KEYS[:6])}...); "
-                             f"fields are {sorted(map(str, rec))[:12]}")
+        raise UserInputError(
+            f"{at}: no image field (looked for {', '.join(IMAGE_KEYS[:6])}...); "
+            f"fields are {sorted(map(str, rec))[:12]}"
+        )
     used.add(ikey)
     if isinstance(ival, dict):  # Hugging Face Image feature
         image_bytes = ival.get("bytes")
@@ -209,13 +266,16 @@ def make_record(rec: dict[str, Any], at: str, base: Path) -> CaptionRecord:
         raise UserInputError(f"{at}: image field {ikey!r} must be a file name, got {ival!r}"[:300])
     ckey, cval = _pick(rec, CAPTION_KEYS)
     if ckey is None:
-        raise UserInputError(f"{at}: no caption field (looked for {', '.join(CAPTION_KEYS[:6])}...);"
-                             f" fields are {sorted(map(str, rec))[:12]}")
+        raise UserInputError(
+            f"{at}: no caption field (looked for {', '.join(CAPTION_KEYS[:6])}...);"
+            f" fields are {sorted(map(str, rec))[:12]}"
+        )
     used.add(ckey)
     texts = _texts(cval)
     if texts is None:
-        raise UserInputError(f"{at}: caption field {ckey!r} must be text or a list of texts, got "
-                             f"{cval!r}"[:300])
+        raise UserInputError(
+            f"{at}: caption field {ckey!r} must be text or a list of texts, got {cval!r}"[:300]
+        )
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         raise UserInputError(f"{at}: empty caption in field {ckey!r}")
@@ -261,14 +321,19 @@ def read_caption_json(path: PathLike, image_root: PathLike | None = None) -> lis
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise fail(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-    if isinstance(data, dict) and isinstance(data.get("images"), list) \
-            and isinstance(data.get("annotations"), list):  # COCO captions
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("images"), list)
+        and isinstance(data.get("annotations"), list)
+    ):  # COCO captions
         caps: dict[Any, list] = {}
         for a in data["annotations"]:
             if isinstance(a, dict) and "caption" in a:
                 caps.setdefault(a.get("image_id"), []).append(a["caption"])
-        recs = [{**im, "captions": caps.get(im.get("id"), [])} if isinstance(im, dict) else im
-                for im in data["images"]]
+        recs = [
+            {**im, "captions": caps.get(im.get("id"), [])} if isinstance(im, dict) else im
+            for im in data["images"]
+        ]
         key = "images"
     elif isinstance(data, dict) and isinstance(data.get("images"), list):
         recs, key = data["images"], "images"
@@ -278,8 +343,9 @@ def read_caption_json(path: PathLike, image_root: PathLike | None = None) -> lis
         recs = [{"image": k, "caption": v} for k, v in data.items()]
         key = ""
     else:
-        raise fail(path, None, "expected a list of records, {'images': [...]} or "
-                               "{file name: caption}")
+        raise fail(
+            path, None, "expected a list of records, {'images': [...]} or {file name: caption}"
+        )
     out = [make_record(r, f"{path}: {key}[{i}]", base) for i, r in enumerate(recs)]
     if not out:
         raise UserInputError(f"{path}: no records")
@@ -304,8 +370,9 @@ def read_caption_csv(path: PathLike, image_root: PathLike | None = None) -> list
     return out
 
 
-def iter_caption_parquet(path: PathLike, image_root: PathLike | None = None,
-                         batch_size: int = 4096) -> Iterator[CaptionRecord]:
+def iter_caption_parquet(
+    path: PathLike, image_root: PathLike | None = None, batch_size: int = 4096
+) -> Iterator[CaptionRecord]:
     """Stream records from a Parquet file batch by batch (for files larger than memory)."""
     import pyarrow.parquet as pq
 
@@ -338,11 +405,16 @@ def read_caption_folder(path: PathLike, strict: bool = True) -> list[CaptionReco
     for name in INDEX_FILES:
         if (root / name).is_file():
             return read_captions(root / name, image_root=root)
-    images = sorted(f for f in root.iterdir()
-                    if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+    images = sorted(
+        f
+        for f in root.iterdir()
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
+    )
     if not images:
-        raise UserInputError(f"{root}: no images ({', '.join(IMAGE_EXTS[:5])}...) and no "
-                             f"index file ({', '.join(INDEX_FILES[:4])}...)")
+        raise UserInputError(
+            f"{root}: no images ({', '.join(IMAGE_EXTS[:5])}...) and no "
+            f"index file ({', '.join(INDEX_FILES[:4])}...)"
+        )
     out, missing = [], []
     for img in images:
         txt = img.with_suffix(".txt")
@@ -354,24 +426,35 @@ def read_caption_folder(path: PathLike, strict: bool = True) -> list[CaptionReco
             raise fail(txt, None, "empty caption file")
         out.append(CaptionRecord(image=img, captions=caps))
     if missing and strict:
-        raise UserInputError(f"{root}: {len(missing)} image(s) without a same-stem .txt caption: "
-                             f"{missing[:5]} (pass strict=False to skip them)")
+        raise UserInputError(
+            f"{root}: {len(missing)} image(s) without a same-stem .txt caption: "
+            f"{missing[:5]} (pass strict=False to skip them)"
+        )
     if not out:
         raise UserInputError(f"{root}: no image has a caption file")
     return out
 
 
-def read_captions(path: PathLike, image_root: PathLike | None = None,
-                  strict: bool = True) -> list[CaptionRecord]:
+def read_captions(
+    path: PathLike, image_root: PathLike | None = None, strict: bool = True
+) -> list[CaptionRecord]:
     """Any supported caption source (see the module docstring) -> records."""
     p = Path(path)
     if p.is_dir():
         return read_caption_folder(p, strict=strict)
     suffix = require_file(p, "caption file").suffix.lower()
-    readers = {".jsonl": read_caption_jsonl, ".ndjson": read_caption_jsonl,
-               ".json": read_caption_json, ".csv": read_caption_csv, ".tsv": read_caption_csv,
-               ".parquet": read_caption_parquet, ".pq": read_caption_parquet}
+    readers = {
+        ".jsonl": read_caption_jsonl,
+        ".ndjson": read_caption_jsonl,
+        ".json": read_caption_json,
+        ".csv": read_caption_csv,
+        ".tsv": read_caption_csv,
+        ".parquet": read_caption_parquet,
+        ".pq": read_caption_parquet,
+    }
     if suffix not in readers:
-        raise UserInputError(f"{p}: unknown caption file type {suffix!r}; supported: "
-                             f"{', '.join(sorted(readers))} or a folder")
+        raise UserInputError(
+            f"{p}: unknown caption file type {suffix!r}; supported: "
+            f"{', '.join(sorted(readers))} or a folder"
+        )
     return readers[suffix](p, image_root)

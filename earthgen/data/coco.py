@@ -59,8 +59,11 @@ def _resolve_image(name: str, json_dir: Path, image_dir: Path | None) -> Path:
     if p.is_absolute():
         return p
     candidates = ([image_dir / name] if image_dir else []) + [
-        json_dir / name, json_dir / "images" / name, json_dir.parent / "images" / name,
-        json_dir.parent / name]
+        json_dir / name,
+        json_dir / "images" / name,
+        json_dir.parent / "images" / name,
+        json_dir.parent / name,
+    ]
     for c in candidates:
         if c.is_file():
             return c
@@ -84,8 +87,9 @@ def _polygon_corners(seg: Any, mode: Segmentation) -> np.ndarray | None:
     return polygon_to_corners(shapely.MultiPolygon(geoms) if len(geoms) > 1 else geoms[0])
 
 
-def read_coco(path: PathLike, segmentation: Segmentation = "auto",
-              image_dir: PathLike | None = None) -> list[DetectionItem]:
+def read_coco(
+    path: PathLike, segmentation: Segmentation = "auto", image_dir: PathLike | None = None
+) -> list[DetectionItem]:
     """A COCO JSON file -> one item per entry of ``images`` (in file order, images without
     annotations included, with empty BoxSets).
 
@@ -96,14 +100,20 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
     ``images/`` and ``../images/``."""
     path = require_file(path, "COCO JSON file")
     if segmentation not in ("auto", "obb", "ignore"):
-        raise UserInputError(f"segmentation must be 'auto', 'obb' or 'ignore', got {segmentation!r}")
+        raise UserInputError(
+            f"segmentation must be 'auto', 'obb' or 'ignore', got {segmentation!r}"
+        )
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise fail(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise fail(path, None, "not a COCO file: expected an object with an 'images' list "
-                               "(and 'annotations', 'categories')")
+        raise fail(
+            path,
+            None,
+            "not a COCO file: expected an object with an 'images' list "
+            "(and 'annotations', 'categories')",
+        )
     anns = data.get("annotations", [])
     cats = data.get("categories", [])
     if not isinstance(anns, list) or not isinstance(cats, list):
@@ -115,8 +125,12 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
             raise fail(path, None, f"categories[{i}]: needs 'id' and 'name', got {c!r}")
         name = str(c["name"])
         if name in name_id and name_id[name] != c["id"]:
-            raise fail(path, None, f"categories[{i}]: name {name!r} used by ids {name_id[name]} "
-                                   f"and {c['id']}; class names must be unique")
+            raise fail(
+                path,
+                None,
+                f"categories[{i}]: name {name!r} used by ids {name_id[name]} "
+                f"and {c['id']}; class names must be unique",
+            )
         if c["id"] in cat_name:
             raise fail(path, None, f"categories[{i}]: duplicate category id {c['id']}")
         cat_name[c["id"]] = name
@@ -139,41 +153,64 @@ def read_coco(path: PathLike, segmentation: Segmentation = "auto",
         if a.get("image_id") not in images:
             raise fail(path, None, f"{at}: image_id {a.get('image_id')!r} is not in 'images'")
         if a.get("category_id") not in cat_name:
-            raise fail(path, None, f"{at}: category_id {a.get('category_id')!r} is not in "
-                                   "'categories'")
+            raise fail(
+                path, None, f"{at}: category_id {a.get('category_id')!r} is not in 'categories'"
+            )
         corners = _polygon_corners(a.get("segmentation"), segmentation)
         if corners is None:
             bb = _num_list(a.get("bbox"), 4)
             if bb is None:
-                raise fail(path, None, f"{at}: bbox must be 4 numbers [x, y, w, h], got "
-                                       f"{a.get('bbox')!r}")
+                raise fail(
+                    path, None, f"{at}: bbox must be 4 numbers [x, y, w, h], got {a.get('bbox')!r}"
+                )
             if bb[2] < 0 or bb[3] < 0:
                 raise fail(path, None, f"{at}: bbox width/height must be >= 0, got {bb}")
             x, y, w, h = bb
             corners = hbb_to_corners(np.array([[x, y, x + w, y + h]]))[0]
         score = a.get("score")
-        per_image[a["image_id"]].append((corners, cat_name[a["category_id"]],
-                                         None if score is None else float(score),
-                                         bool(a.get("iscrowd", 0)), bool(a.get("difficult", 0))))
+        per_image[a["image_id"]].append(
+            (
+                corners,
+                cat_name[a["category_id"]],
+                None if score is None else float(score),
+                bool(a.get("iscrowd", 0)),
+                bool(a.get("difficult", 0)),
+            )
+        )
     items = []
     for iid, im in images.items():
         rows = per_image[iid]
         corners = np.array([r[0] for r in rows], dtype=np.float64).reshape(-1, 4, 2)
-        scores = (np.array([np.nan if r[2] is None else r[2] for r in rows])
-                  if any(r[2] is not None for r in rows) else None)
-        extra: dict[str, Any] = {"coco_image_id": iid, "coco_categories": dict(name_id),
-                                 "iscrowd": np.array([r[3] for r in rows], dtype=bool)}
+        scores = (
+            np.array([np.nan if r[2] is None else r[2] for r in rows])
+            if any(r[2] is not None for r in rows)
+            else None
+        )
+        extra: dict[str, Any] = {
+            "coco_image_id": iid,
+            "coco_categories": dict(name_id),
+            "iscrowd": np.array([r[3] for r in rows], dtype=bool),
+        }
         for key in IMAGE_KEYS:
             if key in im:
                 extra[key] = _image_key(im[key], key, path, iid)
-        boxes = BoxSet(corners, [r[1] for r in rows], scores=scores,
-                       difficult=np.array([r[4] for r in rows], dtype=bool),
-                       rotated=not is_axis_aligned(corners), extra=extra)
+        boxes = BoxSet(
+            corners,
+            [r[1] for r in rows],
+            scores=scores,
+            difficult=np.array([r[4] for r in rows], dtype=bool),
+            rotated=not is_axis_aligned(corners),
+            extra=extra,
+        )
         w, h = im.get("width"), im.get("height")
-        size = (int(w), int(h)) if isinstance(w, int | float) and isinstance(h, int | float) \
-            and w > 0 and h > 0 else None
-        items.append(DetectionItem(_resolve_image(str(im["file_name"]), json_dir, idir), size,
-                                   boxes))
+        size = (
+            (int(w), int(h))
+            if isinstance(w, int | float) and isinstance(h, int | float) and w > 0 and h > 0
+            else None
+        )
+        items.append(
+            DetectionItem(_resolve_image(str(im["file_name"]), json_dir, idir), size, boxes)
+        )
     return items
 
 
@@ -184,8 +221,7 @@ def _image_key(value: Any, key: str, path: Path, iid: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise fail(path, None, f"image {iid}: 'gsd' must be a number (m/px) or null, "
-                               f"got {value!r}")
+        raise fail(path, None, f"image {iid}: 'gsd' must be a number (m/px) or null, got {value!r}")
     return float(value)
 
 
@@ -197,14 +233,20 @@ def _category_ids(items: list[DetectionItem], classes: list[str] | None) -> dict
             raise UserInputError(f"labels {missing[:5]} are not in the class list {classes[:20]}")
         return {str(c): i + 1 for i, c in enumerate(classes)}
     known = [it.boxes.extra.get("coco_categories") for it in items]
-    if known and all(isinstance(k, dict) and k == known[0] for k in known) \
-            and labels <= set(known[0]):
+    if (
+        known
+        and all(isinstance(k, dict) and k == known[0] for k in known)
+        and labels <= set(known[0])
+    ):
         return {str(k): int(v) for k, v in known[0].items()}
     return {name: i + 1 for i, name in enumerate(sorted(labels))}
 
 
-def to_coco(items: list[DetectionItem], classes: list[str] | None = None,
-            file_names: list[str] | None = None) -> dict:
+def to_coco(
+    items: list[DetectionItem],
+    classes: list[str] | None = None,
+    file_names: list[str] | None = None,
+) -> dict:
     """COCO dict of ``items``. Category ids: 1.. in ``classes`` order, else the ids read from a
     COCO file, else 1.. over sorted names. ``file_names`` default to the image file names."""
     cat_ids = _category_ids(items, classes)
@@ -214,8 +256,10 @@ def to_coco(items: list[DetectionItem], classes: list[str] | None = None,
     aid = 1
     for k, it in enumerate(items):
         iid = used_ids[k] if keep_ids else k + 1
-        rec: dict[str, Any] = {"id": iid,
-                               "file_name": file_names[k] if file_names else Path(it.image).name}
+        rec: dict[str, Any] = {
+            "id": iid,
+            "file_name": file_names[k] if file_names else Path(it.image).name,
+        }
         if it.size is not None:
             rec["width"], rec["height"] = int(it.size[0]), int(it.size[1])
         b = it.boxes
@@ -225,14 +269,17 @@ def to_coco(items: list[DetectionItem], classes: list[str] | None = None,
                 rec[key] = None if v is None else (float(v) if key == "gsd" else str(v))
         images.append(rec)
         crowd = b.extra.get("iscrowd")
-        diff = (np.zeros(len(b), bool) if b.difficult is None
-                else np.asarray(b.difficult, dtype=bool))
+        diff = (
+            np.zeros(len(b), bool) if b.difficult is None else np.asarray(b.difficult, dtype=bool)
+        )
         hbb = corners_to_hbb(b.corners)
         areas = polygon_area(b.corners)
         for j in range(len(b)):
             x0, y0, x1, y1 = (float(v) for v in hbb[j])
             ann: dict[str, Any] = {
-                "id": aid, "image_id": iid, "category_id": cat_ids[b.labels[j]],
+                "id": aid,
+                "image_id": iid,
+                "category_id": cat_ids[b.labels[j]],
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
                 "segmentation": [[float(v) for v in b.corners[j].reshape(-1)]],
                 "area": float(areas[j]),
@@ -243,13 +290,19 @@ def to_coco(items: list[DetectionItem], classes: list[str] | None = None,
                 ann["score"] = float(b.scores[j])
             anns.append(ann)
             aid += 1
-    cats = [{"id": i, "name": n, "supercategory": "none"}
-            for n, i in sorted(cat_ids.items(), key=lambda kv: kv[1])]
+    cats = [
+        {"id": i, "name": n, "supercategory": "none"}
+        for n, i in sorted(cat_ids.items(), key=lambda kv: kv[1])
+    ]
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def write_coco(path: PathLike, items: list[DetectionItem], classes: list[str] | None = None,
-               file_names: list[str] | None = None) -> Path:
+def write_coco(
+    path: PathLike,
+    items: list[DetectionItem],
+    classes: list[str] | None = None,
+    file_names: list[str] | None = None,
+) -> Path:
     """Write ``items`` as one COCO JSON file (atomically); ``file_names`` default to paths
     relative to the JSON's folder when the image is under it, else the file names."""
     path = Path(path)
@@ -270,5 +323,7 @@ def write_coco(path: PathLike, items: list[DetectionItem], classes: list[str] | 
 
 def relative_names(items: list[DetectionItem], base: PathLike) -> list[str]:
     """Image paths relative to ``base`` (``os.path.relpath``, POSIX separators)."""
-    return [Path(os.path.relpath(Path(it.image).resolve(), Path(base).resolve())).as_posix()
-            for it in items]
+    return [
+        Path(os.path.relpath(Path(it.image).resolve(), Path(base).resolve())).as_posix()
+        for it in items
+    ]

@@ -93,9 +93,11 @@ def _coco_file(root: Path) -> Path:
     cands = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
     cands = cands or sorted(root.glob("*.json"))
     if len(cands) != 1:
-        raise UserInputError(f"{root}: {'no' if not cands else len(cands)} COCO JSON files "
-                             f"{[c.name for c in cands][:5] if cands else ''}; pass the file "
-                             "itself")
+        raise UserInputError(
+            f"{root}: {'no' if not cands else len(cands)} COCO JSON files "
+            f"{[c.name for c in cands][:5] if cands else ''}; pass the file "
+            "itself"
+        )
     return cands[0]
 
 
@@ -125,8 +127,9 @@ def detect_format(path: PathLike) -> str:
             if fmt:
                 return fmt
             raise UserInputError(f"{p}: cannot tell DOTA from YOLO (no box line); pass format=")
-        raise UserInputError(f"{p}: unknown label file type {suffix!r}; pass format= "
-                             f"(one of {', '.join(FORMATS)})")
+        raise UserInputError(
+            f"{p}: unknown label file type {suffix!r}; pass format= (one of {', '.join(FORMATS)})"
+        )
     if any((p / n).is_dir() for n in LABEL_DIR_NAMES):
         return "dota"
     if (p / "Annotations").is_dir():
@@ -143,9 +146,11 @@ def detect_format(path: PathLike) -> str:
     fmt = _sniff_dir(sorted(f for f in p.glob("*.txt") if f.name != "classes.txt"))
     if fmt:
         return fmt
-    raise UserInputError(f"{p}: cannot tell the detection format (no labelTxt/, labels/, "
-                         f"Annotations/, .json, .xml, .csv or label .txt files); pass format= "
-                         f"(one of {', '.join(FORMATS)})")
+    raise UserInputError(
+        f"{p}: cannot tell the detection format (no labelTxt/, labels/, "
+        f"Annotations/, .json, .xml, .csv or label .txt files); pass format= "
+        f"(one of {', '.join(FORMATS)})"
+    )
 
 
 def _check_format(fmt: str) -> str:
@@ -187,8 +192,10 @@ def _size(it: DetectionItem) -> tuple[int, int]:
         return (int(it.size[0]), int(it.size[1]))
     s = image_size(it.image)
     if s is None:
-        raise UserInputError(f"{it.image}: image size unknown and the image is not readable; "
-                             "YOLO stores normalised coordinates, so items need a size")
+        raise UserInputError(
+            f"{it.image}: image size unknown and the image is not readable; "
+            "YOLO stores normalised coordinates, so items need a size"
+        )
     return s
 
 
@@ -217,35 +224,48 @@ def write_detection_dataset(
     for it in items:
         key = it.image.stem if fmt not in ("coco", "csv") or images != "none" else str(it.image)
         if key in stems and stems[key] != it.image:
-            raise UserInputError(f"two images share the name {key!r} ({stems[key]} and "
-                                 f"{it.image}); label files are named by image stem")
+            raise UserInputError(
+                f"two images share the name {key!r} ({stems[key]} and "
+                f"{it.image}); label files are named by image stem"
+            )
         stems[key] = it.image
     if images != "none":
         for it in items:
             require_file(it.image, "image")
         names = [it.image.name for it in items]
     else:
-        names = [Path(os.path.relpath(it.image.resolve(), out.resolve())).as_posix()
-                 for it in items]
+        names = [
+            Path(os.path.relpath(it.image.resolve(), out.resolve())).as_posix() for it in items
+        ]
     if fmt in ("voc", "csv") and not all(is_axis_aligned(it.boxes.corners) for it in items):
-        warnings.warn(f"{out}: rotated boxes written as their enclosing horizontal boxes "
-                      f"({fmt} has no rotated boxes; use dota, yolo-obb or coco)", stacklevel=2)
+        warnings.warn(
+            f"{out}: rotated boxes written as their enclosing horizontal boxes "
+            f"({fmt} has no rotated boxes; use dota, yolo-obb or coco)",
+            stacklevel=2,
+        )
     with atomic_dir(out) as tmp:
         if fmt == "dota":
             for it in items:
-                _write(tmp / "labelTxt" / f"{it.image.stem}.txt", format_dota(it.boxes, where=it.image))
+                _write(
+                    tmp / "labelTxt" / f"{it.image.stem}.txt", format_dota(it.boxes, where=it.image)
+                )
         elif fmt in ("yolo", "yolo-obb"):
             labels = [lab for it in items for lab in it.boxes.labels]
             known = [it.boxes.extra.get("classes") for it in items]
-            if classes is None and known and all(k and list(k) == list(known[0]) for k in known) \
-                    and set(labels) <= set(known[0]):
+            if (
+                classes is None
+                and known
+                and all(k and list(k) == list(known[0]) for k in known)
+                and set(labels) <= set(known[0])
+            ):
                 classes = list(known[0])  # keep the ids of a YOLO source
             cls, index = resolve_classes(labels, classes, out, "YOLO")
             warn_lost_fields([it.boxes for it in items], out)
             for it in items:
-                _write(tmp / "labels" / f"{it.image.stem}.txt",
-                       format_yolo(it.boxes, _size(it), index, obb=fmt == "yolo-obb",
-                                   where=it.image))
+                _write(
+                    tmp / "labels" / f"{it.image.stem}.txt",
+                    format_yolo(it.boxes, _size(it), index, obb=fmt == "yolo-obb", where=it.image),
+                )
             _write(tmp / "classes.txt", "\n".join(cls) + "\n")
         elif fmt == "coco":
             import json
@@ -273,9 +293,14 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def convert_detection_dataset(src: PathLike, out: PathLike, format: str,  # noqa: A002
-                              src_format: str | None = None, classes: list[str] | None = None,
-                              images: ImageMode = "none") -> Path:
+def convert_detection_dataset(
+    src: PathLike,
+    out: PathLike,
+    format: str,  # noqa: A002
+    src_format: str | None = None,
+    classes: list[str] | None = None,
+    images: ImageMode = "none",
+) -> Path:
     """Read ``src`` (format guessed unless ``src_format``) and write it to ``out`` in ``format``."""
     items = read_detection_dataset(src, src_format, classes=classes)
     return write_detection_dataset(items, out, format, classes=classes, images=images)

@@ -42,8 +42,13 @@ from earthgen.errors import UserInputError
 from earthgen.io import atomic_path
 
 _HEADER_KEYS = ("imagesource", "gsd")
-LABEL_DIR_NAMES: tuple[str, ...] = ("labelTxt", "annfiles", "labelTxt-v1.0", "labelTxt-v1.5",
-                                    "labelTxt-v2.0")
+LABEL_DIR_NAMES: tuple[str, ...] = (
+    "labelTxt",
+    "annfiles",
+    "labelTxt-v1.0",
+    "labelTxt-v1.5",
+    "labelTxt-v2.0",
+)
 
 
 def read_dota_file(path: PathLike, image_size: tuple[int, int] | None = None) -> BoxSet:
@@ -67,14 +72,18 @@ def read_dota_file(path: PathLike, image_size: tuple[int, int] | None = None) ->
             key = key.strip().lower()
             value = value.strip()
             if key == "gsd":
-                extra["gsd"] = (None if value.lower() in ("null", "none", "")
-                                else parse_float(value, path, no, "gsd"))
+                extra["gsd"] = (
+                    None
+                    if value.lower() in ("null", "none", "")
+                    else parse_float(value, path, no, "gsd")
+                )
             else:
                 extra[key] = value
             continue
         if len(parts) not in (9, 10):
-            raise fail(path, no, f"expected 10 fields (8 coordinates, class, difficult), "
-                                 f"got {len(parts)}")
+            raise fail(
+                path, no, f"expected 10 fields (8 coordinates, class, difficult), got {len(parts)}"
+            )
         xy = [parse_float(t, path, no, f"coordinate {i + 1}") for i, t in enumerate(parts[:8])]
         flag = 0
         if len(parts) == 10:
@@ -85,8 +94,13 @@ def read_dota_file(path: PathLike, image_size: tuple[int, int] | None = None) ->
         corners.append(xy)
         labels.append(parts[8])
         difficult.append(bool(flag))
-    boxes = BoxSet(np.array(corners, dtype=np.float64).reshape(-1, 4, 2), labels,
-                   difficult=np.array(difficult, dtype=bool), rotated=True, extra=extra)
+    boxes = BoxSet(
+        np.array(corners, dtype=np.float64).reshape(-1, 4, 2),
+        labels,
+        difficult=np.array(difficult, dtype=bool),
+        rotated=True,
+        extra=extra,
+    )
     if image_size is None or not len(boxes):
         return boxes
     size = (float(image_size[0]), float(image_size[1]))
@@ -97,8 +111,12 @@ def read_dota_file(path: PathLike, image_size: tuple[int, int] | None = None) ->
     return keep_boxes(boxes, clipped, keep)
 
 
-def format_dota(boxes: BoxSet, imagesource: str | None = None, gsd: float | None = None,
-                where: PathLike = "<DOTA>") -> str:
+def format_dota(
+    boxes: BoxSet,
+    imagesource: str | None = None,
+    gsd: float | None = None,
+    where: PathLike = "<DOTA>",
+) -> str:
     """DOTA text of ``boxes``. Header values default to ``boxes.extra`` (``gsd`` key present with
     None writes ``gsd:null``)."""
     lines: list[str] = []
@@ -110,16 +128,20 @@ def format_dota(boxes: BoxSet, imagesource: str | None = None, gsd: float | None
     elif "gsd" in boxes.extra:
         g = boxes.extra["gsd"]
         lines.append(f"gsd:{'null' if g is None else fmt_num(g)}")
-    diff = (np.zeros(len(boxes), dtype=bool) if boxes.difficult is None
-            else np.asarray(boxes.difficult, dtype=bool))
+    diff = (
+        np.zeros(len(boxes), dtype=bool)
+        if boxes.difficult is None
+        else np.asarray(boxes.difficult, dtype=bool)
+    )
     for c, lab, d in zip(boxes.corners.reshape(-1, 8), boxes.labels, diff, strict=True):
         coords = " ".join(fmt_num(v) for v in c)
         lines.append(f"{coords} {label_token(lab, where, 'DOTA')} {int(d)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def write_dota_file(path: PathLike, boxes: BoxSet, imagesource: str | None = None,
-                    gsd: float | None = None) -> Path:
+def write_dota_file(
+    path: PathLike, boxes: BoxSet, imagesource: str | None = None, gsd: float | None = None
+) -> Path:
     """Write ``boxes`` as a DOTA label file (atomically); see :func:`format_dota`."""
     text = format_dota(boxes, imagesource, gsd, where=path)
     with atomic_path(path) as tmp:
@@ -160,6 +182,11 @@ def read_dota(path: PathLike, image_dir: PathLike | None = None) -> list[Detecti
     for f in files:
         img = find_image(f.stem, roots)
         size = image_size(img) if img is not None else None
-        items.append(DetectionItem(img if img is not None else roots[0] / f"{f.stem}.png", size,
-                                   read_dota_file(f, size)))
+        items.append(
+            DetectionItem(
+                img if img is not None else roots[0] / f"{f.stem}.png",
+                size,
+                read_dota_file(f, size),
+            )
+        )
     return items

@@ -50,7 +50,9 @@ class GeoImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-def gsd_from_transform(transform: Any, crs: Any, shape: tuple[int, int] | None = None) -> float | None:
+def gsd_from_transform(
+    transform: Any, crs: Any, shape: tuple[int, int] | None = None
+) -> float | None:
     """Ground sample distance in metres per pixel: the mean pixel side length of ``transform``
     times the CRS's metres per unit when ``crs`` is projected; for geographic CRSs the geodesic
     pixel size at the raster centre (``shape`` = (height, width)); None without a CRS."""
@@ -98,12 +100,17 @@ def _default_bands(ds: Any, path: Path) -> tuple[tuple[int, int, int], int | Non
         rgb = tuple(ci.index(x) + 1 for x in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))
         return rgb, alpha  # type: ignore[return-value]
     except ValueError:
-        raise fail(path, None, f"{n} bands and none tagged red/green/blue: pass bands=(r, g, b), "
-                               "1-based, e.g. bands=(4, 3, 2) for Sentinel-2 true colour") from None
+        raise fail(
+            path,
+            None,
+            f"{n} bands and none tagged red/green/blue: pass bands=(r, g, b), "
+            "1-based, e.g. bands=(4, 3, 2) for Sentinel-2 true colour",
+        ) from None
 
 
-def _stretch(band: np.ndarray, valid: np.ndarray, pct: tuple[float, float] | None,
-             dtype: np.dtype) -> tuple[np.ndarray, tuple[float, float]]:
+def _stretch(
+    band: np.ndarray, valid: np.ndarray, pct: tuple[float, float] | None, dtype: np.dtype
+) -> tuple[np.ndarray, tuple[float, float]]:
     """One band [H, W] -> uint8 [H, W] and the (low, high) source values mapped to 0 and 255."""
     vals = band[valid]
     if vals.size > _MAX_STAT_PIXELS:
@@ -147,8 +154,9 @@ def read_geotiff(
     if stretch is not None:
         lo_p, hi_p = (float(v) for v in stretch)
         if not 0 <= lo_p < hi_p <= 100:
-            raise UserInputError(f"stretch percentiles must satisfy 0 <= low < high <= 100, "
-                                 f"got {stretch}")
+            raise UserInputError(
+                f"stretch percentiles must satisfy 0 <= low < high <= 100, got {stretch}"
+            )
         stretch = (lo_p, hi_p)
     try:
         ds = rasterio.open(path)
@@ -163,8 +171,10 @@ def read_geotiff(
                 raise UserInputError(f"{path}: bands must be 1 or 3 band numbers, got {bands}")
             bad = [b for b in sel_l if not 1 <= b <= ds.count]
             if bad:
-                raise UserInputError(f"{path}: band(s) {bad} out of range; the file has "
-                                     f"{ds.count} band(s), numbered from 1")
+                raise UserInputError(
+                    f"{path}: band(s) {bad} out of range; the file has "
+                    f"{ds.count} band(s), numbered from 1"
+                )
             sel = tuple(sel_l * 3 if len(sel_l) == 1 else sel_l)  # type: ignore[assignment]
             alpha = None
         height, width = ds.height, ds.width
@@ -203,8 +213,13 @@ def read_geotiff(
             cache[b] = _stretch(by_band[b], valid, stretch, dtype)
         out[..., k], ranges[k] = cache[b]
     return GeoImage(
-        rgb=out, valid=valid, crs=crs, transform=transform,
+        rgb=out,
+        valid=valid,
+        crs=crs,
+        transform=transform,
         gsd=gsd_from_transform(transform, crs, (height, width)),
-        bands=(int(sel[0]), int(sel[1]), int(sel[2])), dtype=dtype.name,
-        stretch_range=ranges, path=path,
+        bands=(int(sel[0]), int(sel[1]), int(sel[2])),
+        dtype=dtype.name,
+        stretch_range=ranges,
+        path=path,
     )

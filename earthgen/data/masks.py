@@ -56,19 +56,24 @@ def _load(path: Path) -> tuple[np.ndarray, str]:
 
 def _unknown_colours(rgb: np.ndarray, known: np.ndarray) -> str:
     flat = rgb.reshape(-1, 3)
-    cols, first, counts = np.unique(flat[~known.reshape(-1)], axis=0, return_index=True,
-                                    return_counts=True)
+    cols, first, counts = np.unique(
+        flat[~known.reshape(-1)], axis=0, return_index=True, return_counts=True
+    )
     idx = np.flatnonzero(~known.reshape(-1))[first]
     order = np.argsort(-counts)[:5]
     w = rgb.shape[1]
-    parts = [f"{tuple(int(v) for v in cols[i])} x{int(counts[i])} (first at row "
-             f"{int(idx[i] // w)}, col {int(idx[i] % w)})" for i in order]
+    parts = [
+        f"{tuple(int(v) for v in cols[i])} x{int(counts[i])} (first at row "
+        f"{int(idx[i] // w)}, col {int(idx[i] % w)})"
+        for i in order
+    ]
     more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
     return ", ".join(parts) + more
 
 
-def rgb_to_ids(rgb: np.ndarray, palette: np.ndarray = PALETTE,
-               where: PathLike = "<mask>") -> np.ndarray:
+def rgb_to_ids(
+    rgb: np.ndarray, palette: np.ndarray = PALETTE, where: PathLike = "<mask>"
+) -> np.ndarray:
     """``[H, W, 3]`` uint8 colour mask -> ``[H, W]`` uint8 class ids via ``palette`` [K, 3];
     UserInputError listing colours not in the palette."""
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
@@ -85,12 +90,14 @@ def rgb_to_ids(rgb: np.ndarray, palette: np.ndarray = PALETTE,
         raise UserInputError(
             f"{where}: {int((~known).sum())} pixels have colours not in the palette "
             f"({len(pal)} classes): {_unknown_colours(rgb, known)}. Pass the dataset's palette "
-            "or fix the mask (anti-aliased or JPEG-compressed masks cannot be mapped)")
+            "or fix the mask (anti-aliased or JPEG-compressed masks cannot be mapped)"
+        )
     return order[pos].astype(np.uint8)
 
 
-def read_mask(path: PathLike, palette: np.ndarray = PALETTE,
-              ignore_index: int | None = None) -> np.ndarray:
+def read_mask(
+    path: PathLike, palette: np.ndarray = PALETTE, ignore_index: int | None = None
+) -> np.ndarray:
     """One mask file -> ``[H, W]`` uint8 class ids.
 
     Palette/grayscale PNGs are read as ids (checked < K = ``len(palette)``, except
@@ -118,8 +125,11 @@ def read_mask(path: PathLike, palette: np.ndarray = PALETTE,
         r, c = np.argwhere(bad)[0]
         vals = np.unique(ids[bad])[:8].tolist()
         hint = " (255 is often 'ignore': pass ignore_index=255)" if 255 in vals else ""
-        raise fail(path, None, f"class ids {vals} outside 0..{len(pal) - 1} (first at row {r}, "
-                               f"col {c}){hint}")
+        raise fail(
+            path,
+            None,
+            f"class ids {vals} outside 0..{len(pal) - 1} (first at row {r}, col {c}){hint}",
+        )
     return ids.astype(np.uint8)
 
 
@@ -157,13 +167,19 @@ def _pick(root: Path, names: tuple[str, ...], given: PathLike | None, what: str)
     for n in names:
         if (root / n).is_dir():
             return root / n
-    raise UserInputError(f"{root}: no {what} directory (looked for {', '.join(names)}); "
-                         f"pass {what}_dir=")
+    raise UserInputError(
+        f"{root}: no {what} directory (looked for {', '.join(names)}); pass {what}_dir="
+    )
 
 
-def read_mask_folder(root: PathLike, image_dir: PathLike | None = None,
-                     mask_dir: PathLike | None = None, palette: np.ndarray = PALETTE,
-                     ignore_index: int | None = None, strict: bool = True) -> list[MaskSample]:
+def read_mask_folder(
+    root: PathLike,
+    image_dir: PathLike | None = None,
+    mask_dir: PathLike | None = None,
+    palette: np.ndarray = PALETTE,
+    ignore_index: int | None = None,
+    strict: bool = True,
+) -> list[MaskSample]:
     """Pair ``root/images/*`` with ``root/masks/*`` by stem -> samples sorted by stem.
 
     A mask stem may carry a suffix (``x_mask``, ``x_label``, ``x_gt``). With ``strict`` an image
@@ -191,5 +207,7 @@ def read_mask_folder(root: PathLike, image_dir: PathLike | None = None,
     if not images.keys() & masks.keys():
         raise UserInputError(f"{root}: no image/mask pairs (stems must match)")
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    return [MaskSample(images[s], masks[s], pal, ignore_index)
-            for s in sorted(images.keys() & masks.keys())]
+    return [
+        MaskSample(images[s], masks[s], pal, ignore_index)
+        for s in sorted(images.keys() & masks.keys())
+    ]

@@ -48,8 +48,15 @@ from earthgen.data._common import (
 from earthgen.errors import UserInputError
 from earthgen.io import atomic_path
 
-IMAGE_COLUMNS: tuple[str, ...] = ("image_path", "image", "filename", "file_name", "image_name",
-                                  "img", "path")
+IMAGE_COLUMNS: tuple[str, ...] = (
+    "image_path",
+    "image",
+    "filename",
+    "file_name",
+    "image_name",
+    "img",
+    "path",
+)
 LABEL_COLUMNS: tuple[str, ...] = ("label", "class", "name", "category", "class_name")
 BOX_COLUMNS: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax")
 
@@ -57,8 +64,11 @@ BOX_COLUMNS: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax")
 def _voc_image(root: ET.Element, xml_path: Path, image_dir: Path | None) -> Path:
     name = (root.findtext("filename") or "").strip()
     dirs = ([image_dir] if image_dir else []) + [
-        xml_path.parent, xml_path.parent.parent / "JPEGImages", xml_path.parent.parent / "images",
-        xml_path.parent / "images"]
+        xml_path.parent,
+        xml_path.parent.parent / "JPEGImages",
+        xml_path.parent.parent / "images",
+        xml_path.parent / "images",
+    ]
     if name:
         for d in dirs:
             if (d / name).is_file():
@@ -82,8 +92,11 @@ def read_voc_file(path: PathLike, image_dir: PathLike | None = None) -> Detectio
         line = e.position[0] if getattr(e, "position", None) else None
         raise fail(path, line, f"invalid XML: {e}") from None
     if root.tag != "annotation":
-        raise fail(path, None, f"not a Pascal VOC file: root element is <{root.tag}>, "
-                               "expected <annotation>")
+        raise fail(
+            path,
+            None,
+            f"not a Pascal VOC file: root element is <{root.tag}>, expected <annotation>",
+        )
     corners, labels, difficult = [], [], []
     for k, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
@@ -117,20 +130,28 @@ def read_voc_file(path: PathLike, image_dir: PathLike | None = None) -> Detectio
     img = _voc_image(root, path, Path(image_dir) if image_dir else None)
     if size is None:
         size = image_size(img)
-    boxes = BoxSet(np.array(corners, dtype=np.float64).reshape(-1, 4, 2), labels,
-                   difficult=np.array(difficult, dtype=bool), rotated=False)
+    boxes = BoxSet(
+        np.array(corners, dtype=np.float64).reshape(-1, 4, 2),
+        labels,
+        difficult=np.array(difficult, dtype=bool),
+        rotated=False,
+    )
     return DetectionItem(img, size, boxes)
 
 
-def voc_boxes(hbb: np.ndarray, size: tuple[int, int] | None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def voc_boxes(
+    hbb: np.ndarray, size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Enclosing boxes ``[N, 4]`` (xmin, ymin, xmax, ymax px) -> VOC integer boxes ``[N, 4]``
     (rounded outward, clipped to ``1..width`` / ``1..height``; only ``>= 1`` when ``size`` is
     None), ``outside`` [N] (changed by the clipping) and ``keep`` [N] (some area inside the
     image: boxes entirely outside it, or of zero area, are not written)."""
     b = np.asarray(hbb, dtype=np.float64).reshape(-1, 4)
-    hi = (np.array([size[0], size[1], size[0], size[1]], dtype=np.float64) if size is not None
-          else np.full(4, np.inf))
+    hi = (
+        np.array([size[0], size[1], size[0], size[1]], dtype=np.float64)
+        if size is not None
+        else np.full(4, np.inf)
+    )
     inner = np.clip(b, 0.0, hi)  # the part inside the image, continuous coordinates
     keep = (inner[:, 2] > inner[:, 0]) & (inner[:, 3] > inner[:, 1])
     out = np.concatenate([np.floor(b[:, :2]), np.ceil(b[:, 2:])], axis=1)
@@ -170,8 +191,9 @@ def format_voc(item: DetectionItem, filename: str | None = None) -> str:
 def write_voc_file(path: PathLike, item: DetectionItem, filename: str | None = None) -> Path:
     """Write ``item`` as a Pascal VOC XML file (atomically; rotated boxes -> enclosing boxes)."""
     if not is_axis_aligned(item.boxes.corners):
-        warnings.warn(f"{path}: rotated boxes written as their enclosing horizontal boxes",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: rotated boxes written as their enclosing horizontal boxes", stacklevel=2
+        )
     text = format_voc(item, filename)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -200,8 +222,9 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
-def read_box_csv(path: PathLike, image_dir: PathLike | None = None,
-                 default_label: str = "object") -> list[DetectionItem]:
+def read_box_csv(
+    path: PathLike, image_dir: PathLike | None = None, default_label: str = "object"
+) -> list[DetectionItem]:
     """A box table (one row per box) -> items grouped by image, in order of first appearance.
 
     Needs columns ``xmin``, ``ymin``, ``xmax``, ``ymax`` (pixels, any order) and an image column
@@ -212,8 +235,9 @@ def read_box_csv(path: PathLike, image_dir: PathLike | None = None,
     try:
         header = next(rows)
     except StopIteration:
-        raise fail(path, None, "empty CSV (expected a header like "
-                               "image_path,xmin,ymin,xmax,ymax,label)") from None
+        raise fail(
+            path, None, "empty CSV (expected a header like image_path,xmin,ymin,xmax,ymax,label)"
+        ) from None
     cols = [_column(header, (c,)) for c in BOX_COLUMNS]
     img_col = _column(header, IMAGE_COLUMNS)
     lab_col = _column(header, LABEL_COLUMNS)
@@ -238,9 +262,13 @@ def read_box_csv(path: PathLike, image_dir: PathLike | None = None,
             continue  # 0,0,0,0: an image without boxes
         x0, y0, x1, y1 = vals
         if x1 < x0 or y1 < y0:
-            raise fail(path, no, f"xmax/ymax smaller than xmin/ymin "
-                                 f"(xmin={fmt_num(x0)}, ymin={fmt_num(y0)}, xmax={fmt_num(x1)}, "
-                                 f"ymax={fmt_num(y1)})")
+            raise fail(
+                path,
+                no,
+                f"xmax/ymax smaller than xmin/ymin "
+                f"(xmin={fmt_num(x0)}, ymin={fmt_num(y0)}, xmax={fmt_num(x1)}, "
+                f"ymax={fmt_num(y1)})",
+            )
         box_list.append(vals)
         lab_list.append(row[lab_col].strip() if lab_col is not None else default_label)
     items = []
@@ -254,8 +282,9 @@ def read_box_csv(path: PathLike, image_dir: PathLike | None = None,
     return items
 
 
-def write_box_csv(path: PathLike, items: list[DetectionItem],
-                  image_names: list[str] | None = None) -> Path:
+def write_box_csv(
+    path: PathLike, items: list[DetectionItem], image_names: list[str] | None = None
+) -> Path:
     """Write ``items`` as ``image_path,xmin,ymin,xmax,ymax,label`` rows (atomically); an image
     without boxes gets one ``0,0,0,0`` row so it is not lost."""
     buf = io.StringIO()

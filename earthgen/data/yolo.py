@@ -52,14 +52,17 @@ def _check_size(image_size: tuple[int, int], path: PathLike) -> tuple[float, flo
     try:
         w, h = (float(v) for v in image_size)
     except (TypeError, ValueError):
-        raise UserInputError(f"{path}: image_size must be (width, height), got {image_size!r}") from None
+        raise UserInputError(
+            f"{path}: image_size must be (width, height), got {image_size!r}"
+        ) from None
     if not (w > 0 and h > 0):
         raise UserInputError(f"{path}: image size must be positive, got {image_size!r}")
     return w, h
 
 
-def read_yolo_file(path: PathLike, image_size: tuple[int, int],
-                   classes: list[str] | None = None) -> BoxSet:
+def read_yolo_file(
+    path: PathLike, image_size: tuple[int, int], classes: list[str] | None = None
+) -> BoxSet:
     """One YOLO / YOLO-OBB label file -> BoxSet in pixels (``corners`` [N, 4, 2]).
 
     ``image_size`` is (width, height) in pixels; ``classes`` maps ids to names (else labels are
@@ -75,8 +78,11 @@ def read_yolo_file(path: PathLike, image_size: tuple[int, int],
         parts = line.split()
         n = len(parts)
         if n != 5 and (n < 7 or n % 2 == 0):
-            raise fail(path, no, f"expected 5 fields (class cx cy w h) or 9 (class x1 y1 ... x4 y4, "
-                                 f"OBB), got {n}")
+            raise fail(
+                path,
+                no,
+                f"expected 5 fields (class cx cy w h) or 9 (class x1 y1 ... x4 y4, OBB), got {n}",
+            )
         try:
             cid = float(parts[0])
         except ValueError:
@@ -86,11 +92,17 @@ def read_yolo_file(path: PathLike, image_size: tuple[int, int],
         cid_i = int(cid)
         if classes is not None and cid_i >= len(classes):
             raise fail(path, no, f"class id {cid_i} outside the class list (0..{len(classes) - 1})")
-        vals = np.array([parse_float(t, path, no, f"field {i + 2}") for i, t in enumerate(parts[1:])])
+        vals = np.array(
+            [parse_float(t, path, no, f"field {i + 2}") for i, t in enumerate(parts[1:])]
+        )
         if vals.min() < -1.0 or vals.max() > 2.0:
-            raise fail(path, no, f"coordinates must be normalised to [0, 1] by the image size, got "
-                                 f"{fmt_num(vals.max() if vals.max() > 2 else vals.min())} "
-                                 "(pixel coordinates?)")
+            raise fail(
+                path,
+                no,
+                f"coordinates must be normalised to [0, 1] by the image size, got "
+                f"{fmt_num(vals.max() if vals.max() > 2 else vals.min())} "
+                "(pixel coordinates?)",
+            )
         if n == 5:
             cx, cy, bw, bh = vals
             if bw < 0 or bh < 0:
@@ -108,12 +120,18 @@ def read_yolo_file(path: PathLike, image_size: tuple[int, int],
         labels.append(classes[cid_i] if classes is not None else str(cid_i))
     arr = np.array(corners, dtype=np.float64).reshape(-1, 4, 2)
     extra = {"classes": list(classes)} if classes is not None else {}
-    return BoxSet(arr, labels, difficult=np.zeros(len(labels), dtype=bool), rotated=rotated,
-                  extra=extra)
+    return BoxSet(
+        arr, labels, difficult=np.zeros(len(labels), dtype=bool), rotated=rotated, extra=extra
+    )
 
 
-def format_yolo(boxes: BoxSet, image_size: tuple[int, int], class_ids: dict[str, int],
-                obb: bool = False, where: PathLike = "<YOLO>") -> str:
+def format_yolo(
+    boxes: BoxSet,
+    image_size: tuple[int, int],
+    class_ids: dict[str, int],
+    obb: bool = False,
+    where: PathLike = "<YOLO>",
+) -> str:
     """YOLO text of ``boxes`` (pixel corners) for an image of (width, height) px; ``class_ids``
     maps label -> id. ``obb=False`` writes enclosing ``cx cy w h`` boxes (warns if rotated).
 
@@ -121,8 +139,11 @@ def format_yolo(boxes: BoxSet, image_size: tuple[int, int], class_ids: dict[str,
     the image are dropped and repeated rows written once (one warning per file for each)."""
     w, h = _check_size(image_size, where)
     if not obb and not is_axis_aligned(boxes.corners):
-        warnings.warn(f"{where}: rotated boxes written as their enclosing horizontal boxes "
-                      "(use the yolo-obb format to keep them)", stacklevel=3)
+        warnings.warn(
+            f"{where}: rotated boxes written as their enclosing horizontal boxes "
+            "(use the yolo-obb format to keep them)",
+            stacklevel=3,
+        )
     corners = boxes.corners
     if not obb:  # clip the enclosing box (clipping the corners of a turned box would shrink it)
         corners = hbb_to_corners(boxes.hbb) if len(boxes) else corners
@@ -149,8 +170,11 @@ def format_yolo(boxes: BoxSet, image_size: tuple[int, int], class_ids: dict[str,
     unique = list(dict.fromkeys(lines))
     if len(unique) < len(lines):
         d = len(lines) - len(unique)
-        warnings.warn(f"{where}: {d} repeated box{'es' if d > 1 else ''} written once "
-                      "(Ultralytics drops duplicate label rows)", stacklevel=3)
+        warnings.warn(
+            f"{where}: {d} repeated box{'es' if d > 1 else ''} written once "
+            "(Ultralytics drops duplicate label rows)",
+            stacklevel=3,
+        )
     return "\n".join(unique) + ("\n" if unique else "")
 
 
@@ -165,12 +189,20 @@ def warn_lost_fields(boxsets: list[BoxSet], where: PathLike = "<YOLO>") -> None:
     if n_gsd:
         lost.append(f"the GSD of {n_gsd} image{'s' if n_gsd > 1 else ''}")
     if lost:
-        warnings.warn(f"{where}: YOLO has no field for {' or '.join(lost)}; not written "
-                      "(use the dota or coco format to keep them)", stacklevel=3)
+        warnings.warn(
+            f"{where}: YOLO has no field for {' or '.join(lost)}; not written "
+            "(use the dota or coco format to keep them)",
+            stacklevel=3,
+        )
 
 
-def write_yolo_file(path: PathLike, boxes: BoxSet, image_size: tuple[int, int],
-                    classes: list[str] | None = None, obb: bool = False) -> list[str]:
+def write_yolo_file(
+    path: PathLike,
+    boxes: BoxSet,
+    image_size: tuple[int, int],
+    classes: list[str] | None = None,
+    obb: bool = False,
+) -> list[str]:
     """Write ``boxes`` as a YOLO (``obb=False``) or YOLO-OBB label file (atomically).
 
     Returns the class list used (id = index): ``classes`` if given, else ``boxes.extra["classes"]``
@@ -226,8 +258,9 @@ def _yaml_names(path: Path) -> list[str] | None:
 
 def _label_files(root: Path) -> list[Path]:
     base = root / "labels" if (root / "labels").is_dir() else root
-    return sorted(f for f in base.rglob("*.txt")
-                  if f.name not in CLASS_FILES and not f.name.startswith("."))
+    return sorted(
+        f for f in base.rglob("*.txt") if f.name not in CLASS_FILES and not f.name.startswith(".")
+    )
 
 
 def _image_dirs(label: Path, root: Path) -> list[Path]:
@@ -236,14 +269,15 @@ def _image_dirs(label: Path, root: Path) -> list[Path]:
     parts = label.parent.parts
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == "labels":
-            out.append(Path(*parts[:i], "images", *parts[i + 1:]))
+            out.append(Path(*parts[:i], "images", *parts[i + 1 :]))
             break
     out += [label.parent, root / "images", root]
     return out
 
 
-def read_yolo(path: PathLike, image_size: tuple[int, int] | None = None,
-              classes: list[str] | None = None) -> list[DetectionItem]:
+def read_yolo(
+    path: PathLike, image_size: tuple[int, int] | None = None, classes: list[str] | None = None
+) -> list[DetectionItem]:
     """A YOLO dataset (directory or one label file) -> items sorted by label path.
 
     The image of ``labels/<split>/x.txt`` is ``images/<split>/x.*`` (or beside the label); its
@@ -270,7 +304,13 @@ def read_yolo(path: PathLike, image_size: tuple[int, int] | None = None,
             looked = ", ".join(str(d) for d in dirs[:2])
             raise UserInputError(
                 f"{f}: YOLO coordinates are normalised, but the image {f.stem}.* was not found "
-                f"(looked in {looked}); pass image_size=(width, height)")
-        items.append(DetectionItem(img if img is not None else dirs[0] / f"{f.stem}.png", size,
-                                   read_yolo_file(f, size, classes)))
+                f"(looked in {looked}); pass image_size=(width, height)"
+            )
+        items.append(
+            DetectionItem(
+                img if img is not None else dirs[0] / f"{f.stem}.png",
+                size,
+                read_yolo_file(f, size, classes),
+            )
+        )
     return items

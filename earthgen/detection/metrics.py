@@ -29,8 +29,10 @@ AP_METHODS: tuple[str, ...] = ("voc07", "all")
 def check_ap_method(ap_method: str) -> str:
     """``ap_method`` if it is one of :data:`AP_METHODS`, else a one-line UserInputError."""
     if ap_method not in AP_METHODS:
-        raise UserInputError(f"unknown ap_method {ap_method!r}; use 'voc07' (11-point, DOTA's "
-                             "official) or 'all' (all-point)")
+        raise UserInputError(
+            f"unknown ap_method {ap_method!r}; use 'voc07' (11-point, DOTA's "
+            "official) or 'all' (all-point)"
+        )
     return ap_method
 
 
@@ -44,8 +46,10 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, ap_method: str 
     rec = np.asarray(recall, dtype=np.float64)
     prec = np.asarray(precision, dtype=np.float64)
     if ap_method == "voc07":
-        return float(sum(prec[rec >= t].max() if (rec >= t).any() else 0.0
-                         for t in np.arange(0.0, 1.1, 0.1)) / 11.0)
+        return float(
+            sum(prec[rec >= t].max() if (rec >= t).any() else 0.0 for t in np.arange(0.0, 1.1, 0.1))
+            / 11.0
+        )
     r = np.concatenate([[0.0], rec, [1.0]])
     p = np.concatenate([[0.0], prec, [0.0]])
     p = np.maximum.accumulate(p[::-1])[::-1]
@@ -77,8 +81,10 @@ class _GroundTruth:
         out = np.zeros(len(self.hbb))
         lo, hi = corners.min(axis=0), corners.max(axis=0)
         b = self.hbb
-        cand = np.nonzero((np.minimum(b[:, 2], hi[0]) > np.maximum(b[:, 0], lo[0]))
-                          & (np.minimum(b[:, 3], hi[1]) > np.maximum(b[:, 1], lo[1])))[0]
+        cand = np.nonzero(
+            (np.minimum(b[:, 2], hi[0]) > np.maximum(b[:, 0], lo[0]))
+            & (np.minimum(b[:, 3], hi[1]) > np.maximum(b[:, 1], lo[1]))
+        )[0]
         if len(cand):
             p = shapely.make_valid(shapely.polygons(np.asarray(corners, np.float64).reshape(4, 2)))
             inter = shapely.area(shapely.intersection(p, self.polys[cand]))
@@ -116,11 +122,15 @@ def evaluate_detections(
         npos = 0
         for i, (pr, gt) in enumerate(zip(predictions, ground_truth, strict=True)):
             gi = np.array([lab == cls for lab in gt.labels], dtype=bool)
-            diff = (np.zeros(len(gt), bool) if gt.difficult is None else np.asarray(gt.difficult, bool))[gi]
+            diff = (
+                np.zeros(len(gt), bool) if gt.difficult is None else np.asarray(gt.difficult, bool)
+            )[gi]
             gts.append((_geometry(gt.corners[gi], rotated), diff))
             npos += int((~diff).sum())
             pi = np.array([lab == cls for lab in pr.labels], dtype=bool)
-            scores = np.ones(len(pr)) if pr.scores is None else np.asarray(pr.scores, dtype=np.float64)
+            scores = (
+                np.ones(len(pr)) if pr.scores is None else np.asarray(pr.scores, dtype=np.float64)
+            )
             for s, c in zip(scores[pi], _geometry(pr.corners[pi], rotated), strict=True):
                 recs.append((float(s), i, c))
         n_gt[cls], n_pred[cls] = npos, len(recs)
@@ -156,6 +166,12 @@ def evaluate_detections(
         precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
         ap[cls] = average_precision(recall, precision, ap_method)
     vals = [v for v in ap.values() if not np.isnan(v)]
-    return {"mAP": float(np.mean(vals)) if vals else float("nan"), "AP": ap, "num_gt": n_gt,
-            "num_pred": n_pred, "iou_threshold": float(iou_threshold), "rotated": bool(rotated),
-            "method": ap_method}
+    return {
+        "mAP": float(np.mean(vals)) if vals else float("nan"),
+        "AP": ap,
+        "num_gt": n_gt,
+        "num_pred": n_pred,
+        "iou_threshold": float(iou_threshold),
+        "rotated": bool(rotated),
+        "method": ap_method,
+    }

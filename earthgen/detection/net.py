@@ -33,8 +33,14 @@ DETECT_TILE = 512  # pixels: BoxNet's window on large images (activations of one
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+    )
 
 
 def canonical_obb(corners: np.ndarray, rotated: bool = True) -> np.ndarray:
@@ -119,7 +125,7 @@ def nms_rotated(corners: np.ndarray, scores: np.ndarray, iou_threshold: float = 
         if suppressed[a]:
             continue
         keep.append(order[a])
-        suppressed[j[start[a]:start[a + 1]]] = True
+        suppressed[j[start[a] : start[a + 1]]] = True
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -128,15 +134,21 @@ class BoxNet(ModelMixin, ConfigMixin):
     module docstring); H and W must be multiples of 16."""
 
     @register_to_config
-    def __init__(self, classes: tuple[str, ...] = ("object",), width: int = 32, stride: int = 2,
-                 rotated: bool = True):
+    def __init__(
+        self,
+        classes: tuple[str, ...] = ("object",),
+        width: int = 32,
+        stride: int = 2,
+        rotated: bool = True,
+    ):
         super().__init__()
         if stride not in (1, 2, 4, 8):
             raise ValueError(f"stride must be 1, 2, 4 or 8, got {stride}")
         w = width
-        chans = (w, w, 2 * w, 4 * w, 4 * w)           # at strides 1, 2, 4, 8, 16
-        self.stages = nn.ModuleList([_block(3, chans[0], 1)] +
-                                    [_block(chans[i - 1], chans[i], 2) for i in range(1, 5)])
+        chans = (w, w, 2 * w, 4 * w, 4 * w)  # at strides 1, 2, 4, 8, 16
+        self.stages = nn.ModuleList(
+            [_block(3, chans[0], 1)] + [_block(chans[i - 1], chans[i], 2) for i in range(1, 5)]
+        )
         self.lateral = nn.ModuleList([nn.Conv2d(c, 2 * w, 1) for c in chans])
         k = len(classes)
         self.head = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.SiLU())
@@ -159,11 +171,17 @@ class BoxNet(ModelMixin, ConfigMixin):
         for i in (3, 2, 1, 0):
             if i < level:
                 break
-            y = F.interpolate(y, size=feats[i].shape[-2:], mode="nearest") + self.lateral[i](feats[i])
+            y = F.interpolate(y, size=feats[i].shape[-2:], mode="nearest") + self.lateral[i](
+                feats[i]
+            )
         y = self.head(y)
         r = self.reg(y)
-        return {"heatmap": self.heat(y), "size": r[:, 0:2], "angle": torch.tanh(r[:, 2:4]),
-                "offset": r[:, 4:6]}
+        return {
+            "heatmap": self.heat(y),
+            "size": r[:, 0:2],
+            "angle": torch.tanh(r[:, 2:4]),
+            "offset": r[:, 4:6],
+        }
 
     # --- targets and loss ----------------------------------------------------------------------
 
@@ -193,34 +211,63 @@ class BoxNet(ModelMixin, ConfigMixin):
                 g = np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * sig * sig))
                 heat[n, index[lab]] = np.maximum(heat[n, index[lab]], g)
                 heat[n, index[lab], iy, ix] = 1.0
-                reg[n, :, iy, ix] = (math.log(bw / s), math.log(bh / s), math.sin(2 * a), math.cos(2 * a),
-                                     gx - ix, gy - iy)
+                reg[n, :, iy, ix] = (
+                    math.log(bw / s),
+                    math.log(bh / s),
+                    math.sin(2 * a),
+                    math.cos(2 * a),
+                    gx - ix,
+                    gy - iy,
+                )
                 mask[n, iy, ix] = 1.0
-        return {"heatmap": torch.from_numpy(heat), "reg": torch.from_numpy(reg), "mask": torch.from_numpy(mask)}
+        return {
+            "heatmap": torch.from_numpy(heat),
+            "reg": torch.from_numpy(reg),
+            "mask": torch.from_numpy(mask),
+        }
 
     def loss(self, images: torch.Tensor, boxes: list[BoxSet]) -> torch.Tensor:
         """Focal loss on the centre heatmap + L1 on size, angle and offset at the centres."""
         out = self(images)
-        t = {k: v.to(images.device) for k, v in self.targets(boxes, images.shape[-2], images.shape[-1]).items()}
+        t = {
+            k: v.to(images.device)
+            for k, v in self.targets(boxes, images.shape[-2], images.shape[-1]).items()
+        }
         p = out["heatmap"].float().sigmoid().clamp(1e-4, 1 - 1e-4)
         pos = t["heatmap"].eq(1).float()
         neg_w = (1 - t["heatmap"]) ** 4
         pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
-        neg_loss = (torch.log(1 - p) * p ** 2 * neg_w * (1 - pos)).sum()
+        neg_loss = (torch.log(1 - p) * p**2 * neg_w * (1 - pos)).sum()
         npos = pos.sum().clamp(min=1.0)
         focal = -(pos_loss + neg_loss) / npos
         pred = torch.cat([out["size"], out["angle"], out["offset"]], dim=1)
         m = t["mask"][:, None]
-        weights = torch.tensor([1.0, 1.0, 1.0 if self.config.rotated else 0.0,
-                                1.0 if self.config.rotated else 0.0, 1.0, 1.0], device=images.device)[None, :, None, None]
-        reg = (F.l1_loss(pred, t["reg"], reduction="none") * m * weights).sum() / m.sum().clamp(min=1.0)
+        weights = torch.tensor(
+            [
+                1.0,
+                1.0,
+                1.0 if self.config.rotated else 0.0,
+                1.0 if self.config.rotated else 0.0,
+                1.0,
+                1.0,
+            ],
+            device=images.device,
+        )[None, :, None, None]
+        reg = (F.l1_loss(pred, t["reg"], reduction="none") * m * weights).sum() / m.sum().clamp(
+            min=1.0
+        )
         return focal + reg
 
     # --- inference -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, score_threshold: float = 0.05, max_detections: int = 100,
-               nms_iou: float = 0.5) -> list[BoxSet]:
+    def detect(
+        self,
+        images: torch.Tensor,
+        score_threshold: float = 0.05,
+        max_detections: int = 100,
+        nms_iou: float = 0.5,
+    ) -> list[BoxSet]:
         """Images ``[B, 3, H, W]`` in 0..1 (any size; padded to a multiple of 16) -> one BoxSet
         per image, corners in pixels, with ``scores``."""
         b, _, hh, ww = images.shape
@@ -244,23 +291,45 @@ class BoxNet(ModelMixin, ConfigMixin):
             off = out["offset"][n].float().cpu().numpy()
             bw = np.exp(np.clip(size[0, iy, ix], -6, 8)) * s
             bh = np.exp(np.clip(size[1, iy, ix], -6, 8)) * s
-            theta = 0.5 * np.arctan2(ang[0, iy, ix], ang[1, iy, ix]) if self.config.rotated else np.zeros(len(idx))
+            theta = (
+                0.5 * np.arctan2(ang[0, iy, ix], ang[1, iy, ix])
+                if self.config.rotated
+                else np.zeros(len(idx))
+            )
             cx = (ix + off[0, iy, ix] + 0.5) * s
             cy = (iy + off[1, iy, ix] + 0.5) * s
-            corners = obb_to_corners(np.stack([cx, cy, bw, bh, theta], 1)) if len(idx) else np.zeros((0, 4, 2))
+            corners = (
+                obb_to_corners(np.stack([cx, cy, bw, bh, theta], 1))
+                if len(idx)
+                else np.zeros((0, 4, 2))
+            )
             keep_all = []
             for c in np.unique(cls):
                 sel_c = np.nonzero(cls == c)[0]
                 keep_all.extend(sel_c[nms_rotated(corners[sel_c], sc[sel_c], nms_iou)])
-            keep = np.asarray(sorted(keep_all, key=lambda i: -sc[i])[:max_detections], dtype=np.int64)
-            results.append(BoxSet(corners[keep], [self.config.classes[int(c)] for c in cls[keep]], scores=sc[keep],
-                                  rotated=bool(self.config.rotated)))
+            keep = np.asarray(
+                sorted(keep_all, key=lambda i: -sc[i])[:max_detections], dtype=np.int64
+            )
+            results.append(
+                BoxSet(
+                    corners[keep],
+                    [self.config.classes[int(c)] for c in cls[keep]],
+                    scores=sc[keep],
+                    rotated=bool(self.config.rotated),
+                )
+            )
         return results
 
     @torch.no_grad()
-    def detect_tiled(self, image: np.ndarray, tile: int = DETECT_TILE, overlap: int | None = None,
-                     score_threshold: float = 0.05, max_detections: int = 100,
-                     nms_iou: float = 0.5) -> BoxSet:
+    def detect_tiled(
+        self,
+        image: np.ndarray,
+        tile: int = DETECT_TILE,
+        overlap: int | None = None,
+        score_threshold: float = 0.05,
+        max_detections: int = 100,
+        nms_iou: float = 0.5,
+    ) -> BoxSet:
         """One image ``[H, W, 3]`` uint8 of any size -> its detections (BoxSet, pixel corners, with
         ``scores``), run window by window: ``tile x tile`` windows overlapping by ``overlap``
         pixels (default a quarter of ``tile``); each window keeps at most ``max_detections``
@@ -281,10 +350,13 @@ class BoxNet(ModelMixin, ConfigMixin):
         grid = plan_tiles(-(-w // 16) * 16, -(-h // 16) * 16, tile, ov, 16)
         corners, labels, scores = [], [], []
         for t in grid:
-            win = np.array(a[t.y0:min(t.y1, h), t.x0:min(t.x1, w), :3], dtype=np.uint8)  # writable
+            win = np.array(
+                a[t.y0 : min(t.y1, h), t.x0 : min(t.x1, w), :3], dtype=np.uint8
+            )  # writable
             x = torch.from_numpy(win).permute(2, 0, 1).float()[None] / 255.0
-            d = self.detect(x, score_threshold=score_threshold, max_detections=max_detections,
-                            nms_iou=nms_iou)[0]
+            d = self.detect(
+                x, score_threshold=score_threshold, max_detections=max_detections, nms_iou=nms_iou
+            )[0]
             if len(grid) == 1:
                 return d
             if not len(d):
@@ -299,9 +371,13 @@ class BoxNet(ModelMixin, ConfigMixin):
         return merge_detections(c, labels, sc, nms_iou, rotated=bool(self.config.rotated))
 
 
-
-def merge_detections(corners: np.ndarray, labels: list[str], scores: np.ndarray,
-                     nms_iou: float = 0.5, rotated: bool = True) -> BoxSet:
+def merge_detections(
+    corners: np.ndarray,
+    labels: list[str],
+    scores: np.ndarray,
+    nms_iou: float = 0.5,
+    rotated: bool = True,
+) -> BoxSet:
     """Detections gathered from several windows (image coordinates) -> one BoxSet: per-class
     rotated NMS across the seams, sorted by descending score."""
     c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
@@ -312,5 +388,9 @@ def merge_detections(corners: np.ndarray, labels: list[str], scores: np.ndarray,
         sel = np.nonzero(lab == cls)[0]
         keep.extend(sel[nms_rotated(c[sel], sc[sel], nms_iou)].tolist())
     keep_a = np.asarray(sorted(keep, key=lambda i: -sc[i]), dtype=np.int64)
-    return BoxSet(c[keep_a], [str(lab[i]) for i in keep_a], scores=sc[keep_a].astype(np.float32),
-                  rotated=rotated)
+    return BoxSet(
+        c[keep_a],
+        [str(lab[i]) for i in keep_a],
+        scores=sc[keep_a].astype(np.float32),
+        rotated=rotated,
+    )

@@ -21,9 +21,19 @@ from earthgen.metrics import fid_from_features, kid_from_features, miou
 
 
 @torch.no_grad()
-def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, steps: int = 30,
-                   guidance_scale: float = 5.0, batch_size: int = 4, seed: int = 99_000, use_layout: bool = True,
-                   progress: bool = True, control_end: float | None = None) -> dict:
+def evaluate_image(
+    pipe,
+    evaluator,
+    n: int = 32,
+    resolution: int | None = None,
+    steps: int = 30,
+    guidance_scale: float = 5.0,
+    batch_size: int = 4,
+    seed: int = 99_000,
+    use_layout: bool = True,
+    progress: bool = True,
+    control_end: float | None = None,
+) -> dict:
     """Generate ``n`` images from held-out world conditions and score them (see module docstring).
     ``control_end``: the pipeline's ``control_guidance_end`` (None: the model's default)."""
     from tqdm import tqdm
@@ -40,11 +50,16 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     f_gen, f_real = [], []
     for i in tqdm(range(0, n, batch_size), desc="eval image", disable=not progress):
         b = world_batch(seed, i, min(batch_size, n - i), res)
-        out = pipe(prompt=b["caption"], gsd=b["gsd"].tolist() if pipe.metadata_encoder is not None else None,
-                   layout=b["semantic"] if maps_given else None,
-                   num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt",
-                   control_guidance_end=control_end,
-                   generator=torch.Generator().manual_seed(seed + i)).images
+        out = pipe(
+            prompt=b["caption"],
+            gsd=b["gsd"].tolist() if pipe.metadata_encoder is not None else None,
+            layout=b["semantic"] if maps_given else None,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            output_type="pt",
+            control_guidance_end=control_end,
+            generator=torch.Generator().manual_seed(seed + i),
+        ).images
         eg, er = evaluator(out.to(dev)), evaluator(b["image"].to(dev))
         gen_seg.append(eg["segmentation"].argmax(1).cpu().numpy())
         real_seg.append(er["segmentation"].argmax(1).cpu().numpy())
@@ -58,7 +73,10 @@ def evaluate_image(pipe, evaluator, n: int = 32, resolution: int | None = None, 
     fg, fr = np.concatenate(f_gen), np.concatenate(f_real)
     kid = kid_from_features(fg, fr, subsets=10, subset_size=min(50, len(fg)))
     return {
-        "n": int(len(lay)), "resolution_px": res, "steps": steps, "guidance_scale": guidance_scale,
+        "n": int(len(lay)),
+        "resolution_px": res,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
         "control_guidance_end": float(control_end),
         "control_miou": miou(np.concatenate(gen_seg), lay, NUM_CLASSES)["miou"],
         "real_miou": miou(np.concatenate(real_seg), lay, NUM_CLASSES)["miou"],

@@ -53,8 +53,9 @@ def layout_target(ceiling: float) -> float:
 
 def _tensor(images: list) -> torch.Tensor:
     """PIL images / ``[H, W, 3]`` uint8 arrays -> ``[N, 3, H, W]`` float in 0..1."""
-    arr = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im)
-                    for im in images])
+    arr = np.stack(
+        [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
+    )
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -123,12 +124,23 @@ def dubai_layouts(samples: list, size: int = 256, per_image: int = 2, seed: int 
     return out
 
 
-def _check_args(n_per_class: int, steps: int, guidance_scale: float, batch_size: int, size: int,
-                dubai_per_image: int, strength: float | None) -> float:
+def _check_args(
+    n_per_class: int,
+    steps: int,
+    guidance_scale: float,
+    batch_size: int,
+    size: int,
+    dubai_per_image: int,
+    strength: float | None,
+) -> float:
     from earthgen.prior import DEFAULT_STRENGTH, check_strength
 
-    for name, v in (("n_per_class", n_per_class), ("steps", steps), ("batch_size", batch_size),
-                    ("size", size)):
+    for name, v in (
+        ("n_per_class", n_per_class),
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("size", size),
+    ):
         if not (isinstance(v, (int, np.integer)) and v > 0):
             raise UserInputError(f"{name} must be an integer > 0, got {v!r}")
     if not (isinstance(dubai_per_image, (int, np.integer)) and dubai_per_image >= 0):
@@ -138,13 +150,26 @@ def _check_args(n_per_class: int, steps: int, guidance_scale: float, batch_size:
     return DEFAULT_STRENGTH if strength is None else check_strength(strength)
 
 
-def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: float = 4.0,
-                  strength: float | None = None, osm_layouts: dict[str, Any] | None = None,
-                  dubai_per_image: int = 2, seed: int = 0, root=None, progress: bool = True,
-                  realnet: str | Path | None = None, batch_size: int = 4, size: int = 256,
-                  classes: Sequence[str] | None = None, control_end: float | None = None,
-                  test_split: str = "test", train_split: str = "train",
-                  model: str | None = None) -> dict:
+def evaluate_real(
+    pipe,
+    n_per_class: int = 4,
+    steps: int = 20,
+    guidance_scale: float = 4.0,
+    strength: float | None = None,
+    osm_layouts: dict[str, Any] | None = None,
+    dubai_per_image: int = 2,
+    seed: int = 0,
+    root=None,
+    progress: bool = True,
+    realnet: str | Path | None = None,
+    batch_size: int = 4,
+    size: int = 256,
+    classes: Sequence[str] | None = None,
+    control_end: float | None = None,
+    test_split: str = "test",
+    train_split: str = "train",
+    model: str | None = None,
+) -> dict:
     """Run the three measurements of the module docstring on ``pipe``.
 
     ``n_per_class`` images per UC Merced class (``classes``: a subset, default all 16), made
@@ -170,12 +195,14 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
     from earthgen.prior import layout_prior_inputs
 
     t0 = time.time()
-    strength = _check_args(n_per_class, steps, guidance_scale, batch_size, size, dubai_per_image,
-                           strength)
+    strength = _check_args(
+        n_per_class, steps, guidance_scale, batch_size, size, dubai_per_image, strength
+    )
     classes = tuple(UCM_CLASSES if classes is None else classes)
     if not classes or any(c not in UCM_CLASSES for c in classes):
-        raise UserInputError(f"classes must be UC Merced classes ({', '.join(UCM_CLASSES)}), "
-                             f"got {list(classes)}")
+        raise UserInputError(
+            f"classes must be UC Merced classes ({', '.join(UCM_CLASSES)}), got {list(classes)}"
+        )
     multiple = int(getattr(pipe, "size_multiple", 8))
     if size % multiple:
         raise UserInputError(f"size must be a multiple of {multiple} px for this model, got {size}")
@@ -201,8 +228,15 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
         for j in range(0, n_per_class, batch_size):
             m = min(batch_size, n_per_class - j)
             bar.set_postfix_str(cls)
-            out = pipe(caps.get(cls, UCM_PROMPT.format(cls)), gsd=0.3, height=size, width=size,
-                       num_images_per_prompt=m, generator=_gen(seed, 0, k, j), **call).images
+            out = pipe(
+                caps.get(cls, UCM_PROMPT.format(cls)),
+                gsd=0.3,
+                height=size,
+                width=size,
+                num_images_per_prompt=m,
+                generator=_gen(seed, 0, k, j),
+                **call,
+            ).images
             p, f = classify(clf, _tensor(out))
             preds.append(p)
             feats.append(f)
@@ -210,8 +244,10 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
             bar.update(m)
     pred, feat, lab = np.concatenate(preds), np.concatenate(feats), np.array(labels)
     acc = float((pred == lab).mean())
-    per_class = {c: float((pred[lab == class_names.index(c)] == class_names.index(c)).mean())
-                 for c in classes}
+    per_class = {
+        c: float((pred[lab == class_names.index(c)] == class_names.index(c)).mean())
+        for c in classes
+    }
     kid = kid_from_features(feat, real_test, subsets=50, subset_size=100)
 
     # 2. held-apart real masks -> render-then-refine -> segmenter
@@ -221,8 +257,9 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
         ids = c.semantic.copy()
         ids[ids == 255] = 0  # unknown -> background for the model; not scored (IGNORE target)
         kw = layout_prior_inputs(ids, c.gsd, seed + i, strength)
-        img = pipe(c.caption, gsd=c.gsd, layout=ids, generator=_gen(seed, 1, i), **call,
-                   **kw).images[0]
+        img = pipe(
+            c.caption, gsd=c.gsd, layout=ids, generator=_gen(seed, 1, i), **call, **kw
+        ).images[0]
         gen_p.append(segment(seg, _tensor([img]))[0])
         real_p.append(segment(seg, _tensor([c.image]))[0])
         targets.append(to_seg_classes(c.semantic))
@@ -237,38 +274,61 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
         ids[ids == 255] = 0
         cap = caption_from_classes(ids)
         kw = layout_prior_inputs(ids, gsd, seed + i, strength)
-        img = pipe(cap, gsd=float(gsd), layout=ids, generator=_gen(seed, 2, i), **call,
-                   **kw).images[0]
+        img = pipe(
+            cap, gsd=float(gsd), layout=ids, generator=_gen(seed, 2, i), **call, **kw
+        ).images[0]
         mo = _miou([segment(seg, _tensor([img]))[0]], [to_seg_classes(ids)])
         ref = ceiling["segmenter_miou"]
-        osm[name] = {"miou": mo["miou"], "per_class_iou": mo["per_class_iou"],
-                     "ceiling_miou": ref, "target_miou": layout_target(ref),
-                     "target_met": bool(mo["miou"] >= layout_target(ref)),
-                     "gsd": float(gsd), "size": list(ids.shape), "caption": cap}
+        osm[name] = {
+            "miou": mo["miou"],
+            "per_class_iou": mo["per_class_iou"],
+            "ceiling_miou": ref,
+            "target_miou": layout_target(ref),
+            "target_met": bool(mo["miou"] >= layout_target(ref)),
+            "gsd": float(gsd),
+            "size": list(ids.shape),
+            "caption": cap,
+        }
         bar.update(1)
     bar.close()
 
     res: dict[str, Any] = {
-        "model": model if model is not None else str(getattr(pipe, "name_or_path", "") or
-                                                     type(pipe).__name__),
+        "model": model
+        if model is not None
+        else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__),
         "realnet": str(realnet) if realnet is not None else "packaged",
         "data_root": str(data_root(root)),
-        "settings": {"steps": steps, "guidance_scale": guidance_scale, "strength": strength,
-                     "n_per_class": n_per_class, "batch_size": batch_size, "size": size,
-                     "seed": seed, "classes": list(classes), "dubai_per_image": dubai_per_image,
-                     "layout_gsd": LAYOUT_GSD, "control_end": control_end,
-                     "test_split": test_split, "train_split": train_split},
-        "counts": {"class_images": int(len(lab)), "real_test_images": int(len(real_test)),
-                   "real_train_images": ceiling["n_train_features"],
-                   "dubai_test_tiles": len(dubai), "dubai_layouts": len(crops),
-                   "osm_layouts": len(osm)},
+        "settings": {
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "strength": strength,
+            "n_per_class": n_per_class,
+            "batch_size": batch_size,
+            "size": size,
+            "seed": seed,
+            "classes": list(classes),
+            "dubai_per_image": dubai_per_image,
+            "layout_gsd": LAYOUT_GSD,
+            "control_end": control_end,
+            "test_split": test_split,
+            "train_split": train_split,
+        },
+        "counts": {
+            "class_images": int(len(lab)),
+            "real_test_images": int(len(real_test)),
+            "real_train_images": ceiling["n_train_features"],
+            "dubai_test_tiles": len(dubai),
+            "dubai_layouts": len(crops),
+            "osm_layouts": len(osm),
+        },
         "class_accuracy": acc,
         "class_accuracy_ceiling": ceiling["classifier_accuracy"],
         "class_target": CLASS_TARGET,
         "class_target_met": bool(acc >= CLASS_TARGET),
         "per_class_accuracy": per_class,
-        "per_class_accuracy_ceiling": {c: ceiling["classifier_per_class_accuracy"].get(c)
-                                       for c in classes},
+        "per_class_accuracy_ceiling": {
+            c: ceiling["classifier_per_class_accuracy"].get(c) for c in classes
+        },
         "fid_realnet": fid_from_features(feat, real_test),
         "fid_realnet_ceiling": ceiling["fid_realnet_train_vs_test"],
         "kid_realnet": kid[0],
@@ -278,20 +338,26 @@ def evaluate_real(pipe, n_per_class: int = 4, steps: int = 20, guidance_scale: f
     if crops:
         gm, rm = _miou(gen_p, targets), _miou(real_p, targets)
         target = layout_target(rm["miou"])
-        res["layout_dubai"] = {"n": len(crops), "miou": gm["miou"],
-                               "per_class_iou": gm["per_class_iou"],
-                               "ceiling_miou": rm["miou"],
-                               "ceiling_per_class_iou": rm["per_class_iou"],
-                               "ratio_to_ceiling": gm["miou"] / max(rm["miou"], 1e-9),
-                               "target_miou": target}
+        res["layout_dubai"] = {
+            "n": len(crops),
+            "miou": gm["miou"],
+            "per_class_iou": gm["per_class_iou"],
+            "ceiling_miou": rm["miou"],
+            "ceiling_per_class_iou": rm["per_class_iou"],
+            "ratio_to_ceiling": gm["miou"] / max(rm["miou"], 1e-9),
+            "target_miou": target,
+        }
         res["layout_miou"] = gm["miou"]
         res["layout_miou_ceiling"] = rm["miou"]
         res["layout_target"] = target
         res["layout_target_met"] = bool(gm["miou"] >= target)
     else:
         res["layout_target_met"] = None
-        res["layout_note"] = ("the model takes no layout: layout fidelity not measured"
-                              if not takes_layout else "dubai_per_image=0: no layouts scored")
+        res["layout_note"] = (
+            "the model takes no layout: layout fidelity not measured"
+            if not takes_layout
+            else "dubai_per_image=0: no layouts scored"
+        )
     if osm:
         res["layout_osm"] = osm
     res["ceiling"] = ceiling
@@ -308,7 +374,11 @@ def osm_fixture_layouts(fixtures: str | Path, size: int = 256, gsd: float = LAYO
     d = Path(fixtures) / "osm"
     found = {n: (d / f, c) for n, (f, c) in OSM_SPOTS.items() if (d / f).is_file()}
     if not found:
-        raise UserInputError(f"no OSM fixtures in {d} (expected any of "
-                             f"{', '.join(f for f, _ in OSM_SPOTS.values())})")
-    return {n: read_layout(p, flag="--osm", center=c, size=(size, size), gsd=gsd).source
-            for n, (p, c) in found.items()}
+        raise UserInputError(
+            f"no OSM fixtures in {d} (expected any of "
+            f"{', '.join(f for f, _ in OSM_SPOTS.values())})"
+        )
+    return {
+        n: read_layout(p, flag="--osm", center=c, size=(size, size), gsd=gsd).source
+        for n, (p, c) in found.items()
+    }

@@ -50,9 +50,23 @@ _TO_SEG = np.full(256, IGNORE, dtype=np.uint8)
 _TO_SEG[[1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]] = [1, 4, 4, 4, 4, 7, 9, 9, 9, 11, 4]
 
 UCM_CLASSES_DEFAULT: tuple[str, ...] = (
-    "agricultural", "beach", "buildings", "chaparral", "denseresidential", "forest", "freeway",
-    "golfcourse", "harbor", "intersection", "mediumresidential", "mobilehomepark", "parkinglot",
-    "river", "runway", "sparseresidential")
+    "agricultural",
+    "beach",
+    "buildings",
+    "chaparral",
+    "denseresidential",
+    "forest",
+    "freeway",
+    "golfcourse",
+    "harbor",
+    "intersection",
+    "mediumresidential",
+    "mobilehomepark",
+    "parkinglot",
+    "river",
+    "runway",
+    "sparseresidential",
+)
 
 PACKAGED = "realnet"  # earthgen/assets/models/realnet/{classifier,segmenter}
 
@@ -63,14 +77,19 @@ def to_seg_classes(layout: np.ndarray) -> np.ndarray:
     railway 6, ids already ``IGNORE``)."""
     lay = np.asarray(layout)
     if lay.size and (lay.min() < 0 or (lay.max() >= NUM_CLASSES and lay.max() != IGNORE)):
-        raise UserInputError(f"layout ids must be earthgen class ids 0..{NUM_CLASSES - 1} or "
-                             f"{IGNORE}, got {int(lay.min())}..{int(lay.max())}")
+        raise UserInputError(
+            f"layout ids must be earthgen class ids 0..{NUM_CLASSES - 1} or "
+            f"{IGNORE}, got {int(lay.min())}..{int(lay.max())}"
+        )
     return _TO_SEG[lay.astype(np.int64)]
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -89,13 +108,19 @@ class SceneClassifier(ModelMixin, ConfigMixin):
     resized to ``input_size`` (the training view: 256 px at ~0.3 m/px, i.e. ~77 m across)."""
 
     @register_to_config
-    def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), input_size: int = 128,
-                 class_names: tuple[str, ...] = UCM_CLASSES_DEFAULT, dropout: float = 0.2):
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (24, 48, 96, 192),
+        input_size: int = 128,
+        class_names: tuple[str, ...] = UCM_CLASSES_DEFAULT,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         w = list(widths)
         self.stem = _conv(3, w[0], 2)
-        self.stages = nn.Sequential(_block(w[0], w[0], 1),
-                                    *[_block(w[i], w[i + 1], 2) for i in range(len(w) - 1)])
+        self.stages = nn.Sequential(
+            _block(w[0], w[0], 1), *[_block(w[i], w[i + 1], 2) for i in range(len(w) - 1)]
+        )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(w[-1], len(class_names))
 
@@ -114,13 +139,16 @@ class Segmenter(ModelMixin, ConfigMixin):
     ``config.seg_classes[k]``."""
 
     @register_to_config
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96),
-                 seg_classes: tuple[int, ...] = SEG_CLASSES):
+    def __init__(
+        self, widths: tuple[int, ...] = (16, 32, 64, 96), seg_classes: tuple[int, ...] = SEG_CLASSES
+    ):
         super().__init__()
         w = list(widths)
         self.stem = _conv(3, w[0], 2)  # H/2
         self.down = nn.ModuleList([_block(w[i], w[i + 1], 2) for i in range(len(w) - 1)])
-        self.up = nn.ModuleList([_block(w[i + 1] + w[i], w[i], 1) for i in reversed(range(len(w) - 1))])
+        self.up = nn.ModuleList(
+            [_block(w[i + 1] + w[i], w[i], 1) for i in reversed(range(len(w) - 1))]
+        )
         self.out = nn.Conv2d(w[0], len(seg_classes), 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -156,8 +184,10 @@ def load_realnet(path: str | Path | None = None) -> tuple[SceneClassifier, Segme
     root = Path(path) if path is not None else _packaged_dir()
     for sub in ("classifier", "segmenter"):
         if not (root / sub / "config.json").exists():
-            raise UserInputError(f"no RealNet {sub} in {root} (expected {root / sub}/config.json); "
-                                 "train one with: python -m earthgen.evaluation.realnet train --out DIR")
+            raise UserInputError(
+                f"no RealNet {sub} in {root} (expected {root / sub}/config.json); "
+                "train one with: python -m earthgen.evaluation.realnet train --out DIR"
+            )
     clf = SceneClassifier.from_pretrained(root / "classifier").float().eval()
     seg = Segmenter.from_pretrained(root / "segmenter").float().eval()
     return clf, seg
@@ -175,8 +205,9 @@ def _check_images(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def classify(clf: SceneClassifier, images: torch.Tensor, batch_size: int = 64,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def classify(
+    clf: SceneClassifier, images: torch.Tensor, batch_size: int = 64, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Scene of each image ``[N, 3, H, W]`` in 0..1 (~0.3 m/px, ideally 256x256) -> ``([N]`` index
     into ``clf.config.class_names`` (= ``UCM_CLASSES``), ``[N, D]`` float32 features)."""
     from tqdm import tqdm
@@ -186,7 +217,7 @@ def classify(clf: SceneClassifier, images: torch.Tensor, batch_size: int = 64,
     dev = next(clf.parameters()).device
     preds, feats = [], []
     for i in tqdm(range(0, len(images), batch_size), desc="classify", disable=not progress):
-        out = clf(images[i:i + batch_size].to(dev, torch.float32))
+        out = clf(images[i : i + batch_size].to(dev, torch.float32))
         preds.append(out["logits"].argmax(1).cpu().numpy())
         feats.append(out["features"].float().cpu().numpy())
     if not preds:
@@ -195,8 +226,9 @@ def classify(clf: SceneClassifier, images: torch.Tensor, batch_size: int = 64,
 
 
 @torch.no_grad()
-def segment(seg: Segmenter, images: torch.Tensor, batch_size: int = 4,
-            progress: bool = False) -> np.ndarray:
+def segment(
+    seg: Segmenter, images: torch.Tensor, batch_size: int = 4, progress: bool = False
+) -> np.ndarray:
     """Per-pixel class of images ``[N, 3, H, W]`` in 0..1 -> ``[N, H, W]`` uint8 earthgen class ids
     from ``seg.config.seg_classes`` (= :data:`SEG_CLASSES`)."""
     from tqdm import tqdm
@@ -207,7 +239,7 @@ def segment(seg: Segmenter, images: torch.Tensor, batch_size: int = 4,
     lut = torch.tensor(list(seg.config.seg_classes), dtype=torch.uint8)
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc="segment", disable=not progress):
-        logits = seg(images[i:i + batch_size].to(dev, torch.float32))
+        logits = seg(images[i : i + batch_size].to(dev, torch.float32))
         out.append(lut[logits.argmax(1).cpu()].numpy())
     if not out:
         return np.zeros((0, *images.shape[-2:]), np.uint8)
@@ -235,15 +267,24 @@ def _ucm_tensors(samples, classes: tuple[str, ...]) -> tuple[torch.Tensor, np.nd
     return imgs, labels
 
 
-def score_classifier(clf: SceneClassifier, root=None, split: str = "test",
-                     progress: bool = True) -> dict:
+def score_classifier(
+    clf: SceneClassifier, root=None, split: str = "test", progress: bool = True
+) -> dict:
     """Accuracy (overall and per class) of ``clf`` on UC Merced ``split``, and its features."""
     classes = tuple(clf.config.class_names)
     imgs, labels = _ucm_tensors(_ucm(root, split), classes)
     pred, feats = classify(clf, imgs, progress=progress)
-    per = {c: float((pred[labels == k] == k).mean()) for k, c in enumerate(classes) if (labels == k).any()}
-    return {"accuracy": float((pred == labels).mean()), "n": len(labels), "per_class_accuracy": per,
-            "features": feats}
+    per = {
+        c: float((pred[labels == k] == k).mean())
+        for k, c in enumerate(classes)
+        if (labels == k).any()
+    }
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "n": len(labels),
+        "per_class_accuracy": per,
+        "features": feats,
+    }
 
 
 def _dubai_eval_samples(root, split: str = "test"):
@@ -270,8 +311,14 @@ def _dubai_majority(root, split: str) -> int:
     return int(counts.argmax())
 
 
-def score_segmenter(seg: Segmenter, root=None, split: str = "test", progress: bool = True,
-                    train_split: str = "train", samples: list | None = None) -> dict:
+def score_segmenter(
+    seg: Segmenter,
+    root=None,
+    split: str = "test",
+    progress: bool = True,
+    train_split: str = "train",
+    samples: list | None = None,
+) -> dict:
     """mIoU (+ per-class IoU, pixel accuracy) of ``seg`` on the Dubai ``split`` (or the given
     ``samples`` of it), and the mIoU of predicting the most frequent class of the ``train_split``
     masks everywhere (the majority baseline)."""
@@ -297,15 +344,26 @@ def _miou_from_cm(cm: np.ndarray) -> dict:
     cm = cm.astype(np.float64)
     tp = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - tp
-    per = {name: (float(tp[c] / union[c]) if union[c] > 0 else float("nan"))
-           for c, name in zip(SEG_CLASSES, SEG_NAMES, strict=True)}
+    per = {
+        name: (float(tp[c] / union[c]) if union[c] > 0 else float("nan"))
+        for c, name in zip(SEG_CLASSES, SEG_NAMES, strict=True)
+    }
     vals = [v for v in per.values() if v == v]
-    return {"miou": float(np.mean(vals)) if vals else float("nan"), "per_class_iou": per,
-            "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1.0))}
+    return {
+        "miou": float(np.mean(vals)) if vals else float("nan"),
+        "per_class_iou": per,
+        "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1.0)),
+    }
 
 
-def real_references(clf: SceneClassifier, seg: Segmenter, root=None, test_split: str = "test",
-                    train_split: str = "train", progress: bool = True) -> tuple[dict, np.ndarray, list]:
+def real_references(
+    clf: SceneClassifier,
+    seg: Segmenter,
+    root=None,
+    test_split: str = "test",
+    train_split: str = "train",
+    progress: bool = True,
+) -> tuple[dict, np.ndarray, list]:
     """The evaluators' scores on held-apart REAL data, computed once: ``(ceiling, UC Merced test
     features [N, D], Dubai test samples)`` so that an evaluation reuses the features and samples
     (:func:`earthgen.evaluation.real.evaluate_real`). ``ceiling``: the classifier's accuracy on
@@ -314,11 +372,16 @@ def real_references(clf: SceneClassifier, seg: Segmenter, root=None, test_split:
     from earthgen.metrics import fid_from_features, kid_from_features
 
     test = score_classifier(clf, root, test_split, progress)
-    train_feats = classify(clf, _ucm_tensors(_ucm(root, train_split), tuple(clf.config.class_names))[0],
-                           progress=progress)[1]
+    train_feats = classify(
+        clf,
+        _ucm_tensors(_ucm(root, train_split), tuple(clf.config.class_names))[0],
+        progress=progress,
+    )[1]
     kid = kid_from_features(train_feats, test["features"], subsets=50, subset_size=100)
     dubai = _dubai_eval_samples(root, test_split)
-    segres = score_segmenter(seg, root, test_split, progress, train_split=train_split, samples=dubai)
+    segres = score_segmenter(
+        seg, root, test_split, progress, train_split=train_split, samples=dubai
+    )
     ceiling = {
         "classifier_accuracy": test["accuracy"],
         "classifier_per_class_accuracy": test["per_class_accuracy"],
@@ -337,8 +400,12 @@ def real_references(clf: SceneClassifier, seg: Segmenter, root=None, test_split:
     return ceiling, test["features"], dubai
 
 
-def real_ceiling(root=None, clf: SceneClassifier | None = None, seg: Segmenter | None = None,
-                 progress: bool = True) -> dict:
+def real_ceiling(
+    root=None,
+    clf: SceneClassifier | None = None,
+    seg: Segmenter | None = None,
+    progress: bool = True,
+) -> dict:
     """The ``ceiling`` of :func:`real_references` (``root``: the data folder, default that of
     :func:`earthgen.datasets.read_set`; evaluators: the packaged ones unless given)."""
     if clf is None or seg is None:
@@ -379,8 +446,13 @@ def _warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sch
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
-def _step(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, loss: torch.Tensor,
-          run: float, step: int) -> float:
+def _step(
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+    run: float,
+    step: int,
+) -> float:
     """One optimizer and schedule step on ``loss``; returns the running loss (EMA 0.98)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -394,8 +466,9 @@ def _flip_rot(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return x.flip(-1) if flip else x
 
 
-def _classifier_batch(imgs: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, size: int,
-                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _classifier_batch(
+    imgs: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, size: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random square crops (40-100% of the side, i.e. up to 2.5x zoom), resized to ``size``,
     flips, rot90 and colour jitter."""
     out = []
@@ -403,16 +476,27 @@ def _classifier_batch(imgs: torch.Tensor, labels: torch.Tensor, idx: torch.Tenso
     for i in idx.tolist():
         c = int(side * (0.63 + 0.37 * torch.rand(1, generator=g).item()))
         y0, x0 = (int(torch.randint(0, side - c + 1, (1,), generator=g)) for _ in range(2))
-        crop = imgs[i:i + 1, :, y0:y0 + c, x0:x0 + c].float() / 255.0
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
-                             antialias=True)
-        k, f = int(torch.randint(0, 4, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))
+        crop = imgs[i : i + 1, :, y0 : y0 + c, x0 : x0 + c].float() / 255.0
+        crop = F.interpolate(
+            crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        k, f = (
+            int(torch.randint(0, 4, (1,), generator=g)),
+            bool(torch.randint(0, 2, (1,), generator=g)),
+        )
         out.append(_flip_rot(crop, k, f))
     return _jitter(torch.cat(out), g), labels[idx]
 
 
-def train_classifier(out: Path, root=None, steps: int = 1000, batch_size: int = 32, lr: float = 3e-3,
-                     seed: int = 0, progress: bool = True) -> dict:
+def train_classifier(
+    out: Path,
+    root=None,
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Train :class:`SceneClassifier` on UC Merced train (768 images), AdamW + one-cycle schedule,
     label smoothing 0.1; save fp16 safetensors to ``out`` and return the recipe + held-out scores."""
     from tqdm import tqdm
@@ -423,7 +507,9 @@ def train_classifier(out: Path, root=None, steps: int = 1000, batch_size: int = 
     g = torch.Generator().manual_seed(seed)
     clf = SceneClassifier(class_names=tuple(UCM_CLASSES))
     samples = _ucm(root, "train")
-    imgs = torch.stack([torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in samples])
+    imgs = torch.stack(
+        [torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in samples]
+    )
     labels = torch.tensor([list(UCM_CLASSES).index(s.label) for s in samples])
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=0.05)
     sched = _warmup_cosine(opt, steps)
@@ -436,7 +522,7 @@ def train_classifier(out: Path, root=None, steps: int = 1000, batch_size: int = 
     for step in bar:
         if pos + batch_size > len(perm):
             perm, pos = torch.randperm(len(imgs), generator=g), 0
-        x, y = _classifier_batch(imgs, labels, perm[pos:pos + batch_size], size, g)
+        x, y = _classifier_batch(imgs, labels, perm[pos : pos + batch_size], size, g)
         pos += batch_size
         loss = F.cross_entropy(clf(x)["logits"], y, label_smoothing=0.1)
         run = _step(opt, sched, loss, run, step)
@@ -448,13 +534,23 @@ def train_classifier(out: Path, root=None, steps: int = 1000, batch_size: int = 
     clf = SceneClassifier.from_pretrained(out).float().eval()
     acc16 = score_classifier(clf, root, "test", progress=False)["accuracy"]
     n_params = sum(p.numel() for p in clf.parameters())
-    return {"model": "SceneClassifier", "params": n_params, "config": dict(clf.config),
-            "data": "UC Merced train split (48 per class x 16 = 768 images)",
-            "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "optimizer": "AdamW wd 0.05, linear warm-up 10% then cosine, label smoothing 0.1",
-            "augmentation": "random square crop 63-100% of side -> 128 px, rot90, flip, colour jitter +-10%",
-            "threads": torch.get_num_threads(), "train_seconds": round(train_s, 1),
-            "test_accuracy_fp32": acc32, "test_accuracy_fp16": acc16, "weights_dtype": "float16"}
+    return {
+        "model": "SceneClassifier",
+        "params": n_params,
+        "config": dict(clf.config),
+        "data": "UC Merced train split (48 per class x 16 = 768 images)",
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": "AdamW wd 0.05, linear warm-up 10% then cosine, label smoothing 0.1",
+        "augmentation": "random square crop 63-100% of side -> 128 px, rot90, flip, colour jitter +-10%",
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(train_s, 1),
+        "test_accuracy_fp32": acc32,
+        "test_accuracy_fp16": acc16,
+        "weights_dtype": "float16",
+    }
 
 
 def _seg_pool(root) -> list:
@@ -469,26 +565,37 @@ def _seg_pool(root) -> list:
     return dubai, space
 
 
-def _seg_crop(img: np.ndarray, sem: np.ndarray, size: int, g: torch.Generator,
-              scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+def _seg_crop(
+    img: np.ndarray, sem: np.ndarray, size: int, g: torch.Generator, scale: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random crop of ``size`` px after a random rescale in ``scale`` (nearest for labels)."""
     h, w = sem.shape
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=g).item()
     c = min(int(round(size / s)), h, w)
     y0 = int(torch.randint(0, h - c + 1, (1,), generator=g))
     x0 = int(torch.randint(0, w - c + 1, (1,), generator=g))
-    x = _to_tensor(img[y0:y0 + c, x0:x0 + c])[None]
-    y = torch.from_numpy(np.ascontiguousarray(sem[y0:y0 + c, x0:x0 + c]))[None, None].float()
+    x = _to_tensor(img[y0 : y0 + c, x0 : x0 + c])[None]
+    y = torch.from_numpy(np.ascontiguousarray(sem[y0 : y0 + c, x0 : x0 + c]))[None, None].float()
     if c != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=c > size)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=c > size
+        )
         y = F.interpolate(y, size=(size, size), mode="nearest")
     k, f = int(torch.randint(0, 4, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))
     return _flip_rot(x, k, f), _flip_rot(y, k, f).long()[:, 0]
 
 
-def train_segmenter(out: Path, root=None, steps: int = 1600, batch_size: int = 12, size: int = 160,
-                    lr: float = 3e-3, seed: int = 0, spacenet_share: float = 0.15,
-                    progress: bool = True) -> dict:
+def train_segmenter(
+    out: Path,
+    root=None,
+    steps: int = 1600,
+    batch_size: int = 12,
+    size: int = 160,
+    lr: float = 3e-3,
+    seed: int = 0,
+    spacenet_share: float = 0.15,
+    progress: bool = True,
+) -> dict:
     """Train :class:`Segmenter` on the Dubai train tiles (+ SpaceNet road mask: of each SpaceNet
     crop only the road pixels are scored, the rest is IGNORE since it mixes all classes) with a
     class-balanced (inverse square-root frequency) cross-entropy; save fp16 weights to ``out``."""
@@ -504,7 +611,9 @@ def train_segmenter(out: Path, root=None, steps: int = 1600, batch_size: int = 1
     d_sem = [lut[s.semantic].astype(np.uint8) for s in dubai]
     s_img = [s.image for s in space]
     s_sem = [lut[s.semantic].astype(np.uint8) for s in space]
-    counts = sum(np.bincount(m.ravel(), minlength=256)[:len(SEG_CLASSES)] for m in d_sem).astype(np.float64)
+    counts = sum(np.bincount(m.ravel(), minlength=256)[: len(SEG_CLASSES)] for m in d_sem).astype(
+        np.float64
+    )
     freq = counts / counts.sum()
     weights = torch.tensor((freq + 1e-3) ** -0.5, dtype=torch.float32)
     weights = weights / (weights * torch.tensor(freq, dtype=torch.float32)).sum()
@@ -538,29 +647,45 @@ def train_segmenter(out: Path, root=None, steps: int = 1600, batch_size: int = 1
     seg.half().save_pretrained(out)
     seg = Segmenter.from_pretrained(out).float().eval()
     r16 = score_segmenter(seg, root, "test", progress=False)
-    return {"model": "Segmenter", "params": sum(p.numel() for p in seg.parameters()),
-            "config": dict(seg.config), "classes": dict(zip(SEG_NAMES, SEG_CLASSES, strict=True)),
-            "data": f"Dubai train tiles ({len(dubai)} pairs) + SpaceNet Vegas ({len(space)} tile, "
-                    "road pixels only)",
-            "seed": seed, "steps": steps, "batch_size": batch_size, "crop": size, "lr": lr,
-            "spacenet_share": spacenet_share,
-            "optimizer": "AdamW wd 1e-4, linear warm-up 10% then cosine, CE with inverse-sqrt-frequency weights",
-            "class_weights": dict(zip(SEG_NAMES, [round(float(w), 3) for w in weights], strict=True)),
-            "augmentation": "random rescale 0.5-1.5 (SpaceNet 0.3 m/px: 0.22-0.45, i.e. to ~0.7-1.4 m/px), crop, rot90, flip, colour jitter +-10%",
-            "threads": torch.get_num_threads(), "train_seconds": round(train_s, 1),
-            "test_miou_fp32": r32["miou"], "test_miou_fp16": r16["miou"],
-            "test_per_class_iou": r16["per_class_iou"], "test_pixel_accuracy": r16["pixel_accuracy"],
-            "majority_baseline_miou": r16["majority_baseline_miou"], "weights_dtype": "float16"}
+    return {
+        "model": "Segmenter",
+        "params": sum(p.numel() for p in seg.parameters()),
+        "config": dict(seg.config),
+        "classes": dict(zip(SEG_NAMES, SEG_CLASSES, strict=True)),
+        "data": f"Dubai train tiles ({len(dubai)} pairs) + SpaceNet Vegas ({len(space)} tile, "
+        "road pixels only)",
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "crop": size,
+        "lr": lr,
+        "spacenet_share": spacenet_share,
+        "optimizer": "AdamW wd 1e-4, linear warm-up 10% then cosine, CE with inverse-sqrt-frequency weights",
+        "class_weights": dict(zip(SEG_NAMES, [round(float(w), 3) for w in weights], strict=True)),
+        "augmentation": "random rescale 0.5-1.5 (SpaceNet 0.3 m/px: 0.22-0.45, i.e. to ~0.7-1.4 m/px), crop, rot90, flip, colour jitter +-10%",
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(train_s, 1),
+        "test_miou_fp32": r32["miou"],
+        "test_miou_fp16": r16["miou"],
+        "test_per_class_iou": r16["per_class_iou"],
+        "test_pixel_accuracy": r16["pixel_accuracy"],
+        "majority_baseline_miou": r16["majority_baseline_miou"],
+        "weights_dtype": "float16",
+    }
 
 
 def _write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    path.write_text(
+        json.dumps(obj, indent=2, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m earthgen.evaluation.realnet {train,ceiling} ...``"""
-    ap = argparse.ArgumentParser(prog="python -m earthgen.evaluation.realnet", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m earthgen.evaluation.realnet", description=__doc__.split("\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train the classifier and/or the segmenter on real data")
     tr.add_argument("--out", required=True, help="output folder (gets classifier/ and segmenter/)")

@@ -26,8 +26,9 @@ from scipy import ndimage
 from earthgen.classes import CLASS_ID, NUM_CLASSES
 
 
-def building_columns(height: np.ndarray, voxel_size: float, min_height_m: float = 2.5,
-                     window_m: float = 21.0) -> np.ndarray:
+def building_columns(
+    height: np.ndarray, voxel_size: float, min_height_m: float = 2.5, window_m: float = 21.0
+) -> np.ndarray:
     """Bool ``[Y, X]``: columns more than ``min_height_m`` above the lowest surface within
     ``window_m`` (a geometric building detector)."""
     h = np.nan_to_num(height, nan=0.0)
@@ -69,7 +70,10 @@ def seam_ratio(height: np.ndarray, windows: list, window: int, overlap: int) -> 
     phase = (overlap // 2) % 8
     sx = (np.arange(dx.shape[1]) + 1) % 8 == phase
     sy = (np.arange(dy.shape[0]) + 1) % 8 == phase
-    parts = [(dx[:, bx], dx[:, sx & ~bx]) if bx.any() else None, (dy[by], dy[sy & ~by]) if by.any() else None]
+    parts = [
+        (dx[:, bx], dx[:, sx & ~bx]) if bx.any() else None,
+        (dy[by], dy[sy & ~by]) if by.any() else None,
+    ]
     border = np.concatenate([b.ravel() for b, _ in filter(None, parts)])
     rest = np.concatenate([r.ravel() for _, r in filter(None, parts)])
     return float(border.mean() / max(rest.mean(), 1e-6)) if len(border) and len(rest) else None
@@ -104,8 +108,16 @@ def seam_steps(height: np.ndarray, windows: list, window: int) -> dict:
         return (float(a.mean()), float(np.percentile(a, 99))) if len(a) else (None, None)
 
     (sm, sp), (cm, cp), (am, ap) = stats(seam), stats(ctrl), stats(rest)
-    return {"seam_mean_m": sm, "seam_p99_m": sp, "interior_mean_m": cm, "interior_p99_m": cp,
-            "any_mean_m": am, "any_p99_m": ap, "n_seam": int(len(seam)), "n_interior": int(len(ctrl))}
+    return {
+        "seam_mean_m": sm,
+        "seam_p99_m": sp,
+        "interior_mean_m": cm,
+        "interior_p99_m": cp,
+        "any_mean_m": am,
+        "any_p99_m": ap,
+        "n_seam": int(len(seam)),
+        "n_interior": int(len(ctrl)),
+    }
 
 
 def nadir_render(result, gsd: float, device="cpu") -> np.ndarray:
@@ -117,9 +129,21 @@ def nadir_render(result, gsd: float, device="cpu") -> np.ndarray:
     ny, nx = result.height.shape
     vs = result.voxel_size
     size = int(round(max(nx, ny) * vs / gsd))
-    ctr = torch.tensor([nx * vs / 2, ny * vs / 2, float(np.nanmax(result.height)) if len(result.coords) else 0.0])
-    vm, Ks = nadir_rig(ctr + torch.as_tensor(result.origin, dtype=torch.float32), 2000.0, max(nx, ny) * vs, size, size)
-    g = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in result.surfels.items() if k != "voxel"}
+    ctr = torch.tensor(
+        [nx * vs / 2, ny * vs / 2, float(np.nanmax(result.height)) if len(result.coords) else 0.0]
+    )
+    vm, Ks = nadir_rig(
+        ctr + torch.as_tensor(result.origin, dtype=torch.float32),
+        2000.0,
+        max(nx, ny) * vs,
+        size,
+        size,
+    )
+    g = {
+        k: torch.as_tensor(v, dtype=torch.float32, device=device)
+        for k, v in result.surfels.items()
+        if k != "voxel"
+    }
     with torch.no_grad():
         img = render_surfels(g, vm.to(device), Ks.to(device), size, (0.5, 0.5, 0.5))
     return img[0].clamp(0, 1).cpu().numpy()
@@ -131,16 +155,27 @@ def reference_render(scene, gsd: float, size_px: int) -> np.ndarray:
     from renderers.rasterization import render_surfels
 
     ext = scene.extent
-    ctr = torch.tensor([*(scene.origin[:2] + ext[:2] / 2), scene.origin[2] + ext[2]], dtype=torch.float32)
+    ctr = torch.tensor(
+        [*(scene.origin[:2] + ext[:2] / 2), scene.origin[2] + ext[2]], dtype=torch.float32
+    )
     vm, Ks = nadir_rig(ctr, 2000.0, float(max(ext[:2])), size_px, size_px)
     g = {k: torch.from_numpy(v).float() for k, v in scene.reference.items()}
     with torch.no_grad():
         return render_surfels(g, vm, Ks, size_px, (0.5, 0.5, 0.5))[0].clamp(0, 1).numpy()
 
 
-def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps: int = 20, guidance: float = 2.0,
-                   evaluator=None, modes: tuple[str, ...] = ("semantic", "image", "none"), data_seed: int = 777,
-                   progress: bool = True) -> dict:
+def evaluate_scene(
+    pipe,
+    n: int = 4,
+    size_m: float = 112.0,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 2.0,
+    evaluator=None,
+    modes: tuple[str, ...] = ("semantic", "image", "none"),
+    data_seed: int = 777,
+    progress: bool = True,
+) -> dict:
     """Generate scenes from ``n`` held-out procedural tiles of ``size_m`` metres per condition
     mode (two seeds each) and measure them (see the module docstring)."""
     from tqdm import tqdm
@@ -159,7 +194,9 @@ def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps
     sem_vox = [resample_classes(t.semantic, nx, ny) for t in tiles]
     ref_feats = None
     if evaluator is not None:
-        refs = np.stack([reference_render(s, eval_gsd, int(round(size_m / eval_gsd))) for s in scenes])
+        refs = np.stack(
+            [reference_render(s, eval_gsd, int(round(size_m / eval_gsd))) for s in scenes]
+        )
         rf = _features(evaluator, refs)
         ref_feats = rf["features"]
     res: dict = {"n": n, "size_m": size_m, "steps": steps, "guidance": guidance, "voxel_size_m": vs}
@@ -167,18 +204,33 @@ def evaluate_scene(pipe, n: int = 4, size_m: float = 112.0, seed: int = 0, steps
         res["reference"] = {"semantic_miou": _miou(rf["segmentation"], [t.semantic for t in tiles])}
     bar = tqdm(total=len(modes) * n * 2, desc="eval scene", disable=not progress)
     for mode in modes:
-        m: dict = {"height_mae_m": [], "building_iou": [], "diversity_height_m": [], "diversity_voxels": [],
-                   "seam_ratio": []}
+        m: dict = {
+            "height_mae_m": [],
+            "building_iou": [],
+            "diversity_height_m": [],
+            "diversity_voxels": [],
+            "seam_ratio": [],
+        }
         renders, segs = [], []
         for i, tile in enumerate(tiles):
-            kw = {"semantic": tile.semantic if mode in ("semantic", "both") else None,
-                  "image": tile.rgb if mode in ("image", "both") else None}
+            kw = {
+                "semantic": tile.semantic if mode in ("semantic", "both") else None,
+                "image": tile.rgb if mode in ("image", "both") else None,
+            }
             cond = kw["semantic"] is not None or kw["image"] is not None
             outs = []
             for k in range(2):
                 g = torch.Generator().manual_seed(seed * 1000 + i * 2 + k)
-                outs.append(pipe(**kw, gsd=eval_gsd if cond else None, size_m=None if cond else size_m,
-                                 num_inference_steps=steps, guidance_scale=guidance, generator=g))
+                outs.append(
+                    pipe(
+                        **kw,
+                        gsd=eval_gsd if cond else None,
+                        size_m=None if cond else size_m,
+                        num_inference_steps=steps,
+                        guidance_scale=guidance,
+                        generator=g,
+                    )
+                )
                 bar.update()
             o = outs[0]
             h = o.height
@@ -219,7 +271,9 @@ def _miou(pred: np.ndarray, maps: list) -> float:
 
     target = np.concatenate([np.asarray(m).ravel() for m in maps])
     cm = miou(np.concatenate([p.ravel() for p in pred]), target, NUM_CLASSES)
-    ious = [cm["per_class_iou"][c] for c in np.unique(target) if not math.isnan(cm["per_class_iou"][c])]
+    ious = [
+        cm["per_class_iou"][c] for c in np.unique(target) if not math.isnan(cm["per_class_iou"][c])
+    ]
     return float(np.mean(ious)) if ious else float("nan")
 
 
@@ -229,5 +283,7 @@ def _features(evaluator, images: np.ndarray) -> dict:
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(dev)
     with torch.no_grad():
         o = evaluator.eval()(x)
-    return {"features": o["features"].cpu().numpy().astype(np.float64),
-            "segmentation": o["segmentation"].argmax(1).cpu().numpy()}
+    return {
+        "features": o["features"].cpu().numpy().astype(np.float64),
+        "segmentation": o["segmentation"].argmax(1).cpu().numpy(),
+    }

@@ -25,8 +25,14 @@ from earthgen.world.caption import SCENES, scene_label  # noqa: F401  (the class
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+    )
 
 
 class TileNet(ModelMixin, ConfigMixin):
@@ -34,13 +40,18 @@ class TileNet(ModelMixin, ConfigMixin):
     logits, ``scene`` ``[B, S]`` logits, ``log_gsd`` ``[B]`` (log10 m/px), ``features`` ``[B, C]``."""
 
     @register_to_config
-    def __init__(self, width: int = 32, num_classes: int = NUM_CLASSES, num_scenes: int = len(SCENES)):
+    def __init__(
+        self, width: int = 32, num_classes: int = NUM_CLASSES, num_scenes: int = len(SCENES)
+    ):
         super().__init__()
         w = width
-        self.stages = nn.ModuleList([_block(3, w, 1), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2),
-                                     _block(4 * w, 8 * w, 2)])
+        self.stages = nn.ModuleList(
+            [_block(3, w, 1), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2)]
+        )
         self.lateral = nn.Conv2d(8 * w, 2 * w, 1)
-        self.seg = nn.Sequential(nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.SiLU(), nn.Conv2d(2 * w, num_classes, 1))
+        self.seg = nn.Sequential(
+            nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.SiLU(), nn.Conv2d(2 * w, num_classes, 1)
+        )
         self.scene = nn.Linear(8 * w, num_scenes)
         self.gsd = nn.Linear(8 * w, 1)
 
@@ -51,21 +62,38 @@ class TileNet(ModelMixin, ConfigMixin):
             x = stage(x)
             feats.append(x)
         h, w = images.shape[-2:]
-        top = F.interpolate(self.lateral(feats[3]), size=feats[1].shape[-2:], mode="bilinear", align_corners=False)
+        top = F.interpolate(
+            self.lateral(feats[3]), size=feats[1].shape[-2:], mode="bilinear", align_corners=False
+        )
         seg = self.seg(torch.cat([feats[1], top], dim=1))
         pooled = feats[3].mean(dim=(2, 3))
-        return {"segmentation": F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False),
-                "scene": self.scene(pooled), "log_gsd": self.gsd(pooled).squeeze(-1), "features": pooled}
+        return {
+            "segmentation": F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False),
+            "scene": self.scene(pooled),
+            "log_gsd": self.gsd(pooled).squeeze(-1),
+            "features": pooled,
+        }
 
     def loss(self, batch: dict) -> torch.Tensor:
         out = self(batch["image"])
-        return (F.cross_entropy(out["segmentation"], batch["semantic"])
-                + 0.5 * F.cross_entropy(out["scene"], batch["scene"])
-                + F.mse_loss(out["log_gsd"], torch.log10(batch["gsd"])))
+        return (
+            F.cross_entropy(out["segmentation"], batch["semantic"])
+            + 0.5 * F.cross_entropy(out["scene"], batch["scene"])
+            + F.mse_loss(out["log_gsd"], torch.log10(batch["gsd"]))
+        )
 
 
-def train_tilenet(out, steps: int = 2000, batch_size: int = 16, resolution: int = 128, lr: float = 2e-3,
-                  seed: int = 1000, width: int = 32, device: str | None = None, progress: bool = True) -> dict:
+def train_tilenet(
+    out,
+    steps: int = 2000,
+    batch_size: int = 16,
+    resolution: int = 128,
+    lr: float = 2e-3,
+    seed: int = 1000,
+    width: int = 32,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Train a TileNet on procedural tiles (world seeds disjoint from the image models' default
     training stream: ``seed`` offsets the sample indices) and save it to ``out``."""
     from pathlib import Path

@@ -37,29 +37,29 @@ from earthgen.geo.osm import LEVEL_HEIGHT_M, _parse_count, parse_length
 # typical European/North-American stock (docs/heights.md explains each row).
 DEFAULT_HEIGHTS_M: dict[str, float] = {
     # residential
-    "house": 7.0,               # 2 storeys + pitched roof
+    "house": 7.0,  # 2 storeys + pitched roof
     "detached": 7.0,
     "semidetached_house": 7.0,
-    "terrace": 8.0,             # 2-3 storeys, row houses
-    "bungalow": 4.0,            # 1 storey + roof
-    "farm": 7.0,                # farmhouse, 2 storeys
-    "residential": 10.0,        # 3 storeys (a generic residential block)
-    "apartments": 16.0,         # 5 storeys + 1 m
-    "dormitory": 13.0,          # 4 storeys + 1 m
-    "hotel": 19.0,              # 6 storeys + 1 m
+    "terrace": 8.0,  # 2-3 storeys, row houses
+    "bungalow": 4.0,  # 1 storey + roof
+    "farm": 7.0,  # farmhouse, 2 storeys
+    "residential": 10.0,  # 3 storeys (a generic residential block)
+    "apartments": 16.0,  # 5 storeys + 1 m
+    "dormitory": 13.0,  # 4 storeys + 1 m
+    "hotel": 19.0,  # 6 storeys + 1 m
     # commercial / civic
-    "commercial": 10.0,         # 3 storeys
-    "retail": 6.0,              # 1 tall storey (shop floor ~5 m) + parapet
+    "commercial": 10.0,  # 3 storeys
+    "retail": 6.0,  # 1 tall storey (shop floor ~5 m) + parapet
     "supermarket": 7.0,
-    "office": 16.0,             # 5 storeys + 1 m
-    "public": 10.0,             # 3 storeys
+    "office": 16.0,  # 5 storeys + 1 m
+    "public": 10.0,  # 3 storeys
     "civic": 10.0,
-    "government": 13.0,         # 4 storeys + 1 m
-    "school": 10.0,             # 3 storeys
-    "kindergarten": 4.0,        # 1 storey + roof
-    "university": 16.0,         # 5 storeys + 1 m
+    "government": 13.0,  # 4 storeys + 1 m
+    "school": 10.0,  # 3 storeys
+    "kindergarten": 4.0,  # 1 storey + roof
+    "university": 16.0,  # 5 storeys + 1 m
     "college": 13.0,
-    "hospital": 19.0,           # 6 storeys + 1 m
+    "hospital": 19.0,  # 6 storeys + 1 m
     "train_station": 10.0,
     "transportation": 8.0,
     "stadium": 20.0,
@@ -73,7 +73,7 @@ DEFAULT_HEIGHTS_M: dict[str, float] = {
     "temple": 10.0,
     "shrine": 5.0,
     # industrial / agricultural
-    "industrial": 9.0,          # single-storey hall, 8-10 m eaves
+    "industrial": 9.0,  # single-storey hall, 8-10 m eaves
     "warehouse": 9.0,
     "manufacture": 9.0,
     "hangar": 12.0,
@@ -92,9 +92,9 @@ DEFAULT_HEIGHTS_M: dict[str, float] = {
     "hut": 3.0,
     "cabin": 4.0,
     "kiosk": 3.0,
-    "service": 3.0,             # utility boxes, pump houses
+    "service": 3.0,  # utility boxes, pump houses
     "toilets": 3.0,
-    "roof": 4.0,                # roof on pillars (canopy, fuel station)
+    "roof": 4.0,  # roof on pillars (canopy, fuel station)
     "ruins": 3.0,
     "construction": 6.0,
     # unknown type: 2 storeys
@@ -107,7 +107,7 @@ SOURCE_NAMES: tuple[str, ...] = ("none", "height", "levels", "default")
 _SOURCE_CODE = {n: i for i, n in enumerate(SOURCE_NAMES)}
 
 MAX_HEIGHT_M = 1000.0
-MAX_ABS_ELEVATION_M = 12000.0     # a DEM value beyond this is not metres (or garbage)
+MAX_ABS_ELEVATION_M = 12000.0  # a DEM value beyond this is not metres (or garbage)
 
 
 def default_height(kind: Any, defaults: Mapping[str, float] | None = None) -> float:
@@ -247,8 +247,7 @@ def height_map(
     if len(areas):
         order = np.argsort(tops, kind="stable")  # burnt in order: the tallest is burnt last
         shapes = zip(geojson_like(areas[order]), (order + 1).tolist(), strict=True)
-        idx = rasterize(shapes, out_shape=shape, transform=layout.transform, fill=0,
-                        dtype="int32")
+        idx = rasterize(shapes, out_shape=shape, transform=layout.transform, fill=0, dtype="int32")
     hit = (idx > 0) & is_bld
     k = idx[hit] - 1
     top[hit], base[hit], source[hit] = tops[k], bases[k], codes[k]
@@ -257,8 +256,14 @@ def height_map(
         top[rest] = default_height(default_kind, defaults)
         base[rest] = 0.0
         source[rest] = SOURCE_DEFAULT
-    return HeightMap(top=top, base=base, source=source, crs=layout.crs,
-                     transform=layout.transform, gsd=float(layout.gsd))
+    return HeightMap(
+        top=top,
+        base=base,
+        source=source,
+        crs=layout.crs,
+        transform=layout.transform,
+        gsd=float(layout.gsd),
+    )
 
 
 # --- ground elevation ----------------------------------------------------------------------------
@@ -349,19 +354,24 @@ def read_dem(
         scrs = as_crs(src_crs, f"{p.name}: src_crs") if src_crs is not None else ds.crs
         if scrs is None:
             b = ds.bounds
-            hint = (" (its coordinates look like longitude/latitude: try EPSG:4326)"
-                    if -180.5 <= b.left < b.right <= 180.5 and -90.5 <= b.bottom < b.top <= 90.5
-                    else "")
-            raise UserInputError(f"{p}: the DEM has no CRS (no .prj beside it); give its CRS "
-                                 f"(src_crs / --dem-crs){hint}")
+            hint = (
+                " (its coordinates look like longitude/latitude: try EPSG:4326)"
+                if -180.5 <= b.left < b.right <= 180.5 and -90.5 <= b.bottom < b.top <= 90.5
+                else ""
+            )
+            raise UserInputError(
+                f"{p}: the DEM has no CRS (no .prj beside it); give its CRS "
+                f"(src_crs / --dem-crs){hint}"
+            )
         scrs = CRS.from_user_input(scrs)
         t = transform
         dst_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
         where = _fmt_lonlat(dst_bounds, dst_crs)
         sb = transform_bounds(dst_crs, scrs, *dst_bounds, densify_pts=21)
         if not all(math.isfinite(v) for v in sb):
-            raise UserInputError(f"{p}: the scene ({where}) cannot be projected to the DEM's CRS "
-                                 f"{scrs.to_string()}")
+            raise UserInputError(
+                f"{p}: the scene ({where}) cannot be projected to the DEM's CRS {scrs.to_string()}"
+            )
         pad = max_hole_px + 2
         win = from_bounds(*sb, transform=ds.transform)
         col0 = math.floor(win.col_off) - pad
@@ -371,9 +381,11 @@ def read_dem(
         col0, row0 = max(col0, 0), max(row0, 0)
         col1, row1 = min(col1, ds.width), min(row1, ds.height)
         if col1 <= col0 or row1 <= row0:
-            raise UserInputError(f"{p}: the DEM ({_fmt_lonlat(tuple(ds.bounds), scrs)}) covers "
-                                 f"only 0.0% of the scene ({where}); give a DEM that covers "
-                                 "the whole area")
+            raise UserInputError(
+                f"{p}: the DEM ({_fmt_lonlat(tuple(ds.bounds), scrs)}) covers "
+                f"only 0.0% of the scene ({where}); give a DEM that covers "
+                "the whole area"
+            )
         window = Window(col0, row0, col1 - col0, row1 - row0)
         arr = ds.read(1, window=window).astype(np.float64)
         wtrans = ds.window_transform(window)
@@ -384,9 +396,17 @@ def read_dem(
 
     # coverage: the window's footprint (the DEM's own extent near the scene) on the target grid
     cov = np.full((h, w), np.nan, dtype=np.float32)
-    reproject(np.ones(arr.shape, dtype=np.float32), cov, src_transform=wtrans, src_crs=scrs,
-              dst_transform=transform, dst_crs=dst_crs, src_nodata=None, dst_nodata=np.nan,
-              resampling=_resampling("nearest"))
+    reproject(
+        np.ones(arr.shape, dtype=np.float32),
+        cov,
+        src_transform=wtrans,
+        src_crs=scrs,
+        dst_transform=transform,
+        dst_crs=dst_crs,
+        src_nodata=None,
+        dst_nodata=np.nan,
+        resampling=_resampling("nearest"),
+    )
     covered = np.isfinite(cov)
     if not covered.all():
         raise UserInputError(
@@ -398,17 +418,29 @@ def read_dem(
         big = _hole_mask(invalid, max_hole_px)
         valid = ~invalid
         if valid.any() and (invalid & ~big).any():
-            filled = fillnodata(np.where(valid, src, 0).astype(np.float32),
-                                mask=valid.astype(np.uint8), max_search_distance=max_hole_px + 1,
-                                smoothing_iterations=0)
+            filled = fillnodata(
+                np.where(valid, src, 0).astype(np.float32),
+                mask=valid.astype(np.uint8),
+                max_search_distance=max_hole_px + 1,
+                smoothing_iterations=0,
+            )
             src = np.where(invalid & ~big, filled, src).astype(np.float32)
         src[big] = np.nan if fill_value is None else np.float32(fill_value)
         src[invalid & ~big & ~np.isfinite(src)] = np.nan
         if not np.isfinite(src).any():
             raise UserInputError(f"{p}: the DEM has no valid elevation over the scene ({where})")
     out = np.full((h, w), np.nan, dtype=np.float32)
-    reproject(src, out, src_transform=wtrans, src_crs=scrs, dst_transform=transform,
-              dst_crs=dst_crs, src_nodata=np.nan, dst_nodata=np.nan, resampling=method)
+    reproject(
+        src,
+        out,
+        src_transform=wtrans,
+        src_crs=scrs,
+        dst_transform=transform,
+        dst_crs=dst_crs,
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
+        resampling=method,
+    )
     bad = ~np.isfinite(out)
     if bad.any():
         raise UserInputError(
@@ -438,14 +470,28 @@ def height_rmse(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray) 
     if n == 0:
         return {"rmse": math.nan, "bias": math.nan, "mae": math.nan, "n": 0}
     d = g[sel] - r[sel]
-    return {"rmse": float(np.sqrt(np.mean(d * d))), "bias": float(d.mean()),
-            "mae": float(np.abs(d).mean()), "n": n}
+    return {
+        "rmse": float(np.sqrt(np.mean(d * d))),
+        "bias": float(d.mean()),
+        "mae": float(np.abs(d).mean()),
+        "n": n,
+    }
 
 
 __all__ = [
-    "DEFAULT_HEIGHTS_M", "DEFAULT_KIND", "LEVEL_HEIGHT_M", "SOURCE_DEFAULT", "SOURCE_HEIGHT",
-    "SOURCE_LEVELS", "SOURCE_NAMES", "SOURCE_NONE", "HeightMap",
-    "building_height", "default_height", "height_map", "height_rmse",
+    "DEFAULT_HEIGHTS_M",
+    "DEFAULT_KIND",
+    "LEVEL_HEIGHT_M",
+    "SOURCE_DEFAULT",
+    "SOURCE_HEIGHT",
+    "SOURCE_LEVELS",
+    "SOURCE_NAMES",
+    "SOURCE_NONE",
+    "HeightMap",
+    "building_height",
+    "default_height",
+    "height_map",
+    "height_rmse",
     "read_dem",
 ]
 
@@ -455,8 +501,17 @@ __all__ = [
 #: flat; unmapped land (yards, plazas, verges) may hold walls, hedges and cars up to 2 m; forest
 #: is not bounded; buildings get their own height (:func:`height_map`).
 CLASS_HEIGHT_CAPS_M: dict[str, float | None] = {
-    "background": 2.0, "road_major": 0.0, "road_secondary": 0.0, "road_minor": 0.0, "path": 0.0,
-    "railway": 0.0, "water": 0.0, "forest": None, "grass": 0.0, "farmland": 0.0, "bare": 0.0,
+    "background": 2.0,
+    "road_major": 0.0,
+    "road_secondary": 0.0,
+    "road_minor": 0.0,
+    "path": 0.0,
+    "railway": 0.0,
+    "water": 0.0,
+    "forest": None,
+    "grass": 0.0,
+    "farmland": 0.0,
+    "bare": 0.0,
     "parking": 0.0,
 }
 
@@ -466,6 +521,11 @@ def height_caps(semantic: np.ndarray) -> np.ndarray:
     :mod:`earthgen.classes`); NaN for buildings and classes without a bound."""
     from earthgen.classes import CLASS_NAMES
 
-    table = np.array([np.nan if CLASS_HEIGHT_CAPS_M.get(n) is None else CLASS_HEIGHT_CAPS_M[n]
-                      for n in CLASS_NAMES], dtype=np.float32)
+    table = np.array(
+        [
+            np.nan if CLASS_HEIGHT_CAPS_M.get(n) is None else CLASS_HEIGHT_CAPS_M[n]
+            for n in CLASS_NAMES
+        ],
+        dtype=np.float32,
+    )
     return table[np.asarray(semantic, dtype=np.int64)]

@@ -61,9 +61,13 @@ def check_bbox(bbox: Any) -> BBox:
     try:
         vals = tuple(float(v) for v in bbox)
     except (TypeError, ValueError):
-        raise UserInputError(f"bbox must be 4 numbers min_lon,min_lat,max_lon,max_lat; got {bbox!r}") from None
+        raise UserInputError(
+            f"bbox must be 4 numbers min_lon,min_lat,max_lon,max_lat; got {bbox!r}"
+        ) from None
     if len(vals) != 4:
-        raise UserInputError(f"bbox must be 4 numbers min_lon,min_lat,max_lon,max_lat; got {bbox!r}")
+        raise UserInputError(
+            f"bbox must be 4 numbers min_lon,min_lat,max_lon,max_lat; got {bbox!r}"
+        )
     min_lon, min_lat, max_lon, max_lat = vals
     check_lonlat(min_lon, min_lat)
     check_lonlat(max_lon, max_lat)
@@ -87,7 +91,9 @@ def as_crs(value: Any, what: str = "CRS") -> CRS:
     try:
         return CRS.from_user_input(value)
     except (CRSError, TypeError, ValueError) as e:
-        raise UserInputError(f"{what}: cannot parse {value!r} as a CRS (try e.g. EPSG:32632): {e}") from None
+        raise UserInputError(
+            f"{what}: cannot parse {value!r} as a CRS (try e.g. EPSG:32632): {e}"
+        ) from None
 
 
 def check_metric(crs: CRS) -> CRS:

@@ -69,14 +69,24 @@ def _read_band(path: Path) -> tuple[np.ndarray, Any, CRS]:
         return a, ds.transform, CRS.from_user_input(ds.crs)
 
 
-def _regrid(a: np.ndarray, transform: Any, crs: CRS, dst_transform: Any,
-            shape: tuple[int, int]) -> np.ndarray:
+def _regrid(
+    a: np.ndarray, transform: Any, crs: CRS, dst_transform: Any, shape: tuple[int, int]
+) -> np.ndarray:
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
     out = np.full(shape, np.nan, dtype=np.float32)
-    reproject(a, out, src_transform=transform, src_crs=crs, dst_transform=dst_transform,
-              dst_crs=crs, src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.bilinear)
+    reproject(
+        a,
+        out,
+        src_transform=transform,
+        src_crs=crs,
+        dst_transform=dst_transform,
+        dst_crs=crs,
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
+        resampling=Resampling.bilinear,
+    )
     return out
 
 
@@ -141,19 +151,40 @@ def read_alexandria(root: str | os.PathLike, gsd: float | None = None) -> dict[s
     hm = height_map(layout)
     building_height = np.where(hm.source == SOURCE_HEIGHT, hm.top, np.nan).astype(np.float32)
     return {
-        "dsm": dsm, "dtm": dtm, "hag": hag, "ndsm": (dsm - dtm).astype(np.float32),
+        "dsm": dsm,
+        "dtm": dtm,
+        "hag": hag,
+        "ndsm": (dsm - dtm).astype(np.float32),
         "footprints": layout.semantic == CLASS_ID["building"],
         "building_height": building_height,
         "semantic": layout.semantic,
         "heights": np.asarray(heights, dtype=np.float64),
-        "features": features, "layout": layout,
-        "crs": crs, "transform": transform, "gsd": float(transform.a),
+        "features": features,
+        "layout": layout,
+        "crs": crs,
+        "transform": transform,
+        "gsd": float(transform.a),
     }
 
 
 __all__ = [
-    "CLASS_HEIGHT_CAPS_M", "DEFAULT_HEIGHTS_M", "DEFAULT_KIND", "LEVEL_HEIGHT_M",
-    "MAX_ABS_ELEVATION_M", "MAX_HEIGHT_M", "SOURCE_DEFAULT", "SOURCE_HEIGHT", "SOURCE_LEVELS",
-    "SOURCE_NAMES", "SOURCE_NONE", "HeightMap", "building_height", "default_height", "height_caps",
-    "height_map", "height_rmse", "read_alexandria", "read_dem",
+    "CLASS_HEIGHT_CAPS_M",
+    "DEFAULT_HEIGHTS_M",
+    "DEFAULT_KIND",
+    "LEVEL_HEIGHT_M",
+    "MAX_ABS_ELEVATION_M",
+    "MAX_HEIGHT_M",
+    "SOURCE_DEFAULT",
+    "SOURCE_HEIGHT",
+    "SOURCE_LEVELS",
+    "SOURCE_NAMES",
+    "SOURCE_NONE",
+    "HeightMap",
+    "building_height",
+    "default_height",
+    "height_caps",
+    "height_map",
+    "height_rmse",
+    "read_alexandria",
+    "read_dem",
 ]

@@ -45,8 +45,8 @@ from earthgen.geo.crs import (
 from earthgen.geo.osm import VectorSource, load_source, select_features
 from earthgen.geo.vector import Feature, features_geojson, rasterize_features
 
-DEFAULT_GSD = 1.0               # metres / pixel
-MAX_PIXELS = 16384 * 16384      # about 270 MB for the uint8 class map alone
+DEFAULT_GSD = 1.0  # metres / pixel
+MAX_PIXELS = 16384 * 16384  # about 270 MB for the uint8 class map alone
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,9 @@ def plan_grid(
         bbox = extent
     bbox = check_bbox(bbox)
     if wh is not None and gsd is not None:
-        raise UserInputError("with a bbox give either a size or a GSD, not both "
-                             "(the other follows from the box)")
+        raise UserInputError(
+            "with a bbox give either a size or a GSD, not both (the other follows from the box)"
+        )
     target = target or utm_crs((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     minx, miny, maxx, maxy = bbox_to_bounds(bbox, target)
     if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
@@ -246,8 +247,11 @@ class Layout:
 
     def building_boxes(self) -> BoxSet:
         """The buildings' oriented boxes as a :class:`~earthgen.boxes.BoxSet` (label 'building')."""
-        return BoxSet(self.building_corners, ["building"] * len(self.building_corners),
-                      extra={"height_m": self.building_heights, "ids": list(self.building_ids)})
+        return BoxSet(
+            self.building_corners,
+            ["building"] * len(self.building_corners),
+            extra={"height_m": self.building_heights, "ids": list(self.building_ids)},
+        )
 
     def legend_dict(self) -> dict:
         """The class legend plus the grid, CRS, class fractions and feature counts."""
@@ -277,15 +281,19 @@ class Layout:
         boxes = []
         for i, c in enumerate(self.building_corners):
             h = float(self.building_heights[i])
-            boxes.append({
-                "id": self.building_ids[i] if i < len(self.building_ids) else None,
-                "corners_px": np.round(c, 3).tolist(),
-                "height_m": None if math.isnan(h) else h,
-                "footprint_area_m2": round(float(self.building_areas[i]), 3)
-                if i < len(self.building_areas) else None,
-                "truncated": bool(self.building_truncated[i]) if i < len(self.building_truncated)
-                else False,
-            })
+            boxes.append(
+                {
+                    "id": self.building_ids[i] if i < len(self.building_ids) else None,
+                    "corners_px": np.round(c, 3).tolist(),
+                    "height_m": None if math.isnan(h) else h,
+                    "footprint_area_m2": round(float(self.building_areas[i]), 3)
+                    if i < len(self.building_areas)
+                    else None,
+                    "truncated": bool(self.building_truncated[i])
+                    if i < len(self.building_truncated)
+                    else False,
+                }
+            )
         return {
             "image_size": [self.width, self.height],
             "gsd_m_per_px": self.gsd,
@@ -307,8 +315,14 @@ class Layout:
         try:
             with atomic_dir(out) as tmp:
                 write_png(tmp / names[0], self.semantic, palette=PALETTE)
-                write_geotiff(tmp / names[1], self.semantic, self.crs, self.transform,
-                              colormap=PALETTE, band_descriptions=["class_id"])
+                write_geotiff(
+                    tmp / names[1],
+                    self.semantic,
+                    self.crs,
+                    self.transform,
+                    colormap=PALETTE,
+                    band_descriptions=["class_id"],
+                )
                 write_json(tmp / names[2], self.legend_dict())
                 write_json(tmp / names[3], self.features_geojson())
                 write_json(tmp / names[4], self.buildings_dict())
@@ -386,8 +400,9 @@ def build_layout(
         _check_gsd(gsd)
     src = source if isinstance(source, VectorSource) else load_source(source, source_crs)
     if src.extent is None:
-        raise UserInputError(f"{src.path}: no mapped features (buildings, roads, water, land "
-                             "cover) in the file")
+        raise UserInputError(
+            f"{src.path}: no mapped features (buildings, roads, water, land cover) in the file"
+        )
     if grid is None:
         grid = plan_grid(None, None, size, gsd, crs, extent=src.extent, max_pixels=max_pixels)
     area = grid.bbox
@@ -413,8 +428,9 @@ def layout_from_features(features: list[Feature], grid: Grid, source: str = "") 
     footprints from other sources (e.g. :func:`earthgen.geo.heights.read_alexandria`)."""
     grid_box = shapely.box(*grid.bounds)
     semantic = rasterize_features(features, grid.transform, (grid.height, grid.width))
-    corners, heights, ids, areas, trunc = _building_boxes(features, grid_box, grid.transform,
-                                                          grid.gsd)
+    corners, heights, ids, areas, trunc = _building_boxes(
+        features, grid_box, grid.transform, grid.gsd
+    )
     return Layout(
         semantic=semantic,
         transform=grid.transform,
@@ -431,5 +447,12 @@ def layout_from_features(features: list[Feature], grid: Grid, source: str = "") 
     )
 
 
-__all__ = ["DEFAULT_GSD", "MAX_PIXELS", "Grid", "Layout", "build_layout", "layout_from_features",
-           "plan_grid"]
+__all__ = [
+    "DEFAULT_GSD",
+    "MAX_PIXELS",
+    "Grid",
+    "Layout",
+    "build_layout",
+    "layout_from_features",
+    "plan_grid",
+]

@@ -53,24 +53,44 @@ OSM_SUFFIXES = (".osm", ".osm.pbf", ".pbf", ".osm.bz2", ".osm.gz", ".o5m")
 GEOJSON_SUFFIXES = (".geojson", ".json")
 
 # Only objects with one of these keys are turned into Python objects (speed).
-_KEYS = ("building", "highway", "railway", "waterway", "natural", "landuse", "leisure", "water",
-         "amenity", "area:highway", "public_transport")
+_KEYS = (
+    "building",
+    "highway",
+    "railway",
+    "waterway",
+    "natural",
+    "landuse",
+    "leisure",
+    "water",
+    "amenity",
+    "area:highway",
+    "public_transport",
+)
 
 # --- tag tables -------------------------------------------------------------------------------
 
 HIGHWAY_CLASS: dict[str, str] = {
     **dict.fromkeys(("motorway", "trunk", "primary"), "road_major"),
     **dict.fromkeys(("secondary", "tertiary"), "road_secondary"),
-    **dict.fromkeys(("residential", "unclassified", "service", "living_street", "road", "busway"),
-                    "road_minor"),
-    **dict.fromkeys(("footway", "cycleway", "path", "track", "pedestrian", "steps", "bridleway",
-                     "trail"), "path"),
+    **dict.fromkeys(
+        ("residential", "unclassified", "service", "living_street", "road", "busway"), "road_minor"
+    ),
+    **dict.fromkeys(
+        ("footway", "cycleway", "path", "track", "pedestrian", "steps", "bridleway", "trail"),
+        "path",
+    ),
 }
-RAILWAY_KINDS = frozenset(("rail", "light_rail", "tram", "narrow_gauge", "subway", "monorail",
-                           "funicular", "preserved"))
+RAILWAY_KINDS = frozenset(
+    ("rail", "light_rail", "tram", "narrow_gauge", "subway", "monorail", "funicular", "preserved")
+)
 WATERWAY_WIDTH_M: dict[str, float] = {
-    "river": 20.0, "canal": 10.0, "tidal_channel": 5.0, "stream": 3.0, "brook": 3.0,
-    "ditch": 1.5, "drain": 1.5,
+    "river": 20.0,
+    "canal": 10.0,
+    "tidal_channel": 5.0,
+    "stream": 3.0,
+    "brook": 3.0,
+    "ditch": 1.5,
+    "drain": 1.5,
 }
 LANE_WIDTH_M = 3.5
 TRACK_WIDTH_M = ROAD_WIDTH_M["railway"]
@@ -91,11 +111,27 @@ _AREA_RULES: tuple[tuple[str, str, frozenset[str] | None], ...] = (
     ("bare", "landuse", frozenset(("quarry", "construction", "brownfield", "landfill"))),
     ("forest", "landuse", frozenset(("forest",))),
     ("forest", "natural", frozenset(("wood", "scrub"))),
-    ("farmland", "landuse", frozenset(("farmland", "orchard", "vineyard", "allotments",
-                                       "plant_nursery"))),
+    (
+        "farmland",
+        "landuse",
+        frozenset(("farmland", "orchard", "vineyard", "allotments", "plant_nursery")),
+    ),
     ("grass", "leisure", frozenset(("park", "garden", "pitch", "golf_course", "dog_park"))),
-    ("grass", "landuse", frozenset(("grass", "meadow", "recreation_ground", "cemetery",
-                                    "village_green", "greenfield", "flowerbed"))),
+    (
+        "grass",
+        "landuse",
+        frozenset(
+            (
+                "grass",
+                "meadow",
+                "recreation_ground",
+                "cemetery",
+                "village_green",
+                "greenfield",
+                "flowerbed",
+            )
+        ),
+    ),
     ("grass", "natural", frozenset(("grassland", "heath"))),
     ("path", "railway", frozenset(("platform",))),
     ("path", "public_transport", frozenset(("platform",))),
@@ -223,7 +259,11 @@ def classify_area(tags: dict[str, str], from_way: bool = True) -> tuple[str, dic
             return cls, {**_common_props(tags), "kind": f"highway={hw}"}
     ahw = tags.get("area:highway")
     if ahw is not None:
-        cls = "path" if ahw in ("pedestrian", "footway") else HIGHWAY_CLASS.get(ahw.removesuffix("_link"))
+        cls = (
+            "path"
+            if ahw in ("pedestrian", "footway")
+            else HIGHWAY_CLASS.get(ahw.removesuffix("_link"))
+        )
         if cls:
             return cls, {**_common_props(tags), "kind": f"area:highway={ahw}"}
     return None
@@ -245,8 +285,11 @@ def classify_line(tags: dict[str, str]) -> tuple[str, dict[str, Any]] | None:
                 width = lanes * LANE_WIDTH_M
             elif tags.get("oneway") in ("yes", "1", "-1") and cls != "road_minor":
                 width = ROAD_WIDTH_M[cls] * ONEWAY_FACTOR
-        return cls, {**_common_props(tags), "kind": f"highway={hw}",
-                     "width": width or ROAD_WIDTH_M[cls]}
+        return cls, {
+            **_common_props(tags),
+            "kind": f"highway={hw}",
+            "width": width or ROAD_WIDTH_M[cls],
+        }
     rw = tags.get("railway")
     if rw is not None:
         if rw not in RAILWAY_KINDS:
@@ -259,11 +302,17 @@ def classify_line(tags: dict[str, str]) -> tuple[str, dict[str, Any]] | None:
     if ww is not None:
         if ww not in WATERWAY_WIDTH_M:
             return None
-        return "water", {**_common_props(tags), "kind": f"waterway={ww}",
-                         "width": width or WATERWAY_WIDTH_M[ww]}
+        return "water", {
+            **_common_props(tags),
+            "kind": f"waterway={ww}",
+            "width": width or WATERWAY_WIDTH_M[ww],
+        }
     if tags.get("natural") == "tree_row":
-        return "forest", {**_common_props(tags), "kind": "natural=tree_row",
-                          "width": width or TREE_ROW_WIDTH_M}
+        return "forest", {
+            **_common_props(tags),
+            "kind": "natural=tree_row",
+            "width": width or TREE_ROW_WIDTH_M,
+        }
     return None
 
 
@@ -276,12 +325,12 @@ class VectorSource:
 
     path: Path
     crs: CRS
-    geoms: np.ndarray            # [N] shapely geometries in ``crs``
-    classes: tuple[str, ...]     # [N] class names
-    props: tuple[dict, ...]      # [N] feature attributes (osm_id, kind, width, height, ...)
-    coastlines: np.ndarray       # [M] natural=coastline LineStrings in ``crs``, way direction kept
-    extent: BBox | None          # lon/lat extent of the data (file header, else the geometries)
-    read_seconds: float          # time taken to parse the file
+    geoms: np.ndarray  # [N] shapely geometries in ``crs``
+    classes: tuple[str, ...]  # [N] class names
+    props: tuple[dict, ...]  # [N] feature attributes (osm_id, kind, width, height, ...)
+    coastlines: np.ndarray  # [M] natural=coastline LineStrings in ``crs``, way direction kept
+    extent: BBox | None  # lon/lat extent of the data (file header, else the geometries)
+    read_seconds: float  # time taken to parse the file
 
     def __post_init__(self) -> None:
         self.tree = shapely.STRtree(self.geoms)
@@ -339,13 +388,25 @@ def _load_cached(path: str, mtime_ns: int, size: int, kind: str, crs_key: str) -
     else:
         src = _read_geojson(Path(path), CRS.from_wkt(crs_key) if crs_key else None)
     src.read_seconds = time.perf_counter() - t0
-    log.info("read %s: %d features, %d coastline ways in %.2f s", path, len(src),
-             len(src.coastlines), src.read_seconds)
+    log.info(
+        "read %s: %d features, %d coastline ways in %.2f s",
+        path,
+        len(src),
+        len(src.coastlines),
+        src.read_seconds,
+    )
     return src
 
 
-def _finish(path: Path, crs: CRS, geoms: list, classes: list[str], props: list[dict],
-            coast: list, header_extent: BBox | None) -> VectorSource:
+def _finish(
+    path: Path,
+    crs: CRS,
+    geoms: list,
+    classes: list[str],
+    props: list[dict],
+    coast: list,
+    header_extent: BBox | None,
+) -> VectorSource:
     garr = np.array(geoms, dtype=object) if geoms else np.empty(0, dtype=object)
     if len(garr):
         garr = shapely.from_wkb(garr) if isinstance(geoms[0], (bytes, str)) else garr
@@ -362,8 +423,16 @@ def _finish(path: Path, crs: CRS, geoms: list, classes: list[str], props: list[d
             b = shapely.total_bounds(allg)
             if np.all(np.isfinite(b)):
                 extent = transform_bounds(tuple(b), crs, WGS84) if crs != WGS84 else tuple(b)
-    return VectorSource(path, crs, garr, tuple(classes), tuple(props), carr,
-                        tuple(float(v) for v in extent) if extent else None, 0.0)
+    return VectorSource(
+        path,
+        crs,
+        garr,
+        tuple(classes),
+        tuple(props),
+        carr,
+        tuple(float(v) for v in extent) if extent else None,
+        0.0,
+    )
 
 
 # --- OSM ----------------------------------------------------------------------------------------
@@ -522,7 +591,9 @@ def _read_geojson(path: Path, source_crs: CRS | None) -> VectorSource:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserInputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raise UserInputError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserInputError(f"{path}: cannot read file: {e}") from None
     if not isinstance(data, dict) or data.get("type") not in ("FeatureCollection", "Feature"):
@@ -615,7 +686,9 @@ def _keep_dim(geom: Any, dim: int) -> Any:
         return None
     if shapely.get_dimensions(geom) == dim and geom.geom_type != "GeometryCollection":
         return geom
-    parts = [p for p in shapely.get_parts(geom) if shapely.get_dimensions(p) == dim and not p.is_empty]
+    parts = [
+        p for p in shapely.get_parts(geom) if shapely.get_dimensions(p) == dim and not p.is_empty
+    ]
     if not parts:
         return None
     return shapely.union_all(parts) if len(parts) > 1 else parts[0]
@@ -669,8 +742,11 @@ def _sea_for_window(src: VectorSource, bounds: Bounds, crs: CRS, feats: list[Fea
         b = shapely.intersection(shapely.union_all(bld), shapely.box(*bounds))
         wet = shapely.intersection(b, shapely.union_all(polys)).area
         if b.area > 0 and wet > 0.1 * b.area:
-            log.warning("coastline data puts %.0f%% of the building area in the sea; "
-                        "ignoring the coastline here", 100 * wet / b.area)
+            log.warning(
+                "coastline data puts %.0f%% of the building area in the sea; "
+                "ignoring the coastline here",
+                100 * wet / b.area,
+            )
             return []
     return polys
 
@@ -681,18 +757,25 @@ def sea_polygons(coastlines: Any, bounds: Bounds) -> list:
     The box is cut by the coastlines into faces; each face is sea when a point inside it lies
     on the right of the nearest coastline (OSM: land on the left). Works for boxes the
     coastline does not cross (all sea or all land) and for coastlines cut by the extract."""
-    lines = [g for g in np.asarray(coastlines, dtype=object).ravel() if g is not None and not g.is_empty]
+    lines = [
+        g for g in np.asarray(coastlines, dtype=object).ravel() if g is not None and not g.is_empty
+    ]
     if not lines:
         return []
-    merged = shapely.line_merge(shapely.MultiLineString(
-        [c for g in lines for c in shapely.get_parts(g)]), directed=True)
+    merged = shapely.line_merge(
+        shapely.MultiLineString([c for g in lines for c in shapely.get_parts(g)]), directed=True
+    )
     box = shapely.box(*bounds)
     parts = [_extend_open_ends(p, box) for p in shapely.get_parts(merged) if p.length > 0]
     if not parts:
         return []
     parts_arr = np.array(parts, dtype=object)
-    inside = _keep_dim(shapely.intersection(shapely.MultiLineString(
-        [c for p in parts for c in shapely.get_parts(p)]), box), 1)
+    inside = _keep_dim(
+        shapely.intersection(
+            shapely.MultiLineString([c for p in parts for c in shapely.get_parts(p)]), box
+        ),
+        1,
+    )
     if inside is None:
         faces = [box]
     else:
@@ -760,6 +843,9 @@ def read_features(
             raise UserInputError(f"{path}: no mapped features in the file")
         bbox = src.extent
     bbox = check_bbox(bbox)
-    crs = check_metric(as_crs(crs)) if crs is not None else utm_crs(
-        (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+    crs = (
+        check_metric(as_crs(crs))
+        if crs is not None
+        else utm_crs((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+    )
     return select_features(src, bbox_to_bounds(bbox, crs), crs)

@@ -49,9 +49,15 @@ def area_geometries(features: list[Feature]) -> np.ndarray:
     is_point = np.isin(kinds, _POINTS)
     if is_line.any():
         idx = np.flatnonzero(is_line)
-        width = np.array([float(features[i].props.get("width") or ROAD_WIDTH_M.get(features[i].cls, 3.0))
-                          for i in idx])
-        out[idx] = shapely.buffer(geoms[idx], width / 2.0, cap_style="flat", join_style="round", quad_segs=2)
+        width = np.array(
+            [
+                float(features[i].props.get("width") or ROAD_WIDTH_M.get(features[i].cls, 3.0))
+                for i in idx
+            ]
+        )
+        out[idx] = shapely.buffer(
+            geoms[idx], width / 2.0, cap_style="flat", join_style="round", quad_segs=2
+        )
     if is_point.any():
         idx = np.flatnonzero(is_point)
         radius = np.array([float(features[i].props.get("radius", 1.0)) for i in idx])
@@ -68,7 +74,9 @@ def geojson_like(geoms: np.ndarray) -> list[dict]:
     simple = (shapely.get_type_id(geoms) == 3) & (shapely.get_num_interior_rings(geoms) == 0)
     idx = np.flatnonzero(simple)
     if len(idx):
-        coords, owner = shapely.get_coordinates(shapely.get_exterior_ring(geoms[idx]), return_index=True)
+        coords, owner = shapely.get_coordinates(
+            shapely.get_exterior_ring(geoms[idx]), return_index=True
+        )
         parts = np.split(coords, np.flatnonzero(np.diff(owner)) + 1)
         for i, c in zip(idx[np.unique(owner)], parts, strict=True):
             out[i] = {"type": "Polygon", "coordinates": [c.tolist()]}
@@ -108,7 +116,9 @@ def rasterize_features(
     return rasterize(shapes, out_shape=shape, transform=transform, fill=background, dtype="uint8")
 
 
-def features_geojson(features: list[Feature], crs: Any, bounds: tuple[float, float, float, float]) -> dict:
+def features_geojson(
+    features: list[Feature], crs: Any, bounds: tuple[float, float, float, float]
+) -> dict:
     """Features clipped to ``bounds`` (xmin, ymin, xmax, ymax in ``crs``), reprojected to WGS84
     lon/lat (7 decimals, ~1 cm), as a GeoJSON FeatureCollection with ``class`` and the props."""
     import shapely
@@ -125,5 +135,7 @@ def features_geojson(features: list[Feature], crs: Any, bounds: tuple[float, flo
             if g is None or g.is_empty or gc.is_empty:
                 continue
             props = {"class": f.cls, **{k: v for k, v in f.props.items() if v is not None}}
-            out.append({"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(g)})
+            out.append(
+                {"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(g)}
+            )
     return {"type": "FeatureCollection", "features": out}

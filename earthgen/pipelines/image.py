@@ -133,8 +133,10 @@ def _blend_1d(windows: list[tuple[int, int]], device=None) -> list[torch.Tensor]
     end = max(s + n for s, n in windows)
     total = torch.zeros(end, dtype=torch.float64)
     for (s, n), w in zip(windows, raw, strict=True):
-        total[s:s + n] += w
-    return [(w / total[s:s + n]).float().to(device) for (s, n), w in zip(windows, raw, strict=True)]
+        total[s : s + n] += w
+    return [
+        (w / total[s : s + n]).float().to(device) for (s, n), w in zip(windows, raw, strict=True)
+    ]
 
 
 def _window_weight(wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
@@ -156,7 +158,7 @@ def _crops(v: torch.Tensor, chunk: list, th: int, tw: int, scale: int = 1) -> li
     """The ``th x tw`` latent windows at ``(y0, x0, ...)`` of ``chunk`` cut from ``v``
     ``[N, C, H, W]`` (``scale`` pixels per latent pixel: ``v`` in pixels)."""
     s = scale
-    return [v[:, :, y0 * s:(y0 + th) * s, x0 * s:(x0 + tw) * s] for y0, x0, *_ in chunk]
+    return [v[:, :, y0 * s : (y0 + th) * s, x0 * s : (x0 + tw) * s] for y0, x0, *_ in chunk]
 
 
 MASK_FEATHER_PX = 8
@@ -183,7 +185,7 @@ def feather_mask(mask: torch.Tensor, band: int = MASK_FEATHER_PX) -> torch.Tenso
             if r == 0 or r > band:
                 continue
             weight = 0.5 * (1.0 + math.cos(math.pi * r / (band + 1)))
-            shifted = padded[..., band + dy:band + dy + h, band + dx:band + dx + w]
+            shifted = padded[..., band + dy : band + dy + h, band + dx : band + dx + w]
             out = torch.maximum(out, shifted * weight)
     return out
 
@@ -258,9 +260,12 @@ def text2earth_level(gsd: Any, batch: int | None = None) -> torch.Tensor:
     lo, hi = TEXT2EARTH_LEVELS
     outside = known & ((level < lo) | (level > hi))
     if bool(outside.any()):
-        warnings.warn(f"gsd {g[outside][0].item():g} m/px is outside Text2Earth's {2.0 ** (17 - hi):g}.."
-                      f"{2.0 ** (17 - lo):g} m/px (zoom levels {lo}..{hi}); using the nearest level",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"gsd {g[outside][0].item():g} m/px is outside Text2Earth's {2.0 ** (17 - hi):g}.."
+            f"{2.0 ** (17 - lo):g} m/px (zoom levels {lo}..{hi}); using the nearest level",
+            UserWarning,
+            stacklevel=3,
+        )
     return torch.where(known, level.clamp(lo, hi), torch.zeros_like(level)).long()
 
 
@@ -271,12 +276,31 @@ class EarthImagePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["metadata_encoder", "controlnet", "box_encoder", "layout_encoder"]
 
-    def __init__(self, vae, unet, scheduler, text_encoder, tokenizer, metadata_encoder=None, controlnet=None,
-                 box_encoder=None, layout_encoder=None, control_guidance_end: float = 1.0):
+    def __init__(
+        self,
+        vae,
+        unet,
+        scheduler,
+        text_encoder,
+        tokenizer,
+        metadata_encoder=None,
+        controlnet=None,
+        box_encoder=None,
+        layout_encoder=None,
+        control_guidance_end: float = 1.0,
+    ):
         super().__init__()
-        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
-                              tokenizer=tokenizer, metadata_encoder=metadata_encoder, controlnet=controlnet,
-                              box_encoder=box_encoder, layout_encoder=layout_encoder)
+        self.register_modules(
+            vae=vae,
+            unet=unet,
+            scheduler=scheduler,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            metadata_encoder=metadata_encoder,
+            controlnet=controlnet,
+            box_encoder=box_encoder,
+            layout_encoder=layout_encoder,
+        )
         # the model's default fraction of sampling steps that run the control branch (saved in model_index.json)
         self.register_to_config(control_guidance_end=float(control_guidance_end))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -291,7 +315,8 @@ class EarthImagePipeline(DiffusionPipeline):
         """True when the model is conditioned on layouts (a control branch with a ``layout``
         condition, or a layout encoder feeding the UNet input)."""
         return self.layout_encoder is not None or (
-            self.controlnet is not None and "layout" in self.controlnet.condition_names)
+            self.controlnet is not None and "layout" in self.controlnet.condition_names
+        )
 
     @property
     def size_multiple(self) -> int:
@@ -320,10 +345,21 @@ class EarthImagePipeline(DiffusionPipeline):
         which SD-format checkpoints were trained with) unless its config sets
         ``use_attention_mask``; any other encoder (the packaged MiniLM/BERT, trained that way)
         gets it."""
-        tok = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=min(int(self.tokenizer.model_max_length), 77), return_tensors="pt")
-        mask = tok["attention_mask"].to(self._execution_device) if needs_attention_mask(self.text_encoder) else None
-        out = self.text_encoder(input_ids=tok["input_ids"].to(self._execution_device), attention_mask=mask)
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=min(int(self.tokenizer.model_max_length), 77),
+            return_tensors="pt",
+        )
+        mask = (
+            tok["attention_mask"].to(self._execution_device)
+            if needs_attention_mask(self.text_encoder)
+            else None
+        )
+        out = self.text_encoder(
+            input_ids=tok["input_ids"].to(self._execution_device), attention_mask=mask
+        )
         return out.last_hidden_state.to(self.unet.dtype)
 
     def class_labels(self, gsd, metadata: dict | None, batch: int, drop: torch.Tensor | None):
@@ -346,7 +382,9 @@ class EarthImagePipeline(DiffusionPipeline):
         if cfg.get("class_embed_type") == "timestep":
             other = sorted(k for k, v in meta.items() if k != "gsd" and v is not None)
             if other:
-                raise UserInputError(f"this model takes the resolution only (gsd), not {', '.join(other)}")
+                raise UserInputError(
+                    f"this model takes the resolution only (gsd), not {', '.join(other)}"
+                )
             labels = torch.zeros(batch, dtype=torch.long)
             if meta.get("gsd") is not None:
                 labels = text2earth_level(meta["gsd"], batch)
@@ -365,7 +403,9 @@ class EarthImagePipeline(DiffusionPipeline):
                 labels = torch.where(drop.bool(), torch.zeros_like(labels), labels)
             return labels.to(self._execution_device)
         if meta:
-            raise UserInputError("this model takes no metadata (no metadata encoder, no class embedding)")
+            raise UserInputError(
+                "this model takes no metadata (no metadata encoder, no class embedding)"
+            )
         return None
 
     @staticmethod
@@ -375,17 +415,25 @@ class EarthImagePipeline(DiffusionPipeline):
         if layout is None:
             return None
         sem = getattr(layout, "semantic", layout)
-        ids = sem if isinstance(sem, torch.Tensor) else torch.from_numpy(np.array(sem, dtype=np.int64))
+        ids = (
+            sem
+            if isinstance(sem, torch.Tensor)
+            else torch.from_numpy(np.array(sem, dtype=np.int64))
+        )
         if ids.dim() == 2:
             ids = ids[None]
         if tuple(ids.shape[-2:]) != (height, width):
-            raise UserInputError(f"layout is {ids.shape[-1]}x{ids.shape[-2]} pixels but the image is "
-                                 f"{width}x{height}; rasterize it at the image size")
+            raise UserInputError(
+                f"layout is {ids.shape[-1]}x{ids.shape[-2]} pixels but the image is "
+                f"{width}x{height}; rasterize it at the image size"
+            )
         if ids.shape[0] == 1 and batch > 1:
             ids = ids.expand(batch, -1, -1)
         return ids
 
-    def dense_controls(self, layout, controls: dict | None, batch: int, height: int, width: int) -> dict:
+    def dense_controls(
+        self, layout, controls: dict | None, batch: int, height: int, width: int
+    ) -> dict:
         """Build the control maps: ``layout`` (see :meth:`layout_ids`) gives ``layout`` (one-hot)
         and ``roads`` (for a model with a control branch; a model with only a layout encoder takes
         the layout through :meth:`layout_map`); ``controls`` adds/overrides maps by name
@@ -393,9 +441,14 @@ class EarthImagePipeline(DiffusionPipeline):
         maps: dict[str, torch.Tensor] = {}
         ids = self.layout_ids(layout, batch, height, width)
         if ids is not None and self.controlnet is None and self.layout_encoder is None:
-            raise UserInputError("a layout was given but this model takes none (no control branch, no layout encoder)")
-        if ids is not None and self.controlnet is not None and (
-                self.layout_encoder is None or "layout" in self.controlnet.condition_names):
+            raise UserInputError(
+                "a layout was given but this model takes none (no control branch, no layout encoder)"
+            )
+        if (
+            ids is not None
+            and self.controlnet is not None
+            and (self.layout_encoder is None or "layout" in self.controlnet.condition_names)
+        ):
             maps["layout"] = one_hot(ids)
             maps["roads"] = road_map(ids)
         for k, v in (controls or {}).items():
@@ -420,7 +473,9 @@ class EarthImagePipeline(DiffusionPipeline):
         if boxes is None:
             return None
         if self.box_encoder is None:
-            raise UserInputError("boxes were given but this model has no box conditioning (box_encoder)")
+            raise UserInputError(
+                "boxes were given but this model has no box conditioning (box_encoder)"
+            )
         sets = [boxes] if isinstance(boxes, BoxSet) else list(boxes)
         if not all(isinstance(b, BoxSet) for b in sets):
             raise UserInputError("boxes must be an earthgen.boxes.BoxSet or a list of them")
@@ -442,9 +497,13 @@ class EarthImagePipeline(DiffusionPipeline):
 
         if getattr(self, "_box_class_emb", None) is None:
             self._box_class_emb = {}
-        return class_embeddings(names, self.text_encoder, self.tokenizer, self._box_class_emb, self._execution_device)
+        return class_embeddings(
+            names, self.text_encoder, self.tokenizer, self._box_class_emb, self._execution_device
+        )
 
-    def box_tokens(self, sets: list, x0: int, y0: int, width: int, height: int, drop: bool) -> torch.Tensor:
+    def box_tokens(
+        self, sets: list, x0: int, y0: int, width: int, height: int, drop: bool
+    ) -> torch.Tensor:
         """Grounding tokens ``[B, N, D]`` of the boxes whose centre lies in the pixel window
         ``(x0, y0, width, height)``, in window-normalised corners; ``drop``: all null."""
         from earthgen.boxes import BoxSet
@@ -461,32 +520,47 @@ class EarthImagePipeline(DiffusionPipeline):
             mask = torch.zeros_like(mask)
         cls = self._box_classes(names)
         dev, dt = self._execution_device, self.box_encoder.dtype
-        return self.box_encoder(corners.to(dev, dt), cls.to(dev, dt), mask.to(dev, dt)).to(self.unet.dtype)
+        return self.box_encoder(corners.to(dev, dt), cls.to(dev, dt), mask.to(dev, dt)).to(
+            self.unet.dtype
+        )
 
     def _layout_channels(self) -> int:
         return 0 if self.layout_encoder is None else self.layout_encoder.channels
 
-    def input_maps(self, sets: list | None, layout, cfg: bool, batch: int, height: int,
-                   width: int) -> torch.Tensor | None:
+    def input_maps(
+        self, sets: list | None, layout, cfg: bool, batch: int, height: int, width: int
+    ) -> torch.Tensor | None:
         """The maps concatenated to the UNet input, ``[B (2B under CFG, null half first), C, H/f, W/f]``:
         the dense box map (:meth:`box_raster`), then the layout map (:meth:`layout_map`); None
         for a UNet that takes neither."""
         extra = int(self.unet.config.in_channels) - int(self.unet.config.out_channels)
         lay = self._layout_channels()
         if extra < lay:
-            raise UserInputError(f"the layout encoder makes {lay} channels but the UNet takes only {extra} "
-                                 "besides the latent")
-        maps = [m for m in (self.box_raster(sets, cfg, batch, height, width),
-                            self.layout_map(layout, cfg, batch, height, width)) if m is not None]
+            raise UserInputError(
+                f"the layout encoder makes {lay} channels but the UNet takes only {extra} "
+                "besides the latent"
+            )
+        maps = [
+            m
+            for m in (
+                self.box_raster(sets, cfg, batch, height, width),
+                self.layout_map(layout, cfg, batch, height, width),
+            )
+            if m is not None
+        ]
         if not maps:
             return None
         out = torch.cat(maps, dim=1)
         if out.shape[1] != extra:
-            raise UserInputError(f"the UNet takes {extra} map channels besides the latent but the pipeline "
-                                 f"makes {out.shape[1]}")
+            raise UserInputError(
+                f"the UNet takes {extra} map channels besides the latent but the pipeline "
+                f"makes {out.shape[1]}"
+            )
         return out
 
-    def layout_map(self, layout, cfg: bool, batch: int, height: int, width: int) -> torch.Tensor | None:
+    def layout_map(
+        self, layout, cfg: bool, batch: int, height: int, width: int
+    ) -> torch.Tensor | None:
         """The layout map ``[B (2B under CFG, null half first), K, H/f, W/f]`` of a model with a
         layout encoder (zeros when no layout is given); None for a model without one."""
         if self.layout_encoder is None:
@@ -496,7 +570,9 @@ class EarthImagePipeline(DiffusionPipeline):
         m = m.to(self._execution_device, self.unet.dtype)
         return torch.cat([torch.zeros_like(m), m]) if cfg else m
 
-    def box_raster(self, sets: list | None, cfg: bool, batch: int, height: int, width: int) -> torch.Tensor | None:
+    def box_raster(
+        self, sets: list | None, cfg: bool, batch: int, height: int, width: int
+    ) -> torch.Tensor | None:
         """The dense box map ``[B (2B under CFG, null half first), C, H/f, W/f]`` of the whole
         image for a UNet with box-map input channels (zeros when no boxes are given); None for
         a UNet without them."""
@@ -513,11 +589,18 @@ class EarthImagePipeline(DiffusionPipeline):
             check_box_map(self.unet, self.box_encoder, self._layout_channels())
             corners, names, mask = pack_boxes(sets, width, height)
             be = self.box_encoder
-            r = be.raster(corners.to(dev, be.dtype), self._box_classes(names).to(dev, be.dtype), mask.to(dev, be.dtype),
-                          height // f, width // f).to(dt)
+            r = be.raster(
+                corners.to(dev, be.dtype),
+                self._box_classes(names).to(dev, be.dtype),
+                mask.to(dev, be.dtype),
+                height // f,
+                width // f,
+            ).to(dt)
         return torch.cat([torch.zeros_like(r), r]) if cfg else r
 
-    def _grounding(self, sets, cfg: bool, x0: int, y0: int, width: int, height: int) -> torch.Tensor | None:
+    def _grounding(
+        self, sets, cfg: bool, x0: int, y0: int, width: int, height: int
+    ) -> torch.Tensor | None:
         """Tokens for one window, unconditional (all null) half first under CFG."""
         if sets is None:
             return None
@@ -528,12 +611,26 @@ class EarthImagePipeline(DiffusionPipeline):
 
     # --- checks --------------------------------------------------------------------------------
 
-    def check_inputs(self, height, width, steps, guidance_scale, strength, image, mask, tile_size, overlap,
-                     control_start: float = 0.0, control_end: float = 1.0,
-                     mask_feather: int = MASK_FEATHER_PX):
+    def check_inputs(
+        self,
+        height,
+        width,
+        steps,
+        guidance_scale,
+        strength,
+        image,
+        mask,
+        tile_size,
+        overlap,
+        control_start: float = 0.0,
+        control_end: float = 1.0,
+        mask_feather: int = MASK_FEATHER_PX,
+    ):
         f = self.size_multiple
         if height <= 0 or width <= 0 or height % f or width % f:
-            raise UserInputError(f"height and width must be positive multiples of {f}, got {width}x{height}")
+            raise UserInputError(
+                f"height and width must be positive multiples of {f}, got {width}x{height}"
+            )
         if steps <= 0:
             raise UserInputError(f"num_inference_steps must be > 0, got {steps}")
         if guidance_scale < 0:
@@ -541,25 +638,50 @@ class EarthImagePipeline(DiffusionPipeline):
         if not 0.0 < strength <= 1.0:
             raise UserInputError(f"strength must be in (0, 1], got {strength}")
         if not 0.0 <= control_start < control_end <= 1.0:
-            raise UserInputError("need 0 <= control_guidance_start < control_guidance_end <= 1, got "
-                                 f"{control_start} and {control_end}")
+            raise UserInputError(
+                "need 0 <= control_guidance_start < control_guidance_end <= 1, got "
+                f"{control_start} and {control_end}"
+            )
         if mask is not None and image is None:
-            raise UserInputError("inpainting needs the image to edit (image=...) as well as the mask")
-        if isinstance(mask_feather, bool) or not isinstance(mask_feather, (int, np.integer)) \
-                or mask_feather < 0:
-            raise UserInputError(f"mask_feather must be a whole number of pixels >= 0, "
-                                 f"got {mask_feather!r}")
+            raise UserInputError(
+                "inpainting needs the image to edit (image=...) as well as the mask"
+            )
+        if (
+            isinstance(mask_feather, bool)
+            or not isinstance(mask_feather, (int, np.integer))
+            or mask_feather < 0
+        ):
+            raise UserInputError(
+                f"mask_feather must be a whole number of pixels >= 0, got {mask_feather!r}"
+            )
         if tile_size is not None and (tile_size <= 0 or not 0 <= overlap < tile_size):
-            raise UserInputError(f"need tile_size > overlap >= 0 (latent pixels), got {tile_size}, {overlap}")
+            raise UserInputError(
+                f"need tile_size > overlap >= 0 (latent pixels), got {tile_size}, {overlap}"
+            )
         if steps < 100 and type(self.scheduler) is DDPMScheduler:
-            warnings.warn(f"sampling with DDPM in {steps} steps blurs images towards the mean; set "
-                          "pipe.scheduler = earthgen.pipelines.image.sampling_scheduler(pipe.scheduler) "
-                          "(DPM-Solver++ on the same noise schedule)", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"sampling with DDPM in {steps} steps blurs images towards the mean; set "
+                "pipe.scheduler = earthgen.pipelines.image.sampling_scheduler(pipe.scheduler) "
+                "(DPM-Solver++ on the same noise schedule)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # --- sampling ------------------------------------------------------------------------------
 
-    def _eps(self, x, t, text, labels, packed, cfg: bool, guidance_scale: float, objs=None,
-             raster=None, metadata_scale: float | None = None) -> torch.Tensor:
+    def _eps(
+        self,
+        x,
+        t,
+        text,
+        labels,
+        packed,
+        cfg: bool,
+        guidance_scale: float,
+        objs=None,
+        raster=None,
+        metadata_scale: float | None = None,
+    ) -> torch.Tensor:
         """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens,
         ``raster``: the input maps of the window (concatenated to the UNet input, :meth:`input_maps`).
 
@@ -577,8 +699,12 @@ class EarthImagePipeline(DiffusionPipeline):
         if raster is not None:
             x_in = torch.cat([x_in, raster.to(x_in.dtype)], dim=1)
         kw: dict = {}
-        if packed is not None:  # a branch made before the input maps were added sees the latents only
-            cn_in = x_in if self.controlnet.controlnet.config.in_channels == x_in.shape[1] else x_lat
+        if (
+            packed is not None
+        ):  # a branch made before the input maps were added sees the latents only
+            cn_in = (
+                x_in if self.controlnet.controlnet.config.in_channels == x_in.shape[1] else x_lat
+            )
             down, mid = self.controlnet(cn_in, t, text, packed, class_labels=labels)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         if objs is not None:
@@ -587,7 +713,9 @@ class EarthImagePipeline(DiffusionPipeline):
         if n_branch == 3:
             uncond, meta, cond = eps.chunk(3)
             # guidance <= 1 means no text guidance, as with two branches: the conditional step on top
-            eps = uncond + metadata_scale * (meta - uncond) + max(guidance_scale, 1.0) * (cond - meta)
+            eps = (
+                uncond + metadata_scale * (meta - uncond) + max(guidance_scale, 1.0) * (cond - meta)
+            )
         elif cfg:
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance_scale * (cond - uncond)
@@ -598,9 +726,22 @@ class EarthImagePipeline(DiffusionPipeline):
         """Latent sides the UNet halves cleanly down to its lowest level: ``2 ** (levels - 1)``."""
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def _eps_tiled(self, x, t, text, labels, packed, cfg, guidance_scale, tile, overlap, sets=None,
-                   raster=None, metadata_scale: float | None = None,
-                   batch: int | None = None) -> torch.Tensor:
+    def _eps_tiled(
+        self,
+        x,
+        t,
+        text,
+        labels,
+        packed,
+        cfg,
+        guidance_scale,
+        tile,
+        overlap,
+        sets=None,
+        raster=None,
+        metadata_scale: float | None = None,
+        batch: int | None = None,
+    ) -> torch.Tensor:
         """MultiDiffusion: the noise prediction ``[B, C, h, w]`` of a latent larger than a window,
         from windows of at most ``tile`` latent pixels that overlap by ``overlap`` or a little
         more (:func:`_windows`, spread evenly), blended with weights that sum to one everywhere
@@ -613,8 +754,9 @@ class EarthImagePipeline(DiffusionPipeline):
         rows, cols = _windows(h, tile, overlap, m), _windows(w, tile, overlap, m)
         if len(rows) == 1 and len(cols) == 1:
             objs = self._grounding(sets, cfg, 0, 0, w * f, h * f)
-            return self._eps(x, t, text, labels, packed, cfg, guidance_scale, objs, raster,
-                             metadata_scale)
+            return self._eps(
+                x, t, text, labels, packed, cfg, guidance_scale, objs, raster, metadata_scale
+            )
         wy, wx = _blend_1d(rows, x.device), _blend_1d(cols, x.device)
         n_branch = (3 if metadata_scale is not None else 2) if cfg else 1
         n_objs = 2 if cfg else 1  # box tokens: null and conditional blocks (see _eps)
@@ -629,7 +771,7 @@ class EarthImagePipeline(DiffusionPipeline):
         k_max = max(int(batch or getattr(self, "tile_batch", TILE_BATCH)), 1)
         for (th, tw, _), wins in groups.items():
             for i in range(0, len(wins), k_max):
-                chunk = wins[i:i + k_max]
+                chunk = wins[i : i + k_max]
                 k = len(chunk)
                 xb = torch.cat(_crops(x, chunk, th, tw))
                 pb = rb = ob = None
@@ -643,7 +785,7 @@ class EarthImagePipeline(DiffusionPipeline):
                 lb = None if labels is None else _window_blocks([labels] * k, n_branch)
                 eps = self._eps(xb, t, tb, lb, pb, cfg, guidance_scale, ob, rb, metadata_scale)
                 for e, (y0, x0, weight, _) in zip(eps.chunk(k), chunk, strict=True):
-                    acc[:, :, y0:y0 + th, x0:x0 + tw] += e * weight
+                    acc[:, :, y0 : y0 + th, x0 : x0 + tw] += e * weight
         return acc
 
     @torch.no_grad()
@@ -655,7 +797,9 @@ class EarthImagePipeline(DiffusionPipeline):
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, tile: int | None = None, overlap: int = 0) -> torch.Tensor:
+    def decode_latents(
+        self, latents: torch.Tensor, tile: int | None = None, overlap: int = 0
+    ) -> torch.Tensor:
         """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, f h, f w]`` in 0..1. With ``tile``
         (latent pixels) a larger latent is decoded by windows of at most ``tile`` (:func:`_windows`)
         overlapping by ``overlap`` and at least a quarter of the window (the decoder's GroupNorm
@@ -679,9 +823,11 @@ class EarthImagePipeline(DiffusionPipeline):
         out = torch.zeros(z.shape[0], 3, h * f, w * f, device=z.device)
         for (y0, th), ry in zip(rows, wy, strict=True):
             for (x0, tw), rx in zip(cols, wx, strict=True):
-                img = self.vae.decode(z[:, :, y0:y0 + th, x0:x0 + tw].to(self.vae.dtype)).sample.float()
+                img = self.vae.decode(
+                    z[:, :, y0 : y0 + th, x0 : x0 + tw].to(self.vae.dtype)
+                ).sample.float()
                 img = img * _window_weight(ry, rx)
-                out[:, :, y0 * f:(y0 + th) * f, x0 * f:(x0 + tw) * f] += img
+                out[:, :, y0 * f : (y0 + th) * f, x0 * f : (x0 + tw) * f] += img
         return (out / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
@@ -760,7 +906,9 @@ class EarthImagePipeline(DiffusionPipeline):
                 pasted back (its latents outside the mask are the input's, up to the VAE).
         """
         # 0. sizes
-        if not isinstance(prompt, (str, list, tuple)) or not all(isinstance(p, str) for p in ([prompt] if isinstance(prompt, str) else prompt)):
+        if not isinstance(prompt, (str, list, tuple)) or not all(
+            isinstance(p, str) for p in ([prompt] if isinstance(prompt, str) else prompt)
+        ):
             raise UserInputError("prompt must be a string or a list of strings")
         ref = None if image is None else _to_tensor_image(image)
         lay = getattr(layout, "semantic", layout)
@@ -786,9 +934,20 @@ class EarthImagePipeline(DiffusionPipeline):
             control_guidance_end = self.default_control_guidance_end(with_maps=True)
         if output_type not in ("pil", "np", "pt", "latent"):  # before any work
             raise UserInputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
-        self.check_inputs(height, width, num_inference_steps, guidance_scale, strength, ref, mask,
-                          tile_size, tile_overlap, control_guidance_start, control_guidance_end,
-                          mask_feather)
+        self.check_inputs(
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            strength,
+            ref,
+            mask,
+            tile_size,
+            tile_overlap,
+            control_guidance_start,
+            control_guidance_end,
+            mask_feather,
+        )
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -796,37 +955,74 @@ class EarthImagePipeline(DiffusionPipeline):
 
         # 1. encode conditions (unconditional branch first: every condition removed)
         box_sets = self.prepare_boxes(boxes, batch, num_images_per_prompt)
-        objs = None if tile_size is not None else self._grounding(box_sets, cfg, 0, 0, width, height)
+        objs = (
+            None if tile_size is not None else self._grounding(box_sets, cfg, 0, 0, width, height)
+        )
         raster = self.input_maps(box_sets, layout, cfg, batch, height, width)
         text = self.encode_prompt(prompts)
         labels = self.class_labels(gsd, metadata, batch, None)
         if metadata_guidance_scale is not None:
             if not metadata_guidance_scale >= 0:
-                raise UserInputError(f"metadata_guidance_scale must be >= 0, got {metadata_guidance_scale}")
+                raise UserInputError(
+                    f"metadata_guidance_scale must be >= 0, got {metadata_guidance_scale}"
+                )
             if labels is None:
-                raise UserInputError("metadata_guidance_scale needs a model that takes metadata (this one has no "
-                                     "metadata encoder or class embedding)")
+                raise UserInputError(
+                    "metadata_guidance_scale needs a model that takes metadata (this one has no "
+                    "metadata encoder or class embedding)"
+                )
             if gsd is None and not metadata:
-                raise UserInputError("metadata_guidance_scale guides the metadata: give gsd= or metadata= too")
+                raise UserInputError(
+                    "metadata_guidance_scale guides the metadata: give gsd= or metadata= too"
+                )
         maps = self.dense_controls(layout, controls, batch, height, width)
-        if self.controlnet is None and (end_given or any(float(v) != 1.0 for v in (control_scales or {}).values())):
-            raise UserInputError("this model has no control branch (a layout, if it takes one, goes to the UNet "
-                                 "input): control_guidance_end and control scales do not apply")
+        if self.controlnet is None and (
+            end_given or any(float(v) != 1.0 for v in (control_scales or {}).values())
+        ):
+            raise UserInputError(
+                "this model has no control branch (a layout, if it takes one, goes to the UNet "
+                "input): control_guidance_end and control scales do not apply"
+            )
         packed = None
         if self.controlnet is not None and maps:  # no control maps: the branch does not run at all
-            packed = self.controlnet.pack(maps, scales=control_scales, batch_size=batch, size=(height, width))
+            packed = self.controlnet.pack(
+                maps, scales=control_scales, batch_size=batch, size=(height, width)
+            )
         if cfg:
             neg = negative_prompt if negative_prompt is not None else ""
-            negs = [neg] * batch if isinstance(neg, str) else [n for n in neg for _ in range(num_images_per_prompt)]
+            negs = (
+                [neg] * batch
+                if isinstance(neg, str)
+                else [n for n in neg for _ in range(num_images_per_prompt)]
+            )
             text = torch.cat([self.encode_prompt(negs), text])
             if labels is not None:
-                labels = torch.cat([self.class_labels(gsd, metadata, batch, torch.ones(batch, dtype=torch.bool)), labels])
+                labels = torch.cat(
+                    [
+                        self.class_labels(
+                            gsd, metadata, batch, torch.ones(batch, dtype=torch.bool)
+                        ),
+                        labels,
+                    ]
+                )
             if packed is not None:
                 drop_all = torch.ones(batch, dtype=torch.bool)
-                packed = torch.cat([self.controlnet.pack(maps, scales=control_scales, drop=drop_all, batch_size=batch,
-                                                         size=(height, width)), packed])
+                packed = torch.cat(
+                    [
+                        self.controlnet.pack(
+                            maps,
+                            scales=control_scales,
+                            drop=drop_all,
+                            batch_size=batch,
+                            size=(height, width),
+                        ),
+                        packed,
+                    ]
+                )
             if metadata_guidance_scale is not None:  # a metadata-only block: null text, maps, boxes
-                text, packed, raster = (None if v is None else torch.cat([v[:batch], v]) for v in (text, packed, raster))
+                text, packed, raster = (
+                    None if v is None else torch.cat([v[:batch], v]) for v in (text, packed, raster)
+                )
                 labels = torch.cat([labels[:batch], labels[batch:], labels[batch:]])
 
         # 2. timesteps
@@ -835,25 +1031,36 @@ class EarthImagePipeline(DiffusionPipeline):
         init = None
         if ref is not None:
             if tuple(ref.shape[-2:]) != (height, width):
-                raise UserInputError(f"image is {ref.shape[-1]}x{ref.shape[-2]}, expected {width}x{height}")
-            init = self.encode_image(ref).repeat_interleave(batch // ref.shape[0] if ref.shape[0] < batch else 1, 0)
+                raise UserInputError(
+                    f"image is {ref.shape[-1]}x{ref.shape[-2]}, expected {width}x{height}"
+                )
+            init = self.encode_image(ref).repeat_interleave(
+                batch // ref.shape[0] if ref.shape[0] < batch else 1, 0
+            )
             if mask is None:  # image-to-image: start part-way
                 start = int(round(num_inference_steps * (1.0 - strength)))
-                timesteps = timesteps[min(start, num_inference_steps - 1):]
+                timesteps = timesteps[min(start, num_inference_steps - 1) :]
         n_t = len(timesteps)
         # the control branch runs on the steps in [start, end) of the run (fractions of its steps)
         # (step i covers [i/n, (i+1)/n); it runs the branch when it starts inside the window, so a
         # window from 0 always has the first step, however few the steps)
-        control_on = [control_guidance_start - 1e-9 <= i / n_t < control_guidance_end - 1e-9 for i in range(n_t)]
+        control_on = [
+            control_guidance_start - 1e-9 <= i / n_t < control_guidance_end - 1e-9
+            for i in range(n_t)
+        ]
         if packed is not None and maps and not any(control_on):
-            raise UserInputError(f"control_guidance_start={control_guidance_start:g} and control_guidance_end="
-                                 f"{control_guidance_end:g} leave none of the {n_t} sampling steps to the control "
-                                 "branch, so the control maps would be ignored: widen the window or use more steps")
+            raise UserInputError(
+                f"control_guidance_start={control_guidance_start:g} and control_guidance_end="
+                f"{control_guidance_end:g} leave none of the {n_t} sampling steps to the control "
+                "branch, so the control maps would be ignored: widen the window or use more steps"
+            )
 
         # 3. latents
         shape = (batch, self.unet.config.out_channels, lh, lw)
         if latents is None:
-            noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(device)
+            noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(
+                device
+            )
         else:
             if tuple(latents.shape) != shape:
                 raise UserInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
@@ -864,31 +1071,61 @@ class EarthImagePipeline(DiffusionPipeline):
             x = noise * self.scheduler.init_noise_sigma
         keep = paste = None
         if mask is not None:
-            m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).float()
+            m = torch.as_tensor(
+                np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask
+            ).float()
             while m.dim() < 4:
                 m = m[None]
             if tuple(m.shape[-2:]) != (height, width):
-                raise UserInputError(f"mask is {m.shape[-1]}x{m.shape[-2]}, expected {width}x{height}")
+                raise UserInputError(
+                    f"mask is {m.shape[-1]}x{m.shape[-2]}, expected {width}x{height}"
+                )
             # a latent cell is repainted when any of its pixels is masked
             keep = 1.0 - F.max_pool2d(m.to(device), self.vae_scale_factor)
             paste = feather_mask(m.to(device), int(mask_feather))  # [1|B, 1, H, W] paste weight
         x = x.to(self.unet.dtype)
 
         # 4. denoising loop (schedulers such as PNDM, LMS, UniPC take no generator)
-        step_kw = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        step_kw = (
+            {"generator": generator}
+            if "generator" in inspect.signature(self.scheduler.step).parameters
+            else {}
+        )
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 step_packed = packed if control_on[i] else None
                 if tile_size is not None:
-                    eps = self._eps_tiled(x, t, text, labels, step_packed, cfg, guidance_scale, tile_size, tile_overlap,
-                                          box_sets, raster, metadata_guidance_scale)
+                    eps = self._eps_tiled(
+                        x,
+                        t,
+                        text,
+                        labels,
+                        step_packed,
+                        cfg,
+                        guidance_scale,
+                        tile_size,
+                        tile_overlap,
+                        box_sets,
+                        raster,
+                        metadata_guidance_scale,
+                    )
                 else:
-                    eps = self._eps(x, t, text, labels, step_packed, cfg, guidance_scale, objs, raster,
-                                    metadata_guidance_scale)
+                    eps = self._eps(
+                        x,
+                        t,
+                        text,
+                        labels,
+                        step_packed,
+                        cfg,
+                        guidance_scale,
+                        objs,
+                        raster,
+                        metadata_guidance_scale,
+                    )
                 x = self.scheduler.step(eps, t, x, **step_kw).prev_sample
                 if keep is not None:  # inpainting: the kept region follows the known image
                     if i + 1 < len(timesteps):
-                        known = self.scheduler.add_noise(init, noise, timesteps[i + 1:i + 2])
+                        known = self.scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
                     else:
                         known = init
                     x = keep * known.to(x.dtype) + (1.0 - keep) * x
@@ -910,7 +1147,9 @@ class EarthImagePipeline(DiffusionPipeline):
                 arr = img.permute(0, 2, 3, 1).cpu().numpy()
                 images = self.numpy_to_pil(arr) if output_type == "pil" else arr
             else:
-                raise UserInputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+                raise UserInputError(
+                    f"output_type must be pil, np, pt or latent, got {output_type!r}"
+                )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -935,7 +1174,9 @@ def load_pipeline(name: str) -> EarthImagePipeline:
     s = str(name)
     is_hub = s.count("/") == 1 and not s.startswith(("/", ".", "~")) and not os.path.exists(s)
     if not os.path.isdir(s) and not is_hub:
-        raise UserInputError(f"model not found: {s} (give a pipeline folder or a hub id like owner/name)")
+        raise UserInputError(
+            f"model not found: {s} (give a pipeline folder or a hub id like owner/name)"
+        )
     try:
         return EarthImagePipeline.from_pretrained(s)
     except (OSError, ValueError) as e:  # hub errors (offline, unknown repo) are OSErrors too
@@ -946,7 +1187,9 @@ def load_default_image_pipeline(dtype=None, name: str = "image") -> EarthImagePi
     """The packaged image pipeline ``name`` (``image``, or ``boxes``: the box-conditioned one),
     float32 by default (its fp16 weights are up-cast on load: CPU kernels are float32)."""
     if name not in PIPELINE_NAMES:
-        raise UserInputError(f"{name!r} is not a packaged image pipeline; choose from {', '.join(PIPELINE_NAMES)}")
+        raise UserInputError(
+            f"{name!r} is not a packaged image pipeline; choose from {', '.join(PIPELINE_NAMES)}"
+        )
     path = resolve_model(None, name)
     try:
         return EarthImagePipeline.from_pretrained(path, dtype=dtype or torch.float32)
@@ -954,8 +1197,14 @@ def load_default_image_pipeline(dtype=None, name: str = "image") -> EarthImagePi
         raise UserInputError(f"cannot load the packaged {name} model {path}: {e}") from None
 
 
-def outpaint_canvas(image: np.ndarray, left: int, right: int, top: int, bottom: int,  # [H, W, 3]
-                    multiple: int = 8) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def outpaint_canvas(
+    image: np.ndarray,
+    left: int,
+    right: int,
+    top: int,
+    bottom: int,  # [H, W, 3]
+    multiple: int = 8,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Extend an image by ``left/right/top/bottom`` pixels for outpainting: the canvas (borders
     filled with the edge pixels, a start for the VAE), the inpainting mask (1 = generate) and
     where the original sits, ``(row, col)``. The canvas is rounded up to a multiple of
@@ -965,7 +1214,9 @@ def outpaint_canvas(image: np.ndarray, left: int, right: int, top: int, bottom: 
     them)."""
     pads = [int(v) for v in (left, right, top, bottom)]
     if min(pads) < 0 or sum(pads) == 0:
-        raise UserInputError(f"outpainting needs borders >= 0 pixels and > 0 on one side, got {pads}")
+        raise UserInputError(
+            f"outpainting needs borders >= 0 pixels and > 0 on one side, got {pads}"
+        )
     rgb = np.asarray(image)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise UserInputError(f"outpainting needs an RGB image [H, W, 3], got shape {rgb.shape}")
@@ -975,7 +1226,7 @@ def outpaint_canvas(image: np.ndarray, left: int, right: int, top: int, bottom: 
     bottom += -(-h // multiple) * multiple - h
     canvas = np.pad(rgb, ((top, bottom), (left, right), (0, 0)), mode="edge")
     mask = np.ones(canvas.shape[:2], np.float32)
-    mask[top:top + rgb.shape[0], left:left + rgb.shape[1]] = 0.0
+    mask[top : top + rgb.shape[0], left : left + rgb.shape[1]] = 0.0
     return canvas, mask, (top, left)
 
 
@@ -987,4 +1238,6 @@ def save_geotiff(path, image: Any, crs: Any, transform: Any):
     arr = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-    return write_geotiff(path, np.moveaxis(arr, -1, 0), crs, transform, band_descriptions=["red", "green", "blue"])
+    return write_geotiff(
+        path, np.moveaxis(arr, -1, 0), crs, transform, band_descriptions=["red", "green", "blue"]
+    )

@@ -165,10 +165,16 @@ def fill_columns(vox: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     n = depth.flatten()
     cx, cy = xs.flatten().repeat_interleave(n), ys.flatten().repeat_interleave(n)
     start = torch.cumsum(n, 0) - n
-    cz = bottom.flatten().repeat_interleave(n) + torch.arange(int(n.sum())) - start.repeat_interleave(n)
+    cz = (
+        bottom.flatten().repeat_interleave(n)
+        + torch.arange(int(n.sum()))
+        - start.repeat_interleave(n)
+    )
     walls = torch.stack([torch.zeros_like(cx), cx, cy, cz], 1).to(vox.dtype)
     both = torch.cat([vox, walls])
-    key = ((both[:, 1].long() * Y + both[:, 2].long()) * (int(both[:, 3].max()) + 1) + both[:, 3].long())
+    key = (both[:, 1].long() * Y + both[:, 2].long()) * (int(both[:, 3].max()) + 1) + both[
+        :, 3
+    ].long()
     _, first = np.unique(key.numpy(), return_index=True)
     return both[torch.from_numpy(np.sort(first))]
 
@@ -179,9 +185,13 @@ def _as_semantic(semantic: Any) -> torch.Tensor:
     if s.ndim != 2:
         raise UserInputError(f"semantic must be a class-id map [H, W], got shape {tuple(s.shape)}")
     if s.is_floating_point():
-        raise UserInputError("semantic must hold integer class ids (see earthgen.classes), got floats")
+        raise UserInputError(
+            "semantic must hold integer class ids (see earthgen.classes), got floats"
+        )
     if int(s.min()) < 0 or int(s.max()) >= NUM_CLASSES:
-        raise UserInputError(f"class ids must be in 0..{NUM_CLASSES - 1}, found {int(s.min())}..{int(s.max())}")
+        raise UserInputError(
+            f"class ids must be in 0..{NUM_CLASSES - 1}, found {int(s.min())}..{int(s.max())}"
+        )
     return F.one_hot(s.long(), NUM_CLASSES).permute(2, 0, 1).float()[None]  # [1, K, H, W]
 
 
@@ -209,18 +219,28 @@ class EarthScenePipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "structure_flow->structure_vae->texture_flow->texture_vae"
 
-    def __init__(self, structure_vae, structure_flow, texture_vae, texture_flow, voxel_size: float = 1.0):
+    def __init__(
+        self, structure_vae, structure_flow, texture_vae, texture_flow, voxel_size: float = 1.0
+    ):
         super().__init__()
-        self.register_modules(structure_vae=structure_vae, structure_flow=structure_flow, texture_vae=texture_vae,
-                              texture_flow=texture_flow)
+        self.register_modules(
+            structure_vae=structure_vae,
+            structure_flow=structure_flow,
+            texture_vae=texture_vae,
+            texture_flow=texture_flow,
+        )
         self.register_to_config(voxel_size=float(voxel_size))
         g = tuple(structure_flow.config.grid_size)
         if g[0] != g[1] or g[1] != g[2]:
             raise UserInputError(f"the structure flow's grid must be a cube, got {g}")
         if structure_flow.config.latent_channels != structure_vae.config.latent_channels:
-            raise UserInputError("the structure flow and the structure VAE have different latent widths")
+            raise UserInputError(
+                "the structure flow and the structure VAE have different latent widths"
+            )
         if texture_flow.config.latent_channels != texture_vae.config.latent_channels:
-            raise UserInputError("the texture flow and the texture VAE have different latent widths")
+            raise UserInputError(
+                "the texture flow and the texture VAE have different latent widths"
+            )
 
     @property
     def window(self) -> int:
@@ -232,11 +252,15 @@ class EarthScenePipeline(DiffusionPipeline):
         return float(self.config.voxel_size)
 
     # --- inputs ---------------------------------------------------------------------------------
-    def check_inputs(self, semantic, image, gsd, size_m, overlap_m, steps, texture_steps, guidance_scale):
+    def check_inputs(
+        self, semantic, image, gsd, size_m, overlap_m, steps, texture_steps, guidance_scale
+    ):
         vs = self.voxel_size
         if semantic is None and image is None:
             if size_m is None:
-                raise UserInputError("give a semantic map, an image, or size_m (metres) for an unconditional scene")
+                raise UserInputError(
+                    "give a semantic map, an image, or size_m (metres) for an unconditional scene"
+                )
         elif gsd is None:
             gsd = getattr(semantic, "gsd", None)
             if gsd is None:
@@ -249,8 +273,10 @@ class EarthScenePipeline(DiffusionPipeline):
         if guidance_scale < 0:
             raise UserInputError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if not 0 <= overlap_m <= self.window * vs / 2:
-            raise UserInputError(f"overlap_m must be in [0, {self.window * vs / 2:g}] metres (half a window), "
-                                 f"got {overlap_m}")
+            raise UserInputError(
+                f"overlap_m must be in [0, {self.window * vs / 2:g}] metres (half a window), "
+                f"got {overlap_m}"
+            )
         return gsd
 
     def _maps(self, semantic, image, gsd, size_m):
@@ -258,8 +284,10 @@ class EarthScenePipeline(DiffusionPipeline):
         sem = None if semantic is None else _as_semantic(semantic)
         img = None if image is None else _as_image(image)
         if sem is not None and img is not None and sem.shape[-2:] != img.shape[-2:]:
-            raise UserInputError(f"the semantic map is {sem.shape[-1]}x{sem.shape[-2]} px but the image is "
-                                 f"{img.shape[-1]}x{img.shape[-2]}: they must cover the same area at the same gsd")
+            raise UserInputError(
+                f"the semantic map is {sem.shape[-1]}x{sem.shape[-2]} px but the image is "
+                f"{img.shape[-1]}x{img.shape[-2]}: they must cover the same area at the same gsd"
+            )
         ref = sem if sem is not None else img
         if ref is not None:
             h, w = ref.shape[-2:]
@@ -273,7 +301,9 @@ class EarthScenePipeline(DiffusionPipeline):
         return sem, img, nx, ny
 
     @staticmethod
-    def _crop(m: torch.Tensor | None, nx: int, ny: int, x0: int, y0: int, w: int) -> torch.Tensor | None:
+    def _crop(
+        m: torch.Tensor | None, nx: int, ny: int, x0: int, y0: int, w: int
+    ) -> torch.Tensor | None:
         """North-up map over ``nx x ny`` voxels -> the window ``[x0, x0 + w) x [y0, y0 + w)``
         (edge-padded past the map)."""
         if m is None:
@@ -349,15 +379,25 @@ class EarthScenePipeline(DiffusionPipeline):
         """
         if output_type != "np":
             raise UserInputError(f"output_type must be 'np', got {output_type!r}")
-        gsd = self.check_inputs(semantic, image, gsd, size_m, overlap_m, num_inference_steps, texture_steps,
-                                guidance_scale)
+        gsd = self.check_inputs(
+            semantic,
+            image,
+            gsd,
+            size_m,
+            overlap_m,
+            num_inference_steps,
+            texture_steps,
+            guidance_scale,
+        )
         sem, img, nx, ny = self._maps(semantic, image, gsd, size_m)
         vs, W = self.voxel_size, self.window
         ov = int(round(overlap_m / vs / 8)) * 8  # whole coarse cells
         xs, ys = window_starts(nx, W, ov), window_starts(ny, W, ov)
         if len(xs) * len(ys) > MAX_WINDOWS:
-            raise UserInputError(f"{nx * vs:g} x {ny * vs:g} m needs {len(xs) * len(ys)} windows; the limit is "
-                                 f"{MAX_WINDOWS}")
+            raise UserInputError(
+                f"{nx * vs:g} x {ny * vs:g} m needs {len(xs) * len(ys)} windows; the limit is "
+                f"{MAX_WINDOWS}"
+            )
         ref = sem if sem is not None else img
         hgrid = self._column_map(heights, "heights", ref, nx, ny)
         bgrid = self._column_map(height_base, "height_base", ref, nx, ny)
@@ -378,19 +418,37 @@ class EarthScenePipeline(DiffusionPipeline):
         users: dict[int, list[int]] = {}
         for j in cores:  # neighbours only: an overlap is less than half a window
             jx, jy = j % len(xs), j // len(xs)
-            users[j] = [b * len(xs) + a for b in range(max(jy - 2, 0), min(jy + 3, len(ys)))
-                        for a in range(max(jx - 2, 0), min(jx + 3, len(xs)))
-                        if _overlaps(cores[j], (xs[a], ys[b], xs[a] + W, ys[b] + W))]
-        total = num_inference_steps + texture_steps * len(windows)  # solver steps: whole extent, windows
+            users[j] = [
+                b * len(xs) + a
+                for b in range(max(jy - 2, 0), min(jy + 3, len(ys)))
+                for a in range(max(jx - 2, 0), min(jx + 3, len(xs)))
+                if _overlaps(cores[j], (xs[a], ys[b], xs[a] + W, ys[b] + W))
+            ]
+        total = num_inference_steps + texture_steps * len(
+            windows
+        )  # solver steps: whole extent, windows
         ortho = img[0].permute(1, 2, 0) if (img is not None and ortho_colors) else None  # [H, W, 3]
         with self.progress_bar(total=total) as bar:
             # 1. coarse structure of the whole extent at once, windows' velocities blended
-            canvas = self._sample_structure(sem, img, nx, ny, xs, ys, num_inference_steps, guidance_scale,
-                                            generator, callback_on_step_end, bar)
+            canvas = self._sample_structure(
+                sem,
+                img,
+                nx,
+                ny,
+                xs,
+                ys,
+                num_inference_steps,
+                guidance_scale,
+                generator,
+                callback_on_step_end,
+                bar,
+            )
             # 2-3. per window: fine voxels of the cores it touches (decoded once, lazily), then
             # texture, pinned to the latents of voxels already textured by earlier windows
             fine: dict[int, torch.Tensor] = {}  # core -> kept voxels [n, 3] (global)
-            tex: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # window -> (sorted keys, latents)
+            tex: dict[
+                int, tuple[torch.Tensor, torch.Tensor]
+            ] = {}  # window -> (sorted keys, latents)
             out_coords, out_surf = [], []
             for wi, (x0, y0) in enumerate(windows):
                 box = (x0, y0, x0 + W, y0 + W)
@@ -398,19 +456,42 @@ class EarthScenePipeline(DiffusionPipeline):
                 for j in cores:
                     if wi in users[j]:
                         if j not in fine:
-                            fine[j] = self._decode_region(canvas, cores[j], structure_threshold, fill_holes,
-                                                          hgrid, bgrid, cgrid)
+                            fine[j] = self._decode_region(
+                                canvas,
+                                cores[j],
+                                structure_threshold,
+                                fill_holes,
+                                hgrid,
+                                bgrid,
+                                cgrid,
+                            )
                         parts.append(fine[j])
                 g = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
                 g = g[(g[:, 0] >= x0) & (g[:, 0] < x0 + W) & (g[:, 1] >= y0) & (g[:, 1] < y0 + W)]
                 if len(g):
-                    vox = torch.cat([torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])],
-                                    1).int()  # [n, 4] (b, x, y, z) in the window
+                    vox = torch.cat(
+                        [torch.zeros(len(g), 1, dtype=torch.long), g - torch.tensor([x0, y0, 0])], 1
+                    ).int()  # [n, 4] (b, x, y, z) in the window
                     zdim = self._zdim(g)
-                    lat, keys, keep = self._texture_window(g, vox, zdim, wi, box, cores[wi], sem, img, nx, ny,
-                                                           NY, texture_steps, tg, generator,
-                                                           {j: tex[j] for j in tex if wi in users[j]},
-                                                           callback_on_step_end, bar)
+                    lat, keys, keep = self._texture_window(
+                        g,
+                        vox,
+                        zdim,
+                        wi,
+                        box,
+                        cores[wi],
+                        sem,
+                        img,
+                        nx,
+                        ny,
+                        NY,
+                        texture_steps,
+                        tg,
+                        generator,
+                        {j: tex[j] for j in tex if wi in users[j]},
+                        callback_on_step_end,
+                        bar,
+                    )
                     surf = self._decode_texture(vox, lat, x0, y0, zdim)
                     tops = None
                     if ortho is not None:
@@ -431,27 +512,37 @@ class EarthScenePipeline(DiffusionPipeline):
             out = self._raise_on_dem(out, dgrid)
         return out if return_dict else tuple(out.values())
 
-    def _column_map(self, m: Any, name: str, ref: torch.Tensor | None, nx: int, ny: int) -> torch.Tensor | None:
+    def _column_map(
+        self, m: Any, name: str, ref: torch.Tensor | None, nx: int, ny: int
+    ) -> torch.Tensor | None:
         """A north-up map ``[H, W]`` of the maps' grid -> ``[nx, ny]`` per voxel column (x east,
         y north; nearest pixel at the column's centre)."""
         if m is None:
             return None
         a = torch.as_tensor(np.asarray(m, dtype=np.float32))
         if a.ndim != 2:
-            raise UserInputError(f"{name} must be a map [H, W] in metres, got shape {tuple(a.shape)}")
+            raise UserInputError(
+                f"{name} must be a map [H, W] in metres, got shape {tuple(a.shape)}"
+            )
         if ref is None:
             raise UserInputError(f"{name} needs a semantic map or an image: it lies on their grid")
         if tuple(a.shape) != tuple(ref.shape[-2:]):
-            raise UserInputError(f"{name} is {a.shape[1]}x{a.shape[0]} px but the maps are "
-                                 f"{ref.shape[-1]}x{ref.shape[-2]}: it must be on their grid")
+            raise UserInputError(
+                f"{name} is {a.shape[1]}x{a.shape[0]} px but the maps are "
+                f"{ref.shape[-1]}x{ref.shape[-2]}: it must be on their grid"
+            )
         nan_ok = name in ("heights", "height_cap")
         if bool(torch.isinf(a).any()) or (not nan_ok and bool(torch.isnan(a).any())):
-            raise UserInputError(f"{name} holds non-finite values" + (" (NaN is allowed: free columns)"
-                                                                       if nan_ok else ""))
+            raise UserInputError(
+                f"{name} holds non-finite values"
+                + (" (NaN is allowed: free columns)" if nan_ok else "")
+            )
         if bool((a[~torch.isnan(a)] < 0).any()) and name != "dem":
             raise UserInputError(f"{name} must be >= 0 metres above the ground")
         H, Wd = a.shape
-        r = ((H - (torch.arange(ny) + 0.5) * H / ny).long()).clamp(0, H - 1)  # row of column y (north-up)
+        r = ((H - (torch.arange(ny) + 0.5) * H / ny).long()).clamp(
+            0, H - 1
+        )  # row of column y (north-up)
         c = ((torch.arange(nx) + 0.5) * Wd / nx).long().clamp(0, Wd - 1)
         return a[r][:, c].T.contiguous()  # [nx, ny]
 
@@ -460,8 +551,9 @@ class EarthScenePipeline(DiffusionPipeline):
         top = int(g[:, 2].max()) + 1 if len(g) else 0
         return max(self.window, -(-top // 8) * 8)
 
-    def _sample_structure(self, sem, img, nx, ny, xs, ys, steps, guidance, generator, cb, bar,
-                          batch: int = 8) -> torch.Tensor:
+    def _sample_structure(
+        self, sem, img, nx, ny, xs, ys, steps, guidance, generator, cb, bar, batch: int = 8
+    ) -> torch.Tensor:
         """Coarse structure of the whole extent ``[1 + C, X', Y', G]`` (VAE units): one flow
         sample on the extent's coarse grid whose velocity at every step is the blend of the
         windows' velocities (linear ramps across overlaps), so neighbouring windows agree
@@ -475,11 +567,13 @@ class EarthScenePipeline(DiffusionPipeline):
         shape = (1, model.channels, (xs[-1] + W) // 8, (ys[-1] + W) // 8, G)
         x0 = torch.randn(shape, generator=generator).to(device)
         wins = [(i, j) for j in range(len(ys)) for i in range(len(xs))]
-        ws = [(_ramp(xs, W, i)[:, None] * _ramp(ys, W, j)[None, :]).to(device)[None, None, :, :, None]
-              for i, j in wins]  # [1, 1, G, G, 1] each
+        ws = [
+            (_ramp(xs, W, i)[:, None] * _ramp(ys, W, j)[None, :]).to(device)[None, None, :, :, None]
+            for i, j in wins
+        ]  # [1, 1, G, G, 1] each
         norm = torch.zeros(shape[2:4], device=device)
         for (i, j), w in zip(wins, ws, strict=True):
-            norm[xs[i] // 8:xs[i] // 8 + G, ys[j] // 8:ys[j] // 8 + G] += w[0, 0, :, :, 0]
+            norm[xs[i] // 8 : xs[i] // 8 + G, ys[j] // 8 : ys[j] // 8 + G] += w[0, 0, :, :, 0]
         norm = norm[None, None, :, :, None]
 
         def crops(m, sel):
@@ -490,11 +584,20 @@ class EarthScenePipeline(DiffusionPipeline):
         def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = torch.zeros_like(x)
             for b in range(0, len(wins), batch):
-                sel = wins[b:b + batch]
-                xb = torch.cat([x[:, :, xs[i] // 8:xs[i] // 8 + G, ys[j] // 8:ys[j] // 8 + G] for i, j in sel])
-                vb = guided_velocity(model, xb, t[:1].expand(len(sel)), crops(sem, sel), crops(img, sel), guidance)
+                sel = wins[b : b + batch]
+                xb = torch.cat(
+                    [
+                        x[:, :, xs[i] // 8 : xs[i] // 8 + G, ys[j] // 8 : ys[j] // 8 + G]
+                        for i, j in sel
+                    ]
+                )
+                vb = guided_velocity(
+                    model, xb, t[:1].expand(len(sel)), crops(sem, sel), crops(img, sel), guidance
+                )
                 for k, (i, j) in enumerate(sel):
-                    out[:, :, xs[i] // 8:xs[i] // 8 + G, ys[j] // 8:ys[j] // 8 + G] += vb[k:k + 1] * ws[b + k]
+                    out[:, :, xs[i] // 8 : xs[i] // 8 + G, ys[j] // 8 : ys[j] // 8 + G] += (
+                        vb[k : k + 1] * ws[b + k]
+                    )
             return out / norm
 
         user = self._user_callback(cb, "structure", None, bar)
@@ -502,9 +605,16 @@ class EarthScenePipeline(DiffusionPipeline):
         out[:, 1:] *= float(model.config.latent_scale)
         return out[0].cpu()
 
-    def _decode_region(self, canvas: torch.Tensor, core: tuple[int, int, int, int], threshold: float,
-                       fill_holes: bool, heights: torch.Tensor | None = None,
-                       base: torch.Tensor | None = None, caps: torch.Tensor | None = None) -> torch.Tensor:
+    def _decode_region(
+        self,
+        canvas: torch.Tensor,
+        core: tuple[int, int, int, int],
+        threshold: float,
+        fill_holes: bool,
+        heights: torch.Tensor | None = None,
+        base: torch.Tensor | None = None,
+        caps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Fine voxels ``[n, 3]`` (global) of the columns ``core = (x0, y0, x1, y1)``, decoded from
         the coarse canvas around them with a margin of ``DECODE_MARGIN`` coarse cells (so the decoder
         sees across window borders); with ``heights`` (``[X, Y]`` metres, NaN free) those columns
@@ -521,7 +631,9 @@ class EarthScenePipeline(DiffusionPipeline):
         if not len(coords):
             return torch.zeros(0, 3, dtype=torch.long)
         device = self._execution_device
-        lat = SparseTensor.from_coords(coords.to(device), feats.to(device), tuple(crop.shape[2:]), 1, check=False)
+        lat = SparseTensor.from_coords(
+            coords.to(device), feats.to(device), tuple(crop.shape[2:]), 1, check=False
+        )
         vox = self.structure_vae.decode(lat, threshold=threshold)["occupancy"].coords.cpu()
         if fill_holes:
             vox = fill_columns(vox, (8 * (cx1 - cx0), 8 * (cy1 - cy0)))
@@ -534,8 +646,26 @@ class EarthScenePipeline(DiffusionPipeline):
             g = build_heights(g, h, base, region, self.voxel_size, caps)
         return g[(g[:, 0] >= x0) & (g[:, 0] < x1) & (g[:, 1] >= y0) & (g[:, 1] < y1)]
 
-    def _texture_window(self, g, vox, zdim, wi, box, core, sem, img, nx, ny, NY, steps, guidance, generator, tex, cb,
-                        bar=None):
+    def _texture_window(
+        self,
+        g,
+        vox,
+        zdim,
+        wi,
+        box,
+        core,
+        sem,
+        img,
+        nx,
+        ny,
+        NY,
+        steps,
+        guidance,
+        generator,
+        tex,
+        cb,
+        bar=None,
+    ):
         """Texture latents ``[n, C]`` of window ``wi``'s voxels ``g`` ``[n, 3]`` (global; ``vox``
         ``[n, 4]`` the same in the window's frame of ``zdim`` voxels up), pinned
         where earlier windows (``tex``: window -> sorted voxel keys, latents) textured them; returns
@@ -554,36 +684,62 @@ class EarthScenePipeline(DiffusionPipeline):
             hit = (kj[pos] == keys) & ~have
             known[hit] = lj[pos[hit]]
             have |= hit
-        lat = self._sample_texture(vox, s_w, i_w, steps, guidance, generator, known if bool(have.any()) else None,
-                                   have, wi, cb, zdim, bar)
+        lat = self._sample_texture(
+            vox,
+            s_w,
+            i_w,
+            steps,
+            guidance,
+            generator,
+            known if bool(have.any()) else None,
+            have,
+            wi,
+            cb,
+            zdim,
+            bar,
+        )
         c = core
         keep = (g[:, 0] >= c[0]) & (g[:, 0] < c[2]) & (g[:, 1] >= c[1]) & (g[:, 1] < c[3])
         return lat, keys, keep
 
-    def _sample_texture(self, vox, sem, img, steps, guidance, generator, known, have, wi, cb, zdim=None,
-                        bar=None):
+    def _sample_texture(
+        self, vox, sem, img, steps, guidance, generator, known, have, wi, cb, zdim=None, bar=None
+    ):
         from flows.texture import sample_texture
         from vae.sparse import SparseTensor
 
         W = self.window
         device = self._execution_device
         x = SparseTensor.from_coords(vox.to(device), None, (W, W, zdim or W), 1, check=False)
-        return sample_texture(self.texture_flow, x, semantic=None if sem is None else sem.to(device),
-                              image=None if img is None else img.to(device), steps=steps, guidance=guidance,
-                              generator=generator, known=known, known_mask=have,
-                              callback=self._user_callback(cb, "texture", wi, bar)).cpu()
+        return sample_texture(
+            self.texture_flow,
+            x,
+            semantic=None if sem is None else sem.to(device),
+            image=None if img is None else img.to(device),
+            steps=steps,
+            guidance=guidance,
+            generator=generator,
+            known=known,
+            known_mask=have,
+            callback=self._user_callback(cb, "texture", wi, bar),
+        ).cpu()
 
-    def _decode_texture(self, vox: torch.Tensor, lat: torch.Tensor, x0: int, y0: int, zdim: int | None = None) -> dict:
+    def _decode_texture(
+        self, vox: torch.Tensor, lat: torch.Tensor, x0: int, y0: int, zdim: int | None = None
+    ) -> dict:
         from vae.sparse import SparseTensor
 
         W, vs = self.window, self.voxel_size
         device = self._execution_device
-        x = SparseTensor.from_coords(vox.to(device), lat.to(device), (W, W, zdim or W), 1, check=False)
+        x = SparseTensor.from_coords(
+            vox.to(device), lat.to(device), (W, W, zdim or W), 1, check=False
+        )
         g = self.texture_vae.decode(x, vs, (x0 * vs, y0 * vs, 0.0))
         return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in g.items()}
 
-    def _ortho_surfels(self, surf: dict, keep: torch.Tensor, g: torch.Tensor, ortho: torch.Tensor, nx: int,
-                       ny: int) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    def _ortho_surfels(
+        self, surf: dict, keep: torch.Tensor, g: torch.Tensor, ortho: torch.Tensor, nx: int, ny: int
+    ) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
         """Top faces from the orthophoto: the kept column tops get flat surfels on their upper face
         (``s x s`` per voxel, ``s`` = voxel size / image GSD, 1..4) coloured by the image at their
         centre, and replace the model's surfels above the middle of those voxels. Returns the
@@ -593,7 +749,9 @@ class EarthScenePipeline(DiffusionPipeline):
         H, Wd = ortho.shape[:2]
         s = int(min(4, max(1, round(Wd / nx))))
         key = g[:, 0] * (int(g[:, 1].max()) + 1) + g[:, 1]
-        top = torch.full((int(key.max()) + 1,), -1, dtype=torch.long).scatter_reduce(0, key, g[:, 2], "amax")
+        top = torch.full((int(key.max()) + 1,), -1, dtype=torch.long).scatter_reduce(
+            0, key, g[:, 2], "amax"
+        )
         is_top = keep & (g[:, 2] == top[key])
         rows = torch.nonzero(is_top)[:, 0]  # [T] voxel rows with an ortho face
         sub = (torch.arange(s, dtype=torch.float32) + 0.5) / s
@@ -606,8 +764,17 @@ class EarthScenePipeline(DiffusionPipeline):
         px = gx / (nx * vs) * 2 - 1
         py = 1 - gy / (ny * vs) * 2
         grid = torch.stack([px, py], -1)[None]  # [1, T, s^2, 2]
-        col = F.grid_sample(ortho.permute(2, 0, 1)[None].float(), grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)[0].permute(1, 2, 0).reshape(-1, 3)
+        col = (
+            F.grid_sample(
+                ortho.permute(2, 0, 1)[None].float(),
+                grid,
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=False,
+            )[0]
+            .permute(1, 2, 0)
+            .reshape(-1, 3)
+        )
         m = len(col)
         step = vs / s
         ortho_s = {
@@ -627,16 +794,24 @@ class EarthScenePipeline(DiffusionPipeline):
         mean_col = col.reshape(len(rows), s * s, 3).mean(1).clamp(0, 1)
         t = len(rows)
         under = {
-            "means": torch.stack([(g[rows, 0].float() + 0.5) * vs, (g[rows, 1].float() + 0.5) * vs,
-                                  (g[rows, 2].float() + 1.0) * vs + 0.005 * vs], -1),
+            "means": torch.stack(
+                [
+                    (g[rows, 0].float() + 0.5) * vs,
+                    (g[rows, 1].float() + 0.5) * vs,
+                    (g[rows, 2].float() + 1.0) * vs + 0.005 * vs,
+                ],
+                -1,
+            ),
             "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(t, 4).clone(),
             "scales": torch.tensor([0.6 * vs, 0.6 * vs, 1e-3 * vs]).expand(t, 3).clone(),
             "opacities": torch.ones(t),
             "colors": mean_col,
             "voxel": rows,
         }
-        merged = {k: torch.cat([surf[k], ortho_s[k].to(surf[k].dtype), under[k].to(surf[k].dtype)])
-                  for k in surf}
+        merged = {
+            k: torch.cat([surf[k], ortho_s[k].to(surf[k].dtype), under[k].to(surf[k].dtype)])
+            for k in surf
+        }
         return merged, (rows, mean_col)
 
     def _user_callback(self, cb, stage: str, wi: int | None, bar=None):
@@ -684,8 +859,15 @@ class EarthScenePipeline(DiffusionPipeline):
             rgb[torch.cat(over_rows).numpy()] = torch.cat(over_cols).numpy()
         colors = (rgb * 255 + 0.5).astype(np.uint8)
         c = coords.numpy().astype(np.int32).reshape(-1, 3)
-        out = EarthSceneOutput(coords=c, colors=colors, surfels=surf, voxel_size=vs, origin=np.zeros(3),
-                               height=surface_height(c, nx, ny, vs), windows=windows)
+        out = EarthSceneOutput(
+            coords=c,
+            colors=colors,
+            surfels=surf,
+            voxel_size=vs,
+            origin=np.zeros(3),
+            height=surface_height(c, nx, ny, vs),
+            windows=windows,
+        )
         return out if return_dict else tuple(out.values())
 
     def _raise_on_dem(self, out: EarthSceneOutput, dem: torch.Tensor) -> EarthSceneOutput:
@@ -718,7 +900,9 @@ class EarthScenePipeline(DiffusionPipeline):
         t2 = top.reshape(X, Y)
         filled = np.where(t2 < 0, np.iinfo(np.int64).max // 2, t2)
         pad = np.pad(filled, 1, mode="edge")
-        low = np.minimum.reduce([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).ravel()
+        low = np.minimum.reduce(
+            [pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]
+        ).ravel()
         need = np.where(top >= 0, np.minimum(low + 1, top), bot)
         add = np.clip(bot - need, 0, None)  # voxels to add under each column
         cols = np.nonzero(add > 0)[0]
@@ -741,7 +925,10 @@ class EarthScenePipeline(DiffusionPipeline):
             first = np.searchsorted(sv, src)
             last = np.searchsorted(sv, src, side="right")
             cnt = last - first
-            pick = order[np.repeat(first, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))]
+            pick = order[
+                np.repeat(first, cnt)
+                + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+            ]
             rows = np.repeat(np.arange(len(src)) + base, cnt)
             down = np.repeat(depth, cnt) * vs
             extra = {k: surf[k][pick] for k in ("means", "quats", "scales", "opacities", "colors")}
@@ -755,27 +942,46 @@ class EarthScenePipeline(DiffusionPipeline):
         ny, nx = out.height.shape
         origin = np.asarray(out.origin, dtype=np.float64).copy()
         origin[2] += lo
-        return EarthSceneOutput(coords=c, colors=colors, surfels=surf, voxel_size=vs, origin=origin,
-                                height=surface_height(c, nx, ny, vs), windows=out.windows, seed=out.seed)
+        return EarthSceneOutput(
+            coords=c,
+            colors=colors,
+            surfels=surf,
+            voxel_size=vs,
+            origin=origin,
+            height=surface_height(c, nx, ny, vs),
+            windows=out.windows,
+            seed=out.seed,
+        )
 
 
-def ground_surface(surface: torch.Tensor, free: torch.Tensor, radius: int = GROUND_RADIUS) -> torch.Tensor:
+def ground_surface(
+    surface: torch.Tensor, free: torch.Tensor, radius: int = GROUND_RADIUS
+) -> torch.Tensor:
     """The bare ground ``[X, Y]`` under a surface ``[X, Y]`` (any unit): the lowest ``free``
     surface within ``radius`` columns (so trees, lumps and walls do not lift it), then filled
     into the remaining columns by repeated 3x3 averaging of their neighbours (as
     :func:`fill_columns` does). Like a DTM from a DSM; 0 where nothing is free."""
     big = torch.finfo(torch.float32).max
-    x = torch.where(free, surface.float(), torch.full_like(surface, big, dtype=torch.float32))[None, None]
+    x = torch.where(free, surface.float(), torch.full_like(surface, big, dtype=torch.float32))[
+        None, None
+    ]
     low = -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
     valid = (low < big).float()
     if not bool(valid.any()):
         return torch.zeros_like(surface, dtype=torch.float32)
-    return fill_from_neighbours(torch.where(valid > 0, low, torch.zeros_like(low))[0, 0], valid[0, 0] > 0)
+    return fill_from_neighbours(
+        torch.where(valid > 0, low, torch.zeros_like(low))[0, 0], valid[0, 0] > 0
+    )
 
 
-def build_heights(g: torch.Tensor, heights: torch.Tensor, base: torch.Tensor | None,
-                  region: tuple[int, int, int, int], voxel_size: float,
-                  caps: torch.Tensor | None = None) -> torch.Tensor:
+def build_heights(
+    g: torch.Tensor,
+    heights: torch.Tensor,
+    base: torch.Tensor | None,
+    region: tuple[int, int, int, int],
+    voxel_size: float,
+    caps: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Rebuild building columns of voxels ``g`` ``[n, 3]`` (global x, y, z) at given heights.
 
     ``heights`` ``[X, Y]`` metres above the ground (NaN: leave the column as generated), ``base``
@@ -799,7 +1005,9 @@ def build_heights(g: torch.Tensor, heights: torch.Tensor, base: torch.Tensor | N
     if not (bool(bld.any()) or bool(capped.any())) or not len(g):
         return g
 
-    def column_tops(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def column_tops(
+        v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         vx, vy = v[:, 0] - x0, v[:, 1] - y0
         ins = (vx >= 0) & (vx < X) & (vy >= 0) & (vy < Y)
         t = torch.full((X * Y,), -1.0)
@@ -812,21 +1020,32 @@ def build_heights(g: torch.Tensor, heights: torch.Tensor, base: torch.Tensor | N
         return ground_surface(t + 1, flat if bool(flat.any()) else free).round().long()
 
     top, lx, ly, inside = column_tops(g)
-    if bool(capped.any()):  # first cut the bounded columns down, so the ground is that of the result
+    if bool(
+        capped.any()
+    ):  # first cut the bounded columns down, so the ground is that of the result
         g0 = ground(top)
-        cv = torch.where(capped, (torch.nan_to_num(c) / voxel_size).round().clamp_min(0), torch.zeros_like(h)).long()
+        cv = torch.where(
+            capped, (torch.nan_to_num(c) / voxel_size).round().clamp_min(0), torch.zeros_like(h)
+        ).long()
         li, lj = lx[inside], ly[inside]
         over = torch.zeros(len(g), dtype=torch.bool)
         over[inside] = capped[li, lj] & (g[inside, 2] >= g0[li, lj] + cv[li, lj])
         cx_, cy_ = torch.nonzero(capped, as_tuple=True)  # their surface voxel: the ground's
-        g = _unique_voxels(torch.cat([g[~over], torch.stack([cx_ + x0, cy_ + y0, (g0[cx_, cy_] - 1).clamp_min(0)],
-                                                            1)]))
+        g = _unique_voxels(
+            torch.cat(
+                [g[~over], torch.stack([cx_ + x0, cy_ + y0, (g0[cx_, cy_] - 1).clamp_min(0)], 1)]
+            )
+        )
         top, lx, ly, inside = column_tops(g)
     if not bool(bld.any()):
         return g
     gr = ground(top)
-    hv = torch.where(bld, (torch.nan_to_num(h) / voxel_size).round().clamp_min(1), torch.zeros_like(h)).long()
-    bv = torch.where(bld, (torch.nan_to_num(b) / voxel_size).round().clamp_min(0), torch.zeros_like(h)).long()
+    hv = torch.where(
+        bld, (torch.nan_to_num(h) / voxel_size).round().clamp_min(1), torch.zeros_like(h)
+    ).long()
+    bv = torch.where(
+        bld, (torch.nan_to_num(b) / voxel_size).round().clamp_min(0), torch.zeros_like(h)
+    ).long()
     bv = torch.minimum(bv, hv - 1)
     roof = gr + hv - 1  # [X, Y] top voxel of each building column
     # keep: voxels outside building columns, and those below the ground in building columns
@@ -836,7 +1055,9 @@ def build_heights(g: torch.Tensor, heights: torch.Tensor, base: torch.Tensor | N
     below[inside] = g[inside, 2] < gr[lx[inside], ly[inside]]
     kept = g[~gi | below]
     # walls: a building column is solid from (ground + base) to its roof where a neighbour is lower
-    pad = F.pad(torch.where(bld, roof, gr - 1)[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0].long()
+    pad = F.pad(torch.where(bld, roof, gr - 1)[None, None].float(), (1, 1, 1, 1), mode="replicate")[
+        0, 0
+    ].long()
     low = torch.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).amin(0)
     start = torch.where(low < roof, gr + bv, roof)  # inside columns: only the roof
     if base is not None:  # a raised building (min_height) keeps its whole underside
@@ -879,10 +1100,12 @@ def load_scene_pipeline(spec: str | None = None, device: str | None = None) -> E
         from earthgen.models import default_model_dir
 
         parts = {}
-        for key, name, cls in (("structure_vae", "structure-vae", StructureVAE),
-                               ("structure_flow", "structure-flow", StructureFlowDiT),
-                               ("texture_vae", "texture-vae", TextureVAE),
-                               ("texture_flow", "texture-flow", TextureFlowNet)):
+        for key, name, cls in (
+            ("structure_vae", "structure-vae", StructureVAE),
+            ("structure_flow", "structure-flow", StructureFlowDiT),
+            ("texture_vae", "texture-vae", TextureVAE),
+            ("texture_flow", "texture-flow", TextureFlowNet),
+        ):
             parts[key] = cls.from_pretrained(default_model_dir(name)).float().eval()
         pipe = EarthScenePipeline(**parts)
     else:
@@ -898,7 +1121,9 @@ def load_scene_pipeline(spec: str | None = None, device: str | None = None) -> E
     return pipe
 
 
-def save_dem(path, height: np.ndarray, voxel_size: float, crs: Any = None, map_transform: Any = None):
+def save_dem(
+    path, height: np.ndarray, voxel_size: float, crs: Any = None, map_transform: Any = None
+):
     """Write the height map ``[Y, X]`` (metres, north-up, NaN = no data) as a float32 GeoTIFF of
     ``voxel_size`` pixels. ``map_transform`` (with ``crs``) is the north-up transform of the map
     the scene was generated from: the DEM keeps its north-west corner. Without it the raster is
@@ -911,15 +1136,32 @@ def save_dem(path, height: np.ndarray, voxel_size: float, crs: Any = None, map_t
         transform = Affine(voxel_size, 0.0, 0.0, 0.0, -voxel_size, h.shape[0] * voxel_size)
     else:
         transform = Affine(voxel_size, 0.0, map_transform.c, 0.0, -voxel_size, map_transform.f)
-    with rasterio.open(path, "w", driver="GTiff", height=h.shape[0], width=h.shape[1], count=1, dtype="float32",
-                       crs=crs, transform=transform, nodata=np.nan, compress="deflate") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=h.shape[0],
+        width=h.shape[1],
+        count=1,
+        dtype="float32",
+        crs=crs,
+        transform=transform,
+        nodata=np.nan,
+        compress="deflate",
+    ) as ds:
         ds.write(h, 1)
         ds.update_tags(units="metres above the scene base", source="earthgen scene")
     return path
 
 
-def package_scene_models(structure_vae: str, structure_flow: str, texture_vae: str, texture_flow: str,
-                         out_root: str | None = None, fp16: bool = True) -> dict:
+def package_scene_models(
+    structure_vae: str,
+    structure_flow: str,
+    texture_vae: str,
+    texture_flow: str,
+    out_root: str | None = None,
+    fp16: bool = True,
+) -> dict:
     """Write trained 3D model folders as the packaged defaults (``earthgen/assets/models/<name>/``,
     fp16 safetensors unless ``fp16=False``). Returns ``{name: size in MB}``."""
     import shutil
@@ -933,9 +1175,12 @@ def package_scene_models(structure_vae: str, structure_flow: str, texture_vae: s
 
     root = Path(out_root) if out_root else MODELS_DIR
     sizes = {}
-    for name, src, cls in (("structure-vae", structure_vae, StructureVAE), ("structure-flow", structure_flow,
-                           StructureFlowDiT), ("texture-vae", texture_vae, TextureVAE),
-                           ("texture-flow", texture_flow, TextureFlowNet)):
+    for name, src, cls in (
+        ("structure-vae", structure_vae, StructureVAE),
+        ("structure-flow", structure_flow, StructureFlowDiT),
+        ("texture-vae", texture_vae, TextureVAE),
+        ("texture-flow", texture_flow, TextureFlowNet),
+    ):
         m = cls.from_pretrained(src)
         if fp16:
             m = m.half()

@@ -41,15 +41,15 @@ from earthgen.training.loop import (
 class FlowTrainConfig:
     task: str = "structure-flow"
     out: str = "outputs/structure-flow"
-    vae: str | None = None            # trained StructureVAE folder (required)
-    model: str | None = None          # a StructureFlowDiT folder to continue from
-    size: str = "small"               # tiny | small | base
-    resolution: int = 64              # voxels per scene side (multiple of 8 x patch size)
+    vae: str | None = None  # trained StructureVAE folder (required)
+    model: str | None = None  # a StructureFlowDiT folder to continue from
+    size: str = "small"  # tiny | small | base
+    resolution: int = 64  # voxels per scene side (multiple of 8 x patch size)
     voxel_size: float = 1.0
     batch_size: int = 8
     steps: int = 4000
     lr: float = 3e-4
-    cond_dropout: float = 0.3         # per condition
+    cond_dropout: float = 0.3  # per condition
     mixed_precision: str = "no"
     ema_decay: float = 0.999
     pool: int = 64
@@ -61,13 +61,17 @@ class FlowTrainConfig:
     test_run: bool = False
 
 
-TEXTURE_SIZES = {"tiny": {"channels": 16, "num_blocks": 1},
-                 "small": {"channels": 64, "num_blocks": 4},
-                 "base": {"channels": 128, "num_blocks": 6}}
+TEXTURE_SIZES = {
+    "tiny": {"channels": 16, "num_blocks": 1},
+    "small": {"channels": 64, "num_blocks": 4},
+    "base": {"channels": 128, "num_blocks": 6},
+}
 
-SIZES = {"tiny": {"hidden_size": 32, "depth": 2, "num_heads": 2},
-         "small": {"hidden_size": 256, "depth": 6, "num_heads": 4},
-         "base": {"hidden_size": 512, "depth": 12, "num_heads": 8}}
+SIZES = {
+    "tiny": {"hidden_size": 32, "depth": 2, "num_heads": 2},
+    "small": {"hidden_size": 256, "depth": 6, "num_heads": 4},
+    "base": {"hidden_size": 512, "depth": 12, "num_heads": 8},
+}
 
 
 def encode_pool(vae, seed: int, n: int, L: int, voxel_size: float, progress: bool = False) -> dict:
@@ -92,27 +96,41 @@ def encode_pool(vae, seed: int, n: int, L: int, voxel_size: float, progress: boo
     return {"grid": torch.stack(grids), "semantic": torch.stack(sems), "image": torch.stack(imgs)}
 
 
-def _check_config(cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, test_resolution: int) -> None:
+def _check_config(
+    cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, test_resolution: int
+) -> None:
     """Apply ``--test-run``'s small defaults (only where the user kept the default) and check the
     arguments; ``kind`` is "structure" or "texture"."""
     if cfg.test_run:
         base = FlowTrainConfig()
-        for k, v in {"size": "tiny", "batch_size": 2, "pool": 3 if kind == "structure" else 2,
-                     "resolution": test_resolution, "log_every": 1, "save_every": 10}.items():
+        for k, v in {
+            "size": "tiny",
+            "batch_size": 2,
+            "pool": 3 if kind == "structure" else 2,
+            "resolution": test_resolution,
+            "log_every": 1,
+            "save_every": 10,
+        }.items():
             if getattr(cfg, k) == getattr(base, k):
                 setattr(cfg, k, v)
     if not cfg.vae or not Path(cfg.vae).is_dir():
-        raise UserInputError(f"--vae must name a trained {kind} VAE folder (earthgen train {kind}-vae ... "
-                             "writes OUT/model)")
+        raise UserInputError(
+            f"--vae must name a trained {kind} VAE folder (earthgen train {kind}-vae ... "
+            "writes OUT/model)"
+        )
     if cfg.size not in sizes:
         raise UserInputError(f"--size must be one of {', '.join(sizes)}, got {cfg.size!r}")
     if cfg.resolution % multiple:
-        raise UserInputError(f"--resolution must be a multiple of {multiple} voxels, got {cfg.resolution}")
+        raise UserInputError(
+            f"--resolution must be a multiple of {multiple} voxels, got {cfg.resolution}"
+        )
     if not 0 <= cfg.cond_dropout < 1:
         raise UserInputError(f"--cond-dropout must be in [0, 1), got {cfg.cond_dropout}")
 
 
-def _setup(cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, test_resolution: int, vae_cls):
+def _setup(
+    cfg: FlowTrainConfig, kind: str, sizes: dict, multiple: int, test_resolution: int, vae_cls
+):
     """What both flow trainers start with: check ``cfg`` (:func:`_check_config`), load the frozen
     ``vae_cls`` from ``--vae``, make the Accelerator and seed everything; returns ``(vae, acc)``."""
     from accelerate import Accelerator
@@ -154,8 +172,13 @@ def _train_loop(cfg: FlowTrainConfig, acc, model, batch):
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     path, loss_fn = LinearPath(), FlowMatchingLoss()
-    bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not acc.is_local_main_process, initial=start,
-               total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=cfg.task,
+        disable=not acc.is_local_main_process,
+        initial=start,
+        total=cfg.steps,
+    )
     t0 = time.perf_counter()
     for step in bar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + acc.process_index)
@@ -194,21 +217,31 @@ def train_structure_flow(cfg: FlowTrainConfig) -> dict:
 
     vae, acc = _setup(cfg, "structure", SIZES, 16, 32, StructureVAE)
     L = cfg.resolution
-    data = encode_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
+    data = encode_pool(
+        vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process
+    )
     lat = data["grid"][:, 1:][data["grid"][:, :1].expand_as(data["grid"][:, 1:]) > 0]
     scale = float(lat.std().clamp_min(1e-3)) if len(lat) else 1.0
     if cfg.model:
         model = StructureFlowDiT.from_pretrained(cfg.model)
         scale = float(model.config.latent_scale)
     else:
-        model = StructureFlowDiT(grid_size=(L // 8,) * 3, latent_channels=vae.config.latent_channels, patch_size=2,
-                                 num_classes=NUM_CLASSES, latent_scale=scale, **SIZES[cfg.size])
+        model = StructureFlowDiT(
+            grid_size=(L // 8,) * 3,
+            latent_channels=vae.config.latent_channels,
+            patch_size=2,
+            num_classes=NUM_CLASSES,
+            latent_scale=scale,
+            **SIZES[cfg.size],
+        )
     data["grid"][:, 1:] /= scale
 
     def batch(model, g, device):
         idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g)
         k = int(torch.randint(0, 4, (1,), generator=g))  # the same random 90-degree turn for all
-        x1, sem, img = rotate_scene(data["grid"][idx], [data["semantic"][idx], data["image"][idx]], k)
+        x1, sem, img = rotate_scene(
+            data["grid"][idx], [data["semantic"][idx], data["image"][idx]], k
+        )
         sem, img = sem.to(device), img.to(device)
 
         def forward(x_t, t, drop_s, drop_i):
@@ -223,7 +256,9 @@ def train_structure_flow(cfg: FlowTrainConfig) -> dict:
 
 
 @torch.no_grad()
-def evaluate_structure_flow(model, data: dict, steps: int = 20, guidance: float = 2.0, seed: int = 0) -> dict:
+def evaluate_structure_flow(
+    model, data: dict, steps: int = 20, guidance: float = 2.0, seed: int = 0
+) -> dict:
     """Coarse-structure agreement of generated scenes with the true ones, per condition mode:
     IoU of the active ``(L/8)^3`` cells and the mean absolute error (cells) of each column's top
     active cell, for samples conditioned on the semantic map, the image, both, or nothing
@@ -242,13 +277,22 @@ def evaluate_structure_flow(model, data: dict, steps: int = 20, guidance: float 
     res = {}
     for mode in ("semantic", "image", "both", "none"):
         use_s, use_i = mode in ("semantic", "both"), mode in ("image", "both")
-        out = sample_structure(model, B, semantic=data["semantic"] if use_s else None,
-                               image=data["image"] if use_i else None, steps=steps, guidance=guidance,
-                               generator=torch.Generator().manual_seed(seed))
+        out = sample_structure(
+            model,
+            B,
+            semantic=data["semantic"] if use_s else None,
+            image=data["image"] if use_i else None,
+            steps=steps,
+            guidance=guidance,
+            generator=torch.Generator().manual_seed(seed),
+        )
         occ = (out[:, 0] > 0).cpu()
         inter = (occ & truth).sum().item()
         union = (occ | truth).sum().item()
-        res[mode] = {"coarse_iou": inter / max(union, 1), "top_error_cells": float((top(occ) - top(truth)).abs().mean())}
+        res[mode] = {
+            "coarse_iou": inter / max(union, 1),
+            "top_error_cells": float((top(occ) - top(truth)).abs().mean()),
+        }
     return res
 
 
@@ -260,10 +304,14 @@ def image_patch(texture_vae) -> int:
     for p in range(1, 17):
         if appearance_channels(p) == D:
             return p
-    raise UserInputError(f"a texture VAE with {D} appearance channels matches no sub-voxel patch size")
+    raise UserInputError(
+        f"a texture VAE with {D} appearance channels matches no sub-voxel patch size"
+    )
 
 
-def encode_texture_pool(vae, seed: int, n: int, L: int, voxel_size: float, progress: bool = False) -> list[dict]:
+def encode_texture_pool(
+    vae, seed: int, n: int, L: int, voxel_size: float, progress: bool = False
+) -> list[dict]:
     """``n`` world scenes ``L`` voxels across: voxel coords ``[N, 3]``, texture latents ``[N, C]``
     (posterior mean, unscaled), semantic one-hot ``[K, H, W]`` and image ``[3, H, W]`` at
     ``voxel_size / p`` metres per pixel, and the scene itself (for renders)."""
@@ -281,9 +329,15 @@ def encode_texture_pool(vae, seed: int, n: int, L: int, voxel_size: float, progr
         with torch.no_grad():
             post = vae.encode(texture_input([scene], "cpu"))
         sem = torch.from_numpy(tile.semantic.astype(np.int64))
-        out.append({"coords": torch.from_numpy(scene.coords.astype(np.int32)), "latent": post.mean.feats,
-                    "semantic": torch.nn.functional.one_hot(sem, NUM_CLASSES).permute(2, 0, 1).float(),
-                    "image": torch.from_numpy(tile.rgb).permute(2, 0, 1).float() / 255, "scene": scene})
+        out.append(
+            {
+                "coords": torch.from_numpy(scene.coords.astype(np.int32)),
+                "latent": post.mean.feats,
+                "semantic": torch.nn.functional.one_hot(sem, NUM_CLASSES).permute(2, 0, 1).float(),
+                "image": torch.from_numpy(tile.rgb).permute(2, 0, 1).float() / 255,
+                "scene": scene,
+            }
+        )
     return out
 
 
@@ -295,9 +349,14 @@ def texture_batch(items: list[dict], L: int, device, scale: float = 1.0):
     coords = batch_coords([it["coords"] for it in items])
     feats = torch.cat([it["latent"] for it in items]) / scale
     Z = int(coords[:, 3].max()) + 1
-    x = SparseTensor.from_coords(coords.to(device), feats.to(device), (L, L, Z), len(items), check=False)
-    return (x, torch.stack([it["semantic"] for it in items]).to(device),
-            torch.stack([it["image"] for it in items]).to(device))
+    x = SparseTensor.from_coords(
+        coords.to(device), feats.to(device), (L, L, Z), len(items), check=False
+    )
+    return (
+        x,
+        torch.stack([it["semantic"] for it in items]).to(device),
+        torch.stack([it["image"] for it in items]).to(device),
+    )
 
 
 def train_texture_flow(cfg: FlowTrainConfig) -> dict:
@@ -307,13 +366,19 @@ def train_texture_flow(cfg: FlowTrainConfig) -> dict:
 
     vae, acc = _setup(cfg, "texture", TEXTURE_SIZES, 8, 16, TextureVAE)
     L = cfg.resolution
-    pool = encode_texture_pool(vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process)
+    pool = encode_texture_pool(
+        vae, cfg.seed, cfg.pool, L, cfg.voxel_size, progress=acc.is_local_main_process
+    )
     if cfg.model:
         model = TextureFlowNet.from_pretrained(cfg.model)
     else:
-        model = TextureFlowNet(latent_channels=vae.config.latent_channels, num_classes=NUM_CLASSES,
-                               image_patch=image_patch(vae), **TEXTURE_SIZES[cfg.size],
-                               latent_scale=float(torch.cat([it["latent"] for it in pool]).std().clamp_min(1e-3)))
+        model = TextureFlowNet(
+            latent_channels=vae.config.latent_channels,
+            num_classes=NUM_CLASSES,
+            image_patch=image_patch(vae),
+            **TEXTURE_SIZES[cfg.size],
+            latent_scale=float(torch.cat([it["latent"] for it in pool]).std().clamp_min(1e-3)),
+        )
     scale = float(model.config.latent_scale)
 
     def batch(model, g, device):
@@ -322,22 +387,38 @@ def train_texture_flow(cfg: FlowTrainConfig) -> dict:
         b = x1.coords[:, 0].long()
 
         def forward(x_t, t, drop_s, drop_i):
-            return model(x1.replace(x_t), t, semantic=sem, image=img, drop_semantic=drop_s, drop_image=drop_i)
+            return model(
+                x1.replace(x_t), t, semantic=sem, image=img, drop_semantic=drop_s, drop_image=drop_i
+            )
 
         return x1.feats, (lambda t: t[b]), forward
 
     final, summary = _train_loop(cfg, acc, model, batch)
     if final is not None:
-        held = encode_texture_pool(vae, cfg.seed + 7919, 1 if cfg.test_run else 6, L, cfg.voxel_size)
-        summary["eval"] = evaluate_texture_flow(final, vae, held, steps=2 if cfg.test_run else 20,
-                                                image_size=32 if cfg.test_run else 128)
+        held = encode_texture_pool(
+            vae, cfg.seed + 7919, 1 if cfg.test_run else 6, L, cfg.voxel_size
+        )
+        summary["eval"] = evaluate_texture_flow(
+            final,
+            vae,
+            held,
+            steps=2 if cfg.test_run else 20,
+            image_size=32 if cfg.test_run else 128,
+        )
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 @torch.no_grad()
-def evaluate_texture_flow(model, vae, items: list[dict], steps: int = 20, guidance: float = 2.0, seed: int = 0,
-                          image_size: int = 128) -> dict:
+def evaluate_texture_flow(
+    model,
+    vae,
+    items: list[dict],
+    steps: int = 20,
+    guidance: float = 2.0,
+    seed: int = 0,
+    image_size: int = 128,
+) -> dict:
     """Nadir renders of scenes textured by the flow (on their true voxels) against nadir renders of
     the reference scenes: PSNR (dB) per condition mode (semantic map, image, both, none), and for
     reference the texture VAE's own reconstruction (posterior mean)."""
@@ -357,9 +438,15 @@ def evaluate_texture_flow(model, vae, items: list[dict], steps: int = 20, guidan
             if mode == "vae":
                 lat = it["latent"].to(device)
             else:
-                lat = sample_texture(model, x, semantic=sem if mode in ("semantic", "both") else None,
-                                     image=img if mode in ("image", "both") else None, steps=steps,
-                                     guidance=guidance, generator=torch.Generator().manual_seed(seed + i))
+                lat = sample_texture(
+                    model,
+                    x,
+                    semantic=sem if mode in ("semantic", "both") else None,
+                    image=img if mode in ("image", "both") else None,
+                    steps=steps,
+                    guidance=guidance,
+                    generator=torch.Generator().manual_seed(seed + i),
+                )
             g = vae.decode(x.replace(lat), sc.voxel_size, tuple(sc.origin))
             g.pop("voxel")
             ctr = torch.tensor(sc.center, dtype=torch.float32)

@@ -66,45 +66,63 @@ LAYOUT_INPUTS = ("control", "concat")
 class TrainConfig:
     task: str = "image-ldm"
     out: str = "outputs/train"
-    model: str | None = None          # a pipeline folder to start from; None = a fresh model
-    size: str = "tiny"                # fresh model size: tiny | small
-    data: str = "world"               # "world" or a caption dataset path
-    resolution: int = 64              # pixels
+    model: str | None = None  # a pipeline folder to start from; None = a fresh model
+    size: str = "tiny"  # fresh model size: tiny | small
+    data: str = "world"  # "world" or a caption dataset path
+    resolution: int = 64  # pixels
     batch_size: int = 4
-    steps: int = 1000                 # total optimisation steps (a --test-run uses 20 by default)
+    steps: int = 1000  # total optimisation steps (a --test-run uses 20 by default)
     lr: float = 1e-4
     grad_accum: int = 1
-    mixed_precision: str = "no"       # no | fp16 | bf16
+    mixed_precision: str = "no"  # no | fp16 | bf16
     grad_checkpointing: bool = False
     ema_decay: float = 0.999
-    cond_dropout: float = 0.1         # per condition
+    cond_dropout: float = 0.1  # per condition
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
     resume: bool = False
     test_run: bool = False
-    freeze_unet: bool = False         # image-boxes: train only the gated layers + box encoder (GLIGEN)
-    box_raster_dim: int = 0           # image-boxes on a model without boxes: class dims of the dense box map (0 = tokens only)
-    box_loss_weight: float = 0.0      # image-boxes: extra loss weight inside boxes (1 + w * covered fraction)
-    balance: float = 0.0              # detection data: draw images by their rarest class, count^-balance (0 = uniform)
-    layout_input: str = "control"     # how the layout reaches the UNet: control (branch) | concat (input channels)
-    layout_dropout: float | None = None  # concat layout map: its own drop probability (None: cond_dropout)
+    freeze_unet: bool = False  # image-boxes: train only the gated layers + box encoder (GLIGEN)
+    box_raster_dim: int = (
+        0  # image-boxes on a model without boxes: class dims of the dense box map (0 = tokens only)
+    )
+    box_loss_weight: float = (
+        0.0  # image-boxes: extra loss weight inside boxes (1 + w * covered fraction)
+    )
+    balance: float = (
+        0.0  # detection data: draw images by their rarest class, count^-balance (0 = uniform)
+    )
+    layout_input: str = (
+        "control"  # how the layout reaches the UNet: control (branch) | concat (input channels)
+    )
+    layout_dropout: float | None = (
+        None  # concat layout map: its own drop probability (None: cond_dropout)
+    )
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.task not in TASKS:
             raise UserInputError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.size not in IMAGE_SIZES:
-            raise UserInputError(f"--size must be one of {', '.join(IMAGE_SIZES)}, got {self.size!r}")
+            raise UserInputError(
+                f"--size must be one of {', '.join(IMAGE_SIZES)}, got {self.size!r}"
+            )
         if self.layout_input not in LAYOUT_INPUTS:
-            raise UserInputError(f"--layout-input must be one of {', '.join(LAYOUT_INPUTS)}, got {self.layout_input!r}")
+            raise UserInputError(
+                f"--layout-input must be one of {', '.join(LAYOUT_INPUTS)}, got {self.layout_input!r}"
+            )
         if self.box_raster_dim < 0 or self.box_loss_weight < 0 or self.balance < 0:
             raise UserInputError("--box-raster-dim, --box-loss-weight and --balance must be >= 0")
         if self.resolution % 64:
-            raise UserInputError(f"--resolution must be a multiple of 64 pixels, got {self.resolution}")
+            raise UserInputError(
+                f"--resolution must be a multiple of 64 pixels, got {self.resolution}"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise UserInputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise UserInputError(
+                f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
         if not 0.0 <= self.cond_dropout < 1.0:
             raise UserInputError(f"--cond-dropout must be in [0, 1), got {self.cond_dropout}")
         if self.layout_dropout is not None and not 0.0 <= self.layout_dropout < 1.0:
@@ -118,7 +136,10 @@ class TrainConfig:
 
 # --- models ---------------------------------------------------------------------------------------
 
-def fresh_components(size: str = "tiny", boxes: bool = False, raster_dim: int = 0, layout_input: str = "control") -> dict:
+
+def fresh_components(
+    size: str = "tiny", boxes: bool = False, raster_dim: int = 0, layout_input: str = "control"
+) -> dict:
     """New, randomly initialised components sized for CPU tests (tiny) or a first GPU model
     (small); the text encoder is the offline MiniLM (384-d), frozen. ``boxes``: a grounded UNet
     (gated attention) and a box-token encoder instead of the control branch. ``layout_input``
@@ -133,24 +154,50 @@ def fresh_components(size: str = "tiny", boxes: bool = False, raster_dim: int = 
     minilm = SentenceTextEncoder()
     tok, text = minilm.tokenizer, minilm.model
     vae_ch, vae_layers, unet_ch, unet_layers, groups = IMAGE_SIZES[size]
-    vae = AutoencoderKL(block_out_channels=vae_ch, down_block_types=("DownEncoderBlock2D",) * len(vae_ch),
-                        up_block_types=("UpDecoderBlock2D",) * len(vae_ch), latent_channels=4, norm_num_groups=8,
-                        layers_per_block=vae_layers)
+    vae = AutoencoderKL(
+        block_out_channels=vae_ch,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_ch),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_ch),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=vae_layers,
+    )
     n = len(unet_ch)
     unet = UNet2DConditionModel(
-        sample_size=8 if size == "tiny" else 32, in_channels=4, out_channels=4, block_out_channels=unet_ch,
+        sample_size=8 if size == "tiny" else 32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_ch,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        layers_per_block=unet_layers, cross_attention_dim=text.config.hidden_size,
-        attention_head_dim=8, norm_num_groups=groups, class_embed_type="identity")
+        layers_per_block=unet_layers,
+        cross_attention_dim=text.config.hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=groups,
+        class_embed_type="identity",
+    )
     meta = MetadataEncoder(out_dim=unet_ch[0] * 4, freq_dim=32)
-    control = FusedControlNet.from_unet(unet, {"layout": NUM_CLASSES, "roads": 1},
-                                        fusion_widths=(8, 16, 32, 64) if size == "tiny" else (16, 32, 96, 256))
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    comps = {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text, "tokenizer": tok,
-             "metadata_encoder": meta, "controlnet": control}
+    control = FusedControlNet.from_unet(
+        unet,
+        {"layout": NUM_CLASSES, "roads": 1},
+        fusion_widths=(8, 16, 32, 64) if size == "tiny" else (16, 32, 96, 256),
+    )
+    sched = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+    comps = {
+        "vae": vae,
+        "unet": unet,
+        "scheduler": sched,
+        "text_encoder": text,
+        "tokenizer": tok,
+        "metadata_encoder": meta,
+        "controlnet": control,
+    }
     if boxes:
-        add_box_conditioning(comps, hidden_dim=256 if size == "tiny" else 512, raster_dim=raster_dim)
+        add_box_conditioning(
+            comps, hidden_dim=256 if size == "tiny" else 512, raster_dim=raster_dim
+        )
         comps["controlnet"] = None
     if layout_input == "concat":
         add_layout_input(comps)
@@ -189,14 +236,23 @@ def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0
     if not isinstance(comps["unet"], GroundedUNet2DConditionModel):
         # the box map goes between the latent and a layout map the UNet already takes
         at = None if lay is None else int(comps["unet"].config.out_channels)
-        comps["unet"] = GroundedUNet2DConditionModel.from_unet(comps["unet"], 1 + raster_dim if raster_dim else 0,
-                                                               insert_at=at)
-        if comps.get("box_encoder") is not None and comps["box_encoder"].config.raster_dim != raster_dim:
+        comps["unet"] = GroundedUNet2DConditionModel.from_unet(
+            comps["unet"], 1 + raster_dim if raster_dim else 0, insert_at=at
+        )
+        if (
+            comps.get("box_encoder") is not None
+            and comps["box_encoder"].config.raster_dim != raster_dim
+        ):
             comps["box_encoder"] = None
-    if comps.get("box_encoder") is None:  # as many map channels as the UNet takes (1 + class dims, or none)
-        comps["box_encoder"] = BoxTokenEncoder(text_dim=int(comps["text_encoder"].config.hidden_size),
-                                               out_dim=int(comps["unet"].config.cross_attention_dim),
-                                               hidden_dim=hidden_dim, raster_dim=max(comps["unet"].raster_channels - lay_c - 1, 0))
+    if (
+        comps.get("box_encoder") is None
+    ):  # as many map channels as the UNet takes (1 + class dims, or none)
+        comps["box_encoder"] = BoxTokenEncoder(
+            text_dim=int(comps["text_encoder"].config.hidden_size),
+            out_dim=int(comps["unet"].config.cross_attention_dim),
+            hidden_dim=hidden_dim,
+            raster_dim=max(comps["unet"].raster_channels - lay_c - 1, 0),
+        )
     check_box_map(comps["unet"], comps["box_encoder"], lay_c)
     return comps
 
@@ -204,8 +260,12 @@ def add_box_conditioning(comps: dict, hidden_dim: int = 512, raster_dim: int = 0
 def load_components(cfg: TrainConfig) -> dict:
     boxes = cfg.task == "image-boxes"
     if cfg.model is None:
-        return fresh_components("tiny" if cfg.test_run else cfg.size, boxes=boxes, raster_dim=cfg.box_raster_dim,
-                                layout_input=cfg.layout_input)
+        return fresh_components(
+            "tiny" if cfg.test_run else cfg.size,
+            boxes=boxes,
+            raster_dim=cfg.box_raster_dim,
+            layout_input=cfg.layout_input,
+        )
     from earthgen.models import resolve_model
     from earthgen.pipelines.image import load_pipeline
 
@@ -219,6 +279,7 @@ def load_components(cfg: TrainConfig) -> dict:
 
 
 # --- data -----------------------------------------------------------------------------------------
+
 
 class CaptionData:
     """Index-addressable batches from an image-caption dataset (center crop + resize)."""
@@ -239,12 +300,26 @@ class CaptionData:
             rec = self.records[(k * 2654435761 + seed) % len(self.records)]
             img = Image.fromarray(rec.load_image())
             s = min(img.size)
-            img = img.crop(((img.width - s) // 2, (img.height - s) // 2, (img.width + s) // 2, (img.height + s) // 2))
+            img = img.crop(
+                (
+                    (img.width - s) // 2,
+                    (img.height - s) // 2,
+                    (img.width + s) // 2,
+                    (img.height + s) // 2,
+                )
+            )
             img = img.resize((self.resolution, self.resolution), Image.BICUBIC)
             imgs.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0)
             caps.append(rec.caption)
-            gsds.append(float("nan") if rec.gsd is None else rec.gsd * s / self.resolution)  # of the resized crop
-        return {"image": torch.stack(imgs), "semantic": None, "caption": caps, "gsd": torch.tensor(gsds)}
+            gsds.append(
+                float("nan") if rec.gsd is None else rec.gsd * s / self.resolution
+            )  # of the resized crop
+        return {
+            "image": torch.stack(imgs),
+            "semantic": None,
+            "caption": caps,
+            "gsd": torch.tensor(gsds),
+        }
 
 
 class MaskData:
@@ -267,13 +342,18 @@ class MaskData:
         root = Path(path)
         for name in INDEX_FILES:
             if (root / name).is_file():
-                self.index = {Path(r.image).stem: r for r in read_captions(root / name, image_root=self.samples[0].image.parent)}
+                self.index = {
+                    Path(r.image).stem: r
+                    for r in read_captions(root / name, image_root=self.samples[0].image.parent)
+                }
                 break
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def item(self, k: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, str, float]:
+    def item(
+        self, k: int, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, str, float]:
         """Sample ``k`` with the augmentation drawn from ``rng``: ``[3, R, R]`` in 0..1,
         ``[R, R]`` int64 class ids, caption, GSD (m/px, NaN when unknown)."""
         from PIL import Image
@@ -287,12 +367,16 @@ class MaskData:
             img = np.asarray(im.convert("RGB"))
         ids = smp.read()
         if ids.shape != img.shape[:2]:
-            raise fail(smp.mask, None, f"mask is {ids.shape[1]}x{ids.shape[0]} but its image {smp.image.name} is "
-                                       f"{img.shape[1]}x{img.shape[0]}")
+            raise fail(
+                smp.mask,
+                None,
+                f"mask is {ids.shape[1]}x{ids.shape[0]} but its image {smp.image.name} is "
+                f"{img.shape[1]}x{img.shape[0]}",
+            )
         h, w = ids.shape
         side = min(h, w)
         y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
-        img, ids = img[y0:y0 + side, x0:x0 + side], ids[y0:y0 + side, x0:x0 + side]
+        img, ids = img[y0 : y0 + side, x0 : x0 + side], ids[y0 : y0 + side, x0 : x0 + side]
         r = self.resolution
         img = np.asarray(Image.fromarray(img).resize((r, r), Image.BICUBIC))
         ids = np.asarray(Image.fromarray(ids).resize((r, r), Image.NEAREST))
@@ -309,8 +393,12 @@ class MaskData:
         else:
             scene = SCENE_PHRASES[scene_of({"class_fractions": class_fractions(ids)})]
             caption = f"Satellite image of {scene}."
-        return (torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255.0,
-                torch.from_numpy(ids.astype(np.int64)), caption, gsd)
+        return (
+            torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255.0,
+            torch.from_numpy(ids.astype(np.int64)),
+            caption,
+            gsd,
+        )
 
     def batch(self, seed: int, index0: int, n: int) -> dict:
         imgs, sems, caps, gsds = [], [], [], []
@@ -321,8 +409,12 @@ class MaskData:
             sems.append(ids)
             caps.append(cap)
             gsds.append(gsd)
-        return {"image": torch.stack(imgs), "semantic": torch.stack(sems), "caption": caps,
-                "gsd": torch.tensor(gsds, dtype=torch.float32)}
+        return {
+            "image": torch.stack(imgs),
+            "semantic": torch.stack(sems),
+            "caption": caps,
+            "gsd": torch.tensor(gsds, dtype=torch.float32),
+        }
 
 
 def is_mask_dataset(path: str) -> bool:
@@ -334,12 +426,15 @@ def is_mask_dataset(path: str) -> bool:
     p = Path(path)
     if not p.is_dir() or not any((p / d).is_dir() for d in IMAGE_DIR_NAMES):
         return False
-    return any((p / d).is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in (p / d).iterdir())
-               for d in MASK_DIR_NAMES)
+    return any(
+        (p / d).is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in (p / d).iterdir())
+        for d in MASK_DIR_NAMES
+    )
 
 
-def open_image_dataset(path: str, resolution: int, boxes: bool = False,
-                       balance: float = 0.0) -> MaskData | DetectionData | CaptionData:
+def open_image_dataset(
+    path: str, resolution: int, boxes: bool = False, balance: float = 0.0
+) -> MaskData | DetectionData | CaptionData:
     """The batch source for a dataset path, by what the path holds: a semantic-mask folder
     (:class:`MaskData`), a detection dataset (:class:`DetectionData`; always with ``boxes``) or
     an image-caption dataset (:class:`CaptionData`)."""
@@ -380,11 +475,17 @@ class DetectionData:
         rng = np.random.default_rng([seed, index0])
         idx = rng.integers(len(self.samples), size=n)  # GSD of a random item: labels rarely have it
         gsds = [self.gsd[int(i)] for i in idx]
-        return {"image": imgs, "semantic": None, "caption": [detection_caption(b.labels) for b in sets],
-                "gsd": torch.tensor(gsds, dtype=torch.float32), "boxes": sets}
+        return {
+            "image": imgs,
+            "semantic": None,
+            "caption": [detection_caption(b.labels) for b in sets],
+            "gsd": torch.tensor(gsds, dtype=torch.float32),
+            "boxes": sets,
+        }
 
 
 # --- loop -----------------------------------------------------------------------------------------
+
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (steps, first/last losses, output paths)."""
@@ -398,18 +499,27 @@ def train(cfg: TrainConfig) -> dict:
         cfg.save_every, cfg.log_every = min(cfg.save_every, 10), 1
     cfg.validate()
     out = Path(cfg.out)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                      cpu=not torch.cuda.is_available())
+    acc = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.cuda.is_available(),
+    )
     set_seed(cfg.seed)
     comps = load_components(cfg)
     vae, unet, text, tok = comps["vae"], comps["unet"], comps["text_encoder"], comps["tokenizer"]
-    meta, control, sched = comps.get("metadata_encoder"), comps.get("controlnet"), comps["scheduler"]
+    meta, control, sched = (
+        comps.get("metadata_encoder"),
+        comps.get("controlnet"),
+        comps["scheduler"],
+    )
     box_enc, lay_enc = comps.get("box_encoder"), comps.get("layout_encoder")
     if cfg.task == "image-control" and control is None:
         raise UserInputError("the model has no control branch to train")
     if cfg.task == "image-control" and lay_enc is not None:
-        raise UserInputError("this model takes its layout at the UNet input (a layout encoder): train it with "
-                             "image-ldm, not image-control")
+        raise UserInputError(
+            "this model takes its layout at the UNet input (a layout encoder): train it with "
+            "image-ldm, not image-control"
+        )
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(sched.config)
@@ -428,10 +538,14 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.task == "image-boxes" and cfg.freeze_unet:  # GLIGEN: only the gated layers learn
         for name, p in unet.named_parameters():
             p.requires_grad_(".fuser." in name)
-        if getattr(unet, "raster_channels", 0):  # and the box map's input weights (not the latent's)
+        if getattr(
+            unet, "raster_channels", 0
+        ):  # and the box map's input weights (not the latent's)
             n_lat = int(unet.config.out_channels)
             unet.conv_in.weight.requires_grad_(True)
-            unet.conv_in.weight.register_hook(lambda g: torch.cat([torch.zeros_like(g[:, :n_lat]), g[:, n_lat:]], 1))
+            unet.conv_in.weight.register_hook(
+                lambda g: torch.cat([torch.zeros_like(g[:, :n_lat]), g[:, n_lat:]], 1)
+            )
             part_frozen = unet.conv_in.weight
     if cfg.grad_checkpointing:
         for m in trainable:
@@ -444,7 +558,9 @@ def train(cfg: TrainConfig) -> dict:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
     prepared = acc.prepare(*trainable, opt)
     trainable, opt = list(prepared[:-1]), prepared[-1]
-    ema = EMAModel([p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay)
+    ema = EMAModel(
+        [p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay
+    )
     acc.register_for_checkpointing(ema)
     device = acc.device
     for m in (vae, unet, text, meta, control, box_enc, lay_enc):
@@ -453,7 +569,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.data == "world":
         data = None
     else:
-        data = open_image_dataset(cfg.data, cfg.resolution, boxes=cfg.task == "image-boxes", balance=cfg.balance)
+        data = open_image_dataset(
+            cfg.data, cfg.resolution, boxes=cfg.task == "image-boxes", balance=cfg.balance
+        )
     class_emb: dict[str, torch.Tensor] = {}
 
     if not cfg.resume:
@@ -466,15 +584,27 @@ def train(cfg: TrainConfig) -> dict:
     from earthgen.pipelines.image import needs_attention_mask
 
     def encode_text(captions: list[str]) -> torch.Tensor:
-        t = tok(captions, padding="max_length", truncation=True, max_length=min(77, int(tok.model_max_length)),
-                return_tensors="pt")
+        t = tok(
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=min(77, int(tok.model_max_length)),
+            return_tensors="pt",
+        )
         with torch.no_grad():
-            mask = t["attention_mask"].to(device) if needs_attention_mask(text) else None  # SD: CLIP unmasked
+            mask = (
+                t["attention_mask"].to(device) if needs_attention_mask(text) else None
+            )  # SD: CLIP unmasked
             return text(input_ids=t["input_ids"].to(device), attention_mask=mask).last_hidden_state
 
     g = torch.Generator(device="cpu")
-    bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not acc.is_local_main_process, initial=start,
-               total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=cfg.task,
+        disable=not acc.is_local_main_process,
+        initial=start,
+        total=cfg.steps,
+    )
     t0 = time.perf_counter()
     for step in bar:
         index0 = (step * acc.num_processes + acc.process_index) * cfg.batch_size
@@ -497,7 +627,9 @@ def train(cfg: TrainConfig) -> dict:
                     with torch.no_grad():
                         z = vae.encode(x * 2 - 1).latent_dist.mean * vae.config.scaling_factor
                     noise = torch.randn(z.shape, generator=g).to(device)
-                    ts = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=g).to(device)
+                    ts = torch.randint(
+                        0, noise_sched.config.num_train_timesteps, (b,), generator=g
+                    ).to(device)
                     zt = noise_sched.add_noise(z, noise, ts)
                     drop = torch.rand(3, b, generator=g) < cfg.cond_dropout  # text, metadata, all
                     caps = ["" if d else c for c, d in zip(batch["caption"], drop[0], strict=True)]
@@ -517,36 +649,64 @@ def train(cfg: TrainConfig) -> dict:
 
                         corners, names, bmask = pack_boxes(batch["boxes"], x.shape[-1], x.shape[-2])
                         cls = class_embeddings(names, text, tok, class_emb, device)
-                        bmask = drop_boxes(bmask, (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2])
+                        bmask = drop_boxes(
+                            bmask, (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2]
+                        )
                         if acc.unwrap_model(trainable[1]).raster_channels:
-                            tokens, raster = trainable[1](corners.to(device), cls, bmask.to(device),
-                                                          raster_size=tuple(zt.shape[-2:]))
+                            tokens, raster = trainable[1](
+                                corners.to(device),
+                                cls,
+                                bmask.to(device),
+                                raster_size=tuple(zt.shape[-2:]),
+                            )
                             zt = torch.cat([zt, raster.to(zt.dtype)], dim=1)
                         else:
                             tokens = trainable[1](corners.to(device), cls, bmask.to(device))
                         kw["cross_attention_kwargs"] = {"gligen": {"objs": tokens}}
                         if cfg.box_loss_weight > 0:
-                            cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(1, keepdim=True)
-                            weight = 1.0 + cfg.box_loss_weight * cover.clamp(max=1.0)  # every box, dropped or not
-                    if lay_enc is not None and cfg.task in ("image-ldm", "image-boxes"):  # after the box map
-                        p_lay = cfg.cond_dropout if cfg.layout_dropout is None else cfg.layout_dropout
+                            cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(
+                                1, keepdim=True
+                            )
+                            weight = 1.0 + cfg.box_loss_weight * cover.clamp(
+                                max=1.0
+                            )  # every box, dropped or not
+                    if lay_enc is not None and cfg.task in (
+                        "image-ldm",
+                        "image-boxes",
+                    ):  # after the box map
+                        p_lay = (
+                            cfg.cond_dropout if cfg.layout_dropout is None else cfg.layout_dropout
+                        )
                         ldrop = (torch.rand(b, generator=g) < p_lay) | drop[2]
                         f = 2 ** (len(vae.config.block_out_channels) - 1)
-                        lmap = lay_enc(batch["semantic"], b, f, drop=ldrop, size=tuple(x.shape[-2:]))
+                        lmap = lay_enc(
+                            batch["semantic"], b, f, drop=ldrop, size=tuple(x.shape[-2:])
+                        )
                         zt = torch.cat([zt, lmap.to(device, zt.dtype)], dim=1)
                     if cfg.task == "image-control":
                         sem = batch["semantic"]
                         if sem is None:
-                            raise UserInputError("image-control training needs layouts: use --data world or a semantic-mask "
-                                              "folder (images/ + masks/, docs/training.md)")
+                            raise UserInputError(
+                                "image-control training needs layouts: use --data world or a semantic-mask "
+                                "folder (images/ + masks/, docs/training.md)"
+                            )
                         from earthgen.conditioning.dense import one_hot, road_map
 
-                        maps = {"layout": one_hot(sem).to(device), "roads": road_map(sem).to(device)}
-                        per = {k: (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2] for k in maps}
+                        maps = {
+                            "layout": one_hot(sem).to(device),
+                            "roads": road_map(sem).to(device),
+                        }
+                        per = {
+                            k: (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2]
+                            for k in maps
+                        }
                         cn = trainable[0]
                         packed = acc.unwrap_model(cn).pack(maps, drop=per)
                         down, mid = cn(zt, ts, emb, packed, class_labels=labels)
-                        kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                        kw = {
+                            "down_block_additional_residuals": down,
+                            "mid_block_additional_residual": mid,
+                        }
                     net = trainable[0] if cfg.task in ("image-ldm", "image-boxes") else unet
                     pred = net(zt, ts, encoder_hidden_states=emb, class_labels=labels, **kw).sample
                     if weight is None:
@@ -569,9 +729,17 @@ def train(cfg: TrainConfig) -> dict:
         # the final model holds the EMA weights (one flat parameter list over the trained modules);
         # it samples with DPM-Solver++ on the training noise schedule (DDPM needs hundreds of steps)
         ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
-        pipe = EarthImagePipeline(vae=vae, unet=unet, scheduler=sampling_scheduler(sched), text_encoder=text,
-                                  tokenizer=tok, metadata_encoder=meta, controlnet=control, box_encoder=box_enc,
-                                  layout_encoder=lay_enc)
+        pipe = EarthImagePipeline(
+            vae=vae,
+            unet=unet,
+            scheduler=sampling_scheduler(sched),
+            text_encoder=text,
+            tokenizer=tok,
+            metadata_encoder=meta,
+            controlnet=control,
+            box_encoder=box_enc,
+            layout_encoder=lay_enc,
+        )
         save_model_atomic(pipe, out / "pipeline")
         summary["pipeline"] = str(out / "pipeline")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -52,8 +52,13 @@ def convert_taef2(encoder: str | Path, decoder: str | Path, out: str | Path, **c
     return model
 
 
-def init_latent_model(out: str | Path, vae: str | Path, seed: int = 0,
-                      channels: tuple[int, ...] = UNET_CHANNELS, sample_size: int = 32) -> Path:
+def init_latent_model(
+    out: str | Path,
+    vae: str | Path,
+    seed: int = 0,
+    channels: tuple[int, ...] = UNET_CHANNELS,
+    sample_size: int = 32,
+) -> Path:
     """A fresh pipeline in the latent space of the TAEF2 folder ``vae`` (see the module docstring)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -71,16 +76,35 @@ def init_latent_model(out: str | Path, vae: str | Path, seed: int = 0,
     n = len(channels)
     lat = int(taef2.config.latent_channels)
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=lat + layout.channels, out_channels=lat,
-        block_out_channels=channels, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",), layers_per_block=1,
-        cross_attention_dim=minilm.model.config.hidden_size, attention_head_dim=32, norm_num_groups=32,
-        class_embed_type="identity")
+        sample_size=sample_size,
+        in_channels=lat + layout.channels,
+        out_channels=lat,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        layers_per_block=1,
+        cross_attention_dim=minilm.model.config.hidden_size,
+        attention_head_dim=32,
+        norm_num_groups=32,
+        class_embed_type="identity",
+    )
     meta = MetadataEncoder(out_dim=channels[0] * 4, freq_dim=32)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, prediction_type="v_prediction")
-    pipe = EarthImagePipeline(vae=taef2, unet=unet, scheduler=sched, text_encoder=minilm.model,
-                              tokenizer=minilm.tokenizer, metadata_encoder=meta, layout_encoder=layout)
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="v_prediction",
+    )
+    pipe = EarthImagePipeline(
+        vae=taef2,
+        unet=unet,
+        scheduler=sched,
+        text_encoder=minilm.model,
+        tokenizer=minilm.tokenizer,
+        metadata_encoder=meta,
+        layout_encoder=layout,
+    )
     pipe.save_pretrained(str(out), safe_serialization=True)
     return Path(out)
 
@@ -96,8 +120,16 @@ def _layout_ids(semantic: np.ndarray | None, size: int) -> np.ndarray:
     return s
 
 
-def build_cache(model: str | Path, out: str | Path, n: int = 1600, mix: dict | None = None,
-                resolution: int = 256, seed: int = 0, root: str | None = None, batch: int = 16) -> dict:
+def build_cache(
+    model: str | Path,
+    out: str | Path,
+    n: int = 1600,
+    mix: dict | None = None,
+    resolution: int = 256,
+    seed: int = 0,
+    root: str | None = None,
+    batch: int = 16,
+) -> dict:
     """Encode ``n`` crops drawn from the real-data mix into ``out`` (a ``.pt`` file); write the
     latent mean/std per channel into the pipeline's VAE config (``model`` is updated in place).
     Returns a summary."""
@@ -112,7 +144,9 @@ def build_cache(model: str | Path, out: str | Path, n: int = 1600, mix: dict | N
     ds = MixedDataset(mix, root=root, split="train", resolution=resolution)
     pipe = load_pipeline(str(model))
     if not pipe._normalized_vae or pipe.layout_encoder is None:
-        raise UserInputError(f"{model}: build_cache needs a pipeline with a TAEF2 VAE and a layout encoder (init)")
+        raise UserInputError(
+            f"{model}: build_cache needs a pipeline with a TAEF2 VAE and a layout encoder (init)"
+        )
     rng = np.random.default_rng(seed)
     lat, maps, caps, gsds, srcs, has = [], [], [], [], [], []
     f = pipe.vae_scale_factor
@@ -135,9 +169,17 @@ def build_cache(model: str | Path, out: str | Path, n: int = 1600, mix: dict | N
         srcs += [s.source for s in items]
         has += [s.semantic is not None for s in items]
     latents = torch.cat(lat)
-    data = {"latents": latents, "layout": torch.cat(maps), "captions": caps, "gsd": torch.tensor(gsds),
-            "source": srcs, "has_layout": torch.tensor(has), "mix": mix, "seed": seed,
-            "resolution": resolution}
+    data = {
+        "latents": latents,
+        "layout": torch.cat(maps),
+        "captions": caps,
+        "gsd": torch.tensor(gsds),
+        "source": srcs,
+        "has_layout": torch.tensor(has),
+        "mix": mix,
+        "seed": seed,
+        "resolution": resolution,
+    }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
     torch.save(data, tmp)
@@ -147,8 +189,13 @@ def build_cache(model: str | Path, out: str | Path, n: int = 1600, mix: dict | N
     std = zf.std(dim=(0, 2, 3))
     _set_latent_stats(model, mean.tolist(), std.tolist())
     counts = {k: srcs.count(k) for k in sorted(set(srcs))}
-    return {"crops": len(caps), "by_source": counts, "seconds": round(time.perf_counter() - t0, 1),
-            "latent_mean": float(mean.mean()), "latent_std": float(std.mean())}
+    return {
+        "crops": len(caps),
+        "by_source": counts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "latent_mean": float(mean.mean()),
+        "latent_std": float(std.mean()),
+    }
 
 
 def _set_latent_stats(model: str | Path, mean: list[float], std: list[float]) -> None:
@@ -195,9 +242,13 @@ class LatentTrainConfig:
         if not 0.0 < self.ema_decay < 1.0:
             raise UserInputError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
         if not Path(self.cache).is_file():
-            raise UserInputError(f"latent cache not found: {self.cache} (make one with the cache step)")
+            raise UserInputError(
+                f"latent cache not found: {self.cache} (make one with the cache step)"
+            )
         if not (Path(self.model) / "model_index.json").is_file():
-            raise UserInputError(f"no pipeline folder at {self.model} (make one with the init step)")
+            raise UserInputError(
+                f"no pipeline folder at {self.model} (make one with the init step)"
+            )
 
 
 def _min_snr_weight(sched, t, gamma: float):
@@ -234,7 +285,9 @@ def train_latent(cfg: LatentTrainConfig) -> dict:
     unet, meta = pipe.unet.float().train(), pipe.metadata_encoder.float().train()
     params = list(unet.parameters()) + list(meta.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    sched_lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
+    sched_lr = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
+    )
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
     acc = Accelerator(cpu=True)
     unet, meta, opt, sched_lr = acc.prepare(unet, meta, opt, sched_lr)
@@ -259,7 +312,9 @@ def train_latent(cfg: LatentTrainConfig) -> dict:
 
     n = latents.shape[0]
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="image-latent", unit="step")
+    bar = tqdm(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc="image-latent", unit="step"
+    )
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])
         idx = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
@@ -267,7 +322,9 @@ def train_latent(cfg: LatentTrainConfig) -> dict:
         z = latents[idx]
         drop_text = rng.random(b) < cfg.text_dropout
         drop_meta = torch.from_numpy(rng.random(b) < cfg.meta_dropout)
-        keep_layout = torch.from_numpy(rng.random(b) >= cfg.layout_dropout).float()[:, None, None, None]
+        keep_layout = torch.from_numpy(rng.random(b) >= cfg.layout_dropout).float()[
+            :, None, None, None
+        ]
         prompts = ["" if d else captions[i] for d, i in zip(drop_text, idx.tolist(), strict=True)]
         emb = text(prompts)
         labels = pipe.class_labels(gsd[idx], None, b, drop_meta)
@@ -327,8 +384,11 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m earthgen.training.latent", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m earthgen.training.latent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert-taef2", help="upstream TAEF2 .pth files -> a diffusers folder")
     c.add_argument("--encoder", required=True)
@@ -339,17 +399,28 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--out", required=True)
     i.add_argument("--seed", type=int, default=0)
     k = sub.add_parser("cache", help="encode real crops once (latents, layouts, captions, GSDs)")
-    k.add_argument("--model", required=True, help="pipeline folder (init); its VAE config gets the latent stats")
+    k.add_argument(
+        "--model",
+        required=True,
+        help="pipeline folder (init); its VAE config gets the latent stats",
+    )
     k.add_argument("--out", required=True, help="cache file (.pt)")
     k.add_argument("--n", type=int, default=1600)
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--data-root", default=None, help="folder of the real sets (default ../shared/data)")
+    k.add_argument(
+        "--data-root", default=None, help="folder of the real sets (default ../shared/data)"
+    )
     default_mix = ",".join(f"{name}={w:g}" for name, w in DEFAULT_MIX.items())
-    k.add_argument("--mix", default=None, type=_parse_mix,
-                   help="sets and weights, e.g. ucmerced=2,dubai=1 (sets: ucmerced, dubai, naip, "
-                        f"neon, spacenet, world; default {default_mix})")
-    k.add_argument("--resolution", type=int, default=256,
-                   help="crop side, pixels (multiple of 8; default 256)")
+    k.add_argument(
+        "--mix",
+        default=None,
+        type=_parse_mix,
+        help="sets and weights, e.g. ucmerced=2,dubai=1 (sets: ucmerced, dubai, naip, "
+        f"neon, spacenet, world; default {default_mix})",
+    )
+    k.add_argument(
+        "--resolution", type=int, default=256, help="crop side, pixels (multiple of 8; default 256)"
+    )
     t = sub.add_parser("train", help="train the UNet + metadata encoder on a cache")
     for f in ("cache", "model", "out"):
         t.add_argument(f"--{f}", required=True)
@@ -372,15 +443,33 @@ def main(argv: list[str] | None = None) -> int:
             if a.n <= 0:
                 raise UserInputError(f"--n must be > 0, got {a.n}")
             if a.resolution <= 0 or a.resolution % 8:
-                raise UserInputError(f"--resolution must be a positive multiple of 8, "
-                                     f"got {a.resolution}")
-            summary = build_cache(a.model, a.out, n=a.n, seed=a.seed, root=a.data_root, mix=a.mix,
-                                  resolution=a.resolution)
+                raise UserInputError(
+                    f"--resolution must be a positive multiple of 8, got {a.resolution}"
+                )
+            summary = build_cache(
+                a.model,
+                a.out,
+                n=a.n,
+                seed=a.seed,
+                root=a.data_root,
+                mix=a.mix,
+                resolution=a.resolution,
+            )
             print(json.dumps(summary, indent=2))
         else:
-            cfg = LatentTrainConfig(cache=a.cache, model=a.model, out=a.out, steps=a.steps,
-                                    batch_size=a.batch_size, lr=a.lr, save_every=a.save_every, seed=a.seed,
-                                    threads=a.threads, resume=a.resume, test_run=a.test_run)
+            cfg = LatentTrainConfig(
+                cache=a.cache,
+                model=a.model,
+                out=a.out,
+                steps=a.steps,
+                batch_size=a.batch_size,
+                lr=a.lr,
+                save_every=a.save_every,
+                seed=a.seed,
+                threads=a.threads,
+                resume=a.resume,
+                test_run=a.test_run,
+            )
             if a.test_run:
                 cfg.steps, cfg.batch_size, cfg.save_every, cfg.log_every = 4, 2, 2, 1
             print(json.dumps(train_latent(cfg), indent=2))

@@ -18,7 +18,10 @@ from earthgen.errors import UserInputError
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     """The newest complete ``step_N`` folder (temporary ``.tmp-*`` ones are ignored)."""
-    done = sorted((p for p in Path(ckpt_dir).glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    done = sorted(
+        (p for p in Path(ckpt_dir).glob("step_*") if p.is_dir()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
     return done[-1] if done else None
 
 
@@ -44,8 +47,10 @@ def check_fresh_out(out: Path) -> None:
     """A fresh (not resumed) run must not mix its checkpoints with an earlier run's."""
     ckpt = Path(out) / "checkpoints"
     if latest_checkpoint(ckpt) is not None:
-        raise UserInputError(f"{ckpt} holds checkpoints of an earlier run: pass --resume to continue it, "
-                             "or choose another --out")
+        raise UserInputError(
+            f"{ckpt} holds checkpoints of an earlier run: pass --resume to continue it, "
+            "or choose another --out"
+        )
 
 
 def resume_state(acc, out: Path) -> tuple[int, list[tuple[int, float]]]:
@@ -59,7 +64,11 @@ def resume_state(acc, out: Path) -> tuple[int, list[tuple[int, float]]]:
     rows: list[tuple[int, float]] = []
     if (Path(out) / "loss.csv").exists():
         with open(Path(out) / "loss.csv") as fh:
-            rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh) if int(r["step"]) <= start]
+            rows = [
+                (int(r["step"]), float(r["loss"]))
+                for r in csv.DictReader(fh)
+                if int(r["step"]) <= start
+            ]
     return start, rows
 
 
@@ -82,9 +91,14 @@ def end_step(acc, cfg, loss, step: int, rows: list[tuple[int, float]], bar, out:
 
 def run_summary(cfg, start: int, rows: list[tuple[int, float]], t0: float) -> dict:
     """The summary every trainer returns: task, steps, where it started, seconds, first/last losses."""
-    return {"task": cfg.task, "steps": cfg.steps, "started_at": start,
-            "seconds": round(time.perf_counter() - t0, 2),
-            "first_losses": [r[1] for r in rows[:5]], "last_losses": [r[1] for r in rows[-5:]]}
+    return {
+        "task": cfg.task,
+        "steps": cfg.steps,
+        "started_at": start,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "first_losses": [r[1] for r in rows[:5]],
+        "last_losses": [r[1] for r in rows[-5:]],
+    }
 
 
 def write_loss_log(out: Path, rows: list[tuple[int, float]]) -> None:
@@ -112,8 +126,11 @@ def plot_losses(rows: list[tuple[int, float]], path: Path) -> None:
         xs = pad + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (w - 2 * pad)
         ys = h - pad - (loss - lo) / (hi - lo) * (h - 2 * pad)
         d.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(30, 90, 200), width=2)
-        d.text((pad, 8), f"loss (log10) {10 ** hi:.4g} .. {10 ** lo:.4g}; steps {int(steps.min())}..{int(steps.max())}",
-               fill="black")
+        d.text(
+            (pad, 8),
+            f"loss (log10) {10**hi:.4g} .. {10**lo:.4g}; steps {int(steps.min())}..{int(steps.max())}",
+            fill="black",
+        )
     d.rectangle([pad, pad, w - pad, h - pad], outline=(150, 150, 150))
     tmp = path.with_suffix(".tmp.png")
     img.save(tmp)

@@ -44,12 +44,31 @@ if TYPE_CHECKING:
 TASKS = ("structure-vae", "texture-vae")
 PRESETS = ("mixed", "urban", "suburban", "rural", "mountain")
 SIZES = {  # fresh model sizes
-    "structure-vae": {"tiny": {"channels": (8, 16, 24, 32), "latent_channels": 8, "num_res_blocks": 1},
-                      "small": {"channels": (16, 32, 48, 64), "latent_channels": 8, "num_res_blocks": 1},
-                      "base": {"channels": (32, 64, 96, 128), "latent_channels": 8, "num_res_blocks": 2}},
-    "texture-vae": {"tiny": {"channels": 16, "latent_channels": 8, "num_res_blocks": 1, "gaussians_per_voxel": 4},
-                    "small": {"channels": 64, "latent_channels": 8, "num_res_blocks": 2, "gaussians_per_voxel": 4},
-                    "base": {"channels": 128, "latent_channels": 8, "num_res_blocks": 4, "gaussians_per_voxel": 8}},
+    "structure-vae": {
+        "tiny": {"channels": (8, 16, 24, 32), "latent_channels": 8, "num_res_blocks": 1},
+        "small": {"channels": (16, 32, 48, 64), "latent_channels": 8, "num_res_blocks": 1},
+        "base": {"channels": (32, 64, 96, 128), "latent_channels": 8, "num_res_blocks": 2},
+    },
+    "texture-vae": {
+        "tiny": {
+            "channels": 16,
+            "latent_channels": 8,
+            "num_res_blocks": 1,
+            "gaussians_per_voxel": 4,
+        },
+        "small": {
+            "channels": 64,
+            "latent_channels": 8,
+            "num_res_blocks": 2,
+            "gaussians_per_voxel": 4,
+        },
+        "base": {
+            "channels": 128,
+            "latent_channels": 8,
+            "num_res_blocks": 4,
+            "gaussians_per_voxel": 8,
+        },
+    },
 }
 
 
@@ -57,21 +76,21 @@ SIZES = {  # fresh model sizes
 class Train3DConfig:
     task: str = "structure-vae"
     out: str = "outputs/train3d"
-    model: str | None = None          # a model folder to start from; None = fresh
-    size: str = "small"               # fresh model size: tiny | small | base
-    resolution: int = 64              # structure crops, voxels per side (multiple of 8)
-    scene_size: float = 32.0          # texture scenes, metres per side
-    voxel_size: float = 1.0           # metres
-    gsd: float = 0.5                  # metres/pixel of the world tiles (texture detail)
-    views: int = 2                    # texture: cameras per scene per step
-    image_size: int = 64              # texture: render size, pixels
+    model: str | None = None  # a model folder to start from; None = fresh
+    size: str = "small"  # fresh model size: tiny | small | base
+    resolution: int = 64  # structure crops, voxels per side (multiple of 8)
+    scene_size: float = 32.0  # texture scenes, metres per side
+    voxel_size: float = 1.0  # metres
+    gsd: float = 0.5  # metres/pixel of the world tiles (texture detail)
+    views: int = 2  # texture: cameras per scene per step
+    image_size: int = 64  # texture: render size, pixels
     batch_size: int = 2
     steps: int = 2000
     lr: float = 1e-3
     kl_weight: float = 1e-3
     mixed_precision: str = "no"
     ema_decay: float = 0.995
-    pool: int = 32                    # world tiles generated up front
+    pool: int = 32  # world tiles generated up front
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -83,14 +102,20 @@ class Train3DConfig:
         if self.task not in TASKS:
             raise UserInputError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.size not in SIZES[self.task]:
-            raise UserInputError(f"--size must be one of {', '.join(SIZES[self.task])}, got {self.size!r}")
+            raise UserInputError(
+                f"--size must be one of {', '.join(SIZES[self.task])}, got {self.size!r}"
+            )
         if self.resolution % 8 or self.resolution < 16:
-            raise UserInputError(f"--resolution must be a multiple of 8 voxels, at least 16; got {self.resolution}")
+            raise UserInputError(
+                f"--resolution must be a multiple of 8 voxels, at least 16; got {self.resolution}"
+            )
         if not (self.voxel_size > 0 and self.gsd > 0):
             raise UserInputError("--voxel-size and --gsd must be > 0 metres")
         ratio = self.voxel_size / self.gsd
         if abs(ratio - round(ratio)) > 1e-6:
-            raise UserInputError(f"--voxel-size ({self.voxel_size} m) must be a whole multiple of --gsd ({self.gsd} m)")
+            raise UserInputError(
+                f"--voxel-size ({self.voxel_size} m) must be a whole multiple of --gsd ({self.gsd} m)"
+            )
         if self.scene_size < 4 * self.voxel_size:
             raise UserInputError("--scene-size must be at least 4 voxels")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -98,13 +123,24 @@ class Train3DConfig:
         if self.kl_weight < 0:
             raise UserInputError(f"--kl-weight must be >= 0, got {self.kl_weight}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise UserInputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("batch_size", "steps", "save_every", "log_every", "pool", "views", "image_size"):
+            raise UserInputError(
+                f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
+        for name in (
+            "batch_size",
+            "steps",
+            "save_every",
+            "log_every",
+            "pool",
+            "views",
+            "image_size",
+        ):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name.replace('_', '-')} must be > 0")
 
 
 # --- data -----------------------------------------------------------------------------------------
+
 
 def world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float = 1.0):
     """World tile ``index`` of a data seed: its own world seed, preset and place (deterministic);
@@ -116,7 +152,9 @@ def world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float =
     name = PRESETS[index % len(PRESETS)]
     origin = tuple(float(np.round(rng.uniform(-3000, 3000) / snap_m) * snap_m) for _ in range(2))
     px = int(round(size_m / gsd))
-    return generate_world(int(rng.integers(0, 2**31 - 1)), px, gsd, origin=origin, config=world_preset(name))
+    return generate_world(
+        int(rng.integers(0, 2**31 - 1)), px, gsd, origin=origin, config=world_preset(name)
+    )
 
 
 def tile_voxels(tile, L: int, voxel_size: float = 1.0) -> np.ndarray:
@@ -127,8 +165,14 @@ def tile_voxels(tile, L: int, voxel_size: float = 1.0) -> np.ndarray:
     return c[c[:, 2] < L]
 
 
-def structure_pool(seed: int, n: int, resolution: int, voxel_size: float = 1.0, gsd: float = 1.0,
-                   progress: bool = False) -> list[np.ndarray]:
+def structure_pool(
+    seed: int,
+    n: int,
+    resolution: int,
+    voxel_size: float = 1.0,
+    gsd: float = 1.0,
+    progress: bool = False,
+) -> list[np.ndarray]:
     """``n`` voxel sets (local coords ``[N, 3]`` int32, z from 0) of world tiles twice the crop
     size, so crops can be drawn at random places."""
     from tqdm import tqdm
@@ -147,7 +191,12 @@ def structure_crop(coords: np.ndarray, resolution: int, rng: np.random.Generator
     ext = coords.max(0) + 1
     x0 = int(rng.integers(0, max(ext[0] - L, 0) + 1))
     y0 = int(rng.integers(0, max(ext[1] - L, 0) + 1))
-    c = coords[(coords[:, 0] >= x0) & (coords[:, 0] < x0 + L) & (coords[:, 1] >= y0) & (coords[:, 1] < y0 + L)]
+    c = coords[
+        (coords[:, 0] >= x0)
+        & (coords[:, 0] < x0 + L)
+        & (coords[:, 1] >= y0)
+        & (coords[:, 1] < y0 + L)
+    ]
     c = c - np.array([x0, y0, c[:, 2].min()])
     c = c[c[:, 2] < L]
     for _ in range(int(rng.integers(0, 4))):
@@ -160,21 +209,28 @@ def structure_crop(coords: np.ndarray, resolution: int, rng: np.random.Generator
 def batch_of(crops: list[np.ndarray], resolution: int, device) -> SparseTensor:
     from vae.sparse import SparseTensor, batch_coords
 
-    return SparseTensor.from_coords(batch_coords(crops).to(device), None, (resolution,) * 3, len(crops), check=False)
+    return SparseTensor.from_coords(
+        batch_coords(crops).to(device), None, (resolution,) * 3, len(crops), check=False
+    )
 
 
-def texture_pool(seed: int, n: int, scene_size: float, voxel_size: float, gsd: float,
-                 progress: bool = False) -> list:
+def texture_pool(
+    seed: int, n: int, scene_size: float, voxel_size: float, gsd: float, progress: bool = False
+) -> list:
     """``n`` :class:`~earthgen.world.scene3d.Scene3D` of ``scene_size`` metres."""
     from tqdm import tqdm
 
     from earthgen.world.scene3d import world_scene
 
-    return [world_scene(world_tile(seed, i, scene_size, gsd, voxel_size), voxel_size)
-            for i in tqdm(range(n), desc="world scenes", disable=not progress)]
+    return [
+        world_scene(world_tile(seed, i, scene_size, gsd, voxel_size), voxel_size)
+        for i in tqdm(range(n), desc="world scenes", disable=not progress)
+    ]
 
 
-def random_cameras(scene, n: int, size: int, rng: np.random.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+def random_cameras(
+    scene, n: int, size: int, rng: np.random.Generator, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` aerial cameras around a scene: elevation 35-90 degrees, any azimuth, 40 degree FOV,
     framing the scene. Returns ``(viewmats [n, 4, 4], Ks [n, 3, 3])``."""
     from renderers.cameras import intrinsics_from_fov, look_at
@@ -186,8 +242,10 @@ def random_cameras(scene, n: int, size: int, rng: np.random.Generator, device) -
     jitter = rng.uniform(-0.2, 0.2, (n, 2)) * scene.extent[:2]
     target = ctr[None].repeat(n, 1)
     target[:, :2] += torch.tensor(jitter, dtype=torch.float32)
-    eye = target + radius * torch.tensor(np.stack([np.cos(el) * np.sin(az), np.cos(el) * np.cos(az), np.sin(el)], 1),
-                                         dtype=torch.float32)
+    eye = target + radius * torch.tensor(
+        np.stack([np.cos(el) * np.sin(az), np.cos(el) * np.cos(az), np.sin(el)], 1),
+        dtype=torch.float32,
+    )
     K = intrinsics_from_fov(size, size, 40.0)
     return look_at(eye, target).to(device), K.expand(n, 3, 3).clone().to(device)
 
@@ -202,11 +260,13 @@ def texture_input(scenes: list, device) -> SparseTensor:
     coords = batch_coords([s.coords for s in scenes])
     feats = torch.cat([torch.from_numpy(s.appearance) for s in scenes])
     ext = np.max([s.coords.max(0) + 1 for s in scenes], axis=0)
-    return SparseTensor.from_coords(coords.to(device), feats.to(device), tuple(int(e) for e in ext), len(scenes),
-                                    check=False)
+    return SparseTensor.from_coords(
+        coords.to(device), feats.to(device), tuple(int(e) for e in ext), len(scenes), check=False
+    )
 
 
 # --- models ---------------------------------------------------------------------------------------
+
 
 def make_model(cfg: Train3DConfig, in_channels: int | None = None):
     from vae.structure import StructureVAE
@@ -219,7 +279,9 @@ def make_model(cfg: Train3DConfig, in_channels: int | None = None):
         try:
             return cls.from_pretrained(cfg.model)
         except (OSError, ValueError) as e:
-            raise UserInputError(f"--model: cannot load a {cls.__name__} from {cfg.model}: {e}") from e
+            raise UserInputError(
+                f"--model: cannot load a {cls.__name__} from {cfg.model}: {e}"
+            ) from e
     kw = dict(SIZES[cfg.task][cfg.size])
     if cfg.task == "texture-vae":
         kw["in_channels"] = in_channels
@@ -227,6 +289,7 @@ def make_model(cfg: Train3DConfig, in_channels: int | None = None):
 
 
 # --- evaluation -----------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def evaluate_structure(model, crops: list[np.ndarray], resolution: int, device) -> dict:
@@ -239,7 +302,9 @@ def evaluate_structure(model, crops: list[np.ndarray], resolution: int, device) 
     for c in crops:
         x = batch_of([c], resolution, device)
         rows.append(voxel_metrics(model.reconstruct(x).coords, x.coords))
-    return {k: float(np.mean([r[k] for r in rows])) for k in ("iou", "precision", "recall")} | {"scenes": len(rows)}
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("iou", "precision", "recall")} | {
+        "scenes": len(rows)
+    }
 
 
 @torch.no_grad()
@@ -266,6 +331,7 @@ def evaluate_texture(model, scenes: list, views: int, size: int, seed: int, devi
 
 # --- loop -----------------------------------------------------------------------------------------
 
+
 def train(cfg: Train3DConfig) -> dict:
     """Run training; returns a summary (steps, losses, evaluation, output paths)."""
     from accelerate import Accelerator
@@ -275,8 +341,17 @@ def train(cfg: Train3DConfig) -> dict:
 
     if cfg.test_run:  # small everything, but what the user set explicitly
         base = Train3DConfig(task=cfg.task)
-        small = {"size": "tiny", "batch_size": 2, "pool": 3, "resolution": 32, "scene_size": 16.0,
-                 "image_size": 32, "views": 1, "log_every": 1, "save_every": 10}
+        small = {
+            "size": "tiny",
+            "batch_size": 2,
+            "pool": 3,
+            "resolution": 32,
+            "scene_size": 16.0,
+            "image_size": 32,
+            "views": 1,
+            "log_every": 1,
+            "save_every": 10,
+        }
         for k, v in small.items():
             if getattr(cfg, k) == getattr(base, k):
                 setattr(cfg, k, v)
@@ -288,17 +363,31 @@ def train(cfg: Train3DConfig) -> dict:
     structure = cfg.task == "structure-vae"
     main = acc.is_local_main_process
     if structure:
-        pool = structure_pool(cfg.seed, cfg.pool, cfg.resolution, cfg.voxel_size, cfg.voxel_size, progress=main)
-        held = structure_pool(cfg.seed + 7919, 2 if cfg.test_run else 8, cfg.resolution, cfg.voxel_size,
-                              cfg.voxel_size)
+        pool = structure_pool(
+            cfg.seed, cfg.pool, cfg.resolution, cfg.voxel_size, cfg.voxel_size, progress=main
+        )
+        held = structure_pool(
+            cfg.seed + 7919,
+            2 if cfg.test_run else 8,
+            cfg.resolution,
+            cfg.voxel_size,
+            cfg.voxel_size,
+        )
         in_ch = None
     else:
-        pool = texture_pool(cfg.seed, cfg.pool, cfg.scene_size, cfg.voxel_size, cfg.gsd, progress=main)
-        held = texture_pool(cfg.seed + 7919, 2 if cfg.test_run else 8, cfg.scene_size, cfg.voxel_size, cfg.gsd)
+        pool = texture_pool(
+            cfg.seed, cfg.pool, cfg.scene_size, cfg.voxel_size, cfg.gsd, progress=main
+        )
+        held = texture_pool(
+            cfg.seed + 7919, 2 if cfg.test_run else 8, cfg.scene_size, cfg.voxel_size, cfg.gsd
+        )
         in_ch = pool[0].appearance.shape[1]
     model = make_model(cfg, in_ch)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))),
+    )
     # the scheduler is not prepared: a prepared one steps once per process and would run the
     # schedule N times too fast on N GPUs; it is checkpointed as a custom object
     model, opt = acc.prepare(model, opt)
@@ -317,7 +406,9 @@ def train(cfg: Train3DConfig) -> dict:
     from renderers.metrics import ssim
     from renderers.rasterization import render_surfels
 
-    bar = tqdm(range(start, cfg.steps), desc=cfg.task, disable=not main, initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps), desc=cfg.task, disable=not main, initial=start, total=cfg.steps
+    )
     t0 = time.perf_counter()
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step, acc.process_index])
@@ -325,22 +416,34 @@ def train(cfg: Train3DConfig) -> dict:
         model.train()
         with acc.autocast():
             if structure:
-                crops = [structure_crop(pool[int(rng.integers(0, len(pool)))], cfg.resolution, rng)
-                         for _ in range(cfg.batch_size)]
-                res = model(batch_of(crops, cfg.resolution, device), kl_weight=cfg.kl_weight, generator=g)
+                crops = [
+                    structure_crop(pool[int(rng.integers(0, len(pool)))], cfg.resolution, rng)
+                    for _ in range(cfg.batch_size)
+                ]
+                res = model(
+                    batch_of(crops, cfg.resolution, device), kl_weight=cfg.kl_weight, generator=g
+                )
                 loss = res["loss"]
             else:
                 scenes = [pool[int(rng.integers(0, len(pool)))] for _ in range(cfg.batch_size)]
                 loss = 0.0
                 for scene in scenes:  # scenes have their own origins and cameras: one at a time
-                    gs, post = model(texture_input([scene], device), scene.voxel_size, tuple(scene.origin),
-                                     generator=g)
+                    gs, post = model(
+                        texture_input([scene], device),
+                        scene.voxel_size,
+                        tuple(scene.origin),
+                        generator=g,
+                    )
                     gs.pop("voxel")
                     vm, Ks = random_cameras(scene, cfg.views, cfg.image_size, rng, device)
                     pred = render_surfels(gs, vm, Ks, cfg.image_size)
                     with torch.no_grad():
-                        ref = render_surfels(reference_surfels(scene, device), vm, Ks, cfg.image_size)
-                    rec = (pred - ref).abs().mean() + 0.2 * (1 - ssim(pred, ref, channels_last=True).mean())
+                        ref = render_surfels(
+                            reference_surfels(scene, device), vm, Ks, cfg.image_size
+                        )
+                    rec = (pred - ref).abs().mean() + 0.2 * (
+                        1 - ssim(pred, ref, channels_last=True).mean()
+                    )
                     loss = loss + (rec + cfg.kl_weight * post.kl()) / len(scenes)
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
@@ -362,6 +465,8 @@ def train(cfg: Train3DConfig) -> dict:
             crops = [structure_crop(c, cfg.resolution, rng) for c in held]
             summary["eval"] = evaluate_structure(final, crops, cfg.resolution, device)
         else:
-            summary["eval"] = evaluate_texture(final, held, 2 if cfg.test_run else 4, cfg.image_size, cfg.seed, device)
+            summary["eval"] = evaluate_texture(
+                final, held, 2 if cfg.test_run else 4, cfg.image_size, cfg.seed, device
+            )
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

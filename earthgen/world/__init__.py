@@ -10,4 +10,12 @@ OSM-like vector layout, an RGB aerial render, a caption, detection labels and sp
 from earthgen.world.config import PRESETS, WorldConfig, preset
 from earthgen.world.tile import DETECTION_CLASSES, WORLD_CRS, WorldTile, generate_world
 
-__all__ = ["DETECTION_CLASSES", "PRESETS", "WORLD_CRS", "WorldConfig", "WorldTile", "generate_world", "preset"]
+__all__ = [
+    "DETECTION_CLASSES",
+    "PRESETS",
+    "WORLD_CRS",
+    "WorldConfig",
+    "WorldTile",
+    "generate_world",
+    "preset",
+]

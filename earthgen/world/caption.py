@@ -18,8 +18,11 @@ def tile_stats(tile, blocks_in_tile: dict[str, int] | None = None, river: bool =
         "class_fractions": class_fractions(tile.semantic),
         "object_counts": counts,
         "blocks": blocks_in_tile or {},
-        "height_m": {"min": float(tile.height.min()), "max": float(tile.height.max()),
-                     "mean": float(tile.height.mean())},
+        "height_m": {
+            "min": float(tile.height.min()),
+            "max": float(tile.height.max()),
+            "mean": float(tile.height.mean()),
+        },
         "river": bool(river),
         "gsd_m": tile.gsd,
         "extent_m": [tile.grid.shape[1] * tile.gsd, tile.grid.shape[0] * tile.gsd],
@@ -39,10 +42,16 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 SCENE_PHRASES: dict[str, str] = {
-    "dense_urban": "a dense urban district", "residential": "a residential neighbourhood",
-    "industrial": "an industrial area", "town_edge": "the edge of a town", "suburban": "a suburban area",
-    "lake": "a lake", "open_water": "open water", "forest": "a dense forest",
-    "farmland": "farmland with fields of different crops", "bare": "bare rocky ground",
+    "dense_urban": "a dense urban district",
+    "residential": "a residential neighbourhood",
+    "industrial": "an industrial area",
+    "town_edge": "the edge of a town",
+    "suburban": "a suburban area",
+    "lake": "a lake",
+    "open_water": "open water",
+    "forest": "a dense forest",
+    "farmland": "farmland with fields of different crops",
+    "bare": "bare rocky ground",
     "countryside": "countryside with meadows",
 }
 
@@ -52,7 +61,9 @@ def scene_of(stats: dict) -> str:
     what is built up first, then water, forest, farmland, bare ground."""
     fr = stats["class_fractions"]
     blk = stats.get("blocks", {})
-    built = fr["building"] + fr["road_major"] + fr["road_secondary"] + fr["road_minor"] + fr["parking"]
+    built = (
+        fr["building"] + fr["road_major"] + fr["road_secondary"] + fr["road_minor"] + fr["parking"]
+    )
     if built > 0.35:
         if blk.get("industrial", 0) >= max(blk.get("apartments", 0), blk.get("houses", 0), 1):
             return "industrial"
@@ -72,13 +83,25 @@ def scene_of(stats: dict) -> str:
 
 # --- coarse scene classes (the tile classifier's, :mod:`earthgen.evaluation.tilenet`) ---------
 
-SCENES: tuple[str, ...] = ("dense_urban", "residential", "industrial", "farmland", "forest", "water",
-                           "countryside")
+SCENES: tuple[str, ...] = (
+    "dense_urban",
+    "residential",
+    "industrial",
+    "farmland",
+    "forest",
+    "water",
+    "countryside",
+)
 
 
 # fine scene kinds of the captions -> the classifier's scenes
-_SCENE_OF_KIND = {"town_edge": "residential", "suburban": "residential", "lake": "water",
-                  "open_water": "water", "bare": "countryside"}
+_SCENE_OF_KIND = {
+    "town_edge": "residential",
+    "suburban": "residential",
+    "lake": "water",
+    "open_water": "water",
+    "bare": "countryside",
+}
 
 
 def scene_label(stats: dict) -> int:
@@ -94,7 +117,9 @@ def caption_for(tile) -> str:
     fr = st["class_fractions"]
     oc = st["object_counts"]
     blk = st.get("blocks", {})
-    rng_pick = hash_uniform(np.arange(4), tile.seed, int(tile.grid.x0 * 8) & 0xFFFFFF, int(tile.grid.y0 * 8) & 0xFFFFFF)
+    rng_pick = hash_uniform(
+        np.arange(4), tile.seed, int(tile.grid.x0 * 8) & 0xFFFFFF, int(tile.grid.y0 * 8) & 0xFFFFFF
+    )
     scene = SCENE_PHRASES[scene_of(st)]
     parts = []
     n_b = oc.get("building", 0)
@@ -105,7 +130,11 @@ def caption_for(tile) -> str:
         parts.append(_count(oc["storage_tank"], "storage tank", "storage tanks"))
     n_v = oc.get("small_vehicle", 0) + oc.get("large_vehicle", 0)
     if n_v:
-        where = " in a parking lot" if blk.get("parking", 0) and fr["parking"] > 0.05 else " on the roads"
+        where = (
+            " in a parking lot"
+            if blk.get("parking", 0) and fr["parking"] > 0.05
+            else " on the roads"
+        )
         parts.append(_count(n_v, "vehicle", "vehicles") + where)
     if fr["water"] > 0.02 and fr["water"] <= 0.45:
         parts.append("a river" if rng_pick[0] < 0.5 and fr["water"] < 0.15 else "water")
@@ -119,5 +148,7 @@ def caption_for(tile) -> str:
     lead = ("Aerial image", "Satellite image", "Overhead view")[int(rng_pick[1] * 3)]
     text = f"{lead} at {tile.gsd:g} m/px of {scene}"
     if parts:
-        text += " with " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
+        text += " with " + (
+            ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        )
     return text + "."

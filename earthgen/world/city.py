@@ -24,14 +24,45 @@ RURAL, HOUSES, APARTMENTS, INDUSTRIAL, PARK, PARKING = 0, 1, 2, 3, 4, 5
 BLOCK_TYPES = ("rural", "houses", "apartments", "industrial", "park", "parking")
 S_LATTICE, S_BLOCK, S_LINE, S_OBJ = 20, 21, 22, 23
 
-ROOF_TILE = np.array([[165, 82, 60], [140, 70, 55], [120, 110, 105], [90, 85, 85], [150, 100, 75],
-                      [185, 120, 90], [70, 72, 78]], dtype=np.float64)
-ROOF_FLAT = np.array([[200, 200, 198], [170, 170, 172], [140, 142, 145], [215, 210, 200],
-                      [110, 112, 118], [185, 180, 170]], dtype=np.float64)
-ROOF_SHED = np.array([[205, 208, 212], [150, 160, 175], [180, 180, 180], [120, 135, 150]],
-                     dtype=np.float64)
-CAR_COLORS = np.array([[235, 235, 235], [20, 20, 22], [120, 122, 128], [180, 182, 186],
-                       [150, 20, 25], [30, 50, 110], [200, 200, 205], [60, 60, 62]], dtype=np.float64)
+ROOF_TILE = np.array(
+    [
+        [165, 82, 60],
+        [140, 70, 55],
+        [120, 110, 105],
+        [90, 85, 85],
+        [150, 100, 75],
+        [185, 120, 90],
+        [70, 72, 78],
+    ],
+    dtype=np.float64,
+)
+ROOF_FLAT = np.array(
+    [
+        [200, 200, 198],
+        [170, 170, 172],
+        [140, 142, 145],
+        [215, 210, 200],
+        [110, 112, 118],
+        [185, 180, 170],
+    ],
+    dtype=np.float64,
+)
+ROOF_SHED = np.array(
+    [[205, 208, 212], [150, 160, 175], [180, 180, 180], [120, 135, 150]], dtype=np.float64
+)
+CAR_COLORS = np.array(
+    [
+        [235, 235, 235],
+        [20, 20, 22],
+        [120, 122, 128],
+        [180, 182, 186],
+        [150, 20, 25],
+        [30, 50, 110],
+        [200, 200, 205],
+        [60, 60, 62],
+    ],
+    dtype=np.float64,
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +70,7 @@ class Lattice:
     """The rotated street lattice of one world. ``theta`` rotates (x, y) into (u, v)."""
 
     seed: int
-    theta: float   # radians
+    theta: float  # radians
     spacing: tuple[float, float]  # metres, u- and v-line spacing
 
     @classmethod
@@ -88,8 +119,8 @@ class Blocks:
 
     i0: int
     j0: int
-    types: np.ndarray       # block type ids
-    urban: np.ndarray       # settlement density at the centre
+    types: np.ndarray  # block type ids
+    urban: np.ndarray  # settlement density at the centre
     # lines bounding the blocks: u positions [ni + 1], v positions [nj + 1], road class per line
     u_lines: np.ndarray
     v_lines: np.ndarray
@@ -99,7 +130,12 @@ class Blocks:
     def type_at(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         ii = np.clip(i - self.i0, 0, self.types.shape[0] - 1)
         jj = np.clip(j - self.j0, 0, self.types.shape[1] - 1)
-        inside = (i >= self.i0) & (i < self.i0 + self.types.shape[0]) & (j >= self.j0) & (j < self.j0 + self.types.shape[1])
+        inside = (
+            (i >= self.i0)
+            & (i < self.i0 + self.types.shape[0])
+            & (j >= self.j0)
+            & (j < self.j0 + self.types.shape[1])
+        )
         return np.where(inside, self.types[ii, jj], RURAL)
 
 
@@ -138,29 +174,40 @@ def compute_blocks(lat: Lattice, seed: int, cfg: WorldConfig, bounds_xy, gsd: fl
     mid = urban > 0.75
     dense = urban > 1.1
     t_houses = np.where(r < 0.08, PARK, np.where(r < 0.12, PARKING, HOUSES))
-    t_mid = np.where(r < 0.08, PARK, np.where(r < 0.15, PARKING, np.where(r < 0.27, INDUSTRIAL,
-                     np.where(r < 0.55, APARTMENTS, HOUSES))))
-    t_dense = np.where(r < 0.07, PARK, np.where(r < 0.16, PARKING, np.where(r < 0.24, INDUSTRIAL, APARTMENTS)))
+    t_mid = np.where(
+        r < 0.08,
+        PARK,
+        np.where(
+            r < 0.15,
+            PARKING,
+            np.where(r < 0.27, INDUSTRIAL, np.where(r < 0.55, APARTMENTS, HOUSES)),
+        ),
+    )
+    t_dense = np.where(
+        r < 0.07, PARK, np.where(r < 0.16, PARKING, np.where(r < 0.24, INDUSTRIAL, APARTMENTS))
+    )
     types = np.where(built, np.where(dense, t_dense, np.where(mid, t_mid, t_houses)), types)
-    return Blocks(i0, j0, types, urban, u_lines, v_lines, lat.road_class(0, ii), lat.road_class(1, jj))
+    return Blocks(
+        i0, j0, types, urban, u_lines, v_lines, lat.road_class(0, ii), lat.road_class(1, jj)
+    )
 
 
 @dataclass
 class CityObjects:
     """Vector objects in world metres. Corners ``[N, 4, 2]`` walk each rectangle in order."""
 
-    road_p0: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # [R, 2]
-    road_p1: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # [R, 2]
+    road_p0: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [R, 2]
+    road_p1: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [R, 2]
     road_class: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [R] 0..2
     bld_corners: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 2)))
-    bld_height: np.ndarray = field(default_factory=lambda: np.zeros(0))     # [B] m
-    bld_kind: list = field(default_factory=list)                           # house/apartment/shed
+    bld_height: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [B] m
+    bld_kind: list = field(default_factory=list)  # house/apartment/shed
     bld_roof: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [B, 3] rgb
-    tank_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # [T, 2]
-    tank_r: np.ndarray = field(default_factory=lambda: np.zeros(0))         # [T] m
-    tank_height: np.ndarray = field(default_factory=lambda: np.zeros(0))    # [T] m
+    tank_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [T, 2]
+    tank_r: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] m
+    tank_height: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] m
     tree_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    tree_r: np.ndarray = field(default_factory=lambda: np.zeros(0))         # crown radius, m
+    tree_r: np.ndarray = field(default_factory=lambda: np.zeros(0))  # crown radius, m
     tree_height: np.ndarray = field(default_factory=lambda: np.zeros(0))
     veh_corners: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 2)))
     veh_large: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
@@ -178,7 +225,9 @@ def _rects_uv(lat: Lattice, uc, vc, wu, wv) -> np.ndarray:
     return np.stack([x, y], axis=-1)
 
 
-def generate_objects(lat: Lattice, blocks: Blocks, seed: int, cfg: WorldConfig, gsd: float) -> CityObjects:
+def generate_objects(
+    lat: Lattice, blocks: Blocks, seed: int, cfg: WorldConfig, gsd: float
+) -> CityObjects:
     """Roads, buildings, tanks, trees and vehicles of all blocks in ``blocks``."""
     so = subseed(seed, S_OBJ)
     ni, nj = blocks.types.shape
@@ -238,8 +287,24 @@ def generate_objects(lat: Lattice, blocks: Blocks, seed: int, cfg: WorldConfig, 
             if du < 20 or dv < 20:
                 continue
             if t == HOUSES:
-                _houses(rng, u_lo, u_hi, v_lo, v_hi, B_uc, B_vc, B_wu, B_wv, B_h, B_kind, B_roof,
-                        tr_u, tr_v, tr_r, tr_h)
+                _houses(
+                    rng,
+                    u_lo,
+                    u_hi,
+                    v_lo,
+                    v_hi,
+                    B_uc,
+                    B_vc,
+                    B_wu,
+                    B_wv,
+                    B_h,
+                    B_kind,
+                    B_roof,
+                    tr_u,
+                    tr_v,
+                    tr_r,
+                    tr_h,
+                )
             elif t == APARTMENTS:
                 nu = 1 + int(du > 70) + int(du > 130)
                 nv = 1 + int(dv > 70) + int(dv > 130)
@@ -325,7 +390,11 @@ def generate_objects(lat: Lattice, blocks: Blocks, seed: int, cfg: WorldConfig, 
             pu1, pv1 = lat.to_uv(obj.road_p1[s_idx, 0], obj.road_p1[s_idx, 1])
             along_v = abs(pu1 - pu0) < 1e-6
             length = abs(pv1 - pv0) if along_v else abs(pu1 - pu0)
-            key = (int(round(pu0 * 10)) & 0xFFFFFFFF, int(round(pv0 * 10)) & 0xFFFFFFFF, int(along_v))
+            key = (
+                int(round(pu0 * 10)) & 0xFFFFFFFF,
+                int(round(pv0 * 10)) & 0xFFFFFFFF,
+                int(along_v),
+            )
             rng = np.random.default_rng([so + 1, *key])
             density = (0.012, 0.009, 0.005)[c]
             n = rng.poisson(density * length)
@@ -366,8 +435,11 @@ def generate_objects(lat: Lattice, blocks: Blocks, seed: int, cfg: WorldConfig, 
     if V_uc:
         obj.veh_corners = _rects_uv(lat, V_uc, V_vc, V_wu, V_wv)
         obj.veh_large = np.array(V_large, dtype=bool)
-        h = hash_uniform(np.round(np.array(V_uc) * 10).astype(np.int64),
-                         np.round(np.array(V_vc) * 10).astype(np.int64), so)
+        h = hash_uniform(
+            np.round(np.array(V_uc) * 10).astype(np.int64),
+            np.round(np.array(V_vc) * 10).astype(np.int64),
+            so,
+        )
         obj.veh_color = CAR_COLORS[(h * len(CAR_COLORS)).astype(int) % len(CAR_COLORS)]
     return _drop_wet(obj, seed, cfg, gsd)
 
@@ -375,6 +447,7 @@ def generate_objects(lat: Lattice, blocks: Blocks, seed: int, cfg: WorldConfig, 
 def _drop_wet(obj: CityObjects, seed: int, cfg: WorldConfig, gsd: float) -> CityObjects:
     """Remove buildings, tanks and trees standing in a lake or river (tested at the centre and
     the corners of each footprint, at points of the same fields as the raster)."""
+
     def wet(pts: np.ndarray) -> np.ndarray:  # [N, K, 2] -> [N]
         if len(pts) == 0:
             return np.zeros(0, bool)
@@ -383,7 +456,11 @@ def _drop_wet(obj: CityObjects, seed: int, cfg: WorldConfig, gsd: float) -> City
     if len(obj.bld_height):
         c = obj.bld_corners
         keep = ~wet(np.concatenate([c, c.mean(axis=1, keepdims=True)], axis=1))
-        obj.bld_corners, obj.bld_height, obj.bld_roof = c[keep], obj.bld_height[keep], obj.bld_roof[keep]
+        obj.bld_corners, obj.bld_height, obj.bld_roof = (
+            c[keep],
+            obj.bld_height[keep],
+            obj.bld_roof[keep],
+        )
         obj.bld_kind = [k for k, ok in zip(obj.bld_kind, keep, strict=False) if ok]
     ring = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float64)
     for xy, r, h in (("tank_xy", "tank_r", "tank_height"), ("tree_xy", "tree_r", "tree_height")):
@@ -396,8 +473,9 @@ def _drop_wet(obj: CityObjects, seed: int, cfg: WorldConfig, gsd: float) -> City
     return obj
 
 
-def _houses(rng, u_lo, u_hi, v_lo, v_hi, B_uc, B_vc, B_wu, B_wv, B_h, B_kind, B_roof,
-            tr_u, tr_v, tr_r, tr_h) -> None:
+def _houses(
+    rng, u_lo, u_hi, v_lo, v_hi, B_uc, B_vc, B_wu, B_wv, B_h, B_kind, B_roof, tr_u, tr_v, tr_r, tr_h
+) -> None:
     """Detached houses on parcels along the four sides of a block, trees in the back yards."""
     du, dv = u_hi - u_lo, v_hi - v_lo
     depth = min(rng.uniform(20, 32), 0.5 * min(du, dv))

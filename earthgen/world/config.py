@@ -16,29 +16,31 @@ class WorldConfig:
     around the world origin, villages, farmland, forests, lakes and rivers elsewhere."""
 
     # terrain
-    relief_m: float = 45.0                 # typical height amplitude
-    terrain_wavelength_m: float = 1800.0   # base wavelength of the height field
-    erosion: float = 1.2                   # derivative damping of fine octaves (0 = plain fBm)
-    lake_level: float = -0.45              # normalised height below which ground is a lake
+    relief_m: float = 45.0  # typical height amplitude
+    terrain_wavelength_m: float = 1800.0  # base wavelength of the height field
+    erosion: float = 1.2  # derivative damping of fine octaves (0 = plain fBm)
+    lake_level: float = -0.45  # normalised height below which ground is a lake
     # rivers: zero crossings of a smooth noise field
     river_wavelength_m: float = 1600.0
     river_width_m: tuple[float, float] = (6.0, 30.0)
-    river_presence: float = -0.2           # higher = fewer rivers
+    river_presence: float = -0.2  # higher = fewer rivers
     # settlements
     urban_wavelength_m: float = 1400.0
-    urban_bias: float = 0.0                # added to the urban field: > 0 more town, < 0 less
-    town_at_origin: float = 1.6            # strength of the town centred on (0, 0); 0 = none
+    urban_bias: float = 0.0  # added to the urban field: > 0 more town, < 0 less
+    town_at_origin: float = 1.6  # strength of the town centred on (0, 0); 0 = none
     town_radius_m: float = 700.0
-    block_m: float = 90.0                  # mean street spacing
+    block_m: float = 90.0  # mean street spacing
     # rendering
-    sun_azimuth_deg: float = 150.0         # clockwise from north
+    sun_azimuth_deg: float = 150.0  # clockwise from north
     sun_elevation_deg: float = 50.0
     haze: float = 0.04
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sun_elevation_deg <= 90.0:
-            raise UserInputError(f"sun elevation must be in (0, 90] degrees, got {self.sun_elevation_deg}")
+            raise UserInputError(
+                f"sun elevation must be in (0, 90] degrees, got {self.sun_elevation_deg}"
+            )
         if self.block_m < 30.0:
             raise UserInputError(f"block_m must be >= 30 m, got {self.block_m}")
         if self.relief_m < 0:

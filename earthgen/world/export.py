@@ -24,8 +24,12 @@ from earthgen.classes import CLASS_ID, CLASS_NAMES, PALETTE, colorize, legend
 from earthgen.data.dota import write_dota_file
 from earthgen.io import atomic_dir, write_geotiff, write_json, write_png
 
-BOX_COLORS = {"building": (255, 60, 60), "storage_tank": (255, 255, 0), "small_vehicle": (0, 255, 255),
-              "large_vehicle": (255, 0, 255)}
+BOX_COLORS = {
+    "building": (255, 60, 60),
+    "storage_tank": (255, 255, 0),
+    "small_vehicle": (0, 255, 255),
+    "large_vehicle": (255, 0, 255),
+}
 
 
 def layout_geojson(tile) -> dict:
@@ -44,10 +48,17 @@ def layout_geojson(tile) -> dict:
         for geom, _ in shapes(water, mask=water.astype(bool), transform=aff):
             feats.append(Feature(shapely.geometry.shape(geom).simplify(tile.gsd), "water"))
     # world metres -> the georeferenced frame (EPSG:32633 with the world origin at FALSE_ORIGIN)
-    moved = shapely.transform(np.array([f.geometry for f in feats], dtype=object), lambda c: c + FALSE_ORIGIN)
+    moved = shapely.transform(
+        np.array([f.geometry for f in feats], dtype=object), lambda c: c + FALSE_ORIGIN
+    )
     feats = [Feature(g, f.cls, f.props) for g, f in zip(moved, feats, strict=True)]
     x0, y0, x1, y1 = tile.grid.bounds
-    bounds = (x0 + FALSE_ORIGIN[0], y0 + FALSE_ORIGIN[1], x1 + FALSE_ORIGIN[0], y1 + FALSE_ORIGIN[1])
+    bounds = (
+        x0 + FALSE_ORIGIN[0],
+        y0 + FALSE_ORIGIN[1],
+        x1 + FALSE_ORIGIN[0],
+        y1 + FALSE_ORIGIN[1],
+    )
     return features_geojson(feats, tile.crs, bounds)
 
 
@@ -70,45 +81,87 @@ def save_tile(tile, out_dir, voxel_size: float | None = 1.0) -> dict[str, str]:
     lab = tile.labels
     files: dict[str, str] = {}
     with atomic_dir(out_dir) as tmp:
+
         def p(name: str) -> Path:
             files[name] = str(out_dir / name)
             return tmp / name
 
         write_png(p("rgb.png"), tile.rgb)
-        write_geotiff(p("rgb.tif"), np.moveaxis(tile.rgb, -1, 0), tile.crs, tile.transform,
-                      band_descriptions=["red", "green", "blue"])
+        write_geotiff(
+            p("rgb.tif"),
+            np.moveaxis(tile.rgb, -1, 0),
+            tile.crs,
+            tile.transform,
+            band_descriptions=["red", "green", "blue"],
+        )
         write_png(p("semantic.png"), tile.semantic, palette=PALETTE)
-        write_geotiff(p("semantic.tif"), tile.semantic, tile.crs, tile.transform, colormap=PALETTE,
-                      band_descriptions=["class id (see legend.json)"])
-        surface = np.where(tile.semantic == CLASS_ID["water"], tile.water_level, tile.height) + tile.object_height
-        write_geotiff(p("height.tif"), np.stack([tile.height, surface.astype(np.float32)]), tile.crs,
-                      tile.transform, band_descriptions=["terrain height (m)", "surface height, DSM (m)"])
+        write_geotiff(
+            p("semantic.tif"),
+            tile.semantic,
+            tile.crs,
+            tile.transform,
+            colormap=PALETTE,
+            band_descriptions=["class id (see legend.json)"],
+        )
+        surface = (
+            np.where(tile.semantic == CLASS_ID["water"], tile.water_level, tile.height)
+            + tile.object_height
+        )
+        write_geotiff(
+            p("height.tif"),
+            np.stack([tile.height, surface.astype(np.float32)]),
+            tile.crs,
+            tile.transform,
+            band_descriptions=["terrain height (m)", "surface height, DSM (m)"],
+        )
         write_json(p("legend.json"), legend())
         write_json(p("layout.geojson"), layout_geojson(tile))
         h, w = tile.grid.shape
-        write_json(p("labels.json"), {
-            "image": "rgb.png", "width": w, "height": h, "gsd_m": tile.gsd,
-            "classes": lab["classes"],
-            "objects": [
-                {"label": n, "corners": c.round(2).tolist(), "hbb": b.round(2).tolist(), "truncated": bool(t)}
-                for c, b, n, t in zip(lab["corners"], lab["hbb"], lab["labels"], lab["truncated"], strict=False)
-            ],
-        })
-        write_dota_file(p("labels_dota.txt"), tile.boxes(), imagesource="earthgen-world", gsd=tile.gsd)
+        write_json(
+            p("labels.json"),
+            {
+                "image": "rgb.png",
+                "width": w,
+                "height": h,
+                "gsd_m": tile.gsd,
+                "classes": lab["classes"],
+                "objects": [
+                    {
+                        "label": n,
+                        "corners": c.round(2).tolist(),
+                        "hbb": b.round(2).tolist(),
+                        "truncated": bool(t),
+                    }
+                    for c, b, n, t in zip(
+                        lab["corners"], lab["hbb"], lab["labels"], lab["truncated"], strict=False
+                    )
+                ],
+            },
+        )
+        write_dota_file(
+            p("labels_dota.txt"), tile.boxes(), imagesource="earthgen-world", gsd=tile.gsd
+        )
         p("caption.txt").write_text(tile.caption + "\n")
         boxes = draw_boxes(tile.rgb, lab["corners"], lab["labels"])
-        write_png(p("preview.png"), np.concatenate([tile.rgb, colorize(tile.semantic), boxes], axis=1))
+        write_png(
+            p("preview.png"), np.concatenate([tile.rgb, colorize(tile.semantic), boxes], axis=1)
+        )
         if vox is not None:
             vox.save_npz(p("voxels.npz"))
             vox.save_ply(p("voxels.ply"))
         meta = {
-            "seed": tile.seed, "size": [w, h], "gsd_m": tile.gsd,
-            "origin_m": [tile.grid.x0, tile.grid.y0], "crs": tile.crs,
-            "transform": list(tile.transform)[:6], "caption": tile.caption,
-            "config": tile.config.to_dict(), "stats": tile.stats, "classes": list(CLASS_NAMES),
+            "seed": tile.seed,
+            "size": [w, h],
+            "gsd_m": tile.gsd,
+            "origin_m": [tile.grid.x0, tile.grid.y0],
+            "crs": tile.crs,
+            "transform": list(tile.transform)[:6],
+            "caption": tile.caption,
+            "config": tile.config.to_dict(),
+            "stats": tile.stats,
+            "classes": list(CLASS_NAMES),
             "voxels": None if vox is None else {"voxel_size_m": vox.voxel_size, "count": len(vox)},
         }
         write_json(p("meta.json"), meta)
     files["dir"] = str(out_dir)
     return files
-

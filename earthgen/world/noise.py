@@ -49,12 +49,11 @@ def hash_uniform(*keys: np.ndarray | int) -> np.ndarray:
 def _bspline_weights(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cubic B-spline weights ``[..., 4]`` for lattice points i-1..i+2 and their d/dt."""
     t2, t3 = t * t, t * t * t
-    w = np.stack(
-        [(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], axis=-1
-    ) / 6.0
-    dw = np.stack(
-        [-3 * (1 - t) ** 2, 9 * t2 - 12 * t, -9 * t2 + 6 * t + 3, 3 * t2], axis=-1
-    ) / 6.0
+    w = (
+        np.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], axis=-1)
+        / 6.0
+    )
+    dw = np.stack([-3 * (1 - t) ** 2, 9 * t2 - 12 * t, -9 * t2 + 6 * t + 3, 3 * t2], axis=-1) / 6.0
     return w, dw
 
 
@@ -82,8 +81,12 @@ class Grid:
         return self.y0 - (np.arange(self.shape[0]) + 0.5) * self.gsd
 
     def padded(self, pad: int) -> Grid:
-        return Grid(self.x0 - pad * self.gsd, self.y0 + pad * self.gsd, self.gsd,
-                    (self.shape[0] + 2 * pad, self.shape[1] + 2 * pad))
+        return Grid(
+            self.x0 - pad * self.gsd,
+            self.y0 + pad * self.gsd,
+            self.gsd,
+            (self.shape[0] + 2 * pad, self.shape[1] + 2 * pad),
+        )
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray]:
         """``(X, Y)`` each ``[H, W]`` metres."""
@@ -154,9 +157,11 @@ def value_noise_points(
     ix = ix.astype(np.int64)
     iy = iy.astype(np.int64)
     k = np.arange(-1, 3)
-    lat = (hash_uniform(iy[..., None, None] + k[:, None],
-                        ix[..., None, None] + k[None, :], seed) * 2.0 - 1.0) / _STD  # [..., 4, 4]
-    rows = (lat * wx[..., None, :]).sum(-1)     # [..., 4] interpolated along x, per lattice row
+    lat = (
+        hash_uniform(iy[..., None, None] + k[:, None], ix[..., None, None] + k[None, :], seed) * 2.0
+        - 1.0
+    ) / _STD  # [..., 4, 4]
+    rows = (lat * wx[..., None, :]).sum(-1)  # [..., 4] interpolated along x, per lattice row
     drows = (lat * dwx[..., None, :]).sum(-1)
     val = (rows * wy).sum(-1)
     ddx = (drows * wy).sum(-1)
@@ -210,7 +215,11 @@ class Sampler:
         return total / np.sqrt(norm)
 
     def eroded_fbm(
-        self, wavelength: float, seed: int, octaves: int = 8, gain: float = 0.5,
+        self,
+        wavelength: float,
+        seed: int,
+        octaves: int = 8,
+        gain: float = 0.5,
         erosion: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Derivative-damped fBm: each octave's amplitude is divided by ``1 + erosion*|g|^2``

@@ -12,8 +12,18 @@ from earthgen.classes import CLASS_ID
 from earthgen.world.noise import Sampler, hash_uniform
 
 C = CLASS_ID
-FIELD_COLORS = np.array([[172, 160, 96], [118, 140, 70], [138, 112, 82], [186, 176, 122],
-                         [100, 128, 62], [150, 150, 90], [160, 130, 95]], dtype=np.float64)
+FIELD_COLORS = np.array(
+    [
+        [172, 160, 96],
+        [118, 140, 70],
+        [138, 112, 82],
+        [186, 176, 122],
+        [100, 128, 62],
+        [150, 150, 90],
+        [160, 130, 95],
+    ],
+    dtype=np.float64,
+)
 
 
 def sun_vector(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
@@ -47,11 +57,16 @@ def render_rgb(ctx) -> np.ndarray:
     moist = np.clip(0.5 + 0.3 * f["moisture"], 0, 1)
     grass = _mix(np.array([128.0, 132, 84]), np.array([78.0, 112, 52]), moist) * tex
     paint(sem == C["grass"], grass)
-    paint(sem == C["background"], np.array([152.0, 149, 141]) * (1 + 0.04 * n_fine + 0.05 * n_mid)[..., None])
+    paint(
+        sem == C["background"],
+        np.array([152.0, 149, 141]) * (1 + 0.04 * n_fine + 0.05 * n_mid)[..., None],
+    )
     # forest: clumpy crowns
     crowns = s.noise(3.2, seed + 4) + 0.6 * s.noise(1.6, seed + 5)
     t = np.clip(0.5 + 0.35 * crowns, 0, 1)
-    forest = _mix(np.array([24.0, 40, 26]), np.array([66.0, 92, 50]), t) * (1 + 0.08 * n_big)[..., None]
+    forest = (
+        _mix(np.array([24.0, 40, 26]), np.array([66.0, 92, 50]), t) * (1 + 0.08 * n_big)[..., None]
+    )
     paint(sem == C["forest"], forest)
     # farmland: one colour per strip of a rural block, with furrows
     fid = hash_uniform(ctx.block_i, ctx.block_j, ctx.strip, seed + 6)
@@ -114,7 +129,9 @@ def render_rgb(ctx) -> np.ndarray:
         roof = ctx.obj.bld_roof[k]
         gable = np.array([kd == "house" for kd in ctx.obj.bld_kind])[k]
         nrm = short[k] / np.linalg.norm(short[k], axis=1, keepdims=True) * np.sign(across)[:, None]
-        face = 0.85 + 0.35 * (nrm[:, 0] * sun[0] + nrm[:, 1] * sun[1]) / max(np.hypot(sun[0], sun[1]), 1e-6)
+        face = 0.85 + 0.35 * (nrm[:, 0] * sun[0] + nrm[:, 1] * sun[1]) / max(
+            np.hypot(sun[0], sun[1]), 1e-6
+        )
         shade = np.where(gable, face, 1.0)
         edge = np.minimum(0.5 - np.abs(across), 1.0)  # darker parapet on flat roofs
         shade = shade * np.where(~gable & (edge * np.linalg.norm(short[k], axis=1) < 0.8), 0.8, 1.0)

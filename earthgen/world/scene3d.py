@@ -34,7 +34,9 @@ class Scene3D:
     appearance: np.ndarray  # [N, D] float32
     origin: np.ndarray  # [3] float64, metres
     voxel_size: float  # metres
-    reference: dict  # means [M,3], quats [M,4] (wxyz), scales [M,2], opacities [M], colors [M,3] (0..1)
+    reference: (
+        dict  # means [M,3], quats [M,4] (wxyz), scales [M,2], opacities [M], colors [M,3] (0..1)
+    )
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -74,7 +76,9 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
     s = float(voxel_size)
     p = s / g.gsd
     if abs(p - round(p)) > 1e-6 or round(p) < 1:
-        raise UserInputError(f"voxel size {s} m must be a whole multiple of the tile's GSD {g.gsd} m/px")
+        raise UserInputError(
+            f"voxel size {s} m must be a whole multiple of the tile's GSD {g.gsd} m/px"
+        )
     p = int(round(p))
     vox = voxelize(tile, s)
     x0, _, _, y_top = g.bounds
@@ -96,8 +100,9 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
 
     def lookup(c: np.ndarray) -> np.ndarray:
         inside = ((c >= 0) & (c < ext)).all(1)
-        k = (np.clip(c[:, 0], 0, ext[0] - 1) * ext[1] + np.clip(c[:, 1], 0, ext[1] - 1)) * ext[2] \
-            + np.clip(c[:, 2], 0, ext[2] - 1)
+        k = (np.clip(c[:, 0], 0, ext[0] - 1) * ext[1] + np.clip(c[:, 1], 0, ext[1] - 1)) * ext[
+            2
+        ] + np.clip(c[:, 2], 0, ext[2] - 1)
         pos = np.clip(np.searchsorted(skey, k), 0, N - 1)
         return np.where(inside & (skey[pos] == k), order[pos], -1)
 
@@ -127,11 +132,13 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
     ok = vidx >= 0
     v = vidx[ok]
     feat[v, 7] = 1.0
-    slot = (pv[ok] * p + pu[ok])
+    slot = pv[ok] * p + pu[ok]
     rgb = tile.rgb[ok].astype(np.float32) / 255.0
     for ch in range(3):
         feat[v, 8 + ch * p * p + slot] = rgb[:, ch]
-    rel = (surface[ok] - (kz[ok] + lo[2]) * s) / s  # height inside the voxel, 0..1 (more if clamped)
+    rel = (
+        surface[ok] - (kz[ok] + lo[2]) * s
+    ) / s  # height inside the voxel, 0..1 (more if clamped)
     feat[v, 8 + 3 * p * p + slot] = np.clip(rel, 0.0, 2.0)
 
     # reference surfels: tops (one per pixel) and exposed side faces (cut at the column's surface)
@@ -156,8 +163,11 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
         means.append(ctr)
         quats.append(_quat_to(np.repeat(d[None].astype(np.float64), len(c), 0)))
         # local axes after rotating +z to the face normal: for +-x faces the first axis is vertical
-        sc = np.stack([0.5 * (top - bottom), np.full(len(c), 0.5 * s)], 1) if d[0] != 0 else \
-            np.stack([np.full(len(c), 0.5 * s), 0.5 * (top - bottom)], 1)
+        sc = (
+            np.stack([0.5 * (top - bottom), np.full(len(c), 0.5 * s)], 1)
+            if d[0] != 0
+            else np.stack([np.full(len(c), 0.5 * s), 0.5 * (top - bottom)], 1)
+        )
         scales.append(sc)
         cols.append(vox.color[sel][keep] / 255.0)
     ref = {
@@ -167,4 +177,6 @@ def world_scene(tile, voxel_size: float = 1.0) -> Scene3D:
         "opacities": np.full(sum(len(m) for m in means), 0.99, dtype=np.float32),
         "colors": np.concatenate(cols).astype(np.float32),
     }
-    return Scene3D(coords.astype(np.int32), vox.semantic, vox.color, feat, origin.astype(np.float64), s, ref)
+    return Scene3D(
+        coords.astype(np.int32), vox.semantic, vox.color, feat, origin.astype(np.float64), s, ref
+    )

@@ -38,7 +38,9 @@ def urban_field(s: Sampler, seed: int, cfg: WorldConfig) -> np.ndarray:
 
 def _water(s: Sampler, seed: int, cfg: WorldConfig, urban: np.ndarray) -> dict[str, np.ndarray]:
     """Normalised height, lakes and rivers: the part of the fields that decides where water is."""
-    hn, hx, hy = s.eroded_fbm(cfg.terrain_wavelength_m, subseed(seed, S_TERRAIN), erosion=cfg.erosion)
+    hn, hx, hy = s.eroded_fbm(
+        cfg.terrain_wavelength_m, subseed(seed, S_TERRAIN), erosion=cfg.erosion
+    )
     lift = np.clip(urban / 0.6, 0.0, 1.0)  # settled ground is kept above the lakes
     hn_eff = hn + lift * np.maximum(cfg.lake_level + 0.35 - hn, 0.0)
     lake = hn_eff < cfg.lake_level
@@ -52,8 +54,16 @@ def _water(s: Sampler, seed: int, cfg: WorldConfig, urban: np.ndarray) -> dict[s
     width = lo + (hi - lo) * smoothstep(-1.0, 1.0, s.noise(3000.0, subseed(seed, S_RIVER_WIDTH)))
     dist = np.where(on, dist, 1e6)
     river = (dist < 0.5 * width) & ~lake
-    return {"hx": hx, "hy": hy, "hn_eff": hn_eff, "lake": lake, "river": river, "water": lake | river,
-            "river_dist": dist, "river_width": width}
+    return {
+        "hx": hx,
+        "hy": hy,
+        "hn_eff": hn_eff,
+        "lake": lake,
+        "river": river,
+        "water": lake | river,
+        "river_dist": dist,
+        "river_width": width,
+    }
 
 
 def water_mask(s: Sampler, seed: int, cfg: WorldConfig) -> np.ndarray:
@@ -72,9 +82,17 @@ def terrain_fields(s: Sampler, seed: int, cfg: WorldConfig) -> dict[str, np.ndar
     """
     urban = urban_field(s, seed, cfg)
     w = _water(s, seed, cfg, urban)
-    lake, river, dist, width, hn_eff = w["lake"], w["river"], w["river_dist"], w["river_width"], w["hn_eff"]
+    lake, river, dist, width, hn_eff = (
+        w["lake"],
+        w["river"],
+        w["river_dist"],
+        w["river_width"],
+        w["hn_eff"],
+    )
     town = np.clip(urban, 0.0, 1.5) / 1.5
-    mount = 0.35 + 1.3 * np.clip(0.5 + 0.5 * s.fbm(4.0 * cfg.terrain_wavelength_m, subseed(seed, S_MOUNT), 2), 0, 1)
+    mount = 0.35 + 1.3 * np.clip(
+        0.5 + 0.5 * s.fbm(4.0 * cfg.terrain_wavelength_m, subseed(seed, S_MOUNT), 2), 0, 1
+    )
     relief = cfg.relief_m * mount * (1.0 - 0.75 * town)  # towns sit on gentler ground
     height = relief * np.maximum(hn_eff, cfg.lake_level)
     gx = np.where(lake, 0.0, relief * w["hx"])
@@ -84,13 +102,28 @@ def terrain_fields(s: Sampler, seed: int, cfg: WorldConfig) -> dict[str, np.ndar
     bank = height - carve
     water_level = np.where(lake, height, bank - 0.5)
     height = np.where(lake, height, bank)
-    depth = np.where(lake, (cfg.lake_level - hn_eff) * relief, np.where(river, 0.5 * width - dist, 0.0))
+    depth = np.where(
+        lake, (cfg.lake_level - hn_eff) * relief, np.where(river, 0.5 * width - dist, 0.0)
+    )
 
     moisture = s.fbm(900.0, subseed(seed, S_MOIST), 4) + 1.2 * np.exp(-dist / 80.0)
     shore = np.where(lake, 0.0, np.exp(-np.maximum(hn_eff - cfg.lake_level, 0.0) / 0.02))
-    rock = smoothstep(0.45, 0.9, np.hypot(gx, gy)) * (0.6 + 0.4 * s.noise(60.0, subseed(seed, S_ROCK)))
+    rock = smoothstep(0.45, 0.9, np.hypot(gx, gy)) * (
+        0.6 + 0.4 * s.noise(60.0, subseed(seed, S_ROCK))
+    )
     return {
-        "height": height, "grad_x": gx, "grad_y": gy, "lake": lake, "river": river,
-        "water": w["water"], "water_level": water_level, "depth": depth, "river_dist": dist,
-        "river_width": width, "moisture": moisture, "urban": urban, "shore": shore, "rock": rock,
+        "height": height,
+        "grad_x": gx,
+        "grad_y": gy,
+        "lake": lake,
+        "river": river,
+        "water": w["water"],
+        "water_level": water_level,
+        "depth": depth,
+        "river_dist": dist,
+        "river_width": width,
+        "moisture": moisture,
+        "urban": urban,
+        "shore": shore,
+        "rock": rock,
     }

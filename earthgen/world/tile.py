@@ -49,15 +49,15 @@ class WorldTile:
     seed: int
     config: WorldConfig
     grid: Grid
-    height: np.ndarray            # [H, W] float32, metres above the world datum
-    semantic: np.ndarray          # [H, W] uint8, ids of earthgen.classes
-    rgb: np.ndarray               # [H, W, 3] uint8
-    water_level: np.ndarray       # [H, W] float32, metres (meaningful where semantic == water)
-    object_height: np.ndarray     # [H, W] float32, metres above ground (buildings, tanks, trees)
-    building_index: np.ndarray    # [H, W] int32, 1 + index into objects.bld_* (0 = none)
+    height: np.ndarray  # [H, W] float32, metres above the world datum
+    semantic: np.ndarray  # [H, W] uint8, ids of earthgen.classes
+    rgb: np.ndarray  # [H, W, 3] uint8
+    water_level: np.ndarray  # [H, W] float32, metres (meaningful where semantic == water)
+    object_height: np.ndarray  # [H, W] float32, metres above ground (buildings, tanks, trees)
+    building_index: np.ndarray  # [H, W] int32, 1 + index into objects.bld_* (0 = none)
     objects: CityObjects
-    features: list[Feature]       # vector layout in world metres (roads, buildings, tanks, trees)
-    labels: dict                  # detection labels, see :meth:`detection_labels`
+    features: list[Feature]  # vector layout in world metres (roads, buildings, tanks, trees)
+    labels: dict  # detection labels, see :meth:`detection_labels`
     caption: str
     stats: dict = field(default_factory=dict)
 
@@ -74,20 +74,33 @@ class WorldTile:
         """Affine pixel -> georeferenced (EPSG:32633) map transform."""
         from affine import Affine
 
-        return Affine(self.gsd, 0.0, self.grid.x0 + FALSE_ORIGIN[0], 0.0, -self.gsd, self.grid.y0 + FALSE_ORIGIN[1])
+        return Affine(
+            self.gsd,
+            0.0,
+            self.grid.x0 + FALSE_ORIGIN[0],
+            0.0,
+            -self.gsd,
+            self.grid.y0 + FALSE_ORIGIN[1],
+        )
 
     def to_pixels(self, xy: np.ndarray) -> np.ndarray:
         """World metres ``[..., 2]`` -> pixel (col, row) ``[..., 2]`` of this tile (float)."""
         xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([(xy[..., 0] - self.grid.x0) / self.gsd, (self.grid.y0 - xy[..., 1]) / self.gsd], -1)
+        return np.stack(
+            [(xy[..., 0] - self.grid.x0) / self.gsd, (self.grid.y0 - xy[..., 1]) / self.gsd], -1
+        )
 
     def boxes(self):
         """The detection labels as an :class:`earthgen.boxes.BoxSet` (``difficult`` = truncated)."""
         from earthgen.boxes import BoxSet
 
         lab = self.labels
-        return BoxSet(lab["corners"], list(lab["labels"]), difficult=np.asarray(lab["truncated"]),
-                      extra={"imagesource": "earthgen-world", "gsd": self.gsd})
+        return BoxSet(
+            lab["corners"],
+            list(lab["labels"]),
+            difficult=np.asarray(lab["truncated"]),
+            extra={"imagesource": "earthgen-world", "gsd": self.gsd},
+        )
 
     def voxels(self, voxel_size: float = 1.0):
         """Sparse voxel occupancy with semantic and colour: :class:`earthgen.world.voxels.VoxelGrid`."""
@@ -194,7 +207,9 @@ def generate_world(
     nearest = d4.argmin(axis=0)
     line_dist = d4.min(axis=0)
     line_along = np.where(nearest < 2, v, u)
-    cls4 = np.stack([blocks.u_class[ia], blocks.u_class[ia + 1], blocks.v_class[ja], blocks.v_class[ja + 1]])
+    cls4 = np.stack(
+        [blocks.u_class[ia], blocks.u_class[ia + 1], blocks.v_class[ja], blocks.v_class[ja + 1]]
+    )
     road_half = 0.5 * ROAD_WIDTHS[np.take_along_axis(cls4, nearest[None], 0)[0]]
 
     sem = _land_cover(s, f, seed, btype, bi, bj, strip)
@@ -202,14 +217,34 @@ def generate_world(
     feats = _features(obj)
     sem = _burn_features(sem, feats, transform)
 
-    idx = {name: _index_raster(geoms, transform, pg.shape) for name, geoms in _object_geoms(obj).items()}
+    idx = {
+        name: _index_raster(geoms, transform, pg.shape)
+        for name, geoms in _object_geoms(obj).items()
+    }
     shadow = _shadow_mask(obj, cfg, transform, pg.shape)
     ctx = _Context(
-        sampler=s, fields=f, semantic=sem, height=f["height"], gsd=gsd, u=u, v=v,
-        block_i=bi, block_j=bj, strip=strip, built=btype != RURAL, line_dist=line_dist,
-        line_along=line_along, road_half=road_half, obj=obj, tree_idx=idx["trees"],
-        bld_idx=idx["buildings"], tank_idx=idx["tanks"], veh_idx=idx["vehicles"], shadow=shadow,
-        sun=sun_vector(cfg.sun_azimuth_deg, cfg.sun_elevation_deg), haze=cfg.haze,
+        sampler=s,
+        fields=f,
+        semantic=sem,
+        height=f["height"],
+        gsd=gsd,
+        u=u,
+        v=v,
+        block_i=bi,
+        block_j=bj,
+        strip=strip,
+        built=btype != RURAL,
+        line_dist=line_dist,
+        line_along=line_along,
+        road_half=road_half,
+        obj=obj,
+        tree_idx=idx["trees"],
+        bld_idx=idx["buildings"],
+        tank_idx=idx["tanks"],
+        veh_idx=idx["vehicles"],
+        shadow=shadow,
+        sun=sun_vector(cfg.sun_azimuth_deg, cfg.sun_elevation_deg),
+        haze=cfg.haze,
         tex_seed=subseed(seed, 40),
     )
     obj_h = _object_height(ctx, seed)
@@ -218,19 +253,26 @@ def generate_world(
     crop = (slice(PAD, PAD + h), slice(PAD, PAD + w))
     rgb8 = np.clip(np.rint(rgb[crop]), 0, 255).astype(np.uint8)
     tile = WorldTile(
-        seed=seed, config=cfg, grid=grid,
+        seed=seed,
+        config=cfg,
+        grid=grid,
         height=f["height"][crop].astype(np.float32),
         semantic=sem[crop].copy(),
         rgb=rgb8,
         water_level=f["water_level"][crop].astype(np.float32),
         object_height=obj_h[crop].astype(np.float32),
         building_index=idx["buildings"][crop].copy(),
-        objects=obj, features=feats, labels={}, caption="",
+        objects=obj,
+        features=feats,
+        labels={},
+        caption="",
     )
     tile.labels = detection_labels(tile)
     from earthgen.world.caption import caption_for, tile_stats
 
-    tile.stats = tile_stats(tile, _block_type_counts(btype[crop], bi[crop], bj[crop]), bool(f["river"][crop].any()))
+    tile.stats = tile_stats(
+        tile, _block_type_counts(btype[crop], bi[crop], bj[crop]), bool(f["river"][crop].any())
+    )
     tile.caption = caption_for(tile)
     return tile
 
@@ -272,8 +314,12 @@ def _features(obj: CityObjects) -> list[Feature]:
         for g, c in zip(lines, obj.road_class, strict=False):
             feats.append(Feature(g, ROAD_CLASSES[c], {"width": float(ROAD_WIDTHS[c])}))
     if len(obj.tree_r):
-        for g, r, hgt in zip(shapely.points(obj.tree_xy), obj.tree_r, obj.tree_height, strict=False):
-            feats.append(Feature(g, "forest", {"radius": float(r), "height": float(hgt), "kind": "tree"}))
+        for g, r, hgt in zip(
+            shapely.points(obj.tree_xy), obj.tree_r, obj.tree_height, strict=False
+        ):
+            feats.append(
+                Feature(g, "forest", {"radius": float(r), "height": float(hgt), "kind": "tree"})
+            )
     if len(obj.bld_height):
         polys = shapely.polygons(obj.bld_corners)
         for g, hgt, kind in zip(polys, obj.bld_height, obj.bld_kind, strict=False):
@@ -320,8 +366,13 @@ def _index_raster(geoms: list, transform, shape) -> np.ndarray:
 
     if not geoms:
         return np.zeros(shape, dtype=np.int32)
-    return rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=shape,
-                     transform=transform, fill=0, dtype="int32")
+    return rasterize(
+        ((g, i + 1) for i, g in enumerate(geoms)),
+        out_shape=shape,
+        transform=transform,
+        fill=0,
+        dtype="int32",
+    )
 
 
 def _convex_hulls(points: np.ndarray) -> list[dict]:
@@ -331,7 +382,11 @@ def _convex_hulls(points: np.ndarray) -> list[dict]:
     hulls = shapely.convex_hull(shapely.multipoints(points))
     coords, idx = shapely.get_coordinates(shapely.get_exterior_ring(hulls), return_index=True)
     splits = np.flatnonzero(np.diff(idx)) + 1
-    return [{"type": "Polygon", "coordinates": [c.tolist()]} for c in np.split(coords, splits) if len(c) >= 4]
+    return [
+        {"type": "Polygon", "coordinates": [c.tolist()]}
+        for c in np.split(coords, splits)
+        if len(c) >= 4
+    ]
 
 
 def _shadow_mask(obj: CityObjects, cfg: WorldConfig, transform, shape) -> np.ndarray:
@@ -344,14 +399,24 @@ def _shadow_mask(obj: CityObjects, cfg: WorldConfig, transform, shape) -> np.nda
     geoms: list[dict] = []
     if len(obj.bld_height):
         c = obj.bld_corners
-        geoms += _convex_hulls(np.concatenate([c, c + obj.bld_height[:, None, None] * away], axis=1))
-    for xy, r, hgt in ((obj.tank_xy, obj.tank_r, obj.tank_height), (obj.tree_xy, obj.tree_r, obj.tree_height)):
+        geoms += _convex_hulls(
+            np.concatenate([c, c + obj.bld_height[:, None, None] * away], axis=1)
+        )
+    for xy, r, hgt in (
+        (obj.tank_xy, obj.tank_r, obj.tank_height),
+        (obj.tree_xy, obj.tree_r, obj.tree_height),
+    ):
         if len(r):
             base = _circles(xy, r, 12)
             geoms += _convex_hulls(np.concatenate([base, base + hgt[:, None, None] * away], axis=1))
     if not geoms:
         return np.zeros(shape, dtype=bool)
-    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8") > 0
+    return (
+        rasterize(
+            ((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8"
+        )
+        > 0
+    )
 
 
 def _object_height(ctx: _Context, seed: int) -> np.ndarray:
@@ -407,15 +472,22 @@ def detection_labels(tile: WorldTile) -> dict:
     if len(o.tank_r):
         px = tile.to_pixels(o.tank_xy)
         r = o.tank_r / tile.gsd
-        parts.append(hbb_to_corners(np.stack([px[:, 0] - r, px[:, 1] - r, px[:, 0] + r, px[:, 1] + r], 1)))
+        parts.append(
+            hbb_to_corners(np.stack([px[:, 0] - r, px[:, 1] - r, px[:, 0] + r, px[:, 1] + r], 1))
+        )
         names += ["storage_tank"] * len(o.tank_r)
     if len(o.veh_large):
         parts.append(tile.to_pixels(o.veh_corners))
         names += ["large_vehicle" if lg else "small_vehicle" for lg in o.veh_large]
     h, w = tile.grid.shape
     if not parts:
-        return {"classes": list(DETECTION_CLASSES), "corners": np.zeros((0, 4, 2)), "labels": [],
-                "hbb": np.zeros((0, 4)), "truncated": np.zeros(0, bool)}
+        return {
+            "classes": list(DETECTION_CLASSES),
+            "corners": np.zeros((0, 4, 2)),
+            "labels": [],
+            "hbb": np.zeros((0, 4)),
+            "truncated": np.zeros(0, bool),
+        }
     corners = np.concatenate(parts)
     centre = corners.mean(axis=1)
     keep = (centre[:, 0] >= 0) & (centre[:, 0] < w) & (centre[:, 1] >= 0) & (centre[:, 1] < h)
@@ -424,8 +496,13 @@ def detection_labels(tile: WorldTile) -> dict:
     truncated = ((corners < 0) | (corners > np.array([w, h]))).any(axis=(1, 2))
     hbb = corners_to_hbb(corners)
     hbb = np.clip(hbb, 0, [w, h, w, h])
-    return {"classes": list(DETECTION_CLASSES), "corners": corners, "labels": labels,
-            "hbb": hbb, "truncated": truncated}
+    return {
+        "classes": list(DETECTION_CLASSES),
+        "corners": corners,
+        "labels": labels,
+        "hbb": hbb,
+        "truncated": truncated,
+    }
 
 
 __all__ = ["DETECTION_CLASSES", "FALSE_ORIGIN", "WORLD_CRS", "WorldTile", "generate_world"]

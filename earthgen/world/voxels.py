@@ -19,7 +19,9 @@ from earthgen.errors import UserInputError
 from earthgen.io import atomic_path
 
 MAX_VOXELS = 60_000_000
-WALLS = np.array([[205, 195, 178], [190, 188, 182], [170, 160, 150], [215, 210, 200]], dtype=np.float64)
+WALLS = np.array(
+    [[205, 195, 178], [190, 188, 182], [170, 160, 150], [215, 210, 200]], dtype=np.float64
+)
 
 
 @dataclass
@@ -51,8 +53,13 @@ class VoxelGrid:
     def save_npz(self, path: str | os.PathLike) -> Path:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, coords=self.coords, semantic=self.semantic, color=self.color,
-                                    voxel_size=np.float64(self.voxel_size))
+                np.savez_compressed(
+                    fh,
+                    coords=self.coords,
+                    semantic=self.semantic,
+                    color=self.color,
+                    voxel_size=np.float64(self.voxel_size),
+                )
         return Path(path)
 
     @classmethod
@@ -63,8 +70,18 @@ class VoxelGrid:
     def save_ply(self, path: str | os.PathLike) -> Path:
         """Binary little-endian PLY point cloud of voxel centres (metres) with colour and class."""
         n = len(self)
-        rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),
-                                 ("green", "u1"), ("blue", "u1"), ("semantic", "u1")])
+        rec = np.empty(
+            n,
+            dtype=[
+                ("x", "<f4"),
+                ("y", "<f4"),
+                ("z", "<f4"),
+                ("red", "u1"),
+                ("green", "u1"),
+                ("blue", "u1"),
+                ("semantic", "u1"),
+            ],
+        )
         ctr = self.centers()
         rec["x"], rec["y"], rec["z"] = ctr[:, 0], ctr[:, 1], ctr[:, 2]
         rec["red"], rec["green"], rec["blue"] = self.color[:, 0], self.color[:, 1], self.color[:, 2]
@@ -104,7 +121,9 @@ def voxelize(tile, voxel_size: float = 1.0) -> VoxelGrid:
     i = np.arange(int(np.ceil(x0 / s - 1e-9)), int(np.floor(x1 / s + 1e-9)))
     j = np.arange(int(np.ceil(ymin / s - 1e-9)), int(np.floor(y1 / s + 1e-9)))[::-1]  # north first
     if len(i) == 0 or len(j) == 0:
-        raise UserInputError(f"voxel size {s} m is larger than the tile ({x1 - x0:g} x {y1 - ymin:g} m)")
+        raise UserInputError(
+            f"voxel size {s} m is larger than the tile ({x1 - x0:g} x {y1 - ymin:g} m)"
+        )
     # pixel windows of each column
     c0 = np.clip(np.floor((i * s - x0) / g.gsd + 1e-9).astype(int), 0, g.shape[1] - 1)
     c1 = np.clip(np.ceil(((i + 1) * s - x0) / g.gsd - 1e-9).astype(int), c0 + 1, g.shape[1])
@@ -127,7 +146,9 @@ def voxelize(tile, voxel_size: float = 1.0) -> VoxelGrid:
     n = (top - bottom + 1).ravel()
     total = int(n.sum())
     if total > MAX_VOXELS:
-        raise UserInputError(f"{total} voxels at {s} m exceed the limit of {MAX_VOXELS}; use a larger voxel size")
+        raise UserInputError(
+            f"{total} voxels at {s} m exceed the limit of {MAX_VOXELS}; use a larger voxel size"
+        )
     col = np.repeat(np.arange(n.size), n)
     offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
     z = bottom.ravel()[col] + offset
