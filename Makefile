@@ -42,18 +42,21 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/earthgen demo --out outputs
 
-# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]): packages and
-# earthgen's subpackages import only the layers below them, and no import cycles
-test: $(STAMP)
-	$(VENV)/bin/lint-imports
+SOURCES := earthgen earthgen_base vae flows controls renderers apps tests benchmarks experiments
+
+# lint (a few seconds, before the tests): ruff's rules (pyproject.toml [tool.ruff]: line length
+# 100 included), ruff's formatting, and lint-imports: the import contracts of pyproject.toml
+# ([tool.importlinter]): packages and earthgen's subpackages import only the layers below them,
+# and no import cycles
+test: lint
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: $(STAMP)
-	$(VENV)/bin/lint-imports
+test-all: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check earthgen earthgen_base vae flows controls renderers apps tests benchmarks experiments
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)

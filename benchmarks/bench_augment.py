@@ -2,7 +2,8 @@
 
 1. BoxNet (width 32, stride 2) inference: milliseconds per 128 px image, with decoding and
    rotated NMS, and the number of parameters.
-2. Rotated IoU: exact pairwise IoU of 200 x 200 boxes, ``box_iou`` vs the sparse version used by NMS.
+2. Rotated IoU: exact pairwise IoU of 200 x 200 boxes, ``box_iou`` vs the sparse version used
+   by NMS.
 3. Box-conditioned sampling (tiny grounded UNet): seconds per step with 0, 16 and 128 boxes
    (the token count grows with the boxes; there is no cap).
 

@@ -211,7 +211,8 @@ def main() -> None:
     unet, vae, fused, multi, conds, sched = build(args.size, args.device)
     fm = bench_fused_vs_multi(unet, fused, multi, conds, args.device)
     print(
-        f"fused {fm['fused']['s_per_step']:.3f} s/step vs MultiControlNet {fm['multi_controlnet']['s_per_step']:.3f}"
+        f"fused {fm['fused']['s_per_step']:.3f} s/step "
+        f"vs MultiControlNet {fm['multi_controlnet']['s_per_step']:.3f}"
         f" -> {fm['speedup']:.2f}x (control branch alone: {fm['speedup_control_branch']:.2f}x)"
     )
     mps = [float(x) for x in args.megapixels.split(",") if x]

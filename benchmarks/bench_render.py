@@ -242,12 +242,15 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['backend']} on {r['device']} ({r['threads']} threads): {n} surfels, {size}x{size}: "
-            f"{r['s_per_frame']:.3f} s/frame ({r['frames_per_s']:.2f} fps), coverage {r['coverage']:.2f}"
+            f"{r['backend']} on {r['device']} ({r['threads']} threads): "
+            f"{n} surfels, {size}x{size}: "
+            f"{r['s_per_frame']:.3f} s/frame ({r['frames_per_s']:.2f} fps), "
+            f"coverage {r['coverage']:.2f}"
         )
     for ts in train:
         print(
-            f"torch forward+backward {args.train_size}x{args.train_size} ({ts['threads']} threads): "
+            f"torch forward+backward {args.train_size}x{args.train_size} "
+            f"({ts['threads']} threads): "
             f"{ts['s_per_step']:.3f} s/step"
         )
     if math.isfinite(rows[0]["s_per_frame"]):

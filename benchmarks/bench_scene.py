@@ -1,7 +1,7 @@
 """Scene pipeline benchmark: time per km^2 and peak memory as the generated area grows.
 
     python benchmarks/bench_scene.py                                 # CPU: 64 to 208 m squares
-    python benchmarks/bench_scene.py --device cuda --sizes 600,1000,2000 --steps 20   # the GPU targets
+    python benchmarks/bench_scene.py --device cuda --sizes 600,1000,2000 --steps 20  # GPU targets
 
 Each area runs in its own subprocess (a semantic-map-conditioned scene of a procedural world tile,
 sliding windows with 16 m overlap), so its peak resident memory (``ru_maxrss``) and, on CUDA, its

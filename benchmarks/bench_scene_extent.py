@@ -2,6 +2,8 @@
 
     python benchmarks/bench_scene_extent.py --sizes 128,256,512 --steps 2
     python benchmarks/bench_scene_extent.py --sizes 128,256 --steps 2 --tree /tmp/old  # a peer
+    python benchmarks/bench_scene_extent.py --sizes 128,256,512 --steps 1 --stream --export \
+        --out benchmarks/results/scene_extent_stream.json   # windows streamed to disk, + exports
 
 Each size runs in a fresh subprocess (its own peak RSS): the default scene models conditioned on
 the Helsinki OSM fixture around the centre of the city (1 m voxels, 16 m overlap), no
@@ -12,6 +14,10 @@ exactly the requested overlap, per axis), voxels textured per km^2 (the texture 
 counted by a wrapper around the texture flow), peak RSS, and the height steps across window
 borders vs elsewhere (:func:`earthgen.evaluation.scene.seam_steps`). ``--tree`` runs the same
 measurement on another checkout (e.g. the previous commit) in the same run, for ratios.
+``--stream`` streams every finished window to a temporary folder (``stream_to=``, the default of
+``earthgen scene``) instead of keeping the scene in memory; ``--export`` then also writes the
+command's files (meshes, PLYs, renders; :func:`earthgen.export3d.save_scene_store` and the
+oblique view and turntable) and reports their CPU seconds and the peak RSS of the whole run.
 Results: benchmarks/results/scene_extent.json (or --out).
 """
 
@@ -36,7 +42,10 @@ HELSINKI = (
 CENTER = (60.1699, 24.9384)
 
 
-def one(size_m: int, steps: int, seed: int) -> dict:
+def one(size_m: int, steps: int, seed: int, stream: bool = False, export: bool = False) -> dict:
+    import shutil
+    import tempfile
+
     import numpy as np
     import torch
 
@@ -55,6 +64,7 @@ def one(size_m: int, steps: int, seed: int) -> dict:
         return fwd(x, *a, **k)
 
     pipe.texture_flow.forward = counting
+    tmp = Path(tempfile.mkdtemp(prefix="bench_scene_"))
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     out = pipe(
@@ -62,6 +72,7 @@ def one(size_m: int, steps: int, seed: int) -> dict:
         gsd=1.0,
         num_inference_steps=steps,
         generator=torch.Generator().manual_seed(seed),
+        **({"stream_to": tmp / "chunks"} if stream else {}),
     )
     sec = time.perf_counter() - t0
     u1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -71,7 +82,8 @@ def one(size_m: int, steps: int, seed: int) -> dict:
         "size_m": size_m,
         "km2": km2,
         "windows": len(out.windows),
-        "voxels": int(len(out.coords)),
+        "stream": stream,
+        "voxels": int(out.store.n_voxels if stream else len(out.coords)),
         "seconds": round(sec, 2),
         "seconds_per_km2": round(sec / km2, 1),
         "cpu_seconds": round(cpu, 2),
@@ -88,7 +100,41 @@ def one(size_m: int, steps: int, seed: int) -> dict:
     except ImportError:  # an older checkout
         pass
     r["height_p99_m"] = float(np.nanpercentile(out.height, 99))
+    if export:
+        u2 = resource.getrusage(resource.RUSAGE_SELF)
+        files = _export(out, tmp / "out", stream)
+        u3 = resource.getrusage(resource.RUSAGE_SELF)
+        r["export_cpu_seconds"] = round(
+            (u3.ru_utime - u2.ru_utime) + (u3.ru_stime - u2.ru_stime), 2
+        )
+        r["export_mb"] = round(sum(p.stat().st_size for p in files) / 2**20, 1)
+        r["peak_rss_gb_with_export"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
     return r
+
+
+def _export(out, folder: Path, stream: bool) -> list[Path]:
+    """The files ``earthgen scene`` writes from ``out`` (as its ``save_outputs``): meshes, PLYs,
+    render.png, oblique.png and a 24-frame turntable; returns their paths."""
+    import argparse
+
+    from earthgen.commands.scene import save_outputs
+
+    args = argparse.Namespace(
+        render_size=512,
+        views=4,
+        turntable=24,
+        steps=1,
+        guidance=2.0,
+        model="default",
+        heights="model",
+        dem=None,
+    )
+    folder.mkdir(parents=True)
+    save_outputs(folder, out, {}, args, 0, 0.0)
+    return [p for p in folder.rglob("*") if p.is_file()]
 
 
 def main() -> int:
@@ -105,10 +151,16 @@ def main() -> int:
     )
     p.add_argument("--peer-sizes", default=None, help="sizes for the peer (default: --sizes)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scene_extent.json"))
+    p.add_argument(
+        "--stream", action="store_true", help="stream finished windows to disk (stream_to=)"
+    )
+    p.add_argument(
+        "--export", action="store_true", help="also write the command's files (with --stream)"
+    )
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one is not None:
-        print(json.dumps(one(a.one, a.steps, a.seed)))
+        print(json.dumps(one(a.one, a.steps, a.seed, a.stream, a.export)))
         return 0
     sizes = [int(s) for s in a.sizes.split(",")]
     results: dict = {
@@ -121,6 +173,8 @@ def main() -> int:
             "voxel_m": 1.0,
             "overlap_m": 16,
             "orthophoto": False,
+            "stream": a.stream,
+            "export": a.export,
         },
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
     }
@@ -134,16 +188,20 @@ def main() -> int:
             else [int(v) for v in a.peer_sizes.split(",")]
         ):
             env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--one",
-                str(s),
-                "--steps",
-                str(a.steps),
-                "--seed",
-                str(a.seed),
-            ]
+            cmd = (
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--one",
+                    str(s),
+                    "--steps",
+                    str(a.steps),
+                    "--seed",
+                    str(a.seed),
+                ]
+                + (["--stream"] if a.stream and name == "this" else [])
+                + (["--export"] if a.export and name == "this" else [])
+            )
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
             if res.returncode != 0:
                 print(res.stderr[-2000:], file=sys.stderr)

@@ -211,7 +211,8 @@ def main() -> None:
         "the image difference is of the decoded 0..1 images times 255, same noise",
     }
     print(
-        f"pipeline {med['pipeline_text_only']:.4f} s/step, plain {med['plain_diffusers_loop']:.4f} s/step "
+        f"pipeline {med['pipeline_text_only']:.4f} s/step, "
+        f"plain {med['plain_diffusers_loop']:.4f} s/step "
         f"-> ratio {ratio:.3f}; null branch {med['pipeline_null_branch']} s/step; "
         f"image diff vs null branch max {diff.max():.1f} mean {diff.mean():.2f} /255"
     )

@@ -4,7 +4,8 @@ models on procedural world scenes (voxel IoU of the structure VAE on a 256^3 sce
 SSIM of the texture VAE on held-out views).
 
     python benchmarks/bench_vae3d.py                                    # CPU: sizes 64, 128, 256
-    python benchmarks/bench_vae3d.py --structure-model runs/svae/model --texture-model runs/tvae/model
+    python benchmarks/bench_vae3d.py --structure-model runs/svae/model \\
+        --texture-model runs/tvae/model
 
 Every configuration runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is
 its own; the dense model gets a memory cap (``--dense-limit-gb``) and is reported as "out of
@@ -298,8 +299,8 @@ def main() -> None:
             "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
-        "model": "StructureVAE channels (16, 32, 48, 64), 1 res block per level; dense twin: same levels, "
-        "widths, blocks and heads with Conv3d / ConvTranspose3d",
+        "model": "StructureVAE channels (16, 32, 48, 64), 1 res block per level; "
+        "dense twin: same levels, widths, blocks and heads with Conv3d / ConvTranspose3d",
         "speed": [],
     }
     if Path(args.out).exists():  # keep the other half of an earlier run

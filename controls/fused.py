@@ -118,9 +118,9 @@ class FusedControlNet(ModelMixin, ConfigMixin):
         conditions: condition name -> channels, e.g. ``{"layout": 13, "roads": 1, "height": 1}``.
         stem_widths: widths of each condition's own thin stem per level (default: a quarter of
             ``fusion_widths``, at least 4): the only part whose cost grows with the conditions.
-        fusion_widths: widths of the shared pyramid levels; level ``i`` is at ``1 / 2**i`` of the image
-            resolution, and the last must match the latent resolution (4 levels for a VAE that
-            downsamples 8x).
+        fusion_widths: widths of the shared pyramid levels; level ``i`` is at ``1 / 2**i`` of the
+            image resolution, and the last must match the latent resolution (4 levels for a VAE
+            that downsamples 8x).
         controlnet_kwargs: keyword arguments of diffusers' ``ControlNetModel`` (UNet-shaped fields).
     """
 

@@ -30,7 +30,8 @@ def hbb_to_corners(xyxy: np.ndarray) -> np.ndarray:
 
 
 def corners_to_hbb(corners: np.ndarray) -> np.ndarray:
-    """``[N, 4, 2]`` corners -> ``[N, 4]`` enclosing horizontal boxes (x_min, y_min, x_max, y_max)."""
+    """``[N, 4, 2]`` corners -> ``[N, 4]`` enclosing horizontal boxes
+    (x_min, y_min, x_max, y_max)."""
     c = np.asarray(corners, dtype=np.float64).reshape(-1, 4, 2)
     return np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1)
 
@@ -82,7 +83,8 @@ def polygon_to_corners(polygon) -> np.ndarray:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of rotated boxes ``[N, 4, 2]`` x ``[M, 4, 2]`` -> ``[N, M]`` (exact, shapely)."""
+    """Pairwise IoU of rotated boxes ``[N, 4, 2]`` x ``[M, 4, 2]`` -> ``[N, M]``
+    (exact, shapely)."""
     import shapely
 
     pa = shapely.polygons(np.asarray(a, dtype=np.float64).reshape(-1, 4, 2))

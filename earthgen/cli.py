@@ -25,7 +25,8 @@ TORCH_COMMANDS = frozenset({"generate", "scene", "train", "eval", "augment", "de
 EPILOG = """\
 examples:
   earthgen world --seed 3 --size 512 --gsd 0.5 --out outputs/world
-  earthgen layout monaco-latest.osm.pbf --center 43.7384,7.4246 --size 512 --gsd 1 --out outputs/monaco
+  earthgen layout monaco-latest.osm.pbf --center 43.7384,7.4246 --size 512 --gsd 1 \\
+      --out outputs/monaco
   earthgen scene --world 3 --size-m 128 --seed 0 --out outputs/scene
   earthgen train image-ldm --test-run --out outputs/train-test
   earthgen demo --out outputs

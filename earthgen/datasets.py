@@ -597,7 +597,8 @@ def world_box_batch(seed: int, index0: int, n: int, resolution: int) -> dict:
 
 
 def detection_caption(labels: list[str]) -> str:
-    """``["building", "building", "small_vehicle"]`` -> "satellite image with 2 building, 1 small vehicle"."""
+    """``["building", "building", "small_vehicle"]`` ->
+    "satellite image with 2 building, 1 small vehicle"."""
     from collections import Counter
 
     if not labels:

@@ -3,8 +3,8 @@
 * Layouts (:func:`read_layout`): OSM (.osm, .osm.pbf, .pbf, .osm.bz2, .osm.gz, .o5m) and GeoJSON
   (.geojson, .json) are rasterized with :func:`earthgen.geo.layout.build_layout`; class maps
   (.png, .tif, .tiff) are read with :func:`earthgen.data.masks.read_mask`: grey class ids,
-  palette PNGs (pixel value = id) or colours of the class palette (:data:`earthgen.classes.PALETTE`);
-  a GeoTIFF class map keeps its CRS and transform.
+  palette PNGs (pixel value = id) or colours of the class palette
+  (:data:`earthgen.classes.PALETTE`); a GeoTIFF class map keeps its CRS and transform.
 * Images (:func:`read_image`): PNG / JPEG (grey or RGBA -> RGB) and GeoTIFF (any CRS, kept).
 * Outputs (:func:`write_image`, :func:`check_image_output`): the format follows the extension
   (.png, .jpg/.jpeg, .tif/.tiff GeoTIFF); written atomically (:func:`earthgen.io.atomic_path`).

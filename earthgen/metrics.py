@@ -37,7 +37,8 @@ def confusion_matrix(
 def miou(
     pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
 ) -> dict:
-    """Mean IoU over the classes present in target or prediction; also per-class IoU and pixel accuracy."""
+    """Mean IoU over the classes present in target or prediction; also per-class IoU and pixel
+    accuracy."""
     cm = confusion_matrix(pred, target, num_classes, ignore_index).astype(np.float64)
     tp = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - tp

@@ -51,7 +51,8 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 # pixels of that earthgen class), "dubai_unlabeled" (Dubai palette 5 pixels), "image" (whole
 # images of a mask-less set) or "ucm:<scene>" (whole UC Merced images of that scene class).
 # Every source weighs the same within a class (the colour covariance is the mean of the
-# sources' own covariances, so differences between sets do not count as texture). See docs/image.md for the reasoning.
+# sources' own covariances, so differences between sets do not count as texture). See
+# docs/image.md for the reasoning.
 SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
     "background": (("dubai", "dubai_unlabeled"), ("ucmerced", "ucm:sparseresidential")),
     "building": (("dubai", "mask:building"),),
@@ -274,11 +275,11 @@ def measure_prior_stats(
 ) -> dict:
     """Measure per-class colour and texture statistics from the real sets' "train" splits.
 
-    Returns ``{"classes": {name: {mean_rgb [3] (DN 0..255), cov_rgb [3x3] (DN^2, within the texture patches,
-    patch means removed: the renderer's noise), cov_rgb_pixels [3x3] (over all pixels), psd_beta,
-    psd_log_amp (ln DN^2 m^2 at K0 cycles/m), k_min / k_max (cycles/m), ref_gsd (metres/pixel),
-    ref_size (px), band_psd, sources}}, "k0": K0, ...}``; ``classes``: only these (default all).
-    UserInputError when data are missing."""
+    Returns ``{"classes": {name: {mean_rgb [3] (DN 0..255), cov_rgb [3x3] (DN^2, within the texture
+    patches, patch means removed: the renderer's noise), cov_rgb_pixels [3x3] (over all pixels),
+    psd_beta, psd_log_amp (ln DN^2 m^2 at K0 cycles/m), k_min / k_max (cycles/m), ref_gsd
+    (metres/pixel), ref_size (px), band_psd, sources}}, "k0": K0, ...}``; ``classes``: only these
+    (default all). UserInputError when data are missing."""
     from earthgen.datasets import read_set
 
     rng = np.random.default_rng(seed)

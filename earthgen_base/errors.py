@@ -1,5 +1,7 @@
-"""Error types (shared by every EarthGen package; :mod:`earthgen.errors` re-exports them). A :class:`UserInputError` is a mistake in what the user gave (a file, a flag):
-the CLI prints its message and exits with status 2, never a stack trace."""
+"""Error types (shared by every EarthGen package; :mod:`earthgen.errors` re-exports them).
+
+A :class:`UserInputError` is a mistake in what the user gave (a file, a flag): the CLI prints its
+message and exits with status 2, never a stack trace."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-# --- output paths (checked before any work: earthgen.commands, earthgen.inputs) ----------------------------------------------------------------------------
+# --- output paths (checked before any work: earthgen.commands, earthgen.inputs) -------------------
 
 
 def _existing_parent(p: Path) -> Path:

@@ -202,7 +202,8 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
         grid) are optional; ``drop_*`` ``[B]`` bool replace a sample's condition by the null."""
         if x.shape[1:] != (self.channels, *self.config.grid_size):
             raise UserInputError(
-                f"expected a grid [B, {self.channels}, {', '.join(map(str, self.config.grid_size))}], "
+                f"expected a grid "
+                f"[B, {self.channels}, {', '.join(map(str, self.config.grid_size))}], "
                 f"got {tuple(x.shape)}"
             )
         B = x.shape[0]
@@ -227,7 +228,8 @@ class StructureFlowDiT(ModelMixin, ConfigMixin):
                 continue
             if cond.ndim != 4 or cond.shape[0] != B:
                 raise UserInputError(
-                    f"the {name} condition must be [B, channels, H, W] with B = {B}, got {tuple(cond.shape)}"
+                    f"the {name} condition must be [B, channels, H, W] with B = {B}, "
+                    f"got {tuple(cond.shape)}"
                 )
             e = embed(self._map_tokens(cond, factor).to(h.dtype))
             if drop is not None:

@@ -223,7 +223,8 @@ class TextureFlowNet(ModelMixin, ConfigMixin):
         replace a scene's condition by the null."""
         if x.feats.ndim != 2 or x.feats.shape[1] != self.config.latent_channels:
             raise UserInputError(
-                f"expected texture latents [N, {self.config.latent_channels}], got {tuple(x.feats.shape)}"
+                f"expected texture latents [N, {self.config.latent_channels}], "
+                f"got {tuple(x.feats.shape)}"
             )
         B = x.batch_size
         t = torch.as_tensor(t, device=x.device).float()

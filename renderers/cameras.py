@@ -90,7 +90,8 @@ def nadir_rig(
     overlap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight-down cameras (north up in the image) on a ``grid x grid`` pattern whose images each
-    cover ``ground_width_m`` metres across at the height of ``center``, overlapping by ``overlap``."""
+    cover ``ground_width_m`` metres across at the height of ``center``, overlapping by
+    ``overlap``."""
     if altitude_m <= 0 or ground_width_m <= 0 or grid <= 0 or not 0 <= overlap < 1:
         raise UserInputError(
             "nadir rig needs altitude > 0, ground width > 0, grid > 0, overlap in [0, 1)"

@@ -38,7 +38,8 @@ LIMITS = AppLimits(max_side=128, max_steps=10, scene_render_size=64)
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models run fastest on one thread (two threads on a busy 2-core machine spin: 50x slower)."""
+    """Tiny models run fastest on one thread (two threads on a busy 2-core machine spin: 50x
+    slower)."""
     import torch
 
     n = torch.get_num_threads()
@@ -561,7 +562,7 @@ def test_cli_loads_models_and_reports_bad_ones(pipe, tmp_path, capsys):
     assert "no box conditioning" in capsys.readouterr().err
 
 
-# --- serving rules: upload limit, bounded queue, localhost (issue 24 §7) ----------------------------
+# --- serving rules: upload limit, bounded queue, localhost (issue 24 §7) --------------------------
 
 
 def free_port() -> int:
@@ -686,7 +687,7 @@ def test_binds_to_localhost_unless_told(tmp_path, monkeypatch, capsys):
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().out
 
 
-# --- the CLI's inputs, no silent clamps (issue 23 §4) ------------------------------------------------
+# --- the CLI's inputs, no silent clamps (issue 23 §4) ---------------------------------------------
 
 
 def test_layout_uploads_take_every_cli_format(tmp_path):
@@ -698,7 +699,8 @@ def test_layout_uploads_take_every_cli_format(tmp_path):
 
     assert set(LAYOUT_SUFFIXES) <= set(LAYOUT_FILE_TYPES)
     demo = create_demo(None, None, None, workdir=tmp_path / "w")
-    # the 3D tab's layout upload (the image tabs need a model; checked in test_create_demo_wires_every_tab)
+    # the 3D tab's layout upload (the image tabs need a model; checked in
+    # test_create_demo_wires_every_tab)
     files = [
         c for c in demo.config["components"] if c["type"] == "file" and c["props"].get("file_types")
     ]
@@ -759,7 +761,8 @@ def test_sizes_over_the_limit_are_errors_not_clamps(pipe, tmp_path):
 
 def test_typed_numbers_are_committed_as_typed(pipe, tmp_path):
     """Every number box and slider writes what is typed into its own state at once (a browser-only
-    event), so the deferred initialization of a freshly shown tab cannot bring back the old value."""
+    event), so the deferred initialization of a freshly shown tab cannot bring back the old
+    value."""
     demo = create_demo(pipe, None, None, limits=LIMITS, workdir=tmp_path)
     numeric = {c["id"] for c in demo.config["components"] if c["type"] in ("number", "slider")}
     committed = {

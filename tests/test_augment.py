@@ -439,7 +439,8 @@ def test_eval_augment_over_seeds_aggregates_the_runs(tmp_path, world_dataset, ca
 
 def test_copies_control(tmp_path, world_dataset, augmented, capsys):
     """eval augment --control copies: a third detector on real + the synthetic images' sources,
-    turned, unchanged; its gain is augmented - copies; a trained one is reused; bad input refused."""
+    turned, unchanged; its gain is augmented - copies; a trained one is reused; bad input
+    refused."""
     import json
 
     from earthgen.augment.core import write_copies

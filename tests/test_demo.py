@@ -1,4 +1,5 @@
-"""Steps of ``earthgen demo`` with tiny models (the full demo runs the packaged ones: ``make demo``)."""
+"""Steps of ``earthgen demo`` with tiny models (the full demo runs the packaged ones:
+``make demo``)."""
 
 from __future__ import annotations
 

@@ -144,7 +144,8 @@ def test_metadata_guidance_scale(pipe):
         pipe, height=96, width=96, tile_size=8, tile_overlap=4, gsd=1.0, metadata_guidance_scale=3.0
     )
     assert out.shape == (1, 96, 96, 3) and np.isfinite(out).all()
-    # text guidance <= 1 means none (the conditional step on top of the metadata branch), as with two branches
+    # text guidance <= 1 means none (the conditional step on top of the metadata branch), as
+    # with two branches
     weak = run(pipe, gsd=1.0, guidance_scale=1.0, metadata_guidance_scale=3.0)
     np.testing.assert_allclose(
         run(pipe, gsd=1.0, guidance_scale=0.0, metadata_guidance_scale=3.0), weak, atol=1e-6
@@ -213,7 +214,8 @@ def test_control_guidance_window(pipe, tmp_path):
     ):
         with pytest.raises(UserInputError, match="control_guidance"):
             run(pipe, layout=layout_map(), **bad)
-    # a step runs the branch when it starts in the window: a short window from 0 keeps the first step
+    # a step runs the branch when it starts in the window: a short window from 0 keeps the
+    # first step
     one, _ = _count_control_calls(pipe, control_guidance_end=0.1)
     assert one == every[:1]
     three_quarters, _ = _count_control_calls(pipe, control_guidance_end=0.6)

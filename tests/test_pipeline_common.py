@@ -257,7 +257,8 @@ class PipelineTesterMixin:
         assert_outputs_close(tup, out.to_tuple())
 
     def test_progress_bar(self, capsys) -> None:
-        """By default a progress bar runs to its total on stderr; ``disable=True`` prints nothing."""
+        """By default a progress bar runs to its total on stderr; ``disable=True`` prints
+        nothing."""
         pipe = self.get_pipeline(progress=True)
         inputs = self.get_dummy_inputs()
         total = self.expected_progress_total(pipe, inputs)

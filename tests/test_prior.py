@@ -1,4 +1,5 @@
-"""Layout priors (earthgen.prior): measured statistics, rendering, and render-then-refine in the CLI."""
+"""Layout priors (earthgen.prior): measured statistics, rendering, and render-then-refine in the
+CLI."""
 
 from __future__ import annotations
 

@@ -135,7 +135,7 @@ def test_every_condition_mode_runs(pipe):
         assert out.surfels["voxel"].max() == n - 1 and out.surfels["voxel"].min() == 0
         if "image" not in kw:
             assert out.surfels["means"].shape == (K * n, 3)
-        else:  # the orthophoto's flat surfels on every column top (1 m voxels, 1 m/px: one + one under)
+        else:  # the orthophoto's flat surfels on column tops (1 m voxels, 1 m/px: one + one under)
             level = (out.surfels["quats"] == [1, 0, 0, 0]).all(1) & (
                 out.surfels["opacities"] == 1.0
             )

@@ -119,6 +119,11 @@ def test_dem_raises_columns_and_closes_walls(pipe):
         ]
         assert zs[0] <= max(min(nb) + 1, 0) or zs[0] <= min(nb), (x, y)
     assert len(hill.surfels["voxel"]) and hill.surfels["voxel"].max() == len(hill.coords) - 1
+    # surfels and voxels in one frame: each surfel within a voxel of its voxel's box above the
+    # datum (origin + coords * voxel_size), so exports and renders put them at the same place
+    lo = hill.origin + hill.coords[hill.surfels["voxel"]] * hill.voxel_size
+    m = hill.surfels["means"]
+    assert (m >= lo - hill.voxel_size).all() and (m <= lo + 2 * hill.voxel_size).all()
     h = surface_height(hill.coords, 48, 32, 1.0)
     assert np.nanmax(h) - np.nanmin(h) >= 12
 

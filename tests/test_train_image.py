@@ -191,7 +191,8 @@ def spacenet_mask_folder(root, fixture_path):
 
 def test_control_trains_on_a_real_mask_folder(tmp_path):
     """The SpaceNet chip with its building footprints (real data) as a mask folder: batches carry
-    the footprints as the building class and the GSD scaled to the crop, and image-control trains."""
+    the footprints as the building class and the GSD scaled to the crop, and image-control
+    trains."""
     from conftest import fixture_path
 
     from earthgen.training.image import MaskData

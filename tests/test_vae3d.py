@@ -167,7 +167,8 @@ def test_texture_vae_decodes_surfels_inside_their_voxels(scene, tmp_path):
 
 
 def test_texture_vae_rendering_loss_falls(scene):
-    """Gradients flow from renders through the surfels into the VAE: 60 steps cut the L1 by a third."""
+    """Gradients flow from renders through the surfels into the VAE: 60 steps cut the L1 by a
+    third."""
     torch.manual_seed(0)
     vae = TextureVAE(
         in_channels=scene.appearance.shape[1], channels=16, num_res_blocks=1, backend="torch"

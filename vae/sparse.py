@@ -120,7 +120,8 @@ class SparseTensor:
             )
         if self.feats.ndim != 2 or self.feats.shape[0] != self.coords.shape[0]:
             raise UserInputError(
-                f"sparse feats must be [N, C] with N = {self.coords.shape[0]}, got {tuple(self.feats.shape)}"
+                f"sparse feats must be [N, C] with N = {self.coords.shape[0]}, "
+                f"got {tuple(self.feats.shape)}"
             )
         self.spatial_shape = tuple(int(s) for s in self.spatial_shape)
         self.coords = self.coords.to(torch.int32).contiguous()  # spconv reads raw memory
@@ -335,7 +336,10 @@ class _SparseConvBase(nn.Module):
         return SparseTensor(coords, out, shape, x.batch_size)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, backend={self.backend}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"backend={self.backend}"
+        )
 
 
 class SubMConv3d(_SparseConvBase):

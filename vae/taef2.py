@@ -166,7 +166,8 @@ class TAEF2(ModelMixin, ConfigMixin):
         return as_t(mean), as_t(std)
 
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw latents ``[B, C, h, w]`` -> per-channel standardised latents (for the diffusion model)."""
+        """Raw latents ``[B, C, h, w]`` -> per-channel standardised latents (for the diffusion
+        model)."""
         mean, std = self._stats(z)
         return (z - mean) / std
 
@@ -203,7 +204,8 @@ class TAEF2(ModelMixin, ConfigMixin):
         return out
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
-        """Images ``[B, 3, H, W]`` in [-1, 1] (H, W multiples of 8) -> raw latents ``[B, 32, H/8, W/8]``."""
+        """Images ``[B, 3, H, W]`` in [-1, 1] (H, W multiples of 8) -> raw latents
+        ``[B, 32, H/8, W/8]``."""
         f = self.downscale
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(

@@ -270,7 +270,8 @@ def augment_dataset(
     missing = [str(it.image) for it in items if not it.image.is_file()]
     if missing:
         raise UserInputError(
-            f"{len(missing)} images of {src} are missing (e.g. {missing[0]}); augmentation needs them"
+            f"{len(missing)} images of {src} are missing (e.g. {missing[0]}); "
+            "augmentation needs them"
         )
     from earthgen.data._common import image_size
 
@@ -358,7 +359,8 @@ def augment_dataset(
                 progress=progress,
                 tile=cfg.detect_tile,
             )
-            # with --inpaint the real boxes are real pixels: only the painted ones test the generator
+            # with --inpaint the real boxes are real pixels: only the painted ones test the
+            # generator
             res = filter_generated(
                 [lay.boxes for lay in layouts],
                 detected,

@@ -1,6 +1,7 @@
 """The measured gain of augmentation: the same detector trained on real data only and on real +
-synthetic data, evaluated on a held-out real split (VOC mAP@0.5, rotated and horizontal IoU; 11-point AP, DOTA's
-official metric, unless ``ap_method="all"``; every result names its ``method``)."""
+synthetic data, evaluated on a held-out real split (VOC mAP@0.5, rotated and horizontal IoU;
+11-point AP, DOTA's official metric, unless ``ap_method="all"``; every result names its
+``method``)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def evaluate_augmentation(
     ``real``, then on ``augmented``) and evaluate both on ``test``. Returns
     ``{"real": {...}, "augmented": {...}, "gain": {...}}`` with ``mAP`` and per-class ``AP`` for
     rotated and horizontal IoU, plus the dataset sizes and ``method``, the AP interpolation
-    (``ap_method``: ``"voc07"`` 11-point, DOTA's official, or ``"all"`` all-point). Detectors are saved under ``out``.
+    (``ap_method``: ``"voc07"`` 11-point, DOTA's official, or ``"all"`` all-point). Detectors are
+    saved under ``out``.
     ``real_detector``: a BoxNet already trained on ``real`` (e.g. ``augment/detector`` written by
     ``earthgen augment``, or an earlier run's ``detector-real``) used as the baseline instead of
     training it again; its training settings are read from its ``train.json`` and reused.
@@ -245,14 +247,14 @@ def evaluate_augmentation_seeds(
     control_detectors: Sequence[str | Path] | None = None,
     **kw,
 ) -> dict:
-    """:func:`evaluate_augmentation` once per detector seed (detector training varies a lot from seed
-    to seed on small data: one class's AP can move by 0.2), aggregated: ``runs`` (one result per
-    seed), ``mean`` and ``std`` (over seeds) of ``real``, ``augmented`` and ``gain``, and
+    """:func:`evaluate_augmentation` once per detector seed (detector training varies a lot from
+    seed to seed on small data: one class's AP can move by 0.2), aggregated: ``runs`` (one result
+    per seed), ``mean`` and ``std`` (over seeds) of ``real``, ``augmented`` and ``gain``, and
     ``rises`` (per class: in how many seeds the AP rose). ``real_detectors``: one trained baseline
     per run (their own seeds are used; ``seeds`` is then ignored). Detectors of run ``i`` go to
     ``out/seed<seed>``. ``control="copies"`` adds the copies control to every run (and
-    ``rises_over_copies``); ``control_detectors``: trained copies detectors, matched to the runs
-    by their seeds."""
+    ``rises_over_copies``); ``control_detectors``: trained copies detectors, matched to the runs by
+    their seeds."""
 
     def seed_of(d) -> int:
         t = _train_settings(d)

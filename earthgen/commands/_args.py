@@ -55,7 +55,10 @@ def _fmt(v: float) -> str:
 def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     left = "-inf" if lo is None else _fmt(lo)
     right = "inf" if hi is None else _fmt(hi)
-    return f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+    return (
+        f"{'(' if lo_open or lo is None else '['}{left}, "
+        f"{right}{')' if hi_open or hi is None else ']'}"
+    )
 
 
 def number(
@@ -118,7 +121,8 @@ def parse_int(text: str) -> int:
 
 
 def parse_float(text: str) -> float:
-    """A number of any value, nan included (the range is checked later with :func:`check_number`)."""
+    """A number of any value, nan included (the range is checked later with
+    :func:`check_number`)."""
     try:
         return float(text)
     except ValueError:

@@ -110,7 +110,8 @@ def load_models(
     model: str | None, scene_model: str | None, device: str | None, name: str = "image"
 ):
     """``(image_pipeline | None, scene_pipeline | None)`` from the CLI specs; a missing packaged
-    *scene* model is not an error (the 3D tab then shows procedural scenes), a missing image model is."""
+    *scene* model is not an error (the 3D tab then shows procedural scenes), a missing image
+    model is."""
     import torch
 
     from earthgen.errors import UserInputError
@@ -180,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             if not default_boxes:
                 raise
             print(
-                "earthgen app: no packaged box model; the detection augmentation tab needs --augment-model"
+                "earthgen app: no packaged box model; "
+                "the detection augmentation tab needs --augment-model"
             )
         if boxes is not None and getattr(boxes, "box_encoder", None) is None:
             raise UserInputError(
@@ -190,8 +192,8 @@ def run(args: argparse.Namespace) -> int:
     demo = create_demo(image, scene, boxes, limits=limits)
     if args.host not in LOCAL_HOSTS:
         print(
-            f"earthgen app: warning: listening on {args.host}: anyone who can reach this machine can use "
-            "the app (there is no authentication)"
+            f"earthgen app: warning: listening on {args.host}: "
+            "anyone who can reach this machine can use the app (there is no authentication)"
         )
     print(f"earthgen app: serving on http://{args.host}:{args.port} (Ctrl+C to stop)")
     launch(demo, host=args.host, port=args.port, share=args.share)

@@ -56,8 +56,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="box-conditioned pipeline folder or hub id (earthgen train image-boxes; default: the small "
-        "packaged model, docs/models.md)",
+        help="box-conditioned pipeline folder or hub id (earthgen train image-boxes; "
+        "default: the small packaged model, docs/models.md)",
     )
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument(

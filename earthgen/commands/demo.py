@@ -25,7 +25,8 @@ and PLY meshes, a Gaussian splat PLY, a voxel point cloud, a DEM GeoTIFF and ren
 """
 
 MONACO_CENTER = (43.7384, 7.4246)  # lat, lon: the port of Monaco and Monaco-Ville
-TEXT_PROMPTS = (  # (prompt, GSD in metres/pixel) for the text -> image step, in the training captions' style
+# (prompt, GSD in metres/pixel) for the text -> image step, in the training captions' style
+TEXT_PROMPTS = (
     ("a satellite image of a dense residential area", 0.3),
     ("a satellite image of agricultural fields", 0.3),
     ("a satellite image of a forest", 0.3),
@@ -59,8 +60,9 @@ def embedded_osm() -> Path:
 
 
 def monaco_layout(size: int, gsd: float):
-    """The embedded Monaco extract rasterized around MONACO_CENTER (``size`` px, ``gsd`` m/px), read
-    like any --layout (:func:`earthgen.inputs.read_layout`) -> :class:`earthgen.geo.layout.Layout`."""
+    """The embedded Monaco extract rasterized around MONACO_CENTER (``size`` px, ``gsd`` m/px),
+    read like any --layout (:func:`earthgen.inputs.read_layout`) ->
+    :class:`earthgen.geo.layout.Layout`."""
     from earthgen.inputs import read_layout
 
     return read_layout(
@@ -256,7 +258,10 @@ def step_layout_to_image(ctx: DemoContext) -> str:
         "strength": DEFAULT_STRENGTH,
         "files": ["monaco.png", "monaco.tif", "prior.png", "side_by_side.png", "layout/"],
     }
-    return f"Monaco, {px}x{px} at {gsd:g} m/px ({px * gsd:.0f} m) -> {out}/side_by_side.png, monaco.tif"
+    return (
+        f"Monaco, {px}x{px} at {gsd:g} m/px ({px * gsd:.0f} m) "
+        f"-> {out}/side_by_side.png, monaco.tif"
+    )
 
 
 AUGMENT_IMAGES = 4  # detection augmentation step: real world tiles in, as many synthetic images out
@@ -399,8 +404,9 @@ def step_scene3d(ctx: DemoContext) -> str:
         ),
     }
     return (
-        f"generated from the Monaco layout, {SCENE_SIZE_M:g} m at 1 m voxels ({len(res.coords)} voxels, "
-        f"{len(res.surfels['means'])} surfels) in {ctx.summary['scene3d']['seconds']:.1f} s -> {out}/ "
+        f"generated from the Monaco layout, {SCENE_SIZE_M:g} m at 1 m voxels "
+        f"({len(res.coords)} voxels, {len(res.surfels['means'])} surfels) "
+        f"in {ctx.summary['scene3d']['seconds']:.1f} s -> {out}/ "
         f"(scene.glb, gaussians.ply, dem.tif, render.png, oblique.png, orthophoto.png)"
     )
 

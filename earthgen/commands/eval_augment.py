@@ -27,9 +27,12 @@ examples:
   earthgen eval augment --make-world-data runs/exp --rare large_vehicle --rare-keep 4
   earthgen train image-boxes --data runs/exp/train --resolution 128 --steps 20000 --out runs/gen
   earthgen augment runs/exp/train --model runs/gen/pipeline --n 400 --out runs/exp/aug
-  earthgen eval augment --real runs/exp/train --augmented runs/exp/aug --test runs/exp/test --out gain.json
-  earthgen eval augment --real runs/exp/train --augmented runs/exp/aug --test runs/exp/test --seed 0 1 2
-  earthgen eval augment --real runs/exp/train --augmented runs/exp/aug --test runs/exp/test --seed 0 1 2 \\
+  earthgen eval augment --real runs/exp/train --augmented runs/exp/aug --test runs/exp/test \\
+      --out gain.json
+  earthgen eval augment --real runs/exp/train --augmented runs/exp/aug --test runs/exp/test \\
+      --seed 0 1 2
+  earthgen eval augment --real runs/exp/train --augmented runs/exp/aug --test runs/exp/test \\
+      --seed 0 1 2 \\
       --control copies
 """
 
@@ -89,8 +92,9 @@ def register(sub) -> None:
         nargs="+",
         default=None,
         metavar="DIR",
-        help="copies detector(s) already trained (e.g. GAIN-detectors/seed0/detector-copies of a run "
-        "with the same layouts), matched to the runs by seed",
+        help="copies detector(s) already trained "
+        "(e.g. GAIN-detectors/seed0/detector-copies of a run with the same layouts), "
+        "matched to the runs by seed",
     )
     p.add_argument(
         "--ap-method",

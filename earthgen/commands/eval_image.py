@@ -33,7 +33,8 @@ examples:
   earthgen eval image --osm ../shared/fixtures --out eval_real.json
   earthgen eval image --model runs/control/pipeline --n-per-class 8 --steps 30 --out eval.json
   earthgen train evaluator --steps 2000 --out runs/evaluator
-  earthgen eval image --model runs/control/pipeline --evaluator runs/evaluator --n 64 --out eval.json
+  earthgen eval image --model runs/control/pipeline --evaluator runs/evaluator --n 64 \\
+      --out eval.json
 """
 
 

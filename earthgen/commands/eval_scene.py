@@ -1,4 +1,5 @@
-"""``earthgen eval scene``: geometry, semantic agreement, diversity and seams of generated 3D scenes."""
+"""``earthgen eval scene``: geometry, semantic agreement, diversity and seams of generated 3D
+scenes."""
 
 from __future__ import annotations
 

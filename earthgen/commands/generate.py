@@ -20,13 +20,17 @@ by generated borders). The output format follows the extension of --out: .png, .
 
 EPILOG = """\
 examples:
-  earthgen generate --model runs/ldm/pipeline --prompt "dense residential area" --gsd 0.5 --out a.png
-  earthgen generate --model M --layout monaco.osm.pbf --center 43.7384,7.4246 --gsd 1 --size 512 --out m.png
+  earthgen generate --model runs/ldm/pipeline --prompt "dense residential area" --gsd 0.5 \\
+      --out a.png
+  earthgen generate --model M --layout monaco.osm.pbf --center 43.7384,7.4246 --gsd 1 --size 512 \\
+      --out m.png
   earthgen generate --model M --layout outputs/world/semantic.png --gsd 0.5 --out w.png
   earthgen generate --model M --layout outputs/world/semantic.tif --out w.tif       # a GeoTIFF out
-  earthgen generate --model M --prompt "harbour" --gsd 1 --out harbour.jpg         # JPEG, quality 95
+  earthgen generate --model M --prompt "harbour" --gsd 1 \\
+      --out harbour.jpg         # JPEG, quality 95
   earthgen generate --model M --image a.png --mask hole.png --prompt "a park" --out edited.png
-  earthgen generate --image a.png --extend 64,64,0,0 --prompt "farmland" --gsd 2 --out wider.png   # outpaint
+  earthgen generate --image a.png --extend 64,64,0,0 --prompt "farmland" --gsd 2 \\
+      --out wider.png   # outpaint
   earthgen generate --model M --prompt "farmland" --size 2048 --out big.png     # tiled, seamless
 """
 
@@ -53,7 +57,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="pipeline folder or hub id (default: the small model packaged with EarthGen, docs/models.md)",
+        help="pipeline folder or hub id "
+        "(default: the small model packaged with EarthGen, docs/models.md)",
     )
     p.add_argument("--prompt", default="", help="text prompt")
     p.add_argument("--negative-prompt", default=None)
@@ -81,8 +86,8 @@ def register(sub) -> None:
         "--control-end",
         type=number(0.0, 1.0, lo_open=True),
         default=None,
-        help="fraction of the sampling steps (the first ones) that run the control branch, in (0, 1] "
-        "(default: the model's own; the packaged model: see docs/models.md)",
+        help="fraction of the sampling steps (the first ones) that run the control branch, "
+        "in (0, 1] (default: the model's own; the packaged model: see docs/models.md)",
     )
     p.add_argument(
         "--image",
@@ -104,8 +109,9 @@ def register(sub) -> None:
         "--strength",
         type=_float,
         default=None,
-        help="in (0, 1]: with --image the image-to-image strength (default 0.75); with a layout the "
-        "render-then-refine strength: the layout is rendered to an RGB prior (earthgen.prior) "
+        help="in (0, 1]: with --image the image-to-image strength (default 0.75); "
+        "with a layout the render-then-refine strength: "
+        "the layout is rendered to an RGB prior (earthgen.prior) "
         "that is noised to this strength and denoised (default 0.7; 1 = pure noise, no prior)",
     )
     p.add_argument(
@@ -134,8 +140,9 @@ def register(sub) -> None:
         type=guidance_float,
         default=None,
         metavar="S",
-        help="a separate guidance scale for the metadata (--gsd) alone; --guidance then weights text "
-        "and layout on top of it (one more model pass per step; 0: the metadata unguided; "
+        help="a separate guidance scale for the metadata (--gsd) alone; "
+        "--guidance then weights text and layout on top of it "
+        "(one more model pass per step; 0: the metadata unguided; "
         "default: guided with the text)",
     )
     p.add_argument(
@@ -145,9 +152,9 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output image: .png, .jpg/.jpeg (quality 95) or .tif/.tiff (GeoTIFF); with a georeferenced "
-        "layout (OSM/GeoJSON, GeoTIFF class map) a .png/.jpg gets a GeoTIFF beside it (same name, "
-        ".tif)",
+        help="output image: .png, .jpg/.jpeg (quality 95) or .tif/.tiff (GeoTIFF); "
+        "with a georeferenced layout (OSM/GeoJSON, GeoTIFF class map) "
+        "a .png/.jpg gets a GeoTIFF beside it (same name, .tif)",
     )
     p.set_defaults(func=run, check=_check_args)
 
@@ -338,7 +345,10 @@ def run(args: argparse.Namespace) -> int:
             transform = transform @ Affine.scale(lw / arr.shape[1], lh / arr.shape[0])
     tif = _sidecar(args.out) if crs is not None else None
     write_image(args.out, arr, crs=crs, transform=transform)
-    msg = f"wrote {args.out} ({arr.shape[1]}x{arr.shape[0]}) in {time.perf_counter() - t0:.1f} s, seed {seed}"
+    msg = (
+        f"wrote {args.out} ({arr.shape[1]}x{arr.shape[0]}) "
+        f"in {time.perf_counter() - t0:.1f} s, seed {seed}"
+    )
     if tif is not None:
         write_image(tif, arr, crs=crs, transform=transform)
         msg += f"; GeoTIFF {tif}"

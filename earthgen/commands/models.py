@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--data",
         default=None,
-        help="a detection, image-caption or semantic-mask dataset to calibrate on (default: procedural tiles)",
+        help="a detection, image-caption or semantic-mask dataset to calibrate on "
+        "(default: procedural tiles)",
     )
     s = sub.add_parser(
         "finetune-vae-decoder", help="fine-tune the VAE decoder only (latent space unchanged)"
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--data",
         default=None,
-        help="a detection, image-caption or semantic-mask dataset to train on (default: procedural tiles)",
+        help="a detection, image-caption or semantic-mask dataset to train on "
+        "(default: procedural tiles)",
     )
     s = sub.add_parser(
         "attach-control", help="re-initialise the control branch from the trained UNet"
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(init_layout_model(args.out, args.size, args.vae, args.seed))
         elif args.cmd == "calibrate-vae":
             print(
-                f"scaling_factor {calibrate_vae(args.src, args.out, data=args.data):.5f}; written to {args.out}"
+                f"scaling_factor {calibrate_vae(args.src, args.out, data=args.data):.5f}; "
+                f"written to {args.out}"
             )
         elif args.cmd == "finetune-vae-decoder":
             r = finetune_vae_decoder(

@@ -34,8 +34,8 @@ EPILOG = """\
 examples:
   earthgen scene --world 3 --size-m 128 --seed 0 --out outputs/scene
   earthgen scene --layout monaco.osm.pbf --center 43.7384,7.4246 --size-m 256 --out outputs/monaco3d
-  earthgen scene --layout town.osm.pbf --center 40.15,-105.5 --size-m 256 --dem srtm.tif --out outputs/hill
-  earthgen scene --layout city.osm.pbf --center 60.17,24.94 --image ortho.tif --out outputs/helsinki3d
+  earthgen scene --layout town.osm.pbf --center 40.15,-105.5 --size-m 256 --dem srtm.tif --out hill
+  earthgen scene --layout city.osm.pbf --center 60.17,24.94 --image ortho.tif --out helsinki3d
   earthgen scene --semantic layout.png --gsd 1 --out outputs/s3d
   earthgen scene --size-m 64 --seed 5 --out outputs/unconditional
   earthgen scene --world 3 --condition image --model runs/scene-pipeline --out outputs/from_image
@@ -309,7 +309,8 @@ def conditions(args: argparse.Namespace, seed: int = 0) -> dict:
         out["size_m"] = size
     elif args.size_m is not None and args.world is None and args.layout is None:
         raise UserInputError(
-            "--size-m applies to unconditional scenes, --world and --layout (a map sets its own size)"
+            "--size-m applies to unconditional scenes, --world and --layout "
+            "(a map sets its own size)"
         )
     sem = out["semantic"]
     if (
@@ -402,29 +403,51 @@ def _regrid_image(img, geo, shape, path: str):
 def save_outputs(
     out_dir: Path, result, cond: dict, args: argparse.Namespace, seed: int, seconds: float
 ) -> dict:
-    """Write the scene's files (see the command's description); returns their paths."""
+    """Write the scene's files (see the command's description); returns their paths.
+
+    ``result``: an in-memory scene (:class:`~earthgen.pipelines.scene.EarthSceneOutput`) or one
+    streamed to disk (:class:`~earthgen.pipelines.scene.StreamedSceneOutput`), written chunk by
+    chunk within the budgets of :func:`earthgen.export3d.save_scene_store` (the same files as in
+    memory for scenes under them; above, a tiled mesh, an overview scene.glb and renders of
+    merged surfels)."""
     import numpy as np
 
-    from earthgen.export3d import render_views, save_scene
+    from earthgen.export3d import lod_surfels, render_views, save_scene, save_scene_store
     from earthgen.io import write_png
     from earthgen.pipelines.scene import save_dem
 
-    if not len(result.coords):
+    store = getattr(result, "store", None)
+    if (store.n_voxels if store is not None else len(result.coords)) == 0:
         from earthgen.errors import EarthGenError
 
         raise EarthGenError(
             "the model generated an empty scene (no voxels); try another --seed or more --steps"
         )
-    paths = save_scene(
-        out_dir,
-        result.coords,
-        result.voxel_size,
-        result.origin,
-        result.colors,
-        result.surfels,
-        image_size=args.render_size,
-        views=args.views,
-    )
+    if store is not None:
+        surfels = lod_surfels(store, result.voxel_size)  # all of them up to the render budget
+        lo, hi = store.bounds()
+        paths = save_scene_store(
+            out_dir,
+            store,
+            result.voxel_size,
+            result.origin,
+            image_size=args.render_size,
+            views=args.views,
+            render_surfels=surfels,
+        )
+    else:
+        surfels = result.surfels
+        lo, hi = result.coords.min(0), result.coords.max(0)
+        paths = save_scene(
+            out_dir,
+            result.coords,
+            result.voxel_size,
+            result.origin,
+            result.colors,
+            surfels,
+            image_size=args.render_size,
+            views=args.views,
+        )
     crs, transform = cond["geo"] if cond.get("geo") is not None else (None, None)
     surface = result.height + float(
         result.origin[2]
@@ -443,18 +466,15 @@ def save_outputs(
             else "condition_image.png"
         )
         paths["image"] = str(write_png(out_dir / name, np.asarray(cond["image"])[..., :3]))
-    c = result.coords
-    ctr = (c.min(0) + c.max(0) + 1) / 2 * result.voxel_size + result.origin
-    ext = float(np.max(c.max(0)[:2] - c.min(0)[:2] + 1) * result.voxel_size)
-    oblique = render_views(result.surfels, ctr, 0.8 * ext, args.render_size, 1, elevation_deg=45.0)[
-        0
-    ]
+    ctr = (lo + hi + 1) / 2 * result.voxel_size + result.origin
+    ext = float(np.max(hi[:2] - lo[:2] + 1) * result.voxel_size)
+    oblique = render_views(surfels, ctr, 0.8 * ext, args.render_size, 1, elevation_deg=45.0)[0]
     paths["oblique"] = str(write_png(out_dir / "oblique.png", oblique))
     if args.turntable > 0:
         from PIL import Image
 
         frames = render_views(
-            result.surfels, ctr, ext, min(args.render_size, 256), args.turntable, elevation_deg=35.0
+            surfels, ctr, ext, min(args.render_size, 256), args.turntable, elevation_deg=35.0
         )
         ims = [Image.fromarray(f) for f in frames]
         ims[0].save(
@@ -498,8 +518,30 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     cond = conditions(args, seed)
     pipe = load_scene_pipeline(args.model, args.device)
-    t0 = time.perf_counter()
-    result = pipe(
+    out = Path(args.out)
+    with atomic_dir(out, merge=False) as tmp:  # a killed run leaves no --out folder
+        # finished windows go to disk as they are done (peak memory that of a few windows);
+        # the chunk files are deleted once the outputs are written
+        t0 = time.perf_counter()
+        result = _generate(pipe, cond, args, seed, tmp / ".chunks")
+        seconds = time.perf_counter() - t0
+        paths = save_outputs(tmp, result, cond, args, seed, seconds)
+        result.store.delete()
+    ny, nx = result.height.shape
+    print(
+        f"scene of {nx * result.voxel_size:g} x {ny * result.voxel_size:g} m "
+        f"({len(result.windows)} windows, {result.store.n_voxels} voxels, "
+        f"{result.store.n_surfels} surfels) in {seconds:.1f} s, seed {seed}"
+    )
+    print(f"wrote {out}/: " + ", ".join(sorted(Path(p).name for p in paths.values())))
+    return 0
+
+
+def _generate(pipe, cond: dict, args: argparse.Namespace, seed: int, chunks: Path):
+    """Run the pipeline on the command's conditions, streaming windows to ``chunks``."""
+    import torch
+
+    return pipe(
         semantic=cond["semantic"],
         image=cond["image"],
         gsd=cond["gsd"],
@@ -513,15 +555,5 @@ def run(args: argparse.Namespace) -> int:
         height_cap=cond["height_cap"],
         dem=cond["dem"],
         generator=torch.Generator().manual_seed(seed),
+        stream_to=chunks,
     )
-    seconds = time.perf_counter() - t0
-    out = Path(args.out)
-    with atomic_dir(out, merge=False) as tmp:  # a killed run leaves no --out folder
-        paths = save_outputs(tmp, result, cond, args, seed, seconds)
-    ny, nx = result.height.shape
-    print(
-        f"scene of {nx * result.voxel_size:g} x {ny * result.voxel_size:g} m ({len(result.windows)} windows, "
-        f"{len(result.coords)} voxels, {len(result.surfels['means'])} surfels) in {seconds:.1f} s, seed {seed}"
-    )
-    print(f"wrote {out}/: " + ", ".join(sorted(Path(p).name for p in paths.values())))
-    return 0

@@ -8,10 +8,10 @@ DESCRIPTION = """\
 Train a model. Image tasks (procedural world tiles, or your own data with --data: an image-caption
 dataset, or a semantic-mask folder whose masks are the layouts; docs/training.md):
 image-vae (the autoencoder), image-ldm (UNet + metadata encoder), image-control (the fused control
-branch, UNet frozen), image-boxes (box-layout conditioning for `earthgen augment`: box-token encoder +
-gated attention; --data a detection dataset in DOTA, COCO, YOLO, ... or world), evaluator (the
-TileNet behind `earthgen eval`). 3D tasks (procedural world
-scenes): structure-vae (sparse voxel occupancy <-> coarse latent; --resolution is the crop size in
+branch, UNet frozen), image-boxes (box-layout conditioning for `earthgen augment`: box-token
+encoder + gated attention; --data a detection dataset in DOTA, COCO, YOLO, ... or world),
+evaluator (the TileNet behind `earthgen eval`). 3D tasks (procedural world scenes):
+structure-vae (sparse voxel occupancy <-> coarse latent; --resolution is the crop size in
 voxels), texture-vae (per-voxel appearance <-> latent -> 2D Gaussian surfels, trained by rendering),
 structure-flow (the flow-matching generator of the structure latent, conditioned on a semantic map,
 an aerial image, both or nothing; needs --vae, the structure VAE), texture-flow (the sparse
@@ -39,11 +39,13 @@ examples:
   earthgen train image-control --model runs/ldm/pipeline --steps 5000 --out runs/control
   earthgen train image-ldm --size compact --layout-input concat --steps 20000 --out runs/layout-ldm
   earthgen train image-ldm --data captions.jsonl --model runs/ldm/pipeline --out runs/ft --resume
-  earthgen train image-boxes --data DOTA/train --model runs/ldm/pipeline --resolution 256 --box-raster-dim 8 \\
-      --box-loss-weight 3 --balance 0.3 --out runs/boxes
+  earthgen train image-boxes --data DOTA/train --model runs/ldm/pipeline --resolution 256 \\
+      --box-raster-dim 8 --box-loss-weight 3 --balance 0.3 --out runs/boxes
   earthgen train structure-vae --test-run --out outputs/svae-test       # seconds on CPU
-  earthgen train structure-vae --size base --resolution 64 --steps 20000 --batch-size 8 --out runs/svae
-  earthgen train texture-vae --scene-size 32 --views 4 --image-size 128 --steps 20000 --out runs/tvae
+  earthgen train structure-vae --size base --resolution 64 --steps 20000 --batch-size 8 \\
+      --out runs/svae
+  earthgen train texture-vae --scene-size 32 --views 4 --image-size 128 --steps 20000 \\
+      --out runs/tvae
   earthgen train structure-flow --vae runs/svae/model --resolution 64 --steps 20000 --out runs/sflow
   earthgen train texture-flow --vae runs/tvae/model --resolution 64 --steps 20000 --out runs/tflow
   earthgen train image-latent --model runs/latent/init --cache runs/latent/cache.pt --steps 2000 \
@@ -95,27 +97,29 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="pipeline folder or hub id to start from; 'default': the packaged model of the task (image tasks; default: a fresh model)",
+        help="pipeline folder or hub id to start from; 'default': the packaged model of the task "
+        "(image tasks; default: a fresh model)",
     )
     p.add_argument(
         "--size",
         default=None,
         choices=("tiny", "compact", "small", "base"),
-        help="size of a fresh model (image: tiny | compact | small, default tiny; compact has a 4x VAE "
-        "for small objects; 3D: tiny | small | base, default small)",
+        help="size of a fresh model (image: tiny | compact | small, default tiny; compact has a 4x "
+        "VAE for small objects; 3D: tiny | small | base, default small)",
     )
     p.add_argument(
         "--data",
         default="world",
-        help="image tasks: 'world' (procedural tiles), an image-caption dataset, a semantic-mask folder "
-        "(images/ + masks/: layouts for image-control) or, for image-boxes, a detection dataset "
-        "(docs/training.md); 3D tasks: 'world' only",
+        help="image tasks: 'world' (procedural tiles), an image-caption dataset, a semantic-mask "
+        "folder (images/ + masks/: layouts for image-control) or, for image-boxes, a detection "
+        "dataset (docs/training.md); 3D tasks: 'world' only",
     )
     p.add_argument(
         "--resolution",
         type=number(1, MAX_RESOLUTION, integer=True),
         default=None,
-        help="image tasks: training image size, pixels (multiple of 64, default 64); structure-vae: crop size, voxels (multiple of 8, default 64)",
+        help="image tasks: training image size, pixels (multiple of 64, default 64); "
+        "structure-vae: crop size, voxels (multiple of 8, default 64)",
     )
     p.add_argument(
         "--batch-size",
@@ -171,8 +175,8 @@ def register(sub) -> None:
         "--box-raster-dim",
         type=number(0, 256, integer=True),
         default=0,
-        help="image-boxes, on a model without boxes: also feed the UNet a dense box map with this many "
-        "class dimensions (extra input channels; 0 = grounding tokens only)",
+        help="image-boxes, on a model without boxes: also feed the UNet a dense box map with this "
+        "many class dimensions (extra input channels; 0 = grounding tokens only)",
     )
     p.add_argument(
         "--box-loss-weight",
@@ -199,8 +203,8 @@ def register(sub) -> None:
         "--layout-dropout",
         type=fraction,
         default=None,
-        help="--layout-input concat: drop probability of the layout map alone (default: --cond-dropout); "
-        "higher keeps text-only generation good when the layout is strong",
+        help="--layout-input concat: drop probability of the layout map alone (default: "
+        "--cond-dropout); higher keeps text-only generation good when the layout is strong",
     )
     g3 = p.add_argument_group("3D tasks")
     g3.add_argument(
@@ -242,7 +246,8 @@ def register(sub) -> None:
     g3.add_argument(
         "--vae",
         default=None,
-        help="structure-flow / texture-flow: the trained structure / texture VAE folder (OUT/model)",
+        help="structure-flow / texture-flow: the trained structure / texture VAE folder "
+        "(OUT/model)",
     )
     g3.add_argument(
         "--kl-weight",
@@ -419,8 +424,8 @@ def run_3d(args: argparse.Namespace) -> int:
     first, last = _mean_losses(s)
     ev = ", ".join(f"{k} {v:.4g}" for k, v in s["eval"].items())
     print(
-        f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}; "
-        f"held-out: {ev}; model in {cfg.out}/model"
+        f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} "
+        f"-> {last:.4f}; held-out: {ev}; model in {cfg.out}/model"
     )
     return 0
 
@@ -463,7 +468,8 @@ def run_flow(args: argparse.Namespace) -> int:
         f"; {k} {v['psnr_db']:.1f} dB" for k, v in s.get("eval", {}).items() if isinstance(v, dict)
     )
     print(
-        f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} -> {last:.4f}"
+        f"{cfg.task}: steps {s['started_at']}..{s['steps']} in {s['seconds']} s; loss {first:.4f} "
+        f"-> {last:.4f}"
         f"{ev}; model in {cfg.out}/model"
     )
     return 0

@@ -128,8 +128,9 @@ def check_args(args: argparse.Namespace) -> None:
         if cols > MAX_VOXEL_COLUMNS:
             least = math.sqrt(w * args.gsd * h * args.gsd / MAX_VOXEL_COLUMNS)
             raise UserInputError(
-                f"--voxel-size {args.voxel_size:g}: a {w * args.gsd:g} x {h * args.gsd:g} m tile needs {cols} voxel "
-                f"columns, over the cap of {MAX_VOXEL_COLUMNS}; use --voxel-size >= {least:.3g} or --no-voxels"
+                f"--voxel-size {args.voxel_size:g}: a {w * args.gsd:g} x {h * args.gsd:g} m tile "
+                f"needs {cols} voxel columns, over the cap of {MAX_VOXEL_COLUMNS}; "
+                f"use --voxel-size >= {least:.3g} or --no-voxels"
             )
     check_output(args.out, "--out", folder=True, empty=True)
 
@@ -168,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"caption: {tile.caption}")
     if len(jobs) == 1:
         print(
-            f"wrote {args.out}/ (rgb.png, semantic.png, height.tif, layout.geojson, labels.json, ...)"
+            f"wrote {args.out}/ (rgb.png, semantic.png, height.tif, "
+            "layout.geojson, labels.json, ...)"
         )
     if len(jobs) > 1:
         print(f"wrote {len(jobs)} tiles to {args.out}/tile_<row>_<col>/")

@@ -104,7 +104,8 @@ class BoxTokenEncoder(ModelMixin, ConfigMixin):
         mask: torch.Tensor,
         raster_size: tuple[int, int] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``[B, N, out_dim]``; with ``raster_size=(h, w)`` also the box map ``[B, C, h, w]``."""
+        """Tokens ``[B, N, out_dim]``; with ``raster_size=(h, w)`` also the box map
+        ``[B, C, h, w]``."""
         tokens = self._tokens(corners, class_embeds, mask)
         if raster_size is None:
             return tokens
@@ -171,7 +172,8 @@ def pack_boxes(
     boxsets: Sequence, width: int, height: int, min_slots: int = 1
 ) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
     """BoxSets (one per image; pixel corners) -> normalised corners ``[B, N, 8]``, class names
-    per image (padded with ""), mask ``[B, N]``; N = the largest box count (at least ``min_slots``)."""
+    per image (padded with ""), mask ``[B, N]``; N = the largest box count (at least
+    ``min_slots``)."""
     n = max([min_slots] + [len(b) for b in boxsets])
     corners = torch.zeros(len(boxsets), n, 8)
     mask = torch.zeros(len(boxsets), n)
@@ -213,8 +215,9 @@ def pooled_text_embedding(text_encoder, tokenizer, texts: list[str], device=None
 def class_embeddings(
     names: list[list[str]], text_encoder, tokenizer, cache: dict[str, torch.Tensor], device=None
 ) -> torch.Tensor:
-    """Class-name embeddings ``[B, N, D_text]`` of padded name lists (``""`` -> zeros): names not in
-    ``cache`` are embedded (:func:`pooled_text_embedding` of :func:`class_name_text`) and added to it."""
+    """Class-name embeddings ``[B, N, D_text]`` of padded name lists (``""`` -> zeros): names not
+    in ``cache`` are embedded (:func:`pooled_text_embedding` of :func:`class_name_text`) and added
+    to it."""
     device = device or text_encoder.device
     new = sorted({n for row in names for n in row} - set(cache) - {""})
     if new:

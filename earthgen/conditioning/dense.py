@@ -98,9 +98,11 @@ class LayoutMapEncoder(ModelMixin, ConfigMixin):
         super().__init__()
         if num_classes != NUM_CLASSES:
             raise UserInputError(
-                f"this layout encoder was made for {num_classes} classes; EarthGen has {NUM_CLASSES}"
+                f"this layout encoder was made for {num_classes} classes; "
+                f"EarthGen has {NUM_CLASSES}"
             )
-        # the ids the map's channels stand for (also gives the component the weights file diffusers loads)
+        # the ids the map's channels stand for (also gives the component the weights file
+        # diffusers loads)
         self.register_buffer("class_ids", torch.arange(num_classes))
 
     @property

@@ -314,7 +314,8 @@ def read_caption_jsonl(path: PathLike, image_root: PathLike | None = None) -> li
 
 
 def read_caption_json(path: PathLike, image_root: PathLike | None = None) -> list[CaptionRecord]:
-    """A JSON file: list of records, Karpathy ``{"images": [...]}`` or ``{file name: caption(s)}``."""
+    """A JSON file: list of records, Karpathy ``{"images": [...]}`` or
+    ``{file name: caption(s)}``."""
     path = require_file(path, "JSON caption file")
     base = Path(image_root) if image_root is not None else path.parent
     try:

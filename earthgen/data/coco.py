@@ -95,9 +95,9 @@ def read_coco(
 
     Labels are category names; ``extra`` keeps ``coco_image_id``, ``coco_categories``
     ({name: id}), ``iscrowd`` ([N] bool) and the image keys ``gsd`` / ``imagesource`` when
-    present; ``difficult`` comes from the annotations' ``difficult`` key (0 when absent); ``scores`` come from ``score`` when present
-    (detection results). Image paths are resolved against ``image_dir``, the JSON's folder, its
-    ``images/`` and ``../images/``."""
+    present; ``difficult`` comes from the annotations' ``difficult`` key (0 when absent);
+    ``scores`` come from ``score`` when present (detection results). Image paths are resolved
+    against ``image_dir``, the JSON's folder, its ``images/`` and ``../images/``."""
     path = require_file(path, "COCO JSON file")
     if segmentation not in ("auto", "obb", "ignore"):
         raise UserInputError(

@@ -1,8 +1,8 @@
 """YOLO label files (Darknet / Ultralytics): one ``.txt`` per image, coordinates normalised by the
 image width and height, class as a 0-based id.
 
-- detection:  ``class cx cy w h``                    e.g. ``0 0.51 0.32 0.06 0.04``
-- OBB:        ``class x1 y1 x2 y2 x3 y3 x4 y4``      e.g. ``3 0.10 0.20 0.30 0.20 0.30 0.25 0.10 0.25``
+- detection:  ``class cx cy w h``                 e.g. ``0 0.51 0.32 0.06 0.04``
+- OBB:        ``class x1 y1 x2 y2 x3 y3 x4 y4``   e.g. ``3 0.10 0.20 0.30 0.20 0.30 0.25 0.10 0.25``
 - segment:    ``class x1 y1 ... xk yk`` (k >= 3, k != 4) -> its minimum-area rotated rectangle
 
 Written labels pass Ultralytics' label check (``verify_image_label``): every coordinate is clipped

@@ -84,5 +84,6 @@ def evaluate_image(
         "cls_oa": float((np.concatenate(gen_scene) == np.concatenate(scenes)).mean()),
         "fid_tilenet": fid_from_features(fg, fr) if len(fg) > 2 else float("nan"),
         "kid_tilenet": kid[0],
-        "feature_network": "TileNet (trained on procedural world tiles; see earthgen.evaluation.tilenet)",
+        "feature_network": "TileNet "
+        "(trained on procedural world tiles; see earthgen.evaluation.tilenet)",
     }

@@ -134,8 +134,9 @@ class SceneClassifier(ModelMixin, ConfigMixin):
 
 
 class Segmenter(ModelMixin, ConfigMixin):
-    """Small U-Net. ``forward(images [B, 3, H, W] in 0..1)`` -> logits ``[B, len(SEG_CLASSES), H, W]``
-    (H, W any size: padded to a multiple of 16 inside). Channel k is earthgen id
+    """Small U-Net. ``forward(images [B, 3, H, W] in 0..1)`` -> logits
+    ``[B, len(SEG_CLASSES), H, W]`` (H, W any size: padded to a multiple of 16 inside). Channel k
+    is earthgen id
     ``config.seg_classes[k]``."""
 
     @register_to_config
@@ -498,7 +499,8 @@ def train_classifier(
     progress: bool = True,
 ) -> dict:
     """Train :class:`SceneClassifier` on UC Merced train (768 images), AdamW + one-cycle schedule,
-    label smoothing 0.1; save fp16 safetensors to ``out`` and return the recipe + held-out scores."""
+    label smoothing 0.1; save fp16 safetensors to ``out`` and return the recipe + held-out
+    scores."""
     from tqdm import tqdm
 
     from earthgen.datasets import UCM_CLASSES
@@ -544,7 +546,8 @@ def train_classifier(
         "batch_size": batch_size,
         "lr": lr,
         "optimizer": "AdamW wd 0.05, linear warm-up 10% then cosine, label smoothing 0.1",
-        "augmentation": "random square crop 63-100% of side -> 128 px, rot90, flip, colour jitter +-10%",
+        "augmentation": "random square crop 63-100% of side -> 128 px, "
+        "rot90, flip, colour jitter +-10%",
         "threads": torch.get_num_threads(),
         "train_seconds": round(train_s, 1),
         "test_accuracy_fp32": acc32,
@@ -660,9 +663,12 @@ def train_segmenter(
         "crop": size,
         "lr": lr,
         "spacenet_share": spacenet_share,
-        "optimizer": "AdamW wd 1e-4, linear warm-up 10% then cosine, CE with inverse-sqrt-frequency weights",
+        "optimizer": "AdamW wd 1e-4, linear warm-up 10% then cosine, "
+        "CE with inverse-sqrt-frequency weights",
         "class_weights": dict(zip(SEG_NAMES, [round(float(w), 3) for w in weights], strict=True)),
-        "augmentation": "random rescale 0.5-1.5 (SpaceNet 0.3 m/px: 0.22-0.45, i.e. to ~0.7-1.4 m/px), crop, rot90, flip, colour jitter +-10%",
+        "augmentation": "random rescale 0.5-1.5 "
+        "(SpaceNet 0.3 m/px: 0.22-0.45, i.e. to ~0.7-1.4 m/px), "
+        "crop, rot90, flip, colour jitter +-10%",
         "threads": torch.get_num_threads(),
         "train_seconds": round(train_s, 1),
         "test_miou_fp32": r32["miou"],

@@ -278,7 +278,8 @@ def _miou(pred: np.ndarray, maps: list) -> float:
 
 
 def _features(evaluator, images: np.ndarray) -> dict:
-    """TileNet on ``[B, H, W, 3]`` renders -> pooled features ``[B, F]`` and class maps ``[B, H, W]``."""
+    """TileNet on ``[B, H, W, 3]`` renders -> pooled features ``[B, F]`` and class maps
+    ``[B, H, W]``."""
     dev = next(evaluator.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(dev)
     with torch.no_grad():

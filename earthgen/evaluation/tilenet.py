@@ -37,7 +37,8 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class TileNet(ModelMixin, ConfigMixin):
     """``forward(images [B, 3, H, W] in 0..1)`` -> dict with ``segmentation`` ``[B, K, H, W]``
-    logits, ``scene`` ``[B, S]`` logits, ``log_gsd`` ``[B]`` (log10 m/px), ``features`` ``[B, C]``."""
+    logits, ``scene`` ``[B, S]`` logits, ``log_gsd`` ``[B]`` (log10 m/px), ``features``
+    ``[B, C]``."""
 
     @register_to_config
     def __init__(

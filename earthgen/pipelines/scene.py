@@ -14,7 +14,8 @@ what its neighbours already generated: the coarse cells of overlapping columns (
 the latents of already textured voxels (texture) are pinned during sampling (inpainting by
 replacement on the flow path, :func:`flows.solver.inpaint_callback`); every column is kept from
 the one window whose core (the window less half the overlap on sides shared with a neighbour)
-holds it. Working memory is that of one window whatever the area; only the outputs grow with it.
+holds it. Working memory is that of one window whatever the area; only the outputs grow with it,
+unless ``stream_to=`` writes each finished window to disk (:mod:`earthgen.scene_store`).
 
 Frames: voxel ``(x, y, z)`` indices from the scene's south-west-bottom corner (x east, y north,
 z up), ``voxel_size`` metres each; maps are north-up (row 0 is the northern edge) and cover the
@@ -25,6 +26,7 @@ clipped at the top).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ from diffusers.utils import BaseOutput
 
 from earthgen.classes import NUM_CLASSES
 from earthgen.errors import UserInputError
+from earthgen.scene_store import EMPTY_TOP, SceneStore
 
 MAX_WINDOWS = 4096
 DECODE_MARGIN = 4  # coarse cells of context around a window's core when decoding the structure
@@ -48,7 +51,8 @@ class EarthSceneOutput(BaseOutput):
 
     ``coords`` ``[N, 3]`` int32 voxel indices (x east, y north, z up) from ``origin``;
     ``colors`` ``[N, 3]`` uint8 voxel colours (opacity-weighted mean of the voxel's surfels);
-    ``surfels``: ``means [M, 3]`` (metres, same frame as ``origin``), ``quats [M, 4]`` (wxyz),
+    ``surfels``: ``means [M, 3]`` (metres in the frame ``origin`` is given in: voxel ``c`` spans
+    ``origin + c * voxel_size`` to ``origin + (c + 1) * voxel_size``), ``quats [M, 4]`` (wxyz),
     ``scales [M, 3]``, ``opacities [M]``, ``colors [M, 3]`` in [0, 1], ``voxel [M]`` (row in
     ``coords``); ``height`` ``[Y, X]`` float32 surface height (metres above the scene's base,
     north-up rows, NaN for empty columns); ``windows`` the south-west corners (voxels) of the
@@ -63,6 +67,35 @@ class EarthSceneOutput(BaseOutput):
     height: np.ndarray
     windows: list
     seed: int | None = None
+
+
+@dataclass
+class StreamedSceneOutput(BaseOutput):
+    """A generated scene streamed to disk (``stream_to=``): the fields of
+    :class:`EarthSceneOutput`, with ``coords``, ``colors`` and ``surfels`` read back from
+    ``store`` (:class:`earthgen.scene_store.SceneStore`, one chunk per window) on every access.
+    Each access reads the whole scene into memory (15 bytes per voxel and 64 per surfel:
+    0.2 + 3.1 GB for 1 km² at 1 m); exports read ``store`` chunk by chunk instead
+    (:func:`earthgen.export3d.save_scene_store`)."""
+
+    store: SceneStore
+    voxel_size: float
+    origin: np.ndarray
+    height: np.ndarray
+    windows: list
+    seed: int | None = None
+
+    @property
+    def coords(self) -> np.ndarray:
+        return self.store.load("coords")
+
+    @property
+    def colors(self) -> np.ndarray:
+        return self.store.load("colors")
+
+    @property
+    def surfels(self) -> dict:
+        return self.store.load("surfels")
 
 
 def window_starts(n: int, window: int, overlap: int) -> list[int]:
@@ -342,7 +375,8 @@ class EarthScenePipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end=None,
-    ) -> EarthSceneOutput | tuple:
+        stream_to: str | os.PathLike | None = None,
+    ) -> EarthSceneOutput | StreamedSceneOutput | tuple:
         """Generate a scene.
 
         Args:
@@ -372,10 +406,15 @@ class EarthScenePipeline(DiffusionPipeline):
                 surfels at its resolution); the sides keep the texture model's colours.
             generator: a CPU ``torch.Generator`` (all noise comes from it).
             output_type: ``"np"`` (arrays; the only type).
-            callback_on_step_end: ``fn(pipeline, step, t, kwargs) -> dict``, called after each solver
-                step with ``kwargs = {"stage", "window", "latents"}`` (``window`` None for the
-                structure stage, which samples the whole extent at once); return
+            callback_on_step_end: ``fn(pipeline, step, t, kwargs) -> dict``, called after each
+                solver step with ``kwargs = {"stage", "window", "latents"}`` (``window`` None for
+                the structure stage, which samples the whole extent at once); return
                 ``{"latents": x}`` to replace the state.
+            stream_to: a folder: every window's voxels, colours and surfels are written there as
+                soon as the window is done (:class:`earthgen.scene_store.SceneStore`, one file
+                per window) instead of being kept, and a :class:`StreamedSceneOutput` is returned
+                (the same scene, read back from the folder on demand). Peak memory is then that
+                of a few windows whatever the extent; None (default) keeps the scene in memory.
         """
         if output_type != "np":
             raise UserInputError(f"output_type must be 'np', got {output_type!r}")
@@ -390,6 +429,7 @@ class EarthScenePipeline(DiffusionPipeline):
             guidance_scale,
         )
         sem, img, nx, ny = self._maps(semantic, image, gsd, size_m)
+        store = None if stream_to is None else SceneStore(stream_to, (nx, ny))
         vs, W = self.voxel_size, self.window
         ov = int(round(overlap_m / vs / 8)) * 8  # whole coarse cells
         xs, ys = window_starts(nx, W, ov), window_starts(ny, W, ov)
@@ -449,7 +489,7 @@ class EarthScenePipeline(DiffusionPipeline):
             tex: dict[
                 int, tuple[torch.Tensor, torch.Tensor]
             ] = {}  # window -> (sorted keys, latents)
-            out_coords, out_surf = [], []
+            results = []  # in memory: each window's (coords, colors, surfels)
             for wi, (x0, y0) in enumerate(windows):
                 box = (x0, y0, x0 + W, y0 + W)
                 parts = []
@@ -496,8 +536,12 @@ class EarthScenePipeline(DiffusionPipeline):
                     tops = None
                     if ortho is not None:
                         surf, tops = self._ortho_surfels(surf, keep, g, ortho, nx, ny)
-                    out_coords.append(g[keep])
-                    out_surf.append((surf, keep, tops))
+                    kept = self._window_result(g, surf, keep, tops)
+                    if store is not None:  # to disk now: memory stays that of a few windows
+                        store.add(*kept, box=cores[wi])
+                    else:
+                        results.append(kept)
+                    del surf
                     order = torch.argsort(keys[keep])
                     tex[wi] = (keys[keep][order], lat[keep][order].cpu())
                 # forget what no later window needs: memory stays that of a few windows
@@ -507,7 +551,19 @@ class EarthScenePipeline(DiffusionPipeline):
                     del tex[j]
                 if not len(g):
                     bar.update(texture_steps)
-        out = self._assemble(out_coords, out_surf, nx, ny, windows, True)
+        if store is not None:
+            origin = np.zeros(3)
+            if dgrid is not None:
+                origin[2] += self._raise_store_on_dem(store, dgrid)
+            out = StreamedSceneOutput(
+                store=store,
+                voxel_size=vs,
+                origin=origin,
+                height=store.height(vs),
+                windows=windows,
+            )
+            return out if return_dict else tuple(out.values())
+        out = self._assemble(results, nx, ny, windows)
         if dgrid is not None:
             out = self._raise_on_dem(out, dgrid)
         return out if return_dict else tuple(out.values())
@@ -615,10 +671,10 @@ class EarthScenePipeline(DiffusionPipeline):
         base: torch.Tensor | None = None,
         caps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fine voxels ``[n, 3]`` (global) of the columns ``core = (x0, y0, x1, y1)``, decoded from
-        the coarse canvas around them with a margin of ``DECODE_MARGIN`` coarse cells (so the decoder
-        sees across window borders); with ``heights`` (``[X, Y]`` metres, NaN free) those columns
-        are rebuilt from the ground (:func:`build_heights`)."""
+        """Fine voxels ``[n, 3]`` (global) of the columns ``core = (x0, y0, x1, y1)``, decoded
+        from the coarse canvas around them with a margin of ``DECODE_MARGIN`` coarse cells (so the
+        decoder sees across window borders); with ``heights`` (``[X, Y]`` metres, NaN free) those
+        columns are rebuilt from the ground (:func:`build_heights`)."""
         from flows.structure import grid_to_structure
         from vae.sparse import SparseTensor
 
@@ -829,37 +885,55 @@ class EarthScenePipeline(DiffusionPipeline):
 
         return fn
 
-    def _assemble(self, out_coords, out_surf, nx, ny, windows, return_dict):
-        vs = self.voxel_size
-        coords = torch.cat(out_coords) if out_coords else torch.zeros(0, 3, dtype=torch.long)
-        surf: dict = {k: [] for k in ("means", "quats", "scales", "opacities", "colors", "voxel")}
-        base = 0
-        over_rows, over_cols = [], []
-        for s, keep, tops in out_surf:
-            row = torch.full((len(keep),), -1, dtype=torch.long)
-            row[keep] = torch.arange(int(keep.sum())) + base
-            m = keep[s["voxel"]]  # surfels of the kept voxels
-            for k in ("means", "quats", "scales", "opacities", "colors"):
-                surf[k].append(s[k][m])
-            surf["voxel"].append(row[s["voxel"][m]])
-            if tops is not None:
-                over_rows.append(row[tops[0]])
-                over_cols.append(tops[1])
-            base += int(keep.sum())
-        surf = {k: (torch.cat(v) if v else torch.zeros(0)).numpy() for k, v in surf.items()}
-        n = len(coords)
-        w = surf["opacities"][:, None] if n else np.zeros((0, 1))
+    @staticmethod
+    def _window_result(
+        g: torch.Tensor, surf: dict, keep: torch.Tensor, tops: tuple | None
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """What a window keeps, as arrays: ``coords`` ``[n, 3]`` int32 (its core's voxels
+        ``g[keep]``), ``colors`` ``[n, 3]`` uint8 (opacity-weighted mean of each voxel's surfels,
+        the orthophoto's colour on column tops ``tops``) and its surfels (``voxel`` int64 rows
+        into ``coords``). A voxel's colour depends only on its own surfels: windows are
+        independent."""
+        n = int(keep.sum())
+        row = torch.full((len(keep),), -1, dtype=torch.long)
+        row[keep] = torch.arange(n)
+        m = keep[surf["voxel"]]  # surfels of the kept voxels
+        out = {k: surf[k][m].numpy() for k in ("means", "quats", "scales", "opacities", "colors")}
+        out["voxel"] = row[surf["voxel"][m]].numpy()
+        w = out["opacities"][:, None]
         num = np.zeros((n, 3))
         den = np.zeros((n, 1))
-        if n:
-            np.add.at(num, surf["voxel"], surf["colors"] * w)
-            np.add.at(den, surf["voxel"], w)
+        np.add.at(num, out["voxel"], out["colors"] * w)
+        np.add.at(den, out["voxel"], w)
         rgb = np.clip(num / np.maximum(den, 1e-6), 0, 1)
-        if over_rows:  # column tops: the orthophoto's colour
-            rgb[torch.cat(over_rows).numpy()] = torch.cat(over_cols).numpy()
+        if tops is not None:  # column tops: the orthophoto's colour
+            rgb[row[tops[0]].numpy()] = tops[1].numpy()
         colors = (rgb * 255 + 0.5).astype(np.uint8)
-        c = coords.numpy().astype(np.int32).reshape(-1, 3)
-        out = EarthSceneOutput(
+        return g[keep].numpy().astype(np.int32).reshape(-1, 3), colors, out
+
+    def _assemble(self, parts: list, nx: int, ny: int, windows: list) -> EarthSceneOutput:
+        """The windows' results (:meth:`_window_result`, in window order) as one output."""
+        vs = self.voxel_size
+        if parts:
+            base = np.cumsum([0] + [len(c) for c, _, _ in parts[:-1]])
+            c = np.concatenate([c for c, _, _ in parts])
+            colors = np.concatenate([col for _, col, _ in parts])
+            surf = {
+                k: np.concatenate(
+                    [
+                        s[k] + b if k == "voxel" else s[k]
+                        for (_, _, s), b in zip(parts, base, strict=True)
+                    ]
+                )
+                for k in ("means", "quats", "scales", "opacities", "colors", "voxel")
+            }
+        else:
+            c, colors = np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8)
+            surf = {
+                k: torch.zeros(0).numpy()
+                for k in ("means", "quats", "scales", "opacities", "colors", "voxel")
+            }
+        return EarthSceneOutput(
             coords=c,
             colors=colors,
             surfels=surf,
@@ -868,7 +942,6 @@ class EarthScenePipeline(DiffusionPipeline):
             height=surface_height(c, nx, ny, vs),
             windows=windows,
         )
-        return out if return_dict else tuple(out.values())
 
     def _raise_on_dem(self, out: EarthSceneOutput, dem: torch.Tensor) -> EarthSceneOutput:
         """Raise every column by the DEM's elevation above its lowest point (``dem`` ``[X, Y]``
@@ -888,8 +961,8 @@ class EarthScenePipeline(DiffusionPipeline):
         c[:, 2] += shift
         surf = dict(out.surfels)
         means = surf["means"].copy()
-        if len(means):
-            means[:, 2] += shift[surf["voxel"]] * vs
+        if len(means):  # surfels in the output frame: metres above the datum (origin[2] = lo)
+            means[:, 2] += shift[surf["voxel"]] * vs + lo
         surf["means"] = means
         # closure: column tops and bottoms after the shift, each column down to its lowest neighbour
         col = c[:, 0] * Y + c[:, 1]
@@ -952,6 +1025,101 @@ class EarthScenePipeline(DiffusionPipeline):
             windows=out.windows,
             seed=out.seed,
         )
+
+    def _raise_store_on_dem(self, store: SceneStore, dem: torch.Tensor) -> float:
+        """:meth:`_raise_on_dem` on a streamed scene, one chunk at a time; returns the DEM's lowest
+        elevation (metres, to add to ``origin[2]``; 0 for an empty scene). The closure needs only
+        the store's ``[X, Y]`` column tops and bottoms. Each window's chunk is raised in place;
+        the wall voxels added under the columns go into one chunk per column of windows, ordered
+        as the in-memory output orders them (by column ``x * Y + y``), so the scene read back is
+        the in-memory one, array for array."""
+        vs = self.voxel_size
+        d = dem.numpy().astype(np.float64)
+        lo = float(d.min())
+        dz = np.rint((d - lo) / vs).astype(np.int64)  # [X, Y] voxels
+        X, Y = dz.shape
+        full = store.top != EMPTY_TOP
+        if not full.any():
+            return 0.0
+        big = np.iinfo(np.int64).max
+        top = np.where(full, store.top + dz, -1)  # [X, Y] after the shift
+        bot = np.where(full, store.bottom.astype(np.int64) + dz, big)
+        pad = np.pad(np.where(top < 0, big // 2, top), 1, mode="edge")
+        low = np.minimum.reduce([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
+        need = np.where(top >= 0, np.minimum(low + 1, top), bot)
+        add = np.clip(bot - need, 0, None).ravel()  # voxels to add under each column
+        bot = bot.ravel()
+        windows = list(range(len(store)))
+        for i in windows:
+            ch = store.read(i)
+            c, colors, surf = ch["coords"].astype(np.int64), ch["colors"], ch["surfels"]
+            shift = dz[c[:, 0], c[:, 1]]
+            c[:, 2] += shift
+            surf["means"] = surf["means"].copy()
+            surf["means"][:, 2] += shift[surf["voxel"]] * vs + lo  # metres above the datum
+            col = c[:, 0] * Y + c[:, 1]
+            cols = np.unique(col[add[col] > 0])
+            if len(cols):
+                lowest = np.full(X * Y, -1, np.int64)  # the lowest voxel of each column: its row
+                is_low = c[:, 2] == bot[col]
+                lowest[col[is_low]] = np.nonzero(is_low)[0]
+                n_add = add[cols]
+                src = np.repeat(lowest[cols], n_add)
+                depth = np.arange(int(n_add.sum())) - np.repeat(np.cumsum(n_add) - n_add, n_add) + 1
+                new = c[src].copy()
+                new[:, 2] -= depth
+                # surfels: copies of the lowest voxel's surfels, moved down
+                order = np.argsort(surf["voxel"], kind="stable")
+                sv = surf["voxel"][order]
+                first = np.searchsorted(sv, src)
+                cnt = np.searchsorted(sv, src, side="right") - first
+                pick = order[
+                    np.repeat(first, cnt)
+                    + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+                ]
+                extra = {k: surf[k][pick] for k in ("means", "quats", "scales", "opacities")}
+                extra["colors"] = surf["colors"][pick]
+                extra["means"][:, 2] -= np.repeat(depth, cnt) * vs
+                np.savez(
+                    store.folder / f"add_{i}.npz",
+                    coords=new,
+                    colors=colors[src],
+                    col=np.repeat(cols, n_add),
+                    **{"s_" + k: v for k, v in extra.items()},
+                    s_voxel=np.repeat(np.arange(len(src)), cnt),
+                )
+            store.replace(i, c, colors, surf)
+        # the added voxels, one chunk per column of windows, west to east, by column x * Y + y
+        strips: dict[tuple[int, int], list[int]] = {}
+        for i in windows:
+            strips.setdefault((store.chunks[i].box[0], store.chunks[i].box[2]), []).append(i)
+        for (x0, x1), members in sorted(strips.items()):
+            parts = []
+            for i in members:
+                f = store.folder / f"add_{i}.npz"
+                if f.exists():
+                    with np.load(f) as z:
+                        parts.append({k: z[k] for k in z.files})
+                    f.unlink()
+            if not parts:
+                continue
+            base = np.cumsum([0] + [len(p["coords"]) for p in parts[:-1]])
+            cat = {
+                k: np.concatenate(
+                    [p[k] + b if k == "s_voxel" else p[k] for p, b in zip(parts, base, strict=True)]
+                )
+                for k in parts[0]
+            }
+            perm = np.argsort(cat["col"], kind="stable")  # new row -> old row
+            rank = np.empty_like(perm)
+            rank[perm] = np.arange(len(perm))  # old row -> new row
+            sv = rank[cat["s_voxel"]]
+            sorder = np.argsort(sv, kind="stable")
+            surf = {k: cat["s_" + k][sorder] for k in ("means", "quats", "scales", "opacities")}
+            surf["colors"] = cat["s_colors"][sorder]
+            surf["voxel"] = sv[sorder]
+            store.add(cat["coords"][perm], cat["colors"][perm], surf, (x0, 0, x1, Y), window=False)
+        return lo
 
 
 def ground_surface(

@@ -105,8 +105,8 @@ def init_box_model(
 def init_layout_model(
     out: str | Path, size: str = "compact", vae: str | Path | None = None, seed: int = 0
 ) -> Path:
-    """A fresh image pipeline of ``size`` (:data:`earthgen.training.image.IMAGE_SIZES`) that takes the
-    layout at the UNet input (:class:`earthgen.conditioning.dense.LayoutMapEncoder`, no control
+    """A fresh image pipeline of ``size`` (:data:`earthgen.training.image.IMAGE_SIZES`) that takes
+    the layout at the UNet input (:class:`earthgen.conditioning.dense.LayoutMapEncoder`, no control
     branch), the offline MiniLM text encoder; ``vae``: take the (trained) VAE of this pipeline or
     ``AutoencoderKL`` folder instead of a fresh one."""
     import torch
@@ -178,8 +178,9 @@ def finetune_vae_decoder(
     """Fine-tune only the VAE *decoder* of pipeline ``src`` on procedural tiles, or on random crops
     of the dataset ``data`` (detection, image-caption or semantic-mask), (the encoder, hence
     the latent space the diffusion model was trained in, stays fixed; Stable Diffusion's ft-MSE
-    idea) and write the VAE (an ``AutoencoderKL`` folder) to ``out``. Loss: L1 on pixels + ``edge_weight`` x L1 on image
-    gradients (sharper edges). Stops after ``steps`` or ``max_minutes``; returns a summary."""
+    idea) and write the VAE (an ``AutoencoderKL`` folder) to ``out``. Loss: L1 on pixels +
+    ``edge_weight`` x L1 on image gradients (sharper edges). Stops after ``steps`` or
+    ``max_minutes``; returns a summary."""
     import time
 
     import torch

@@ -9,7 +9,8 @@ semantic map (one-hot) and RGB image as conditions. Condition-aware training (Ea
 each sample keeps its semantic map and its image independently with probability
 ``1 - --cond-dropout``, so the model learns semantic-, image-, both- and un-conditioned
 generation. Loss: flow matching on the linear path (docs/conventions.md), logit-normal times.
-Same loop as the VAEs: accelerate, EMA, atomic checkpoints, resume, ``--test-run``.
+The loss objects are :class:`StructureFlowLoss` and :class:`TextureFlowLoss`; the loop is
+:func:`earthgen.training.loop.fit` (accelerate, EMA, atomic checkpoints, resume, ``--test-run``).
 
 The texture flow trains the same way on the frozen texture VAE's per-voxel latents (posterior
 mean, divided by their standard deviation) of world scenes of ``L`` voxels across (the image at
@@ -20,21 +21,14 @@ with the same two conditions and dropout.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from earthgen.errors import UserInputError
-from earthgen.training.loop import (
-    check_fresh_out,
-    end_step,
-    resume_state,
-    run_summary,
-    save_model_atomic,
-)
+from earthgen.training.loop import TaskLoss, fit, save_model_atomic, track_ema
 
 
 @dataclass
@@ -146,68 +140,88 @@ def _setup(
     return vae, acc
 
 
-def _train_loop(cfg: FlowTrainConfig, acc, model, batch):
-    """The loop both flows share: AdamW, EMA, atomic checkpoints, resume, logging; flow matching on
-    the linear path at logit-normal times with per-condition dropout. ``batch(g, device)`` returns
-    ``(x1, t_of, forward)``: the data ``[..., C]``, a map from the per-scene times ``[B]`` to
-    ``x1``'s leading dim, and ``forward(x_t, t, drop_semantic, drop_image) -> velocity``.
-    Returns ``(model with the EMA weights, summary)`` on the main process."""
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
+class ConditionalFlowLoss(TaskLoss):
+    """Flow matching on the linear path (:mod:`flows.path`, :mod:`flows.loss`) at logit-normal
+    times, each sample's semantic map and image dropped on their own with ``cond_dropout``
+    (condition-aware training, EarthCrafter). Subclasses say what the data ``x1`` is, how the
+    per-scene times reach its rows and how the model predicts the velocity."""
 
-    from flows.loss import FlowMatchingLoss, logit_normal_time
-    from flows.path import LinearPath
+    trains = ("model",)
 
-    out = Path(cfg.out)
-    device = acc.device
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    model, opt = acc.prepare(model, opt)
-    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay)
-    acc.register_for_checkpointing(ema)
-    if not cfg.resume:
-        check_fresh_out(out)
-    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
-    ema.to(device)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    path, loss_fn = LinearPath(), FlowMatchingLoss()
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc=cfg.task,
-        disable=not acc.is_local_main_process,
-        initial=start,
-        total=cfg.steps,
-    )
-    t0 = time.perf_counter()
-    for step in bar:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + acc.process_index)
-        x1, t_of, forward = batch(model, g, device)
-        x0 = torch.randn(x1.shape, generator=g).to(device)
-        t = logit_normal_time(cfg.batch_size, generator=g).to(device)
-        drop_s = (torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout).to(device)
-        drop_i = (torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout).to(device)
-        ps = path.sample(x0, x1, t_of(t))
-        model.train()
-        with acc.autocast():
-            loss = loss_fn(forward(ps.x_t, t, drop_s, drop_i).float(), ps.dx_t.float())
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-        ema.step(acc.unwrap_model(model).parameters())
-        end_step(acc, cfg, loss, step, rows, bar, out)
-        del loss
-    acc.wait_for_everyone()
-    summary = run_summary(cfg, start, rows, t0)
+    def __init__(self, model, batch_size: int, cond_dropout: float):
+        from flows.loss import FlowMatchingLoss
+        from flows.path import LinearPath
+
+        self.model, self.batch_size, self.p_drop = model.train(), batch_size, cond_dropout
+        self.path, self.loss = LinearPath(), FlowMatchingLoss()
+
+    def __call__(self, batch, generator):
+        from flows.loss import logit_normal_time
+
+        g, b, x1 = generator, self.batch_size, self.data(batch)
+        x0 = torch.randn(x1.shape, generator=g).to(x1.device)
+        t = logit_normal_time(b, generator=g).to(x1.device)
+        drop_s = (torch.rand(b, generator=g) < self.p_drop).to(x1.device)
+        drop_i = (torch.rand(b, generator=g) < self.p_drop).to(x1.device)
+        ps = self.path.sample(x0, x1, self.times(batch, t))
+        v = self.model(
+            self.model_input(batch, ps.x_t),
+            t,
+            semantic=batch["semantic"],
+            image=batch["image"],
+            drop_semantic=drop_s,
+            drop_image=drop_i,
+        )
+        return self.loss(v.float(), ps.dx_t.float())
+
+
+class StructureFlowLoss(ConditionalFlowLoss):
+    """``structure-flow``: the coarse structure grids ``[B, 1 + C, X, Y, Z]`` (dense)."""
+
+    def data(self, batch):
+        return batch["grid"]
+
+    def times(self, batch, t):
+        return t
+
+    def model_input(self, batch, x_t):
+        return x_t
+
+
+class TextureFlowLoss(ConditionalFlowLoss):
+    """``texture-flow``: the per-voxel texture latents of a sparse batch (rows of all scenes)."""
+
+    def data(self, batch):
+        return batch["latent"].feats
+
+    def times(self, batch, t):
+        return t[batch["latent"].coords[:, 0].long()]  # each voxel at its scene's time
+
+    def model_input(self, batch, x_t):
+        return batch["latent"].replace(x_t)
+
+
+def _fit_flow(cfg: FlowTrainConfig, acc, task_loss: ConditionalFlowLoss, next_batch):
+    """AdamW, EMA and :func:`~earthgen.training.loop.fit`; returns ``(model with the EMA weights,
+    summary)`` on the main process (``(None, summary)`` elsewhere), the model saved to
+    ``out/model``."""
+    opt = torch.optim.AdamW(task_loss.param_groups(), lr=cfg.lr, weight_decay=0.0)
+    opt = task_loss.prepare(acc, opt)
+    ema = track_ema(acc, task_loss, cfg.ema_decay)
+    summary = fit(acc, cfg, task_loss, next_batch, opt, ema)
     final = None
     if acc.is_main_process:
-        final = acc.unwrap_model(model)
+        final = acc.unwrap_model(task_loss.model)
         ema.copy_to(final.parameters())
-        save_model_atomic(final, out / "model")
-        summary["model"] = str(out / "model")
+        save_model_atomic(final, Path(cfg.out) / "model")
+        summary["model"] = str(Path(cfg.out) / "model")
         summary["latent_scale"] = float(final.config.latent_scale)
     return final, summary
+
+
+def _generator(cfg: FlowTrainConfig, acc, step: int) -> torch.Generator:
+    """The generator of a step (a pure function of seed, step and rank): batch, noise, times."""
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + acc.process_index)
 
 
 def train_structure_flow(cfg: FlowTrainConfig) -> dict:
@@ -236,20 +250,18 @@ def train_structure_flow(cfg: FlowTrainConfig) -> dict:
         )
     data["grid"][:, 1:] /= scale
 
-    def batch(model, g, device):
+    def next_batch(step: int):
+        g = _generator(cfg, acc, step)
         idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g)
         k = int(torch.randint(0, 4, (1,), generator=g))  # the same random 90-degree turn for all
-        x1, sem, img = rotate_scene(
+        grid, sem, img = rotate_scene(
             data["grid"][idx], [data["semantic"][idx], data["image"][idx]], k
         )
-        sem, img = sem.to(device), img.to(device)
+        batch = {"grid": grid, "semantic": sem, "image": img}
+        return {k: v.to(acc.device) for k, v in batch.items()}, g
 
-        def forward(x_t, t, drop_s, drop_i):
-            return model(x_t, t, semantic=sem, image=img, drop_semantic=drop_s, drop_image=drop_i)
-
-        return x1.to(device), (lambda t: t), forward
-
-    final, summary = _train_loop(cfg, acc, model, batch)
+    task_loss = StructureFlowLoss(model, cfg.batch_size, cfg.cond_dropout)
+    final, summary = _fit_flow(cfg, acc, task_loss, next_batch)
     if final is not None:
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -342,8 +354,9 @@ def encode_texture_pool(
 
 
 def texture_batch(items: list[dict], L: int, device, scale: float = 1.0):
-    """Stack scenes into one sparse batch: ``(SparseTensor of latents / scale, semantic [B, K, H, W],
-    image [B, 3, H, W])``. The grid is ``L x L`` columns and as high as the highest scene."""
+    """Stack scenes into one sparse batch: ``(SparseTensor of latents / scale,
+    semantic [B, K, H, W], image [B, 3, H, W])``. The grid is ``L x L`` columns and as high as
+    the highest scene."""
     from vae.sparse import SparseTensor, batch_coords
 
     coords = batch_coords([it["coords"] for it in items])
@@ -381,19 +394,14 @@ def train_texture_flow(cfg: FlowTrainConfig) -> dict:
         )
     scale = float(model.config.latent_scale)
 
-    def batch(model, g, device):
+    def next_batch(step: int):
+        g = _generator(cfg, acc, step)
         idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=g).tolist()
-        x1, sem, img = texture_batch([pool[i] for i in idx], L, device, scale)
-        b = x1.coords[:, 0].long()
+        x1, sem, img = texture_batch([pool[i] for i in idx], L, acc.device, scale)
+        return {"latent": x1, "semantic": sem, "image": img}, g
 
-        def forward(x_t, t, drop_s, drop_i):
-            return model(
-                x1.replace(x_t), t, semantic=sem, image=img, drop_semantic=drop_s, drop_image=drop_i
-            )
-
-        return x1.feats, (lambda t: t[b]), forward
-
-    final, summary = _train_loop(cfg, acc, model, batch)
+    task_loss = TextureFlowLoss(model, cfg.batch_size, cfg.cond_dropout)
+    final, summary = _fit_flow(cfg, acc, task_loss, next_batch)
     if final is not None:
         held = encode_texture_pool(
             vae, cfg.seed + 7919, 1 if cfg.test_run else 6, L, cfg.voxel_size

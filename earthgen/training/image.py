@@ -1,23 +1,25 @@
 """Train the image models: ``earthgen train image-vae | image-ldm | image-control | image-boxes``.
 
-One readable loop for the three tasks, on Hugging Face accelerate (mixed precision, gradient
-accumulation, multi-GPU / multi-node through ``accelerate launch``):
+One loss object per task (the loop is :func:`earthgen.training.loop.fit`, on Hugging Face
+accelerate: mixed precision, gradient accumulation, multi-GPU / multi-node through ``accelerate
+launch``):
 
-- ``image-vae``: the AutoencoderKL (L1 reconstruction + a small KL term);
-- ``image-ldm``: the UNet and the metadata encoder (VAE and text encoder frozen), epsilon
-  prediction, with per-condition dropout (text -> empty prompt, metadata -> null, layout map ->
-  zeros for a model with a layout encoder: ``--layout-input concat``);
-- ``image-control``: the fused control branch with the UNet frozen, each control map dropped
-  on its own ("dynamic condition adaptation");
-- ``image-boxes``: box-layout conditioning (AeroGen / GLIGEN): the box-token encoder, the UNet's
-  gated attention layers and (unless ``freeze_unet``, the GLIGEN recipe for a good base model)
-  the rest of the UNet and the metadata encoder. Boxes are dropped (null tokens) per sample
-  with ``--cond-dropout``.
+- :class:`ImageVAELoss` (``image-vae``): the AutoencoderKL (L1 reconstruction + a small KL term);
+- :class:`ImageLDMLoss` (``image-ldm``): the UNet and the metadata encoder (VAE and text encoder
+  frozen), epsilon prediction, with per-condition dropout (text -> empty prompt, metadata ->
+  null, layout map -> zeros for a model with a layout encoder: ``--layout-input concat``);
+- :class:`ImageControlLoss` (``image-control``): the fused control branch with the UNet frozen,
+  each control map dropped on its own ("dynamic condition adaptation");
+- :class:`ImageBoxesLoss` (``image-boxes``): box-layout conditioning (AeroGen / GLIGEN): the
+  box-token encoder, the UNet's gated attention layers and (unless ``freeze_unet``, the GLIGEN
+  recipe for a good base model) the rest of the UNet and the metadata encoder. Boxes are dropped
+  (null tokens) per sample with ``--cond-dropout``.
 
-Data: procedural world tiles (default; random seeds, places and GSDs, with their captions and
-layouts) or an image-caption dataset (any format :func:`earthgen.data.read_captions` reads);
-for ``image-boxes`` (and optionally the others) a detection dataset (DOTA, COCO, YOLO, ...:
-:func:`earthgen.data.read_detection_dataset`), captioned from its class counts.
+Prompts are encoded by the pipeline's own :meth:`~earthgen.pipelines.image.EarthImagePipeline.
+encode_prompt`. Data: procedural world tiles (default; random seeds, places and GSDs, with their
+captions and layouts) or an image-caption dataset (any format :func:`earthgen.data.read_captions`
+reads); for ``image-boxes`` (and optionally the others) a detection dataset (DOTA, COCO, YOLO,
+...: :func:`earthgen.data.read_detection_dataset`), captioned from its class counts.
 Batches are a pure function of (seed, step, rank), so a resumed run sees the data it would have
 seen. Checkpoints are written to a temporary folder and renamed (atomic); ``--resume`` continues
 from the latest one. EMA weights are kept and are what the final pipeline folder holds.
@@ -27,8 +29,7 @@ Rank 0 writes ``loss.csv`` and ``loss.png``.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +42,12 @@ from earthgen.datasets import (  # noqa: F401  (procedural samples; re-exported 
     world_box_batch,
 )
 from earthgen.errors import UserInputError
-from earthgen.training.loop import (
-    check_fresh_out,
-    end_step,
-    resume_state,
-    run_summary,
-    save_model_atomic,
-)
+from earthgen.training.loop import TaskLoss, ema_parameters, fit, save_model_atomic, track_ema
 
 TASKS = ("image-vae", "image-ldm", "image-control", "image-boxes")
-# fresh image model sizes: (VAE channels, VAE layers per block, UNet channels, UNet layers, norm groups);
-# the VAE downsamples 2**(len(channels) - 1): "compact" keeps 4x so that 4-pixel objects survive
+# fresh image model sizes: (VAE channels, VAE layers per block, UNet channels, UNet layers,
+# norm groups); the VAE downsamples 2**(len(channels) - 1): "compact" keeps 4x so that 4-pixel
+# objects survive
 IMAGE_SIZES = {
     "tiny": ((16, 16, 32, 32), 1, (32, 64), 1, 8),
     "compact": ((32, 64, 64), 1, (64, 128, 128), 1, 32),
@@ -111,7 +107,8 @@ class TrainConfig:
             )
         if self.layout_input not in LAYOUT_INPUTS:
             raise UserInputError(
-                f"--layout-input must be one of {', '.join(LAYOUT_INPUTS)}, got {self.layout_input!r}"
+                f"--layout-input must be one of {', '.join(LAYOUT_INPUTS)}, got "
+                f"{self.layout_input!r}"
             )
         if self.box_raster_dim < 0 or self.box_loss_weight < 0 or self.balance < 0:
             raise UserInputError("--box-raster-dim, --box-loss-weight and --balance must be >= 0")
@@ -484,129 +481,251 @@ class DetectionData:
         }
 
 
-# --- loop -----------------------------------------------------------------------------------------
+# --- losses -------------------------------------------------------------------------------------
+
+
+def freeze_except(pipe, trained: list) -> None:
+    """Freeze every model of the pipeline that is not in ``trained``."""
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module) and not any(m is t for t in trained):
+            m.requires_grad_(False)
+
+
+class ImageVAELoss(TaskLoss):
+    """``image-vae``: the autoencoder's L1 reconstruction of the image (in -1..1) + 1e-6 KL."""
+
+    trains = ("vae",)
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        self.vae = pipe.vae
+        freeze_except(pipe, [self.vae])
+
+    def __call__(self, batch, generator):
+        x = batch["image"] * 2 - 1
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample(generator=None)).sample  # global RNG: resume restores it
+        return F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+
+
+class LatentDiffusionLoss(TaskLoss):
+    """Epsilon prediction on the frozen VAE's latents (posterior mean) at uniform DDPM timesteps,
+    the text (empty prompt, encoded by the pipeline's own ``encode_prompt``) and the metadata
+    (its learned null) dropped per sample with ``cond_dropout``, and every condition at once with
+    the same probability. Subclasses add their conditions in :meth:`predict`."""
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        from diffusers import DDPMScheduler
+
+        self.pipe, self.vae, self.unet, self.meta = pipe, pipe.vae, pipe.unet, pipe.metadata_encoder
+        self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.p_drop = cfg.cond_dropout
+        self.p_layout = cfg.cond_dropout if cfg.layout_dropout is None else cfg.layout_dropout
+
+    def __call__(self, batch, generator):
+        g, x = generator, batch["image"]
+        b = x.shape[0]
+        with torch.no_grad():
+            z = self.vae.encode(x * 2 - 1).latent_dist.mean * self.vae.config.scaling_factor
+        noise = torch.randn(z.shape, generator=g).to(x.device)
+        n_t = self.noise_sched.config.num_train_timesteps
+        ts = torch.randint(0, n_t, (b,), generator=g).to(x.device)
+        zt = self.noise_sched.add_noise(z, noise, ts)
+        drop = torch.rand(3, b, generator=g) < self.p_drop  # text, metadata, all conditions
+        captions = ["" if d else c for c, d in zip(batch["caption"], drop[0], strict=True)]
+        emb = self.pipe.encode_prompt(captions)  # no_grad: the text encoder is frozen
+        labels = None
+        if self.meta is not None:  # called directly: when it trains, through accelerate's wrapper
+            labels = self.meta({"gsd": batch["gsd"]}, batch_size=b, drop=drop[1] | drop[2])
+        pred, weight = self.predict(batch, g, zt, ts, emb, labels, drop[2])
+        if weight is None:
+            return F.mse_loss(pred.float(), noise.float())
+        return ((pred.float() - noise.float()) ** 2 * weight).mean() / weight.mean()
+
+    def with_layout(self, zt, batch, g, drop_all):
+        """``zt`` with the layout map concatenated (a model with a layout encoder: ``--layout-input
+        concat``), dropped per sample with ``layout_dropout``."""
+        enc = self.pipe.layout_encoder
+        if enc is None:
+            return zt
+        b, size = zt.shape[0], tuple(batch["image"].shape[-2:])
+        drop = (torch.rand(b, generator=g) < self.p_layout) | drop_all
+        lmap = enc(batch["semantic"], b, self.pipe.vae_scale_factor, drop=drop, size=size)
+        return torch.cat([zt, lmap.to(zt.device, zt.dtype)], dim=1)
+
+    def predict(self, batch, g, zt, ts, emb, labels, drop_all):
+        """The UNet's noise prediction and a per-pixel loss weight (None: uniform)."""
+        raise NotImplementedError
+
+
+class ImageLDMLoss(LatentDiffusionLoss):
+    """``image-ldm``: the UNet and the metadata encoder (VAE and text encoder frozen), with the
+    layout map at the UNet input for a model with a layout encoder."""
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        self.trains = ("unet",) + (("meta",) if self.meta is not None else ())
+        freeze_except(pipe, self.modules)
+
+    def predict(self, batch, g, zt, ts, emb, labels, drop_all):
+        zt = self.with_layout(zt, batch, g, drop_all)
+        return self.unet(zt, ts, encoder_hidden_states=emb, class_labels=labels).sample, None
+
+
+class ImageControlLoss(LatentDiffusionLoss):
+    """``image-control``: the fused control branch on the layout and its road map, the UNet
+    frozen; each control map dropped on its own ("dynamic condition adaptation")."""
+
+    trains = ("control",)
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        if pipe.controlnet is None:
+            raise UserInputError("the model has no control branch to train")
+        if pipe.layout_encoder is not None:
+            raise UserInputError(
+                "this model takes its layout at the UNet input (a layout encoder): train it with "
+                "image-ldm, not image-control"
+            )
+        self.control, self.pack = pipe.controlnet, pipe.controlnet.pack
+        freeze_except(pipe, [self.control])
+
+    def predict(self, batch, g, zt, ts, emb, labels, drop_all):
+        from earthgen.conditioning.dense import one_hot, road_map
+
+        sem = batch["semantic"]
+        if sem is None:
+            raise UserInputError(
+                "image-control training needs layouts: use --data world or a semantic-mask "
+                "folder (images/ + masks/, docs/training.md)"
+            )
+        maps = {"layout": one_hot(sem).to(zt.device), "roads": road_map(sem).to(zt.device)}
+        b = zt.shape[0]
+        drop = {k: (torch.rand(b, generator=g) < self.p_drop) | drop_all for k in maps}
+        down, mid = self.control(zt, ts, emb, self.pack(maps, drop=drop), class_labels=labels)
+        pred = self.unet(
+            zt,
+            ts,
+            encoder_hidden_states=emb,
+            class_labels=labels,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
+        return pred, None
+
+
+class ImageBoxesLoss(LatentDiffusionLoss):
+    """``image-boxes``: box-layout conditioning (AeroGen / GLIGEN): the box-token encoder, the
+    UNet's gated attention layers and (unless ``freeze_unet``) the rest of the UNet and the
+    metadata encoder. Boxes are dropped (null tokens) per sample with ``cond_dropout``; with
+    ``box_loss_weight`` pixels inside boxes weigh ``1 + w * covered fraction``."""
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        self.boxes = pipe.box_encoder
+        self.raster = bool(self.boxes.raster_channels)
+        self.box_weight, self.class_emb = cfg.box_loss_weight, {}
+        with_meta = self.meta is not None and not cfg.freeze_unet
+        self.trains = ("unet", "boxes") + (("meta",) if with_meta else ())
+        freeze_except(pipe, self.modules)
+        self.part_frozen = None  # conv_in.weight when only its box-map columns learn
+        if cfg.freeze_unet:  # GLIGEN: only the gated layers learn ...
+            unet = self.unet
+            for name, p in unet.named_parameters():
+                p.requires_grad_(".fuser." in name)
+            if getattr(unet, "raster_channels", 0):  # ... and the box map's input weights
+                n_lat = int(unet.config.out_channels)
+                unet.conv_in.weight.requires_grad_(True)
+                unet.conv_in.weight.register_hook(
+                    lambda g: torch.cat([torch.zeros_like(g[:, :n_lat]), g[:, n_lat:]], 1)
+                )
+                self.part_frozen = unet.conv_in.weight
+
+    def param_groups(self) -> list[dict]:
+        params = [p for p in self.parameters() if p is not self.part_frozen]
+        if self.part_frozen is None:
+            return [{"params": params}]
+        # no weight decay on conv_in: it would shrink its frozen latent columns too
+        return [{"params": params}, {"params": [self.part_frozen], "weight_decay": 0.0}]
+
+    def predict(self, batch, g, zt, ts, emb, labels, drop_all):
+        from earthgen.conditioning.boxes import (
+            box_coverage,
+            class_embeddings,
+            drop_boxes,
+            pack_boxes,
+        )
+
+        x, dev = batch["image"], zt.device
+        corners, names, mask = pack_boxes(batch["boxes"], x.shape[-1], x.shape[-2])
+        cls = class_embeddings(
+            names, self.pipe.text_encoder, self.pipe.tokenizer, self.class_emb, dev
+        )
+        mask = drop_boxes(mask, (torch.rand(zt.shape[0], generator=g) < self.p_drop) | drop_all)
+        corners, mask = corners.to(dev), mask.to(dev)
+        if self.raster:
+            tokens, raster = self.boxes(corners, cls, mask, raster_size=tuple(zt.shape[-2:]))
+            zt = torch.cat([zt, raster.to(zt.dtype)], dim=1)
+        else:
+            tokens = self.boxes(corners, cls, mask)
+        weight = None
+        if self.box_weight > 0:  # every box, dropped or not
+            cover = box_coverage(corners, *zt.shape[-2:]).sum(1, keepdim=True)
+            weight = 1.0 + self.box_weight * cover.clamp(max=1.0)
+        zt = self.with_layout(zt, batch, g, drop_all)  # after the box map (the pipeline's order)
+        pred = self.unet(
+            zt,
+            ts,
+            encoder_hidden_states=emb,
+            class_labels=labels,
+            cross_attention_kwargs={"gligen": {"objs": tokens}},
+        ).sample
+        return pred, weight
+
+
+LOSSES = {
+    "image-vae": ImageVAELoss,
+    "image-ldm": ImageLDMLoss,
+    "image-control": ImageControlLoss,
+    "image-boxes": ImageBoxesLoss,
+}
+
+
+# --- training -------------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (steps, first/last losses, output paths)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
+
+    from earthgen.pipelines.image import EarthImagePipeline, sampling_scheduler
 
     if cfg.test_run:
         cfg.batch_size, cfg.resolution = 2, 64
         cfg.save_every, cfg.log_every = min(cfg.save_every, 10), 1
     cfg.validate()
-    out = Path(cfg.out)
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
     set_seed(cfg.seed)
-    comps = load_components(cfg)
-    vae, unet, text, tok = comps["vae"], comps["unet"], comps["text_encoder"], comps["tokenizer"]
-    meta, control, sched = (
-        comps.get("metadata_encoder"),
-        comps.get("controlnet"),
-        comps["scheduler"],
-    )
-    box_enc, lay_enc = comps.get("box_encoder"), comps.get("layout_encoder")
-    if cfg.task == "image-control" and control is None:
-        raise UserInputError("the model has no control branch to train")
-    if cfg.task == "image-control" and lay_enc is not None:
-        raise UserInputError(
-            "this model takes its layout at the UNet input (a layout encoder): train it with "
-            "image-ldm, not image-control"
-        )
-    from diffusers import DDPMScheduler
-
-    noise_sched = DDPMScheduler.from_config(sched.config)
-    if cfg.task == "image-vae":
-        trainable = [vae]
-    elif cfg.task == "image-ldm":
-        trainable = [unet] + ([meta] if meta is not None else [])
-    elif cfg.task == "image-boxes":
-        trainable = [unet, box_enc] + ([meta] if meta is not None and not cfg.freeze_unet else [])
-    else:
-        trainable = [control]
-    for m in (text, vae, unet, meta, control, box_enc):  # everything not trained is frozen
-        if m is not None and m not in trainable:
-            m.requires_grad_(False)
-    part_frozen = None  # conv_in.weight when only its box-map columns learn
-    if cfg.task == "image-boxes" and cfg.freeze_unet:  # GLIGEN: only the gated layers learn
-        for name, p in unet.named_parameters():
-            p.requires_grad_(".fuser." in name)
-        if getattr(
-            unet, "raster_channels", 0
-        ):  # and the box map's input weights (not the latent's)
-            n_lat = int(unet.config.out_channels)
-            unet.conv_in.weight.requires_grad_(True)
-            unet.conv_in.weight.register_hook(
-                lambda g: torch.cat([torch.zeros_like(g[:, :n_lat]), g[:, n_lat:]], 1)
-            )
-            part_frozen = unet.conv_in.weight
+    pipe = EarthImagePipeline(**load_components(cfg))
+    task_loss = LOSSES[cfg.task](pipe, cfg)
     if cfg.grad_checkpointing:
-        for m in trainable:
+        for m in task_loss.modules:
             if getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
-    params = [p for m in trainable for p in m.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p is not part_frozen]}]
-    if part_frozen is not None:  # no weight decay: it would shrink the frozen latent columns too
-        groups.append({"params": [part_frozen], "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
-    prepared = acc.prepare(*trainable, opt)
-    trainable, opt = list(prepared[:-1]), prepared[-1]
-    ema = EMAModel(
-        [p for m in trainable for p in acc.unwrap_model(m).parameters()], decay=cfg.ema_decay
-    )
-    acc.register_for_checkpointing(ema)
-    device = acc.device
-    for m in (vae, unet, text, meta, control, box_enc, lay_enc):
-        if m is not None:
-            m.to(device)
-    if cfg.data == "world":
-        data = None
-    else:
-        data = open_image_dataset(
-            cfg.data, cfg.resolution, boxes=cfg.task == "image-boxes", balance=cfg.balance
-        )
-    class_emb: dict[str, torch.Tensor] = {}
+    opt = torch.optim.AdamW(task_loss.param_groups(), lr=cfg.lr, weight_decay=1e-2)
+    opt = task_loss.prepare(acc, opt)
+    ema = track_ema(acc, task_loss, cfg.ema_decay)
+    pipe.to(acc.device)
+    data = None
+    if cfg.data != "world":
+        boxes = cfg.task == "image-boxes"
+        data = open_image_dataset(cfg.data, cfg.resolution, boxes=boxes, balance=cfg.balance)
 
-    if not cfg.resume:
-        check_fresh_out(out)
-    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-
-    from earthgen.pipelines.image import needs_attention_mask
-
-    def encode_text(captions: list[str]) -> torch.Tensor:
-        t = tok(
-            captions,
-            padding="max_length",
-            truncation=True,
-            max_length=min(77, int(tok.model_max_length)),
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            mask = (
-                t["attention_mask"].to(device) if needs_attention_mask(text) else None
-            )  # SD: CLIP unmasked
-            return text(input_ids=t["input_ids"].to(device), attention_mask=mask).last_hidden_state
-
-    g = torch.Generator(device="cpu")
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc=cfg.task,
-        disable=not acc.is_local_main_process,
-        initial=start,
-        total=cfg.steps,
-    )
-    t0 = time.perf_counter()
-    for step in bar:
+    def next_batch(step: int) -> tuple[dict, torch.Generator]:
         index0 = (step * acc.num_processes + acc.process_index) * cfg.batch_size
         if data is not None:
             batch = data.batch(cfg.seed, index0, cfg.batch_size)
@@ -614,132 +733,16 @@ def train(cfg: TrainConfig) -> dict:
             batch = world_box_batch(cfg.seed, index0, cfg.batch_size, cfg.resolution)
         else:
             batch = world_batch(cfg.seed, index0, cfg.batch_size, cfg.resolution)
-        g.manual_seed(cfg.seed * 1_000_003 + index0)
-        x = batch["image"].to(device)
-        with acc.accumulate(*trainable):
-            with acc.autocast():
-                if cfg.task == "image-vae":
-                    post = trainable[0].encode(x * 2 - 1).latent_dist
-                    rec = trainable[0].decode(post.sample(generator=None)).sample
-                    loss = F.l1_loss(rec, x * 2 - 1) + 1e-6 * post.kl().mean()
-                else:
-                    b = x.shape[0]
-                    with torch.no_grad():
-                        z = vae.encode(x * 2 - 1).latent_dist.mean * vae.config.scaling_factor
-                    noise = torch.randn(z.shape, generator=g).to(device)
-                    ts = torch.randint(
-                        0, noise_sched.config.num_train_timesteps, (b,), generator=g
-                    ).to(device)
-                    zt = noise_sched.add_noise(z, noise, ts)
-                    drop = torch.rand(3, b, generator=g) < cfg.cond_dropout  # text, metadata, all
-                    caps = ["" if d else c for c, d in zip(batch["caption"], drop[0], strict=True)]
-                    emb = encode_text(caps)
-                    labels = None
-                    if meta is not None:
-                        m = next((t for t in trainable if acc.unwrap_model(t) is meta), meta)
-                        labels = m({"gsd": batch["gsd"]}, batch_size=b, drop=drop[1] | drop[2])
-                    kw, weight = {}, None
-                    if cfg.task == "image-boxes":
-                        from earthgen.conditioning.boxes import (
-                            box_coverage,
-                            class_embeddings,
-                            drop_boxes,
-                            pack_boxes,
-                        )
+        batch["image"] = batch["image"].to(acc.device)
+        return batch, torch.Generator().manual_seed(cfg.seed * 1_000_003 + index0)
 
-                        corners, names, bmask = pack_boxes(batch["boxes"], x.shape[-1], x.shape[-2])
-                        cls = class_embeddings(names, text, tok, class_emb, device)
-                        bmask = drop_boxes(
-                            bmask, (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2]
-                        )
-                        if acc.unwrap_model(trainable[1]).raster_channels:
-                            tokens, raster = trainable[1](
-                                corners.to(device),
-                                cls,
-                                bmask.to(device),
-                                raster_size=tuple(zt.shape[-2:]),
-                            )
-                            zt = torch.cat([zt, raster.to(zt.dtype)], dim=1)
-                        else:
-                            tokens = trainable[1](corners.to(device), cls, bmask.to(device))
-                        kw["cross_attention_kwargs"] = {"gligen": {"objs": tokens}}
-                        if cfg.box_loss_weight > 0:
-                            cover = box_coverage(corners.to(device), *z.shape[-2:]).sum(
-                                1, keepdim=True
-                            )
-                            weight = 1.0 + cfg.box_loss_weight * cover.clamp(
-                                max=1.0
-                            )  # every box, dropped or not
-                    if lay_enc is not None and cfg.task in (
-                        "image-ldm",
-                        "image-boxes",
-                    ):  # after the box map
-                        p_lay = (
-                            cfg.cond_dropout if cfg.layout_dropout is None else cfg.layout_dropout
-                        )
-                        ldrop = (torch.rand(b, generator=g) < p_lay) | drop[2]
-                        f = 2 ** (len(vae.config.block_out_channels) - 1)
-                        lmap = lay_enc(
-                            batch["semantic"], b, f, drop=ldrop, size=tuple(x.shape[-2:])
-                        )
-                        zt = torch.cat([zt, lmap.to(device, zt.dtype)], dim=1)
-                    if cfg.task == "image-control":
-                        sem = batch["semantic"]
-                        if sem is None:
-                            raise UserInputError(
-                                "image-control training needs layouts: use --data world or a semantic-mask "
-                                "folder (images/ + masks/, docs/training.md)"
-                            )
-                        from earthgen.conditioning.dense import one_hot, road_map
-
-                        maps = {
-                            "layout": one_hot(sem).to(device),
-                            "roads": road_map(sem).to(device),
-                        }
-                        per = {
-                            k: (torch.rand(b, generator=g) < cfg.cond_dropout) | drop[2]
-                            for k in maps
-                        }
-                        cn = trainable[0]
-                        packed = acc.unwrap_model(cn).pack(maps, drop=per)
-                        down, mid = cn(zt, ts, emb, packed, class_labels=labels)
-                        kw = {
-                            "down_block_additional_residuals": down,
-                            "mid_block_additional_residual": mid,
-                        }
-                    net = trainable[0] if cfg.task in ("image-ldm", "image-boxes") else unet
-                    pred = net(zt, ts, encoder_hidden_states=emb, class_labels=labels, **kw).sample
-                    if weight is None:
-                        loss = F.mse_loss(pred.float(), noise.float())
-                    else:
-                        loss = ((pred.float() - noise.float()) ** 2 * weight).mean() / weight.mean()
-            acc.backward(loss)
-            if acc.sync_gradients:
-                acc.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad()
-        if acc.sync_gradients:
-            ema.step([p for m in trainable for p in acc.unwrap_model(m).parameters()])
-        end_step(acc, cfg, loss, step, rows, bar, out)
-    acc.wait_for_everyone()
-    summary = run_summary(cfg, start, rows, t0)
+    summary = fit(acc, cfg, task_loss, next_batch, opt, ema)
     if acc.is_main_process:
-        from earthgen.pipelines.image import EarthImagePipeline, sampling_scheduler
-
         # the final model holds the EMA weights (one flat parameter list over the trained modules);
         # it samples with DPM-Solver++ on the training noise schedule (DDPM needs hundreds of steps)
-        ema.copy_to([p for m in trainable for p in acc.unwrap_model(m).parameters()])
-        pipe = EarthImagePipeline(
-            vae=vae,
-            unet=unet,
-            scheduler=sampling_scheduler(sched),
-            text_encoder=text,
-            tokenizer=tok,
-            metadata_encoder=meta,
-            controlnet=control,
-            box_encoder=box_enc,
-            layout_encoder=lay_enc,
-        )
+        ema.copy_to(ema_parameters(acc, task_loss))
+        pipe.scheduler = sampling_scheduler(pipe.scheduler)
+        out = Path(cfg.out)
         save_model_atomic(pipe, out / "pipeline")
         summary["pipeline"] = str(out / "pipeline")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

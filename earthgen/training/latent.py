@@ -13,9 +13,10 @@ to ``[32, 32, 32]`` latents once, and the UNet + metadata encoder learn in that 
    them with the pipeline's own :meth:`~earthgen.pipelines.image.EarthImagePipeline.encode_image`
    path and layout encoder, and store latents, layout maps, captions and GSDs; the per-channel
    latent mean/std measured on the cache go into the VAE's config.
-4. ``train``: one readable loop: v-prediction loss with min-SNR weighting, per-condition dropout
-   (text, metadata, layout), EMA, atomic checkpoints, ``--resume``, ``--test-run``. Prompts and
-   metadata go through the pipeline's own ``encode_prompt`` and ``class_labels``.
+4. ``train``: the loss object :class:`ImageLatentLoss` (v-prediction with min-SNR weighting,
+   per-condition dropout of text, metadata and layout; prompts and metadata through the
+   pipeline's own ``encode_prompt`` and ``class_labels``) in the shared loop
+   :func:`earthgen.training.loop.fit` (EMA, atomic checkpoints, ``--resume``, ``--test-run``).
 
 Batches are a pure function of (seed, step), so a resumed run sees the data it would have seen.
 """
@@ -27,12 +28,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from earthgen.errors import UserInputError
+from earthgen.training.loop import TaskLoss, check_fresh_out, ema_parameters, fit, track_ema
 
 DEFAULT_MIX = {"ucmerced": 0.5, "dubai": 0.25, "naip": 0.1, "neon": 0.08, "spacenet": 0.07}
 # UNet of the default model: 3 levels (32, 16, 8 latent pixels), cross-attention at 16 and 8
@@ -59,7 +61,7 @@ def init_latent_model(
     channels: tuple[int, ...] = UNET_CHANNELS,
     sample_size: int = 32,
 ) -> Path:
-    """A fresh pipeline in the latent space of the TAEF2 folder ``vae`` (see the module docstring)."""
+    """A fresh pipeline in the latent space of the TAEF2 folder ``vae`` (the module docstring)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -258,97 +260,108 @@ def _min_snr_weight(sched, t, gamma: float):
     return snr.clamp(max=gamma) / (snr + 1.0)
 
 
-def train_latent(cfg: LatentTrainConfig) -> dict:
-    """Train the UNet + metadata encoder of ``cfg.model`` on the latent cache; the EMA pipeline is
-    written to ``cfg.out/pipeline``. Returns a summary (steps, seconds, losses)."""
-    import torch
-    import torch.nn.functional as F
-    from accelerate import Accelerator
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
+class ImageLatentLoss(TaskLoss):
+    """``image-latent``: v-prediction on the cached, standardised TAEF2 latents with the layout
+    map at the UNet input, under min-SNR weighting; the UNet and the metadata encoder learn.
+    Prompts (empty when dropped) go through the pipeline's ``encode_prompt`` (cached per prompt),
+    metadata through its ``class_labels``; the dropout masks come with the batch."""
 
-    from earthgen.pipelines.image import load_pipeline, sampling_scheduler
-    from earthgen.training.loop import check_fresh_out, end_step, resume_state, run_summary
+    trains = ("unet", "meta")
 
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    if not cfg.resume:
-        check_fresh_out(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    data = torch.load(cfg.cache, weights_only=False)
-    pipe = load_pipeline(cfg.model)
-    pipe.text_encoder.requires_grad_(False)
-    pipe.vae.requires_grad_(False)
-    unet, meta = pipe.unet.float().train(), pipe.metadata_encoder.float().train()
-    params = list(unet.parameters()) + list(meta.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    sched_lr = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
-    )
-    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
-    acc = Accelerator(cpu=True)
-    unet, meta, opt, sched_lr = acc.prepare(unet, meta, opt, sched_lr)
-    acc.register_for_checkpointing(ema)
-    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
-    noise_sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
-    if noise_sched.config.prediction_type != "v_prediction":
+    def __init__(self, pipe, snr_gamma: float):
+        import torch
         from diffusers import DDPMScheduler
 
-        noise_sched = DDPMScheduler.from_config(noise_sched.config, prediction_type="v_prediction")
-    latents = pipe.vae.normalize_latents(data["latents"].float())
-    layouts = data["layout"].float()
-    captions, gsd = data["captions"], data["gsd"]
-    text_cache: dict[str, torch.Tensor] = {}
+        pipe.text_encoder.requires_grad_(False)
+        pipe.vae.requires_grad_(False)
+        self.pipe, self.snr_gamma = pipe, snr_gamma
+        self.unet, self.meta = pipe.unet.float().train(), pipe.metadata_encoder.float().train()
+        sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+        if sched.config.prediction_type != "v_prediction":
+            sched = DDPMScheduler.from_config(sched.config, prediction_type="v_prediction")
+        self.noise_sched = sched
+        self.text_cache: dict[str, torch.Tensor] = {}
 
-    def text(prompts: list[str]) -> torch.Tensor:
-        new = sorted({p for p in prompts if p not in text_cache})
+    def text(self, prompts: list[str]):
+        import torch
+
+        new = sorted({p for p in prompts if p not in self.text_cache})
         if new:
-            for p, e in zip(new, pipe.encode_prompt(new), strict=True):
-                text_cache[p] = e.float()
-        return torch.stack([text_cache[p] for p in prompts])
+            for p, e in zip(new, self.pipe.encode_prompt(new), strict=True):
+                self.text_cache[p] = e.float()
+        return torch.stack([self.text_cache[p] for p in prompts])
 
-    n = latents.shape[0]
-    t0 = time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps), initial=start, total=cfg.steps, desc="image-latent", unit="step"
+    def __call__(self, batch, generator):
+        import torch
+        import torch.nn.functional as F
+
+        z = batch["latents"]
+        b = z.shape[0]
+        emb = self.text(batch["prompts"])
+        labels = self.pipe.class_labels(batch["gsd"], None, b, batch["drop_meta"])
+        noise = torch.randn(z.shape, generator=generator)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (b,), generator=generator)
+        x_t = self.noise_sched.add_noise(z, noise, t)
+        target = self.noise_sched.get_velocity(z, noise, t)
+        x_in = torch.cat([x_t, batch["layout"]], dim=1)
+        pred = self.unet(x_in, t, encoder_hidden_states=emb, class_labels=labels).sample
+        w = _min_snr_weight(self.noise_sched, t, self.snr_gamma)
+        return (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
+def train_latent(cfg: LatentTrainConfig) -> dict:
+    """Train the UNet + metadata encoder of ``cfg.model`` on the latent cache; the EMA pipeline is
+    written to ``cfg.out/pipeline`` at every checkpoint. Returns a summary (steps, seconds,
+    losses)."""
+    import torch
+    from accelerate import Accelerator
+
+    from earthgen.pipelines.image import load_pipeline, sampling_scheduler
+
+    cfg.validate()
+    if not cfg.resume:
+        check_fresh_out(Path(cfg.out))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = torch.load(cfg.cache, weights_only=False)
+    pipe = load_pipeline(cfg.model)
+    task_loss = ImageLatentLoss(pipe, cfg.snr_gamma)
+    opt = torch.optim.AdamW(task_loss.param_groups(), lr=cfg.lr, weight_decay=1e-2)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
     )
-    for step in bar:
+    acc = Accelerator(cpu=True)
+    opt, lr_schedule = task_loss.prepare(acc, opt, lr_schedule)
+    ema = track_ema(acc, task_loss, cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+    latents = pipe.vae.normalize_latents(data["latents"].float())
+    layouts, captions, gsd = data["layout"].float(), data["captions"], data["gsd"]
+
+    def next_batch(step: int):
+        """Cache indices, dropout masks and the noise generator's seed from (seed, step)."""
         rng = np.random.default_rng([cfg.seed, step])
-        idx = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
+        idx = torch.from_numpy(rng.integers(0, latents.shape[0], cfg.batch_size))
         b = len(idx)
-        z = latents[idx]
         drop_text = rng.random(b) < cfg.text_dropout
         drop_meta = torch.from_numpy(rng.random(b) < cfg.meta_dropout)
-        keep_layout = torch.from_numpy(rng.random(b) >= cfg.layout_dropout).float()[
-            :, None, None, None
-        ]
-        prompts = ["" if d else captions[i] for d, i in zip(drop_text, idx.tolist(), strict=True)]
-        emb = text(prompts)
-        labels = pipe.class_labels(gsd[idx], None, b, drop_meta)
-        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
-        noise = torch.randn(z.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=gen)
-        x_t = noise_sched.add_noise(z, noise, t)
-        target = noise_sched.get_velocity(z, noise, t)
-        x_in = torch.cat([x_t, layouts[idx] * keep_layout], dim=1)
-        pred = unet(x_in, t, encoder_hidden_states=emb, class_labels=labels).sample
-        w = _min_snr_weight(noise_sched, t, cfg.snr_gamma)
-        loss = (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
-        acc.backward(loss)
-        acc.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched_lr.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(params)
-        end_step(acc, cfg, loss, step, rows, bar, out)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            export_ema(pipe, ema, params, out / "pipeline", sampling_scheduler)
-    bar.close()
-    summary = run_summary(cfg, start, rows, t0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        keep_layout = torch.from_numpy(rng.random(b) >= cfg.layout_dropout).float()
+        batch = {
+            "latents": latents[idx],
+            "layout": layouts[idx] * keep_layout[:, None, None, None],
+            "prompts": [
+                "" if d else captions[i] for d, i in zip(drop_text, idx.tolist(), strict=True)
+            ],
+            "gsd": gsd[idx],
+            "drop_meta": drop_meta,
+        }
+        return batch, torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
+
+    params = ema_parameters(acc, task_loss)
+
+    def export(done: int) -> None:
+        export_ema(pipe, ema, params, Path(cfg.out) / "pipeline", sampling_scheduler)
+
+    summary = fit(acc, cfg, task_loss, next_batch, opt, ema, lr_schedule, on_save=export)
+    (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -1,5 +1,12 @@
-"""Pieces every training loop shares: atomic checkpoints with accelerate, resume, the loss log
-(``loss.csv`` + ``loss.png``) and atomic model folders."""
+"""The training loop every task shares (:func:`fit`) and its pieces: the task's loss object
+(:class:`TaskLoss`), the EMA, atomic checkpoints with accelerate, resume, the loss log
+(``loss.csv`` + ``loss.png``) and atomic model folders.
+
+A task is a loss object and a batch function: ``loss = task_loss(batch, generator)`` computes one
+step's loss (noise, timesteps and condition dropout drawn from ``generator``), ``batch, generator
+= next_batch(step)`` is a pure function of (seed, step, rank). Everything else -- accumulation,
+mixed precision, clipping, the optimizer and EMA steps, logging, checkpoints, resume -- is
+:func:`fit`, the same for every task."""
 
 from __future__ import annotations
 
@@ -9,11 +16,115 @@ import math
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from earthgen.errors import UserInputError
+
+
+class TaskLoss:
+    """One training task's loss (DiT's ``training_losses``): ``__call__(batch, generator)`` returns
+    the scalar loss of a batch. The modules that learn are attributes named in ``trains`` (in
+    checkpoint order); their parameters that require gradients are what the optimizer steps
+    (:meth:`param_groups`), all their parameters what the EMA tracks. Everything else the loss
+    uses is frozen by the subclass's constructor, which holds the task's whole set-up."""
+
+    trains: tuple[str, ...] = ()
+
+    @property
+    def modules(self) -> list:
+        return [getattr(self, name) for name in self.trains]
+
+    def parameters(self) -> list:
+        """The parameters that learn (``requires_grad``), module by module."""
+        return [p for m in self.modules for p in m.parameters() if p.requires_grad]
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (one, unless a task needs its own weight decay)."""
+        return [{"params": self.parameters()}]
+
+    def prepare(self, acc, *objects):
+        """``accelerate``-prepare the trained modules (their attributes now hold the wrappers that
+        multi-GPU training needs) together with ``objects`` (the optimizer, an LR schedule);
+        returns the prepared ``objects`` (one object when given one)."""
+        out = acc.prepare(*self.modules, *objects)
+        out = list(out) if isinstance(out, (tuple, list)) else [out]
+        for name, module in zip(self.trains, out, strict=False):
+            setattr(self, name, module)
+        rest = out[len(self.trains) :]
+        return rest[0] if len(rest) == 1 else tuple(rest)
+
+    def __call__(self, batch, generator):
+        raise NotImplementedError
+
+
+def track_ema(acc, task_loss: TaskLoss, decay: float, **kw):
+    """An EMA of every parameter of the trained modules, saved in the checkpoints (register it
+    before any other custom checkpoint object)."""
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(ema_parameters(acc, task_loss), decay=decay, **kw)
+    acc.register_for_checkpointing(ema)
+    return ema
+
+
+def ema_parameters(acc, task_loss: TaskLoss) -> list:
+    """Every parameter of the trained modules (unwrapped): what the EMA tracks and exports."""
+    return [p for m in task_loss.modules for p in acc.unwrap_model(m).parameters()]
+
+
+def fit(acc, cfg, task_loss: TaskLoss, next_batch, opt, ema, lr_schedule=None, on_save=None):
+    """Train ``task_loss`` for steps ``start .. cfg.steps`` (``start`` = 0, or with ``cfg.resume``
+    the latest checkpoint in ``cfg.out``, which restores the modules, optimizer, EMA, schedule
+    and random states); returns the run summary (:func:`run_summary`).
+
+    Each step: ``batch, generator = next_batch(step)`` (a pure function of seed, step and rank),
+    the loss ``task_loss(batch, generator)`` under accelerate's gradient accumulation and autocast,
+    backward, gradient clipping at norm 1, the optimizer (and ``lr_schedule``) step, the EMA step,
+    then :func:`end_step` (loss log, atomic checkpoint) and ``on_save(steps_done)`` after each
+    checkpoint. Rank 0 writes ``cfg.out/train_config.json``."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    if not cfg.resume:
+        check_fresh_out(out)
+    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
+    ema.to(acc.device)  # accelerate restores the EMA state on the CPU
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    params, tracked = task_loss.parameters(), ema_parameters(acc, task_loss)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=cfg.task,
+        disable=not acc.is_local_main_process,
+        initial=start,
+        total=cfg.steps,
+    )
+    t0 = time.perf_counter()
+    for step in bar:
+        batch, generator = next_batch(step)
+        with acc.accumulate(*task_loss.modules):
+            with acc.autocast():
+                loss = task_loss(batch, generator)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if lr_schedule is not None:
+                lr_schedule.step()
+            opt.zero_grad()
+        if acc.sync_gradients:
+            ema.step(tracked)
+        end_step(acc, cfg, loss, step, rows, bar, out)
+        if on_save is not None and saves_at(cfg, step + 1):
+            on_save(step + 1)
+        del loss  # free this step's graph before the next one is built
+    bar.close()
+    acc.wait_for_everyone()
+    return run_summary(cfg, start, rows, t0)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -84,13 +195,18 @@ def end_step(acc, cfg, loss, step: int, rows: list[tuple[int, float]], bar, out:
     bar.set_postfix(loss=f"{lv:.4f}")
     if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
         write_loss_log(out, rows)
-    if done % cfg.save_every == 0 or done == cfg.steps:
+    if saves_at(cfg, done):
         save_checkpoint(acc, Path(out) / "checkpoints", done, cfg.keep_checkpoints)
     return lv
 
 
+def saves_at(cfg, done: int) -> bool:
+    """Whether a checkpoint is written after ``done`` steps: every ``cfg.save_every``, and last."""
+    return done % cfg.save_every == 0 or done == cfg.steps
+
+
 def run_summary(cfg, start: int, rows: list[tuple[int, float]], t0: float) -> dict:
-    """The summary every trainer returns: task, steps, where it started, seconds, first/last losses."""
+    """The summary every trainer returns: task, steps, start, seconds, first/last losses."""
     return {
         "task": cfg.task,
         "steps": cfg.steps,
@@ -126,11 +242,8 @@ def plot_losses(rows: list[tuple[int, float]], path: Path) -> None:
         xs = pad + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (w - 2 * pad)
         ys = h - pad - (loss - lo) / (hi - lo) * (h - 2 * pad)
         d.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(30, 90, 200), width=2)
-        d.text(
-            (pad, 8),
-            f"loss (log10) {10**hi:.4g} .. {10**lo:.4g}; steps {int(steps.min())}..{int(steps.max())}",
-            fill="black",
-        )
+        span = f"steps {int(steps.min())}..{int(steps.max())}"
+        d.text((pad, 8), f"loss (log10) {10**hi:.4g} .. {10**lo:.4g}; {span}", fill="black")
     d.rectangle([pad, pad, w - pad, h - pad], outline=(150, 150, 150))
     tmp = path.with_suffix(".tmp.png")
     img.save(tmp)

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,13 +29,7 @@ import numpy as np
 import torch
 
 from earthgen.errors import UserInputError
-from earthgen.training.loop import (
-    check_fresh_out,
-    end_step,
-    resume_state,
-    run_summary,
-    save_model_atomic,
-)
+from earthgen.training.loop import TaskLoss, fit, save_model_atomic, track_ema
 
 if TYPE_CHECKING:
     from vae.sparse import SparseTensor
@@ -114,7 +107,8 @@ class Train3DConfig:
         ratio = self.voxel_size / self.gsd
         if abs(ratio - round(ratio)) > 1e-6:
             raise UserInputError(
-                f"--voxel-size ({self.voxel_size} m) must be a whole multiple of --gsd ({self.gsd} m)"
+                f"--voxel-size ({self.voxel_size} m) must be a whole multiple of "
+                f"--gsd ({self.gsd} m)"
             )
         if self.scene_size < 4 * self.voxel_size:
             raise UserInputError("--scene-size must be at least 4 voxels")
@@ -144,7 +138,8 @@ class Train3DConfig:
 
 def world_tile(seed: int, index: int, size_m: float, gsd: float, snap_m: float = 1.0):
     """World tile ``index`` of a data seed: its own world seed, preset and place (deterministic);
-    the origin is a multiple of ``snap_m`` (the voxel size), so the tile covers whole voxel columns."""
+    the origin is a multiple of ``snap_m`` (the voxel size), so the tile covers whole voxel
+    columns."""
     from earthgen.world.config import preset as world_preset
     from earthgen.world.tile import generate_world
 
@@ -329,15 +324,55 @@ def evaluate_texture(model, scenes: list, views: int, size: int, seed: int, devi
     return {"psnr_db": float(np.mean(ps)), "ssim": float(np.mean(ss)), "views": len(ps)}
 
 
-# --- loop -----------------------------------------------------------------------------------------
+# --- losses -------------------------------------------------------------------------------------
+
+
+class StructureVAELoss(TaskLoss):
+    """``structure-vae``: the occupancy classifiers' cross-entropy at every level (teacher
+    forcing) + ``kl_weight`` KL, on a sparse batch of voxel crops."""
+
+    trains = ("model",)
+
+    def __init__(self, model, kl_weight: float):
+        self.model, self.kl_weight = model.train(), kl_weight
+
+    def __call__(self, batch, generator):
+        return self.model(batch, kl_weight=self.kl_weight, generator=generator)["loss"]
+
+
+class TextureVAELoss(TaskLoss):
+    """``texture-vae``: renders of the decoded surfels against renders of the reference scene from
+    the batch's cameras: L1 + 0.2 (1 - SSIM) + ``kl_weight`` KL, averaged over the scenes."""
+
+    trains = ("model",)
+
+    def __init__(self, model, kl_weight: float, image_size: int):
+        self.model, self.kl_weight, self.size = model.train(), kl_weight, image_size
+
+    def __call__(self, batch, generator):
+        from renderers.metrics import ssim
+        from renderers.rasterization import render_surfels
+
+        loss = 0.0
+        for it in batch:  # scenes have their own origins and cameras: one at a time
+            sc, (vm, Ks) = it["scene"], it["cameras"]
+            gs, post = self.model(it["x"], sc.voxel_size, tuple(sc.origin), generator=generator)
+            gs.pop("voxel")
+            pred = render_surfels(gs, vm, Ks, self.size)
+            with torch.no_grad():
+                ref = render_surfels(it["reference"], vm, Ks, self.size)
+            rec = (pred - ref).abs().mean() + 0.2 * (1 - ssim(pred, ref, channels_last=True).mean())
+            loss = loss + (rec + self.kl_weight * post.kl()) / len(batch)
+        return loss
+
+
+# --- training -------------------------------------------------------------------------------------
 
 
 def train(cfg: Train3DConfig) -> dict:
     """Run training; returns a summary (steps, losses, evaluation, output paths)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
     if cfg.test_run:  # small everything, but what the user set explicitly
         base = Train3DConfig(task=cfg.task)
@@ -356,107 +391,60 @@ def train(cfg: Train3DConfig) -> dict:
             if getattr(cfg, k) == getattr(base, k):
                 setattr(cfg, k, v)
     cfg.validate()
-    out = Path(cfg.out)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     device = acc.device
     structure = cfg.task == "structure-vae"
     main = acc.is_local_main_process
+    n_held = 2 if cfg.test_run else 8
     if structure:
-        pool = structure_pool(
-            cfg.seed, cfg.pool, cfg.resolution, cfg.voxel_size, cfg.voxel_size, progress=main
-        )
-        held = structure_pool(
-            cfg.seed + 7919,
-            2 if cfg.test_run else 8,
-            cfg.resolution,
-            cfg.voxel_size,
-            cfg.voxel_size,
-        )
-        in_ch = None
+        L, vs = cfg.resolution, cfg.voxel_size
+        pool = structure_pool(cfg.seed, cfg.pool, L, vs, vs, progress=main)
+        held = structure_pool(cfg.seed + 7919, n_held, L, vs, vs)
+        task_loss = StructureVAELoss(make_model(cfg), cfg.kl_weight)
     else:
         pool = texture_pool(
             cfg.seed, cfg.pool, cfg.scene_size, cfg.voxel_size, cfg.gsd, progress=main
         )
-        held = texture_pool(
-            cfg.seed + 7919, 2 if cfg.test_run else 8, cfg.scene_size, cfg.voxel_size, cfg.gsd
-        )
-        in_ch = pool[0].appearance.shape[1]
-    model = make_model(cfg, in_ch)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        held = texture_pool(cfg.seed + 7919, n_held, cfg.scene_size, cfg.voxel_size, cfg.gsd)
+        model = make_model(cfg, pool[0].appearance.shape[1])
+        task_loss = TextureVAELoss(model, cfg.kl_weight, cfg.image_size)
+    opt = torch.optim.AdamW(task_loss.param_groups(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))),
     )
     # the scheduler is not prepared: a prepared one steps once per process and would run the
     # schedule N times too fast on N GPUs; it is checkpointed as a custom object
-    model, opt = acc.prepare(model, opt)
-    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay)
-    acc.register_for_checkpointing(ema)
+    opt = task_loss.prepare(acc, opt)
+    ema = track_ema(acc, task_loss, cfg.ema_decay)
     acc.register_for_checkpointing(sched)
-    ema.to(device)
 
-    if not cfg.resume:
-        check_fresh_out(out)
-    start, rows = resume_state(acc, out) if cfg.resume else (0, [])
-    ema.to(device)  # accelerate restores the EMA state on the CPU
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    from renderers.metrics import ssim
-    from renderers.rasterization import render_surfels
-
-    bar = tqdm(
-        range(start, cfg.steps), desc=cfg.task, disable=not main, initial=start, total=cfg.steps
-    )
-    t0 = time.perf_counter()
-    for step in bar:
+    def next_batch(step: int):
         rng = np.random.default_rng([cfg.seed, step, acc.process_index])
         g = torch.Generator(device="cpu").manual_seed(int(rng.integers(0, 2**63 - 1)))
-        model.train()
-        with acc.autocast():
-            if structure:
-                crops = [
-                    structure_crop(pool[int(rng.integers(0, len(pool)))], cfg.resolution, rng)
-                    for _ in range(cfg.batch_size)
-                ]
-                res = model(
-                    batch_of(crops, cfg.resolution, device), kl_weight=cfg.kl_weight, generator=g
-                )
-                loss = res["loss"]
-            else:
-                scenes = [pool[int(rng.integers(0, len(pool)))] for _ in range(cfg.batch_size)]
-                loss = 0.0
-                for scene in scenes:  # scenes have their own origins and cameras: one at a time
-                    gs, post = model(
-                        texture_input([scene], device),
-                        scene.voxel_size,
-                        tuple(scene.origin),
-                        generator=g,
-                    )
-                    gs.pop("voxel")
-                    vm, Ks = random_cameras(scene, cfg.views, cfg.image_size, rng, device)
-                    pred = render_surfels(gs, vm, Ks, cfg.image_size)
-                    with torch.no_grad():
-                        ref = render_surfels(
-                            reference_surfels(scene, device), vm, Ks, cfg.image_size
-                        )
-                    rec = (pred - ref).abs().mean() + 0.2 * (
-                        1 - ssim(pred, ref, channels_last=True).mean()
-                    )
-                    loss = loss + (rec + cfg.kl_weight * post.kl()) / len(scenes)
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        ema.step(acc.unwrap_model(model).parameters())
-        end_step(acc, cfg, loss, step, rows, bar, out)
-        del loss  # free this step's graph before the next one is built
-    acc.wait_for_everyone()
-    summary = run_summary(cfg, start, rows, t0)
+        if structure:
+            crops = [
+                structure_crop(pool[int(rng.integers(0, len(pool)))], cfg.resolution, rng)
+                for _ in range(cfg.batch_size)
+            ]
+            return batch_of(crops, cfg.resolution, device), g
+        scenes = [pool[int(rng.integers(0, len(pool)))] for _ in range(cfg.batch_size)]
+        batch = [
+            {
+                "scene": sc,
+                "x": texture_input([sc], device),
+                "reference": reference_surfels(sc, device),
+                "cameras": random_cameras(sc, cfg.views, cfg.image_size, rng, device),
+            }
+            for sc in scenes
+        ]
+        return batch, g
+
+    summary = fit(acc, cfg, task_loss, next_batch, opt, ema, lr_schedule=sched)
     if acc.is_main_process:
-        final = acc.unwrap_model(model)
+        out = Path(cfg.out)
+        final = acc.unwrap_model(task_loss.model)
         ema.copy_to(final.parameters())  # the saved model holds the EMA weights
         save_model_atomic(final, out / "model")
         summary["model"] = str(out / "model")

@@ -2,15 +2,17 @@
 
 A :class:`Scene3D` is what the 3D VAEs train on:
 
-- ``coords`` ``[N, 3]`` local voxel indices (the minimum over the scene is ``(0, 0, 0)``), ``origin`` the world position (metres) of
-  local voxel ``(0, 0, 0)``'s minimum corner, ``voxel_size`` metres;
+- ``coords`` ``[N, 3]`` local voxel indices (the minimum over the scene is ``(0, 0, 0)``),
+  ``origin`` the world position (metres) of local voxel ``(0, 0, 0)``'s minimum corner,
+  ``voxel_size`` metres;
 - ``appearance`` ``[N, D]`` what the texture VAE encodes for each voxel: the voxel colour, which
   side faces are exposed, and for the top voxel of a column the ``p x p`` sub-voxel patch of the
   tile's pixel colours and surface heights (``p = voxel_size / gsd``);
 - ``reference``: the ground-truth scene the texture VAE's surfels are rendered against: one
   horizontal surfel per tile pixel (of a column that has voxels) at the surface height with the
-  pixel's colour (roofs, ground, water), and one vertical surfel per exposed side face of a voxel (walls, slopes), cut at the
-  column's surface height. Renders of it from any camera are the training targets.
+  pixel's colour (roofs, ground, water), and one vertical surfel per exposed side face of a
+  voxel (walls, slopes), cut at the column's surface height. Renders of it from any camera are
+  the training targets.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def _water(s: Sampler, seed: int, cfg: WorldConfig, urban: np.ndarray) -> dict[s
 
 
 def water_mask(s: Sampler, seed: int, cfg: WorldConfig) -> np.ndarray:
-    """Where lakes and rivers are (bool, the sampler's shape); cheaper than :func:`terrain_fields`."""
+    """Where lakes and rivers are (bool, the sampler's shape); cheaper than
+    :func:`terrain_fields`."""
     return _water(s, seed, cfg, urban_field(s, seed, cfg))["water"]
 
 

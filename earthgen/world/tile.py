@@ -103,7 +103,8 @@ class WorldTile:
         )
 
     def voxels(self, voxel_size: float = 1.0):
-        """Sparse voxel occupancy with semantic and colour: :class:`earthgen.world.voxels.VoxelGrid`."""
+        """Sparse voxel occupancy with semantic and colour:
+        :class:`earthgen.world.voxels.VoxelGrid`."""
         from earthgen.world.voxels import voxelize
 
         return voxelize(self, voxel_size)
@@ -339,7 +340,8 @@ def _burn_features(sem: np.ndarray, feats: list[Feature], transform) -> np.ndarr
 
 
 def _circles(xy: np.ndarray, r: np.ndarray, n: int = 16) -> np.ndarray:
-    """Regular ``n``-gons ``[N, n, 2]`` approximating circles (centres ``[N, 2]``, radii ``[N]``)."""
+    """Regular ``n``-gons ``[N, n, 2]`` approximating circles (centres ``[N, 2]``, radii
+    ``[N]``)."""
     a = np.linspace(0, 2 * np.pi, n, endpoint=False)
     ring = np.stack([np.cos(a), np.sin(a)], -1)
     return xy[:, None, :] + r[:, None, None] * ring[None]

@@ -42,7 +42,8 @@ class VoxelGrid:
         return (self.coords.astype(np.float64) + 0.5) * self.voxel_size
 
     def dense(self) -> tuple[np.ndarray, np.ndarray]:
-        """Occupancy ``[X, Y, Z]`` bool over the bounding box and its minimum corner index ``[3]``."""
+        """Occupancy ``[X, Y, Z]`` bool over the bounding box and its minimum corner index
+        ``[3]``."""
         lo = self.coords.min(axis=0)
         ext = self.coords.max(axis=0) - lo + 1
         occ = np.zeros(tuple(int(e) for e in ext), dtype=bool)
@@ -88,7 +89,8 @@ class VoxelGrid:
         rec["semantic"] = self.semantic
         header = (
             "ply\nformat binary_little_endian 1.0\n"
-            f"comment earthgen voxels, voxel_size {self.voxel_size} m, semantic = earthgen class id\n"
+            f"comment earthgen voxels, voxel_size {self.voxel_size} m, "
+            "semantic = earthgen class id\n"
             f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
             "property uchar red\nproperty uchar green\nproperty uchar blue\n"
             "property uchar semantic\nend_header\n"
