@@ -590,16 +590,15 @@ class ImageControlLoss(LatentDiffusionLoss):
         freeze_except(pipe, [self.control])
 
     def predict(self, batch, g, zt, ts, emb, labels, drop_all):
-        from earthgen.conditioning.dense import one_hot, road_map
-
         sem = batch["semantic"]
         if sem is None:
             raise UserInputError(
                 "image-control training needs layouts: use --data world or a semantic-mask "
                 "folder (images/ + masks/, docs/training.md)"
             )
-        maps = {"layout": one_hot(sem).to(zt.device), "roads": road_map(sem).to(zt.device)}
-        b = zt.shape[0]
+        b, (h, w) = zt.shape[0], batch["image"].shape[-2:]
+        # the maps the pipeline builds from a layout at sampling time (one-hot classes, roads)
+        maps = {k: v.to(zt.device) for k, v in self.pipe.dense_controls(sem, None, b, h, w).items()}
         drop = {k: (torch.rand(b, generator=g) < self.p_drop) | drop_all for k in maps}
         down, mid = self.control(zt, ts, emb, self.pack(maps, drop=drop), class_labels=labels)
         pred = self.unet(
