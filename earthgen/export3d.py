@@ -109,28 +109,44 @@ def save_scene(
         colors,
         fields={"semantic": semantic} if semantic is not None else None,
     )
-    lo, hi = ctr.min(0), ctr.max(0)
+    info = {"voxels": int(len(coords)), "surfels": int(len(s["means"])), "mesh_faces": int(len(f))}
+    paths.update(
+        _render_and_describe(
+            out, s, ctr.min(0), ctr.max(0), origin, voxel_size, image_size, views, info
+        )
+    )
+    return {k: str(p) for k, p in paths.items()}
+
+
+def _render_and_describe(
+    out: Path,
+    surfels: dict,
+    lo,
+    hi,
+    origin,
+    voxel_size: float,
+    image_size: int,
+    views: int,
+    info: dict,
+) -> dict:
+    """``render.png`` (``views`` orbit views of ``surfels`` framing the voxel centres ``lo`` ..
+    ``hi`` ``[3]``, local metres) and ``scene.json`` (origin, voxel size, ``info``, the frame)."""
     imgs = render_views(
-        s,
+        surfels,
         torch.tensor((lo + hi) / 2 + origin, dtype=torch.float32),
         float(np.max(hi - lo)),
         image_size,
         views,
     )
-    paths["render"] = write_png(out / "render.png", _view_grid(imgs, image_size, views))
-    paths["json"] = write_json(
-        out / "scene.json",
-        {
-            "origin_m": origin.tolist(),
-            "voxel_size_m": voxel_size,
-            "voxels": int(len(coords)),
-            "surfels": int(len(s["means"])),
-            "mesh_faces": int(len(f)),
-            "frame": "local metres, x east, y north, z up "
-            "(scene.glb is y-up); add origin_m for world coordinates",
-        },
-    )
-    return {k: str(p) for k, p in paths.items()}
+    render = write_png(out / "render.png", _view_grid(imgs, image_size, views))
+    meta = {
+        "origin_m": np.asarray(origin).tolist(),
+        "voxel_size_m": voxel_size,
+        **info,
+        "frame": "local metres, x east, y north, z up "
+        "(scene.glb is y-up); add origin_m for world coordinates",
+    }
+    return {"render": render, "json": write_json(out / "scene.json", meta)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,25 +483,11 @@ def save_scene_store(
         if render_surfels is not None
         else lod_surfels(store, voxel_size, render_budget)
     )
-    imgs = render_views(
-        s,
-        torch.tensor((lo + hi) / 2 + origin, dtype=torch.float32),
-        float(np.max(hi - lo)),
-        image_size,
-        views,
-    )
-    paths["render"] = write_png(out / "render.png", _view_grid(imgs, image_size, views))
-    paths["json"] = write_json(
-        out / "scene.json",
-        {
-            "origin_m": origin.tolist(),
-            "voxel_size_m": voxel_size,
-            "voxels": int(store.n_voxels),
-            "surfels": int(store.n_surfels),
-            "mesh_faces": int(faces),
-            **meta,
-            "frame": "local metres, x east, y north, z up "
-            "(scene.glb is y-up); add origin_m for world coordinates",
-        },
-    )
+    info = {
+        "voxels": int(store.n_voxels),
+        "surfels": int(store.n_surfels),
+        "mesh_faces": int(faces),
+        **meta,
+    }
+    paths.update(_render_and_describe(out, s, lo, hi, origin, voxel_size, image_size, views, info))
     return {k: str(p) for k, p in paths.items()}

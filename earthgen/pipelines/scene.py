@@ -980,34 +980,10 @@ class EarthScenePipeline(DiffusionPipeline):
         add = np.clip(bot - need, 0, None)  # voxels to add under each column
         cols = np.nonzero(add > 0)[0]
         if len(cols):
-            # the lowest voxel of each column: its row in coords
-            lowest = np.full(X * Y, -1, np.int64)
-            is_low = c[:, 2] == bot[col]
-            lowest[col[is_low]] = np.nonzero(is_low)[0]
-            n_add = add[cols]
-            src = np.repeat(lowest[cols], n_add)
-            depth = np.arange(int(n_add.sum())) - np.repeat(np.cumsum(n_add) - n_add, n_add) + 1
-            new = c[src].copy()
-            new[:, 2] -= depth
-            base = len(c)
+            src, new, extra = _wall_voxels(c, col, cols, add, bot, surf, vs)
+            extra["voxel"] += len(c)
             c = np.concatenate([c, new])
             colors = np.concatenate([out.colors, out.colors[src]])
-            # surfels: copies of the lowest voxel's surfels, moved down
-            order = np.argsort(surf["voxel"], kind="stable")
-            sv = surf["voxel"][order]
-            first = np.searchsorted(sv, src)
-            last = np.searchsorted(sv, src, side="right")
-            cnt = last - first
-            pick = order[
-                np.repeat(first, cnt)
-                + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-            ]
-            rows = np.repeat(np.arange(len(src)) + base, cnt)
-            down = np.repeat(depth, cnt) * vs
-            extra = {k: surf[k][pick] for k in ("means", "quats", "scales", "opacities", "colors")}
-            extra["means"] = extra["means"].copy()
-            extra["means"][:, 2] -= down
-            extra["voxel"] = rows
             surf = {k: np.concatenate([surf[k], extra[k]]) for k in surf}
         else:
             colors = out.colors
@@ -1060,33 +1036,13 @@ class EarthScenePipeline(DiffusionPipeline):
             col = c[:, 0] * Y + c[:, 1]
             cols = np.unique(col[add[col] > 0])
             if len(cols):
-                lowest = np.full(X * Y, -1, np.int64)  # the lowest voxel of each column: its row
-                is_low = c[:, 2] == bot[col]
-                lowest[col[is_low]] = np.nonzero(is_low)[0]
-                n_add = add[cols]
-                src = np.repeat(lowest[cols], n_add)
-                depth = np.arange(int(n_add.sum())) - np.repeat(np.cumsum(n_add) - n_add, n_add) + 1
-                new = c[src].copy()
-                new[:, 2] -= depth
-                # surfels: copies of the lowest voxel's surfels, moved down
-                order = np.argsort(surf["voxel"], kind="stable")
-                sv = surf["voxel"][order]
-                first = np.searchsorted(sv, src)
-                cnt = np.searchsorted(sv, src, side="right") - first
-                pick = order[
-                    np.repeat(first, cnt)
-                    + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-                ]
-                extra = {k: surf[k][pick] for k in ("means", "quats", "scales", "opacities")}
-                extra["colors"] = surf["colors"][pick]
-                extra["means"][:, 2] -= np.repeat(depth, cnt) * vs
+                src, new, extra = _wall_voxels(c, col, cols, add, bot, surf, vs)
                 np.savez(
                     store.folder / f"add_{i}.npz",
                     coords=new,
                     colors=colors[src],
-                    col=np.repeat(cols, n_add),
+                    col=np.repeat(cols, add[cols]),
                     **{"s_" + k: v for k, v in extra.items()},
-                    s_voxel=np.repeat(np.arange(len(src)), cnt),
                 )
             store.replace(i, c, colors, surf)
         # the added voxels, one chunk per column of windows, west to east, by column x * Y + y
@@ -1120,6 +1076,42 @@ class EarthScenePipeline(DiffusionPipeline):
             surf["voxel"] = sv[sorder]
             store.add(cat["coords"][perm], cat["colors"][perm], surf, (x0, 0, x1, Y), window=False)
         return lo
+
+
+def _wall_voxels(
+    c: np.ndarray,
+    col: np.ndarray,
+    cols: np.ndarray,
+    add: np.ndarray,
+    bot: np.ndarray,
+    surf: dict,
+    vs: float,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The voxels that close the walls of raised columns: ``add[k]`` copies of column ``k``'s
+    lowest voxel stacked under it, for the columns ``cols``. ``c`` ``[N, 3]`` voxels and ``col``
+    ``[N]`` their column (``x * Y + y``), ``bot`` ``[X * Y]`` each column's lowest ``z``,
+    ``surf`` the voxels' surfels. Returns the source row of each new voxel ``[K]``, the new voxels
+    ``[K, 3]`` and their surfels (copies of the source's, moved down; ``voxel`` = row among the
+    new voxels)."""
+    lowest = np.full(len(bot), -1, np.int64)  # the lowest voxel of each column: its row in c
+    is_low = c[:, 2] == bot[col]
+    lowest[col[is_low]] = np.nonzero(is_low)[0]
+    n_add = add[cols]
+    src = np.repeat(lowest[cols], n_add)
+    depth = np.arange(int(n_add.sum())) - np.repeat(np.cumsum(n_add) - n_add, n_add) + 1
+    new = c[src].copy()
+    new[:, 2] -= depth
+    order = np.argsort(surf["voxel"], kind="stable")
+    sv = surf["voxel"][order]
+    first = np.searchsorted(sv, src)
+    cnt = np.searchsorted(sv, src, side="right") - first
+    pick = order[
+        np.repeat(first, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    ]
+    extra = {k: surf[k][pick] for k in ("means", "quats", "scales", "opacities", "colors")}
+    extra["means"][:, 2] -= np.repeat(depth, cnt) * vs  # fancy indexing made a copy
+    extra["voxel"] = np.repeat(np.arange(len(src)), cnt)
+    return src, new, extra
 
 
 def ground_surface(
