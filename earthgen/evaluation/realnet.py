@@ -34,6 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from earthgen.classes import NUM_CLASSES
+from earthgen.datasets import UCM_CLASSES
 from earthgen.errors import UserInputError
 
 IGNORE = 255  # same value as earthgen.datasets.IGNORE (unknown / not scored)
@@ -49,24 +50,6 @@ SEG_NAMES: tuple[str, ...] = ("building", "bare", "road", "vegetation", "water")
 _TO_SEG = np.full(256, IGNORE, dtype=np.uint8)
 _TO_SEG[[1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]] = [1, 4, 4, 4, 4, 7, 9, 9, 9, 11, 4]
 
-UCM_CLASSES_DEFAULT: tuple[str, ...] = (
-    "agricultural",
-    "beach",
-    "buildings",
-    "chaparral",
-    "denseresidential",
-    "forest",
-    "freeway",
-    "golfcourse",
-    "harbor",
-    "intersection",
-    "mediumresidential",
-    "mobilehomepark",
-    "parkinglot",
-    "river",
-    "runway",
-    "sparseresidential",
-)
 
 PACKAGED = "realnet"  # earthgen/assets/models/realnet/{classifier,segmenter}
 
@@ -112,7 +95,7 @@ class SceneClassifier(ModelMixin, ConfigMixin):
         self,
         widths: tuple[int, ...] = (24, 48, 96, 192),
         input_size: int = 128,
-        class_names: tuple[str, ...] = UCM_CLASSES_DEFAULT,
+        class_names: tuple[str, ...] = UCM_CLASSES,
         dropout: float = 0.2,
     ):
         super().__init__()
@@ -502,8 +485,6 @@ def train_classifier(
     label smoothing 0.1; save fp16 safetensors to ``out`` and return the recipe + held-out
     scores."""
     from tqdm import tqdm
-
-    from earthgen.datasets import UCM_CLASSES
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

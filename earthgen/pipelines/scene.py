@@ -949,35 +949,24 @@ class EarthScenePipeline(DiffusionPipeline):
         neighbour, the added voxels copy the surfels of the column's lowest voxel). ``origin[2]``
         becomes the DEM's lowest elevation, so ``origin + local`` is metres above the datum."""
         vs = self.voxel_size
-        d = dem.numpy().astype(np.float64)
-        lo = float(d.min())
-        dz = np.rint((d - lo) / vs).astype(np.int64)  # [X, Y] voxels
+        lo, dz = _dem_steps(dem, vs)
         c = out.coords.astype(np.int64)
         X, Y = dz.shape
         if not len(c):
             return out
+        col = c[:, 0] * Y + c[:, 1]
+        top = np.full(X * Y, -1, np.int64)  # column tops and bottoms before the shift
+        np.maximum.at(top, col, c[:, 2])
+        bot = np.full(X * Y, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(bot, col, c[:, 2])
+        add, bot = _dem_walls(top.reshape(X, Y), bot.reshape(X, Y), dz)
         shift = dz[c[:, 0], c[:, 1]]
-        c = c.copy()
         c[:, 2] += shift
         surf = dict(out.surfels)
         means = surf["means"].copy()
         if len(means):  # surfels in the output frame: metres above the datum (origin[2] = lo)
             means[:, 2] += shift[surf["voxel"]] * vs + lo
         surf["means"] = means
-        # closure: column tops and bottoms after the shift, each column down to its lowest neighbour
-        col = c[:, 0] * Y + c[:, 1]
-        top = np.full(X * Y, -1, np.int64)
-        np.maximum.at(top, col, c[:, 2])
-        bot = np.full(X * Y, np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(bot, col, c[:, 2])
-        t2 = top.reshape(X, Y)
-        filled = np.where(t2 < 0, np.iinfo(np.int64).max // 2, t2)
-        pad = np.pad(filled, 1, mode="edge")
-        low = np.minimum.reduce(
-            [pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]
-        ).ravel()
-        need = np.where(top >= 0, np.minimum(low + 1, top), bot)
-        add = np.clip(bot - need, 0, None)  # voxels to add under each column
         cols = np.nonzero(add > 0)[0]
         if len(cols):
             src, new, extra = _wall_voxels(c, col, cols, add, bot, surf, vs)
@@ -1010,21 +999,14 @@ class EarthScenePipeline(DiffusionPipeline):
         as the in-memory output orders them (by column ``x * Y + y``), so the scene read back is
         the in-memory one, array for array."""
         vs = self.voxel_size
-        d = dem.numpy().astype(np.float64)
-        lo = float(d.min())
-        dz = np.rint((d - lo) / vs).astype(np.int64)  # [X, Y] voxels
+        lo, dz = _dem_steps(dem, vs)
         X, Y = dz.shape
         full = store.top != EMPTY_TOP
         if not full.any():
             return 0.0
-        big = np.iinfo(np.int64).max
-        top = np.where(full, store.top + dz, -1)  # [X, Y] after the shift
-        bot = np.where(full, store.bottom.astype(np.int64) + dz, big)
-        pad = np.pad(np.where(top < 0, big // 2, top), 1, mode="edge")
-        low = np.minimum.reduce([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
-        need = np.where(top >= 0, np.minimum(low + 1, top), bot)
-        add = np.clip(bot - need, 0, None).ravel()  # voxels to add under each column
-        bot = bot.ravel()
+        top = np.where(full, store.top, -1).astype(np.int64)
+        bot = np.where(full, store.bottom, np.iinfo(np.int64).max).astype(np.int64)
+        add, bot = _dem_walls(top, bot, dz)
         windows = list(range(len(store)))
         for i in windows:
             ch = store.read(i)
@@ -1076,6 +1058,29 @@ class EarthScenePipeline(DiffusionPipeline):
             surf["voxel"] = sv[sorder]
             store.add(cat["coords"][perm], cat["colors"][perm], surf, (x0, 0, x1, Y), window=False)
         return lo
+
+
+def _dem_steps(dem: torch.Tensor, voxel_size: float) -> tuple[float, np.ndarray]:
+    """The DEM's lowest elevation (metres) and each column's rise above it ``[X, Y]`` (voxels)."""
+    d = dem.numpy().astype(np.float64)
+    lo = float(d.min())
+    return lo, np.rint((d - lo) / voxel_size).astype(np.int64)
+
+
+def _dem_walls(top: np.ndarray, bot: np.ndarray, dz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The walls that close the steps of columns raised by ``dz`` ``[X, Y]`` voxels: ``top`` /
+    ``bot`` ``[X, Y]`` int64 each column's highest / lowest voxel before the raise (-1 / int64
+    max where empty). Each column reaches down to just above its lowest neighbour's top. Returns
+    the voxels to add under each column ``[X * Y]`` and the columns' lowest voxel after the raise
+    ``[X * Y]`` (flat index ``x * Y + y``)."""
+    big = np.iinfo(np.int64).max
+    full = top >= 0
+    top = np.where(full, top + dz, -1)
+    bot = np.where(full, bot + dz, big)
+    pad = np.pad(np.where(full, top, big // 2), 1, mode="edge")
+    low = np.minimum.reduce([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
+    need = np.where(full, np.minimum(low + 1, top), bot)
+    return np.clip(bot - need, 0, None).ravel(), bot.ravel()
 
 
 def _wall_voxels(
